@@ -1,0 +1,80 @@
+"""Crash-safe file replacement.
+
+A reader (or a boxui restarted after a crash or power loss) must only ever see the old
+file or the new one. So every write goes: temp file in the same directory, write, fsync,
+rename over the target, fsync the directory so the rename itself is durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from pathlib import Path
+
+from backend.errors import StorageError
+
+TEMP_MARKER = ".boxui-tmp-"
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data`; on any failure the old file stays and no temp is left."""
+    directory = path.parent
+    tmp = directory / f"{TEMP_MARKER}{path.name}.{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise StorageError(_describe(path, exc)) from exc
+    try:
+        fsync_dir(directory)
+    except OSError as exc:
+        raise StorageError(_describe(path, exc)) from exc
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def remove_leftover_temps(directory: Path) -> list[Path]:
+    """Delete temp files a crash left behind; they are never the only copy of anything."""
+    removed: list[Path] = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(TEMP_MARKER) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _describe(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        why = "no space left on device"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = "permission denied"
+    else:
+        why = exc.strerror or str(exc)
+    return f"could not write {path}: {why}; the previous file is unchanged"

@@ -1,0 +1,116 @@
+"""`machine.toml`: the desired spec of one machine, which a user may edit by hand.
+
+Because people edit it, every way it can be wrong must come back as one line naming the
+file and the key (an unknown key is an error, not silently ignored: a typo such as
+`memmory_mib` would otherwise be a setting that quietly does nothing).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backend.atomic_write import atomic_write_text
+from backend.errors import InvalidNameError, SpecError
+from backend.events import now_utc
+from backend.names import validate_name
+from backend.validation_text import describe_validation_error
+
+SPEC_SCHEMA_VERSION = 1
+MAX_VCPUS = 64
+MAX_MEMORY_MIB = 1024 * 1024
+MAX_DISK_GIB = 16 * 1024
+
+Accel = Literal["auto", "kvm", "tcg"]
+RestartPolicy = Literal["never", "on-failure", "always"]
+
+
+class MachineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    schema_version: int = Field(default=SPEC_SCHEMA_VERSION, ge=1)
+    name: str
+    vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
+    memory_mib: int = Field(default=256, ge=64, le=MAX_MEMORY_MIB)
+    disk_gib: int = Field(default=0, ge=0, le=MAX_DISK_GIB)
+    #: None: the default guest image that boxui builds itself
+    kernel: Path | None = None
+    initrd: Path | None = None
+    disk_image: Path | None = None
+    cmdline: str = ""
+    distro: str = "boxui-busybox"
+    ssh_key: Path | None = None
+    hypervisor: Literal["qemu"] = "qemu"
+    accel: Accel = "auto"
+    restart: RestartPolicy = "never"
+    created_at: datetime = Field(default_factory=now_utc)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        try:
+            return validate_name(value)
+        except InvalidNameError as exc:  # pydantic only collects ValueError
+            raise ValueError(str(exc)) from None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > SPEC_SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is newer than this boxui understands "
+                f"({SPEC_SCHEMA_VERSION}); upgrade boxui"
+            )
+        return value
+
+    @field_validator("cmdline", "distro")
+    @classmethod
+    def _single_line(cls, value: str) -> str:
+        if any(ch in value for ch in "\n\r\0"):
+            raise ValueError("must be a single line without NUL")
+        return value
+
+
+def parse_spec(text: str, path: Path) -> MachineSpec:
+    try:
+        raw: dict[str, Any] = tomli.loads(text)  # compiled: 3x faster than tomllib
+    except tomli.TOMLDecodeError as exc:
+        raise SpecError(path, f"invalid TOML: {exc}") from None
+    try:
+        return MachineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(path, describe_validation_error(exc)) from None
+
+
+def read_spec(path: Path) -> MachineSpec:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(path, "file is missing") from None
+    except OSError as exc:
+        raise SpecError(path, f"cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, f"not UTF-8 text (byte {exc.start})") from None
+    if "\0" in text:
+        raise SpecError(path, "contains NUL bytes (file is corrupt)")
+    return parse_spec(text, path)
+
+
+def render_spec(spec: MachineSpec) -> str:
+    data = spec.model_dump(mode="python", exclude_none=True)
+    for key, value in list(data.items()):
+        if isinstance(value, Path):
+            data[key] = str(value)
+    header = "# boxui machine spec: edit freely; boxui reloads it and refuses invalid keys.\n"
+    return header + tomli_w.dumps(data)
+
+
+def write_spec(path: Path, spec: MachineSpec) -> None:
+    atomic_write_text(path, render_spec(spec), mode=0o600)

@@ -1,0 +1,3 @@
+from boxui.cli import main
+
+main()

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from backend.engine import Engine
+from backend.errors import IllegalTransitionError, MachineExistsError
+from backend.event_log import EventLog, read_log
+from backend.events import new_instance_event
+from backend.lifecycle import InstanceState, PersistedState, Verb
+from backend.machine_store import MachineStore
+from backend.state_dir import open_state_dir
+from tests.conftest import spec
+
+
+def verbs(home: Path, name: str | None = None) -> list[str]:
+    events = read_log(open_state_dir(home).event_log).events
+    return [e.type.rsplit(".", 1)[1] for e in events if name is None or e.subject == name]
+
+
+async def test_create_emits_events_and_writes_record(engine: Engine, home: Path) -> None:
+    machine = await engine.create_machine(spec("web"))
+    assert machine.state is InstanceState.STOPPED
+    assert machine.record is not None and machine.record.persisted is PersistedState.CREATED
+    assert verbs(home) == ["creating", "created"]
+    with pytest.raises(MachineExistsError):
+        await engine.create_machine(spec("web"))
+
+
+async def test_transitions_update_record_and_subscribers(engine: Engine) -> None:
+    sub = engine.subscribe()
+    await engine.create_machine(spec("vm"))
+    await engine.transition("vm", Verb.BOOTING, message="starting",
+                            update=lambda r: setattr(r, "pid", 4242))
+    await engine.transition("vm", Verb.READY, message="ssh answered")
+    record = engine.store.load_record("vm")
+    assert record.state is InstanceState.READY
+    assert record.persisted is PersistedState.RUNNING and record.pid == 4242
+    assert record.ever_started and record.started_at is not None
+    seen = []
+    while (item := sub.get_nowait()) is not None:
+        seen.append(item.type.rsplit(".", 1)[1])  # type: ignore[union-attr]
+    assert seen == ["creating", "created", "booting", "ready"]
+
+
+async def test_illegal_transition_writes_nothing(engine: Engine, home: Path) -> None:
+    await engine.create_machine(spec("vm"))
+    log_before = open_state_dir(home).event_log.read_bytes()
+    record_before = engine.store.load_record("vm")
+    with pytest.raises(IllegalTransitionError, match="'stopped'"):
+        await engine.transition("vm", Verb.READY)
+    assert open_state_dir(home).event_log.read_bytes() == log_before
+    assert engine.store.load_record("vm") == record_before
+
+
+async def test_replay_rebuilds_live_state(home: Path) -> None:
+    engine = await Engine.open(home)
+    for name in ("a", "b", "c"):
+        await engine.create_machine(spec(name))
+    await engine.transition("a", Verb.BOOTING)
+    await engine.transition("a", Verb.READY)
+    await engine.transition("b", Verb.BOOTING)
+    await engine.transition("b", Verb.FAILED, reason="kernel panic")
+    await engine.delete_machine("c")
+    live = engine.projection.snapshot()
+    await engine.close()
+    again = await Engine.open(home)
+    try:
+        assert again.projection.snapshot() == live
+        assert again.machine("b").reason == "kernel panic"
+    finally:
+        await again.close()
+
+
+async def test_log_ahead_of_record_is_repaired(home: Path) -> None:
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    await engine.close()
+    # simulate a crash right after the log append, before state.json was written
+    dirs = open_state_dir(home)
+    log = EventLog.open(dirs.event_log)
+    log.append(new_instance_event("vm", Verb.BOOTING, from_state=InstanceState.STOPPED))
+    assert MachineStore(dirs).load_record("vm").state is InstanceState.STOPPED
+    engine = await Engine.open(home)
+    try:
+        record = engine.store.load_record("vm")
+        assert record.state is InstanceState.BOOTING
+        assert record.persisted is PersistedState.RUNNING
+    finally:
+        await engine.close()
+
+
+async def test_disk_changes_behind_the_logs_back(home: Path) -> None:
+    engine = await Engine.open(home)
+    for name in ("keep", "gone", "bad"):
+        await engine.create_machine(spec(name))
+    await engine.close()
+    dirs = open_state_dir(home)
+    # a machine copied in by hand, one removed by hand, one made invalid
+    MachineStore(dirs).create(spec("copied"))
+    import shutil
+
+    shutil.rmtree(dirs.machine_dir("gone"))
+    bad = dirs.spec_path("bad")
+    bad.write_bytes(b"\0\0\0\0")
+    digest = hashlib.sha256(bad.read_bytes()).hexdigest()
+
+    engine = await Engine.open(home)
+    try:
+        states = {n: engine.projection.state_of(n) for n in ("keep", "gone", "bad", "copied")}
+        assert states == {"keep": InstanceState.STOPPED, "gone": None,
+                          "bad": InstanceState.BROKEN, "copied": InstanceState.STOPPED}
+        assert "NUL" in (engine.machine("bad").reason or "")
+        assert hashlib.sha256(bad.read_bytes()).hexdigest() == digest
+        assert verbs(home, "gone")[-1] == "deleted"
+        assert verbs(home, "bad")[-1] == "broken"
+    finally:
+        await engine.close()
+    # fixing the file by hand repairs the machine at the next start
+    bad.write_text('name = "bad"\n')
+    engine = await Engine.open(home)
+    try:
+        assert engine.projection.state_of("bad") is InstanceState.STOPPED
+        assert verbs(home, "bad")[-1] == "repaired"
+    finally:
+        await engine.close()
+
+
+async def test_startup_removes_leftover_temp_files(home: Path) -> None:
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    await engine.close()
+    stray = open_state_dir(home).machine_dir("vm") / ".boxui-tmp-machine.toml.dead"
+    stray.write_text("half")
+    engine = await Engine.open(home)
+    await engine.close()
+    assert not stray.exists()
+
+
+async def test_torn_log_tail_is_reported_at_startup(home: Path) -> None:
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    await engine.close()
+    log_path = open_state_dir(home).event_log
+    with open(log_path, "ab") as fh:
+        fh.write(b'{"crc32":"1234abcd","event":{"id":')
+    engine = await Engine.open(home)
+    try:
+        assert any("damaged tail" in note for note in engine.startup_notes)
+        assert engine.projection.state_of("vm") is InstanceState.STOPPED
+    finally:
+        await engine.close()
