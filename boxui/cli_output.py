@@ -62,26 +62,26 @@ def event_line(event: CloudEvent) -> str:
 
 
 def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
-    out = [f"name:        {m.name}", f"state:       {m.state.value}"]
+    out = [f"name:           {m.name}", f"state:          {m.state.value}"]
     if m.reason:
-        out.append(f"reason:      {m.reason}")
+        out.append(f"reason:         {m.reason}")
     if m.needs_recovery:
-        out.append("recovery:    needed (will be checked when a supervisor starts)")
+        out.append("recovery:       needed (will be checked when a supervisor starts)")
     out.append(
-        f"supervisor:  {'pid ' + str(supervisor_pid) if supervisor_pid else 'not running'}"
+        f"supervisor:     {'pid ' + str(supervisor_pid) if supervisor_pid else 'not running'}"
     )
     if m.spec:
         spec = m.spec.model_dump(mode="json", exclude_none=True)
         for key, value in spec.items():
             if key != "name":
-                out.append(f"{key + ':':<13}{value}")
+                out.append(f"{key + ':':<16}{value}")
     if m.record:
         rec = m.record
         for key in ("pid", "ssh_port", "ip", "boot_id", "accel", "restart_count"):
             value = getattr(rec, key)
             if value not in (None, 0):
-                out.append(f"{key + ':':<13}{value}")
-        out.append(f"{'updated_at:':<13}{rec.updated_at.isoformat()}")
+                out.append(f"{key + ':':<16}{value}")
+        out.append(f"{'updated_at:':<16}{rec.updated_at.isoformat()}")
     return out
 
 

@@ -43,7 +43,7 @@ async def test_ls_and_info(home: Path) -> None:
     assert by_name["beta"]["needs_recovery"] is True
     assert by_name["beta"]["record"]["persisted"] == "running"
     info = run(home, "info", "alpha")
-    assert "vcpus:" in info.stdout and "supervisor:  not running" in info.stdout
+    assert "vcpus:" in info.stdout and "supervisor:     not running" in info.stdout
     info_json = json.loads(run(home, "info", "beta", "--json").stdout)
     assert info_json["state"] == "stopped" and info_json["supervisor_pid"] is None
 
