@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backend import listing_cache
 from backend.disk_reconcile import reconcile_disk_with_log
 from backend.errors import MachineExistsError, MachineNotFoundError
 from backend.event_bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
@@ -117,6 +118,7 @@ class Engine:
                     self.store.update_record, name,
                     _record_updater(target, verb, reason, update),
                 )
+            await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
             self.bus.publish(event)
             return event
 
@@ -141,6 +143,7 @@ class Engine:
             await self.transition(name, Verb.DELETED, message=message)
         if self.store.exists(name):
             await asyncio.to_thread(self.store.delete, name)
+        await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
 
 
 def _record_updater(

@@ -43,28 +43,37 @@ def _names(dirs: StateDir) -> list[str]:
         return []
 
 
-def list_views(dirs: StateDir, *, supervised: bool) -> list[View]:
-    """The JSON views of every machine, as `machine_view` would build them."""
-    cache_path = os.path.join(dirs.machines, CACHE_NAME)
+def _read_entries(cache_path: str) -> dict[str, Any]:
     try:
         with open(cache_path, "rb") as fh:
             cache = orjson.loads(fh.read())
-        if cache.get("version") != CACHE_VERSION:
-            cache = {}
     except (OSError, orjson.JSONDecodeError):
-        cache = {}
-    entries: dict[str, Any] = cache.get("entries", {}) if isinstance(cache, dict) else {}
+        return {}
+    if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:
+        return {}
+    entries = cache.get("entries", {})
+    return entries if isinstance(entries, dict) else {}
+
+
+def _sigs(dirs: StateDir, name: str) -> list[Signature]:
+    base = os.path.join(dirs.machines, name)
+    return [_signature(os.path.join(base, "machine.toml")),
+            _signature(os.path.join(base, "state.json"))]
+
+
+def list_views(dirs: StateDir, *, supervised: bool) -> list[View]:
+    """The JSON views of every machine, as `machine_view` would build them."""
+    cache_path = os.path.join(dirs.machines, CACHE_NAME)
+    entries = _read_entries(cache_path)
     key = "supervised" if supervised else "unsupervised"
     views: list[View] = []
     misses: list[tuple[int, str, Signature, Signature]] = []
     fresh: dict[str, Any] = {}
     for name in _names(dirs):
-        base = os.path.join(dirs.machines, name)
-        sigs = (_signature(os.path.join(base, "machine.toml")),
-                _signature(os.path.join(base, "state.json")))
+        sigs = _sigs(dirs, name)
         entry = entries.get(name)
         if (NAME_PATTERN.fullmatch(name) and isinstance(entry, dict)
-                and entry.get("sigs") == list(sigs) and key in entry):
+                and entry.get("sigs") == sigs and key in entry):
             views.append(entry[key])
             fresh[name] = entry
         else:
@@ -84,6 +93,35 @@ def list_views(dirs: StateDir, *, supervised: bool) -> list[View]:
     if misses or len(fresh) != len(entries):
         _write(dirs, cache_path, fresh)
     return views
+
+
+def refresh(dirs: StateDir, names: list[str]) -> None:
+    """Re-validate `names` and store their views, so the next `ls` stays on the fast path.
+
+    The supervisor calls this after it writes a machine's files. An entry is stored only
+    if the files did not change while they were being read; otherwise it is dropped and
+    `ls` validates that machine itself.
+    """
+    from backend.errors import BoxuiError
+    from backend.machine_store import MachineStore, machine_view
+
+    cache_path = os.path.join(dirs.machines, CACHE_NAME)
+    entries = _read_entries(cache_path)
+    store = MachineStore(dirs)
+    for name in names:
+        entries.pop(name, None)
+        before = _sigs(dirs, name)
+        if before == [None, None]:
+            continue  # deleted
+        try:
+            views = {flag: machine_view(store.load(name, supervised=flag))
+                     for flag in (True, False)}
+        except BoxuiError:
+            continue
+        if _sigs(dirs, name) == before:
+            entries[name] = {"sigs": before, "supervised": views[True],
+                             "unsupervised": views[False]}
+    _write(dirs, cache_path, entries)
 
 
 def _write(dirs: StateDir, cache_path: str, entries: dict[str, Any]) -> None:

@@ -53,3 +53,27 @@ def test_corrupt_or_unwritable_cache_only_costs_time(dirs: StateDir) -> None:
     (dirs.machines / CACHE_NAME).mkdir()
     assert list_views(dirs, supervised=False) == full(dirs, False)
     assert [v["name"] for v in list_views(dirs, supervised=False)] == ["a"]
+
+
+async def test_supervisor_keeps_the_cache_warm(home: object) -> None:
+    import orjson
+
+    from backend.engine import Engine
+    from backend.lifecycle import Verb
+    from backend.listing_cache import _sigs
+
+    engine = await Engine.open(home)  # type: ignore[arg-type]
+    try:
+        await engine.create_machine(spec("vm"))
+        await engine.transition("vm", Verb.BOOTING)
+        entries = orjson.loads((engine.dirs.machines / CACHE_NAME).read_bytes())["entries"]
+        assert entries["vm"]["sigs"] == _sigs(engine.dirs, "vm")
+        assert entries["vm"]["supervised"]["state"] == "booting"
+        assert list_views(engine.dirs, supervised=True) == full(engine.dirs, True)
+        await engine.transition("vm", Verb.STOPPING)
+        await engine.transition("vm", Verb.STOPPED)
+        await engine.delete_machine("vm")
+        entries = orjson.loads((engine.dirs.machines / CACHE_NAME).read_bytes())["entries"]
+        assert "vm" not in entries
+    finally:
+        await engine.close()
