@@ -122,6 +122,12 @@ class Engine:
             self.bus.publish(event)
             return event
 
+    async def update_record(self, name: str, update: RecordUpdate) -> RuntimeRecord:
+        """Change runtime facts that are not lifecycle steps (a pid, a port)."""
+        record = await asyncio.to_thread(self.store.update_record, name, update)
+        await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
+        return record
+
     async def create_machine(self, spec: MachineSpec) -> LoadedMachine:
         """Write the machine's files, then log `creating` and `created`.
 

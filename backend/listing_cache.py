@@ -74,10 +74,10 @@ def list_views(dirs: StateDir, *, supervised: bool) -> list[View]:
         entry = entries.get(name)
         if (NAME_PATTERN.fullmatch(name) and isinstance(entry, dict)
                 and entry.get("sigs") == sigs and key in entry):
-            views.append(entry[key])
+            views.append(_live(entry[key]) if not supervised else entry[key])
             fresh[name] = entry
         else:
-            misses.append((len(views), name, *sigs))
+            misses.append((len(views), name, sigs[0], sigs[1]))
             views.append({})
     if misses:
         from backend.machine_store import MachineStore, machine_view
@@ -93,6 +93,19 @@ def list_views(dirs: StateDir, *, supervised: bool) -> list[View]:
     if misses or len(fresh) != len(entries):
         _write(dirs, cache_path, fresh)
     return views
+
+
+def _live(view: View) -> View:
+    """An unsupervised view of a running machine depends on its process, not its files:
+    recompute that part (as `MachineStore.load` does) every time."""
+    record = view.get("record") or {}
+    if not view.get("needs_recovery") or record.get("persisted") != "running":
+        return view
+    from backend.process_liveness import unsupervised_state
+
+    state, reason = unsupervised_state(record.get("state", "stopped"), record.get("pid"),
+                                       record.get("process_start_time"))
+    return {**view, "state": state, "reason": reason}
 
 
 def refresh(dirs: StateDir, names: list[str]) -> None:

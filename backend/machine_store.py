@@ -30,11 +30,11 @@ from backend.events import now_utc
 from backend.lifecycle import InstanceState, PersistedState
 from backend.machine_spec import MachineSpec, read_spec, write_spec
 from backend.names import is_valid_name, validate_name
+from backend.process_liveness import unsupervised_state
 from backend.runtime_record import RuntimeRecord, read_record, write_record
 from backend.state_dir import StateDir
 
 _TRASH_PREFIX = ".deleting-"
-NOT_CONFIRMED = "was running when its supervisor stopped; not yet confirmed alive"
 
 
 class LoadedMachine(BaseModel):
@@ -203,9 +203,11 @@ class MachineStore:
             )
         assert record is not None
         if record.persisted is PersistedState.RUNNING and not supervised:
+            state, reason = unsupervised_state(
+                record.state.value, record.pid, record.process_start_time)
             return LoadedMachine(
-                name=name, spec=spec, record=record, state=InstanceState.STOPPED,
-                reason=NOT_CONFIRMED, needs_recovery=True,
+                name=name, spec=spec, record=record, state=InstanceState(state),
+                reason=reason, needs_recovery=True,
             )
         return LoadedMachine(
             name=name, spec=spec, record=record, state=record.state,

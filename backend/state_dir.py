@@ -6,8 +6,10 @@ another user could write to: a group- or world-writable dir, or one owned by som
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +66,29 @@ class StateDir:
 
     def record_path(self, name: str) -> Path:
         return self.machine_dir(name) / "state.json"
+
+    def console_log(self, name: str) -> Path:
+        return self.machine_dir(name) / "console.log"
+
+    def machine_run_dir(self, name: str) -> Path:
+        """Where a machine's sockets live: 0700, and short enough for a unix socket path
+        (108 bytes); a deep state dir falls back to a private dir under /tmp."""
+        preferred = self.run / validate_name(name)
+        if len(str(preferred / "qmp.sock")) <= 100:
+            return preferred
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"boxui-{os.geteuid()}" / digest / name
+
+    def ensure_run_dir(self, name: str) -> Path:
+        path = self.machine_run_dir(name)
+        if not path.is_relative_to(self.root):
+            base = path.parent.parent
+            base.mkdir(mode=0o700, exist_ok=True)
+            check_private_dir(base)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_dir(path)
+        return path
 
 
 def check_private_dir(path: Path) -> None:

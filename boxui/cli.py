@@ -59,7 +59,7 @@ def ls_cmd(as_json: bool) -> None:
         click.echo(f"no machines yet (state dir: {dirs.root})")
         return
     click.echo(table(MACHINE_HEADERS, [machine_row(v) for v in views]))
-    if any(v["needs_recovery"] and not supervised for v in views):
+    if any(v["needs_recovery"] and v["state"] == "stopped" for v in views):
         click.echo("* was running when boxui stopped; confirmed when boxui starts again")
 
 
@@ -98,6 +98,11 @@ def events_cmd(name: str | None, follow: bool, as_json: bool, last: int | None) 
         asyncio.run(print_events(dirs, name, follow=follow, as_json=as_json, last=last))
 
 
+from boxui.cli_machines import register as _register_machine_commands  # noqa: E402
+
+_register_machine_commands(cli, _name_arg)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -116,6 +121,18 @@ def main() -> None:
     except BoxuiError as exc:
         click.echo(f"boxui: {exc}", err=True)
         sys.exit(1)
+    except BaseExceptionGroup as group:  # raised through a supervisor's task group
+        leaf = _first_leaf(group)
+        if isinstance(leaf, BoxuiError):
+            click.echo(f"boxui: {leaf}", err=True)
+            sys.exit(1)
+        if isinstance(leaf, KeyboardInterrupt):
+            sys.exit(130)
+        if os.environ.get("BOXUI_DEBUG"):
+            raise
+        click.echo(f"boxui: internal error: {type(leaf).__name__}: {leaf} "
+                   "(BOXUI_DEBUG=1 shows details)", err=True)
+        sys.exit(70)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a bug: still one line unless asked for detail
@@ -126,3 +143,8 @@ def main() -> None:
             err=True,
         )
         sys.exit(70)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -5,6 +5,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from backend.errors import InvalidNameError, MachineExistsError
@@ -73,7 +74,20 @@ def test_running_machine_is_not_trusted_without_supervisor(dirs: StateDir) -> No
     unsupervised = store.load("vm")
     assert unsupervised.needs_recovery
     assert unsupervised.state is InstanceState.STOPPED
-    assert unsupervised.reason and "not yet confirmed" in unsupervised.reason
+    assert unsupervised.reason and "process is gone" in unsupervised.reason
+    # a live process with the recorded start time is shown as running, still unconfirmed
+    me = psutil.Process()
+    write_record(dirs.record_path("vm"), RuntimeRecord(
+        state=InstanceState.READY, persisted=PersistedState.RUNNING, pid=me.pid,
+        process_start_time=me.create_time()))
+    alive = store.load("vm")
+    assert alive.state is InstanceState.READY and alive.needs_recovery
+    assert alive.reason and "running without a supervisor" in alive.reason
+    # the same pid with another start time is a reused pid: not running
+    write_record(dirs.record_path("vm"), RuntimeRecord(
+        state=InstanceState.READY, persisted=PersistedState.RUNNING, pid=me.pid,
+        process_start_time=me.create_time() - 100))
+    assert store.load("vm").state is InstanceState.STOPPED
     supervised = store.load("vm", supervised=True)
     assert supervised.state is InstanceState.READY
     for persisted in (PersistedState.CREATED, PersistedState.STOPPED):

@@ -1,0 +1,107 @@
+"""Recover machines after boxui itself crashed (or was simply closed).
+
+For every machine recorded as running, the new supervisor re-adopts the hypervisor only
+when it is provably the same process: the pid is alive, its start time equals the one
+recorded, its command line names this machine and this state dir, and QMP answers.
+Anything else marks the machine crashed with the reason, and its restart policy applies.
+A process that merely reuses the pid is never signalled, and no machine is started twice:
+recovery runs before any start, and a start of an adopted machine finds it active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import psutil
+
+from backend.drivers.base import AdoptRefusal, VmHandle
+from backend.lifecycle import InstanceState, PersistedState, Verb
+from backend.runtime_record import RuntimeRecord
+
+if TYPE_CHECKING:
+    from backend.supervisor import Supervisor
+
+GONE = "process gone while boxui was down"
+
+
+async def recover_machines(supervisor: Supervisor) -> None:
+    engine = supervisor.engine
+    machines = await asyncio.to_thread(engine.machines)
+    for machine in machines:
+        record = machine.record
+        if machine.broken or record is None or record.persisted is not PersistedState.RUNNING:
+            continue
+        state = engine.projection.state_of(machine.name)
+        if state is None:
+            continue
+        await recover_one(supervisor, machine.name, record, state)
+
+
+async def recover_one(
+    supervisor: Supervisor, name: str, record: RuntimeRecord, state: InstanceState
+) -> None:
+    engine = supervisor.engine
+    dirs = engine.dirs
+    run_dir = dirs.machine_run_dir(name)
+    pid, started = record.pid, record.process_start_time
+    if pid is None or started is None:
+        # boxui died between launching QEMU and recording its pid: look for it by identity
+        found = await asyncio.to_thread(_find_orphan, name, run_dir)
+        if found is None:
+            await supervisor.machine_crashed(name, GONE)
+            return
+        pid, started = found
+    result = await supervisor.driver.adopt(
+        name, pid, started, record.ssh_port or 0, record.boot_id or "",
+        record.accel or "tcg", run_dir, dirs.console_log(name),
+    )
+    if isinstance(result, AdoptRefusal):
+        await supervisor.machine_crashed(name, result.reason)
+        return
+    await _adopted(supervisor, name, result, state)
+
+
+async def _adopted(
+    supervisor: Supervisor, name: str, handle: VmHandle, state: InstanceState
+) -> None:
+    engine = supervisor.engine
+    supervisor.handles[name] = handle
+
+    def identity(record: RuntimeRecord) -> None:
+        record.pid, record.process_start_time = handle.pid, handle.start_time
+
+    await engine.update_record(name, identity)
+    supervisor.spawn(supervisor._watch(name, handle), f"watch-{name}")
+    if state is InstanceState.BOOTING:
+        # it was still booting when boxui died: finish waiting for it in the background
+        supervisor.spawn(_finish_boot(supervisor, name, handle), f"boot-{name}")
+        return
+    await engine.transition(name, Verb.ADOPTED, message=f"re-adopted running pid {handle.pid}")
+    supervisor.tracker(name).machine_up()
+
+
+async def _finish_boot(supervisor: Supervisor, name: str, handle: VmHandle) -> None:
+    from backend.errors import BoxuiError
+
+    try:
+        await supervisor.driver.wait_ready(handle, supervisor.boot_timeout)
+    except BoxuiError as exc:
+        async with supervisor._locks[name]:
+            await supervisor._boot_failed(name, handle, exc)
+        return
+    await supervisor.engine.transition(name, Verb.READY,
+                                       message=f"re-adopted pid {handle.pid}; ready")
+
+
+def _find_orphan(name: str, run_dir: object) -> tuple[int, float] | None:
+    from pathlib import Path
+
+    from backend.drivers.qemu import identity_args
+
+    wanted = identity_args(name, Path(str(run_dir)))
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmdline = proc.info.get("cmdline") or []
+        if all(arg in cmdline for arg in wanted):
+            return proc.pid, float(proc.info["create_time"])
+    return None

@@ -1,0 +1,139 @@
+"""The hypervisor driver interface.
+
+The supervisor only ever talks to a VM through these few calls, so the same lifecycle,
+recovery and restart code runs against QEMU in the product and against a fake in tests.
+A driver owns no policy: it starts, stops, kills, probes and adopts, and reports what
+happened; deciding what that means for the machine's state is the supervisor's job.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+ExitKind = Literal["guest-shutdown", "guest-reset", "guest-panic", "host-stop", "vanished"]
+
+
+@dataclass(frozen=True)
+class DriverCapabilities:
+    name: str
+    snapshots: bool
+    graceful_stop: bool
+    accels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a driver needs to launch one machine."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    kernel: Path
+    initrd: Path
+    append: str
+    accel: str
+    ssh_port: int
+    boot_id: str
+    machine_dir: Path
+    run_dir: Path
+    console_log: Path
+    #: the host's TSC rate, passed to TCG guests whose clock calibration otherwise hangs
+    tsc_khz: int | None = None
+
+
+@dataclass
+class VmHandle:
+    """A live hypervisor process as the supervisor knows it.
+
+    `pid` and `start_time` together identify the process: a pid alone can be reused by an
+    unrelated program after the VM dies.
+    """
+
+    name: str
+    pid: int
+    start_time: float
+    ssh_port: int
+    boot_id: str
+    accel: str
+    console_log: Path
+    qmp_socket: Path
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a VM's process ended, as far as the driver could tell."""
+
+    kind: ExitKind
+    detail: str
+
+    @property
+    def is_failure(self) -> bool:
+        return self.kind not in ("guest-shutdown", "host-stop")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    alive: bool
+    responsive: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class AdoptRefusal:
+    """Why a recorded process was not adopted; `reason` is shown to the user."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class GuestMemory:
+    total_bytes: int | None
+    free_bytes: int | None
+
+
+class HypervisorDriver(abc.ABC):
+    @abc.abstractmethod
+    def capabilities(self) -> DriverCapabilities: ...
+
+    @abc.abstractmethod
+    async def start(self, spec: LaunchSpec) -> VmHandle:
+        """Launch the VM detached (it must outlive boxui) and return once its process
+        exists; readiness is awaited separately with `wait_ready`."""
+
+    @abc.abstractmethod
+    async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
+        """Return when the guest is ready (marker seen, SSH answering); raise
+        `DriverError` if it dies or the timeout passes first."""
+
+    @abc.abstractmethod
+    async def wait_exit(self, handle: VmHandle) -> ExitInfo:
+        """Return when the VM's process has ended, being told so by the OS rather than
+        polling (within about a second)."""
+
+    @abc.abstractmethod
+    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+        """Graceful stop: ask the guest to power off, then force it, then kill."""
+
+    @abc.abstractmethod
+    async def kill(self, handle: VmHandle) -> None:
+        """Kill the process at once (only if it is still the VM we started)."""
+
+    @abc.abstractmethod
+    async def probe(self, handle: VmHandle) -> ProbeResult: ...
+
+    @abc.abstractmethod
+    async def adopt(
+        self, name: str, pid: int, start_time: float, ssh_port: int, boot_id: str,
+        accel: str, run_dir: Path, console_log: Path,
+    ) -> VmHandle | AdoptRefusal:
+        """Take over a VM started by an earlier boxui, only if it is provably that VM."""
+
+    @abc.abstractmethod
+    async def guest_memory(self, handle: VmHandle) -> GuestMemory: ...
+
+    async def close(self, handle: VmHandle) -> None:  # noqa: B027 - optional hook
+        """Drop any connection to the VM without affecting it (boxui is going away)."""

@@ -1,0 +1,348 @@
+"""The QEMU microVM driver.
+
+QEMU runs daemonized in its own session with a pidfile, so it is not boxui's child and
+survives boxui's death. boxui holds it through a pidfd (exit notification, safe signals)
+and a QMP connection (power button, memory stats, the reason of a shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
+
+from qemu.qmp import EventListener, QMPClient
+
+from backend.drivers.base import (
+    AdoptRefusal,
+    DriverCapabilities,
+    ExitInfo,
+    GuestMemory,
+    HypervisorDriver,
+    LaunchSpec,
+    ProbeResult,
+    VmHandle,
+)
+from backend.drivers.console_watch import ConsoleTail, wait_for_line
+from backend.drivers.errors import DriverError, PortInUseError
+from backend.drivers.process_identity import PidWatch, start_time_of, verify_identity
+from backend.drivers.ssh_probe import ssh_banner
+from backend.guest.errors import GuestImageError
+from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu
+from backend.guest.qmp_ops import enable_balloon_stats, read_balloon_stats, request_powerdown
+from backend.guest.readiness import scan_console
+
+QMP_SOCKET = "qmp.sock"
+PIDFILE = "qemu.pid"
+QUIT_GRACE_SECONDS = 3.0
+
+
+def qmp_socket_path(run_dir: Path) -> Path:
+    return run_dir / QMP_SOCKET
+
+
+def identity_args(name: str, run_dir: Path) -> list[str]:
+    """Arguments that only this machine's QEMU, from this state dir, has on its cmdline."""
+    label = f"boxui-{name}"
+    qmp = str(qmp_socket_path(run_dir)).replace(",", ",,")
+    return [f"{label},process={label}", f"unix:{qmp},server=on,wait=off"]
+
+
+class _Live:
+    """Per-VM connections the driver keeps while it holds a VM."""
+
+    def __init__(self, watch: PidWatch, qmp: QMPClient | None,
+                 shutdown: EventListener | None) -> None:
+        self.watch = watch
+        self.qmp = qmp
+        self.shutdown = shutdown
+        self.stopping = False
+
+
+class QemuDriver(HypervisorDriver):
+    def __init__(self, qemu_binary: str | None = None) -> None:
+        self._binary = qemu_binary
+        self._live: dict[int, _Live] = {}
+        #: how each released VM ended, for whichever of stop() or the watcher asks last
+        self._ended: dict[int, ExitInfo] = {}
+
+    def capabilities(self) -> DriverCapabilities:
+        return DriverCapabilities(name="qemu", snapshots=True, graceful_stop=True,
+                                  accels=("kvm", "tcg"))
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            try:
+                self._binary = find_qemu()
+            except GuestImageError as exc:
+                raise DriverError(str(exc)) from None
+        return self._binary
+
+    # --- start -----------------------------------------------------------------------
+
+    async def start(self, spec: LaunchSpec) -> VmHandle:
+        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(spec.run_dir, 0o700)
+        qmp_path = qmp_socket_path(spec.run_dir)
+        _remove_stale_socket(qmp_path)
+        pidfile = spec.run_dir / PIDFILE
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        _rotate(spec.console_log)
+        config = QemuConfig(
+            name=spec.name, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+            kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,  # type: ignore[arg-type]
+            ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
+            pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
+        )
+        try:
+            argv = build_argv(config, self.binary)
+        except GuestImageError as exc:
+            raise DriverError(str(exc)) from None
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
+            if "hostfwd" in message or "host forwarding" in message:
+                raise PortInUseError(f"port 127.0.0.1:{spec.ssh_port} is in use: {message}")
+            raise DriverError(f"qemu failed to start {spec.name}: {message}")
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise DriverError(f"qemu started but wrote no pidfile at {pidfile}") from exc
+        started = start_time_of(pid)
+        if started is None:
+            raise DriverError(f"qemu for {spec.name} exited right after starting; "
+                              f"see {spec.console_log}")
+        handle = VmHandle(name=spec.name, pid=pid, start_time=started,
+                          ssh_port=spec.ssh_port, boot_id=spec.boot_id, accel=spec.accel,
+                          console_log=spec.console_log, qmp_socket=qmp_path)
+        await self._hold(handle)
+        return handle
+
+    async def _hold(self, handle: VmHandle) -> None:
+        watch = PidWatch(handle.pid)
+        qmp: QMPClient | None = QMPClient(f"boxui-{handle.name}")
+        shutdown = EventListener(("SHUTDOWN",))
+        try:
+            assert qmp is not None
+            await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), 5)
+            qmp.register_listener(shutdown)
+            with contextlib.suppress(Exception):
+                await enable_balloon_stats(qmp, 1)
+        except Exception:
+            qmp = None
+        self._live[handle.pid] = _Live(watch, qmp, shutdown)
+
+    # --- readiness -------------------------------------------------------------------
+
+    async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
+        live = self._live[handle.pid]
+        gone = asyncio.Event()
+        died = asyncio.ensure_future(_set_when(live.watch.wait(), gone))
+        tail = ConsoleTail(handle.console_log)
+        try:
+            async with asyncio.timeout(timeout):
+                verdict = await wait_for_line(
+                    tail, lambda line: scan_console(line, handle.boot_id), gone)
+                if verdict is None:
+                    raise DriverError(f"{handle.name}: QEMU exited before the guest was "
+                                      f"ready; see {handle.console_log}")
+                if verdict is False:
+                    raise DriverError(f"{handle.name}: guest failed to boot; "
+                                      f"see {handle.console_log}")
+                while await ssh_banner(handle.ssh_port) is None:
+                    if live.watch.exited:
+                        raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise DriverError(f"{handle.name}: not ready after {timeout:.0f} s; "
+                              f"see {handle.console_log}") from None
+        finally:
+            died.cancel()
+
+    # --- exit and stop ---------------------------------------------------------------
+
+    async def wait_exit(self, handle: VmHandle) -> ExitInfo:
+        live = self._live.get(handle.pid)
+        if live is None:
+            return self._ended.get(handle.pid, ExitInfo("vanished", "qemu process exited"))
+        await live.watch.wait()
+        info = self._exit_info(live)
+        self._ended[handle.pid] = info
+        await self._release(handle)
+        return info
+
+    def _exit_info(self, live: _Live) -> ExitInfo:
+        reason = None
+        if live.shutdown is not None and live.shutdown.history:
+            data = live.shutdown.history[-1].get("data", {})
+            reason = data.get("reason") if isinstance(data, dict) else None
+        if live.stopping:
+            return ExitInfo("host-stop", "stopped by boxui")
+        if reason == "guest-shutdown":
+            return ExitInfo("guest-shutdown", "the guest powered off")
+        if reason == "guest-reset":
+            return ExitInfo("guest-reset", "the guest rebooted (kernel panic or reboot)")
+        if reason == "guest-panic":
+            return ExitInfo("guest-panic", "the guest kernel panicked")
+        if reason:
+            return ExitInfo("vanished", f"qemu exited ({reason})")
+        return ExitInfo("vanished", "qemu process exited unexpectedly")
+
+    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+        live = self._live.get(handle.pid)
+        if live is None:
+            raise DriverError(f"{handle.name}: not held by this driver")
+        live.stopping = True
+        how = "powered off (ACPI)"
+        if live.qmp is not None:
+            with contextlib.suppress(Exception):
+                await request_powerdown(live.qmp)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.watch.wait(), timeout)
+            if not live.watch.exited:
+                how = f"no power-off within {timeout:.0f} s; QEMU told to quit"
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(live.qmp.execute("quit"), 2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(live.watch.wait(), QUIT_GRACE_SECONDS)
+        if not live.watch.exited:
+            how = "killed (QEMU did not quit)"
+            live.watch.send(signal.SIGKILL)
+            await live.watch.wait()
+        await self.wait_exit(handle)
+        return ExitInfo("host-stop", how)
+
+    async def kill(self, handle: VmHandle) -> None:
+        live = self._live.get(handle.pid)
+        if live is None:
+            return
+        live.stopping = True
+        live.watch.send(signal.SIGKILL)
+        await live.watch.wait()
+
+    async def _release(self, handle: VmHandle) -> None:
+        live = self._live.pop(handle.pid, None)
+        if live is None:
+            return
+        live.watch.close()
+        if live.qmp is not None:
+            with contextlib.suppress(Exception):
+                await live.qmp.disconnect()
+        with contextlib.suppress(FileNotFoundError):
+            if not _socket_answers(handle.qmp_socket):
+                handle.qmp_socket.unlink()
+
+    async def close(self, handle: VmHandle) -> None:
+        """Let go of a VM without touching it (boxui is shutting down; the VM runs on)."""
+        live = self._live.pop(handle.pid, None)
+        if live is None:
+            return
+        live.watch.close()
+        if live.qmp is not None:
+            with contextlib.suppress(Exception):
+                await live.qmp.disconnect()
+
+    # --- probe, adopt, health --------------------------------------------------------
+
+    async def probe(self, handle: VmHandle) -> ProbeResult:
+        live = self._live.get(handle.pid)
+        if live is None or live.watch.exited:
+            return ProbeResult(alive=False, responsive=False, status="exited")
+        if live.qmp is None:
+            return ProbeResult(alive=True, responsive=False, status="no QMP connection")
+        try:
+            status = await asyncio.wait_for(live.qmp.execute("query-status"), 2)
+        except Exception as exc:
+            return ProbeResult(alive=True, responsive=False, status=f"QMP: {exc}")
+        state = status.get("status", "?") if isinstance(status, dict) else "?"
+        return ProbeResult(alive=True, responsive=True, status=str(state))
+
+    async def adopt(
+        self, name: str, pid: int, start_time: float, ssh_port: int, boot_id: str,
+        accel: str, run_dir: Path, console_log: Path,
+    ) -> VmHandle | AdoptRefusal:
+        required = identity_args(name, run_dir)
+        problem = verify_identity(pid, start_time, required)
+        if problem is not None:
+            return AdoptRefusal(problem)
+        try:
+            watch = PidWatch(pid)
+        except ProcessLookupError:
+            return AdoptRefusal("process gone while boxui was down")
+        # the pidfd pins the process; re-check so a pid reused in between is caught
+        problem = verify_identity(pid, start_time, required)
+        if problem is not None:
+            watch.close()
+            return AdoptRefusal(problem)
+        handle = VmHandle(name=name, pid=pid, start_time=start_time, ssh_port=ssh_port,
+                          boot_id=boot_id, accel=accel, console_log=console_log,
+                          qmp_socket=qmp_socket_path(run_dir))
+        watch.close()
+        await self._hold(handle)
+        live = self._live[pid]
+        probe = await self.probe(handle)
+        if not probe.responsive:
+            await self.close(handle)
+            return AdoptRefusal(f"QEMU pid {pid} is alive but QMP does not answer "
+                                f"({probe.status}); left running, not adopted")
+        del live
+        return handle
+
+    async def guest_memory(self, handle: VmHandle) -> GuestMemory:
+        live = self._live.get(handle.pid)
+        if live is None or live.qmp is None:
+            return GuestMemory(None, None)
+        try:
+            result = await asyncio.wait_for(read_balloon_stats(live.qmp), 1)
+        except Exception:
+            return GuestMemory(None, None)
+        stats = result.get("stats", {}) if result.get("last-update") else {}
+        total = stats.get("stat-total-memory")
+        free = stats.get("stat-available-memory", stats.get("stat-free-memory"))
+        return GuestMemory(
+            int(total) if isinstance(total, int) and total >= 0 else None,
+            int(free) if isinstance(free, int) and free >= 0 else None,
+        )
+
+
+async def _set_when(awaitable: object, event: asyncio.Event) -> None:
+    await awaitable  # type: ignore[misc]
+    event.set()
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a leftover socket only when no live process is listening on it."""
+    if not path.exists():
+        return
+    if _socket_answers(path):
+        raise DriverError(f"a live QEMU still holds {path}; refusing to start a second one")
+    path.unlink()
+
+
+def _rotate(console_log: Path) -> None:
+    if console_log.exists():
+        os.replace(console_log, console_log.with_name(console_log.name + ".1"))
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,207 @@
+"""Per-machine secrets, delivered by appending a small cpio archive to the shared initrd.
+
+Why this shape: one base image serves every machine, but each machine needs its own SSH
+identity (host key) and its own authorized client key, and should not start with the
+same RNG state as its siblings. Linux unpacks concatenated initramfs archives in order
+and later members overwrite earlier ones, so `base initrd.img + seed.cpio` gives each
+machine its files without rebuilding or copying the image tree.
+
+The one trap (found by reading `init/initramfs.c` and booting): after the gzip'd base
+archive, the kernel only recognises the next uncompressed archive if it starts on a
+4-byte boundary of the whole blob; zero bytes in between are skipped. So the base is
+padded with zeros to a 512-byte boundary before the seed is appended.
+
+The host key is generated in Python and written in dropbear's own format (string
+"ssh-ed25519", string seed||pub), so no `dropbearkey` is needed on the host and the
+public half is known without parsing tool output.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backend.guest.errors import GuestImageError
+from backend.guest.guest_files import GUEST_AUTHORIZED_KEYS, GUEST_HOST_KEY, GUEST_RANDOM_SEED
+from backend.guest.image_builder import GuestImage
+from backend.guest.newc import Entry, write_archive
+
+CLIENT_KEY_FILE = "id_ed25519"
+CLIENT_PUB_FILE = "id_ed25519.pub"
+HOST_KEY_FILE = "dropbear_ed25519_host_key"
+HOST_PUB_FILE = "ssh_host_ed25519_key.pub"
+MACHINE_INITRD_FILE = "initrd.img"
+RANDOM_SEED_BYTES = 512
+_ALIGN = 512
+_KEY_TYPE = b"ssh-ed25519"
+
+
+@dataclass(frozen=True)
+class MachineKeys:
+    """Where a machine's key files are on the host."""
+
+    client_key: Path  # OpenSSH private key, 0600: what the host logs in with
+    client_public: Path  # its .pub line, which goes into the guest's authorized_keys
+    host_key: Path  # dropbear-format host private key, 0600, copied into the guest
+    host_public: Path  # the host key's OpenSSH public line, for known_hosts
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """temp + fsync + rename + fsync dir: a crash leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)  # umask must not widen or narrow a key's mode
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def dropbear_ed25519_private(seed: bytes, public: bytes) -> bytes:
+    """Encode an Ed25519 key the way dropbear stores host keys."""
+    if len(seed) != 32 or len(public) != 32:
+        raise ValueError("ed25519 seed and public key must be 32 bytes each")
+    return _ssh_string(_KEY_TYPE) + _ssh_string(seed + public)
+
+
+def _openssh_public_line(public: bytes, comment: str) -> str:
+    blob = _ssh_string(_KEY_TYPE) + _ssh_string(public)
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}\n"
+
+
+def _keys_in(machine_dir: Path) -> MachineKeys:
+    return MachineKeys(
+        client_key=machine_dir / CLIENT_KEY_FILE,
+        client_public=machine_dir / CLIENT_PUB_FILE,
+        host_key=machine_dir / HOST_KEY_FILE,
+        host_public=machine_dir / HOST_PUB_FILE,
+    )
+
+
+def load_machine_keys(machine_dir: Path) -> MachineKeys:
+    """The keys `create_machine_keys` made earlier; raise if any file is missing."""
+    keys = _keys_in(machine_dir)
+    missing = [p.name for p in vars(keys).values() if not Path(p).is_file()]
+    if missing:
+        raise GuestImageError(f"machine keys incomplete in {machine_dir}: missing {missing}")
+    return keys
+
+
+def create_machine_keys(machine_dir: Path) -> MachineKeys:
+    """Give a machine its client key pair and SSH host key, once.
+
+    Existing complete keys are returned untouched: regenerating them would silently
+    change the machine's identity (known_hosts) and lock out anything holding the old key.
+    """
+    machine_dir.mkdir(parents=True, exist_ok=True)
+    keys = _keys_in(machine_dir)
+    present = [Path(p).exists() for p in vars(keys).values()]
+    if all(present):
+        return keys
+    comment = f"boxui@{machine_dir.name}"
+    client = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
+    host = Ed25519PrivateKey.generate()
+    seed = host.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    public = host.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    # host key first and client key last: a crash in between leaves an incomplete set,
+    # which the next call regenerates as a whole
+    _atomic_write(keys.host_key, dropbear_ed25519_private(seed, public), 0o600)
+    _atomic_write(keys.host_public, _openssh_public_line(public, comment).encode(), 0o644)
+    _atomic_write(keys.client_public, client.export_public_key("openssh"), 0o644)
+    _atomic_write(keys.client_key, client.export_private_key("openssh"), 0o600)
+    return keys
+
+
+def host_public_key(keys: MachineKeys) -> str:
+    """The guest's host key as an OpenSSH public line (`ssh-ed25519 AAAA… comment`)."""
+    return keys.host_public.read_text().strip()
+
+
+def host_key_fingerprint(keys: MachineKeys) -> str:
+    """`SHA256:…` fingerprint of the guest's host key, as `ssh` prints it."""
+    blob = base64.b64decode(host_public_key(keys).split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def known_hosts_line(keys: MachineKeys, port: int, host: str = "127.0.0.1") -> str:
+    """A known_hosts entry for the guest as reached through the host port forward."""
+    key_type, key_b64 = host_public_key(keys).split()[:2]
+    target = host if port == 22 else f"[{host}]:{port}"
+    return f"{target} {key_type} {key_b64}\n"
+
+
+def client_private_key(keys: MachineKeys) -> asyncssh.SSHKey:
+    """The client key, loaded for `asyncssh.connect(client_keys=[...])`."""
+    return asyncssh.read_private_key(keys.client_key)
+
+
+def seed_archive(keys: MachineKeys, random_seed: bytes | None = None) -> bytes:
+    """The uncompressed newc archive with this machine's keys and a fresh RNG seed."""
+    entropy = os.urandom(RANDOM_SEED_BYTES) if random_seed is None else random_seed
+    directory, regular = stat.S_IFDIR, stat.S_IFREG
+    entries = [
+        Entry("root", directory | 0o700),
+        Entry("root/.ssh", directory | 0o700),
+        Entry(GUEST_AUTHORIZED_KEYS, regular | 0o600, keys.client_public.read_bytes()),
+        Entry("etc", directory | 0o755),
+        Entry("etc/dropbear", directory | 0o755),
+        Entry(GUEST_HOST_KEY, regular | 0o600, keys.host_key.read_bytes()),
+        Entry("etc/boxui", directory | 0o755),
+        Entry(GUEST_RANDOM_SEED, regular | 0o600, entropy),
+    ]
+    return write_archive(entries)
+
+
+def concatenate_initrd(base: bytes, seed: bytes) -> bytes:
+    """`base` zero-padded to a 512-byte boundary, then `seed` (see module docstring)."""
+    return base + b"\0" * (-len(base) % _ALIGN) + seed
+
+
+def write_machine_initrd(base: GuestImage, machine_dir: Path, keys: MachineKeys) -> Path:
+    """Write `machine_dir/initrd.img` = base initrd + this machine's seed archive.
+
+    Call it before every cold boot: the RNG seed in it is new each time.
+    """
+    target = machine_dir / MACHINE_INITRD_FILE
+    data = concatenate_initrd(base.initrd.read_bytes(), seed_archive(keys))
+    _atomic_write(target, data, 0o600)
+    return target

@@ -1,0 +1,135 @@
+"""The QEMU argv for one microVM, built as a list by a pure function.
+
+Why a list: every value (paths, names) stays one argument, so nothing is ever
+interpreted by a shell. QEMU's own option syntax still splits on ',', so commas inside
+values that go into `key=value` option strings are doubled (QEMU's escape), and a name
+is restricted to hostname characters because it ends up on the kernel command line.
+
+Choices worth knowing:
+- `-M microvm,acpi=on` (the default, made explicit): ACPI is how Debian's kernel finds
+  the virtio-mmio devices at all, and how QMP `system_powerdown` reaches the guest as a
+  power-button press (see `image_builder`).
+- `-no-reboot`: a guest reboot or a kernel panic (`panic=-1` reboots at once) makes
+  QEMU exit instead of looping, so a supervisor sees the death.
+- Devices get fixed ids, so QOM paths are stable: the balloon is at
+  `BALLOON_QOM_PATH` (`/machine/peripheral/balloon0`), where `guest-stats` is read
+  after setting `guest-stats-polling-interval`.
+- `-name boxui-NAME,process=boxui-NAME`: the pid's cmdline names the machine (the
+  thread name, limited by Linux to 15 bytes, is only a hint).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.guest.accel import AccelName
+from backend.guest.errors import GuestImageError
+from backend.guest.tools import require_tool
+
+BALLOON_ID = "balloon0"
+BALLOON_QOM_PATH = f"/machine/peripheral/{BALLOON_ID}"
+QEMU_BINARY = "qemu-system-x86_64"
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_BOOT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """Everything that varies between two launches of a microVM."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    kernel: Path
+    initrd: Path
+    accel: AccelName
+    ssh_port: int
+    console_log: Path
+    qmp_socket: Path
+    pidfile: Path
+    boot_id: str
+    append: str = ""  # extra kernel parameters, after the ones boxui needs
+    incoming: str | None = None  # e.g. "exec:cat FILE" to restore a memory snapshot
+    daemonize: bool = True
+    tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
+
+
+def _opt(value: Path | str) -> str:
+    """Escape a value for a QEMU `key=value,...` option string."""
+    return str(value).replace(",", ",,")
+
+
+def kernel_append(config: QemuConfig) -> str:
+    """The kernel command line: serial console, quiet, reboot on panic, identity."""
+    parts = [
+        "console=ttyS0",
+        "quiet",
+        "panic=-1",
+        f"boxui.name={config.name}",
+        f"boxui.boot_id={config.boot_id}",
+    ]
+    if config.accel == "tcg" and config.tsc_khz:
+        parts += [f"tsc_early_khz={config.tsc_khz}", "tsc=reliable"]
+    if config.append:
+        parts.append(config.append)
+    return " ".join(parts)
+
+
+def validate(config: QemuConfig) -> None:
+    """Reject values that would change the meaning of the command line."""
+    if not NAME_PATTERN.fullmatch(config.name):
+        raise GuestImageError(f"invalid machine name {config.name!r} for a QEMU command line")
+    if not _BOOT_ID_PATTERN.fullmatch(config.boot_id):
+        raise GuestImageError(f"invalid boot id {config.boot_id!r}")
+    if not 1 <= config.vcpus <= 64:
+        raise GuestImageError(f"vcpus must be 1-64, not {config.vcpus}")
+    if not 64 <= config.memory_mib <= 1 << 20:
+        raise GuestImageError(f"memory must be 64 MiB or more, not {config.memory_mib}")
+    if config.tsc_khz is not None and not 1000 <= config.tsc_khz <= 100_000_000:
+        raise GuestImageError(f"implausible TSC frequency {config.tsc_khz} kHz")
+    if not 1 <= config.ssh_port <= 65535:
+        raise GuestImageError(f"invalid ssh port {config.ssh_port}")
+    if "\n" in config.append or "\0" in config.append:
+        raise GuestImageError("kernel append must be one line")
+
+
+def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
+    """The full argv (binary first) that launches `config` as a microVM."""
+    validate(config)
+    label = f"boxui-{config.name}"
+    argv = [
+        qemu_binary,
+        "-name", f"{label},process={label}",
+        "-M", "microvm,acpi=on",
+        "-accel", config.accel,
+        *(["-cpu", "host"] if config.accel == "kvm" else []),  # TCG: QEMU's default model
+        "-m", str(config.memory_mib),
+        "-smp", str(config.vcpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-no-reboot",
+        "-chardev", f"file,id=con0,path={_opt(config.console_log)}",
+        "-serial", "chardev:con0",
+        "-kernel", str(config.kernel),
+        "-initrd", str(config.initrd),
+        "-append", kernel_append(config),
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22",
+        "-device", "virtio-net-device,netdev=n0,id=net0",
+        "-device", f"virtio-balloon-device,id={BALLOON_ID}",
+        "-device", "virtio-rng-device,id=rng0",
+        "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
+        "-pidfile", str(config.pidfile),
+    ]  # fmt: skip
+    if config.incoming is not None:
+        argv += ["-incoming", config.incoming]
+    if config.daemonize:
+        argv.append("-daemonize")
+    return argv
+
+
+def find_qemu() -> str:
+    """Absolute path of qemu-system-x86_64, or a GuestImageError saying what to install."""
+    return require_tool(QEMU_BINARY)

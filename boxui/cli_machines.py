@@ -1,0 +1,162 @@
+"""CLI commands that change machines: create, start, stop, restart, rm, plus logs, ssh,
+ssh-config, exec and the foreground daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from backend.errors import BoxuiError
+from backend.machine_spec import MAX_MEMORY_MIB, MAX_VCPUS
+from backend.supervisor import Supervisor
+from boxui.supervised import progress_printer, with_supervisor
+
+
+def register(cli: click.Group, name_arg: object) -> None:
+    def machine_name(f):  # type: ignore[no-untyped-def]
+        return click.argument("name", callback=name_arg)(f)  # type: ignore[arg-type]
+
+    @cli.command("create")
+    @machine_name
+    @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
+    @click.option("--memory", "memory_mib", type=click.IntRange(64, MAX_MEMORY_MIB),
+                  default=256, show_default=True, help="Memory in MiB.")
+    @click.option("--image", type=click.Choice(["default"]), default="default",
+                  help="Guest image (boxui's own busybox + dropbear guest).")
+    @click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Boot your own kernel (with --initrd) instead of the image.")
+    @click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+                  show_default=True)
+    @click.option("--restart", "restart_policy",
+                  type=click.Choice(["never", "on-failure", "always"]), default="never",
+                  show_default=True)
+    @click.option("--start/--no-start", default=True, show_default=True,
+                  help="Boot the machine once it is created.")
+    @click.option("--json", "as_json", is_flag=True)
+    def create_cmd(name: str, vcpus: int, memory_mib: int, image: str, kernel: Path | None,
+                   initrd: Path | None, accel: str, restart_policy: str, start: bool,
+                   as_json: bool) -> None:
+        """Create a machine (and boot it unless --no-start)."""
+        from backend.machine_spec import MachineSpec
+
+        if (kernel is None) != (initrd is None):
+            raise click.UsageError("--kernel and --initrd go together")
+        spec = MachineSpec(name=name, vcpus=vcpus, memory_mib=memory_mib, accel=accel,  # type: ignore[arg-type]
+                           restart=restart_policy,  # type: ignore[arg-type]
+                           kernel=kernel.absolute() if kernel else None,
+                           initrd=initrd.absolute() if initrd else None)
+
+        async def work(sup: Supervisor) -> None:
+            await sup.engine.create_machine(spec)
+            if start:
+                await sup.start_machine(name, progress=progress_printer(name))
+
+        asyncio.run(with_supervisor(work))
+        _report(name, as_json)
+
+    @cli.command("start")
+    @machine_name
+    @click.option("--json", "as_json", is_flag=True)
+    def start_cmd(name: str, as_json: bool) -> None:
+        """Boot a machine and wait until it is ready."""
+        asyncio.run(with_supervisor(
+            lambda sup: sup.start_machine(name, progress=progress_printer(name))))
+        _report(name, as_json)
+
+    @cli.command("stop")
+    @machine_name
+    @click.option("--force", is_flag=True, help="Kill at once instead of powering off.")
+    @click.option("--json", "as_json", is_flag=True)
+    def stop_cmd(name: str, force: bool, as_json: bool) -> None:
+        """Power a machine off (ACPI, then quit, then kill)."""
+        asyncio.run(with_supervisor(lambda sup: sup.stop_machine(name, force=force)))
+        _report(name, as_json)
+
+    @cli.command("restart")
+    @machine_name
+    @click.option("--json", "as_json", is_flag=True)
+    def restart_cmd(name: str, as_json: bool) -> None:
+        """Stop a machine, then start it again."""
+        asyncio.run(with_supervisor(
+            lambda sup: sup.restart_machine(name, progress=progress_printer(name))))
+        _report(name, as_json)
+
+    @cli.command("rm")
+    @machine_name
+    @click.option("--force", is_flag=True, help="Kill the machine first if it is running.")
+    def rm_cmd(name: str, force: bool) -> None:
+        """Delete a machine, its disk state and its SSH keys."""
+        asyncio.run(with_supervisor(lambda sup: sup.delete_machine(name, force=force)))
+        click.echo(f"deleted {name}")
+
+    @cli.command("logs")
+    @machine_name
+    @click.option("--follow", "-f", is_flag=True, help="Keep printing new console output.")
+    def logs_cmd(name: str, follow: bool) -> None:
+        """Print a machine's serial console log."""
+        from boxui.console_follow import print_console
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(print_console(name, follow=follow))
+
+    @cli.command("ssh")
+    @machine_name
+    @click.argument("command", nargs=-1)
+    def ssh_cmd(name: str, command: tuple[str, ...]) -> None:
+        """Open an interactive shell in a machine (with the system ssh)."""
+        from boxui.ssh_commands import ssh_exec_argv
+
+        argv = ssh_exec_argv(name, list(command) or None)
+        sys.stdout.flush()
+        os.execvp(argv[0], argv)
+
+    @cli.command("ssh-config")
+    @machine_name
+    def ssh_config_cmd(name: str) -> None:
+        """Print a Host block for ~/.ssh/config."""
+        from boxui.ssh_commands import ssh_config_text
+
+        click.echo(ssh_config_text(name), nl=False)
+
+    @cli.command("exec", context_settings={"ignore_unknown_options": True})
+    @machine_name
+    @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+    def exec_cmd(name: str, command: tuple[str, ...]) -> None:
+        """Run a command in a machine over SSH; exits with its exit code."""
+        from boxui.ssh_commands import run_exec
+
+        sys.exit(asyncio.run(run_exec(name, list(command))))
+
+    @cli.command("daemon")
+    def daemon_cmd() -> None:
+        """Run the supervisor in the foreground (VMs keep running when it stops)."""
+        from boxui.daemon import run_daemon
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_daemon())
+
+
+def _report(name: str, as_json: bool) -> None:
+    from backend.machine_store import MachineStore, machine_view
+    from backend.state_dir import open_state_dir
+
+    machine = MachineStore(open_state_dir()).load(name, supervised=True)
+    if as_json:
+        from boxui.cli_output import emit_json
+
+        emit_json(machine_view(machine))
+        return
+    record = machine.record
+    port = f", ssh on 127.0.0.1:{record.ssh_port}" if record and record.ssh_port and \
+        machine.state.value in ("ready", "busy", "booting") else ""
+    reason = f" ({machine.reason})" if machine.reason else ""
+    click.echo(f"{name}: {machine.state.value}{reason}{port}")
+
+
+__all__ = ["BoxuiError", "register"]

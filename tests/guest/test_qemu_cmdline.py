@@ -1,0 +1,124 @@
+"""The QEMU argv: a list, every value one argument, the machine named, nothing joinable."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from backend.guest.errors import GuestImageError
+from backend.guest.qemu_cmdline import BALLOON_QOM_PATH, QemuConfig, build_argv, kernel_append
+
+
+def config(tmp_path: Path, **changes: object) -> QemuConfig:
+    base = QemuConfig(
+        name="web-1",
+        vcpus=2,
+        memory_mib=512,
+        kernel=tmp_path / "vmlinux",
+        initrd=tmp_path / "initrd.img",
+        accel="tcg",
+        ssh_port=42022,
+        console_log=tmp_path / "console.log",
+        qmp_socket=tmp_path / "qmp.sock",
+        pidfile=tmp_path / "qemu.pid",
+        boot_id="b00t1d",
+        tsc_khz=2445404,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def value_after(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_argv_is_a_list_of_single_arguments(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path), "/usr/bin/qemu-system-x86_64")
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    # options are separate elements, never "flag value" glued into one string
+    assert value_after(argv, "-M") == ["microvm,acpi=on"]
+    assert not any(a.startswith("-") and " " in a for a in argv)
+    assert not any(c in a for a in argv for c in (";", "|", "&&", "`", "$("))
+
+
+def test_hostfwd_uses_the_port_on_loopback_only(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, ssh_port=40123))
+    (netdev,) = value_after(argv, "-netdev")
+    assert "hostfwd=tcp:127.0.0.1:40123-:22" in netdev.split(",")
+
+
+def test_machine_is_named_for_the_supervisor(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path))
+    assert value_after(argv, "-name") == ["boxui-web-1,process=boxui-web-1"]
+
+
+def test_append_carries_identity_console_and_tsc(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, append="loglevel=7"))
+    (append,) = value_after(argv, "-append")
+    words = append.split()
+    for word in ("console=ttyS0", "quiet", "panic=-1", "boxui.name=web-1", "boxui.boot_id=b00t1d",
+                 "tsc_early_khz=2445404", "tsc=reliable"):  # fmt: skip
+        assert word in words
+    assert words[-1] == "loglevel=7"  # user extras come last so they win
+
+
+def test_kvm_gets_host_cpu_and_no_tsc_hint(tmp_path: Path) -> None:
+    cfg = config(tmp_path, accel="kvm")
+    argv = build_argv(cfg)
+    assert value_after(argv, "-accel") == ["kvm"] and value_after(argv, "-cpu") == ["host"]
+    assert "tsc_early_khz" not in kernel_append(cfg)
+
+
+def test_required_devices_and_plumbing(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    argv = build_argv(cfg)
+    devices = value_after(argv, "-device")
+    assert "virtio-net-device,netdev=n0,id=net0" in devices
+    assert f"virtio-balloon-device,id={BALLOON_QOM_PATH.rsplit('/', 1)[1]}" in devices
+    assert any(d.startswith("virtio-rng-device") for d in devices)
+    assert value_after(argv, "-qmp") == [f"unix:{cfg.qmp_socket},server=on,wait=off"]
+    assert value_after(argv, "-pidfile") == [str(cfg.pidfile)]
+    assert value_after(argv, "-chardev") == [f"file,id=con0,path={cfg.console_log}"]
+    for flag in ("-nodefaults", "-no-user-config", "-daemonize", "-no-reboot"):
+        assert flag in argv
+    assert value_after(argv, "-display") == ["none"]
+    assert value_after(argv, "-m") == ["512"] and value_after(argv, "-smp") == ["2"]
+    assert "-incoming" not in argv
+
+
+def test_incoming_and_foreground(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, incoming="exec:cat /x/snap", daemonize=False))
+    assert value_after(argv, "-incoming") == ["exec:cat /x/snap"]
+    assert "-daemonize" not in argv
+
+
+def test_commas_in_paths_are_escaped_for_qemu_options(tmp_path: Path) -> None:
+    odd = tmp_path / "a,b"
+    argv = build_argv(config(tmp_path, console_log=odd / "console.log", qmp_socket=odd / "q.sock"))
+    assert value_after(argv, "-chardev") == [f"file,id=con0,path={tmp_path}/a,,b/console.log"]
+    assert value_after(argv, "-qmp") == [f"unix:{tmp_path}/a,,b/q.sock,server=on,wait=off"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"name": "Web"},
+        {"name": "a b"},
+        {"name": "x,id=evil"},
+        {"name": "-rf"},
+        {"boot_id": "a b"},
+        {"ssh_port": 0},
+        {"ssh_port": 70000},
+        {"vcpus": 0},
+        {"memory_mib": 16},
+        {"append": "a\nb"},
+        {"tsc_khz": 5},
+    ],
+)
+def test_values_that_would_change_the_command_are_rejected(
+    tmp_path: Path, changes: dict[str, object]
+) -> None:
+    with pytest.raises(GuestImageError):
+        build_argv(config(tmp_path, **changes))

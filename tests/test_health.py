@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from backend.drivers.base import (
+    AdoptRefusal,
+    DriverCapabilities,
+    ExitInfo,
+    GuestMemory,
+    HypervisorDriver,
+    LaunchSpec,
+    ProbeResult,
+    VmHandle,
+)
+from backend.health import HealthHistory, HealthSample, HealthSampler
+
+MIB = 1 << 20
+
+
+class FakeDriver(HypervisorDriver):
+    """Guest memory is 1000/400 MiB, except for machines told to hang or to fail."""
+
+    def __init__(self, hang: set[str] | None = None, broken: set[str] | None = None) -> None:
+        self.hang = hang or set()
+        self.broken = broken or set()
+
+    def capabilities(self) -> DriverCapabilities:
+        return DriverCapabilities("fake", snapshots=False, graceful_stop=False, accels=("tcg",))
+
+    async def start(self, spec: LaunchSpec) -> VmHandle:
+        raise NotImplementedError
+
+    async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def wait_exit(self, handle: VmHandle) -> ExitInfo:
+        raise NotImplementedError
+
+    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+        raise NotImplementedError
+
+    async def kill(self, handle: VmHandle) -> None:
+        raise NotImplementedError
+
+    async def probe(self, handle: VmHandle) -> ProbeResult:
+        return ProbeResult(alive=True, responsive=True, status="running")
+
+    async def adopt(
+        self, name: str, pid: int, start_time: float, ssh_port: int, boot_id: str,
+        accel: str, run_dir: Path, console_log: Path,
+    ) -> VmHandle | AdoptRefusal:
+        return AdoptRefusal("fake")
+
+    async def guest_memory(self, handle: VmHandle) -> GuestMemory:
+        if handle.name in self.hang:
+            await asyncio.Event().wait()  # a QMP that never answers
+        if handle.name in self.broken:
+            raise ConnectionResetError("qmp went away")
+        return GuestMemory(1000 * MIB, 400 * MIB)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def handle(name: str, proc: subprocess.Popen[bytes], ssh_port: int | None = None,
+           start_time: float | None = None) -> VmHandle:
+    started = psutil.Process(proc.pid).create_time() if start_time is None else start_time
+    return VmHandle(name=name, pid=proc.pid, start_time=started,
+                    ssh_port=closed_port() if ssh_port is None else ssh_port, boot_id="b",
+                    accel="tcg", console_log=Path("/dev/null"), qmp_socket=Path("/nonexistent"))
+
+
+@pytest.fixture
+def procs() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    started = {
+        "busy": subprocess.Popen([sys.executable, "-c", "while True: pass"]),
+        "idle": subprocess.Popen(["sleep", "60"]),
+        "idle2": subprocess.Popen(["sleep", "60"]),
+    }
+    try:
+        yield started
+    finally:
+        for proc in started.values():
+            proc.kill()
+            proc.wait()
+
+
+def by_name(samples: list[HealthSample]) -> dict[str, HealthSample]:
+    return {s.machine: s for s in samples}
+
+
+async def test_cpu_rss_and_guest_memory(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    handles = {n: handle(n, p) for n, p in procs.items()}
+    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    first = by_name(await sampler.sample_once())
+    assert all(s.cpu_percent is None for s in first.values())  # psutil's first reading is 0.0
+    assert all(s.rss_bytes is not None and s.rss_bytes > 0 for s in first.values())
+    await asyncio.sleep(0.4)
+    second = by_name(await sampler.sample_once())
+    busy, idle = second["busy"].cpu_percent, second["idle"].cpu_percent
+    assert busy is not None and busy > 20  # ~100 on an idle host; CI hosts are not idle
+    assert idle is not None and idle < 5
+    assert second["idle"].guest_total_bytes == 1000 * MIB
+    assert second["idle"].guest_used_bytes == 600 * MIB
+    assert sampler.history.latest("busy") == second["busy"]
+
+
+async def test_hung_or_broken_guest_does_not_stall_the_others(
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    handles = {n: handle(n, p) for n, p in procs.items()}
+    handles["twin"] = handle("twin", procs["idle"])
+    sampler = HealthSampler(FakeDriver(hang={"busy", "twin"}, broken={"idle2"}),
+                            lambda: handles, timeout=0.3)
+    start = time.monotonic()
+    samples = by_name(await asyncio.wait_for(sampler.sample_once(), 2))
+    elapsed = time.monotonic() - start
+    assert 0.25 < elapsed < 0.55  # two hung: bounded by one per-machine timeout, not two
+    assert samples["busy"].guest_total_bytes is None and samples["busy"].rss_bytes
+    assert samples["twin"].guest_total_bytes is None
+    assert samples["idle2"].guest_used_bytes is None
+    assert samples["idle"].guest_free_bytes == 400 * MIB
+
+
+async def test_run_keeps_its_cadence_without_overlap(
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    handles = {n: handle(n, p) for n, p in procs.items()}
+    sampler = HealthSampler(FakeDriver(hang={"busy"}), lambda: handles, interval=0.2,
+                            timeout=0.18)
+    task = asyncio.create_task(sampler.run())
+    await asyncio.sleep(1.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    times = [s.time for s in sampler.history.samples("idle")]
+    assert 5 <= len(times) <= 6  # a round every 0.2 s, though each one waits 0.18 s
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.17 < g < 0.32 for g in gaps)
+
+
+def test_history_is_bounded_and_filters_by_time() -> None:
+    history = HealthHistory(maxlen=5)
+    for i in range(12):
+        history.add(HealthSample("m", 100.0 + i, float(i), None, 10, i, None))
+    assert [s.time for s in history.samples("m")] == [107, 108, 109, 110, 111]
+    assert history.series("m", "cpu_percent", seconds=2.5, now=111.0) == [9.0, 10.0, 11.0]
+    assert history.series("m", "guest_used_bytes") == [3.0, 2.0, 1.0, 0.0, -1.0]
+    assert history.series("m", "rss_bytes", seconds=1, now=111) == [None, None]
+    history.forget("m")
+    assert history.latest("m") is None and history.series("m", "cpu_percent") == []
+
+
+async def test_slow_subscriber_gets_latest_and_a_drop_count(
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    handles = {n: handle(n, p) for n, p in procs.items()}
+    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    slow = sampler.subscribe(maxsize=2)
+    only_idle = sampler.subscribe(maxsize=1, machine="idle")
+    gone = sampler.subscribe(maxsize=10)
+    gone.close()
+    rounds = [await asyncio.wait_for(sampler.sample_once(), 1) for _ in range(3)]
+    assert [slow.get_nowait(), slow.get_nowait(), slow.get_nowait()] == [*rounds[-1][-2:], None]
+    assert slow.dropped == 7
+    assert await only_idle.get() == by_name(rounds[-1])["idle"]
+    assert only_idle.dropped == 2
+    assert gone.get_nowait() is None
+
+
+async def test_dead_or_foreign_process_reads_as_unknown(
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    handles = {n: handle(n, p) for n, p in procs.items()}
+    handles["idle2"] = handle("idle2", procs["idle2"], start_time=1.0)  # pid "reused"
+    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    before = by_name(await sampler.sample_once())
+    assert before["idle"].rss_bytes and before["idle2"].rss_bytes is None
+    procs["idle"].kill()
+    await asyncio.sleep(0.1)  # not reaped: a zombie is as dead as a vanished pid
+    zombie = by_name(await sampler.sample_once())["idle"]
+    procs["idle"].wait()
+    reaped = by_name(await sampler.sample_once())["idle"]
+    for sample in (zombie, reaped):
+        assert sample.cpu_percent is None and sample.rss_bytes is None
+        assert sample.guest_total_bytes == 1000 * MIB
+
+
+async def test_ssh_checked_every_nth_round_staggered(
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    async def banner(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-fake\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    handles = {n: handle(n, p, ssh_port=port if n != "idle2" else None)
+               for n, p in procs.items()}
+    sampler = HealthSampler(FakeDriver(), lambda: handles, ssh_every=3)
+    async with server:
+        rounds = [by_name(await sampler.sample_once()) for _ in range(6)]
+    checked = {n: [i for i, r in enumerate(rounds) if r[n].ssh_ok is not None] for n in handles}
+    assert sorted(c[0] for c in checked.values()) == [0, 1, 2]  # spread over the rounds
+    assert all(c[1] - c[0] == 3 and len(c) == 2 for c in checked.values())
+    assert rounds[checked["busy"][0]]["busy"].ssh_ok is True
+    assert rounds[checked["idle2"][0]]["idle2"].ssh_ok is False
+
+
+async def test_stopped_machine_is_forgotten(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    handles = {n: handle(n, p) for n, p in procs.items()}
+    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    await sampler.sample_once()
+    del handles["busy"]
+    assert {s.machine for s in await sampler.sample_once()} == {"idle", "idle2"}
+    assert sampler.history.latest("busy") is None and sampler.history.latest("idle")

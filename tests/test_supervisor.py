@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
+from backend.engine import Engine
+from backend.errors import BoxuiError
+from backend.event_log import read_log
+from backend.guest.accel import AccelChoice
+from backend.lifecycle import InstanceState, PersistedState
+from backend.machine_spec import MachineSpec
+from backend.supervisor import MachineBusyError, Supervisor
+from tests.conftest import spec
+from tests.fake_driver import FakeDriver
+
+
+class FakeBootFiles(BootFilesProvider):
+    async def prepare(self, spec: MachineSpec, machine_dir: Path,
+                      progress: ProgressFn | None = None) -> BootFiles:
+        return BootFiles(Path("/fake/vmlinuz"), Path("/fake/initrd"), "")
+
+
+def make_supervisor(engine: Engine, driver: FakeDriver, **kw: object) -> Supervisor:
+    return Supervisor(engine, driver, FakeBootFiles(),
+                      accel_for=lambda requested: AccelChoice(accel="tcg", reason="test"),
+                      **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def driver() -> AsyncIterator[FakeDriver]:
+    fake = FakeDriver()
+    yield fake
+    fake.kill_all()
+
+
+def verbs(engine: Engine, name: str) -> list[str]:
+    return [e.type.rsplit(".", 1)[1] for e in read_log(engine.dirs.event_log).events
+            if e.subject == name]
+
+
+async def wait_state(engine: Engine, name: str, state: InstanceState, timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while engine.projection.state_of(name) is not state:
+            await asyncio.sleep(0.02)
+
+
+async def test_start_stop_cycle(engine: Engine, driver: FakeDriver) -> None:
+    await engine.create_machine(spec("vm"))
+    async with make_supervisor(engine, driver).running() as sup:
+        await sup.start_machine("vm")
+        assert engine.projection.state_of("vm") is InstanceState.READY
+        record = engine.store.load_record("vm")
+        assert record.pid == sup.handles["vm"].pid and record.process_start_time
+        assert record.persisted is PersistedState.RUNNING and record.accel == "tcg"
+        assert psutil.pid_exists(record.pid)
+        pid = record.pid
+        await sup.stop_machine("vm")
+        assert engine.projection.state_of("vm") is InstanceState.STOPPED
+        assert engine.store.load_record("vm").pid is None
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert verbs(engine, "vm") == ["creating", "created", "booting", "ready", "stopping",
+                                   "stopped"]
+
+
+async def test_twenty_concurrent_starts_make_one_process(engine: Engine,
+                                                          driver: FakeDriver) -> None:
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = 0.3
+    async with make_supervisor(engine, driver).running() as sup:
+        await asyncio.gather(*(sup.start_machine("vm") for _ in range(20)))
+        assert driver.starts == {"vm": 1}
+        assert engine.projection.state_of("vm") is InstanceState.READY
+
+
+async def test_guest_exit_is_noticed_within_a_second(engine: Engine,
+                                                      driver: FakeDriver) -> None:
+    await engine.create_machine(spec("vm"))
+    async with make_supervisor(engine, driver).running() as sup:
+        await sup.start_machine("vm")
+        pid = sup.handles["vm"].pid
+        os.kill(pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await wait_state(engine, "vm", InstanceState.CRASHED, timeout=1.0)
+        assert loop.time() - t0 < 1.0
+        machine = engine.machine("vm")
+        assert machine.reason and "exited" in machine.reason
+        assert engine.store.load_record("vm").pid is None
+
+
+async def test_crash_loop_backs_off_then_fails(engine: Engine, driver: FakeDriver,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.restart_policy as rp
+
+    monkeypatch.setattr(rp, "BASE_DELAY", 0.05)  # same doubling, faster clock
+    await engine.create_machine(spec("loop", restart="on-failure"))
+    driver.script("loop").die_after = 0.05
+    async with make_supervisor(engine, driver).running() as sup:
+        await sup.start_machine("loop")
+        await wait_state(engine, "loop", InstanceState.FAILED, timeout=10)
+        assert driver.starts["loop"] == 5
+        events = [e for e in read_log(engine.dirs.event_log).events if e.subject == "loop"]
+        crashes = [e for e in events if e.type.endswith(".crashed")]
+        assert len(crashes) == 5
+        assert "restarting in" in crashes[0].message
+        times = [e.time for e in events if e.type.endswith(".booting")]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+        assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
+        failed = engine.machine("loop")
+        assert failed.reason and "gave up after 5 failures" in failed.reason
+        await asyncio.sleep(0.5)
+        assert driver.starts["loop"] == 5, "a failed machine must not be restarted"
+
+
+async def test_never_policy_stays_crashed(engine: Engine, driver: FakeDriver) -> None:
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").die_after = 0.05
+    async with make_supervisor(engine, driver).running() as sup:
+        await sup.start_machine("vm")
+        await wait_state(engine, "vm", InstanceState.CRASHED)
+        await asyncio.sleep(0.3)
+        assert driver.starts["vm"] == 1
+
+
+async def test_boot_failure_is_failed_with_reason(engine: Engine, driver: FakeDriver) -> None:
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").fail_boot = "kernel panic in the guest"
+    async with make_supervisor(engine, driver).running() as sup:
+        with pytest.raises(BoxuiError, match="kernel panic"):
+            await sup.start_machine("vm")
+        assert engine.projection.state_of("vm") is InstanceState.FAILED
+        assert engine.machine("vm").reason == "kernel panic in the guest"
+        assert ("kill", "vm") in driver.calls
+        assert "vm" not in sup.handles
+
+
+async def test_stop_during_boot_aborts_it(engine: Engine, driver: FakeDriver) -> None:
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = 30
+    async with make_supervisor(engine, driver).running() as sup:
+        start = asyncio.create_task(sup.start_machine("vm"))
+        await wait_state(engine, "vm", InstanceState.BOOTING)
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(sup.stop_machine("vm"), 3)
+        await asyncio.wait_for(start, 3)
+        assert engine.projection.state_of("vm") is InstanceState.STOPPED
+
+
+async def test_delete_running_needs_force(engine: Engine, driver: FakeDriver) -> None:
+    await engine.create_machine(spec("vm"))
+    async with make_supervisor(engine, driver).running() as sup:
+        await sup.start_machine("vm")
+        with pytest.raises(MachineBusyError, match="--force"):
+            await sup.delete_machine("vm")
+        pid = sup.handles["vm"].pid
+        await sup.delete_machine("vm", force=True)
+        assert not engine.dirs.machine_dir("vm").exists()
+        assert engine.projection.state_of("vm") is None
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+async def test_detach_leaves_vms_running_and_recovery_adopts(home: Path,
+                                                             driver: FakeDriver) -> None:
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("a"))
+    await engine.create_machine(spec("b"))
+    async with make_supervisor(engine, driver).running() as sup:
+        await sup.start_machine("a")
+        await sup.start_machine("b")
+        pids = {n: h.pid for n, h in sup.handles.items()}
+    await engine.close()
+    assert all(psutil.pid_exists(p) for p in pids.values()), "VMs must outlive the supervisor"
+    os.kill(pids["b"], signal.SIGKILL)  # dies while no supervisor runs
+
+    engine = await Engine.open(home)
+    try:
+        async with make_supervisor(engine, driver).running() as sup:
+            assert sup.handles["a"].pid == pids["a"]
+            assert engine.projection.state_of("a") is InstanceState.READY
+            assert engine.projection.state_of("b") is InstanceState.CRASHED
+            assert engine.machine("b").reason == "process gone while boxui was down"
+            assert verbs(engine, "a")[-1] == "adopted"
+            await sup.start_machine("a")  # already active: no second process
+            assert driver.starts["a"] == 1
+    finally:
+        await engine.close()
+
+
+async def test_pid_reused_is_not_adopted_nor_signalled(home: Path, driver: FakeDriver) -> None:
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    async with make_supervisor(engine, driver).running() as sup:
+        await sup.start_machine("vm")
+        real = sup.handles["vm"].pid
+    os.kill(real, signal.SIGKILL)
+    # an unrelated live process takes the record's place
+    other = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        def hijack(record):  # type: ignore[no-untyped-def]
+            record.pid = other.pid
+
+        engine.store.update_record("vm", hijack)
+        await engine.close()
+        engine = await Engine.open(home)
+        async with make_supervisor(engine, driver).running():
+            assert engine.projection.state_of("vm") is InstanceState.CRASHED
+            assert "pid reused" in (engine.machine("vm").reason or "")
+        assert other.returncode is None and psutil.Process(other.pid).status() != "zombie"
+    finally:
+        other.kill()
+        await other.wait()
+        await engine.close()
