@@ -31,6 +31,7 @@ class BootFiles:
     kernel: Path
     initrd: Path
     append: str
+    disk_image: Path | None = None
 
 
 class BootFilesProvider:
@@ -54,7 +55,9 @@ def user_boot_files(spec: MachineSpec) -> BootFiles | None:
         raise BootFilesError(f"{spec.name}: kernel is set but initrd is not; set both")
     if not spec.initrd.is_file():
         raise BootFilesError(f"{spec.name}: initrd not found: {spec.initrd}")
-    return BootFiles(spec.kernel, spec.initrd, spec.cmdline)
+    if spec.disk_image is not None and not spec.disk_image.is_file():
+        raise BootFilesError(f"{spec.name}: disk image not found: {spec.disk_image}")
+    return BootFiles(spec.kernel, spec.initrd, spec.cmdline, spec.disk_image)
 
 
 class DefaultBootFiles(BootFilesProvider):

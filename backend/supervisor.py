@@ -164,7 +164,7 @@ class Supervisor:
                     kernel=files.kernel, initrd=files.initrd, append=files.append,
                     accel=accel, ssh_port=port, boot_id=boot_id, machine_dir=directory,
                     run_dir=run_dir, console_log=self.engine.dirs.console_log(name),
-                    tsc_khz=choice.tsc_khz,
+                    tsc_khz=choice.tsc_khz, disk_image=files.disk_image,
                 )
                 try:
                     handle = await self.driver.start(launch)

@@ -31,6 +31,10 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Boot your own kernel (with --initrd) instead of the image.")
     @click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--disk", "disk_image",
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Attach a disk image as /dev/vda (raw, or qcow2 by suffix); "
+                  "needs --kernel and --initrd that mount it.")
     @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
                   show_default=True)
     @click.option("--restart", "restart_policy",
@@ -40,17 +44,20 @@ def register(cli: click.Group, name_arg: object) -> None:
                   help="Boot the machine once it is created.")
     @click.option("--json", "as_json", is_flag=True)
     def create_cmd(name: str, vcpus: int, memory_mib: int, image: str, kernel: Path | None,
-                   initrd: Path | None, accel: str, restart_policy: str, start: bool,
-                   as_json: bool) -> None:
+                   initrd: Path | None, disk_image: Path | None, accel: str,
+                   restart_policy: str, start: bool, as_json: bool) -> None:
         """Create a machine (and boot it unless --no-start)."""
         from backend.machine_spec import MachineSpec
 
         if (kernel is None) != (initrd is None):
             raise click.UsageError("--kernel and --initrd go together")
+        if disk_image is not None and kernel is None:
+            raise click.UsageError("--disk needs --kernel and --initrd that mount it")
         spec = MachineSpec(name=name, vcpus=vcpus, memory_mib=memory_mib, accel=accel,  # type: ignore[arg-type]
                            restart=restart_policy,  # type: ignore[arg-type]
                            kernel=kernel.absolute() if kernel else None,
-                           initrd=initrd.absolute() if initrd else None)
+                           initrd=initrd.absolute() if initrd else None,
+                           disk_image=disk_image.absolute() if disk_image else None)
 
         async def work(sup: Supervisor) -> None:
             await sup.engine.create_machine(spec)

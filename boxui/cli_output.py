@@ -71,13 +71,22 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
         f"supervisor:     {'pid ' + str(supervisor_pid) if supervisor_pid else 'not running'}"
     )
     if m.spec:
+        from backend.guest.accel import resolve_accel
+
+        choice = resolve_accel(m.spec.accel)
+        in_use = m.record.accel if m.record and m.record.accel else None
+        if in_use and m.state.value in ("booting", "ready", "busy", "draining", "stopping"):
+            out.append(f"{'accel:':<16}{in_use} (running)")
+        else:
+            out.append(f"{'accel:':<16}{choice.accel} at next start ({choice.reason})")
         spec = m.spec.model_dump(mode="json", exclude_none=True)
         for key, value in spec.items():
-            if key != "name":
+            if key not in ("name", "accel"):
                 out.append(f"{key + ':':<16}{value}")
+        out.append(f"{'accel setting:':<16}{m.spec.accel}")
     if m.record:
         rec = m.record
-        for key in ("pid", "ssh_port", "ip", "boot_id", "accel", "restart_count"):
+        for key in ("pid", "ssh_port", "ip", "boot_id", "restart_count"):
             value = getattr(rec, key)
             if value not in (None, 0):
                 out.append(f"{key + ':':<16}{value}")

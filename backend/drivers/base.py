@@ -42,6 +42,7 @@ class LaunchSpec:
     console_log: Path
     #: the host's TSC rate, passed to TCG guests whose clock calibration otherwise hangs
     tsc_khz: int | None = None
+    disk_image: Path | None = None
 
 
 @dataclass

@@ -98,6 +98,7 @@ class QemuDriver(HypervisorDriver):
             kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,  # type: ignore[arg-type]
             ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
             pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
+            disk_image=spec.disk_image,
         )
         try:
             argv = build_argv(config, self.binary)

@@ -53,6 +53,8 @@ class QemuConfig:
     append: str = ""  # extra kernel parameters, after the ones boxui needs
     incoming: str | None = None  # e.g. "exec:cat FILE" to restore a memory snapshot
     daemonize: bool = True
+    #: the user's own disk image, attached as the first virtio block device (/dev/vda)
+    disk_image: Path | None = None
     tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
 
 
@@ -123,6 +125,12 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
         "-pidfile", str(config.pidfile),
     ]  # fmt: skip
+    if config.disk_image is not None:
+        image_format = "qcow2" if config.disk_image.suffix == ".qcow2" else "raw"
+        argv += [
+            "-drive", f"id=disk0,if=none,format={image_format},file={_opt(config.disk_image)}",
+            "-device", "virtio-blk-device,drive=disk0",
+        ]  # fmt: skip
     if config.incoming is not None:
         argv += ["-incoming", config.incoming]
     if config.daemonize:

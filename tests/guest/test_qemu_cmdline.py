@@ -122,3 +122,18 @@ def test_values_that_would_change_the_command_are_rejected(
 ) -> None:
     with pytest.raises(GuestImageError):
         build_argv(config(tmp_path, **changes))
+
+
+def test_disk_image_is_attached_as_virtio_blk(tmp_path: Path) -> None:
+    base = QemuConfig(
+        name="vm", vcpus=1, memory_mib=256, kernel=tmp_path / "k", initrd=tmp_path / "i",
+        accel="tcg", ssh_port=2222, console_log=tmp_path / "c", qmp_socket=tmp_path / "q",
+        pidfile=tmp_path / "p", boot_id="b1",
+    )
+    assert "-drive" not in build_argv(base)
+    argv = build_argv(replace(base, disk_image=tmp_path / "disk,1.qcow2"))
+    drive = argv[argv.index("-drive") + 1]
+    assert "format=qcow2" in drive and "disk,,1.qcow2" in drive
+    assert "virtio-blk-device,drive=disk0" in argv
+    raw = build_argv(replace(base, disk_image=tmp_path / "disk.img"))
+    assert "format=raw" in raw[raw.index("-drive") + 1]

@@ -1,0 +1,57 @@
+"""QEMU driver behaviour that needs no guest: sockets, identity, missing binary."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backend.drivers.errors import DriverError
+from backend.drivers.process_identity import verify_identity
+from backend.drivers.qemu import QemuDriver, _remove_stale_socket, identity_args
+from backend.process_liveness import start_time_of
+
+
+def test_stale_socket_removed_live_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "qmp.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    try:
+        with pytest.raises(DriverError, match="a live QEMU still holds"):
+            _remove_stale_socket(path)
+        assert path.exists()
+    finally:
+        server.close()
+    # the listener is gone; the file left behind is stale
+    assert path.exists()
+    _remove_stale_socket(path)
+    assert not path.exists()
+
+
+def test_identity_needs_cmdline_and_start_time(tmp_path: Path) -> None:
+    args = identity_args("vm", tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *args])
+    try:
+        started = start_time_of(proc.pid)
+        assert started is not None
+        assert verify_identity(proc.pid, started, args) is None
+        other = identity_args("other", tmp_path)
+        assert "pid reused" in (verify_identity(proc.pid, started, other) or "")
+        assert "pid reused" in (verify_identity(proc.pid, started - 5, args) or "")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert verify_identity(proc.pid, started, args) == "process gone while boxui was down"
+
+
+def test_missing_qemu_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(DriverError) as info:
+        _ = QemuDriver().binary
+    text = str(info.value)
+    assert "qemu-system-x86_64" in text and "apt-get install qemu-system-x86" in text
+    assert "\n" not in text
