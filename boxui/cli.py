@@ -38,7 +38,9 @@ def _name_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def cli(ctx: click.Context) -> None:
     """boxui: a terminal manager for local microVMs."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(ls_cmd, as_json=False)
+        from boxui.run_app import run_app
+
+        run_app()
 
 
 @cli.command("ls")

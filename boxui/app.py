@@ -1,0 +1,468 @@
+"""The boxui terminal app: live machines, events, health and consoles, one key away.
+
+The engine is injected (`EmbeddedBackend`), runs in the app's own loop in the "backend"
+worker, and reaches the UI only through messages. Long work runs in the "actions" worker
+group with `exit_on_error=False`; one handler turns any failure into a notification, so
+no traceback ever reaches the screen and the app never freezes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input
+from textual.worker import Worker, WorkerState
+from watchfiles import Change, awatch
+
+from backend.errors import BoxuiError, SpecError
+from backend.event_bus import Missed
+from backend.events import CloudEvent
+from backend.health import HealthSample
+from backend.machine_spec import MachineSpec
+from backend.machine_store import LoadedMachine
+from boxui.app_backend import EmbeddedBackend
+from boxui.messages import (
+    BackendStarted,
+    EventArrived,
+    EventsMissed,
+    HealthSampled,
+    SpecEditRejected,
+    SpecReloaded,
+)
+from boxui.screens.confirm_delete import ConfirmDeleteScreen
+from boxui.screens.help import HelpScreen
+from boxui.screens.logs import LogsScreen
+from boxui.screens.new_machine import NewMachineScreen
+from boxui.widgets.console_pane import ConsolePane
+from boxui.widgets.detail_pane import DetailPane
+from boxui.widgets.event_stream import EventStream
+from boxui.widgets.machine_table import COLUMNS, MachineTable, row_cells
+from boxui.widgets.status_header import StatusHeader, header_markup
+
+ACTIVE = {"booting", "ready", "busy", "draining", "stopping"}
+FALLBACK_STATE_COLOURS = {
+    "creating": "cyan", "booting": "cyan", "ready": "green", "busy": "yellow",
+    "draining": "yellow", "stopping": "grey62", "stopped": "grey50", "failed": "red",
+    "crashed": "red", "broken": "magenta",
+}
+
+
+class BoxuiApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "boxui"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("n", "new_machine", "New"),
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("r", "restart", "Restart"),
+        Binding("ctrl+d", "delete", "Delete"),
+        Binding("e", "edit", "Edit"),
+        Binding("S", "ssh", "SSH"),
+        Binding("l", "logs", "Logs"),
+        Binding("a", "toggle_events", "Events", show=False),
+        Binding("slash", "filter", "Filter"),
+        Binding("o", "sort_next", "Sort", show=False),
+        Binding("t", "next_theme", "Theme"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self, backend: EmbeddedBackend, *, clock: Callable[[], float] = time.time,
+                 ssh_argv: Callable[[str], list[str]] | None = None,
+                 editor: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self.clock = clock
+        self._ssh_argv = ssh_argv
+        self._editor = editor
+        self._machines: dict[str, LoadedMachine] = {}
+        self._last_valid: dict[str, MachineSpec] = {}
+        self._health: dict[str, HealthSample] = {}
+        self._busy: dict[str, str] = {}
+        self._frame = 0
+        self._filter = ""
+        self._mounted = False
+        self.actions_done: list[tuple[str, str]] = []
+        self.suspended_events: list[str] = []
+
+    # --- layout ----------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader("boxui: starting…")
+        yield Input(placeholder="filter by name or state", id="filter", disabled=True)
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield MachineTable(self.state_colour, id="machines")
+                with Horizontal(id="bottom"):
+                    yield EventStream(id="events")
+                    yield ConsolePane(id="console")
+            yield DetailPane(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(MachineTable).border_title = "machines"
+        self.query_one(EventStream).border_title = "events: all machines"
+        self.query_one(ConsolePane).border_title = "console"
+        self.query_one(DetailPane).border_title = "details"
+        self._spinner = self.set_interval(0.12, self._spin, pause=True)
+        self._mounted = True
+        self.query_one(MachineTable).focus()
+        self.run_worker(self.backend.run(), name="backend", group="backend",
+                        exit_on_error=False)
+        self.run_worker(self._wait_for_backend(), group="backend", exit_on_error=False)
+
+    async def _wait_for_backend(self) -> None:
+        await self.backend.ready.wait()
+        self.post_message(BackendStarted())
+
+    def state_colour(self, state: str) -> str:
+        variables = self.current_theme.variables if self.current_theme else {}
+        return variables.get(f"state-{state}", FALLBACK_STATE_COLOURS.get(state, ""))
+
+    # --- backend facts ---------------------------------------------------------------
+
+    def on_backend_started(self, _: BackendStarted) -> None:
+        for note in self.backend.startup_notes:
+            self.notify(note, severity="warning", timeout=10)
+        for machine in self.backend.machines():
+            self._remember(machine)
+        events = self.query_one(EventStream)
+        for event in self.backend.recent_events(100):
+            assert isinstance(event, CloudEvent)
+            events.add(event, self.state_colour(str(event.data.get("to") or "")))
+        self._reconcile()
+        self._consume_events()
+        self._consume_health()
+        self._watch_specs()
+        self._selection_changed()
+
+    @work(group="feeds", exit_on_error=False)
+    async def _consume_events(self) -> None:
+        subscription = self.backend.subscribe_events()
+        async for item in subscription:
+            if isinstance(item, Missed):
+                self.post_message(EventsMissed(item.count))
+            else:
+                self.post_message(EventArrived(item))
+
+    @work(group="feeds", exit_on_error=False)
+    async def _consume_health(self) -> None:
+        subscription = self.backend.subscribe_health()
+        while True:
+            first = await subscription.get()
+            batch = [first]
+            while (more := subscription.get_nowait()) is not None:
+                batch.append(more)
+            self.post_message(HealthSampled(batch))
+
+    @work(group="feeds", exit_on_error=False)
+    async def _watch_specs(self) -> None:
+        machines_dir = self.backend.engine.dirs.machines
+        async for changes in awatch(machines_dir, debounce=200, step=50):
+            for change, path in changes:
+                if change is Change.deleted or not path.endswith("/machine.toml"):
+                    continue
+                name = os.path.basename(os.path.dirname(path))
+                if name not in self._machines:
+                    continue
+                try:
+                    spec = await asyncio.to_thread(self.backend.engine.store.load_spec, name)
+                except SpecError as exc:
+                    self.post_message(SpecEditRejected(name, str(exc)))
+                except BoxuiError:
+                    continue
+                else:
+                    if spec != self._last_valid.get(name):
+                        self.post_message(SpecReloaded(name))
+
+    def on_event_arrived(self, message: EventArrived) -> None:
+        event = message.event
+        name = event.subject or ""
+        self.query_one(EventStream).add(event, self.state_colour(str(event.data.get("to"))))
+        if event.type.endswith(".deleted"):
+            self._machines.pop(name, None)
+            self._health.pop(name, None)
+        else:
+            try:
+                self._remember(self.backend.machine(name))
+            except BoxuiError:
+                self._machines.pop(name, None)
+        self._reconcile()
+        if name == self.selected:
+            self._show_detail()
+
+    def on_events_missed(self, message: EventsMissed) -> None:
+        self.query_one(EventStream).note(f"{message.count} events not shown (UI fell behind)")
+
+    def on_health_sampled(self, message: HealthSampled) -> None:
+        for sample in message.samples:
+            self._health[sample.machine] = sample
+        self._reconcile()
+        if self.selected in {s.machine for s in message.samples}:
+            self._show_detail()
+
+    def on_spec_reloaded(self, message: SpecReloaded) -> None:
+        try:
+            self._remember(self.backend.machine(message.name))
+        except BoxuiError:
+            return
+        self.notify(f"reloaded {message.name}/machine.toml", timeout=3)
+        self._reconcile()
+        if message.name == self.selected:
+            self._show_detail()
+
+    def on_spec_edit_rejected(self, message: SpecEditRejected) -> None:
+        self.notify(f"{message.reason} (keeping the last valid spec)",
+                    title="invalid machine.toml", severity="error", timeout=10)
+
+    def _remember(self, machine: LoadedMachine) -> None:
+        """Keep the last valid spec: an invalid hand edit must not blank a live machine."""
+        if machine.spec is not None and not machine.broken:
+            self._last_valid[machine.name] = machine.spec
+        elif machine.broken and machine.name in self._last_valid and machine.record:
+            machine = machine.model_copy(update={
+                "spec": self._last_valid[machine.name], "state": machine.record.state,
+            })
+        self._machines[machine.name] = machine
+
+    # --- drawing ---------------------------------------------------------------------
+
+    def _visible(self) -> Iterable[LoadedMachine]:
+        needle = self._filter.lower()
+        for machine in self._machines.values():
+            if not needle or needle in machine.name or needle in machine.state.value:
+                yield machine
+
+    def _reconcile(self) -> None:
+        now = self.clock()
+        table = self.query_one(MachineTable)
+        table.reconcile(
+            (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
+                               self._frame), m.state.value)
+            for m in self._visible()
+        )
+        accel = self.backend.accel()
+        self.query_one(StatusHeader).update(header_markup(
+            (m.state.value for m in self._machines.values()), accel.accel, accel.reason,
+            self.state_colour))
+
+    def _spin(self) -> None:
+        self._frame += 1
+        if not self._busy:
+            self._spinner.pause()
+        self._reconcile()
+
+    @property
+    def selected(self) -> str | None:
+        return self.query_one(MachineTable).selected_name
+
+    @on(DataTable.RowHighlighted)
+    def _selection_changed(self) -> None:
+        self._show_detail()
+        name = self.selected
+        events = self.query_one(EventStream)
+        if events.only is not None:
+            events.focus_on(name)
+        if name is not None:
+            pane = self.query_one(ConsolePane)
+            self.run_worker(pane.follow(self.backend.console_log(name)), group="console",
+                            exclusive=True, exit_on_error=False)
+
+    def _show_detail(self) -> None:
+        name = self.selected
+        machine = self._machines.get(name) if name else None
+        history = self.backend.health_history if machine else None
+        colour = self.state_colour(machine.state.value) if machine else ""
+        self.query_one(DetailPane).show(machine, history, colour)
+
+    @on(DataTable.HeaderSelected)
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        self.query_one(MachineTable).sort_by(str(event.column_key.value))
+
+    # --- errors ----------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one error handler: any failed worker becomes a notification."""
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        text = str(error) if isinstance(error, BoxuiError) else \
+            f"{type(error).__name__}: {error}"
+        if event.worker.group == "backend":
+            self.notify(f"the engine stopped: {text}", severity="error", timeout=30)
+        else:
+            self.notify(text, title=event.worker.name or "error", severity="error", timeout=8)
+
+    # --- actions ---------------------------------------------------------------------
+
+    def _need_selection(self) -> str | None:
+        name = self.selected
+        if name is None:
+            self.notify("no machine selected", severity="warning", timeout=3)
+        return name
+
+    def _long(self, name: str, label: str, job: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            self._busy[name] = label
+            self._spinner.resume()
+            try:
+                await job()
+                self.actions_done.append((label, name))
+            finally:
+                self._busy.pop(name, None)
+                self._reconcile()
+
+        self.run_worker(run(), name=f"{label} {name}", group="actions", exit_on_error=False)
+
+    def action_new_machine(self) -> None:
+        def created(spec: MachineSpec | None) -> None:
+            if spec is not None:
+                self._long(spec.name, "creating", lambda: self.backend.create(spec))
+
+        self.push_screen(NewMachineScreen(set(self._machines)), created)
+
+    def action_start(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self._long(name, "starting", lambda: self.backend.start(name))
+
+    def action_stop(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self._long(name, "stopping", lambda: self.backend.stop(name))
+
+    def action_restart(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self._long(name, "restarting", lambda: self.backend.restart(name))
+
+    def action_delete(self) -> None:
+        name = self._need_selection()
+        if name is None:
+            return
+        running = self._machines[name].state.value in ACTIVE if name in self._machines else False
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._long(name, "deleting", lambda: self.backend.delete(name))
+
+        self.push_screen(ConfirmDeleteScreen(name, running), confirmed)
+
+    async def action_edit(self) -> None:
+        name = self._need_selection()
+        if name is None:
+            return
+        editor = self._editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        argv = [*shlex.split(editor), str(self.backend.spec_path(name))]
+        await self._run_suspended(argv, f"edit {name}")
+
+    async def action_ssh(self) -> None:
+        name = self._need_selection()
+        if name is None:
+            return
+        try:
+            if self._ssh_argv is not None:
+                argv = self._ssh_argv(name)
+            else:
+                from boxui.ssh_commands import ssh_exec_argv
+
+                argv = ssh_exec_argv(name, None)
+        except BoxuiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        await self._run_suspended(argv, f"ssh {name}")
+
+    async def _run_suspended(self, argv: list[str], what: str) -> None:
+        """Hand the terminal to a program while the backend keeps running: the child is
+        awaited, not waited for, so the event loop (and supervision) goes on."""
+        try:
+            with self.suspend():
+                proc = await asyncio.create_subprocess_exec(*argv)
+                code = await proc.wait()
+        except FileNotFoundError:
+            self.notify(f"{argv[0]} not found", severity="error")
+            return
+        except Exception as exc:
+            self.notify(f"{what}: {exc}", severity="error")
+            return
+        self.actions_done.append((what, str(code)))
+        if code not in (0, None):
+            self.notify(f"{what} exited with {code}", severity="warning", timeout=4)
+
+    def action_logs(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self.push_screen(LogsScreen(self.backend.console_log(name)))
+
+    def action_toggle_events(self) -> None:
+        events = self.query_one(EventStream)
+        events.focus_on(None if events.only is not None else self.selected)
+
+    def action_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        field.disabled = False
+        field.add_class("-shown")
+        field.focus()
+
+    def action_clear_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        if field.has_class("-shown"):
+            field.value = ""
+            field.remove_class("-shown")
+            field.disabled = True
+            self.query_one(MachineTable).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self._filter = event.value.strip()
+        self._reconcile()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one(MachineTable).focus()
+
+    def action_sort_next(self) -> None:
+        table = self.query_one(MachineTable)
+        keys = [c.key for c in COLUMNS]
+        table.sort_by(keys[(keys.index(table.sort_column) + 1) % len(keys)])
+
+    def action_next_theme(self) -> None:
+        names = sorted(self.available_themes)
+        preferred = [n for n in names if n.startswith("boxui")] or names
+        current = self.theme if self.theme in preferred else preferred[-1]
+        self.theme = preferred[(preferred.index(current) + 1) % len(preferred)]
+
+    def watch_theme(self, theme: str) -> None:
+        if self._mounted:
+            self.query_one(MachineTable).restyle()
+            self._reconcile()
+            self.notify(f"theme: {theme}", timeout=2)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for title, help_text, action in (
+            ("New machine", "Create and start a machine", self.action_new_machine),
+            ("Start machine", "Start the selected machine", self.action_start),
+            ("Stop machine", "Power off the selected machine", self.action_stop),
+            ("Restart machine", "Restart the selected machine", self.action_restart),
+            ("Delete machine", "Delete the selected machine", self.action_delete),
+            ("Edit machine.toml", "Open the spec in $EDITOR", self.action_edit),
+            ("SSH into machine", "Interactive shell in the selected machine", self.action_ssh),
+            ("Console log", "Full-screen serial console", self.action_logs),
+            ("Filter machines", "Filter by name or state", self.action_filter),
+            ("Toggle event scope", "All machines or the selected one",
+             self.action_toggle_events),
+            ("Next theme", "Cycle boxui's themes", self.action_next_theme),
+            ("Keys", "Every key binding", self.action_help),
+        ):
+            yield SystemCommand(title, help_text, action)
