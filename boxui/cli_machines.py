@@ -148,6 +148,16 @@ def register(cli: click.Group, name_arg: object) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_daemon())
 
+    @cli.command("demo")
+    @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Demo state dir (default: next to the normal one, named *-demo); "
+                  "wiped at start if made by an earlier demo.")
+    def demo_cmd(home: Path | None) -> None:
+        """Open the app over sample machines that show every state (no VMs involved)."""
+        from boxui.demo import run_demo
+
+        run_demo(home)
+
 
 def _report(name: str, as_json: bool) -> None:
     from backend.machine_store import MachineStore, machine_view

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.drivers.base import (
     AdoptRefusal,
     DriverCapabilities,
@@ -34,6 +35,8 @@ from backend.drivers.process_identity import (
     verify_identity,
 )
 from backend.drivers.qemu import identity_args
+from backend.guest.accel import AccelChoice
+from backend.machine_spec import MachineSpec
 
 STAND_IN = "import time, sys; sys.stdout.close(); time.sleep(10**6)"
 
@@ -163,3 +166,15 @@ class FakeDriver(HypervisorDriver):
             if same_process(pid, started):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+class FakeBootFiles(BootFilesProvider):
+    """Boot files for the fake driver, which boots nothing."""
+
+    async def prepare(self, spec: MachineSpec, machine_dir: Path,
+                      progress: ProgressFn | None = None) -> BootFiles:
+        return BootFiles(Path("/fake/vmlinuz"), Path("/fake/initrd"), "")
+
+
+def fixed_accel(requested: str) -> AccelChoice:
+    return AccelChoice(accel="tcg", reason="fixed for tests")

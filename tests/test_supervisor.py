@@ -10,22 +10,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.engine import Engine
 from backend.errors import BoxuiError
 from backend.event_log import read_log
 from backend.guest.accel import AccelChoice
 from backend.lifecycle import InstanceState, PersistedState
-from backend.machine_spec import MachineSpec
 from backend.supervisor import MachineBusyError, Supervisor
 from tests.conftest import spec
-from tests.fake_driver import FakeDriver
-
-
-class FakeBootFiles(BootFilesProvider):
-    async def prepare(self, spec: MachineSpec, machine_dir: Path,
-                      progress: ProgressFn | None = None) -> BootFiles:
-        return BootFiles(Path("/fake/vmlinuz"), Path("/fake/initrd"), "")
+from tests.fake_driver import FakeBootFiles, FakeDriver
 
 
 def make_supervisor(engine: Engine, driver: FakeDriver, **kw: object) -> Supervisor:

@@ -23,10 +23,9 @@ def check_fields(name: str, vcpus: str, memory: str, taken: set[str]) -> dict[st
         validate_name(name)
         if name in taken:
             errors["name"] = f"a machine named {name!r} already exists"
-    except BoxuiError as exc:
-        errors["name"] = "use 1-63 of a-z, 0-9, '-', not starting with '-'" if name else \
-            "a name is required"
-        del exc
+    except BoxuiError:
+        errors["name"] = ("use 1-63 of a-z, 0-9, '-', not starting with '-'" if name
+                          else "a name is required")
     if not vcpus.isdigit() or not 1 <= int(vcpus) <= MAX_VCPUS:
         errors["vcpus"] = f"a whole number from 1 to {MAX_VCPUS}"
     if not memory.isdigit() or not 64 <= int(memory) <= MAX_MEMORY_MIB:

@@ -1,0 +1,341 @@
+"""Can the app keep 1,000 machines live? (issue targets: < 15 % of one core, p95 < 100 ms)
+
+Run: .venv/bin/python bench/tui.py [--machines 1000] [--seconds 60] [--terminal]
+
+What runs: the real `BoxuiApp` over a real `EmbeddedBackend` (engine, supervisor, event
+feed, health feed, spec watcher) in a temp state dir with `--machines` machines, all
+`ready`. They reach `ready` the way they would after boxui restarts with running VMs:
+each was recorded as booted and ready, and the supervisor re-adopts it at startup (the
+bench driver trusts every adoption; no process is checked or sampled).
+
+What stands in: health sampling. The app is started with `sample_health=False`; once a
+second the bench calls the supervisor's own `HealthSampler.sample_once()`, with the
+per-machine probe (`_sample`: psutil + QMP, measured separately by bench/health.py)
+replaced by one that returns a sample whose `cpu_percent` is the round number. So every
+round changes every row's CPU cell (and its UPTIME cell, as in real use), and the
+fan-out to history and subscribers, the app's health worker, `HealthSampled`, the table
+reconcile, the detail pane and the screen refresh are the product's code.
+
+What is measured, after a 2-round warm-up:
+- CPU: `time.process_time()` (user + system, all threads) of this one process over the
+  measured rounds, as % of one core. This includes the bench's sample fan-out (what the
+  real sampler costs besides psutil/QMP).
+- update -> cell: for every machine and round, from the start of the round's
+  `sample_once()` to `MachineTable.update_cell` writing that row's new CPU value
+  (a per-instance wrapper around `update_cell`). p50/p95/max over all rows and rounds.
+- update -> frame: per round, from the same start to the end of the first screen update
+  (`App._display`) after that round's last cell update: the frame that shows the rows.
+  Headless (default), Textual composes the frame but skips turning it into escape codes
+  and writing them; `--terminal` runs on the real terminal (run it in tmux or a terminal
+  of 160x50 or more) so that cost is included too. Terminal emulator time is never
+  included.
+Setup (writing 1,000 machines, startup, the first 1,000-row draw) is not measured; the
+`ls` cache refresh (`listing_cache.refresh`, which rewrites the whole cache per machine
+write and makes setup quadratic) is skipped during setup and restored before measuring;
+no machine files are written while measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import boxui.app
+from backend import listing_cache
+from backend.drivers.base import (
+    AdoptRefusal,
+    DriverCapabilities,
+    ExitInfo,
+    GuestMemory,
+    HypervisorDriver,
+    LaunchSpec,
+    ProbeResult,
+    VmHandle,
+)
+from backend.engine import Engine
+from backend.health import HealthSample
+from backend.lifecycle import Verb
+from backend.machine_spec import MachineSpec
+from backend.runtime_record import RuntimeRecord
+from boxui.app import BoxuiApp
+from boxui.app_backend import EmbeddedBackend, LinkOptions
+from boxui.messages import BackendStarted
+from boxui.widgets.machine_table import MachineTable
+
+TARGET_CPU_PERCENT = 15.0
+TARGET_P95_MS = 100.0
+WARMUP_ROUNDS = 2
+
+
+class BenchDriver(HypervisorDriver):
+    """Adopts every recorded machine and never sees one exit; nothing else is called."""
+
+    def capabilities(self) -> DriverCapabilities:
+        return DriverCapabilities("bench", snapshots=False, graceful_stop=False, accels=())
+
+    async def adopt(self, name: str, pid: int, start_time: float, ssh_port: int,
+                    boot_id: str, accel: str, run_dir: Path,
+                    console_log: Path) -> VmHandle | AdoptRefusal:
+        return VmHandle(name=name, pid=pid, start_time=start_time, ssh_port=ssh_port,
+                        boot_id=boot_id, accel=accel, console_log=console_log,
+                        qmp_socket=run_dir / "qmp.sock")
+
+    async def wait_exit(self, handle: VmHandle) -> ExitInfo:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def guest_memory(self, handle: VmHandle) -> GuestMemory:
+        return GuestMemory(512 << 20, 300 << 20)
+
+    async def start(self, spec: LaunchSpec) -> VmHandle:
+        raise NotImplementedError
+
+    async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+        raise NotImplementedError
+
+    async def kill(self, handle: VmHandle) -> None:
+        raise NotImplementedError
+
+    async def probe(self, handle: VmHandle) -> ProbeResult:
+        raise NotImplementedError
+
+
+async def write_machines(root: Path, count: int) -> None:
+    """`count` machines recorded as booted and ready, each with this process as its
+    'hypervisor' (the bench driver adopts it; nothing ever signals it)."""
+    engine = await Engine.open(root)
+    started = psutil.Process().create_time()
+    try:
+        for i in range(count):
+            name = f"m{i:04d}"
+            await engine.create_machine(MachineSpec(name=name))
+
+            def booted(record: RuntimeRecord, port: int = 20000 + i) -> None:
+                record.pid, record.process_start_time = os.getpid(), started
+                record.accel, record.ssh_port, record.boot_id = "kvm", port, "bench"
+
+            await engine.transition(name, Verb.BOOTING, update=booted, message="bench")
+            await engine.transition(name, Verb.READY, message="bench")
+    finally:
+        await engine.close()
+
+
+class BenchApp(BoxuiApp):
+    """BoxuiApp plus the bench loop, started once the backend is up (Textual runs
+    BoxuiApp.on_backend_started right after this handler: no super() call)."""
+
+    # Textual resolves a relative CSS_PATH against the subclass's module: point at boxui's
+    CSS_PATH = str(Path(boxui.app.__file__).with_name(BoxuiApp.CSS_PATH))
+
+    def __init__(self, backend: EmbeddedBackend, rounds: int, restore: Any,
+                 profile: cProfile.Profile | None = None) -> None:
+        super().__init__(backend)
+        self.rounds = rounds
+        self.profile = profile
+        self._restore = restore
+        self.report: dict[str, Any] = {}
+
+    def on_backend_started(self, _: BackendStarted) -> None:
+        self.run_worker(self._bench(), name="bench", group="bench", exit_on_error=False)
+
+    async def _bench(self) -> None:
+        try:
+            self.report = await self._measure()
+        finally:
+            self.exit()
+
+    async def _measure(self) -> dict[str, Any]:
+        table = self.query_one(MachineTable)
+        while table.row_count < len(self._machines) or not self._machines:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # the first 1,000-row frame
+        self._restore()
+
+        round_start: dict[int, float] = {}
+        cell_times: defaultdict[int, list[float]] = defaultdict(list)
+        frames: list[float] = []
+
+        original_update = table.update_cell
+
+        def update_cell(row_key: Any, column_key: Any, value: Any, *,
+                        update_width: bool = False) -> None:
+            original_update(row_key, column_key, value, update_width=update_width)
+            if column_key == "cpu" and str(value).isdigit():
+                cell_times[int(str(value))].append(time.perf_counter())
+
+        original_display = self._display
+
+        def display(screen: Any, renderable: Any) -> None:
+            original_display(screen, renderable)
+            if renderable is not None:
+                frames.append(time.perf_counter())
+
+        reconciles: list[float] = []
+        original_reconcile = table.reconcile
+
+        def reconcile(rows: Any) -> None:
+            start = time.perf_counter()
+            original_reconcile(rows)
+            reconciles.append(1000 * (time.perf_counter() - start))
+
+        table.update_cell = update_cell  # type: ignore[method-assign]
+        table.reconcile = reconcile  # type: ignore[method-assign]
+        self._display = display  # type: ignore[method-assign]
+
+        sampler = self.backend.supervisor.health
+        current = 0
+
+        async def fake_sample(handle: VmHandle) -> HealthSample:
+            return HealthSample(handle.name, time.time(), float(current), 64 << 20,
+                                512 << 20, 300 << 20, None)
+
+        sampler._sample = fake_sample  # type: ignore[method-assign]
+
+        loop = asyncio.get_running_loop()
+        total = WARMUP_ROUNDS + self.rounds
+        tick = loop.time()
+        cpu0 = wall0 = 0.0
+        for r in range(1, total + 1):
+            if r == WARMUP_ROUNDS + 1:
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                reconciles.clear()
+                if self.profile is not None:
+                    self.profile.enable()
+            current = r
+            round_start[r] = time.perf_counter()
+            await sampler.sample_once()
+            tick += 1.0
+            await asyncio.sleep(max(0.0, tick - loop.time()))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        if self.profile is not None:
+            self.profile.disable()
+
+        measured = range(WARMUP_ROUNDS + 1, total + 1)
+        cells = sorted(1000 * (t - round_start[r]) for r in measured for t in cell_times[r])
+        frame_ms: list[float] = []
+        missing = 0
+        for r in measured:
+            if not cell_times[r]:
+                missing += 1  # coalesced into a later round, never shown
+                continue
+            i = bisect.bisect_right(frames, max(cell_times[r]))
+            if i < len(frames):
+                frame_ms.append(1000 * (frames[i] - round_start[r]))
+        return {
+            "machines": len(self._machines), "rounds": self.rounds, "wall": wall,
+            "cpu": cpu, "cells": cells, "frames": sorted(frame_ms), "missing": missing,
+            "cells_expected": self.rounds * len(self._machines),
+            "headless": self.is_headless, "reconciles": sorted(reconciles),
+        }
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def render(report: dict[str, Any]) -> str:
+    cpu_pct = 100 * report["cpu"] / report["wall"]
+    cells, frames = report["cells"], report["frames"]
+    mode = "headless (frames composed, not written)" if report["headless"] else \
+        "terminal (frames composed and written)"
+    lines = [
+        f"{report['machines']} machines, {report['rounds']} rounds at 1 Hz, "
+        f"{report['wall']:.1f} s, {mode}",
+        f"cells updated: {len(cells)} of {report['cells_expected']}; "
+        f"rounds never shown (coalesced): {report['missing']}",
+        "",
+        f"{'metric':<24}{'p50':>9}{'p95':>9}{'max':>9}{'target':>10}  result",
+    ]
+    ok_cpu = cpu_pct < TARGET_CPU_PERCENT
+    lines.append(f"{'app CPU (% of a core)':<24}{'':>9}{'':>9}{cpu_pct:>8.1f}%"
+                 f"{TARGET_CPU_PERCENT:>9.0f}%  {'OK' if ok_cpu else 'MISSED'}")
+    for label, values in (("update -> cell (ms)", cells), ("update -> frame (ms)", frames)):
+        p95 = pct(values, 95)
+        ok = p95 < TARGET_P95_MS
+        lines.append(f"{label:<24}{pct(values, 50):>9.1f}{p95:>9.1f}"
+                     f"{(values[-1] if values else float('nan')):>9.1f}"
+                     f"{TARGET_P95_MS:>8.0f}ms  {'OK' if ok else 'MISSED'}")
+    rec = report["reconciles"]
+    lines.append(f"{'MachineTable.reconcile':<24}{pct(rec, 50):>9.1f}{pct(rec, 95):>9.1f}"
+                 f"{(rec[-1] if rec else float('nan')):>9.1f}  (ms per call, "
+                 f"{len(rec)} calls; no target)")
+    lines.append(f"CPU per round: {1000 * report['cpu'] / report['rounds']:.0f} ms; "
+                 f"mean frame latency {statistics.fmean(frames) if frames else 0:.1f} ms")
+    return "\n".join(lines)
+
+
+async def bench(machines: int, seconds: int, terminal: bool,
+                profile: cProfile.Profile | None = None) -> dict[str, Any]:
+    real_refresh = listing_cache.refresh
+    with tempfile.TemporaryDirectory(prefix="boxui-bench-") as tmp:
+        root = Path(tmp) / "home"
+        listing_cache.refresh = lambda dirs, names: None  # setup only; see docstring
+        t = time.perf_counter()
+        await write_machines(root, machines)
+        print(f"wrote {machines} machines in {time.perf_counter() - t:.1f} s", flush=True)
+
+        def restore() -> None:
+            listing_cache.refresh = real_refresh
+
+        options = LinkOptions(home=root, driver_factory=BenchDriver, sample_health=False)
+        app = BenchApp(EmbeddedBackend(options), seconds, restore, profile)
+        try:
+            if terminal:
+                await app.run_async()
+            else:
+                await app.run_async(headless=True, size=(160, 50))
+        finally:
+            restore()
+        if not app.report:
+            raise SystemExit("the bench did not finish (see the app's notifications)")
+        return app.report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--machines", type=int, default=1000)
+    parser.add_argument("--seconds", type=int, default=60, help="measured rounds (1 Hz)")
+    parser.add_argument("--terminal", action="store_true",
+                        help="draw on this terminal instead of headless")
+    parser.add_argument("--report", type=Path, help="also write the report to this file")
+    parser.add_argument("--profile", type=Path, metavar="PSTATS",
+                        help="cProfile the measured rounds into this file and print the top "
+                        "functions (profiling inflates the timings: use for attribution)")
+    args = parser.parse_args()
+    if args.terminal and not sys.stdout.isatty():
+        parser.error("--terminal needs a terminal (run it in tmux or a terminal window)")
+    profile = cProfile.Profile() if args.profile else None
+    text = render(asyncio.run(bench(args.machines, args.seconds, args.terminal, profile)))
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
+        text += "\n\n" + out.getvalue().strip()
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.engine import Engine
+from backend.machine_spec import MachineSpec
+from boxui.app import BoxuiApp
+from boxui.app_backend import EmbeddedBackend, LinkOptions
+from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
+
+FIXED_TIME = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture
+async def fake_driver() -> AsyncIterator[FakeDriver]:
+    driver = FakeDriver()
+    yield driver
+    driver.kill_all()
+
+
+@pytest.fixture
+def make_app(home: Path, fake_driver: FakeDriver) -> Callable[..., BoxuiApp]:
+    def build(**kwargs: Any) -> BoxuiApp:
+        options = LinkOptions(
+            home=home, driver_factory=lambda: fake_driver,
+            boot_files_factory=lambda _images: FakeBootFiles(), accel_for=fixed_accel,
+            sample_health=kwargs.pop("sample_health", False), health_interval=0.2,
+        )
+        app = BoxuiApp(EmbeddedBackend(options), clock=lambda: FIXED_TIME, **kwargs)
+        # headless test drivers cannot hand over a terminal; the rest of the path is real
+        app.suspend = contextlib.nullcontext  # type: ignore[assignment,method-assign]
+        return app
+
+    return build
+
+
+async def seed(home: Path, *names: str, **spec: Any) -> None:
+    engine = await Engine.open(home)
+    try:
+        for name in names:
+            await engine.create_machine(MachineSpec(name=name, **spec))
+    finally:
+        await engine.close()
