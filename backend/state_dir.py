@@ -58,6 +58,32 @@ class StateDir:
     def images(self) -> Path:
         return self.root / "images"
 
+    @property
+    def services(self) -> Path:
+        return self.root / "services"
+
+    @property
+    def api_socket(self) -> Path:
+        """The control API's unix socket: in the 0700 run dir when the path fits a socket
+        address (108 bytes), else in the same private /tmp dir that machine sockets use."""
+        preferred = self.run / "api.sock"
+        if len(str(preferred)) <= 100:
+            return preferred
+        return self._fallback_base() / "api.sock"
+
+    def _fallback_base(self) -> Path:
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"boxui-{os.geteuid()}" / digest
+
+    def ensure_api_socket_dir(self) -> Path:
+        path = self.api_socket.parent
+        if not path.is_relative_to(self.root):
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            check_private_dir(path.parent)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_dir(path)
+        return path
+
     def machine_dir(self, name: str) -> Path:
         return self.machines / validate_name(name)
 
@@ -76,8 +102,7 @@ class StateDir:
         preferred = self.run / validate_name(name)
         if len(str(preferred / "qmp.sock")) <= 100:
             return preferred
-        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"boxui-{os.geteuid()}" / digest / name
+        return self._fallback_base() / name
 
     def ensure_run_dir(self, name: str) -> Path:
         path = self.machine_run_dir(name)
@@ -123,7 +148,7 @@ def open_state_dir(root: Path | None = None, *, create: bool = True) -> StateDir
     check_private_dir(root)
     state_dir = StateDir(root)
     if create:
-        for sub in (state_dir.machines, state_dir.events, state_dir.run):
+        for sub in (state_dir.machines, state_dir.events, state_dir.run, state_dir.services):
             try:
                 sub.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:

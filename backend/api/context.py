@@ -1,0 +1,40 @@
+"""What the API's handlers act on: the one running supervisor and its companions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from backend.engine import Engine
+from backend.machine_exec import MachineExec
+from backend.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from backend.services.manager import ServiceManager
+
+
+@dataclass
+class ApiContext:
+    supervisor: Supervisor
+    exec: MachineExec
+    services: ServiceManager | None = None
+    started: float = field(default_factory=time.monotonic)
+    #: set when the server shuts down, so endless streams end at once
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def engine(self) -> Engine:
+        return self.supervisor.engine
+
+
+def context(request: Request) -> ApiContext:
+    """FastAPI dependency: the context the app was built with."""
+    ctx = request.app.state.context
+    if ctx is None:
+        raise RuntimeError("the API is not attached to a running supervisor")
+    assert isinstance(ctx, ApiContext)
+    return ctx

@@ -1,0 +1,79 @@
+"""`/v1/events`: live events as NDJSON, one CloudEvent per line, as they happen.
+
+The stream opens with a `dev.boxui.stream.v1.subscribed` event, so a client knows from
+which moment on it sees everything; a client too slow to keep up gets a
+`dev.boxui.stream.v1.missed` event with the count it lost instead of stalling the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from backend.api.context import ApiContext, context
+from backend.api.errors import ERROR_RESPONSES
+from backend.event_bus import Missed
+from backend.events import CloudEvent, now_utc
+from backend.names import validate_name
+
+router = APIRouter(prefix="/v1", tags=["events"])
+Ctx = Annotated[ApiContext, Depends(context)]
+
+STREAM_TYPE_PREFIX = "dev.boxui.stream.v1."
+NDJSON = "application/x-ndjson"
+STREAM_QUEUE = 4096
+
+_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "an endless stream of CloudEvents, one JSON object per line",
+        "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/CloudEvent"}}},
+    },
+    400: ERROR_RESPONSES[400],
+    422: ERROR_RESPONSES[422],
+}
+
+
+def stream_event(kind: str, **data: Any) -> CloudEvent:
+    return CloudEvent(id=str(uuid.uuid4()), source="/boxui/api",
+                      type=STREAM_TYPE_PREFIX + kind, time=now_utc(), data=data)
+
+
+def _line(event: CloudEvent) -> bytes:
+    return orjson.dumps(event.to_json_dict()) + b"\n"
+
+
+@router.get("/events", response_class=StreamingResponse, responses=_STREAM_DOC,
+            summary="Follow live events (NDJSON)")
+async def follow_events(ctx: Ctx, machine: Annotated[str | None, Query()] = None
+                        ) -> StreamingResponse:
+    if machine is not None:
+        validate_name(machine)
+    subscription = ctx.engine.subscribe(maxsize=STREAM_QUEUE, machine=machine)
+
+    async def lines() -> AsyncIterator[bytes]:
+        closing = asyncio.ensure_future(ctx.closing.wait())
+        try:
+            yield _line(stream_event("subscribed", machine=machine))
+            while True:
+                getter = asyncio.ensure_future(subscription.get())
+                done, _ = await asyncio.wait({getter, closing},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return
+                item = getter.result()
+                if isinstance(item, Missed):
+                    yield _line(stream_event("missed", count=item.count))
+                else:
+                    yield _line(item)
+        finally:
+            closing.cancel()
+            subscription.close()
+
+    return StreamingResponse(lines(), media_type=NDJSON)

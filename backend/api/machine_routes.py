@@ -1,0 +1,103 @@
+"""`/v1/machines`: list, get, create, start, stop, restart, delete, exec."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from backend.api.context import ApiContext, context
+from backend.api.errors import ERROR_RESPONSES
+from backend.api.models import ExecRequest, ExecResponse
+from backend.errors import BoxuiError, MachineNotFoundError
+from backend.inflight_commands import CommandRecord
+from backend.machine_spec import MachineSpec
+from backend.machine_store import LoadedMachine
+from backend.names import validate_name
+
+router = APIRouter(prefix="/v1/machines", tags=["machines"], responses=ERROR_RESPONSES)
+Ctx = Annotated[ApiContext, Depends(context)]
+
+
+class InvalidRequestError(BoxuiError):
+    code = "invalid_request"
+
+
+def _known(ctx: ApiContext, name: str) -> str:
+    validate_name(name)
+    if ctx.engine.projection.state_of(name) is None and not ctx.engine.store.exists(name):
+        raise MachineNotFoundError(name)
+    return name
+
+
+async def _load(ctx: ApiContext, name: str) -> LoadedMachine:
+    return await asyncio.to_thread(ctx.engine.machine, name)
+
+
+@router.get("", summary="List machines")
+async def list_machines(ctx: Ctx) -> list[LoadedMachine]:
+    return await asyncio.to_thread(ctx.engine.machines)
+
+
+@router.get("/{name}", summary="Get one machine")
+async def get_machine(name: str, ctx: Ctx) -> LoadedMachine:
+    return await _load(ctx, _known(ctx, name))
+
+
+@router.post("", status_code=201, summary="Create a machine (and boot it with start=true)")
+async def create_machine(spec: MachineSpec, ctx: Ctx,
+                         start: Annotated[bool, Query()] = False) -> LoadedMachine:
+    await ctx.engine.create_machine(spec)
+    if start:
+        await ctx.supervisor.start_machine(spec.name)
+    return await _load(ctx, spec.name)
+
+
+@router.post("/{name}/start", summary="Boot a machine and wait until it is ready")
+async def start_machine(name: str, ctx: Ctx) -> LoadedMachine:
+    await ctx.supervisor.start_machine(_known(ctx, name))
+    return await _load(ctx, name)
+
+
+@router.post("/{name}/stop", summary="Power a machine off (force: kill it)")
+async def stop_machine(name: str, ctx: Ctx,
+                       force: Annotated[bool, Query()] = False) -> LoadedMachine:
+    await ctx.supervisor.stop_machine(_known(ctx, name), force=force)
+    return await _load(ctx, name)
+
+
+@router.post("/{name}/restart", summary="Stop a machine, then start it again")
+async def restart_machine(name: str, ctx: Ctx) -> LoadedMachine:
+    await ctx.supervisor.restart_machine(_known(ctx, name))
+    return await _load(ctx, name)
+
+
+@router.delete("/{name}", status_code=204, response_class=Response,
+               summary="Delete a machine (force: kill it first if running)")
+async def delete_machine(name: str, ctx: Ctx,
+                         force: Annotated[bool, Query()] = False) -> Response:
+    await ctx.supervisor.delete_machine(_known(ctx, name), force=force)
+    return Response(status_code=204)
+
+
+@router.post("/{name}/exec", summary="Run a command in a running machine over SSH")
+async def exec_in_machine(name: str, body: ExecRequest, ctx: Ctx) -> ExecResponse:
+    stdin: bytes | None = None
+    if body.stdin_b64 is not None:
+        try:
+            stdin = base64.b64decode(body.stdin_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequestError("stdin_b64: not valid base64") from None
+    record, output = await ctx.exec.run(_known(ctx, name), body.argv, stdin=stdin,
+                                        timeout=body.timeout)
+    return ExecResponse(command=record, exit_code=output.exit_code,
+                        stdout_b64=base64.b64encode(output.stdout).decode(),
+                        stderr_b64=base64.b64encode(output.stderr).decode())
+
+
+@router.get("/{name}/commands", summary="Commands in flight in a machine, then recent ones")
+async def machine_commands(name: str, ctx: Ctx) -> list[CommandRecord]:
+    return ctx.exec.registry.commands(_known(ctx, name))

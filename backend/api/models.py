@@ -1,0 +1,37 @@
+"""Bodies of the API that are not already backend models (machines, specs, events and
+commands travel as the backend's own pydantic models)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from backend.inflight_commands import CommandRecord
+
+MAX_EXEC_TIMEOUT = 24 * 3600.0
+
+
+class ExecRequest(BaseModel):
+    argv: list[str] = Field(min_length=1, description="the command and its arguments")
+    stdin_b64: str | None = Field(default=None, description="bytes for stdin, base64")
+    timeout: float | None = Field(default=None, gt=0, le=MAX_EXEC_TIMEOUT,
+                                  description="seconds before the command is abandoned")
+
+
+class ExecResponse(BaseModel):
+    command: CommandRecord
+    exit_code: int
+    stdout_b64: str
+    stderr_b64: str
+
+
+class HealthReport(BaseModel):
+    status: str = "ok"
+    version: str
+    pid: int
+    state_dir: str
+    uptime_seconds: float
+    machines: int
+    by_state: dict[str, int]
+    services: int
+    event_subscribers: int
+    commands_in_flight: int

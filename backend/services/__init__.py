@@ -1,0 +1,1 @@
+"""Services: N identical machine instances kept at a desired count."""

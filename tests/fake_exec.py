@@ -1,0 +1,40 @@
+"""Exec runners for tests: the fake driver's guests are imaginary, so a command "in the
+guest" runs on the host instead (real process, real exit code), or waits on a gate the
+test opens, which makes in-flight work deterministic without timing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from backend.engine import Engine
+from backend.machine_exec import ExecOutput
+
+
+async def host_exec_runner(engine: Engine, name: str, port: int, argv: list[str],
+                           stdin: bytes | None, timeout: float | None) -> ExecOutput:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin or b""), timeout)
+    assert proc.returncode is not None
+    return ExecOutput(proc.returncode, out, err)
+
+
+class GatedRunner:
+    """`["hold", key]` waits until `release(key)`; anything else runs on the host."""
+
+    def __init__(self) -> None:
+        self.gates: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.entered: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def release(self, key: str) -> None:
+        self.gates[key].set()
+
+    async def __call__(self, engine: Engine, name: str, port: int, argv: list[str],
+                       stdin: bytes | None, timeout: float | None) -> ExecOutput:
+        if argv[0] == "hold":
+            self.entered[argv[1]].set()
+            await self.gates[argv[1]].wait()
+            return ExecOutput(0, f"released {argv[1]}\n".encode(), b"")
+        return await host_exec_runner(engine, name, port, argv, stdin, timeout)
