@@ -1,20 +1,40 @@
 """CLI commands that change machines: create, start, stop, restart, rm, plus logs, ssh,
-ssh-config, exec and the foreground daemon."""
+ssh-config, exec and the foreground daemon.
+
+Each change goes through the daemon's API when a daemon runs (it owns the VMs), and is
+otherwise done here under the state dir's lock; the output is the same either way.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from backend.errors import BoxuiError
 from backend.machine_spec import MAX_MEMORY_MIB, MAX_VCPUS
 from backend.supervisor import Supervisor
+from boxui.daemon_client import DaemonClient, find_daemon
 from boxui.supervised import progress_printer, with_supervisor
+
+T = TypeVar("T")
+
+
+def act(direct: Callable[[Supervisor], Awaitable[T]],
+        remote: Callable[[DaemonClient], T]) -> T:
+    """Through the daemon if one serves this state dir, else here under the lock."""
+    client = find_daemon()
+    if client is None:
+        return asyncio.run(with_supervisor(direct))
+    with client:
+        return remote(client)
 
 
 def register(cli: click.Group, name_arg: object) -> None:
@@ -64,17 +84,19 @@ def register(cli: click.Group, name_arg: object) -> None:
             if start:
                 await sup.start_machine(name, progress=progress_printer(name))
 
-        asyncio.run(with_supervisor(work))
-        _report(name, as_json)
+        view = act(lambda sup: _none(work(sup)), lambda c: c.call(
+            "POST", "/v1/machines", json=spec.model_dump(mode="json", exclude_none=True),
+            params={"start": start}))
+        _report(name, as_json, view)
 
     @cli.command("start")
     @machine_name
     @click.option("--json", "as_json", is_flag=True)
     def start_cmd(name: str, as_json: bool) -> None:
         """Boot a machine and wait until it is ready."""
-        asyncio.run(with_supervisor(
-            lambda sup: sup.start_machine(name, progress=progress_printer(name))))
-        _report(name, as_json)
+        view = act(lambda sup: _none(sup.start_machine(name, progress=progress_printer(name))),
+                   lambda c: c.call("POST", f"/v1/machines/{name}/start"))
+        _report(name, as_json, view)
 
     @cli.command("stop")
     @machine_name
@@ -82,24 +104,28 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def stop_cmd(name: str, force: bool, as_json: bool) -> None:
         """Power a machine off (ACPI, then quit, then kill)."""
-        asyncio.run(with_supervisor(lambda sup: sup.stop_machine(name, force=force)))
-        _report(name, as_json)
+        view = act(lambda sup: _none(sup.stop_machine(name, force=force)),
+                   lambda c: c.call("POST", f"/v1/machines/{name}/stop",
+                                    params={"force": force}))
+        _report(name, as_json, view)
 
     @cli.command("restart")
     @machine_name
     @click.option("--json", "as_json", is_flag=True)
     def restart_cmd(name: str, as_json: bool) -> None:
         """Stop a machine, then start it again."""
-        asyncio.run(with_supervisor(
-            lambda sup: sup.restart_machine(name, progress=progress_printer(name))))
-        _report(name, as_json)
+        view = act(lambda sup: _none(sup.restart_machine(name,
+                                                         progress=progress_printer(name))),
+                   lambda c: c.call("POST", f"/v1/machines/{name}/restart"))
+        _report(name, as_json, view)
 
     @cli.command("rm")
     @machine_name
     @click.option("--force", is_flag=True, help="Kill the machine first if it is running.")
     def rm_cmd(name: str, force: bool) -> None:
         """Delete a machine, its disk state and its SSH keys."""
-        asyncio.run(with_supervisor(lambda sup: sup.delete_machine(name, force=force)))
+        act(lambda sup: sup.delete_machine(name, force=force),
+            lambda c: c.call("DELETE", f"/v1/machines/{name}", params={"force": force}))
         click.echo(f"deleted {name}")
 
     @cli.command("logs")
@@ -138,7 +164,17 @@ def register(cli: click.Group, name_arg: object) -> None:
         """Run a command in a machine over SSH; exits with its exit code."""
         from boxui.ssh_commands import run_exec
 
-        sys.exit(asyncio.run(run_exec(name, list(command))))
+        client = find_daemon()
+        if client is None:
+            sys.exit(asyncio.run(run_exec(name, list(command))))
+        with client:  # counted as in-flight work by the daemon (scale-down waits for it)
+            result = client.call("POST", f"/v1/machines/{name}/exec",
+                                 json={"argv": list(command)})
+        sys.stdout.buffer.write(base64.b64decode(result["stdout_b64"]))
+        sys.stdout.flush()
+        sys.stderr.buffer.write(base64.b64decode(result["stderr_b64"]))
+        sys.stderr.flush()
+        sys.exit(int(result["exit_code"]))
 
     @cli.command("daemon")
     def daemon_cmd() -> None:
@@ -159,11 +195,20 @@ def register(cli: click.Group, name_arg: object) -> None:
         run_demo(home)
 
 
-def _report(name: str, as_json: bool) -> None:
-    from backend.machine_store import MachineStore, machine_view
+async def _none(work: Awaitable[object]) -> None:
+    """Direct-path results are read back from disk, like the daemon's answer."""
+    await work
+
+
+def _report(name: str, as_json: bool, view: dict[str, Any] | None = None) -> None:
+    """Print a machine: the daemon's answer, or (direct path) what is on disk now."""
+    from backend.machine_store import LoadedMachine, MachineStore, machine_view
     from backend.state_dir import open_state_dir
 
-    machine = MachineStore(open_state_dir()).load(name, supervised=True)
+    if view is None:
+        machine = MachineStore(open_state_dir()).load(name, supervised=True)
+    else:
+        machine = LoadedMachine.model_validate(view)
     if as_json:
         from boxui.cli_output import emit_json
 

@@ -1,7 +1,10 @@
-"""`boxui daemon`: the supervisor in the foreground, for scripts and for testing recovery.
+"""`boxui daemon`: the supervisor headless in the foreground, serving the control API.
 
-It re-adopts running machines, watches them and applies restart policies. SIGTERM or
-Ctrl-C shut it down cleanly and leave every VM running, to be re-adopted next time.
+It re-adopts running machines, watches them, applies restart policies, keeps services at
+their desired replicas, and serves the API on the state dir's unix socket, so the CLI
+(and scripts) act through it while it runs. Logs go to stderr. SIGTERM or Ctrl-C shut it
+down cleanly: the API stops taking requests, event streams end, and every VM keeps
+running, to be re-adopted by the next supervisor.
 """
 
 from __future__ import annotations
@@ -9,16 +12,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
+from backend.api.context import ApiContext
+from backend.api.server import serve_api
 from backend.engine import Engine
+from backend.event_bus import Missed, Subscription
+from backend.machine_exec import ExecRunner, MachineExec
+from backend.supervisor import Supervisor
 from boxui.supervised import make_supervisor
 
 log = logging.getLogger("boxui.daemon")
 
 
-async def run_daemon() -> None:
+async def run_daemon(
+    home: Path | None = None,
+    *,
+    supervisor_factory: Callable[[Engine], Supervisor] = make_supervisor,
+    exec_runner: ExecRunner | None = None,
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s boxui: %(message)s")
-    engine = await Engine.open()
+    engine = await Engine.open(home)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -27,25 +42,34 @@ async def run_daemon() -> None:
         for note in engine.startup_notes:
             log.warning(note)
         subscription = engine.subscribe()
-        supervisor = make_supervisor(engine)
+        supervisor = supervisor_factory(engine)
         async with supervisor.running(sample_health=True):
+            ctx = ApiContext(supervisor, MachineExec(engine, exec_runner))
             supervisor.spawn(_log_events(subscription), "log-events")
-            held = ", ".join(f"{n} (pid {h.pid})" for n, h in supervisor.handles.items())
-            log.info("supervising %s; %s", engine.dirs.root, held or "no running machines")
-            await stop.wait()
+            listening = asyncio.Event()
+            api = asyncio.create_task(serve_api(ctx, stop, listening), name="api")
+            await asyncio.wait({api, asyncio.ensure_future(listening.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not api.done():
+                held = ", ".join(f"{n} (pid {h.pid})" for n, h in supervisor.handles.items())
+                log.info("supervising %s; %s", engine.dirs.root,
+                         held or "no running machines")
+            await api  # until SIGTERM (or the server fails)
             log.info("shutting down; machines keep running")
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await engine.close()
 
 
-async def _log_events(subscription: object) -> None:
-    from backend.event_bus import Missed, Subscription
-
-    assert isinstance(subscription, Subscription)
+async def _log_events(subscription: Subscription) -> None:
     async for item in subscription:
         if isinstance(item, Missed):
             log.warning("log fell behind: %d events not shown", item.count)
             continue
         data = item.data
-        log.info("%s %s -> %s %s", item.subject, data.get("from"), data.get("to"),
-                 item.message)
+        if "from" in data or "to" in data:
+            log.info("%s %s -> %s %s", item.subject, data.get("from"), data.get("to"),
+                     item.message)
+        else:
+            log.info("%s %s %s", item.subject, item.type.rsplit(".", 1)[-1], item.message)
