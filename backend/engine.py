@@ -46,6 +46,9 @@ class Engine:
         self._log = log
         self._write_lock = asyncio.Lock()
         self.startup_notes: list[str] = []
+        #: machine -> service, for the machines that are instances of a service; their
+        #: lifecycle events carry the service's name (as a3s instance events do)
+        self.memberships: dict[str, str] = {}
 
     @classmethod
     async def open(cls, root: Path | None = None) -> Engine:
@@ -103,6 +106,9 @@ class Engine:
     ) -> CloudEvent:
         """Record one lifecycle step for `name`; raises `IllegalTransitionError` if the
         step makes no sense from the machine's current state (and then changes nothing)."""
+        service = self.memberships.get(name)
+        if service is not None:
+            extra = {"service": service, **(extra or {})}
         async with self._write_lock:
             event = new_instance_event(
                 name, verb, from_state=self.projection.state_of(name),
@@ -122,23 +128,34 @@ class Engine:
             self.bus.publish(event)
             return event
 
+    async def record_event(self, event: CloudEvent) -> None:
+        """Log and publish an event that is not a machine's lifecycle step (a service
+        scaled, an endpoint registered); the projection ignores these."""
+        async with self._write_lock:
+            await asyncio.to_thread(self._log.append, event)
+            self.bus.publish(event)
+
     async def update_record(self, name: str, update: RecordUpdate) -> RuntimeRecord:
         """Change runtime facts that are not lifecycle steps (a pid, a port)."""
         record = await asyncio.to_thread(self.store.update_record, name, update)
         await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
         return record
 
-    async def create_machine(self, spec: MachineSpec) -> LoadedMachine:
+    async def create_machine(self, spec: MachineSpec, *, boot_next: bool = False
+                             ) -> LoadedMachine:
         """Write the machine's files, then log `creating` and `created`.
 
         Files first: if boxui dies in between, the next start finds a directory the log
-        does not know and registers it, instead of a logged machine with no files.
+        does not know and registers it, instead of a logged machine with no files. With
+        `boot_next` the machine stays `creating` for a boot that follows at once (a
+        service instance goes creating -> booting -> ready).
         """
         if self.store.exists(spec.name) or self.projection.state_of(spec.name) is not None:
             raise MachineExistsError(spec.name)
         await asyncio.to_thread(self.store.create, spec)
         await self.transition(spec.name, Verb.CREATING, message="machine created on disk")
-        await self.transition(spec.name, Verb.CREATED, message="ready to start")
+        if not boot_next:
+            await self.transition(spec.name, Verb.CREATED, message="ready to start")
         return self.machine(spec.name)
 
     async def delete_machine(self, name: str, *, message: str = "deleted by user") -> None:

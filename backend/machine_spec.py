@@ -7,6 +7,7 @@ file and the key (an unknown key is an error, not silently ignored: a typo such 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,12 +20,16 @@ from backend.atomic_write import atomic_write_text
 from backend.errors import InvalidNameError, SpecError
 from backend.events import now_utc
 from backend.names import validate_name
+from backend.port_mapping import PortMapping
 from backend.validation_text import describe_validation_error
 
 SPEC_SCHEMA_VERSION = 1
 MAX_VCPUS = 64
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_DISK_GIB = 16 * 1024
+MAX_ENV = 128
+MAX_PORTS = 16
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 Accel = Literal["auto", "kvm", "tcg"]
 RestartPolicy = Literal["never", "on-failure", "always"]
@@ -48,6 +53,10 @@ class MachineSpec(BaseModel):
     hypervisor: Literal["qemu"] = "qemu"
     accel: Accel = "auto"
     restart: RestartPolicy = "never"
+    #: the service this machine is an instance of (None: a machine of its own)
+    service: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV)
+    ports: list[PortMapping] = Field(default_factory=list, max_length=MAX_PORTS)
     created_at: datetime = Field(default_factory=now_utc)
 
     @field_validator("name")
@@ -57,6 +66,16 @@ class MachineSpec(BaseModel):
             return validate_name(value)
         except InvalidNameError as exc:  # pydantic only collects ValueError
             raise ValueError(str(exc)) from None
+
+    @field_validator("service")
+    @classmethod
+    def _valid_service(cls, value: str | None) -> str | None:
+        return None if value is None else cls._valid_name(value)
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_env(value)
 
     @field_validator("schema_version")
     @classmethod
@@ -74,6 +93,16 @@ class MachineSpec(BaseModel):
         if any(ch in value for ch in "\n\r\0"):
             raise ValueError("must be a single line without NUL")
         return value
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Names a shell accepts; values on one line (they become `export` lines)."""
+    for key, value in env.items():
+        if not ENV_KEY.fullmatch(key):
+            raise ValueError(f"invalid environment variable name {key[:40]!r}")
+        if any(ch in value for ch in "\n\r\0") or len(value) > 4096:
+            raise ValueError(f"{key}: value must be one line of at most 4096 characters")
+    return env
 
 
 def parse_spec(text: str, path: Path) -> MachineSpec:
@@ -105,6 +134,9 @@ def read_spec(path: Path) -> MachineSpec:
 
 def render_spec(spec: MachineSpec) -> str:
     data = spec.model_dump(mode="python", exclude_none=True)
+    for key in ("env", "ports"):  # a plain machine's file stays as it was
+        if not data[key]:
+            del data[key]
     for key, value in list(data.items()):
         if isinstance(value, Path):
             data[key] = str(value)

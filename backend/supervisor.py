@@ -285,7 +285,8 @@ class Supervisor:
 
     # --- stop, restart, delete -------------------------------------------------------
 
-    async def stop_machine(self, name: str, *, force: bool = False) -> None:
+    async def stop_machine(self, name: str, *, force: bool = False,
+                           note: str | None = None) -> None:
         self._cancel_restart(name)
         if name in self._booting:
             self._aborting.add(name)
@@ -302,8 +303,9 @@ class Supervisor:
             if handle is None:
                 raise MachineBusyError(f"{name} is {state.value} but boxui holds no process "
                                        "for it; restart boxui to re-adopt it")
+            how = "killing" if force else "powering off"
             await self.engine.transition(name, Verb.STOPPING,
-                                         message="killing" if force else "powering off")
+                                         message=f"{note}; {how}" if note else how)
             self._stopping.add(name)
             try:
                 if force:

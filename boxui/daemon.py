@@ -20,6 +20,7 @@ from backend.api.server import serve_api
 from backend.engine import Engine
 from backend.event_bus import Missed, Subscription
 from backend.machine_exec import ExecRunner, MachineExec
+from backend.services.manager import ServiceManager
 from backend.supervisor import Supervisor
 from boxui.supervised import make_supervisor
 
@@ -44,8 +45,10 @@ async def run_daemon(
         subscription = engine.subscribe()
         supervisor = supervisor_factory(engine)
         async with supervisor.running(sample_health=True):
-            ctx = ApiContext(supervisor, MachineExec(engine, exec_runner))
+            machine_exec = MachineExec(engine, exec_runner)
+            ctx = ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
             supervisor.spawn(_log_events(subscription), "log-events")
+            await ctx.services.start()
             listening = asyncio.Event()
             api = asyncio.create_task(serve_api(ctx, stop, listening), name="api")
             await asyncio.wait({api, asyncio.ensure_future(listening.wait())},

@@ -16,6 +16,7 @@ from backend.api.server import serve_api
 from backend.engine import Engine
 from backend.guest.accel import AccelChoice
 from backend.machine_exec import ExecRunner, MachineExec
+from backend.services.manager import ServiceManager
 from backend.supervisor import Supervisor
 from tests.fake_driver import FakeBootFiles, FakeDriver
 
@@ -23,6 +24,11 @@ from tests.fake_driver import FakeBootFiles, FakeDriver
 def fake_supervisor(engine: Engine, driver: FakeDriver) -> Supervisor:
     return Supervisor(engine, driver, FakeBootFiles(),
                       accel_for=lambda requested: AccelChoice(accel="tcg", reason="test"))
+
+
+def api_context(sup: Supervisor, runner: ExecRunner) -> ApiContext:
+    machine_exec = MachineExec(sup.engine, runner)
+    return ApiContext(sup, machine_exec, ServiceManager(sup, machine_exec))
 
 
 @dataclass
@@ -39,14 +45,10 @@ def uds_client(engine: Engine, timeout: float = 30) -> httpx.AsyncClient:
 
 @asynccontextmanager
 async def running_api(engine: Engine, driver: FakeDriver, runner: ExecRunner,
-                      with_services: bool = False) -> AsyncIterator[Api]:
+                      ) -> AsyncIterator[Api]:
     async with fake_supervisor(engine, driver).running() as sup:
-        ctx = ApiContext(sup, MachineExec(engine, runner))
-        if with_services:
-            from backend.services.manager import ServiceManager
-
-            ctx.services = ServiceManager(sup, ctx.exec)
-            await ctx.services.start()
+        ctx = api_context(sup, runner)
+        await ctx.services.start()
         stop = asyncio.Event()
         listening = asyncio.Event()
         server = asyncio.create_task(serve_api(ctx, stop, listening))

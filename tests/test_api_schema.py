@@ -23,10 +23,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from backend.api.app import create_app
-from backend.api.context import ApiContext
 from backend.engine import Engine
-from backend.machine_exec import ExecOutput, MachineExec
-from tests.api_helpers import fake_supervisor
+from backend.machine_exec import ExecOutput
+from tests.api_helpers import api_context, fake_supervisor
 from tests.fake_driver import FakeDriver
 
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
@@ -49,7 +48,8 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         engine = await Engine.open(home)
         try:
             async with fake_supervisor(engine, driver).running() as sup:
-                app.state.context = ApiContext(sup, MachineExec(engine, echo_runner))
+                app.state.context = ctx = api_context(sup, echo_runner)
+                await ctx.services.start()
                 yield
         finally:
             await engine.close()

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from backend.api import event_routes, machine_routes
+from backend.api import event_routes, machine_routes, service_routes
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES, install_error_handlers
 from backend.api.models import HealthReport
@@ -49,8 +49,7 @@ async def health(ctx: Ctx) -> HealthReport:
         version=_version(), pid=os.getpid(), state_dir=str(ctx.engine.dirs.root),
         uptime_seconds=round(time.monotonic() - ctx.started, 3),
         machines=sum(states.values()), by_state=dict(sorted(states.items())),
-        services=len(ctx.services.names()) if ctx.services else 0,
-        event_subscribers=ctx.engine.bus.subscriber_count,
+        services=len(ctx.services.names()), event_subscribers=ctx.engine.bus.subscriber_count,
         commands_in_flight=sum(1 for c in ctx.exec.registry.commands()
                                if c.completed_at is None),
     )
@@ -77,6 +76,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.state.context = ctx
     install_error_handlers(app)
     app.include_router(machine_routes.router)
+    app.include_router(service_routes.router)
     app.include_router(event_routes.router)
     app.include_router(misc)
     return app

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class ApiContext:
     supervisor: Supervisor
     exec: MachineExec
-    services: ServiceManager | None = None
+    services: ServiceManager
     started: float = field(default_factory=time.monotonic)
     #: set when the server shuts down, so endless streams end at once
     closing: asyncio.Event = field(default_factory=asyncio.Event)
