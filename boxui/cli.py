@@ -104,6 +104,10 @@ from boxui.cli_machines import register as _register_machine_commands  # noqa: E
 
 _register_machine_commands(cli, _name_arg)
 
+from boxui.cli_services import register as _register_service_commands  # noqa: E402
+
+_register_service_commands(cli)
+
 
 def main() -> None:
     try:

@@ -43,13 +43,13 @@ class DaemonClient:
         self.close()
 
     def call(self, method: str, path: str, *, json: Any = None,
-             params: dict[str, Any] | None = None) -> Any:
+             params: dict[str, Any] | None = None, also_ok: tuple[int, ...] = ()) -> Any:
         try:
             response = self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as exc:
             raise BoxuiError(f"the boxui daemon (pid {self.pid}) does not answer on "
                              f"{self.socket_path}: {exc}") from None
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in also_ok:
             try:
                 body = response.json()
                 raise ApiCallError(str(body["code"]), str(body["message"]))
