@@ -88,7 +88,8 @@ class DefaultBootFiles(BootFilesProvider):
                     image = await build_default_image(self.images_dir, progress)
                 keys = await asyncio.to_thread(create_machine_keys, machine_dir)
                 # rewritten on every cold boot: it carries a fresh RNG seed for the guest
-                initrd = await asyncio.to_thread(write_machine_initrd, image, machine_dir, keys)
+                initrd = await asyncio.to_thread(write_machine_initrd, image, machine_dir,
+                                                 keys, spec.env)
             except GuestImageError as exc:
                 raise BootFilesError(str(exc)) from None
         record = {"kernel": str(image.kernel), "initrd": str(initrd),

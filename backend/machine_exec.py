@@ -59,6 +59,14 @@ async def ssh_exec_runner(engine: Engine, name: str, port: int, argv: list[str],
     return ExecOutput(code, out.getvalue(), err.getvalue())
 
 
+def argv_with_env(argv: list[str], env: dict[str, str]) -> list[str]:
+    """A service's environment for a command run over SSH: `env K=V ... argv` (SSH
+    sessions do not read /etc/boxui/env; `env` takes the values as data, not code)."""
+    if not env:
+        return argv
+    return ["env", *(f"{key}={value}" for key, value in sorted(env.items())), *argv]
+
+
 class MachineExec:
     def __init__(self, engine: Engine, runner: ExecRunner | None = None,
                  registry: CommandRegistry | None = None) -> None:
@@ -79,7 +87,9 @@ class MachineExec:
         output: ExecOutput | None = None
         error: str | None = None
         try:
-            output = await self.runner(self.engine, name, port, argv, stdin, timeout)
+            env = (await asyncio.to_thread(self.engine.store.load_spec, name)).env
+            output = await self.runner(self.engine, name, port, argv_with_env(argv, env),
+                                       stdin, timeout)
         except BoxuiError as exc:
             error = str(exc)
             raise

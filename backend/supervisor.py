@@ -144,10 +144,12 @@ class Supervisor:
         accel = choice.accel
         boot_id = secrets.token_hex(6)
         port = pick_free_port(self._ports_in_use())
+        forwards = self._forwards(spec, {port})
 
         def booting(record: RuntimeRecord) -> None:
             record.boot_id, record.ssh_port, record.accel = boot_id, port, accel
             record.pid = record.process_start_time = None
+            record.ports = {str(guest): host for host, guest in forwards}
 
         await self.engine.transition(name, Verb.BOOTING, update=booting,
                                      message=f"starting under {accel} ({choice.reason})")
@@ -165,6 +167,7 @@ class Supervisor:
                     accel=accel, ssh_port=port, boot_id=boot_id, machine_dir=directory,
                     run_dir=run_dir, console_log=self.engine.dirs.console_log(name),
                     tsc_khz=choice.tsc_khz, disk_image=files.disk_image,
+                    port_forwards=forwards,
                 )
                 try:
                     handle = await self.driver.start(launch)
@@ -173,6 +176,8 @@ class Supervisor:
                     if attempt == PORT_ATTEMPTS - 1:
                         raise
                     port = pick_free_port(self._ports_in_use() | {port})
+                    forwards = self._forwards(spec, {port})
+                    await self.engine.update_record(name, _ports(port, forwards))
             assert handle is not None
             self.handles[name] = handle
             await self.engine.update_record(name, _process_identity(handle))
@@ -345,6 +350,26 @@ class Supervisor:
 
     def _ports_in_use(self) -> set[int]:
         return {h.ssh_port for h in self.handles.values()}
+
+    def _forwards(self, spec: MachineSpec, taken: set[int]) -> tuple[tuple[int, int], ...]:
+        """(host, guest) pairs for the spec's published ports; a port without a fixed
+        host port gets a free one at each boot."""
+        pairs = []
+        avoid = self._ports_in_use() | taken
+        for mapping in spec.ports:
+            host = mapping.host or pick_free_port(avoid)
+            avoid.add(host)
+            pairs.append((host, mapping.guest))
+        return tuple(pairs)
+
+
+def _ports(ssh_port: int, forwards: tuple[tuple[int, int], ...]
+           ) -> Callable[[RuntimeRecord], None]:
+    def apply(record: RuntimeRecord) -> None:
+        record.ssh_port = ssh_port
+        record.ports = {str(guest): host for host, guest in forwards}
+
+    return apply
 
 
 def _process_identity(handle: VmHandle) -> Callable[[RuntimeRecord], None]:

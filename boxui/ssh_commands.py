@@ -66,6 +66,10 @@ def ssh_config_text(name: str) -> str:
 
 
 async def run_exec(name: str, command: list[str]) -> int:
+    from backend.machine_exec import argv_with_env
+
     target = _target(name)
-    return await exec_command(target.port, target.keys, target.machine_dir, command,
+    env = MachineStore(open_state_dir()).load_spec(name).env
+    return await exec_command(target.port, target.keys, target.machine_dir,
+                              argv_with_env(command, env),
                               sys.stdout.buffer, sys.stderr.buffer)

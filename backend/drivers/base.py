@@ -43,6 +43,8 @@ class LaunchSpec:
     #: the host's TSC rate, passed to TCG guests whose clock calibration otherwise hangs
     tsc_khz: int | None = None
     disk_image: Path | None = None
+    #: extra (host port, guest port) TCP forwards on 127.0.0.1, beside SSH's
+    port_forwards: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass

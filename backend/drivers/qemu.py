@@ -98,7 +98,7 @@ class QemuDriver(HypervisorDriver):
             kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,  # type: ignore[arg-type]
             ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
             pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
-            disk_image=spec.disk_image,
+            disk_image=spec.disk_image, port_forwards=spec.port_forwards,
         )
         try:
             argv = build_argv(config, self.binary)
@@ -112,7 +112,9 @@ class QemuDriver(HypervisorDriver):
         if proc.returncode != 0:
             message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
             if "hostfwd" in message or "host forwarding" in message:
-                raise PortInUseError(f"port 127.0.0.1:{spec.ssh_port} is in use: {message}")
+                ports = ", ".join(str(p) for p in (spec.ssh_port,
+                                                  *(h for h, _ in spec.port_forwards)))
+                raise PortInUseError(f"a port of 127.0.0.1:{ports} is in use: {message}")
             raise DriverError(f"qemu failed to start {spec.name}: {message}")
         try:
             pid = int(pidfile.read_text().strip())

@@ -21,6 +21,8 @@ FAILED_MARKER = "BOXUI-FAILED"
 GUEST_AUTHORIZED_KEYS = "root/.ssh/authorized_keys"
 GUEST_HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key"
 GUEST_RANDOM_SEED = "etc/boxui/random-seed"
+#: a service instance's environment (export lines), from the seed archive
+GUEST_ENV_FILE = "etc/boxui/env"
 
 GUEST_MODULE_DIR = "lib/boxui-modules"
 

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shlex
 import stat
 import struct
 from dataclasses import dataclass
@@ -33,7 +34,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backend.guest.errors import GuestImageError
-from backend.guest.guest_files import GUEST_AUTHORIZED_KEYS, GUEST_HOST_KEY, GUEST_RANDOM_SEED
+from backend.guest.guest_files import (
+    GUEST_AUTHORIZED_KEYS,
+    GUEST_ENV_FILE,
+    GUEST_HOST_KEY,
+    GUEST_RANDOM_SEED,
+)
 from backend.guest.image_builder import GuestImage
 from backend.guest.newc import Entry, write_archive
 
@@ -174,8 +180,16 @@ def client_private_key(keys: MachineKeys) -> asyncssh.SSHKey:
     return asyncssh.read_private_key(keys.client_key)
 
 
-def seed_archive(keys: MachineKeys, random_seed: bytes | None = None) -> bytes:
-    """The uncompressed newc archive with this machine's keys and a fresh RNG seed."""
+def env_file_text(env: dict[str, str]) -> str:
+    """`export KEY='value'` lines for /etc/boxui/env, sourced by whatever the guest runs
+    for a service (values are shell-quoted: they are data, never code)."""
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+
+
+def seed_archive(keys: MachineKeys, random_seed: bytes | None = None,
+                 env: dict[str, str] | None = None) -> bytes:
+    """The uncompressed newc archive with this machine's keys, a fresh RNG seed and, for
+    a service instance, the service's environment in /etc/boxui/env."""
     entropy = os.urandom(RANDOM_SEED_BYTES) if random_seed is None else random_seed
     directory, regular = stat.S_IFDIR, stat.S_IFREG
     entries = [
@@ -188,6 +202,8 @@ def seed_archive(keys: MachineKeys, random_seed: bytes | None = None) -> bytes:
         Entry("etc/boxui", directory | 0o755),
         Entry(GUEST_RANDOM_SEED, regular | 0o600, entropy),
     ]
+    if env:
+        entries.append(Entry(GUEST_ENV_FILE, regular | 0o600, env_file_text(env).encode()))
     return write_archive(entries)
 
 
@@ -196,12 +212,13 @@ def concatenate_initrd(base: bytes, seed: bytes) -> bytes:
     return base + b"\0" * (-len(base) % _ALIGN) + seed
 
 
-def write_machine_initrd(base: GuestImage, machine_dir: Path, keys: MachineKeys) -> Path:
+def write_machine_initrd(base: GuestImage, machine_dir: Path, keys: MachineKeys,
+                         env: dict[str, str] | None = None) -> Path:
     """Write `machine_dir/initrd.img` = base initrd + this machine's seed archive.
 
     Call it before every cold boot: the RNG seed in it is new each time.
     """
     target = machine_dir / MACHINE_INITRD_FILE
-    data = concatenate_initrd(base.initrd.read_bytes(), seed_archive(keys))
+    data = concatenate_initrd(base.initrd.read_bytes(), seed_archive(keys, env=env))
     _atomic_write(target, data, 0o600)
     return target

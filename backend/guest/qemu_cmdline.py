@@ -56,6 +56,8 @@ class QemuConfig:
     #: the user's own disk image, attached as the first virtio block device (/dev/vda)
     disk_image: Path | None = None
     tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
+    #: extra (host port, guest port) TCP forwards on 127.0.0.1 (a service's ports)
+    port_forwards: tuple[tuple[int, int], ...] = ()
 
 
 def _opt(value: Path | str) -> str:
@@ -93,6 +95,9 @@ def validate(config: QemuConfig) -> None:
         raise GuestImageError(f"implausible TSC frequency {config.tsc_khz} kHz")
     if not 1 <= config.ssh_port <= 65535:
         raise GuestImageError(f"invalid ssh port {config.ssh_port}")
+    for host, guest in config.port_forwards:
+        if not (1 <= host <= 65535 and 1 <= guest <= 65535):
+            raise GuestImageError(f"invalid port forward {host}:{guest}")
     if "\n" in config.append or "\0" in config.append:
         raise GuestImageError("kernel append must be one line")
 
@@ -118,7 +123,9 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-kernel", str(config.kernel),
         "-initrd", str(config.initrd),
         "-append", kernel_append(config),
-        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22"
+                   + "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+                             for host, guest in config.port_forwards),
         "-device", "virtio-net-device,netdev=n0,id=net0",
         "-device", f"virtio-balloon-device,id={BALLOON_ID}",
         "-device", "virtio-rng-device,id=rng0",

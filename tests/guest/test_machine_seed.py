@@ -159,3 +159,17 @@ def test_gnu_cpio_sees_seed_modes(tmp_path: Path) -> None:
     assert perms["root/.ssh"] == "drwx------"
     assert perms["root/.ssh/authorized_keys"] == "-rw-------"
     assert perms["etc/dropbear/dropbear_ed25519_host_key"] == "-rw-------"
+
+
+def test_service_env_is_seeded_as_quoted_export_lines(tmp_path: Path) -> None:
+    keys = create_machine_keys(tmp_path / "m1")
+    entries = {e.name: e for e in read_archive(seed_archive(keys, env={
+        "MODE": "prod", "GREETING": "it's $HOME; `x`"}))}
+    env = entries["etc/boxui/env"]
+    assert stat.S_IMODE(env.mode) == 0o600
+    text = env.data.decode()
+    assert text == "export GREETING='it'\"'\"'s $HOME; `x`'\nexport MODE=prod\n"
+    out = subprocess.run(["sh", "-c", f"{text}printf %s \"$GREETING\""], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout == "it's $HOME; `x`"
+    assert "etc/boxui/env" not in {e.name for e in read_archive(seed_archive(keys))}

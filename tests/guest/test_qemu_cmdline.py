@@ -137,3 +137,14 @@ def test_disk_image_is_attached_as_virtio_blk(tmp_path: Path) -> None:
     assert "virtio-blk-device,drive=disk0" in argv
     raw = build_argv(replace(base, disk_image=tmp_path / "disk.img"))
     assert "format=raw" in raw[raw.index("-drive") + 1]
+
+
+def test_published_ports_are_forwarded_on_loopback(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path, ssh_port=40123, port_forwards=((40200, 80),
+                                                                       (40201, 8080))))
+    (netdev,) = value_after(argv, "-netdev")
+    assert netdev.split(",")[2:] == ["hostfwd=tcp:127.0.0.1:40123-:22",
+                                     "hostfwd=tcp:127.0.0.1:40200-:80",
+                                     "hostfwd=tcp:127.0.0.1:40201-:8080"]
+    with pytest.raises(GuestImageError, match="invalid port forward"):
+        build_argv(config(tmp_path, port_forwards=((0, 80),)))
