@@ -32,6 +32,8 @@ class LinkOptions:
     accel_for: Callable[[str], AccelChoice] | None = None
     sample_health: bool = True
     health_interval: float = 1.0
+    #: serve the control API while the app runs, so the CLI (and scripts) act through it
+    serve_api: bool = True
 
 
 class EmbeddedBackend:
@@ -57,6 +59,8 @@ class EmbeddedBackend:
             supervisor.health.interval = opts.health_interval
             async with supervisor.running(sample_health=opts.sample_health):
                 self._engine, self._supervisor = engine, supervisor
+                if opts.serve_api:
+                    supervisor.spawn(_serve_api(supervisor), "api")
                 self.ready.set()
                 await asyncio.Event().wait()  # until cancelled
         finally:
@@ -135,3 +139,17 @@ class EmbeddedBackend:
 
     async def delete(self, name: str) -> None:
         await self.supervisor.delete_machine(name, force=True)
+
+
+async def _serve_api(supervisor: Supervisor) -> None:
+    """The same API as `boxui daemon`, until the app closes (cancellation ends it and
+    removes the socket)."""
+    from backend.api.context import ApiContext
+    from backend.api.server import serve_api
+    from backend.machine_exec import MachineExec
+    from backend.services.manager import ServiceManager
+
+    machine_exec = MachineExec(supervisor.engine)
+    ctx = ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
+    await ctx.services.start()
+    await serve_api(ctx, asyncio.Event())

@@ -33,8 +33,19 @@ class GatedRunner:
 
     async def __call__(self, engine: Engine, name: str, port: int, argv: list[str],
                        stdin: bytes | None, timeout: float | None) -> ExecOutput:
-        if argv[0] == "hold":
-            self.entered[argv[1]].set()
-            await self.gates[argv[1]].wait()
-            return ExecOutput(0, f"released {argv[1]}\n".encode(), b"")
+        command = _without_env(argv)
+        if command[0] == "hold":
+            self.entered[command[1]].set()
+            await self.gates[command[1]].wait()
+            return ExecOutput(0, f"released {command[1]}\n".encode(), b"")
         return await host_exec_runner(engine, name, port, argv, stdin, timeout)
+
+
+def _without_env(argv: list[str]) -> list[str]:
+    """The command itself, without the `env K=V ...` a service instance's exec gets."""
+    if argv[0] != "env":
+        return argv
+    rest = argv[1:]
+    while rest and "=" in rest[0]:
+        rest = rest[1:]
+    return rest

@@ -92,7 +92,8 @@ async def test_scale_0_3_1_0_with_every_event(api: Api, engine: Engine,
         keep = instances[0]
         held = asyncio.create_task(c.post(f"/v1/machines/{keep}/exec",
                                           json={"argv": ["hold", "k"]}))
-        await runner.entered["k"].wait()
+        async with asyncio.timeout(10):
+            await runner.entered["k"].wait()
         down = await scale(api, 1)
         assert [i["id"] for i in down.json()["instances"]] == [keep]
         assert down.json()["current_replicas"] == 1
@@ -147,7 +148,8 @@ async def test_drain_timeout_stops_the_instance_anyway(api: Api, engine: Engine,
     (instance,) = [i["id"] for i in (await c.get("/v1/services/web")).json()["instances"]]
     held = asyncio.create_task(c.post(f"/v1/machines/{instance}/exec",
                                       json={"argv": ["hold", "x"]}))
-    await runner.entered["x"].wait()
+    async with asyncio.timeout(10):
+        await runner.entered["x"].wait()
     assert (await scale(api, 0)).json()["current_replicas"] == 0
     stopping = [e.data["message"] for e in read_log(engine.dirs.event_log).events
                 if e.subject == instance and e.data.get("to") == "stopping"]

@@ -68,14 +68,15 @@ async def serve_api(ctx: ApiContext, stop: asyncio.Event,
     if listening is not None:
         listening.set()
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="api-server")
+    waiting = asyncio.create_task(stop.wait())
     try:
-        waiting = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
         ctx.closing.set()
         server.should_exit = True
         await serving
     finally:
+        waiting.cancel()
+        ctx.closing.set()
         if not serving.done():
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,127 @@
+"""A service scaled 0 -> 3 -> 1 -> 0 with real QEMU guests under a real `boxui daemon`:
+every instance's events are checked, and the one busy with a command is drained only
+after the command finished (it is released over SSH, outside boxui's accounting)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from backend.guest.machine_seed import load_machine_keys
+from backend.ssh_access import exec_command
+from backend.state_dir import open_state_dir
+from tests.test_vm_lifecycle import boxui, pytestmark, qemu_pids, start_daemon, vm_home
+
+__all__ = ["pytestmark", "vm_home"]
+
+WAIT_FOR_GO = "while [ ! -e /tmp/go ]; do sleep 0.2; done; echo released"
+
+
+class Events:
+    """Follows the daemon's event stream in a thread."""
+
+    def __init__(self, home: Path) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._sock = str(open_state_dir(home).api_socket)
+        self._subscribed = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        assert self._subscribed.wait(30)
+
+    def _run(self) -> None:
+        transport = httpx.HTTPTransport(uds=self._sock)
+        with httpx.Client(transport=transport, base_url="http://boxui", timeout=None) as c, \
+                c.stream("GET", "/v1/events") as response:
+            for line in response.iter_lines():
+                event = json.loads(line)
+                if event["type"].endswith("stream.v1.subscribed"):
+                    self._subscribed.set()
+                    continue
+                with self._cond:
+                    self.items.append(event)
+                    self._cond.notify_all()
+
+    def wait_for(self, predicate: Any, timeout: float = 300) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: any(predicate(e) for e in self.items), timeout)
+
+
+def api(home: Path, method: str, path: str, **kw: Any) -> Any:
+    transport = httpx.HTTPTransport(uds=str(open_state_dir(home).api_socket))
+    with httpx.Client(transport=transport, base_url="http://boxui", timeout=None) as c:
+        return c.request(method, path, **kw).json()
+
+
+def test_service_scales_0_3_1_0_with_real_guests(vm_home: Path) -> None:
+    home = vm_home
+    daemon = start_daemon(home)
+    try:
+        events = Events(home)
+        created = boxui(home, "service", "create", "web", "--replicas", "0", "--max", "3",
+                        "--memory", "128", "--env", "ROLE=web")
+        assert created.returncode == 0, created.stderr
+        up = json.loads(boxui(home, "service", "scale", "web", "3", "--json").stdout)
+        assert up["accepted"] and up["current_replicas"] == 3, up
+        instances = sorted(i["id"] for i in up["instances"])
+        assert len(qemu_pids(home)) == 3
+        busy_one = instances[0]
+        role = boxui(home, "exec", busy_one, "--", "sh", "-c", "echo $ROLE")
+        assert role.stdout.strip() == "web", role.stderr
+
+        held: dict[str, Any] = {}
+        worker = threading.Thread(target=lambda: held.update(api(
+            home, "POST", f"/v1/machines/{busy_one}/exec",
+            json={"argv": ["sh", "-c", WAIT_FOR_GO]})))
+        worker.start()
+        events.wait_for(lambda e: e.get("subject") == busy_one
+                        and e["data"].get("to") == "busy")
+        down = json.loads(boxui(home, "service", "scale", "web", "1", "--json").stdout)
+        assert [i["id"] for i in down["instances"]] == [busy_one]  # busy: drained last
+
+        scaler = threading.Thread(target=lambda: boxui(home, "service", "scale", "web", "0"))
+        scaler.start()
+        events.wait_for(lambda e: e.get("subject") == busy_one
+                        and e["data"].get("to") == "draining")
+        assert not any(e.get("subject") == busy_one and e["data"].get("to") == "stopping"
+                       for e in events.items)
+        machine_dir = open_state_dir(home).machine_dir(busy_one)
+        port = json.loads(boxui(home, "info", busy_one, "--json").stdout)["record"]["ssh_port"]
+        out, err = io.BytesIO(), io.BytesIO()
+        code = asyncio.run(exec_command(port, load_machine_keys(machine_dir), machine_dir,
+                                        ["touch", "/tmp/go"], out, err))
+        assert code == 0, err.getvalue()
+        worker.join(60)
+        scaler.join(120)
+        assert held["exit_code"] == 0 and "released" in str(held)
+        events.wait_for(lambda e: e.get("subject") == busy_one
+                        and e["type"].endswith("instance.v1.deleted"))
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    assert qemu_pids(home) == []
+    log = [json.loads(line) for line in
+           boxui(home, "events", "--json").stdout.splitlines()]
+    for instance in instances:
+        mine = [e for e in log if e.get("subject") == instance]
+        moves = [f"{e['data']['from']}->{e['data']['to']}" if ".instance." in e["type"]
+                 else e["type"].rsplit(".", 1)[1] for e in mine]
+        assert moves[:4] == ["None->creating", "creating->booting", "booting->ready",
+                             "registered"], moves
+        stops = [m for m in moves if m.endswith("->stopping")]
+        assert stops == ["draining->stopping"], moves  # never stopped while busy
+        assert moves[-3:] == ["draining->stopping", "stopping->stopped", "stopped->None"]
+        reasons = [e["data"]["reason"] for e in mine if e["type"].endswith("deregistered")]
+        assert reasons == ["scale-down"]
+    busy_moves = [e["data"].get("to") for e in log if e.get("subject") == busy_one
+                  and ".instance." in e["type"]]
+    assert busy_moves[busy_moves.index("busy"):][:2] == ["busy", "draining"]
+    stopping = [e["data"]["message"] for e in log if e.get("subject") == busy_one
+                and e["data"].get("to") == "stopping"]
+    assert stopping == ["scale-down: drained; powering off"]
