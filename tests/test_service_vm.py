@@ -121,7 +121,9 @@ def test_service_scales_0_3_1_0_with_real_guests(vm_home: Path) -> None:
         assert reasons == ["scale-down"]
     busy_moves = [e["data"].get("to") for e in log if e.get("subject") == busy_one
                   and ".instance." in e["type"]]
-    assert busy_moves[busy_moves.index("busy"):][:2] == ["busy", "draining"]
+    # busy once for the `echo $ROLE` exec, then busy with the held command until drained
+    assert busy_moves[2:] == ["ready", "busy", "ready", "busy", "draining", "stopping",
+                              "stopped", None], busy_moves
     stopping = [e["data"]["message"] for e in log if e.get("subject") == busy_one
                 and e["data"].get("to") == "stopping"]
     assert stopping == ["scale-down: drained; powering off"]
