@@ -5,6 +5,7 @@ after the command finished (it is released over SSH, outside boxui's accounting)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
@@ -36,6 +37,10 @@ class Events:
         assert self._subscribed.wait(30)
 
     def _run(self) -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the daemon went away: stream over
+            self._follow()
+
+    def _follow(self) -> None:
         transport = httpx.HTTPTransport(uds=self._sock)
         with httpx.Client(transport=transport, base_url="http://boxui", timeout=None) as c, \
                 c.stream("GET", "/v1/events") as response:
@@ -127,3 +132,38 @@ def test_service_scales_0_3_1_0_with_real_guests(vm_home: Path) -> None:
     stopping = [e["data"]["message"] for e in log if e.get("subject") == busy_one
                 and e["data"].get("to") == "stopping"]
     assert stopping == ["scale-down: drained; powering off"]
+
+
+def test_daemon_killed_mid_scale_with_real_guests(vm_home: Path) -> None:
+    home = vm_home
+    daemon = start_daemon(home)
+    try:
+        assert boxui(home, "service", "create", "web", "--replicas", "0",
+                     "--memory", "128").returncode == 0
+        events = Events(home)
+        assert boxui(home, "service", "scale", "web", "2", "--no-wait").returncode == 0
+        events.wait_for(lambda e: e["data"].get("to") == "booting")
+    finally:
+        daemon.kill()
+        daemon.wait(30)
+    before = set(qemu_pids(home))
+    assert 1 <= len(before) <= 2
+    daemon = start_daemon(home)
+    try:
+        settled = json.loads(boxui(home, "service", "scale", "web", "2", "--json").stdout)
+        assert settled["accepted"], settled
+        events = Events(home)
+        ready = json.loads(boxui(home, "service", "ls", "--json").stdout)[0]
+        if ready["current_replicas"] < 2:  # a boot that was in progress is still finishing
+            events.wait_for(lambda e: e["type"].endswith("endpoint.v1.registered")
+                            and json.loads(boxui(home, "service", "ls", "--json").stdout)[0]
+                            ["current_replicas"] == 2)
+        view = json.loads(boxui(home, "service", "ls", "--json").stdout)[0]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    assert view["current_replicas"] == 2 and len(view["instances"]) == 2
+    after = set(qemu_pids(home))
+    assert before <= after and len(after) == 2  # re-adopted, never booted twice
+    assert boxui(home, "service", "rm", "web").returncode == 0
+    assert qemu_pids(home) == []
