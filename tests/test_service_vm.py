@@ -146,8 +146,10 @@ def test_daemon_killed_mid_scale_with_real_guests(vm_home: Path) -> None:
     finally:
         daemon.kill()
         daemon.wait(30)
-    before = set(qemu_pids(home))
-    assert 1 <= len(before) <= 2
+    # pids recorded by the killed daemon (a QEMU still daemonizing may not be recorded yet)
+    before = {m["record"]["pid"] for m in json.loads(boxui(home, "ls", "--json").stdout)
+              if m["record"] and m["record"]["pid"]}
+    assert len(before) <= 2
     daemon = start_daemon(home)
     try:
         settled = json.loads(boxui(home, "service", "scale", "web", "2", "--json").stdout)
@@ -163,7 +165,8 @@ def test_daemon_killed_mid_scale_with_real_guests(vm_home: Path) -> None:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
     assert view["current_replicas"] == 2 and len(view["instances"]) == 2
-    after = set(qemu_pids(home))
-    assert before <= after and len(after) == 2  # re-adopted, never booted twice
+    after = {m["record"]["pid"] for m in json.loads(boxui(home, "ls", "--json").stdout)}
+    assert set(qemu_pids(home)) == after and len(after) == 2  # no stray or duplicate QEMU
+    assert before <= after  # re-adopted, never booted twice
     assert boxui(home, "service", "rm", "web").returncode == 0
     assert qemu_pids(home) == []
