@@ -2,8 +2,10 @@
 
 Every change goes through `Engine.transition`, in one order: check against the projection,
 append the event to the log (the commit point), apply it to the projection, write
-`state.json`, then publish to subscribers. A crash between the log append and the record
-write is repaired at the next start, because the log wins (see `disk_reconcile`).
+`state.json`, publish to subscribers, and only then refresh the `ls` cache (derived data,
+checked against file signatures when read, so subscribers need not wait for it). A crash
+between the log append and the record write is repaired at the next start, because the
+log wins (see `disk_reconcile`).
 """
 
 from __future__ import annotations
@@ -124,8 +126,9 @@ class Engine:
                     self.store.update_record, name,
                     _record_updater(target, verb, reason, update),
                 )
-            await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
             self.bus.publish(event)
+            # derived data, stat-checked when read: subscribers need not wait for it
+            await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
             return event
 
     async def record_event(self, event: CloudEvent) -> None:
