@@ -20,15 +20,15 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
 
 from backend.errors import BoxuiError, MachineExistsError
 from backend.event_bus import Missed
-from backend.events import now_utc, verb_of
+from backend.events import verb_of
 from backend.lifecycle import InstanceState, Verb
 from backend.machine_exec import MachineExec
 from backend.machine_spec import MachineSpec
 from backend.restart_policy import RestartTracker
+from backend.services.endpoint_registry import EndpointRegistry
 from backend.services.scale_models import (
     AT_CAPACITY,
     InstanceHealth,
@@ -37,7 +37,7 @@ from backend.services.scale_models import (
     ScaleResponse,
     ServiceView,
 )
-from backend.services.service_events import endpoint_event, service_event
+from backend.services.service_events import service_event
 from backend.services.service_spec import ServiceExistsError, ServiceNotFoundError, ServiceSpec
 from backend.services.service_store import ServiceStore
 from backend.supervisor import Supervisor
@@ -70,8 +70,7 @@ class ServiceManager:
         self._held: dict[str, str] = {}  # dead instance -> service, waiting out back-off
         self._leaving: set[str] = set()  # instances being drained or removed by us
         self._booting: set[str] = set()  # instances whose boot we are driving
-        self._endpoints: dict[str, str] = {}
-        self._ready_at: dict[str, datetime] = {}
+        self.endpoints = EndpointRegistry(self.engine)
         self._born: dict[str, int] = {}
         self._births = itertools.count(1)
 
@@ -98,7 +97,7 @@ class ServiceManager:
             log.warning("instances of %s have no service file: draining them", name)
         for instance, service in list(self.engine.memberships.items()):
             if self.engine.projection.state_of(instance) in SERVING:
-                await self._register(instance, service, "re-adopted after a restart")
+                await self._register(instance, service)
         for name in sorted(set(self._specs) | orphaned):
             self._ensure_reconciler(name)
             self.wake(name)
@@ -144,8 +143,8 @@ class ServiceManager:
             sample = self.supervisor.health.history.latest(instance)
             infos.append(InstanceInfo(
                 id=instance, state=state, service=service, created_at=created,
-                ready_at=self._ready_at.get(instance),
-                endpoint=self._endpoints.get(instance),
+                ready_at=self.endpoints.ready_at(instance),
+                endpoint=self.endpoints.endpoint_of(instance),
                 health=InstanceHealth(
                     cpu_percent=sample.cpu_percent if sample else None,
                     memory_bytes=sample.rss_bytes if sample else None,
@@ -316,7 +315,7 @@ class ServiceManager:
         finally:
             self._booting.discard(instance)
         if self.engine.projection.state_of(instance) in SERVING:
-            await self._register(instance, service, "ready")
+            await self._register(instance, service)
 
     async def _drain(self, instance: str, service: str, timeout: float) -> None:
         self._leaving.add(instance)
@@ -351,36 +350,12 @@ class ServiceManager:
 
     # --- endpoints and failures ------------------------------------------------------
 
-    def _endpoint(self, instance: str) -> str | None:
-        try:
-            spec = self.engine.store.load_spec(instance)
-            record = self.engine.store.load_record(instance)
-        except BoxuiError:
-            return None
-        port = record.ports.get(str(spec.ports[0].guest)) if spec.ports else record.ssh_port
-        return f"127.0.0.1:{port}" if port else None
-
-    async def _register(self, instance: str, service: str, message: str) -> None:
-        if instance in self._endpoints:
-            return
-        endpoint = await asyncio.to_thread(self._endpoint, instance)
-        if endpoint is None or instance in self._endpoints:
-            return
-        self._endpoints[instance] = endpoint
-        current = self.engine.projection.get(instance)
-        self._ready_at[instance] = current.since if current else now_utc()
-        self._tracker(service).machine_up()
-        await self.engine.record_event(endpoint_event(
-            "registered", service, instance, endpoint, f"{instance} serves on {endpoint}"))
+    async def _register(self, instance: str, service: str) -> None:
+        if await self.endpoints.register(instance, service):
+            self._tracker(service).machine_up()
 
     async def _deregister(self, instance: str, service: str, reason: str) -> None:
-        endpoint = self._endpoints.pop(instance, None)
-        self._ready_at.pop(instance, None)
-        if endpoint is None:
-            return
-        await self.engine.record_event(endpoint_event(
-            "deregistered", service, instance, endpoint, f"{instance} left: {reason}",
-            reason=reason))
+        await self.endpoints.deregister(instance, service, reason)
 
     def _tracker(self, service: str) -> RestartTracker:
         if service not in self._trackers:
@@ -405,7 +380,7 @@ class ServiceManager:
             to = item.data.get("to")
             if to in (S.READY.value, S.BUSY.value):
                 if instance not in self._leaving and instance not in self._booting:
-                    await self._register(instance, service, item.message)
+                    await self._register(instance, service)
                 continue
             reason = _leaving_reason(to, item.data)
             await self._deregister(instance, service, reason)
