@@ -30,6 +30,7 @@ from backend.events import CloudEvent
 from backend.health import HealthSample
 from backend.machine_spec import MachineSpec
 from backend.machine_store import LoadedMachine
+from backend.state_dir import default_home
 from boxui.app_backend import EmbeddedBackend
 from boxui.messages import (
     BackendStarted,
@@ -43,6 +44,18 @@ from boxui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.screens.help import HelpScreen
 from boxui.screens.logs import LogsScreen
 from boxui.screens.new_machine import NewMachineScreen
+from boxui.themes import (
+    DEFAULT_THEME,
+    ThemeCatalog,
+    cycle,
+    load_chosen_theme,
+    save_chosen_theme,
+    state_style,
+    state_variable_defaults,
+    sync_app_themes,
+    user_themes_dir,
+    watch_user_themes,
+)
 from boxui.widgets.console_pane import ConsolePane
 from boxui.widgets.detail_pane import DetailPane
 from boxui.widgets.event_stream import EventStream
@@ -50,11 +63,6 @@ from boxui.widgets.machine_table import COLUMNS, MachineTable, row_cells
 from boxui.widgets.status_header import StatusHeader, header_markup
 
 ACTIVE = {"booting", "ready", "busy", "draining", "stopping"}
-FALLBACK_STATE_COLOURS = {
-    "creating": "cyan", "booting": "cyan", "ready": "green", "busy": "yellow",
-    "draining": "yellow", "stopping": "grey62", "stopped": "grey50", "failed": "red",
-    "crashed": "red", "broken": "magenta",
-}
 
 
 class BoxuiApp(App[None]):
@@ -95,6 +103,47 @@ class BoxuiApp(App[None]):
         self._mounted = False
         self.actions_done: list[tuple[str, str]] = []
         self.suspended_events: list[str] = []
+        self._home = backend.options.home or default_home()
+        self._catalog = ThemeCatalog(user_themes_dir(self._home))
+        self._theme_names: list[str] = []
+        self._theme_problems = self._load_themes()
+        chosen = load_chosen_theme(self._home)
+        self.theme = chosen if chosen in self._theme_names else DEFAULT_THEME
+
+    # --- themes ----------------------------------------------------------------------
+
+    def _load_themes(self) -> list[str]:
+        """(Re)register the catalog; returns one message per theme file that was skipped."""
+        themes, problems = self._catalog.load()
+        sync_app_themes(self, themes, self._theme_names)
+        self._theme_names = sorted(themes)
+        return problems
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        # TCSS uses $state-*; Textual's own themes (palette) do not define them
+        return state_variable_defaults()
+
+    @work(group="themes", exit_on_error=False)
+    async def _watch_themes(self) -> None:
+        changed = asyncio.Event()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_user_themes(
+            self._catalog.user_dir, changed.set, stop))
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                themes, problems = await asyncio.to_thread(self._catalog.load)
+                sync_app_themes(self, themes, self._theme_names)
+                self._theme_names = sorted(themes)
+                self._report_theme_problems(problems)
+        finally:
+            stop.set()
+            watcher.cancel()
+
+    def _report_theme_problems(self, problems: list[str]) -> None:
+        for problem in problems:
+            self.notify(problem, title="theme skipped", severity="warning", timeout=10)
 
     # --- layout ----------------------------------------------------------------------
 
@@ -118,6 +167,7 @@ class BoxuiApp(App[None]):
         self._spinner = self.set_interval(0.12, self._spin, pause=True)
         self._mounted = True
         self.query_one(MachineTable).focus()
+        self._report_theme_problems(self._theme_problems)
         self.run_worker(self.backend.run(), name="backend", group="backend",
                         exit_on_error=False)
         self.run_worker(self._wait_for_backend(), group="backend", exit_on_error=False)
@@ -127,8 +177,7 @@ class BoxuiApp(App[None]):
         self.post_message(BackendStarted())
 
     def state_colour(self, state: str) -> str:
-        variables = self.current_theme.variables if self.current_theme else {}
-        return variables.get(f"state-{state}", FALLBACK_STATE_COLOURS.get(state, ""))
+        return state_style(self.current_theme, state)
 
     # --- backend facts ---------------------------------------------------------------
 
@@ -146,6 +195,7 @@ class BoxuiApp(App[None]):
         self._consume_health()
         self._watch_specs()
         self._selection_changed()
+        self._watch_themes()
 
     @work(group="feeds", exit_on_error=False)
     async def _consume_events(self) -> None:
@@ -434,16 +484,19 @@ class BoxuiApp(App[None]):
         table.sort_by(keys[(keys.index(table.sort_column) + 1) % len(keys)])
 
     def action_next_theme(self) -> None:
-        names = sorted(self.available_themes)
-        preferred = [n for n in names if n.startswith("boxui")] or names
-        current = self.theme if self.theme in preferred else preferred[-1]
-        self.theme = preferred[(preferred.index(current) + 1) % len(preferred)]
+        self.theme = cycle(self._theme_names, self.theme)
 
     def watch_theme(self, theme: str) -> None:
         if self._mounted:
             self.query_one(MachineTable).restyle()
             self._reconcile()
+            self._show_detail()
             self.notify(f"theme: {theme}", timeout=2)
+            self._remember_theme(theme)
+
+    @work(group="themes", exit_on_error=False)
+    async def _remember_theme(self, theme: str) -> None:
+        await asyncio.to_thread(save_chosen_theme, self._home, theme)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -4,16 +4,12 @@ screen (the table's cells) and on the calls the backend made."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from backend.event_log import read_log
 from backend.state_dir import open_state_dir
-from boxui.app import BoxuiApp
 from boxui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.screens.help import HelpScreen
 from boxui.screens.logs import LogsScreen
@@ -23,32 +19,8 @@ from boxui.widgets.event_stream import EventStream
 from boxui.widgets.machine_table import MachineTable
 from boxui.widgets.status_header import StatusHeader
 from tests.app.conftest import seed
+from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.fake_driver import FakeDriver
-
-SIZE = (150, 45)
-
-
-async def until(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)
-
-
-def cell(app: BoxuiApp, name: str, column: str) -> str:
-    value = app.query_one(MachineTable).get_cell(name, column)
-    return getattr(value, "plain", str(value))
-
-
-def rows(app: BoxuiApp) -> list[str]:
-    table = app.query_one(MachineTable)
-    return [str(table.coordinate_to_cell_key((i, 0))[0].value) for i in range(table.row_count)]
-
-
-async def started(pilot: Pilot[None], app: BoxuiApp) -> None:
-    await until(pilot, lambda: app.backend.ready.is_set() and app._mounted)
-    await pilot.pause(0.2)
 
 
 async def test_startup_shows_machines_and_header(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
