@@ -9,18 +9,21 @@ no traceback ever reaches the screen and the app never freezes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 from watchfiles import Change, awatch
 
@@ -63,6 +66,21 @@ from boxui.widgets.machine_table import COLUMNS, MachineTable, row_cells
 from boxui.widgets.status_header import StatusHeader, header_markup
 
 ACTIVE = {"booting", "ready", "busy", "draining", "stopping"}
+
+
+M = TypeVar("M")
+
+
+def _while_shown(handler: Callable[[BoxuiApp, M], None]) -> Callable[[BoxuiApp, M], None]:
+    """Backend facts still arrive while the app closes (stopping the engine emits events)
+    after the main screen's widgets are gone: drop them rather than fail the exit."""
+
+    @functools.wraps(handler)
+    def run(app: BoxuiApp, message: M) -> None:
+        with contextlib.suppress(NoMatches):
+            handler(app, message)
+
+    return run
 
 
 class BoxuiApp(App[None]):
@@ -236,6 +254,7 @@ class BoxuiApp(App[None]):
                     if spec != self._last_valid.get(name):
                         self.post_message(SpecReloaded(name))
 
+    @_while_shown
     def on_event_arrived(self, message: EventArrived) -> None:
         event = message.event
         name = event.subject or ""
@@ -252,16 +271,22 @@ class BoxuiApp(App[None]):
         if name == self.selected:
             self._show_detail()
 
+    @_while_shown
     def on_events_missed(self, message: EventsMissed) -> None:
         self.query_one(EventStream).note(f"{message.count} events not shown (UI fell behind)")
 
+    @_while_shown
     def on_health_sampled(self, message: HealthSampled) -> None:
         for sample in message.samples:
             self._health[sample.machine] = sample
-        self._reconcile()
+        # a sample changes only its own row: no need to rebuild the other 999
+        table = self.query_one(MachineTable)
+        table.update(self._rows(self._machines[s.machine] for s in message.samples
+                                if s.machine in self._machines and table.has_row(s.machine)))
         if self.selected in {s.machine for s in message.samples}:
             self._show_detail()
 
+    @_while_shown
     def on_spec_reloaded(self, message: SpecReloaded) -> None:
         try:
             self._remember(self.backend.machine(message.name))
@@ -294,16 +319,20 @@ class BoxuiApp(App[None]):
             if not needle or needle in machine.name or needle in machine.state.value:
                 yield machine
 
-    def _reconcile(self) -> None:
+    def _rows(self, machines: Iterable[LoadedMachine]) -> Iterable[tuple[str, dict[str, str],
+                                                                         str]]:
         now = self.clock()
-        table = self.query_one(MachineTable)
-        table.reconcile(
-            (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
-                               self._frame), m.state.value)
-            for m in self._visible()
-        )
+        for m in machines:
+            yield (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
+                                     self._frame), m.state.value)
+
+    def _reconcile(self) -> None:
+        self.query_one(MachineTable).reconcile(self._rows(self._visible()))
+        self._update_header()
+
+    def _update_header(self) -> None:
         accel = self.backend.accel()
-        self.query_one(StatusHeader).update(header_markup(
+        self.query_one(StatusHeader).show(header_markup(
             (m.state.value for m in self._machines.values()), accel.accel, accel.reason,
             self.state_colour))
 
@@ -317,7 +346,7 @@ class BoxuiApp(App[None]):
     def selected(self) -> str | None:
         return self.query_one(MachineTable).selected_name
 
-    @on(DataTable.RowHighlighted)
+    @on(MachineTable.Highlighted)
     def _selection_changed(self) -> None:
         self._show_detail()
         name = self.selected
@@ -335,10 +364,6 @@ class BoxuiApp(App[None]):
         history = self.backend.health_history if machine else None
         colour = self.state_colour(machine.state.value) if machine else ""
         self.query_one(DetailPane).show(machine, history, colour)
-
-    @on(DataTable.HeaderSelected)
-    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
-        self.query_one(MachineTable).sort_by(str(event.column_key.value))
 
     # --- errors ----------------------------------------------------------------------
 

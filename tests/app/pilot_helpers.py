@@ -27,8 +27,7 @@ def cell(app: BoxuiApp, name: str, column: str) -> str:
 
 
 def rows(app: BoxuiApp) -> list[str]:
-    table = app.query_one(MachineTable)
-    return [str(table.coordinate_to_cell_key((i, 0))[0].value) for i in range(table.row_count)]
+    return app.query_one(MachineTable).row_names
 
 
 async def started(pilot: Pilot[None], app: BoxuiApp) -> None:

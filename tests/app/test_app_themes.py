@@ -7,6 +7,7 @@ from pathlib import Path
 
 from backend.state_dir import open_state_dir
 from boxui.themes import BUILTIN_THEMES_DIR, DEFAULT_THEME, load_chosen_theme, state_style
+from boxui.widgets.machine_table import MachineTable
 from tests.app.conftest import seed
 from tests.app.pilot_helpers import SIZE, cell, started, until
 
@@ -23,9 +24,14 @@ async def test_t_cycles_boxui_themes_and_remembers_the_choice(home: Path, make_a
         await until(pilot, lambda: load_chosen_theme(home) == app.theme)
         chosen = app.theme
         assert chosen != DEFAULT_THEME
-        table = app.query_one("#machines")
-        state_cell = table.get_cell("vm", "state")  # type: ignore[attr-defined]
-        assert str(state_cell.style) == state_style(app.current_theme, "stopped")
+        app.query_one(MachineTable).blur()  # the cursor row is drawn in cursor colours
+        await pilot.pause(0.1)
+        line = app.query_one(MachineTable).render_line(1)
+        state_segment = next(seg for seg in line if seg.text.strip() == "stopped")
+        assert state_segment.style is not None and state_segment.style.color is not None
+        assert state_segment.style.color.triplet is not None
+        assert state_segment.style.color.triplet.hex == state_style(app.current_theme,
+                                                                    "stopped").lower()
     again = make_app()
     async with again.run_test(size=SIZE) as pilot:
         await started(pilot, again)
