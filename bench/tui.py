@@ -13,7 +13,7 @@ second the bench calls the supervisor's own `HealthSampler.sample_once()`, with 
 per-machine probe (`_sample`: psutil + QMP, measured separately by bench/health.py)
 replaced by one that returns a sample whose `cpu_percent` is the round number. So every
 round changes every row's CPU cell (and its UPTIME cell, as in real use), and the
-fan-out to history and subscribers, the app's health worker, `HealthSampled`, the table
+fan-out to history and subscribers, the app's health worker, `HealthSampled`, the
 table update, the detail pane and the screen refresh are the product's code.
 
 What is measured, after a 2-round warm-up:

@@ -9,6 +9,7 @@ the same link built over the fake driver; the demo injects it over the demo driv
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ class LinkOptions:
     accel_for: Callable[[str], AccelChoice] | None = None
     sample_health: bool = True
     health_interval: float = 1.0
+    #: the supervisor's monotonic clock (boot durations in events); fixed in snapshots
+    clock: Callable[[], float] | None = None
 
 
 class EmbeddedBackend:
@@ -53,7 +56,8 @@ class EmbeddedBackend:
 
                 driver = QemuDriver()
             boot_files = (opts.boot_files_factory or DefaultBootFiles)(engine.dirs.images)
-            supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for)
+            supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for,
+                                    clock=opts.clock or time.monotonic)
             supervisor.health.interval = opts.health_interval
             async with supervisor.running(sample_health=opts.sample_health):
                 self._engine, self._supervisor = engine, supervisor
