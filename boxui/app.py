@@ -27,6 +27,7 @@ from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 from watchfiles import Change, awatch
 
+from backend.boot_files import ProgressFn
 from backend.errors import BoxuiError, SpecError
 from backend.event_bus import Missed
 from backend.events import CloudEvent
@@ -42,6 +43,7 @@ from boxui.messages import (
     HealthSampled,
     SpecEditRejected,
     SpecReloaded,
+    WorkProgressed,
 )
 from boxui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.screens.help import HelpScreen
@@ -116,6 +118,7 @@ class BoxuiApp(App[None]):
         self._last_valid: dict[str, MachineSpec] = {}
         self._health: dict[str, HealthSample] = {}
         self._busy: dict[str, str] = {}
+        self._work: dict[str, str] = {}  # the latest progress message of long work
         self._frame = 0
         self._filter = ""
         self._mounted = False
@@ -363,7 +366,18 @@ class BoxuiApp(App[None]):
         machine = self._machines.get(name) if name else None
         history = self.backend.health_history if machine else None
         colour = self.state_colour(machine.state.value) if machine else ""
-        self.query_one(DetailPane).show(machine, history, colour)
+        self.query_one(DetailPane).show(machine, history, colour,
+                                        self._work.get(name) if name else None)
+
+    @_while_shown
+    def on_work_progressed(self, message: WorkProgressed) -> None:
+        if message.name not in self._busy:
+            return  # the work already ended
+        self._busy[message.name] = message.phase
+        self._work[message.name] = f"{message.phase}: {message.message}"
+        self._reconcile()
+        if message.name == self.selected:
+            self._show_detail()
 
     # --- errors ----------------------------------------------------------------------
 
@@ -387,37 +401,46 @@ class BoxuiApp(App[None]):
             self.notify("no machine selected", severity="warning", timeout=3)
         return name
 
-    def _long(self, name: str, label: str, job: Callable[[], Awaitable[None]]) -> None:
+    def _long(self, name: str, label: str,
+              job: Callable[[ProgressFn], Awaitable[None]]) -> None:
+        """Run `job` in the actions group with a spinner in the row; `job` gets a
+        progress callback whose phases replace the label as the work goes on."""
+        def progress(phase: str, message: str) -> None:
+            self.post_message(WorkProgressed(name, phase, message))  # thread-safe
+
         async def run() -> None:
             self._busy[name] = label
             self._spinner.resume()
             try:
-                await job()
+                await job(progress)
                 self.actions_done.append((label, name))
             finally:
                 self._busy.pop(name, None)
+                self._work.pop(name, None)
                 self._reconcile()
+                if name == self.selected:
+                    self._show_detail()
 
         self.run_worker(run(), name=f"{label} {name}", group="actions", exit_on_error=False)
 
     def action_new_machine(self) -> None:
         def created(spec: MachineSpec | None) -> None:
             if spec is not None:
-                self._long(spec.name, "creating", lambda: self.backend.create(spec))
+                self._long(spec.name, "creating", lambda p: self.backend.create(spec, progress=p))
 
         self.push_screen(NewMachineScreen(set(self._machines)), created)
 
     def action_start(self) -> None:
         if (name := self._need_selection()) is not None:
-            self._long(name, "starting", lambda: self.backend.start(name))
+            self._long(name, "starting", lambda p: self.backend.start(name, progress=p))
 
     def action_stop(self) -> None:
         if (name := self._need_selection()) is not None:
-            self._long(name, "stopping", lambda: self.backend.stop(name))
+            self._long(name, "stopping", lambda _p: self.backend.stop(name))
 
     def action_restart(self) -> None:
         if (name := self._need_selection()) is not None:
-            self._long(name, "restarting", lambda: self.backend.restart(name))
+            self._long(name, "restarting", lambda p: self.backend.restart(name, progress=p))
 
     def action_delete(self) -> None:
         name = self._need_selection()
@@ -427,7 +450,7 @@ class BoxuiApp(App[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._long(name, "deleting", lambda: self.backend.delete(name))
+                self._long(name, "deleting", lambda _p: self.backend.delete(name))
 
         self.push_screen(ConfirmDeleteScreen(name, running), confirmed)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.boot_files import BootFilesProvider, DefaultBootFiles
+from backend.boot_files import BootFilesProvider, DefaultBootFiles, ProgressFn
 from backend.drivers.base import HypervisorDriver
 from backend.engine import Engine
 from backend.event_bus import Subscription
@@ -123,19 +123,20 @@ class EmbeddedBackend:
 
     # --- changing --------------------------------------------------------------------
 
-    async def create(self, spec: MachineSpec, *, start: bool = True) -> None:
+    async def create(self, spec: MachineSpec, *, start: bool = True,
+                     progress: ProgressFn | None = None) -> None:
         await self.engine.create_machine(spec)
         if start:
-            await self.supervisor.start_machine(spec.name)
+            await self.supervisor.start_machine(spec.name, progress=progress)
 
-    async def start(self, name: str) -> None:
-        await self.supervisor.start_machine(name)
+    async def start(self, name: str, *, progress: ProgressFn | None = None) -> None:
+        await self.supervisor.start_machine(name, progress=progress)
 
     async def stop(self, name: str) -> None:
         await self.supervisor.stop_machine(name)
 
-    async def restart(self, name: str) -> None:
-        await self.supervisor.restart_machine(name)
+    async def restart(self, name: str, *, progress: ProgressFn | None = None) -> None:
+        await self.supervisor.restart_machine(name, progress=progress)
 
     async def delete(self, name: str) -> None:
         await self.supervisor.delete_machine(name, force=True)

@@ -24,13 +24,15 @@ class DetailPane(Vertical):
         yield Sparkline([], id="spark-mem")
 
     def show(self, machine: LoadedMachine | None, history: HealthHistory | None,
-             state_colour: str) -> None:
+             state_colour: str, work: str | None = None) -> None:
         if machine is None:
             self._set_text("no machine selected")
             self._spark([], [])
             return
         lines = [f"[b]{machine.name}[/b]",
                  f"state  [{state_colour}]{machine.state.value}[/]"]
+        if work:
+            lines.append(f"work   [i]{_escape(work)}[/i]")
         if machine.reason:
             lines.append(f"reason [i]{_escape(machine.reason)}[/i]")
         spec, record = machine.spec, machine.record

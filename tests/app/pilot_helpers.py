@@ -13,7 +13,7 @@ from boxui.widgets.machine_table import MachineTable
 SIZE = (150, 45)
 
 
-async def until(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 5) -> None:
+async def until(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

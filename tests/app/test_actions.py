@@ -15,12 +15,13 @@ from boxui.screens.help import HelpScreen
 from boxui.screens.logs import LogsScreen
 from boxui.screens.new_machine import NewMachineScreen
 from boxui.widgets.console_pane import ConsolePane
+from boxui.widgets.detail_pane import DetailPane
 from boxui.widgets.event_stream import EventStream
-from boxui.widgets.machine_table import MachineTable
+from boxui.widgets.machine_table import SPINNER, MachineTable
 from boxui.widgets.status_header import StatusHeader
 from tests.app.conftest import seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
-from tests.fake_driver import FakeDriver
+from tests.fake_driver import FakeBootFiles, FakeDriver
 
 
 async def test_startup_shows_machines_and_header(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
@@ -203,3 +204,21 @@ async def test_errors_become_notifications(home: Path, make_app,  # type: ignore
         await until(pilot, lambda: cell(app, "vm", "state") == "failed")
         await until(pilot, lambda: any("kernel panic" in n.message
                                        for n in app._notifications))
+
+
+async def test_long_work_shows_its_phase_in_the_row_and_details(  # type: ignore[no-untyped-def]
+        home: Path, make_app, fake_driver: FakeDriver) -> None:
+    await seed(home, "vm")
+    gate = asyncio.Event()
+    app = make_app(boot_files=FakeBootFiles(gate))
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("s")
+        await until(pilot, lambda: cell(app, "vm", "state").endswith(" pack"))
+        assert cell(app, "vm", "state")[0] in SPINNER
+        detail = app.query_one(DetailPane).query_one("#detail-text", Static)
+        await until(pilot, lambda: "pack: initramfs 3 of 7 MiB" in str(detail.render()))
+        gate.set()
+        await until(pilot, lambda: cell(app, "vm", "state") == "ready")
+        assert "pack:" not in str(detail.render())
+        assert ("start", "vm") in fake_driver.calls
