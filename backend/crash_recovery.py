@@ -82,16 +82,24 @@ async def _adopted(
 
 
 async def _finish_boot(supervisor: Supervisor, name: str, handle: VmHandle) -> None:
+    """Wait for a re-adopted guest that was still booting, exactly as a boot started
+    here would: under the machine's lock and marked as booting, so a stop meanwhile
+    aborts the boot instead of racing it."""
     from backend.errors import BoxuiError
 
-    try:
-        await supervisor.driver.wait_ready(handle, supervisor.boot_timeout)
-    except BoxuiError as exc:
-        async with supervisor._locks[name]:
+    async with supervisor._locks[name]:
+        supervisor._booting.add(name)
+        try:
+            await supervisor.driver.wait_ready(handle, supervisor.boot_timeout)
+        except (BoxuiError, OSError) as exc:
             await supervisor._boot_failed(name, handle, exc)
-        return
-    await supervisor.engine.transition(name, Verb.READY,
-                                       message=f"re-adopted pid {handle.pid}; ready")
+            supervisor._aborting.discard(name)
+            return
+        finally:
+            supervisor._booting.discard(name)
+        await supervisor.engine.transition(name, Verb.READY,
+                                           message=f"re-adopted pid {handle.pid}; ready")
+        supervisor.tracker(name).machine_up()
 
 
 def _find_orphan(name: str, run_dir: object) -> tuple[int, float] | None:

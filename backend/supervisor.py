@@ -177,6 +177,8 @@ class Supervisor:
             self.handles[name] = handle
             await self.engine.update_record(name, _process_identity(handle))
             self.spawn(self._watch(name, handle), f"watch-{name}")
+            if progress is not None:
+                progress("boot", f"pid {handle.pid}, waiting for the guest and SSH")
             await self.driver.wait_ready(handle, self.boot_timeout)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
@@ -382,6 +384,10 @@ async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
         return await coro
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("background task %s failed", name)
+    except Exception as exc:
+        # one line for whoever reads stderr (the CLI, the daemon's log); the traceback
+        # only when debugging is on
+        text = str(exc) if isinstance(exc, BoxuiError) else f"{type(exc).__name__}: {exc}"
+        log.error("background task %s failed: %s", name, text)
+        log.debug("background task %s failed", name, exc_info=True)
         return None

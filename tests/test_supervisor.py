@@ -210,3 +210,33 @@ async def test_pid_reused_is_not_adopted_nor_signalled(home: Path, driver: FakeD
         other.kill()
         await other.wait()
         await engine.close()
+
+
+async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDriver,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """boxui died while a guest booted; the next supervisor re-adopts it and waits for it
+    in the background. A stop meanwhile must abort that wait, not race it to 'ready'."""
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = 30
+    async with make_supervisor(engine, driver).running() as sup:
+        start = asyncio.create_task(sup.start_machine("vm"))
+        await wait_state(engine, "vm", InstanceState.BOOTING)
+        while "vm" not in sup.handles:
+            await asyncio.sleep(0.02)
+        start.cancel()  # boxui dies mid-boot; the guest keeps booting
+        with pytest.raises(asyncio.CancelledError):
+            await start
+    await engine.close()
+
+    engine = await Engine.open(home)
+    try:
+        async with make_supervisor(engine, driver).running() as sup:
+            assert engine.projection.state_of("vm") is InstanceState.BOOTING
+            await asyncio.sleep(0.1)
+            await asyncio.wait_for(sup.stop_machine("vm"), 5)
+            await asyncio.sleep(0.2)
+            assert engine.projection.state_of("vm") is InstanceState.STOPPED
+            assert "failed" not in caplog.text and "illegal" not in caplog.text
+    finally:
+        await engine.close()
