@@ -75,6 +75,7 @@ async def _adopted(
     supervisor.spawn(supervisor._watch(name, handle), f"watch-{name}")
     if state is InstanceState.BOOTING:
         # it was still booting when boxui died: finish waiting for it in the background
+        supervisor._booting.add(name)  # now, so a stop before the task runs aborts it
         supervisor.spawn(_finish_boot(supervisor, name, handle), f"boot-{name}")
         return
     await engine.transition(name, Verb.ADOPTED, message=f"re-adopted running pid {handle.pid}")
@@ -88,7 +89,10 @@ async def _finish_boot(supervisor: Supervisor, name: str, handle: VmHandle) -> N
     from backend.errors import BoxuiError
 
     async with supervisor._locks[name]:
-        supervisor._booting.add(name)
+        if supervisor.handles.get(name) is not handle:
+            supervisor._booting.discard(name)  # stopped (or deleted) before we got here
+            supervisor._aborting.discard(name)
+            return
         try:
             await supervisor.driver.wait_ready(handle, supervisor.boot_timeout)
         except (BoxuiError, OSError) as exc:

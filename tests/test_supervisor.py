@@ -212,7 +212,8 @@ async def test_pid_reused_is_not_adopted_nor_signalled(home: Path, driver: FakeD
         await engine.close()
 
 
-async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDriver,
+@pytest.mark.parametrize("delay", [0.0, 0.1], ids=["before-the-wait", "during-the-wait"])
+async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDriver, delay: float,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     """boxui died while a guest booted; the next supervisor re-adopts it and waits for it
     in the background. A stop meanwhile must abort that wait, not race it to 'ready'."""
@@ -233,7 +234,7 @@ async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDr
     try:
         async with make_supervisor(engine, driver).running() as sup:
             assert engine.projection.state_of("vm") is InstanceState.BOOTING
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(delay)
             await asyncio.wait_for(sup.stop_machine("vm"), 5)
             await asyncio.sleep(0.2)
             assert engine.projection.state_of("vm") is InstanceState.STOPPED
