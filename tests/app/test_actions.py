@@ -42,7 +42,8 @@ async def test_start_stop_restart(home: Path, make_app, fake_driver: FakeDriver)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
         await pilot.press("s")
-        await until(pilot, lambda: "starting" in cell(app, "vm", "state"))
+        # a spinner in the row while it starts ("starting", then the "boot" phase)
+        await until(pilot, lambda: cell(app, "vm", "state")[0] in SPINNER)
         await until(pilot, lambda: cell(app, "vm", "state") == "ready")
         assert ("start", "vm") in fake_driver.calls
         assert cell(app, "vm", "accel") == "tcg" and cell(app, "vm", "ssh") != "-"
