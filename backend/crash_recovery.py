@@ -88,7 +88,8 @@ async def _finish_boot(supervisor: Supervisor, name: str, handle: VmHandle) -> N
         await supervisor.driver.wait_ready(handle, supervisor.boot_timeout)
     except BoxuiError as exc:
         async with supervisor._locks[name]:
-            await supervisor._boot_failed(name, handle, exc)
+            if supervisor.handles.get(name) is handle:  # else its exit was handled already
+                await supervisor._boot_failed(name, handle, exc)
         return
     await supervisor.engine.transition(name, Verb.READY,
                                        message=f"re-adopted pid {handle.pid}; ready")
