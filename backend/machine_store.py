@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from backend.atomic_write import fsync_dir, remove_leftover_temps
+from backend.atomic_write import fsync_dir, os_error_reason, remove_leftover_temps
 from backend.errors import (
     InvalidNameError,
     MachineExistsError,
@@ -105,8 +105,14 @@ class MachineStore:
             raise StorageError(f"cannot create {directory}: {exc.strerror}") from exc
         record = RuntimeRecord()
         try:
-            write_spec(staging / "machine.toml", spec)
-            write_record(staging / "state.json", record)
+            try:
+                write_spec(staging / "machine.toml", spec)
+                write_record(staging / "state.json", record)
+            except StorageError as exc:
+                why = (os_error_reason(exc.__cause__) if isinstance(exc.__cause__, OSError)
+                       else str(exc))
+                raise StorageError(f"cannot create machine {spec.name!r} in "
+                                   f"{self.dirs.machines}: {why}; nothing was created") from exc
             try:
                 os.rename(staging, directory)
             except OSError as exc:
