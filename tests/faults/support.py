@@ -3,6 +3,7 @@ SIGKILLed, and finding the hypervisor processes that belong to one state dir."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -37,10 +38,8 @@ def short_home(tag: str) -> Path:
 
 def remove_home(home: Path) -> None:
     for proc in owned_processes(home):
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     shutil.rmtree(home, ignore_errors=True)
 
 

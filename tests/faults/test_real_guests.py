@@ -14,8 +14,6 @@ import os
 import random
 import signal
 import stat
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
