@@ -96,7 +96,8 @@ async def _finish_boot(supervisor: Supervisor, name: str, handle: VmHandle) -> N
         try:
             await supervisor.driver.wait_ready(handle, supervisor.boot_timeout)
         except (BoxuiError, OSError) as exc:
-            await supervisor._boot_failed(name, handle, exc)
+            if supervisor.handles.get(name) is handle:  # else its exit was handled already
+                await supervisor._boot_failed(name, handle, exc)
             supervisor._aborting.discard(name)
             return
         finally:

@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from backend.atomic_write import atomic_write_text
 from backend.errors import InvalidNameError, SpecError
 from backend.events import now_utc
+from backend.machine_limits import MAX_DISK_GIB, MAX_MEMORY_MIB, MAX_VCPUS
 from backend.names import validate_name
 from backend.validation_text import describe_validation_error
 
+__all__ = ["MAX_DISK_GIB", "MAX_MEMORY_MIB", "MAX_VCPUS", "MachineSpec", "read_spec",
+           "render_spec", "write_spec"]
+
 SPEC_SCHEMA_VERSION = 1
-MAX_VCPUS = 64
-MAX_MEMORY_MIB = 1024 * 1024
-MAX_DISK_GIB = 16 * 1024
 
 Accel = Literal["auto", "kvm", "tcg"]
 RestartPolicy = Literal["never", "on-failure", "always"]

@@ -149,8 +149,15 @@ class Supervisor:
             record.boot_id, record.ssh_port, record.accel = boot_id, port, accel
             record.pid = record.process_start_time = None
 
-        await self.engine.transition(name, Verb.BOOTING, update=booting,
-                                     message=f"starting under {accel} ({choice.reason})")
+        try:
+            await self.engine.transition(name, Verb.BOOTING, update=booting,
+                                         message=f"starting under {accel} ({choice.reason})")
+        except BoxuiError as exc:
+            if self.engine.projection.state_of(name) is InstanceState.BOOTING:
+                # logged, but state.json could not be written (disk full): end the boot
+                # now, or the machine would stay `booting` with nothing running
+                await self._boot_failed(name, None, exc)
+            raise
         self._booting.add(name)
         started = self._clock()
         handle: VmHandle | None = None

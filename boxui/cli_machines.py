@@ -8,13 +8,15 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from backend.errors import BoxuiError
-from backend.machine_spec import MAX_MEMORY_MIB, MAX_VCPUS
-from backend.supervisor import Supervisor
-from boxui.supervised import progress_printer, with_supervisor
+from backend.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
+
+if TYPE_CHECKING:  # the engine's imports load only for commands that need them
+    from backend.supervisor import Supervisor
 
 
 def register(cli: click.Group, name_arg: object) -> None:
@@ -48,6 +50,7 @@ def register(cli: click.Group, name_arg: object) -> None:
                    restart_policy: str, start: bool, as_json: bool) -> None:
         """Create a machine (and boot it unless --no-start)."""
         from backend.machine_spec import MachineSpec
+        from boxui.supervised import progress_printer, with_supervisor
 
         if (kernel is None) != (initrd is None):
             raise click.UsageError("--kernel and --initrd go together")
@@ -72,6 +75,8 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def start_cmd(name: str, as_json: bool) -> None:
         """Boot a machine and wait until it is ready."""
+        from boxui.supervised import progress_printer, with_supervisor
+
         asyncio.run(with_supervisor(
             lambda sup: sup.start_machine(name, progress=progress_printer(name))))
         _report(name, as_json)
@@ -82,6 +87,8 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def stop_cmd(name: str, force: bool, as_json: bool) -> None:
         """Power a machine off (ACPI, then quit, then kill)."""
+        from boxui.supervised import with_supervisor
+
         asyncio.run(with_supervisor(lambda sup: sup.stop_machine(name, force=force)))
         _report(name, as_json)
 
@@ -90,6 +97,8 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def restart_cmd(name: str, as_json: bool) -> None:
         """Stop a machine, then start it again."""
+        from boxui.supervised import progress_printer, with_supervisor
+
         asyncio.run(with_supervisor(
             lambda sup: sup.restart_machine(name, progress=progress_printer(name))))
         _report(name, as_json)
@@ -99,6 +108,8 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--force", is_flag=True, help="Kill the machine first if it is running.")
     def rm_cmd(name: str, force: bool) -> None:
         """Delete a machine, its disk state and its SSH keys."""
+        from boxui.supervised import with_supervisor
+
         asyncio.run(with_supervisor(lambda sup: sup.delete_machine(name, force=force)))
         click.echo(f"deleted {name}")
 
@@ -143,10 +154,16 @@ def register(cli: click.Group, name_arg: object) -> None:
     @cli.command("daemon")
     def daemon_cmd() -> None:
         """Run the supervisor in the foreground (VMs keep running when it stops)."""
+        from backend.state_dir import open_state_dir
+        from backend.supervisor_lock import SupervisorLock
+
+        # the lock first: a second daemon gives up before it loads the engine
+        lock = SupervisorLock(open_state_dir().lock_file)
+        lock.acquire()
         from boxui.daemon import run_daemon
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_daemon())
+            asyncio.run(run_daemon(lock))
 
     @cli.command("demo")
     @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,

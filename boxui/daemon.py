@@ -11,14 +11,16 @@ import logging
 import signal
 
 from backend.engine import Engine
+from backend.supervisor_lock import SupervisorLock
 from boxui.supervised import make_supervisor
 
 log = logging.getLogger("boxui.daemon")
 
 
-async def run_daemon() -> None:
+async def run_daemon(lock: SupervisorLock | None = None) -> None:
+    """`lock`: the state dir's lock, if the caller already took it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s boxui: %(message)s")
-    engine = await Engine.open()
+    engine = await Engine.open(lock=lock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

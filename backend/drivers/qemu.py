@@ -145,7 +145,10 @@ class QemuDriver(HypervisorDriver):
     # --- readiness -------------------------------------------------------------------
 
     async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
-        live = self._live[handle.pid]
+        live = self._live.get(handle.pid)
+        if live is None:  # already released: its exit was seen first
+            raise DriverError(f"{handle.name}: QEMU exited before the guest was ready; "
+                              f"see {handle.console_log}")
         gone = asyncio.Event()
         died = asyncio.ensure_future(_set_when(live.watch.wait(), gone))
         tail = ConsoleTail(handle.console_log)
