@@ -23,6 +23,7 @@ from typing import Any
 from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.drivers.base import ExitInfo, HypervisorDriver, LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError, PortInUseError
+from backend.drivers.ssh_probe import ssh_banner
 from backend.engine import Engine
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.guest.accel import AccelChoice, resolve_accel
@@ -188,6 +189,7 @@ class Supervisor:
                     tsc_khz=choice.tsc_khz, disk_image=files.disk_image,
                     restore_from=plan.snapshot_file if plan else None,
                     kernel_cmdline=plan.snapshot.boot_args if plan else None,
+                    ssh_check=plan is None,  # a restore's re-seed exec proves SSH
                 )
                 try:
                     handle = await self.driver.start(launch)
@@ -219,8 +221,11 @@ class Supervisor:
 
     async def _reseed(self, name: str, handle: VmHandle, directory: Path,
                       plan: RestorePlan) -> str:
-        """Fresh kernel RNG state for a restored guest; a failure is reported, not fatal."""
+        """Fresh kernel RNG state for a restored guest; a failure is reported, not fatal,
+        once SSH is shown to answer (the exec that re-seeds is also the readiness proof)."""
         problem = await reseed_guest(handle.ssh_port, directory)
+        if problem is not None:
+            await self._wait_ssh(name, handle)
 
         def record(rec: RuntimeRecord) -> None:
             rec.rng_reseeded, rec.rng_note = problem is None, problem
@@ -229,6 +234,18 @@ class Supervisor:
         if problem is None:
             return f"; restored from {plan.label}, guest RNG re-seeded"
         return f"; restored from {plan.label}, guest RNG NOT re-seeded: {problem}"
+
+    async def _wait_ssh(self, name: str, handle: VmHandle) -> None:
+        try:
+            async with asyncio.timeout(self.boot_timeout):
+                while await ssh_banner(handle.ssh_port) is None:
+                    probe = await self.driver.probe(handle)
+                    if not probe.alive:
+                        raise DriverError(f"{name}: exited before SSH answered")
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise DriverError(f"{name}: restored, but SSH did not answer within "
+                              f"{self.boot_timeout:.0f} s") from None
 
     async def _boot_failed(self, name: str, handle: VmHandle | None, exc: BaseException) -> None:
         if handle is not None:

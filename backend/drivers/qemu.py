@@ -137,6 +137,7 @@ class QemuDriver(HypervisorDriver):
         handle.extra["kernel_cmdline"] = kernel_append(config)
         if spec.restore_from is not None:
             handle.extra["restore_from"] = spec.restore_from
+        handle.extra["ssh_check"] = spec.ssh_check
         await self._hold(handle)
         return handle
 
@@ -182,7 +183,8 @@ class QemuDriver(HypervisorDriver):
                     if verdict is False:
                         raise DriverError(f"{handle.name}: guest failed to boot; "
                                           f"see {handle.console_log}")
-                while await ssh_banner(handle.ssh_port) is None:
+                while handle.extra.get("ssh_check", True) and \
+                        await ssh_banner(handle.ssh_port) is None:
                     if live.watch.exited:
                         raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
                     await asyncio.sleep(0.05)
