@@ -19,6 +19,8 @@ class TemplateChoice:
     value: str  # "template:<id>:<role>"
     vcpus: int
     memory_mib: int
+    revision: str
+    boot_args: str
 
     @property
     def ref(self) -> str:
@@ -40,5 +42,6 @@ def template_choices(root: Path | StateDir) -> list[TemplateChoice]:
                 label=f"template {template_id}:{role} ({how}, {variant.vcpus} vCPU, "
                       f"{variant.memory_mib} MiB)",
                 value=f"{TEMPLATE_PREFIX}{template_id}:{role}",
-                vcpus=variant.vcpus, memory_mib=variant.memory_mib))
+                vcpus=variant.vcpus, memory_mib=variant.memory_mib,
+                revision=revision.revision, boot_args=variant.boot_args))
     return out
