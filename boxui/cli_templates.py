@@ -117,7 +117,8 @@ def revisions_cmd(template_id: str, as_json: bool) -> None:
 @click.argument("template_id", callback=_template_id)
 @click.option("--revision", help="Remove only this (non-current) revision.")
 @click.option("--force", is_flag=True, help="Even if machines were made from it.")
-def rm_cmd(template_id: str, revision: str | None, force: bool) -> None:
+@click.option("--json", "as_json", is_flag=True)
+def rm_cmd(template_id: str, revision: str | None, force: bool, as_json: bool) -> None:
     """Remove a template (or one revision) with its snapshots."""
     from backend.templates.machine_from_template import machines_using
     from backend.templates.revision_store import remove
@@ -127,6 +128,12 @@ def rm_cmd(template_id: str, revision: str | None, force: bool) -> None:
     if users and not force:
         raise BoxuiError(f"machines made from it cannot start again without it: "
                          f"{', '.join(users)}; remove them first or use --force")
-    for gone in remove(dirs, template_id, revision, users):
+    removed = remove(dirs, template_id, revision, users)
+    if as_json:
+        from boxui.cli_output import emit_json
+
+        emit_json({"removed": removed, "machines_left_without_it": users})
+        return
+    for gone in removed:
         click.echo(f"removed {gone}")
 

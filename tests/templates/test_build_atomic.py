@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,8 +88,15 @@ async def test_leftovers_of_a_killed_build_are_removed_by_the_next(dirs: StateDi
     (killed / "worker").mkdir(parents=True)
     (killed / "worker" / "snapshot.bin").write_bytes(b"partial")
     (tdir.root / ".current.tmp-1234").symlink_to("artifacts/nowhere")
+    # the killed build's VM, still running: named by a file in the build dir
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               f"path={killed}/worker/console.log"])
     assert len(revisions(tdir)) == 1  # never mistaken for a revision
-    await build(dirs, image_hash="cd" * 32)
+    try:
+        await build(dirs, image_hash="cd" * 32)
+        assert orphan.wait(timeout=10) == -9
+    finally:
+        orphan.kill()
     assert not killed.exists() and not (tdir.root / ".current.tmp-1234").is_symlink()
 
 

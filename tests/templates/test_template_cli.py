@@ -41,7 +41,8 @@ def test_rm_refuses_while_machines_use_it(home: Path, dirs: StateDir) -> None:
     assert refused.returncode == 1 and "user1" in refused.stderr
     current = run(home, "template", "rm", "web", "--revision", REVISION, "--force")
     assert current.returncode == 1 and "current one" in current.stderr
-    assert run(home, "template", "rm", "web", "--force").stdout.strip() == "removed web"
+    removed = json.loads(run(home, "template", "rm", "web", "--force", "--json").stdout)
+    assert removed == {"removed": ["web"], "machines_left_without_it": ["user1"]}
     assert summaries(dirs) == [] and spec.template == "web:worker"
 
 
