@@ -23,7 +23,6 @@ from typing import Any
 from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.drivers.base import ExitInfo, HypervisorDriver, LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError, PortInUseError
-from backend.drivers.ssh_probe import ssh_banner
 from backend.engine import Engine
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.guest.accel import AccelChoice, resolve_accel
@@ -33,7 +32,7 @@ from backend.machine_spec import MachineSpec
 from backend.restart_policy import RestartTracker, should_restart
 from backend.runtime_record import RuntimeRecord
 from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, plan_restore
-from backend.templates.rng_reseed import reseed_guest
+from backend.templates.rng_reseed import AGENT_SOCKET, reseed_guest
 
 log = logging.getLogger("boxui.supervisor")
 
@@ -189,7 +188,7 @@ class Supervisor:
                     tsc_khz=choice.tsc_khz, disk_image=files.disk_image,
                     restore_from=plan.snapshot_file if plan else None,
                     kernel_cmdline=plan.snapshot.boot_args if plan else None,
-                    ssh_check=plan is None,  # a restore's re-seed exec proves SSH
+                    agent_socket=run_dir / AGENT_SOCKET if plan else None,
                 )
                 try:
                     handle = await self.driver.start(launch)
@@ -204,7 +203,7 @@ class Supervisor:
             self.spawn(self._watch(name, handle), f"watch-{name}")
             await self.driver.wait_ready(handle, self.boot_timeout)
             if plan is not None:
-                note = await self._reseed(name, handle, directory, plan)
+                note = await self._reseed(name, run_dir / AGENT_SOCKET, plan)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:
@@ -219,13 +218,9 @@ class Supervisor:
         )
         self.tracker(name).machine_up()
 
-    async def _reseed(self, name: str, handle: VmHandle, directory: Path,
-                      plan: RestorePlan) -> str:
-        """Fresh kernel RNG state for a restored guest; a failure is reported, not fatal,
-        once SSH is shown to answer (the exec that re-seeds is also the readiness proof)."""
-        problem = await reseed_guest(handle.ssh_port, directory)
-        if problem is not None:
-            await self._wait_ssh(name, handle)
+    async def _reseed(self, name: str, agent_socket: Path, plan: RestorePlan) -> str:
+        """Fresh kernel RNG state for a restored guest; a failure is reported, not fatal."""
+        problem = await reseed_guest(agent_socket)
 
         def record(rec: RuntimeRecord) -> None:
             rec.rng_reseeded, rec.rng_note = problem is None, problem
@@ -234,18 +229,6 @@ class Supervisor:
         if problem is None:
             return f"; restored from {plan.label}, guest RNG re-seeded"
         return f"; restored from {plan.label}, guest RNG NOT re-seeded: {problem}"
-
-    async def _wait_ssh(self, name: str, handle: VmHandle) -> None:
-        try:
-            async with asyncio.timeout(self.boot_timeout):
-                while await ssh_banner(handle.ssh_port) is None:
-                    probe = await self.driver.probe(handle)
-                    if not probe.alive:
-                        raise DriverError(f"{name}: exited before SSH answered")
-                    await asyncio.sleep(0.1)
-        except TimeoutError:
-            raise DriverError(f"{name}: restored, but SSH did not answer within "
-                              f"{self.boot_timeout:.0f} s") from None
 
     async def _boot_failed(self, name: str, handle: VmHandle | None, exc: BaseException) -> None:
         if handle is not None:

@@ -47,9 +47,9 @@ class LaunchSpec:
     restore_from: Path | None = None
     #: the whole kernel command line, verbatim: a restore must repeat the snapshot's
     kernel_cmdline: str | None = None
-    #: False: `wait_ready` does not wait for an SSH banner, because the caller proves SSH
-    #: itself with its first command (a restore's RNG re-seed), which saves a connection
-    ssh_check: bool = True
+    #: host end of a virtio-serial port for the guest's RNG agent (snapshot builds and
+    #: restores; see `backend.templates.rng_reseed`)
+    agent_socket: Path | None = None
 
 
 @dataclass

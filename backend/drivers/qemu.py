@@ -97,6 +97,8 @@ class QemuDriver(HypervisorDriver):
         os.chmod(spec.run_dir, 0o700)
         qmp_path = qmp_socket_path(spec.run_dir)
         _remove_stale_socket(qmp_path)
+        if spec.agent_socket is not None:
+            _remove_stale_socket(spec.agent_socket)
         pidfile = spec.run_dir / PIDFILE
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
@@ -108,6 +110,7 @@ class QemuDriver(HypervisorDriver):
             pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
             disk_image=spec.disk_image, kernel_cmdline=spec.kernel_cmdline,
             incoming="defer" if spec.restore_from is not None else None,
+            agent_socket=spec.agent_socket,
         )
         try:
             argv = build_argv(config, self.binary)
@@ -137,7 +140,6 @@ class QemuDriver(HypervisorDriver):
         handle.extra["kernel_cmdline"] = kernel_append(config)
         if spec.restore_from is not None:
             handle.extra["restore_from"] = spec.restore_from
-        handle.extra["ssh_check"] = spec.ssh_check
         await self._hold(handle)
         return handle
 
@@ -183,8 +185,7 @@ class QemuDriver(HypervisorDriver):
                     if verdict is False:
                         raise DriverError(f"{handle.name}: guest failed to boot; "
                                           f"see {handle.console_log}")
-                while handle.extra.get("ssh_check", True) and \
-                        await ssh_banner(handle.ssh_port) is None:
+                while await ssh_banner(handle.ssh_port) is None:
                     if live.watch.exited:
                         raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
                     await asyncio.sleep(0.05)

@@ -29,6 +29,7 @@ from backend.guest.errors import GuestImageError
 from backend.guest.tools import require_tool
 
 BALLOON_ID = "balloon0"
+AGENT_PORT_NAME = "boxui.agent"  # the guest finds its RNG agent's port by this name
 BALLOON_QOM_PATH = f"/machine/peripheral/{BALLOON_ID}"
 QEMU_BINARY = "qemu-system-x86_64"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -58,6 +59,8 @@ class QemuConfig:
     tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
     #: the whole kernel command line, used verbatim (a snapshot restore repeats its own)
     kernel_cmdline: str | None = None
+    #: host end (unix socket) of the virtio-serial port a snapshot's RNG agent listens on
+    agent_socket: Path | None = None
 
 
 def _opt(value: Path | str) -> str:
@@ -135,6 +138,12 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
         "-pidfile", str(config.pidfile),
     ]  # fmt: skip
+    if config.agent_socket is not None:
+        argv += [
+            "-chardev", f"socket,id=agent0,path={_opt(config.agent_socket)},server=on,wait=off",
+            "-device", "virtio-serial-device,id=ser0",
+            "-device", f"virtserialport,chardev=agent0,nr=1,name={AGENT_PORT_NAME},id=agent",
+        ]  # fmt: skip
     if config.disk_image is not None:
         image_format = "qcow2" if config.disk_image.suffix == ".qcow2" else "raw"
         argv += [

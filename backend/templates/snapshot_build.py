@@ -4,7 +4,8 @@ What a snapshot revision's `<role>/` dir holds: the kernel (a hard link to the i
 or a copy), the initrd the variant booted (base image plus its seed archive: SSH host
 key, client key, RNG seed), those keys, the build's console log, and `snapshot.bin`.
 Every machine restored from it shares that host key and the RNG state of that one boot;
-`rng_reseed` gives each restored guest fresh kernel RNG state, the host key stays shared.
+the RNG agent started just before saving (`rng_reseed`) lets each restored guest get
+fresh kernel RNG state; the host key stays shared.
 
 The build VM runs with its QMP socket in a private temp dir (a unix socket path must be
 short) and is killed after saving, whatever happens; it is never a machine of boxui's.
@@ -22,7 +23,8 @@ import time
 from pathlib import Path
 
 from backend.drivers.base import HypervisorDriver, LaunchSpec, VmHandle
-from backend.drivers.errors import DriverError, PortInUseError
+from backend.drivers.errors import PortInUseError
+from backend.errors import BoxuiError
 from backend.events import now_utc
 from backend.guest.accel import AccelChoice
 from backend.guest.image_builder import GuestImage
@@ -30,6 +32,7 @@ from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
 from backend.templates.build import Producer, VariantJob
 from backend.templates.errors import TemplateError
 from backend.templates.revision import SnapshotInfo, VariantArtifacts
+from backend.templates.rng_reseed import AGENT_SOCKET, stage_agent
 
 SNAPSHOT_FILE = "snapshot.bin"
 BUILD_BOOT_TIMEOUT = 180.0
@@ -83,6 +86,7 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
                     accel=accel.accel, ssh_port=port, boot_id=boot_id,
                     machine_dir=directory, run_dir=run_dir,
                     console_log=directory / "console.log", tsc_khz=accel.tsc_khz,
+                    agent_socket=run_dir / AGENT_SOCKET,
                 )
                 try:
                     handle = await driver.start(launch)
@@ -94,8 +98,9 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
             assert handle is not None
             await driver.wait_ready(handle, boot_timeout)
             booted = time.monotonic() - started
+            await stage_agent(handle.ssh_port, keys, directory)  # saved with the guest
             saved = await driver.save_snapshot(handle, directory / SNAPSHOT_FILE)
-        except DriverError as exc:
+        except BoxuiError as exc:
             raise TemplateError(f"building {job.name}: {exc}") from None
         finally:
             if handle is not None:
