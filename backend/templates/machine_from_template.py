@@ -4,7 +4,9 @@ cannot change what an existing machine wakes up as)."""
 
 from __future__ import annotations
 
+from backend.errors import BoxuiError
 from backend.machine_spec import Accel, MachineSpec, RestartPolicy
+from backend.machine_store import MachineStore
 from backend.state_dir import StateDir
 from backend.templates.restore_plan import parse_ref, pick_variant
 from backend.templates.revision_store import load_revision
@@ -39,9 +41,6 @@ def spec_from_template(
 
 def machines_using(dirs: StateDir, template_id: str, revision: str | None = None) -> list[str]:
     """Machines made from a template (or one revision of it), by their machine.toml."""
-    from backend.errors import BoxuiError
-    from backend.machine_store import MachineStore
-
     store = MachineStore(dirs)
     users = []
     for name in store.names():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.atomic_write import fsync_dir
-from backend.errors import BoxuiError, SpecError
+from backend.errors import SpecError
 from backend.names import is_valid_name
 from backend.state_dir import StateDir
 from backend.templates.errors import TemplateError, TemplateNotFoundError
@@ -188,7 +188,3 @@ def remove(dirs: StateDir, template_id: str, revision: str | None,
         shutil.rmtree(trash, ignore_errors=True)
         return [f"{template_id}@{revision}"]
 
-
-__all__ = ["BoxuiError", "TemplateSummary", "current_revision", "load_revision", "remove",
-           "remove_leftovers", "revisions", "summaries", "switch_current", "template_ids",
-           "template_lock"]
