@@ -7,6 +7,7 @@ file and the key (an unknown key is an error, not silently ignored: a typo such 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ SPEC_SCHEMA_VERSION = 1
 
 Accel = Literal["auto", "kvm", "tcg"]
 RestartPolicy = Literal["never", "on-failure", "always"]
+TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:[a-z0-9][a-z0-9-]{0,62}")
 
 
 class MachineSpec(BaseModel):
@@ -49,6 +51,9 @@ class MachineSpec(BaseModel):
     hypervisor: Literal["qemu"] = "qemu"
     accel: Accel = "auto"
     restart: RestartPolicy = "never"
+    #: "<template_id>:<role>" this machine was made from, and the revision it restores
+    template: str | None = None
+    template_revision: str | None = None
     created_at: datetime = Field(default_factory=now_utc)
 
     @field_validator("name")
@@ -67,6 +72,20 @@ class MachineSpec(BaseModel):
                 f"schema_version {value} is newer than this boxui understands "
                 f"({SPEC_SCHEMA_VERSION}); upgrade boxui"
             )
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_ref(cls, value: str | None) -> str | None:
+        if value is not None and not TEMPLATE_REF.fullmatch(value):
+            raise ValueError("must be <template_id>:<role>, each a valid name")
+        return value
+
+    @field_validator("template_revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{16}", value):
+            raise ValueError("must be 16 hex digits")
         return value
 
     @field_validator("cmdline", "distro")

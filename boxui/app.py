@@ -428,7 +428,7 @@ class BoxuiApp(App[None]):
             if spec is not None:
                 self._long(spec.name, "creating", lambda p: self.backend.create(spec, progress=p))
 
-        self.push_screen(NewMachineScreen(set(self._machines)), created)
+        self.push_screen(NewMachineScreen(set(self._machines), self.backend.home), created)
 
     def action_start(self) -> None:
         if (name := self._need_selection()) is not None:

@@ -19,17 +19,33 @@ if TYPE_CHECKING:  # the engine's imports load only for commands that need them
     from backend.supervisor import Supervisor
 
 
+def _template_ref(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from backend.names import is_valid_name
+
+    if value is None:
+        return None
+    template_id, _, role = value.partition(":")
+    if not is_valid_name(template_id) or (role and not is_valid_name(role)):
+        raise click.BadParameter(f"{value!r}: use ID or ID:ROLE (a-z, 0-9, '-')",
+                                 ctx=ctx, param=param)
+    return value
+
+
 def register(cli: click.Group, name_arg: object) -> None:
     def machine_name(f):  # type: ignore[no-untyped-def]
         return click.argument("name", callback=name_arg)(f)  # type: ignore[arg-type]
 
     @cli.command("create")
     @machine_name
-    @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
+    @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=None,
+                  help="vCPUs [default: 1, or the template variant's].")
     @click.option("--memory", "memory_mib", type=click.IntRange(64, MAX_MEMORY_MIB),
-                  default=256, show_default=True, help="Memory in MiB.")
+                  default=None, help="Memory in MiB [default: 256, or the template variant's].")
     @click.option("--image", type=click.Choice(["default"]), default="default",
                   help="Guest image (boxui's own busybox + dropbear guest).")
+    @click.option("--template", "template_ref", metavar="ID[:ROLE]", callback=_template_ref,
+                  help="Make it from a template: restore its snapshot, or cold-boot its "
+                  "image. ROLE may be left out if the template has one.")
     @click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Boot your own kernel (with --initrd) instead of the image.")
     @click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -45,7 +61,8 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--start/--no-start", default=True, show_default=True,
                   help="Boot the machine once it is created.")
     @click.option("--json", "as_json", is_flag=True)
-    def create_cmd(name: str, vcpus: int, memory_mib: int, image: str, kernel: Path | None,
+    def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
+                   template_ref: str | None, kernel: Path | None,
                    initrd: Path | None, disk_image: Path | None, accel: str,
                    restart_policy: str, start: bool, as_json: bool) -> None:
         """Create a machine (and boot it unless --no-start)."""
@@ -56,13 +73,25 @@ def register(cli: click.Group, name_arg: object) -> None:
             raise click.UsageError("--kernel and --initrd go together")
         if disk_image is not None and kernel is None:
             raise click.UsageError("--disk needs --kernel and --initrd that mount it")
-        spec = MachineSpec(name=name, vcpus=vcpus, memory_mib=memory_mib, accel=accel,  # type: ignore[arg-type]
-                           restart=restart_policy,  # type: ignore[arg-type]
-                           kernel=kernel.absolute() if kernel else None,
-                           initrd=initrd.absolute() if initrd else None,
-                           disk_image=disk_image.absolute() if disk_image else None)
+        if template_ref is not None and kernel is not None:
+            raise click.UsageError("--template cannot be combined with --kernel/--initrd")
+        if template_ref is not None:
+            from backend.state_dir import open_state_dir
+            from backend.templates.machine_from_template import spec_from_template
+
+            spec = spec_from_template(open_state_dir(), name, template_ref, vcpus=vcpus,
+                                      memory_mib=memory_mib, accel=accel,  # type: ignore[arg-type]
+                                      restart=restart_policy)  # type: ignore[arg-type]
+        else:
+            spec = MachineSpec(name=name, vcpus=vcpus or 1, memory_mib=memory_mib or 256,
+                               accel=accel, restart=restart_policy,  # type: ignore[arg-type]
+                               kernel=kernel.absolute() if kernel else None,
+                               initrd=initrd.absolute() if initrd else None,
+                               disk_image=disk_image.absolute() if disk_image else None)
 
         async def work(sup: Supervisor) -> None:
+            # a snapshot that cannot serve this machine is refused before it exists
+            await asyncio.to_thread(sup.restore_plan, spec)
             await sup.engine.create_machine(spec)
             if start:
                 await sup.start_machine(name, progress=progress_printer(name))

@@ -29,6 +29,7 @@ from backend.guest.errors import GuestImageError
 from backend.guest.tools import require_tool
 
 BALLOON_ID = "balloon0"
+AGENT_PORT_NAME = "boxui.agent"  # the guest finds its RNG agent's port by this name
 BALLOON_QOM_PATH = f"/machine/peripheral/{BALLOON_ID}"
 QEMU_BINARY = "qemu-system-x86_64"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -56,6 +57,10 @@ class QemuConfig:
     #: the user's own disk image, attached as the first virtio block device (/dev/vda)
     disk_image: Path | None = None
     tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
+    #: the whole kernel command line, used verbatim (a snapshot restore repeats its own)
+    kernel_cmdline: str | None = None
+    #: host end (unix socket) of the virtio-serial port a snapshot's RNG agent listens on
+    agent_socket: Path | None = None
 
 
 def _opt(value: Path | str) -> str:
@@ -65,17 +70,25 @@ def _opt(value: Path | str) -> str:
 
 def kernel_append(config: QemuConfig) -> str:
     """The kernel command line: serial console, quiet, reboot on panic, identity."""
+    if config.kernel_cmdline is not None:
+        return config.kernel_cmdline
+    return kernel_cmdline_for(config.name, config.boot_id, config.accel, config.tsc_khz,
+                              config.append)
+
+
+def kernel_cmdline_for(name: str, boot_id: str, accel: str, tsc_khz: int | None,
+                       append: str) -> str:
     parts = [
         "console=ttyS0",
         "quiet",
         "panic=-1",
-        f"boxui.name={config.name}",
-        f"boxui.boot_id={config.boot_id}",
+        f"boxui.name={name}",
+        f"boxui.boot_id={boot_id}",
     ]
-    if config.accel == "tcg" and config.tsc_khz:
-        parts += [f"tsc_early_khz={config.tsc_khz}", "tsc=reliable"]
-    if config.append:
-        parts.append(config.append)
+    if accel == "tcg" and tsc_khz:
+        parts += [f"tsc_early_khz={tsc_khz}", "tsc=reliable"]
+    if append:
+        parts.append(append)
     return " ".join(parts)
 
 
@@ -93,7 +106,7 @@ def validate(config: QemuConfig) -> None:
         raise GuestImageError(f"implausible TSC frequency {config.tsc_khz} kHz")
     if not 1 <= config.ssh_port <= 65535:
         raise GuestImageError(f"invalid ssh port {config.ssh_port}")
-    if "\n" in config.append or "\0" in config.append:
+    if any(ch in kernel_append(config) for ch in "\n\r\0"):
         raise GuestImageError("kernel append must be one line")
 
 
@@ -125,6 +138,12 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
         "-pidfile", str(config.pidfile),
     ]  # fmt: skip
+    if config.agent_socket is not None:
+        argv += [
+            "-chardev", f"socket,id=agent0,path={_opt(config.agent_socket)},server=on,wait=off",
+            "-device", "virtio-serial-device,id=ser0",
+            "-device", f"virtserialport,chardev=agent0,nr=1,name={AGENT_PORT_NAME},id=agent",
+        ]  # fmt: skip
     if config.disk_image is not None:
         image_format = "qcow2" if config.disk_image.suffix == ".qcow2" else "raw"
         argv += [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from textual.widgets import Input, Static
+from textual.widgets import Input, Select, Static
 
 from backend.event_log import read_log
 from backend.state_dir import open_state_dir
@@ -223,3 +223,30 @@ async def test_long_work_shows_its_phase_in_the_row_and_details(  # type: ignore
         await until(pilot, lambda: cell(app, "vm", "state") == "ready")
         assert "pack:" not in str(detail.render())
         assert ("start", "vm") in fake_driver.calls
+
+
+async def test_new_machine_form_offers_templates(home: Path, make_app,  # type: ignore[no-untyped-def]
+                                                 fake_driver: FakeDriver) -> None:
+    from backend.state_dir import open_state_dir
+    from tests.templates.helpers import REVISION, fabricate
+
+    fabricate(open_state_dir(home), "web", vcpus=2, memory_mib=384)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, NewMachineScreen))
+        form = app.screen
+        select = form.query_one("#image", Select)
+        await until(pilot, lambda: bool(form.templates))
+        select.value = "template:web:worker"  # raises if the Select does not offer it
+        await pilot.pause(0.1)
+        assert form.query_one("#vcpus", Input).value == "2"
+        assert form.query_one("#memory", Input).value == "384"
+        form.query_one("#name", Input).value = "from-tpl"
+        await pilot.click("#create")
+        await until(pilot, lambda: "from-tpl" in rows(app)
+                    and cell(app, "from-tpl", "state") == "ready")
+        spec = app.backend.machine("from-tpl").spec
+        assert spec is not None and spec.template == "web:worker"
+        assert spec.template_revision == REVISION and spec.memory_mib == 384
