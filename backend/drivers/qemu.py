@@ -36,9 +36,9 @@ from backend.guest.errors import GuestImageError
 from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu, kernel_append
 from backend.guest.qmp_ops import (
     enable_balloon_stats,
-    load_snapshot_from,
     read_balloon_stats,
     request_powerdown,
+    resume_loaded_snapshot,
     save_snapshot_to,
 )
 from backend.guest.readiness import scan_console
@@ -103,24 +103,35 @@ class QemuDriver(HypervisorDriver):
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         _rotate(spec.console_log)
+        snapshot_fd = None
+        if spec.restore_from is not None:
+            try:
+                snapshot_fd = os.open(spec.restore_from, os.O_RDONLY)  # inherited by QEMU
+            except OSError as exc:
+                raise DriverError(f"cannot read snapshot {spec.restore_from}: "
+                                  f"{exc.strerror}") from None
         config = QemuConfig(
             name=spec.name, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
             kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,  # type: ignore[arg-type]
             ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
             pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
             disk_image=spec.disk_image, kernel_cmdline=spec.kernel_cmdline,
-            incoming="defer" if spec.restore_from is not None else None,
+            incoming=f"fd:{snapshot_fd}" if snapshot_fd is not None else None,
             agent_socket=spec.agent_socket,
         )
         try:
             argv = build_argv(config, self.binary)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                pass_fds=() if snapshot_fd is None else (snapshot_fd,),
+            )
+            _, err = await proc.communicate()
         except GuestImageError as exc:
             raise DriverError(str(exc)) from None
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
-        )
-        _, err = await proc.communicate()
+        finally:
+            if snapshot_fd is not None:
+                os.close(snapshot_fd)
         if proc.returncode != 0:
             message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
             if "hostfwd" in message or "host forwarding" in message:
@@ -202,7 +213,7 @@ class QemuDriver(HypervisorDriver):
         if live.qmp is None:
             raise DriverError(f"{handle.name}: no QMP connection to load the snapshot through")
         try:
-            await load_snapshot_from(live.qmp, source)
+            await resume_loaded_snapshot(live.qmp)
         except Exception as exc:
             if live.watch.exited:
                 raise DriverError(f"{handle.name}: QEMU exited while loading the snapshot "

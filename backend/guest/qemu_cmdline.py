@@ -52,7 +52,8 @@ class QemuConfig:
     pidfile: Path
     boot_id: str
     append: str = ""  # extra kernel parameters, after the ones boxui needs
-    incoming: str | None = None  # e.g. "exec:cat FILE" to restore a memory snapshot
+    #: restore a memory snapshot, e.g. "fd:7" (an inherited descriptor of the file)
+    incoming: str | None = None
     daemonize: bool = True
     #: the user's own disk image, attached as the first virtio block device (/dev/vda)
     disk_image: Path | None = None
@@ -151,7 +152,8 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
             "-device", "virtio-blk-device,drive=disk0",
         ]  # fmt: skip
     if config.incoming is not None:
-        argv += ["-incoming", config.incoming]
+        # MIGRATION events from the start, so the end of the load is told, not polled
+        argv += ["-global", "migration.x-events=on", "-incoming", config.incoming]
     if config.daemonize:
         argv.append("-daemonize")
     return argv

@@ -43,11 +43,12 @@ async def request_powerdown(client: QMPClient) -> None:
 # --- memory snapshots ---------------------------------------------------------------
 #
 # Checked on QEMU 7.2 microvm: a snapshot is an outgoing migration into a file, and a
-# restore is an incoming one. The file travels as a file descriptor passed over the QMP
-# socket (`getfd`, then the `fd:NAME` URI), so no shell command (`exec:cat ...`) is ever
-# run and no path needs quoting. With the `events` capability QEMU reports the
-# migration's progress as MIGRATION events, so neither side polls. The restored VM comes
-# up paused (the source was stopped before saving) and needs `cont`.
+# restore is an incoming one. The file travels as a file descriptor, never as a shell
+# command (`exec:cat ...`) or a path to quote: passed over the QMP socket (`getfd`, then
+# the `fd:NAME` URI) to save, inherited by QEMU (`-incoming fd:N`) to restore, so the
+# load starts while boxui is still connecting. With the `events` capability QEMU reports
+# the migration's progress as MIGRATION events, so neither side polls. The restored VM
+# comes up paused (the source was stopped before saving) and needs `cont`.
 
 SNAPSHOT_FD_NAME = "boxui-snapshot"
 _DONE = ("completed", "failed", "cancelled")
@@ -97,14 +98,27 @@ async def save_snapshot_to(client: QMPClient, target: Path) -> int:
     return int(info.get("ram", {}).get("total", 0))
 
 
-async def load_snapshot_from(client: QMPClient, source: Path) -> None:
-    """Load a VM started with `-incoming defer` from `source`, then let it run."""
-    listener = await _migration_with_events(client)
-    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+async def resume_loaded_snapshot(client: QMPClient) -> None:
+    """Wait until a VM started with `-incoming fd:N` has loaded, then let it run.
+
+    The load starts with QEMU itself, so it may be over before boxui connects: the
+    listener is registered first and the status read after, so no event is missed.
+    """
+    listener = EventListener(("MIGRATION",))
+    client.register_listener(listener)
     try:
-        await _send_fd(client, fd)
+        status = await client.execute("query-status")
+        if isinstance(status, dict) and status.get("status") == "inmigrate":
+            async for event in listener:
+                data = event.get("data")
+                if isinstance(data, dict) and data.get("status") in _DONE:
+                    break
     finally:
-        os.close(fd)
-    await client.execute("migrate-incoming", {"uri": f"fd:{SNAPSHOT_FD_NAME}"})
-    await _wait_migration(client, listener)
+        client.remove_listener(listener)
+    status = await client.execute("query-status")
+    state = status.get("status") if isinstance(status, dict) else None
+    if state != "paused":
+        info = cast(dict[str, Any], await client.execute("query-migrate"))
+        raise RuntimeError(f"snapshot not loaded (VM {state}): "
+                           f"{info.get('error-desc') or info.get('status')}")
     await client.execute("cont")
