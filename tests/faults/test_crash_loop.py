@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import itertools
+import os
 import time
 
 import pytest
