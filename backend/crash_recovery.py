@@ -11,6 +11,7 @@ recovery runs before any start, and a start of an adopted machine finds it activ
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import psutil
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from backend.supervisor import Supervisor
 
 GONE = "process gone while boxui was down"
+#: how long a hypervisor found mid-start may take to name its daemon in its pidfile
+ORPHAN_SETTLE_SECONDS = 10.0
 
 
 async def recover_machines(supervisor: Supervisor) -> None:
@@ -108,13 +111,51 @@ async def _finish_boot(supervisor: Supervisor, name: str, handle: VmHandle) -> N
 
 
 def _find_orphan(name: str, run_dir: object) -> tuple[int, float] | None:
+    """The hypervisor of `name` that nobody recorded, found by its identity arguments.
+
+    A QEMU caught mid-start is still daemonizing: the process boxui launched and the
+    daemon it forks carry the same command line for a moment, and the launcher then
+    exits. Adopting it would leave the real VM running unseen, so when the command line
+    has a `-pidfile`, only the process that file names counts (the daemon writes it
+    before the launcher exits); it is waited for briefly.
+    """
     from pathlib import Path
 
     from backend.drivers.qemu import identity_args
 
     wanted = identity_args(name, Path(str(run_dir)))
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
-        cmdline = proc.info.get("cmdline") or []
-        if all(arg in cmdline for arg in wanted):
-            return proc.pid, float(proc.info["create_time"])
-    return None
+    deadline = time.monotonic() + ORPHAN_SETTLE_SECONDS
+    while True:
+        matches: dict[int, tuple[list[str], float]] = {}
+        for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
+            cmdline = proc.info.get("cmdline") or []
+            if proc.info.get("status") != psutil.STATUS_ZOMBIE and \
+                    all(arg in cmdline for arg in wanted):
+                matches[proc.pid] = (cmdline, float(proc.info["create_time"]))
+        pidfiles = {_after(cmdline, "-pidfile") for cmdline, _ in matches.values()} - {None}
+        if matches and not pidfiles:
+            pid = min(matches)
+            return pid, matches[pid][1]
+        for pidfile in pidfiles:
+            named = _read_pid(Path(str(pidfile)))
+            if named in matches:
+                return named, matches[named][1]
+        if not matches or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _after(argv: list[str], option: str) -> str | None:
+    try:
+        return argv[argv.index(option) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+def _read_pid(path: object) -> int | None:
+    from pathlib import Path
+
+    try:
+        return int(Path(str(path)).read_text().strip())
+    except (OSError, ValueError):
+        return None

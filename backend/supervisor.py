@@ -349,8 +349,11 @@ class Supervisor:
             if handle is None:
                 raise MachineBusyError(f"{name} is {state.value} but boxui holds no process "
                                        "for it; restart boxui to re-adopt it")
-            await self.engine.transition(name, Verb.STOPPING,
-                                         message="killing" if force else "powering off")
+            if state is not InstanceState.STOPPING:
+                # (already `stopping` only if an earlier stop failed half way, e.g. on a
+                # full disk: this stop carries on from there)
+                await self.engine.transition(name, Verb.STOPPING,
+                                             message="killing" if force else "powering off")
             self._stopping.add(name)
             try:
                 if force:

@@ -3,12 +3,12 @@ ssh-config, exec and the foreground daemon."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,6 +17,8 @@ from backend.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
 
 if TYPE_CHECKING:  # the engine's imports load only for commands that need them
     from backend.supervisor import Supervisor
+
+T = TypeVar("T")
 
 
 def _template_ref(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -96,7 +98,7 @@ def register(cli: click.Group, name_arg: object) -> None:
             if start:
                 await sup.start_machine(name, progress=progress_printer(name))
 
-        asyncio.run(with_supervisor(work))
+        _run(with_supervisor(work))
         _report(name, as_json)
 
     @cli.command("start")
@@ -106,7 +108,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         """Boot a machine and wait until it is ready."""
         from boxui.supervised import progress_printer, with_supervisor
 
-        asyncio.run(with_supervisor(
+        _run(with_supervisor(
             lambda sup: sup.start_machine(name, progress=progress_printer(name))))
         _report(name, as_json)
 
@@ -118,7 +120,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         """Power a machine off (ACPI, then quit, then kill)."""
         from boxui.supervised import with_supervisor
 
-        asyncio.run(with_supervisor(lambda sup: sup.stop_machine(name, force=force)))
+        _run(with_supervisor(lambda sup: sup.stop_machine(name, force=force)))
         _report(name, as_json)
 
     @cli.command("restart")
@@ -128,7 +130,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         """Stop a machine, then start it again."""
         from boxui.supervised import progress_printer, with_supervisor
 
-        asyncio.run(with_supervisor(
+        _run(with_supervisor(
             lambda sup: sup.restart_machine(name, progress=progress_printer(name))))
         _report(name, as_json)
 
@@ -139,7 +141,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         """Delete a machine, its disk state and its SSH keys."""
         from boxui.supervised import with_supervisor
 
-        asyncio.run(with_supervisor(lambda sup: sup.delete_machine(name, force=force)))
+        _run(with_supervisor(lambda sup: sup.delete_machine(name, force=force)))
         click.echo(f"deleted {name}")
 
     @cli.command("logs")
@@ -150,7 +152,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         from boxui.console_follow import print_console
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(print_console(name, follow=follow))
+            _run(print_console(name, follow=follow))
 
     @cli.command("ssh")
     @machine_name
@@ -178,7 +180,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         """Run a command in a machine over SSH; exits with its exit code."""
         from boxui.ssh_commands import run_exec
 
-        sys.exit(asyncio.run(run_exec(name, list(command))))
+        sys.exit(_run(run_exec(name, list(command))))
 
     @cli.command("daemon")
     def daemon_cmd() -> None:
@@ -192,7 +194,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         from boxui.daemon import run_daemon
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_daemon(lock))
+            _run(run_daemon(lock))
 
     @cli.command("demo")
     @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -203,6 +205,12 @@ def register(cli: click.Group, name_arg: object) -> None:
         from boxui.demo import run_demo
 
         run_demo(home)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # not at import time: `boxui daemon` must lose a lock race quickly
+
+    return asyncio.run(coro)
 
 
 def _report(name: str, as_json: bool) -> None:

@@ -65,6 +65,17 @@ def hypervisors(home: Path) -> Counter[str]:
     return counts
 
 
+def duplicates_after_settling(home: Path, settle: float = 3.0) -> dict[str, int]:
+    """Machines with more than one hypervisor. A QEMU that was being launched when its
+    supervisor died is still daemonizing: its launcher has the same command line for a
+    moment and then exits by itself, so duplicates must persist for `settle` s to count."""
+    def duplicates() -> dict[str, int]:
+        return {n: c for n, c in hypervisors(home).items() if c > 1}
+
+    wait_until(lambda: not duplicates(), settle)
+    return duplicates()
+
+
 def hypervisor_pids(home: Path) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for proc in owned_processes(home):

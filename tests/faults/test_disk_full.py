@@ -133,6 +133,24 @@ async def test_state_save_during_start(running: Supervisor, disk: DiskFull,
     fault.cycle()
 
 
+@pytest.mark.fault("5. disk full: state save")
+async def test_state_save_during_stop(running: Supervisor, disk: DiskFull,
+                                      fault: FaultRecorder) -> None:
+    engine, dirs = running.engine, running.engine.dirs
+    await running.start_machine("vm")
+    before = dirs.record_path("vm").read_bytes()
+    with disk.full("state.json"), pytest.raises(StorageError) as caught:
+        await running.stop_machine("vm")
+    one_clear_line(caught.value, "state.json")
+    assert dirs.record_path("vm").read_bytes() == before and temps(dirs) == []
+    await running.stop_machine("vm")  # space is back: the stop goes through
+    assert engine.projection.state_of("vm") is InstanceState.STOPPED
+    assert hypervisors(dirs.root).get("vm", 0) == 0
+    await running.start_machine("vm")
+    assert hypervisors(dirs.root)["vm"] == 1
+    fault.cycle()
+
+
 @pytest.mark.fault("5. disk full: log append")
 async def test_log_append_during_start_and_create(running: Supervisor, disk: DiskFull,
                                                   fault: FaultRecorder) -> None:
