@@ -70,11 +70,13 @@ def remove_leftover_temps(directory: Path) -> list[Path]:
     return removed
 
 
-def _describe(path: Path, exc: OSError) -> str:
+def os_error_reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
-        why = "no space left on device"
-    elif exc.errno in (errno.EACCES, errno.EPERM):
-        why = "permission denied"
-    else:
-        why = exc.strerror or str(exc)
-    return f"could not write {path}: {why}; the previous file is unchanged"
+        return "no space left on device"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _describe(path: Path, exc: OSError) -> str:
+    return f"could not write {path}: {os_error_reason(exc)}; the previous file is unchanged"

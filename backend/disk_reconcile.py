@@ -47,6 +47,11 @@ async def reconcile_disk_with_log(engine: Engine) -> None:
             await engine.transition(machine.name, Verb.CREATED,
                                     message="found on disk; registered")
             continue
+        if known is InstanceState.CREATING:
+            # boxui died between logging `creating` and `created`; the files are whole
+            await engine.transition(machine.name, Verb.CREATED,
+                                    message="creation finished at startup")
+            continue
         if known is InstanceState.BROKEN:
             await engine.transition(machine.name, Verb.REPAIRED,
                                     message="machine files are valid again")

@@ -53,14 +53,19 @@ class Engine:
         self.memberships: dict[str, str] = {}
 
     @classmethod
-    async def open(cls, root: Path | None = None) -> Engine:
+    async def open(cls, root: Path | None = None, *,
+                   lock: SupervisorLock | None = None) -> Engine:
         """Take the state dir: lock it, clean what a crash left, replay the log, reconcile.
 
-        Raises `StateDirInUseError` at once if another supervisor holds it.
+        Raises `StateDirInUseError` at once if another supervisor holds it. A caller may
+        pass the dir's `lock` already taken (a daemon takes it before loading the rest).
         """
         dirs = await asyncio.to_thread(open_state_dir, root)
-        lock = SupervisorLock(dirs.lock_file)
-        lock.acquire()
+        if lock is None:
+            lock = SupervisorLock(dirs.lock_file)
+            lock.acquire()
+        elif not lock.held or lock.path != dirs.lock_file:
+            raise ValueError(f"Engine.open needs the held lock of {dirs.lock_file}")
         try:
             store = MachineStore(dirs)
             await asyncio.to_thread(store.remove_leftovers)

@@ -19,20 +19,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from backend.atomic_write import atomic_write_text
 from backend.errors import InvalidNameError, SpecError
 from backend.events import now_utc
+from backend.machine_limits import MAX_DISK_GIB, MAX_MEMORY_MIB, MAX_VCPUS
 from backend.names import validate_name
 from backend.port_mapping import PortMapping
 from backend.validation_text import describe_validation_error
 
+__all__ = ["MAX_DISK_GIB", "MAX_MEMORY_MIB", "MAX_VCPUS", "MachineSpec", "read_spec",
+           "render_spec", "write_spec"]
+
 SPEC_SCHEMA_VERSION = 1
-MAX_VCPUS = 64
-MAX_MEMORY_MIB = 1024 * 1024
-MAX_DISK_GIB = 16 * 1024
 MAX_ENV = 128
 MAX_PORTS = 16
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 Accel = Literal["auto", "kvm", "tcg"]
 RestartPolicy = Literal["never", "on-failure", "always"]
+TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:[a-z0-9][a-z0-9-]{0,62}")
 
 
 class MachineSpec(BaseModel):
@@ -57,6 +59,9 @@ class MachineSpec(BaseModel):
     service: str | None = None
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV)
     ports: list[PortMapping] = Field(default_factory=list, max_length=MAX_PORTS)
+    #: "<template_id>:<role>" this machine was made from, and the revision it restores
+    template: str | None = None
+    template_revision: str | None = None
     created_at: datetime = Field(default_factory=now_utc)
 
     @field_validator("name")
@@ -85,6 +90,20 @@ class MachineSpec(BaseModel):
                 f"schema_version {value} is newer than this boxui understands "
                 f"({SPEC_SCHEMA_VERSION}); upgrade boxui"
             )
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_ref(cls, value: str | None) -> str | None:
+        if value is not None and not TEMPLATE_REF.fullmatch(value):
+            raise ValueError("must be <template_id>:<role>, each a valid name")
+        return value
+
+    @field_validator("template_revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{16}", value):
+            raise ValueError("must be 16 hex digits")
         return value
 
     @field_validator("cmdline", "distro")

@@ -8,6 +8,7 @@ the bad file (the user may want to fix it by hand).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -18,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from backend.atomic_write import fsync_dir, remove_leftover_temps
+from backend.atomic_write import fsync_dir, os_error_reason, remove_leftover_temps
 from backend.errors import (
     InvalidNameError,
     MachineExistsError,
@@ -35,6 +36,7 @@ from backend.runtime_record import RuntimeRecord, read_record, write_record
 from backend.state_dir import StateDir
 
 _TRASH_PREFIX = ".deleting-"
+_STAGING_PREFIX = ".creating-"
 
 
 class LoadedMachine(BaseModel):
@@ -87,22 +89,39 @@ class MachineStore:
     # --- create / delete -------------------------------------------------------------
 
     def create(self, spec: MachineSpec) -> RuntimeRecord:
-        """Create the machine's dir, spec and record; refuse if the name is taken."""
+        """Create the machine's dir, spec and record; refuse if the name is taken.
+
+        The files are written in a hidden staging dir that is renamed into place, so a
+        crash half way leaves no half-made machine (which would load as broken), only a
+        staging dir that the next start removes.
+        """
         directory = self.dirs.machine_dir(spec.name)
+        if directory.exists():
+            raise MachineExistsError(spec.name)
+        staging = self.dirs.machines / f"{_STAGING_PREFIX}{spec.name}-{secrets.token_hex(4)}"
         try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            raise MachineExistsError(spec.name) from None
+            staging.mkdir(mode=0o700)
         except OSError as exc:
             raise StorageError(f"cannot create {directory}: {exc.strerror}") from exc
         record = RuntimeRecord()
         try:
-            write_spec(directory / "machine.toml", spec)
-            write_record(directory / "state.json", record)
+            try:
+                write_spec(staging / "machine.toml", spec)
+                write_record(staging / "state.json", record)
+            except StorageError as exc:
+                why = (os_error_reason(exc.__cause__) if isinstance(exc.__cause__, OSError)
+                       else str(exc))
+                raise StorageError(f"cannot create machine {spec.name!r} in "
+                                   f"{self.dirs.machines}: {why}; nothing was created") from exc
+            try:
+                os.rename(staging, directory)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise MachineExistsError(spec.name) from None
+                raise StorageError(f"cannot create {directory}: {exc.strerror}") from exc
             fsync_dir(self.dirs.machines)
-        except (StorageError, OSError):
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return record
 
     def delete(self, name: str) -> None:
@@ -229,12 +248,13 @@ class MachineStore:
         """Temp files and half-deleted dirs a crash left behind; run by the lock holder."""
         removed = remove_leftover_temps(self.dirs.root)
         removed += remove_leftover_temps(self.dirs.events)
+        removed += remove_leftover_temps(self.dirs.machines)  # the listing cache's temps
         try:
             entries = list(self.dirs.machines.iterdir())
         except FileNotFoundError:
             return removed
         for entry in entries:
-            if entry.name.startswith(_TRASH_PREFIX):
+            if entry.name.startswith((_TRASH_PREFIX, _STAGING_PREFIX)):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
             elif entry.is_dir():

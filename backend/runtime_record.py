@@ -36,6 +36,11 @@ class RuntimeRecord(BaseModel):
     ip: str | None = None
     boot_id: str | None = None
     accel: str | None = None
+    #: "<template>:<role>@<revision>" when this boot restored a snapshot, else None
+    restored_from: str | None = None
+    #: whether the restored guest's kernel RNG was re-seeded, and if not, why
+    rng_reseeded: bool | None = None
+    rng_note: str | None = None
     restart_count: int = Field(default=0, ge=0)
     ever_started: bool = False
     started_at: datetime | None = None

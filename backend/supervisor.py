@@ -17,9 +17,10 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
-from backend.boot_files import BootFilesProvider, ProgressFn
+from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.drivers.base import ExitInfo, HypervisorDriver, LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError, PortInUseError
 from backend.engine import Engine
@@ -30,6 +31,8 @@ from backend.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.machine_spec import MachineSpec
 from backend.restart_policy import RestartTracker, should_restart
 from backend.runtime_record import RuntimeRecord
+from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, plan_restore
+from backend.templates.rng_reseed import AGENT_SOCKET, reseed_guest
 
 log = logging.getLogger("boxui.supervisor")
 
@@ -138,10 +141,20 @@ class Supervisor:
                 self.tracker(name).reset()
             await self._boot(spec, progress)
 
+    def restore_plan(self, spec: MachineSpec) -> RestorePlan | None:
+        """How `spec` would start: a snapshot restore, or None for a cold boot. Raises
+        `SnapshotMismatchError` (naming each difference) if its snapshot cannot serve it."""
+        return plan_restore(self.engine.dirs, spec, self._accel_for(spec.accel),
+                            self.driver.capabilities())
+
     async def _boot(self, spec: MachineSpec, progress: ProgressFn | None) -> None:
         name = spec.name
         choice = self._accel_for(spec.accel)
         accel = choice.accel
+        # before any state changes: a mismatched snapshot is refused, not half-started
+        plan = None
+        if spec.template is not None:
+            plan = await asyncio.to_thread(self.restore_plan, spec)
         boot_id = secrets.token_hex(6)
         port = pick_free_port(self._ports_in_use())
         forwards = self._forwards(spec, {port})
@@ -150,15 +163,30 @@ class Supervisor:
             record.boot_id, record.ssh_port, record.accel = boot_id, port, accel
             record.pid = record.process_start_time = None
             record.ports = {str(guest): host for host, guest in forwards}
+            record.restored_from = plan.label if plan else None
+            record.rng_reseeded = record.rng_note = None
 
-        await self.engine.transition(name, Verb.BOOTING, update=booting,
-                                     message=f"starting under {accel} ({choice.reason})")
+        how = f"restoring snapshot {plan.label}" if plan else "starting"
+        try:
+            await self.engine.transition(name, Verb.BOOTING, update=booting,
+                                         message=f"{how} under {accel} ({choice.reason})")
+        except BoxuiError as exc:
+            if self.engine.projection.state_of(name) is InstanceState.BOOTING:
+                # logged, but state.json could not be written (disk full): end the boot
+                # now, or the machine would stay `booting` with nothing running
+                await self._boot_failed(name, None, exc)
+            raise
         self._booting.add(name)
         started = self._clock()
         handle: VmHandle | None = None
+        note = ""
         try:
             directory = self.engine.dirs.machine_dir(name)
-            files = await self.boot_files.prepare(spec, directory, progress)
+            if plan is not None:
+                await asyncio.to_thread(install_snapshot_keys, plan, directory)
+                files = BootFiles(plan.kernel, plan.initrd, "")
+            else:
+                files = await self.boot_files.prepare(spec, directory, progress)
             run_dir = await asyncio.to_thread(self.engine.dirs.ensure_run_dir, name)
             for attempt in range(PORT_ATTEMPTS):
                 launch = LaunchSpec(
@@ -168,6 +196,9 @@ class Supervisor:
                     run_dir=run_dir, console_log=self.engine.dirs.console_log(name),
                     tsc_khz=choice.tsc_khz, disk_image=files.disk_image,
                     port_forwards=forwards,
+                    restore_from=plan.snapshot_file if plan else None,
+                    kernel_cmdline=plan.snapshot.boot_args if plan else None,
+                    agent_socket=run_dir / AGENT_SOCKET if plan else None,
                 )
                 try:
                     handle = await self.driver.start(launch)
@@ -182,7 +213,11 @@ class Supervisor:
             self.handles[name] = handle
             await self.engine.update_record(name, _process_identity(handle))
             self.spawn(self._watch(name, handle), f"watch-{name}")
+            if progress is not None:
+                progress("boot", f"pid {handle.pid}, waiting for the guest and SSH")
             await self.driver.wait_ready(handle, self.boot_timeout)
+            if plan is not None:
+                note = await self._reseed(name, run_dir / AGENT_SOCKET, plan)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:
@@ -193,9 +228,21 @@ class Supervisor:
             self._booting.discard(name)
         await self.engine.transition(
             name, Verb.READY, message=f"ready in {self._clock() - started:.1f} s "
-            f"(ssh on 127.0.0.1:{handle.ssh_port})",
+            f"(ssh on 127.0.0.1:{handle.ssh_port}){note}",
         )
         self.tracker(name).machine_up()
+
+    async def _reseed(self, name: str, agent_socket: Path, plan: RestorePlan) -> str:
+        """Fresh kernel RNG state for a restored guest; a failure is reported, not fatal."""
+        problem = await reseed_guest(agent_socket)
+
+        def record(rec: RuntimeRecord) -> None:
+            rec.rng_reseeded, rec.rng_note = problem is None, problem
+
+        await self.engine.update_record(name, record)
+        if problem is None:
+            return f"; restored from {plan.label}, guest RNG re-seeded"
+        return f"; restored from {plan.label}, guest RNG NOT re-seeded: {problem}"
 
     async def _boot_failed(self, name: str, handle: VmHandle | None, exc: BaseException) -> None:
         if handle is not None:
@@ -308,9 +355,12 @@ class Supervisor:
             if handle is None:
                 raise MachineBusyError(f"{name} is {state.value} but boxui holds no process "
                                        "for it; restart boxui to re-adopt it")
-            how = "killing" if force else "powering off"
-            await self.engine.transition(name, Verb.STOPPING,
-                                         message=f"{note}; {how}" if note else how)
+            if state is not InstanceState.STOPPING:
+                # (already `stopping` only if an earlier stop failed half way, e.g. on a
+                # full disk: this stop carries on from there)
+                how = "killing" if force else "powering off"
+                await self.engine.transition(name, Verb.STOPPING,
+                                             message=f"{note}; {how}" if note else how)
             self._stopping.add(name)
             try:
                 if force:
@@ -409,6 +459,10 @@ async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
         return await coro
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("background task %s failed", name)
+    except Exception as exc:
+        # one line for whoever reads stderr (the CLI, the daemon's log); the traceback
+        # only when debugging is on
+        text = str(exc) if isinstance(exc, BoxuiError) else f"{type(exc).__name__}: {exc}"
+        log.error("background task %s failed: %s", name, text)
+        log.debug("background task %s failed", name, exc_info=True)
         return None

@@ -13,18 +13,19 @@ second the bench calls the supervisor's own `HealthSampler.sample_once()`, with 
 per-machine probe (`_sample`: psutil + QMP, measured separately by bench/health.py)
 replaced by one that returns a sample whose `cpu_percent` is the round number. So every
 round changes every row's CPU cell (and its UPTIME cell, as in real use), and the
-fan-out to history and subscribers, the app's health worker, `HealthSampled`, the table
-reconcile, the detail pane and the screen refresh are the product's code.
+fan-out to history and subscribers, the app's health worker, `HealthSampled`, the
+table update, the detail pane and the screen refresh are the product's code.
 
 What is measured, after a 2-round warm-up:
 - CPU: `time.process_time()` (user + system, all threads) of this one process over the
   measured rounds, as % of one core. This includes the bench's sample fan-out (what the
   real sampler costs besides psutil/QMP).
-- update -> cell: for every machine and round, from the start of the round's
-  `sample_once()` to `MachineTable.update_cell` writing that row's new CPU value
-  (a per-instance wrapper around `update_cell`). p50/p95/max over all rows and rounds.
+- update -> row: for every machine and round, from the start of the round's
+  `sample_once()` to `MachineTable._write` storing that row's new CPU value and asking
+  for its line to be redrawn if it is on screen (a per-instance wrapper around
+  `_write`). p50/p95/max over all rows and rounds.
 - update -> frame: per round, from the same start to the end of the first screen update
-  (`App._display`) after that round's last cell update: the frame that shows the rows.
+  (`App._display`) after that round's last row update: the frame that shows the rows.
   Headless (default), Textual composes the frame but skips turning it into escape codes
   and writing them; `--terminal` runs on the real terminal (run it in tmux or a terminal
   of 160x50 or more) so that cost is included too. Terminal emulator time is never
@@ -174,13 +175,13 @@ class BenchApp(BoxuiApp):
         cell_times: defaultdict[int, list[float]] = defaultdict(list)
         frames: list[float] = []
 
-        original_update = table.update_cell
+        original_write = table._write
 
-        def update_cell(row_key: Any, column_key: Any, value: Any, *,
-                        update_width: bool = False) -> None:
-            original_update(row_key, column_key, value, update_width=update_width)
-            if column_key == "cpu" and str(value).isdigit():
-                cell_times[int(str(value))].append(time.perf_counter())
+        def write(name: str, row: Any) -> None:
+            original_write(name, row)
+            cpu = row[0]["cpu"]
+            if cpu.isdigit():
+                cell_times[int(cpu)].append(time.perf_counter())
 
         original_display = self._display
 
@@ -190,15 +191,15 @@ class BenchApp(BoxuiApp):
                 frames.append(time.perf_counter())
 
         reconciles: list[float] = []
-        original_reconcile = table.reconcile
+        original_update = table.update
 
-        def reconcile(rows: Any) -> None:
+        def update(rows: Any) -> None:
             start = time.perf_counter()
-            original_reconcile(rows)
+            original_update(rows)
             reconciles.append(1000 * (time.perf_counter() - start))
 
-        table.update_cell = update_cell  # type: ignore[method-assign]
-        table.reconcile = reconcile  # type: ignore[method-assign]
+        table._write = write  # type: ignore[method-assign]
+        table.update = update  # type: ignore[method-assign]
         self._display = display  # type: ignore[method-assign]
 
         sampler = self.backend.supervisor.health
@@ -262,7 +263,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"{report['machines']} machines, {report['rounds']} rounds at 1 Hz, "
         f"{report['wall']:.1f} s, {mode}",
-        f"cells updated: {len(cells)} of {report['cells_expected']}; "
+        f"rows updated: {len(cells)} of {report['cells_expected']}; "
         f"rounds never shown (coalesced): {report['missing']}",
         "",
         f"{'metric':<24}{'p50':>9}{'p95':>9}{'max':>9}{'target':>10}  result",
@@ -270,14 +271,14 @@ def render(report: dict[str, Any]) -> str:
     ok_cpu = cpu_pct < TARGET_CPU_PERCENT
     lines.append(f"{'app CPU (% of a core)':<24}{'':>9}{'':>9}{cpu_pct:>8.1f}%"
                  f"{TARGET_CPU_PERCENT:>9.0f}%  {'OK' if ok_cpu else 'MISSED'}")
-    for label, values in (("update -> cell (ms)", cells), ("update -> frame (ms)", frames)):
+    for label, values in (("update -> row (ms)", cells), ("update -> frame (ms)", frames)):
         p95 = pct(values, 95)
         ok = p95 < TARGET_P95_MS
         lines.append(f"{label:<24}{pct(values, 50):>9.1f}{p95:>9.1f}"
                      f"{(values[-1] if values else float('nan')):>9.1f}"
                      f"{TARGET_P95_MS:>8.0f}ms  {'OK' if ok else 'MISSED'}")
     rec = report["reconciles"]
-    lines.append(f"{'MachineTable.reconcile':<24}{pct(rec, 50):>9.1f}{pct(rec, 95):>9.1f}"
+    lines.append(f"{'MachineTable.update':<24}{pct(rec, 50):>9.1f}{pct(rec, 95):>9.1f}"
                  f"{(rec[-1] if rec else float('nan')):>9.1f}  (ms per call, "
                  f"{len(rec)} calls; no target)")
     lines.append(f"CPU per round: {1000 * report['cpu'] / report['rounds']:.0f} ms; "

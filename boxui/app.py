@@ -9,27 +9,32 @@ no traceback ever reaches the screen and the app never freezes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 from watchfiles import Change, awatch
 
+from backend.boot_files import ProgressFn
 from backend.errors import BoxuiError, SpecError
 from backend.event_bus import Missed
 from backend.events import CloudEvent
 from backend.health import HealthSample
 from backend.machine_spec import MachineSpec
 from backend.machine_store import LoadedMachine
+from backend.state_dir import default_home
 from boxui.app_backend import EmbeddedBackend
 from boxui.messages import (
     BackendStarted,
@@ -38,11 +43,24 @@ from boxui.messages import (
     HealthSampled,
     SpecEditRejected,
     SpecReloaded,
+    WorkProgressed,
 )
 from boxui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.screens.help import HelpScreen
 from boxui.screens.logs import LogsScreen
 from boxui.screens.new_machine import NewMachineScreen
+from boxui.themes import (
+    DEFAULT_THEME,
+    ThemeCatalog,
+    cycle,
+    load_chosen_theme,
+    save_chosen_theme,
+    state_style,
+    state_variable_defaults,
+    sync_app_themes,
+    user_themes_dir,
+    watch_user_themes,
+)
 from boxui.widgets.console_pane import ConsolePane
 from boxui.widgets.detail_pane import DetailPane
 from boxui.widgets.event_stream import EventStream
@@ -50,11 +68,21 @@ from boxui.widgets.machine_table import COLUMNS, MachineTable, row_cells
 from boxui.widgets.status_header import StatusHeader, header_markup
 
 ACTIVE = {"booting", "ready", "busy", "draining", "stopping"}
-FALLBACK_STATE_COLOURS = {
-    "creating": "cyan", "booting": "cyan", "ready": "green", "busy": "yellow",
-    "draining": "yellow", "stopping": "grey62", "stopped": "grey50", "failed": "red",
-    "crashed": "red", "broken": "magenta",
-}
+
+
+M = TypeVar("M")
+
+
+def _while_shown(handler: Callable[[BoxuiApp, M], None]) -> Callable[[BoxuiApp, M], None]:
+    """Backend facts still arrive while the app closes (stopping the engine emits events)
+    after the main screen's widgets are gone: drop them rather than fail the exit."""
+
+    @functools.wraps(handler)
+    def run(app: BoxuiApp, message: M) -> None:
+        with contextlib.suppress(NoMatches):
+            handler(app, message)
+
+    return run
 
 
 class BoxuiApp(App[None]):
@@ -90,11 +118,53 @@ class BoxuiApp(App[None]):
         self._last_valid: dict[str, MachineSpec] = {}
         self._health: dict[str, HealthSample] = {}
         self._busy: dict[str, str] = {}
+        self._work: dict[str, str] = {}  # the latest progress message of long work
         self._frame = 0
         self._filter = ""
         self._mounted = False
         self.actions_done: list[tuple[str, str]] = []
         self.suspended_events: list[str] = []
+        self._home = backend.options.home or default_home()
+        self._catalog = ThemeCatalog(user_themes_dir(self._home))
+        self._theme_names: list[str] = []
+        self._theme_problems = self._load_themes()
+        chosen = load_chosen_theme(self._home)
+        self.theme = chosen if chosen in self._theme_names else DEFAULT_THEME
+
+    # --- themes ----------------------------------------------------------------------
+
+    def _load_themes(self) -> list[str]:
+        """(Re)register the catalog; returns one message per theme file that was skipped."""
+        themes, problems = self._catalog.load()
+        sync_app_themes(self, themes, self._theme_names)
+        self._theme_names = sorted(themes)
+        return problems
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        # TCSS uses $state-*; Textual's own themes (palette) do not define them
+        return state_variable_defaults()
+
+    @work(group="themes", exit_on_error=False)
+    async def _watch_themes(self) -> None:
+        changed = asyncio.Event()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_user_themes(
+            self._catalog.user_dir, changed.set, stop))
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                themes, problems = await asyncio.to_thread(self._catalog.load)
+                sync_app_themes(self, themes, self._theme_names)
+                self._theme_names = sorted(themes)
+                self._report_theme_problems(problems)
+        finally:
+            stop.set()
+            watcher.cancel()
+
+    def _report_theme_problems(self, problems: list[str]) -> None:
+        for problem in problems:
+            self.notify(problem, title="theme skipped", severity="warning", timeout=10)
 
     # --- layout ----------------------------------------------------------------------
 
@@ -118,6 +188,7 @@ class BoxuiApp(App[None]):
         self._spinner = self.set_interval(0.12, self._spin, pause=True)
         self._mounted = True
         self.query_one(MachineTable).focus()
+        self._report_theme_problems(self._theme_problems)
         self.run_worker(self.backend.run(), name="backend", group="backend",
                         exit_on_error=False)
         self.run_worker(self._wait_for_backend(), group="backend", exit_on_error=False)
@@ -127,8 +198,7 @@ class BoxuiApp(App[None]):
         self.post_message(BackendStarted())
 
     def state_colour(self, state: str) -> str:
-        variables = self.current_theme.variables if self.current_theme else {}
-        return variables.get(f"state-{state}", FALLBACK_STATE_COLOURS.get(state, ""))
+        return state_style(self.current_theme, state)
 
     # --- backend facts ---------------------------------------------------------------
 
@@ -146,6 +216,7 @@ class BoxuiApp(App[None]):
         self._consume_health()
         self._watch_specs()
         self._selection_changed()
+        self._watch_themes()
 
     @work(group="feeds", exit_on_error=False)
     async def _consume_events(self) -> None:
@@ -186,6 +257,7 @@ class BoxuiApp(App[None]):
                     if spec != self._last_valid.get(name):
                         self.post_message(SpecReloaded(name))
 
+    @_while_shown
     def on_event_arrived(self, message: EventArrived) -> None:
         event = message.event
         name = event.subject or ""
@@ -202,16 +274,22 @@ class BoxuiApp(App[None]):
         if name == self.selected:
             self._show_detail()
 
+    @_while_shown
     def on_events_missed(self, message: EventsMissed) -> None:
         self.query_one(EventStream).note(f"{message.count} events not shown (UI fell behind)")
 
+    @_while_shown
     def on_health_sampled(self, message: HealthSampled) -> None:
         for sample in message.samples:
             self._health[sample.machine] = sample
-        self._reconcile()
+        # a sample changes only its own row: no need to rebuild the other 999
+        table = self.query_one(MachineTable)
+        table.update(self._rows(self._machines[s.machine] for s in message.samples
+                                if s.machine in self._machines and table.has_row(s.machine)))
         if self.selected in {s.machine for s in message.samples}:
             self._show_detail()
 
+    @_while_shown
     def on_spec_reloaded(self, message: SpecReloaded) -> None:
         try:
             self._remember(self.backend.machine(message.name))
@@ -244,16 +322,20 @@ class BoxuiApp(App[None]):
             if not needle or needle in machine.name or needle in machine.state.value:
                 yield machine
 
-    def _reconcile(self) -> None:
+    def _rows(self, machines: Iterable[LoadedMachine]) -> Iterable[tuple[str, dict[str, str],
+                                                                         str]]:
         now = self.clock()
-        table = self.query_one(MachineTable)
-        table.reconcile(
-            (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
-                               self._frame), m.state.value)
-            for m in self._visible()
-        )
+        for m in machines:
+            yield (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
+                                     self._frame), m.state.value)
+
+    def _reconcile(self) -> None:
+        self.query_one(MachineTable).reconcile(self._rows(self._visible()))
+        self._update_header()
+
+    def _update_header(self) -> None:
         accel = self.backend.accel()
-        self.query_one(StatusHeader).update(header_markup(
+        self.query_one(StatusHeader).show(header_markup(
             (m.state.value for m in self._machines.values()), accel.accel, accel.reason,
             self.state_colour))
 
@@ -267,7 +349,7 @@ class BoxuiApp(App[None]):
     def selected(self) -> str | None:
         return self.query_one(MachineTable).selected_name
 
-    @on(DataTable.RowHighlighted)
+    @on(MachineTable.Highlighted)
     def _selection_changed(self) -> None:
         self._show_detail()
         name = self.selected
@@ -284,11 +366,18 @@ class BoxuiApp(App[None]):
         machine = self._machines.get(name) if name else None
         history = self.backend.health_history if machine else None
         colour = self.state_colour(machine.state.value) if machine else ""
-        self.query_one(DetailPane).show(machine, history, colour)
+        self.query_one(DetailPane).show(machine, history, colour,
+                                        self._work.get(name) if name else None)
 
-    @on(DataTable.HeaderSelected)
-    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
-        self.query_one(MachineTable).sort_by(str(event.column_key.value))
+    @_while_shown
+    def on_work_progressed(self, message: WorkProgressed) -> None:
+        if message.name not in self._busy:
+            return  # the work already ended
+        self._busy[message.name] = message.phase
+        self._work[message.name] = f"{message.phase}: {message.message}"
+        self._reconcile()
+        if message.name == self.selected:
+            self._show_detail()
 
     # --- errors ----------------------------------------------------------------------
 
@@ -312,37 +401,46 @@ class BoxuiApp(App[None]):
             self.notify("no machine selected", severity="warning", timeout=3)
         return name
 
-    def _long(self, name: str, label: str, job: Callable[[], Awaitable[None]]) -> None:
+    def _long(self, name: str, label: str,
+              job: Callable[[ProgressFn], Awaitable[None]]) -> None:
+        """Run `job` in the actions group with a spinner in the row; `job` gets a
+        progress callback whose phases replace the label as the work goes on."""
+        def progress(phase: str, message: str) -> None:
+            self.post_message(WorkProgressed(name, phase, message))  # thread-safe
+
         async def run() -> None:
             self._busy[name] = label
             self._spinner.resume()
             try:
-                await job()
+                await job(progress)
                 self.actions_done.append((label, name))
             finally:
                 self._busy.pop(name, None)
+                self._work.pop(name, None)
                 self._reconcile()
+                if name == self.selected:
+                    self._show_detail()
 
         self.run_worker(run(), name=f"{label} {name}", group="actions", exit_on_error=False)
 
     def action_new_machine(self) -> None:
         def created(spec: MachineSpec | None) -> None:
             if spec is not None:
-                self._long(spec.name, "creating", lambda: self.backend.create(spec))
+                self._long(spec.name, "creating", lambda p: self.backend.create(spec, progress=p))
 
-        self.push_screen(NewMachineScreen(set(self._machines)), created)
+        self.push_screen(NewMachineScreen(set(self._machines), self.backend.home), created)
 
     def action_start(self) -> None:
         if (name := self._need_selection()) is not None:
-            self._long(name, "starting", lambda: self.backend.start(name))
+            self._long(name, "starting", lambda p: self.backend.start(name, progress=p))
 
     def action_stop(self) -> None:
         if (name := self._need_selection()) is not None:
-            self._long(name, "stopping", lambda: self.backend.stop(name))
+            self._long(name, "stopping", lambda _p: self.backend.stop(name))
 
     def action_restart(self) -> None:
         if (name := self._need_selection()) is not None:
-            self._long(name, "restarting", lambda: self.backend.restart(name))
+            self._long(name, "restarting", lambda p: self.backend.restart(name, progress=p))
 
     def action_delete(self) -> None:
         name = self._need_selection()
@@ -352,7 +450,7 @@ class BoxuiApp(App[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._long(name, "deleting", lambda: self.backend.delete(name))
+                self._long(name, "deleting", lambda _p: self.backend.delete(name))
 
         self.push_screen(ConfirmDeleteScreen(name, running), confirmed)
 
@@ -434,16 +532,19 @@ class BoxuiApp(App[None]):
         table.sort_by(keys[(keys.index(table.sort_column) + 1) % len(keys)])
 
     def action_next_theme(self) -> None:
-        names = sorted(self.available_themes)
-        preferred = [n for n in names if n.startswith("boxui")] or names
-        current = self.theme if self.theme in preferred else preferred[-1]
-        self.theme = preferred[(preferred.index(current) + 1) % len(preferred)]
+        self.theme = cycle(self._theme_names, self.theme)
 
     def watch_theme(self, theme: str) -> None:
         if self._mounted:
             self.query_one(MachineTable).restyle()
             self._reconcile()
+            self._show_detail()
             self.notify(f"theme: {theme}", timeout=2)
+            self._remember_theme(theme)
+
+    @work(group="themes", exit_on_error=False)
+    async def _remember_theme(self, theme: str) -> None:
+        await asyncio.to_thread(save_chosen_theme, self._home, theme)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -9,11 +9,12 @@ the same link built over the fake driver; the demo injects it over the demo driv
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.boot_files import BootFilesProvider, DefaultBootFiles
+from backend.boot_files import BootFilesProvider, DefaultBootFiles, ProgressFn
 from backend.drivers.base import HypervisorDriver
 from backend.engine import Engine
 from backend.event_bus import Subscription
@@ -34,6 +35,8 @@ class LinkOptions:
     health_interval: float = 1.0
     #: serve the control API while the app runs, so the CLI (and scripts) act through it
     serve_api: bool = True
+    #: the supervisor's monotonic clock (boot durations in events); fixed in snapshots
+    clock: Callable[[], float] | None = None
 
 
 class EmbeddedBackend:
@@ -55,7 +58,8 @@ class EmbeddedBackend:
 
                 driver = QemuDriver()
             boot_files = (opts.boot_files_factory or DefaultBootFiles)(engine.dirs.images)
-            supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for)
+            supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for,
+                                    clock=opts.clock or time.monotonic)
             supervisor.health.interval = opts.health_interval
             async with supervisor.running(sample_health=opts.sample_health):
                 self._engine, self._supervisor = engine, supervisor
@@ -123,19 +127,20 @@ class EmbeddedBackend:
 
     # --- changing --------------------------------------------------------------------
 
-    async def create(self, spec: MachineSpec, *, start: bool = True) -> None:
+    async def create(self, spec: MachineSpec, *, start: bool = True,
+                     progress: ProgressFn | None = None) -> None:
         await self.engine.create_machine(spec)
         if start:
-            await self.supervisor.start_machine(spec.name)
+            await self.supervisor.start_machine(spec.name, progress=progress)
 
-    async def start(self, name: str) -> None:
-        await self.supervisor.start_machine(name)
+    async def start(self, name: str, *, progress: ProgressFn | None = None) -> None:
+        await self.supervisor.start_machine(name, progress=progress)
 
     async def stop(self, name: str) -> None:
         await self.supervisor.stop_machine(name)
 
-    async def restart(self, name: str) -> None:
-        await self.supervisor.restart_machine(name)
+    async def restart(self, name: str, *, progress: ProgressFn | None = None) -> None:
+        await self.supervisor.restart_machine(name, progress=progress)
 
     async def delete(self, name: str) -> None:
         await self.supervisor.delete_machine(name, force=True)

@@ -78,7 +78,11 @@ def info_cmd(name: str, as_json: bool) -> None:
     holder = lock_holder(dirs.lock_file)
     machine = MachineStore(dirs).load(name, supervised=holder is not None)
     if as_json:
-        emit_json(machine_view(machine) | {"supervisor_pid": holder})
+        from backend.templates.restore_plan import shared_state_note
+
+        emit_json(machine_view(machine) | {"supervisor_pid": holder,
+                                           "shared_state": shared_state_note(
+                                               machine.spec, machine.record)})
         return
     click.echo("\n".join(info_lines(machine, holder)))
 
@@ -107,6 +111,10 @@ _register_machine_commands(cli, _name_arg)
 from boxui.cli_services import register as _register_service_commands  # noqa: E402
 
 _register_service_commands(cli)
+
+from boxui.cli_templates import template_group  # noqa: E402
+
+cli.add_command(template_group)
 
 
 def main() -> None:

@@ -7,22 +7,22 @@ otherwise done here under the state dir's lock; the output is the same either wa
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from backend.errors import BoxuiError
-from backend.machine_spec import MAX_MEMORY_MIB, MAX_VCPUS
-from backend.supervisor import Supervisor
-from boxui.daemon_client import DaemonClient, find_daemon
-from boxui.supervised import progress_printer, with_supervisor
+from backend.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
+
+if TYPE_CHECKING:  # the engine's imports load only for commands that need them
+    from backend.supervisor import Supervisor
+    from boxui.daemon_client import DaemonClient
 
 T = TypeVar("T")
 
@@ -30,11 +30,32 @@ T = TypeVar("T")
 def act(direct: Callable[[Supervisor], Awaitable[T]],
         remote: Callable[[DaemonClient], T]) -> T:
     """Through the daemon if one serves this state dir, else here under the lock."""
+    from boxui.daemon_client import find_daemon
+    from boxui.supervised import with_supervisor
+
     client = find_daemon()
     if client is None:
-        return asyncio.run(with_supervisor(direct))
+        return _run(with_supervisor(direct))  # type: ignore[arg-type]
     with client:
         return remote(client)
+
+
+def _progress(name: str) -> Callable[[str, str], None]:
+    from boxui.supervised import progress_printer
+
+    return progress_printer(name)
+
+
+def _template_ref(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from backend.names import is_valid_name
+
+    if value is None:
+        return None
+    template_id, _, role = value.partition(":")
+    if not is_valid_name(template_id) or (role and not is_valid_name(role)):
+        raise click.BadParameter(f"{value!r}: use ID or ID:ROLE (a-z, 0-9, '-')",
+                                 ctx=ctx, param=param)
+    return value
 
 
 def register(cli: click.Group, name_arg: object) -> None:
@@ -43,11 +64,15 @@ def register(cli: click.Group, name_arg: object) -> None:
 
     @cli.command("create")
     @machine_name
-    @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=1, show_default=True)
+    @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=None,
+                  help="vCPUs [default: 1, or the template variant's].")
     @click.option("--memory", "memory_mib", type=click.IntRange(64, MAX_MEMORY_MIB),
-                  default=256, show_default=True, help="Memory in MiB.")
+                  default=None, help="Memory in MiB [default: 256, or the template variant's].")
     @click.option("--image", type=click.Choice(["default"]), default="default",
                   help="Guest image (boxui's own busybox + dropbear guest).")
+    @click.option("--template", "template_ref", metavar="ID[:ROLE]", callback=_template_ref,
+                  help="Make it from a template: restore its snapshot, or cold-boot its "
+                  "image. ROLE may be left out if the template has one.")
     @click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Boot your own kernel (with --initrd) instead of the image.")
     @click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -63,9 +88,10 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--start/--no-start", default=True, show_default=True,
                   help="Boot the machine once it is created.")
     @click.option("--json", "as_json", is_flag=True)
-    def create_cmd(name: str, vcpus: int, memory_mib: int, image: str, kernel: Path | None,
-                   initrd: Path | None, disk_image: Path | None, accel: str,
-                   restart_policy: str, start: bool, as_json: bool) -> None:
+    def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
+                   template_ref: str | None, kernel: Path | None, initrd: Path | None,
+                   disk_image: Path | None, accel: str, restart_policy: str, start: bool,
+                   as_json: bool) -> None:
         """Create a machine (and boot it unless --no-start)."""
         from backend.machine_spec import MachineSpec
 
@@ -73,16 +99,30 @@ def register(cli: click.Group, name_arg: object) -> None:
             raise click.UsageError("--kernel and --initrd go together")
         if disk_image is not None and kernel is None:
             raise click.UsageError("--disk needs --kernel and --initrd that mount it")
-        spec = MachineSpec(name=name, vcpus=vcpus, memory_mib=memory_mib, accel=accel,  # type: ignore[arg-type]
-                           restart=restart_policy,  # type: ignore[arg-type]
-                           kernel=kernel.absolute() if kernel else None,
-                           initrd=initrd.absolute() if initrd else None,
-                           disk_image=disk_image.absolute() if disk_image else None)
+        if template_ref is not None and kernel is not None:
+            raise click.UsageError("--template cannot be combined with --kernel/--initrd")
+        if template_ref is not None:
+            from backend.state_dir import open_state_dir
+            from backend.templates.machine_from_template import spec_from_template
+
+            spec = spec_from_template(open_state_dir(), name, template_ref, vcpus=vcpus,
+                                      memory_mib=memory_mib, accel=accel,  # type: ignore[arg-type]
+                                      restart=restart_policy)  # type: ignore[arg-type]
+        else:
+            spec = MachineSpec(name=name, vcpus=vcpus or 1, memory_mib=memory_mib or 256,
+                               accel=accel, restart=restart_policy,  # type: ignore[arg-type]
+                               kernel=kernel.absolute() if kernel else None,
+                               initrd=initrd.absolute() if initrd else None,
+                               disk_image=disk_image.absolute() if disk_image else None)
 
         async def work(sup: Supervisor) -> None:
+            import asyncio
+
+            # a snapshot that cannot serve this machine is refused before it exists
+            await asyncio.to_thread(sup.restore_plan, spec)
             await sup.engine.create_machine(spec)
             if start:
-                await sup.start_machine(name, progress=progress_printer(name))
+                await sup.start_machine(name, progress=_progress(name))
 
         view = act(lambda sup: _none(work(sup)), lambda c: c.call(
             "POST", "/v1/machines", json=spec.model_dump(mode="json", exclude_none=True),
@@ -94,7 +134,7 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def start_cmd(name: str, as_json: bool) -> None:
         """Boot a machine and wait until it is ready."""
-        view = act(lambda sup: _none(sup.start_machine(name, progress=progress_printer(name))),
+        view = act(lambda sup: _none(sup.start_machine(name, progress=_progress(name))),
                    lambda c: c.call("POST", f"/v1/machines/{name}/start"))
         _report(name, as_json, view)
 
@@ -115,7 +155,7 @@ def register(cli: click.Group, name_arg: object) -> None:
     def restart_cmd(name: str, as_json: bool) -> None:
         """Stop a machine, then start it again."""
         view = act(lambda sup: _none(sup.restart_machine(name,
-                                                         progress=progress_printer(name))),
+                                                         progress=_progress(name))),
                    lambda c: c.call("POST", f"/v1/machines/{name}/restart"))
         _report(name, as_json, view)
 
@@ -136,7 +176,7 @@ def register(cli: click.Group, name_arg: object) -> None:
         from boxui.console_follow import print_console
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(print_console(name, follow=follow))
+            _run(print_console(name, follow=follow))
 
     @cli.command("ssh")
     @machine_name
@@ -162,11 +202,12 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
     def exec_cmd(name: str, command: tuple[str, ...]) -> None:
         """Run a command in a machine over SSH; exits with its exit code."""
+        from boxui.daemon_client import find_daemon
         from boxui.ssh_commands import run_exec
 
         client = find_daemon()
         if client is None:
-            sys.exit(asyncio.run(run_exec(name, list(command))))
+            sys.exit(_run(run_exec(name, list(command))))
         with client:  # counted as in-flight work by the daemon (scale-down waits for it)
             result = client.call("POST", f"/v1/machines/{name}/exec",
                                  json={"argv": list(command)})
@@ -179,10 +220,16 @@ def register(cli: click.Group, name_arg: object) -> None:
     @cli.command("daemon")
     def daemon_cmd() -> None:
         """Run the supervisor in the foreground (VMs keep running when it stops)."""
+        from backend.state_dir import open_state_dir
+        from backend.supervisor_lock import SupervisorLock
+
+        # the lock first: a second daemon gives up before it loads the engine
+        lock = SupervisorLock(open_state_dir().lock_file)
+        lock.acquire()
         from boxui.daemon import run_daemon
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_daemon())
+            _run(run_daemon(lock=lock))
 
     @cli.command("demo")
     @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -193,6 +240,12 @@ def register(cli: click.Group, name_arg: object) -> None:
         from boxui.demo import run_demo
 
         run_demo(home)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # not at import time: `boxui daemon` must lose a lock race quickly
+
+    return asyncio.run(coro)
 
 
 async def _none(work: Awaitable[object]) -> None:

@@ -86,11 +86,16 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
         out.append(f"{'accel setting:':<16}{m.spec.accel}")
     if m.record:
         rec = m.record
-        for key in ("pid", "ssh_port", "ip", "boot_id", "restart_count"):
+        for key in ("pid", "ssh_port", "ip", "boot_id", "restored_from", "restart_count"):
             value = getattr(rec, key)
             if value not in (None, 0):
                 out.append(f"{key + ':':<16}{value}")
         out.append(f"{'updated_at:':<16}{rec.updated_at.isoformat()}")
+    from backend.templates.restore_plan import shared_state_note
+
+    note = shared_state_note(m.spec, m.record)
+    if note:
+        out.append(f"{'shared state:':<16}{note}")
     return out
 
 

@@ -7,14 +7,17 @@ command waits until its service has reached the desired count) and lets go.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from backend.supervisor import Supervisor
-from boxui.cli_machines import act
+from backend.errors import BoxuiError
+from backend.machine_limits import MAX_SCALE_REQUEST
+from boxui.cli_machines import _run, act
+
+if TYPE_CHECKING:  # the engine loads only when a command runs
+    from backend.supervisor import Supervisor
 from boxui.cli_output import emit_json, table
 
 T = TypeVar("T")
@@ -53,13 +56,23 @@ def _show(view: dict[str, Any], as_json: bool) -> None:
         click.echo(f"  {inst['id']:<24} {inst['state']:<9} {inst.get('endpoint') or ''}")
 
 
+def _service_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from backend.services.service_spec import validate_service_name
+
+    try:
+        return validate_service_name(value)
+    except BoxuiError as exc:
+        raise click.BadParameter(str(exc).replace("machine name", "service name"),
+                                 ctx=ctx, param=param) from None
+
+
 def register(cli: click.Group) -> None:
     @cli.group("service")
     def service() -> None:
         """Services: N identical machines kept at a desired count."""
 
     @service.command("create")
-    @click.argument("name")
+    @click.argument("name", callback=_service_name)
     @click.option("--replicas", type=click.IntRange(0), default=1, show_default=True)
     @click.option("--max", "max_replicas", type=click.IntRange(1), default=4,
                   show_default=True, help="Scale requests above this are refused.")
@@ -106,8 +119,8 @@ def register(cli: click.Group) -> None:
         _show(view, as_json)
 
     @service.command("scale")
-    @click.argument("name")
-    @click.argument("replicas", type=click.IntRange(0))
+    @click.argument("name", callback=_service_name)
+    @click.argument("replicas", type=click.IntRange(0, MAX_SCALE_REQUEST))
     @click.option("--request-id", default="", help="Echoed in the response.")
     @click.option("--wait/--no-wait", default=True, show_default=True)
     @click.option("--json", "as_json", is_flag=True)
@@ -130,7 +143,7 @@ def register(cli: click.Group) -> None:
 
         client = find_daemon()
         if client is None:
-            result = asyncio.run(_direct(direct))
+            result = _run(_direct(direct))
         else:
             with client:  # a refusal (409) carries a ScaleResponse, not an error
                 result = client.call("POST", "/v1/scale", json=request.model_dump(),
@@ -163,7 +176,7 @@ def register(cli: click.Group) -> None:
         click.echo(table(["NAME", "DESIRED", "READY", "MAX", "INSTANCES"], rows))
 
     @service.command("rm")
-    @click.argument("name")
+    @click.argument("name", callback=_service_name)
     def rm_cmd(name: str) -> None:
         """Drain and delete every instance, then the service."""
 

@@ -22,6 +22,7 @@ from backend.event_bus import Missed, Subscription
 from backend.machine_exec import ExecRunner, MachineExec
 from backend.services.manager import ServiceManager
 from backend.supervisor import Supervisor
+from backend.supervisor_lock import SupervisorLock
 from boxui.supervised import make_supervisor
 
 log = logging.getLogger("boxui.daemon")
@@ -32,9 +33,11 @@ async def run_daemon(
     *,
     supervisor_factory: Callable[[Engine], Supervisor] = make_supervisor,
     exec_runner: ExecRunner | None = None,
+    lock: SupervisorLock | None = None,
 ) -> None:
+    """`lock`: the state dir's lock, if the caller already took it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s boxui: %(message)s")
-    engine = await Engine.open(home)
+    engine = await Engine.open(home, lock=lock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

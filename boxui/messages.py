@@ -47,3 +47,13 @@ class SpecEditRejected(Message):
         super().__init__()
         self.name = name
         self.reason = reason
+
+
+class WorkProgressed(Message):
+    """Long work on a machine reached a new phase (e.g. the guest image's download)."""
+
+    def __init__(self, name: str, phase: str, message: str) -> None:
+        super().__init__()
+        self.name = name
+        self.phase = phase
+        self.message = message

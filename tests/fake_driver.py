@@ -169,10 +169,18 @@ class FakeDriver(HypervisorDriver):
 
 
 class FakeBootFiles(BootFilesProvider):
-    """Boot files for the fake driver, which boots nothing."""
+    """Boot files for the fake driver, which boots nothing. With a `gate`, preparing
+    reports a "pack" phase and waits for the gate, as a first image build would."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        self.gate = gate
 
     async def prepare(self, spec: MachineSpec, machine_dir: Path,
                       progress: ProgressFn | None = None) -> BootFiles:
+        if self.gate is not None:
+            if progress is not None:
+                progress("pack", "initramfs 3 of 7 MiB")
+            await self.gate.wait()
         return BootFiles(Path("/fake/vmlinuz"), Path("/fake/initrd"), "")
 
 

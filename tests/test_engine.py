@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -150,5 +151,18 @@ async def test_torn_log_tail_is_reported_at_startup(home: Path) -> None:
     try:
         assert any("damaged tail" in note for note in engine.startup_notes)
         assert engine.projection.state_of("vm") is InstanceState.STOPPED
+    finally:
+        await engine.close()
+
+
+async def test_machine_left_creating_by_a_crash_is_finished(home: Path) -> None:
+    engine = await Engine.open(home)
+    await asyncio.to_thread(engine.store.create, spec("vm"))
+    await engine.transition("vm", Verb.CREATING)  # boxui dies before `created`
+    await engine.close()
+    engine = await Engine.open(home)
+    try:
+        assert engine.projection.state_of("vm") is InstanceState.STOPPED
+        assert verbs(home, "vm") == ["creating", "created"]
     finally:
         await engine.close()

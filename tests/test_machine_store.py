@@ -127,10 +127,24 @@ def test_leftovers_are_removed(dirs: StateDir) -> None:
     stray.write_text("partial")
     trash = dirs.machines / ".deleting-old-1234"
     trash.mkdir()
+    staging = dirs.machines / ".creating-half-5678"  # a create cut off by a crash
+    staging.mkdir()
+    (staging / "machine.toml").write_text('name = "half"\n')
+    cache_temp = dirs.machines / ".boxui-tmp-.ls-cache.json.beef"
+    cache_temp.write_text("{")
+    assert store.names() == ["vm"]
     removed = store.remove_leftovers()
-    assert stray in removed and trash in removed
-    assert not stray.exists() and not trash.exists()
+    assert {stray, trash, staging, cache_temp} <= set(removed)
+    assert not any(p.exists() for p in (stray, trash, staging, cache_temp))
     assert store.load("vm").spec is not None
+
+
+def test_create_refuses_a_taken_name_and_leaves_no_staging(dirs: StateDir) -> None:
+    store = MachineStore(dirs)
+    store.create(spec("vm"))
+    with pytest.raises(MachineExistsError):
+        store.create(spec("vm"))
+    assert sorted(p.name for p in dirs.machines.iterdir() if p.is_dir()) == ["vm"]
 
 
 def test_delete_removes_directory(dirs: StateDir) -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -88,28 +87,7 @@ async def test_guest_exit_is_noticed_within_a_second(engine: Engine,
         assert engine.store.load_record("vm").pid is None
 
 
-async def test_crash_loop_backs_off_then_fails(engine: Engine, driver: FakeDriver,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import backend.restart_policy as rp
-
-    monkeypatch.setattr(rp, "BASE_DELAY", 0.05)  # same doubling, faster clock
-    await engine.create_machine(spec("loop", restart="on-failure"))
-    driver.script("loop").die_after = 0.05
-    async with make_supervisor(engine, driver).running() as sup:
-        await sup.start_machine("loop")
-        await wait_state(engine, "loop", InstanceState.FAILED, timeout=10)
-        assert driver.starts["loop"] == 5
-        events = [e for e in read_log(engine.dirs.event_log).events if e.subject == "loop"]
-        crashes = [e for e in events if e.type.endswith(".crashed")]
-        assert len(crashes) == 5
-        assert "restarting in" in crashes[0].message
-        times = [e.time for e in events if e.type.endswith(".booting")]
-        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
-        assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps
-        failed = engine.machine("loop")
-        assert failed.reason and "gave up after 5 failures" in failed.reason
-        await asyncio.sleep(0.5)
-        assert driver.starts["loop"] == 5, "a failed machine must not be restarted"
+# the crash loop (back-off, then failed) is tested in tests/faults/test_crash_loop.py
 
 
 async def test_never_policy_stays_crashed(engine: Engine, driver: FakeDriver) -> None:
@@ -209,4 +187,35 @@ async def test_pid_reused_is_not_adopted_nor_signalled(home: Path, driver: FakeD
     finally:
         other.kill()
         await other.wait()
+        await engine.close()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.1], ids=["before-the-wait", "during-the-wait"])
+async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDriver, delay: float,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """boxui died while a guest booted; the next supervisor re-adopts it and waits for it
+    in the background. A stop meanwhile must abort that wait, not race it to 'ready'."""
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = 30
+    async with make_supervisor(engine, driver).running() as sup:
+        start = asyncio.create_task(sup.start_machine("vm"))
+        await wait_state(engine, "vm", InstanceState.BOOTING)
+        while "vm" not in sup.handles:
+            await asyncio.sleep(0.02)
+        start.cancel()  # boxui dies mid-boot; the guest keeps booting
+        with pytest.raises(asyncio.CancelledError):
+            await start
+    await engine.close()
+
+    engine = await Engine.open(home)
+    try:
+        async with make_supervisor(engine, driver).running() as sup:
+            assert engine.projection.state_of("vm") is InstanceState.BOOTING
+            await asyncio.sleep(delay)
+            await asyncio.wait_for(sup.stop_machine("vm"), 5)
+            await asyncio.sleep(0.2)
+            assert engine.projection.state_of("vm") is InstanceState.STOPPED
+            assert "failed" not in caplog.text and "illegal" not in caplog.text
+    finally:
         await engine.close()

@@ -45,6 +45,13 @@ class LaunchSpec:
     disk_image: Path | None = None
     #: extra (host port, guest port) TCP forwards on 127.0.0.1, beside SSH's
     port_forwards: tuple[tuple[int, int], ...] = ()
+    #: restore this memory snapshot instead of booting (see `save_snapshot`)
+    restore_from: Path | None = None
+    #: the whole kernel command line, verbatim: a restore must repeat the snapshot's
+    kernel_cmdline: str | None = None
+    #: host end of a virtio-serial port for the guest's RNG agent (snapshot builds and
+    #: restores; see `backend.templates.rng_reseed`)
+    agent_socket: Path | None = None
 
 
 @dataclass
@@ -93,6 +100,17 @@ class AdoptRefusal:
 
 
 @dataclass(frozen=True)
+class SnapshotSaved:
+    """A memory snapshot a driver wrote, and what a restore must repeat."""
+
+    path: Path
+    state_bytes: int  # size of the file written
+    memory_bytes: int  # guest memory it covers
+    kernel_cmdline: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class GuestMemory:
     total_bytes: int | None
     free_bytes: int | None
@@ -137,6 +155,13 @@ class HypervisorDriver(abc.ABC):
 
     @abc.abstractmethod
     async def guest_memory(self, handle: VmHandle) -> GuestMemory: ...
+
+    async def save_snapshot(self, handle: VmHandle, target: Path) -> SnapshotSaved:
+        """Pause the VM and save its memory and device state to `target`; the VM stays
+        paused. Only drivers whose capabilities say `snapshots` implement it."""
+        from backend.drivers.errors import DriverError
+
+        raise DriverError(f"the {self.capabilities().name} driver cannot save snapshots")
 
     async def close(self, handle: VmHandle) -> None:  # noqa: B027 - optional hook
         """Drop any connection to the VM without affecting it (boxui is going away)."""

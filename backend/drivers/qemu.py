@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from qemu.qmp import EventListener, QMPClient
@@ -24,6 +25,7 @@ from backend.drivers.base import (
     HypervisorDriver,
     LaunchSpec,
     ProbeResult,
+    SnapshotSaved,
     VmHandle,
 )
 from backend.drivers.console_watch import ConsoleTail, wait_for_line
@@ -31,8 +33,14 @@ from backend.drivers.errors import DriverError, PortInUseError
 from backend.drivers.process_identity import PidWatch, start_time_of, verify_identity
 from backend.drivers.ssh_probe import ssh_banner
 from backend.guest.errors import GuestImageError
-from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu
-from backend.guest.qmp_ops import enable_balloon_stats, read_balloon_stats, request_powerdown
+from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu, kernel_append
+from backend.guest.qmp_ops import (
+    enable_balloon_stats,
+    read_balloon_stats,
+    request_powerdown,
+    resume_loaded_snapshot,
+    save_snapshot_to,
+)
 from backend.guest.readiness import scan_console
 
 QMP_SOCKET = "qmp.sock"
@@ -89,26 +97,42 @@ class QemuDriver(HypervisorDriver):
         os.chmod(spec.run_dir, 0o700)
         qmp_path = qmp_socket_path(spec.run_dir)
         _remove_stale_socket(qmp_path)
+        if spec.agent_socket is not None:
+            _remove_stale_socket(spec.agent_socket)
         pidfile = spec.run_dir / PIDFILE
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         _rotate(spec.console_log)
+        snapshot_fd = None
+        if spec.restore_from is not None:
+            try:
+                snapshot_fd = os.open(spec.restore_from, os.O_RDONLY)  # inherited by QEMU
+            except OSError as exc:
+                raise DriverError(f"cannot read snapshot {spec.restore_from}: "
+                                  f"{exc.strerror}") from None
         config = QemuConfig(
             name=spec.name, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
             kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,  # type: ignore[arg-type]
             ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
             pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
             disk_image=spec.disk_image, port_forwards=spec.port_forwards,
+            kernel_cmdline=spec.kernel_cmdline,
+            incoming=f"fd:{snapshot_fd}" if snapshot_fd is not None else None,
+            agent_socket=spec.agent_socket,
         )
         try:
             argv = build_argv(config, self.binary)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                pass_fds=() if snapshot_fd is None else (snapshot_fd,),
+            )
+            _, err = await proc.communicate()
         except GuestImageError as exc:
             raise DriverError(str(exc)) from None
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
-        )
-        _, err = await proc.communicate()
+        finally:
+            if snapshot_fd is not None:
+                os.close(snapshot_fd)
         if proc.returncode != 0:
             message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
             if "hostfwd" in message or "host forwarding" in message:
@@ -127,6 +151,9 @@ class QemuDriver(HypervisorDriver):
         handle = VmHandle(name=spec.name, pid=pid, start_time=started,
                           ssh_port=spec.ssh_port, boot_id=spec.boot_id, accel=spec.accel,
                           console_log=spec.console_log, qmp_socket=qmp_path)
+        handle.extra["kernel_cmdline"] = kernel_append(config)
+        if spec.restore_from is not None:
+            handle.extra["restore_from"] = spec.restore_from
         await self._hold(handle)
         return handle
 
@@ -147,29 +174,70 @@ class QemuDriver(HypervisorDriver):
     # --- readiness -------------------------------------------------------------------
 
     async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
-        live = self._live[handle.pid]
+        live = self._live.get(handle.pid)
+        if live is None:  # already released: its exit was seen first
+            raise DriverError(f"{handle.name}: QEMU exited before the guest was ready; "
+                              f"see {handle.console_log}")
         gone = asyncio.Event()
         died = asyncio.ensure_future(_set_when(live.watch.wait(), gone))
         tail = ConsoleTail(handle.console_log)
+        restore_from = handle.extra.get("restore_from")
         try:
             async with asyncio.timeout(timeout):
-                verdict = await wait_for_line(
-                    tail, lambda line: scan_console(line, handle.boot_id), gone)
-                if verdict is None:
-                    raise DriverError(f"{handle.name}: QEMU exited before the guest was "
-                                      f"ready; see {handle.console_log}")
-                if verdict is False:
-                    raise DriverError(f"{handle.name}: guest failed to boot; "
-                                      f"see {handle.console_log}")
+                if isinstance(restore_from, Path):
+                    # a restored guest printed its ready marker before it was saved
+                    loading = asyncio.ensure_future(self._restore(handle, live, restore_from))
+                    await asyncio.wait({loading, died}, return_when=asyncio.FIRST_COMPLETED)
+                    if not loading.done():
+                        loading.cancel()
+                        raise DriverError(f"{handle.name}: QEMU exited while loading the "
+                                          f"snapshot; see {handle.console_log}")
+                    loading.result()
+                else:
+                    verdict = await wait_for_line(
+                        tail, lambda line: scan_console(line, handle.boot_id), gone)
+                    if verdict is None:
+                        raise DriverError(f"{handle.name}: QEMU exited before the guest was "
+                                          f"ready; see {handle.console_log}")
+                    if verdict is False:
+                        raise DriverError(f"{handle.name}: guest failed to boot; "
+                                          f"see {handle.console_log}")
                 while await ssh_banner(handle.ssh_port) is None:
                     if live.watch.exited:
                         raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.05)
         except TimeoutError:
             raise DriverError(f"{handle.name}: not ready after {timeout:.0f} s; "
                               f"see {handle.console_log}") from None
         finally:
             died.cancel()
+
+    async def _restore(self, handle: VmHandle, live: _Live, source: Path) -> None:
+        if live.qmp is None:
+            raise DriverError(f"{handle.name}: no QMP connection to load the snapshot through")
+        try:
+            await resume_loaded_snapshot(live.qmp)
+        except Exception as exc:
+            if live.watch.exited:
+                raise DriverError(f"{handle.name}: QEMU exited while loading the snapshot "
+                                  f"{source}") from None
+            raise DriverError(f"{handle.name}: loading snapshot {source} failed: {exc}") from None
+
+    async def save_snapshot(self, handle: VmHandle, target: Path) -> SnapshotSaved:
+        live = self._live.get(handle.pid)
+        if live is None or live.qmp is None:
+            raise DriverError(f"{handle.name}: no QMP connection to save a snapshot through")
+        started = time.monotonic()
+        try:
+            memory = await save_snapshot_to(live.qmp, target)
+        except Exception as exc:
+            await asyncio.to_thread(target.unlink, missing_ok=True)
+            raise DriverError(f"{handle.name}: saving a snapshot failed: {exc}") from None
+        size = (await asyncio.to_thread(os.stat, target)).st_size
+        return SnapshotSaved(path=target, state_bytes=size,
+                             memory_bytes=memory,
+                             kernel_cmdline=str(handle.extra.get("kernel_cmdline", "")),
+                             seconds=time.monotonic() - started)
 
     # --- exit and stop ---------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from backend.guest.errors import GuestImageError
 from backend.guest.tools import require_tool
 
 BALLOON_ID = "balloon0"
+AGENT_PORT_NAME = "boxui.agent"  # the guest finds its RNG agent's port by this name
 BALLOON_QOM_PATH = f"/machine/peripheral/{BALLOON_ID}"
 QEMU_BINARY = "qemu-system-x86_64"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -51,13 +52,18 @@ class QemuConfig:
     pidfile: Path
     boot_id: str
     append: str = ""  # extra kernel parameters, after the ones boxui needs
-    incoming: str | None = None  # e.g. "exec:cat FILE" to restore a memory snapshot
+    #: restore a memory snapshot, e.g. "fd:7" (an inherited descriptor of the file)
+    incoming: str | None = None
     daemonize: bool = True
     #: the user's own disk image, attached as the first virtio block device (/dev/vda)
     disk_image: Path | None = None
     tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
     #: extra (host port, guest port) TCP forwards on 127.0.0.1 (a service's ports)
     port_forwards: tuple[tuple[int, int], ...] = ()
+    #: the whole kernel command line, used verbatim (a snapshot restore repeats its own)
+    kernel_cmdline: str | None = None
+    #: host end (unix socket) of the virtio-serial port a snapshot's RNG agent listens on
+    agent_socket: Path | None = None
 
 
 def _opt(value: Path | str) -> str:
@@ -67,17 +73,25 @@ def _opt(value: Path | str) -> str:
 
 def kernel_append(config: QemuConfig) -> str:
     """The kernel command line: serial console, quiet, reboot on panic, identity."""
+    if config.kernel_cmdline is not None:
+        return config.kernel_cmdline
+    return kernel_cmdline_for(config.name, config.boot_id, config.accel, config.tsc_khz,
+                              config.append)
+
+
+def kernel_cmdline_for(name: str, boot_id: str, accel: str, tsc_khz: int | None,
+                       append: str) -> str:
     parts = [
         "console=ttyS0",
         "quiet",
         "panic=-1",
-        f"boxui.name={config.name}",
-        f"boxui.boot_id={config.boot_id}",
+        f"boxui.name={name}",
+        f"boxui.boot_id={boot_id}",
     ]
-    if config.accel == "tcg" and config.tsc_khz:
-        parts += [f"tsc_early_khz={config.tsc_khz}", "tsc=reliable"]
-    if config.append:
-        parts.append(config.append)
+    if accel == "tcg" and tsc_khz:
+        parts += [f"tsc_early_khz={tsc_khz}", "tsc=reliable"]
+    if append:
+        parts.append(append)
     return " ".join(parts)
 
 
@@ -98,7 +112,7 @@ def validate(config: QemuConfig) -> None:
     for host, guest in config.port_forwards:
         if not (1 <= host <= 65535 and 1 <= guest <= 65535):
             raise GuestImageError(f"invalid port forward {host}:{guest}")
-    if "\n" in config.append or "\0" in config.append:
+    if any(ch in kernel_append(config) for ch in "\n\r\0"):
         raise GuestImageError("kernel append must be one line")
 
 
@@ -132,6 +146,12 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
         "-pidfile", str(config.pidfile),
     ]  # fmt: skip
+    if config.agent_socket is not None:
+        argv += [
+            "-chardev", f"socket,id=agent0,path={_opt(config.agent_socket)},server=on,wait=off",
+            "-device", "virtio-serial-device,id=ser0",
+            "-device", f"virtserialport,chardev=agent0,nr=1,name={AGENT_PORT_NAME},id=agent",
+        ]  # fmt: skip
     if config.disk_image is not None:
         image_format = "qcow2" if config.disk_image.suffix == ".qcow2" else "raw"
         argv += [
@@ -139,7 +159,8 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
             "-device", "virtio-blk-device,drive=disk0",
         ]  # fmt: skip
     if config.incoming is not None:
-        argv += ["-incoming", config.incoming]
+        # MIGRATION events from the start, so the end of the load is told, not polled
+        argv += ["-global", "migration.x-events=on", "-incoming", config.incoming]
     if config.daemonize:
         argv.append("-daemonize")
     return argv

@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from backend.lifecycle import InstanceState
+from backend.machine_limits import MAX_SCALE_REQUEST
 from backend.services.service_spec import MAX_REPLICAS, ServiceSpec
 
 AT_CAPACITY = "at maximum capacity"
@@ -15,7 +16,7 @@ AT_CAPACITY = "at maximum capacity"
 
 class ScaleRequest(BaseModel):
     service: str
-    replicas: int = Field(ge=0, le=10_000, description="desired number of instances")
+    replicas: int = Field(ge=0, le=MAX_SCALE_REQUEST, description="desired number of instances")
     request_id: str = Field(default="", max_length=128,
                             description="echoed in the response; one is made if empty")
 

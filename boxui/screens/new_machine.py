@@ -1,7 +1,12 @@
 """The new-machine form: every field is checked as you type, errors shown inline, and
-nothing is submitted until the whole form is valid."""
+nothing is submitted until the whole form is valid. The image choice also lists the
+state dir's templates (read off the UI thread); picking one fills in the size its
+snapshot needs, and the machine restores from it when started."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,6 +17,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from backend.errors import BoxuiError
 from backend.machine_spec import MAX_MEMORY_MIB, MAX_VCPUS, MachineSpec
 from backend.names import validate_name
+from backend.templates.choices import TemplateChoice, template_choices
 
 IMAGES = [("default (busybox + dropbear)", "default")]
 
@@ -36,9 +42,27 @@ def check_fields(name: str, vcpus: str, memory: str, taken: set[str]) -> dict[st
 class NewMachineScreen(ModalScreen[MachineSpec | None]):
     BINDINGS = [("escape", "cancel", "Cancel")]
 
-    def __init__(self, taken: set[str]) -> None:
+    def __init__(self, taken: set[str], home: Path | None = None) -> None:
         super().__init__()
         self.taken = taken
+        self.home = home
+        self.templates: dict[str, TemplateChoice] = {}
+
+    async def on_mount(self) -> None:
+        if self.home is None:
+            return
+        found = await asyncio.to_thread(template_choices, self.home)
+        self.templates = {choice.value: choice for choice in found}
+        if found:
+            self.query_one("#image", Select).set_options(
+                IMAGES + [(c.label, c.value) for c in found])
+
+    @on(Select.Changed, "#image")
+    def _image_changed(self, event: Select.Changed) -> None:
+        choice = self.templates.get(str(event.value))
+        if choice is not None:  # a snapshot restores only at the size it was taken at
+            self.query_one("#vcpus", Input).value = str(choice.vcpus)
+            self.query_one("#memory", Input).value = str(choice.memory_mib)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -87,7 +111,12 @@ class NewMachineScreen(ModalScreen[MachineSpec | None]):
         self._show(errors)
         if errors:
             return
-        self.dismiss(MachineSpec(name=name, vcpus=int(vcpus), memory_mib=int(memory)))
+        spec = MachineSpec(name=name, vcpus=int(vcpus), memory_mib=int(memory))
+        choice = self.templates.get(str(self.query_one("#image", Select).value))
+        if choice is not None:
+            spec = spec.model_copy(update={"template": choice.ref, "cmdline": choice.boot_args,
+                                           "template_revision": choice.revision})
+        self.dismiss(spec)
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:

@@ -14,6 +14,8 @@ SPARK_SECONDS = 300.0
 
 
 class DetailPane(Vertical):
+    _text = "no machine selected"
+
     def compose(self) -> ComposeResult:
         yield Static("no machine selected", id="detail-text")
         yield Label("CPU %", classes="spark-label")
@@ -22,14 +24,15 @@ class DetailPane(Vertical):
         yield Sparkline([], id="spark-mem")
 
     def show(self, machine: LoadedMachine | None, history: HealthHistory | None,
-             state_colour: str) -> None:
-        text = self.query_one("#detail-text", Static)
+             state_colour: str, work: str | None = None) -> None:
         if machine is None:
-            text.update("no machine selected")
+            self._set_text("no machine selected")
             self._spark([], [])
             return
         lines = [f"[b]{machine.name}[/b]",
                  f"state  [{state_colour}]{machine.state.value}[/]"]
+        if work:
+            lines.append(f"work   [i]{_escape(work)}[/i]")
         if machine.reason:
             lines.append(f"reason [i]{_escape(machine.reason)}[/i]")
         spec, record = machine.spec, machine.record
@@ -42,7 +45,7 @@ class DetailPane(Vertical):
                 lines.append(f"pid    {record.pid}")
             if record.ssh_port and machine.state.value in ("ready", "busy", "draining"):
                 lines.append(f"ssh    127.0.0.1:{record.ssh_port}")
-        text.update("\n".join(lines))
+        self._set_text("\n".join(lines))
         if history is None:
             self._spark([], [])
             return
@@ -51,6 +54,13 @@ class DetailPane(Vertical):
         mem = [v for v in history.series(machine.name, "guest_used_bytes", SPARK_SECONDS)
                if v is not None]
         self._spark(cpu, mem)
+
+    def _set_text(self, markup: str) -> None:
+        """Health arrives every second but the text only changes with state or spec:
+        skip identical updates, each of which would re-lay out the whole screen."""
+        if markup != self._text:
+            self._text = markup
+            self.query_one("#detail-text", Static).update(markup)
 
     def _spark(self, cpu: list[float], mem: list[float]) -> None:
         self.query_one("#spark-cpu", Sparkline).data = cpu

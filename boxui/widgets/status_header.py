@@ -27,4 +27,12 @@ def header_markup(states: Iterable[str], accel: str, accel_reason: str,
 
 
 class StatusHeader(Static):
-    pass
+    """One line that changes rarely: skip identical updates, and never re-lay out the
+    screen for it (a layout pass redraws every widget, the 1,000-row table included)."""
+
+    _markup = ""
+
+    def show(self, markup: str) -> None:
+        if markup != self._markup:
+            self._markup = markup
+            self.update(markup, layout=False)

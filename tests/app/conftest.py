@@ -27,9 +27,10 @@ async def fake_driver() -> AsyncIterator[FakeDriver]:
 @pytest.fixture
 def make_app(home: Path, fake_driver: FakeDriver) -> Callable[..., BoxuiApp]:
     def build(**kwargs: Any) -> BoxuiApp:
+        boot_files = kwargs.pop("boot_files", None) or FakeBootFiles()
         options = LinkOptions(
             home=home, driver_factory=lambda: fake_driver,
-            boot_files_factory=lambda _images: FakeBootFiles(), accel_for=fixed_accel,
+            boot_files_factory=lambda _images: boot_files, accel_for=fixed_accel,
             sample_health=kwargs.pop("sample_health", False), health_interval=0.2,
         )
         app = BoxuiApp(EmbeddedBackend(options), clock=lambda: FIXED_TIME, **kwargs)

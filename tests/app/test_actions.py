@@ -4,51 +4,24 @@ screen (the table's cells) and on the calls the backend made."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from textual.pilot import Pilot
-from textual.widgets import Input, Static
+from textual.widgets import Input, Select, Static
 
 from backend.event_log import read_log
 from backend.state_dir import open_state_dir
-from boxui.app import BoxuiApp
 from boxui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.screens.help import HelpScreen
 from boxui.screens.logs import LogsScreen
 from boxui.screens.new_machine import NewMachineScreen
 from boxui.widgets.console_pane import ConsolePane
+from boxui.widgets.detail_pane import DetailPane
 from boxui.widgets.event_stream import EventStream
-from boxui.widgets.machine_table import MachineTable
+from boxui.widgets.machine_table import SPINNER, MachineTable
 from boxui.widgets.status_header import StatusHeader
 from tests.app.conftest import seed
-from tests.fake_driver import FakeDriver
-
-SIZE = (150, 45)
-
-
-async def until(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)
-
-
-def cell(app: BoxuiApp, name: str, column: str) -> str:
-    value = app.query_one(MachineTable).get_cell(name, column)
-    return getattr(value, "plain", str(value))
-
-
-def rows(app: BoxuiApp) -> list[str]:
-    table = app.query_one(MachineTable)
-    return [str(table.coordinate_to_cell_key((i, 0))[0].value) for i in range(table.row_count)]
-
-
-async def started(pilot: Pilot[None], app: BoxuiApp) -> None:
-    await until(pilot, lambda: app.backend.ready.is_set() and app._mounted)
-    await pilot.pause(0.2)
+from tests.app.pilot_helpers import SIZE, cell, rows, started, until
+from tests.fake_driver import FakeBootFiles, FakeDriver
 
 
 async def test_startup_shows_machines_and_header(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +42,8 @@ async def test_start_stop_restart(home: Path, make_app, fake_driver: FakeDriver)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
         await pilot.press("s")
-        await until(pilot, lambda: "starting" in cell(app, "vm", "state"))
+        # a spinner in the row while it starts ("starting", then the "boot" phase)
+        await until(pilot, lambda: cell(app, "vm", "state")[0] in SPINNER)
         await until(pilot, lambda: cell(app, "vm", "state") == "ready")
         assert ("start", "vm") in fake_driver.calls
         assert cell(app, "vm", "accel") == "tcg" and cell(app, "vm", "ssh") != "-"
@@ -231,3 +205,48 @@ async def test_errors_become_notifications(home: Path, make_app,  # type: ignore
         await until(pilot, lambda: cell(app, "vm", "state") == "failed")
         await until(pilot, lambda: any("kernel panic" in n.message
                                        for n in app._notifications))
+
+
+async def test_long_work_shows_its_phase_in_the_row_and_details(  # type: ignore[no-untyped-def]
+        home: Path, make_app, fake_driver: FakeDriver) -> None:
+    await seed(home, "vm")
+    gate = asyncio.Event()
+    app = make_app(boot_files=FakeBootFiles(gate))
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("s")
+        await until(pilot, lambda: cell(app, "vm", "state").endswith(" pack"))
+        assert cell(app, "vm", "state")[0] in SPINNER
+        detail = app.query_one(DetailPane).query_one("#detail-text", Static)
+        await until(pilot, lambda: "pack: initramfs 3 of 7 MiB" in str(detail.render()))
+        gate.set()
+        await until(pilot, lambda: cell(app, "vm", "state") == "ready")
+        assert "pack:" not in str(detail.render())
+        assert ("start", "vm") in fake_driver.calls
+
+
+async def test_new_machine_form_offers_templates(home: Path, make_app,  # type: ignore[no-untyped-def]
+                                                 fake_driver: FakeDriver) -> None:
+    from backend.state_dir import open_state_dir
+    from tests.templates.helpers import REVISION, fabricate
+
+    fabricate(open_state_dir(home), "web", vcpus=2, memory_mib=384)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, NewMachineScreen))
+        form = app.screen
+        select = form.query_one("#image", Select)
+        await until(pilot, lambda: bool(form.templates))
+        select.value = "template:web:worker"  # raises if the Select does not offer it
+        await pilot.pause(0.1)
+        assert form.query_one("#vcpus", Input).value == "2"
+        assert form.query_one("#memory", Input).value == "384"
+        form.query_one("#name", Input).value = "from-tpl"
+        await pilot.click("#create")
+        await until(pilot, lambda: "from-tpl" in rows(app)
+                    and cell(app, "from-tpl", "state") == "ready")
+        spec = app.backend.machine("from-tpl").spec
+        assert spec is not None and spec.template == "web:worker"
+        assert spec.template_revision == REVISION and spec.memory_mib == 384

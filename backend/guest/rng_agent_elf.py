@@ -1,0 +1,145 @@
+"""A tiny static x86-64 program that re-seeds a restored guest's kernel RNG on request.
+
+Why: guests restored from one memory snapshot wake up with the same kernel CRNG state,
+so right after a restore two clones would read the same bytes from /dev/urandom.
+Writing to /dev/urandom only mixes bytes into the input pool; making the CRNG use them
+*now* takes two ioctls (RNDADDENTROPY, then RNDRESEEDCRNG), which no busybox tool
+issues, and the guest has no compiler or interpreter. So boxui writes this program
+itself (a few hundred bytes, no library calls), starts it in the template's build VM
+just before the snapshot is saved, and so every restored guest wakes up with it
+waiting on a virtio-serial port. The host sends 64 fresh bytes down the port; the
+program credits them, forces the reseed, answers one byte (`'0'` + status) and exits.
+
+Why a port and not SSH: the first SSH session after a restore costs the guest most of
+a second under TCG (dropbear re-executes itself, key exchange, a shell); the port costs
+it a read and two ioctls. Linux's virtio console returns EOF at once while no host end
+is connected, so the program sleeps 20 ms between reads until boxui connects (the build
+VM's last second, and not at all once restored: the host connects at once).
+
+Status: 0 re-seeded; 2 cannot open the port or /dev/urandom; 3 RNDADDENTROPY refused;
+4 RNDRESEEDCRNG refused (e.g. not root).
+"""
+
+from __future__ import annotations
+
+import struct
+
+ENTROPY_BYTES = 64
+#: a symlink to the port's /dev/vportNp1, made when the agent is started (N varies)
+GUEST_PORT = "/run/boxui-agent-port"
+RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
+NAP_NS = 20_000_000
+_BASE = 0x400000
+_HEADERS = 64 + 56  # ELF header + one program header
+
+
+class _Asm:
+    """Just enough of an assembler: bytes, labels, and disp32 fixups (rip-relative
+    operands and jumps), each of which ends its instruction."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.labels: dict[str, int] = {}
+        self.fixups: list[tuple[int, str]] = []  # where a disp32 goes, its target
+
+    def emit(self, data: bytes) -> None:
+        self.out += data
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.out)
+
+    def jump(self, short_opcode: int, target: str) -> None:
+        """A jump in its rel32 form (`jcc` 0x7X becomes 0F 8X, `jmp` EB becomes E9)."""
+        long = b"\xe9" if short_opcode == 0xEB else bytes([0x0F, short_opcode + 0x10])
+        self.rip(long, target)
+
+    def rip(self, prefix: bytes, target: str) -> None:
+        self.out += prefix + b"\0\0\0\0"
+        self.fixups.append((len(self.out) - 4, target))
+
+    def link(self) -> bytes:
+        for at, target in self.fixups:  # relative to the end of the instruction
+            self.out[at:at + 4] = struct.pack("<i", self.labels[target] - (at + 4))
+        return bytes(self.out)
+
+
+def agent_program(port: str = GUEST_PORT) -> bytes:
+    """The ELF executable; `port` is the device it serves (tests use a FIFO)."""
+    a = _Asm()
+    # r12 = port fd, r13 = /dev/urandom fd, r14 = bytes received, r15 = status
+    a.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
+    a.rip(b"\x48\x8d\x3d", "port")  # lea rdi, [rip+port]
+    a.emit(b"\xbe\x02\x00\x00\x00\x31\xd2\x0f\x05")  # mov esi, O_RDWR; xor edx, edx; syscall
+    a.emit(b"\xbf\x02\x00\x00\x00\x48\x85\xc0")  # mov edi, 2; test rax, rax
+    a.jump(0x78, "exit")  # js exit
+    a.emit(b"\x49\x89\xc4")  # mov r12, rax
+    a.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
+    a.rip(b"\x48\x8d\x3d", "urandom")  # lea rdi, [rip+urandom]
+    a.emit(b"\xbe\x01\x00\x00\x00\x31\xd2\x0f\x05")  # mov esi, O_WRONLY; xor edx, edx; syscall
+    a.emit(b"\xbf\x02\x00\x00\x00\x48\x85\xc0")  # mov edi, 2; test rax, rax
+    a.jump(0x78, "exit")  # js exit
+    a.emit(b"\x49\x89\xc5")  # mov r13, rax
+    a.emit(b"\x45\x31\xf6")  # xor r14d, r14d
+    a.label("read")
+    a.emit(b"\x31\xc0\x4c\x89\xe7")  # xor eax, eax (read); mov rdi, r12
+    a.rip(b"\x48\x8d\x35", "buf")  # lea rsi, [rip+buf]
+    a.emit(b"\x4c\x01\xf6")  # add rsi, r14
+    a.emit(b"\xba" + struct.pack("<I", ENTROPY_BYTES))  # mov edx, 64
+    a.emit(b"\x44\x29\xf2")  # sub edx, r14d
+    a.emit(b"\x0f\x05\x48\x85\xc0")  # syscall; test rax, rax
+    a.jump(0x7E, "nap")  # jle nap (EOF: no host yet; or an error)
+    a.emit(b"\x49\x01\xc6")  # add r14, rax
+    a.emit(b"\x49\x83\xfe" + bytes([ENTROPY_BYTES]))  # cmp r14, 64
+    a.jump(0x72, "read")  # jb read
+    a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
+    a.emit(b"\xbe" + struct.pack("<I", RNDADDENTROPY))  # mov esi, RNDADDENTROPY
+    a.rip(b"\x48\x8d\x15", "info")  # lea rdx, [rip+info]
+    a.emit(b"\x0f\x05\x41\xbf\x03\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 3; test
+    a.jump(0x75, "report")  # jnz report
+    a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
+    a.emit(b"\xbe" + struct.pack("<I", RNDRESEEDCRNG) + b"\x31\xd2")  # mov esi, ..; xor edx
+    a.emit(b"\x0f\x05\x41\xbf\x04\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 4; test
+    a.jump(0x75, "report")  # jnz report
+    a.emit(b"\x45\x31\xff")  # xor r15d, r15d
+    a.label("report")
+    a.rip(b"\x48\x8d\x35", "ack")  # lea rsi, [rip+ack]
+    a.emit(b"\x44\x89\xf8\x04\x30\x88\x06")  # mov eax, r15d; add al, '0'; mov [rsi], al
+    a.emit(b"\xb8\x01\x00\x00\x00\x4c\x89\xe7")  # mov eax, 1 (write); mov rdi, r12
+    a.emit(b"\xba\x01\x00\x00\x00\x0f\x05")  # mov edx, 1; syscall
+    a.emit(b"\x44\x89\xff")  # mov edi, r15d
+    a.label("exit")
+    a.emit(b"\xb8\x3c\x00\x00\x00\x0f\x05")  # mov eax, 60 (exit); syscall
+    a.label("nap")
+    a.emit(b"\xb8\x23\x00\x00\x00")  # mov eax, 35 (nanosleep)
+    a.rip(b"\x48\x8d\x3d", "timespec")  # lea rdi, [rip+timespec]
+    a.emit(b"\x31\xf6\x0f\x05")  # xor esi, esi; syscall
+    a.jump(0xEB, "read")  # jmp read
+    # data
+    a.label("port")
+    a.emit(port.encode() + b"\0")
+    a.label("urandom")
+    a.emit(b"/dev/urandom\0")
+    a.emit(b"\0" * (-(_HEADERS + len(a.out)) % 8))
+    a.label("timespec")
+    a.emit(struct.pack("<qq", 0, NAP_NS))
+    a.label("info")  # struct rand_pool_info { int entropy_count (bits); int buf_size; buf }
+    a.emit(struct.pack("<ii", ENTROPY_BYTES * 8, ENTROPY_BYTES))
+    a.label("buf")
+    a.emit(b"\0" * ENTROPY_BYTES)
+    a.label("ack")
+    a.emit(b"\0")
+    body = a.link()
+    size = _HEADERS + len(body)
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8 + struct.pack(
+        "<HHIQQQIHHHHHH",
+        2, 0x3E, 1,  # ET_EXEC, x86-64, version
+        _BASE + _HEADERS, 64, 0,  # entry, phoff, shoff
+        0, 64, 56, 1, 0, 0, 0,  # flags, ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    )  # fmt: skip
+    program = struct.pack(
+        "<IIQQQQQQ",
+        1, 7, 0, _BASE, _BASE,  # PT_LOAD, R+W+X (it writes into its buffer), offset, addrs
+        size, size, 0x1000,  # filesz, memsz, align
+    )  # fmt: skip
+    return header + program + body

@@ -1,0 +1,155 @@
+"""Starting a template machine: restore its snapshot, or refuse, or cold-boot.
+
+A snapshot holds a running guest, so everything the guest saw when it booted must be
+the same at restore: vcpus, memory, the accelerator, and the kernel command line
+(which carries the build VM's name and boot id, and any extra parameters). A machine
+that asks for something else is refused with every difference named; restoring anyway
+would corrupt or crash the guest, and cold-booting instead would quietly not be what
+the machine was made for. An image template, or a driver that cannot restore, means a
+cold boot, which is always correct.
+"""
+
+from __future__ import annotations
+
+import filecmp
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.atomic_write import atomic_write_bytes
+from backend.drivers.base import DriverCapabilities
+from backend.guest.accel import AccelChoice
+from backend.guest.machine_seed import (
+    CLIENT_KEY_FILE,
+    CLIENT_PUB_FILE,
+    HOST_KEY_FILE,
+    HOST_PUB_FILE,
+)
+from backend.guest.qemu_cmdline import kernel_cmdline_for
+from backend.machine_spec import MachineSpec
+from backend.state_dir import StateDir
+from backend.templates.errors import SnapshotMismatchError, TemplateError
+from backend.templates.layout import TemplateDir
+from backend.templates.revision import SnapshotInfo, TemplateRevision, VariantArtifacts
+from backend.templates.revision_store import load_revision
+
+KEY_FILES = (HOST_KEY_FILE, HOST_PUB_FILE, CLIENT_PUB_FILE, CLIENT_KEY_FILE)
+
+SHARED_STATE_CAVEAT = (
+    "restored from a shared memory snapshot: it shares its SSH host key and the RNG "
+    "state of one boot with every machine restored from the same snapshot"
+)
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    template: str  # "<id>:<role>"
+    revision: str
+    snapshot: SnapshotInfo
+    snapshot_file: Path
+    kernel: Path
+    initrd: Path
+    role_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.template}@{self.revision}"
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    template_id, _, role = ref.partition(":")
+    return template_id, role or None
+
+
+def pick_variant(revision: TemplateRevision, role: str | None) -> VariantArtifacts:
+    if role is None:
+        if len(revision.variants) != 1:
+            roles = ", ".join(sorted(revision.variants))
+            raise TemplateError(f"template {revision.template_id!r} has several roles "
+                                f"({roles}); name one as {revision.template_id}:ROLE")
+        return next(iter(revision.variants.values()))
+    try:
+        return revision.variants[role]
+    except KeyError:
+        roles = ", ".join(sorted(revision.variants))
+        raise TemplateError(f"template {revision.template_id!r} has no role {role!r} "
+                            f"(roles: {roles})") from None
+
+
+def mismatches(info: SnapshotInfo, *, vcpus: int, memory_mib: int, cmdline: str,
+               accel: AccelChoice) -> list[str]:
+    """Every way a request differs from what the snapshot was taken with."""
+    found = []
+    if vcpus != info.vcpus:
+        found.append(f"vcpus {vcpus} requested, snapshot has {info.vcpus}")
+    if memory_mib != info.memory_mib:
+        found.append(f"memory_mib {memory_mib} requested, snapshot has {info.memory_mib}")
+    if accel.accel != info.accel:
+        found.append(f"accel {accel.accel} requested, snapshot was taken under {info.accel}")
+    wanted = kernel_cmdline_for(info.guest_name, info.boot_id, accel.accel, accel.tsc_khz,
+                                cmdline)
+    if accel.accel == info.accel and wanted != info.boot_args:
+        found.append(f"boot args {wanted!r} requested, snapshot has {info.boot_args!r}")
+    return found
+
+
+def plan_restore(dirs: StateDir, spec: MachineSpec, accel: AccelChoice,
+                 capabilities: DriverCapabilities) -> RestorePlan | None:
+    """How to start `spec`: a RestorePlan, or None for a cold boot; raises
+    SnapshotMismatchError if the snapshot cannot serve this machine."""
+    if spec.template is None:
+        return None
+    template_id, role = parse_ref(spec.template)
+    revision = load_revision(dirs, template_id, spec.template_revision)
+    variant = pick_variant(revision, role)
+    ref = f"{template_id}:{variant.role}"
+    if revision.kind != "snapshot" or variant.snapshot is None or not capabilities.snapshots:
+        return None
+    problems = mismatches(variant.snapshot, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+                          cmdline=spec.cmdline, accel=accel)
+    if problems:
+        raise SnapshotMismatchError(
+            f"{spec.name}: snapshot of template {ref} (revision {revision.revision}) does "
+            f"not match: {'; '.join(problems)}. Restore needs the same values: drop the "
+            "override, or build a variant with them")
+    role_dir = TemplateDir.of(dirs, template_id).revision_dir(revision.revision) / variant.role
+    files = [role_dir / str(name) for name in
+             (variant.snapshot_file, variant.kernel, variant.initrd, *KEY_FILES)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise TemplateError(f"template {ref} revision {revision.revision} is missing "
+                            f"{', '.join(missing)} in {role_dir}; rebuild it")
+    return RestorePlan(ref, revision.revision, variant.snapshot, files[0], files[1], files[2],
+                       role_dir)
+
+
+def install_snapshot_keys(plan: RestorePlan, machine_dir: Path) -> None:
+    """Give the machine the keys baked into the snapshot, so boxui can reach it.
+
+    The guest in the snapshot trusts the template's client key and answers with the
+    template's host key; a machine's own keys would lock boxui out.
+    """
+    for name in KEY_FILES:
+        source, target = plan.role_dir / name, machine_dir / name
+        if target.is_file() and filecmp.cmp(source, target, shallow=False):
+            continue
+        mode = 0o644 if name.endswith(".pub") else 0o600
+        atomic_write_bytes(target, source.read_bytes(), mode=mode)
+
+
+def shared_state_note(spec: MachineSpec | None, record: object | None) -> str | None:
+    """What `boxui info` says about state shared with sibling clones, or None."""
+    restored_from = getattr(record, "restored_from", None)
+    if restored_from is None and (spec is None or spec.template is None):
+        return None
+    if restored_from is None:
+        return ("made from a template: if it has a snapshot, this machine is restored from "
+                "it at start and then shares its SSH host key and boot RNG state with every "
+                "machine restored from the same snapshot")
+    reseeded = getattr(record, "rng_reseeded", None)
+    if reseeded:
+        rng = "its kernel RNG was re-seeded with fresh host entropy at restore"
+    elif reseeded is False:
+        rng = f"its kernel RNG could NOT be re-seeded ({getattr(record, 'rng_note', '')})"
+    else:
+        rng = "its kernel RNG is not re-seeded yet"
+    return f"{SHARED_STATE_CAVEAT} ({restored_from}); {rng}"

@@ -1,0 +1,167 @@
+"""Warm start from a memory snapshot against a cold boot, through boxui's supervisor.
+
+Targets (issue 5): restore to ready <= 10 % of a cold boot to ready, and under 1 s.
+
+    .venv/bin/python bench/warm_start.py [--clones 10] [--memory 256] [--cache DIR]
+
+One template variant (1 vCPU, --memory MiB) is built with `--snapshot` (its build boots
+it once, outside the timings). Then, each through `Supervisor.start_machine` on a created
+machine, timed until it returns with the machine `ready`:
+- one cold boot of a plain machine of the same size, and one restore from the snapshot;
+- --clones machines restored one after another, each timed; "ready" for a restore
+  includes re-seeding the guest's kernel RNG through its agent (shown separately);
+- the memory those clones use together (sum of RSS and of PSS of their QEMU processes,
+  all running), against the same number of cold-booted machines, measured alike.
+The host is shared (2 cores, other work running): the load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import backend.supervisor as supervisor_module
+from backend.boot_files import DefaultBootFiles
+from backend.drivers.qemu import QemuDriver
+from backend.engine import Engine
+from backend.guest.accel import resolve_accel
+from backend.guest.image_builder import build_default_image
+from backend.machine_spec import MachineSpec
+from backend.supervisor import Supervisor
+from backend.templates.build_from_source import build_from_source
+from backend.templates.machine_from_template import spec_from_template
+
+RESEED_SECONDS: list[float] = []
+
+
+def time_reseeds() -> None:
+    """Record how long each restore's RNG re-seed takes (it is part of 'ready')."""
+    real = supervisor_module.reseed_guest
+
+    async def timed(agent_socket: Path) -> str | None:
+        started = time.perf_counter()
+        try:
+            return await real(agent_socket)
+        finally:
+            RESEED_SECONDS.append(time.perf_counter() - started)
+
+    supervisor_module.reseed_guest = timed  # type: ignore[assignment]
+
+
+async def start_timed(sup: Supervisor, spec: MachineSpec) -> float:
+    await sup.engine.create_machine(spec)
+    started = time.perf_counter()
+    await sup.start_machine(spec.name)
+    return time.perf_counter() - started
+
+
+def memory_of(sup: Supervisor, names: list[str]) -> tuple[float, float]:
+    """Sum of RSS and PSS (MiB) of these machines' QEMU processes."""
+    rss = pss = 0
+    for name in names:
+        info = psutil.Process(sup.handles[name].pid).memory_full_info()
+        rss, pss = rss + info.rss, pss + info.pss
+    return rss / 2**20, pss / 2**20
+
+
+async def run(args: argparse.Namespace, home: Path) -> None:
+    engine = await Engine.open(home)
+    (home / "images").symlink_to(args.cache)  # share the built image, not rebuild it
+    accel = resolve_accel("auto")
+    driver = QemuDriver()
+    sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images))
+    source = home / "bench.toml"
+    source.write_text(f'template_id = "bench"\n[[variants]]\nrole = "worker"\nvcpus = 1\n'
+                      f"memory_mib = {args.memory}\n")
+    try:
+        async with sup.running(recover=False):
+            started = time.perf_counter()
+            built, _ = await build_from_source(engine.dirs, str(source), snapshot=True,
+                                               driver=driver, accel=accel)
+            build_seconds = time.perf_counter() - started
+            time_reseeds()
+            cold = await start_timed(sup, MachineSpec(name="cold", memory_mib=args.memory))
+            await sup.stop_machine("cold", force=True)
+            warm = await start_timed(sup, spec_from_template(engine.dirs, "warm", "bench"))
+            warm_reseed = RESEED_SECONDS[-1]
+            await sup.stop_machine("warm", force=True)
+
+            clones = [f"clone{i}" for i in range(1, args.clones + 1)]
+            clone_times, clone_reseeds = [], []
+            for name in clones:
+                clone_times.append(await start_timed(
+                    sup, spec_from_template(engine.dirs, name, "bench")))
+                clone_reseeds.append(RESEED_SECONDS[-1])
+            warm_rss, warm_pss = memory_of(sup, clones)
+            for name in clones:
+                await sup.stop_machine(name, force=True)
+
+            colds = [f"cold{i}" for i in range(1, args.clones + 1)]
+            cold_times = [await start_timed(sup, MachineSpec(name=n, memory_mib=args.memory))
+                          for n in colds]
+            cold_rss, cold_pss = memory_of(sup, colds)
+            for name in colds:
+                await sup.stop_machine(name, force=True)
+    finally:
+        await engine.close()
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    ratio = warm / cold
+    print(f"warm start: template bench:worker (1 vCPU, {args.memory} MiB), accel {accel.accel},"
+          f" revision {built.revision}; host load average {load}")
+    print(f"(template build, one cold boot + save, outside the timings: {build_seconds:.1f} s)")
+    print()
+    print(f"{'to ready':<34}{'seconds':>8}")
+    print(f"{'cold boot':<34}{cold:>8.2f}")
+    print(f"{'snapshot restore':<34}{warm:>8.2f}   (of which RNG re-seed: {warm_reseed:.3f})")
+    print(f"{'ratio restore / cold':<34}{ratio:>8.3f}   target <= 0.10: "
+          f"{'OK' if ratio <= 0.10 else 'MISSED'}")
+    print(f"{'restore under 1 s':<34}{'yes' if warm < 1 else 'no':>8}")
+    print()
+    print(f"{args.clones} restored from one snapshot, one after another")
+    print(f"{'#':>4}{'to ready':>10}{'re-seed':>10}")
+    for i, (total, reseed) in enumerate(zip(clone_times, clone_reseeds, strict=True), 1):
+        print(f"{i:>4}{total:>9.2f}s{reseed:>9.2f}s")
+    print(f"{'med':>4}{statistics.median(clone_times):>9.2f}s"
+          f"{statistics.median(clone_reseeds):>9.2f}s   max {max(clone_times):.2f}s, "
+          f"{sum(t < 1 for t in clone_times)}/{args.clones} under 1 s")
+    print(f"(the {args.clones} cold boots for the memory comparison: median "
+          f"{statistics.median(cold_times):.2f}s)")
+    print()
+    print(f"memory of {args.clones} machines together{'RSS':>12}{'PSS':>12}")
+    print(f"{'restored from one snapshot':<34}{warm_rss:>8.0f} MiB{warm_pss:>8.0f} MiB")
+    print(f"{'cold-booted':<34}{cold_rss:>8.0f} MiB{cold_pss:>8.0f} MiB")
+    print(f"{'restored / cold':<34}{warm_rss / cold_rss:>12.2f}{warm_pss / cold_pss:>12.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clones", type=int, default=10)
+    parser.add_argument("--memory", type=int, default=256)
+    parser.add_argument("--cache", type=Path, default=Path(
+        os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
+    args = parser.parse_args()
+    asyncio.run(build_default_image(args.cache))  # build once, outside the timings
+    home = Path(tempfile.mkdtemp(prefix="bxw-", dir="/tmp"))  # short: QMP socket paths
+    try:
+        asyncio.run(run(args, home))
+    finally:
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(home) in arg for arg in proc.info["cmdline"] or []):
+                proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Waiting and reading helpers shared by the pilot tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from textual.pilot import Pilot
+
+from boxui.app import BoxuiApp
+from boxui.widgets.machine_table import MachineTable
+
+SIZE = (150, 45)
+
+
+async def until(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.05)
+
+
+def cell(app: BoxuiApp, name: str, column: str) -> str:
+    value = app.query_one(MachineTable).get_cell(name, column)
+    return getattr(value, "plain", str(value))
+
+
+def rows(app: BoxuiApp) -> list[str]:
+    return app.query_one(MachineTable).row_names
+
+
+async def started(pilot: Pilot[None], app: BoxuiApp) -> None:
+    await until(pilot, lambda: app.backend.ready.is_set() and app._mounted)
+    await pilot.pause(0.2)

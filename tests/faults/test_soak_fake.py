@@ -1,0 +1,163 @@
+"""Item 4 (test double part): 100 cycles of SIGKILL of the supervisor at a random moment
+during random operations. After every cycle a fresh supervisor recovers, and then: no
+machine has two hypervisors, every file parses, the log replays to the state on disk,
+and every acknowledged operation is still in effect."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.engine import Engine
+from backend.lifecycle import InstanceState
+from backend.state_dir import open_state_dir
+from backend.supervisor import Supervisor
+from tests.conftest import REPO
+from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
+from tests.faults.conftest import FaultRecorder
+from tests.faults.soak_worker import NAMES
+from tests.faults.support import active, disk_consistency_problems, hypervisors, remove_home
+
+CYCLES = int(os.environ.get("BOXUI_SOAK_CYCLES", "100"))
+#: the supervisor is killed this long (uniform, seconds) after it was forked
+KILL_WINDOW = (0.0, 0.35)
+
+ABSENT = "absent"
+#: what an acknowledged operation leaves behind, given the states it found
+OUTCOME = {
+    "create": lambda before: {"stopped"},
+    "start": lambda before: {"ready"},
+    "stop": lambda before: {s for s in before if s not in ("ready", "booting")}
+    | ({"stopped"} if before & {"ready", "booting"} else set()),
+    "delete": lambda before: {ABSENT},
+}
+#: what an operation cut off by the SIGKILL may have left, on top of before and after
+IN_FLIGHT = {
+    "create": {"stopped", ABSENT},
+    "start": {"ready", "crashed"},
+    "stop": {"stopped", "crashed", "ready"},
+    "delete": {ABSENT, "stopped", "crashed"},
+}
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.soak_worker"], cwd=REPO, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def fork(self, home: Path, seed: int, acks: Path) -> int:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"cycle {home} {seed} {acks}\n")
+        self.proc.stdin.flush()
+        word, pid = self.proc.stdout.readline().split()
+        assert word == "pid"
+        return int(pid)
+
+    def close(self) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.write("exit\n")
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    w = Worker()
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def soak_home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "home"
+    yield home
+    remove_home(home)
+
+
+def allowed_states(lines: list[str], before: dict[str, str]) -> dict[str, set[str]]:
+    allowed = {name: {before.get(name, ABSENT)} for name in NAMES}
+    pending: tuple[str, str] | None = None
+    for line in lines:
+        words = line.split()
+        if words[0] == "begin":
+            pending = (words[1], words[2])
+        elif words[0] == "ack":
+            allowed[words[2]] = OUTCOME[words[1]](allowed[words[2]])
+            pending = None
+        elif words[0] == "refused":
+            pending = None
+    if pending is not None:
+        op, name = pending
+        allowed[name] |= OUTCOME[op](allowed[name]) | IN_FLIGHT[op]
+    return allowed
+
+
+async def recover_and_look(home: Path) -> tuple[dict[str, str], list[str]]:
+    """A new supervisor recovers; return each machine's state and any broken promise."""
+    problems: list[str] = []
+    engine = await Engine.open(home)
+    try:
+        sup = Supervisor(engine, FakeDriver(), FakeBootFiles(), accel_for=fixed_accel)
+        async with sup.running():
+            async with asyncio.timeout(5):  # adopted mid-boot machines finish booting
+                while any(engine.projection.state_of(n) is InstanceState.BOOTING
+                          for n in engine.projection.names()):
+                    await asyncio.sleep(0.01)
+            states = {n: engine.projection.state_of(n) for n in engine.projection.names()}
+            running = hypervisors(home)
+            for name in set(states) | set(running):
+                want = 1 if active(states.get(name)) else 0
+                if running[name] != want:
+                    problems.append(f"{name} is {states.get(name)} with "
+                                    f"{running[name]} hypervisors")
+    finally:
+        await engine.close()
+    problems += disk_consistency_problems(open_state_dir(home))
+    return {n: s.value for n, s in states.items() if s is not None}, problems
+
+
+@pytest.mark.fault("4. soak: SIGKILL supervisor (test double)")
+async def test_sigkill_supervisor_during_random_operations(
+    soak_home: Path, worker: Worker, tmp_path: Path, fault: FaultRecorder
+) -> None:
+    rng = random.Random(int(os.environ.get("BOXUI_SOAK_SEED", "7")))
+    states: dict[str, str] = {}
+    acked = 0
+    failures: list[str] = []
+    for cycle in range(CYCLES):
+        acks = tmp_path / f"acks-{cycle}"
+        pid = worker.fork(soak_home, rng.randrange(1 << 30), acks)
+        await asyncio.sleep(rng.uniform(*KILL_WINDOW))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        lines = acks.read_text().splitlines() if acks.exists() else []
+        assert not any(line.startswith("crashed") for line in lines), lines[-1]
+        duplicates = {n: c for n, c in hypervisors(soak_home).items() if c > 1}
+        allowed = allowed_states([x for x in lines if x.split()[0] != "recovered"], states)
+        states, problems = await recover_and_look(soak_home)
+        if duplicates:
+            problems.append(f"duplicate hypervisors right after the kill: {duplicates}")
+        for name in NAMES:
+            if states.get(name, ABSENT) not in allowed[name]:
+                problems.append(f"{name} is {states.get(name, ABSENT)}, "
+                                f"acknowledged operations allow {sorted(allowed[name])}")
+        acked += sum(1 for x in lines if x.startswith("ack"))
+        fault.cycle()
+        if problems:
+            fault.lost(1)
+            failures.append(f"cycle {cycle}: {problems}; last ops: {lines[-4:]}")
+            break
+    assert failures == []
+    assert acked > CYCLES, f"only {acked} operations were acknowledged in {CYCLES} cycles"

@@ -1,0 +1,63 @@
+"""Template revisions fabricated on disk, for tests that need no VM."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from backend.guest.qemu_cmdline import kernel_cmdline_for
+from backend.state_dir import StateDir
+from backend.templates.layout import TemplateDir
+from backend.templates.restore_plan import KEY_FILES
+from backend.templates.revision import (
+    SnapshotInfo,
+    TemplateRevision,
+    VariantArtifacts,
+    write_revision,
+)
+from backend.templates.revision_store import switch_current
+
+REVISION = "0123456789abcdef"
+
+
+def snapshot_info(vcpus: int = 1, memory_mib: int = 256, accel: str = "tcg",
+                  tsc_khz: int | None = None, cmdline: str = "") -> SnapshotInfo:
+    return SnapshotInfo(
+        created_at=datetime(2026, 11, 22, tzinfo=UTC), vmstate_size_bytes=90 << 20,
+        mem_size_bytes=memory_mib << 20,
+        boot_args=kernel_cmdline_for("web-worker", "b00t", accel, tsc_khz, cmdline),
+        vcpus=vcpus, memory_mib=memory_mib, accel=accel, guest_name="web-worker",
+        boot_id="b00t")
+
+
+def host_snapshot_info() -> SnapshotInfo:
+    """A snapshot as if taken on this host (its accelerator and TSC rate)."""
+    from backend.guest.accel import resolve_accel
+
+    choice = resolve_accel("auto")
+    return snapshot_info(accel=choice.accel, tsc_khz=choice.tsc_khz)
+
+
+def fabricate(dirs: StateDir, template_id: str = "web", role: str = "worker", *,
+              snapshot: SnapshotInfo | None = None, revision: str = REVISION,
+              vcpus: int = 1, memory_mib: int = 256) -> TemplateRevision:
+    """A finished revision with (fake) files, made `current`."""
+    tdir = TemplateDir.of(dirs, template_id)
+    role_dir = tdir.revision_dir(revision) / role
+    role_dir.mkdir(parents=True)
+    files = {}
+    if snapshot is not None:
+        for name in ("snapshot.bin", "vmlinux", "initrd.img", *KEY_FILES):
+            (role_dir / name).write_bytes(b"x")
+        os.chmod(role_dir / KEY_FILES[0], 0o600)
+        files = {"kernel": "vmlinux", "initrd": "initrd.img", "snapshot_file": "snapshot.bin"}
+    record = TemplateRevision(
+        template_id=template_id, revision=revision,
+        kind="snapshot" if snapshot else "image", image_hash="ab" * 32,
+        variants={role: VariantArtifacts(
+            name=f"{template_id}-{role}", role=role, profile="minimal", vcpus=vcpus,
+            memory_mib=memory_mib, data_disk_mib=0, boot_args="", cache_key="cd" * 32,
+            snapshot=snapshot, **files)})
+    write_revision(tdir.revision_dir(revision), record)
+    switch_current(tdir, revision)
+    return record

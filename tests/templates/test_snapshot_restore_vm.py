@@ -1,0 +1,100 @@
+"""Real QEMU: build a snapshot template, restore clones from it, reach them over SSH.
+
+Shares the guest image cache with the other VM tests ($BOXUI_GUEST_CACHE); one template
+build (one cold boot) serves every assertion here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import BOXUI, cli_env
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                       reason="qemu-system-x86_64 is not installed"),
+]
+
+IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
+TEMPLATE = """schema_version = 1
+template_id = "snap"
+[[variants]]
+role = "worker"
+vcpus = 1
+memory_mib = 128
+"""
+
+
+@pytest.fixture
+def vm_home(tmp_path: Path) -> Iterator[Path]:
+    home = Path(f"/tmp/bxt-{os.getpid()}-{tmp_path.name[-12:]}")  # short: QMP socket paths
+    home.mkdir(mode=0o700)
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    (home / "images").symlink_to(IMAGE_CACHE)
+    yield home
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(home) in arg for arg in proc.info["cmdline"] or []):
+            proc.kill()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def boxui(home: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([*BOXUI, *args], capture_output=True, text=True,
+                         env=cli_env(home), timeout=timeout)
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+def as_json(out: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "snap.toml"
+    source.write_text(TEMPLATE)
+    built = as_json(boxui(vm_home, "template", "build", str(source), "--snapshot", "--json"))
+    assert built["kind"] == "snapshot" and built["cache_hit"] is False
+    again = as_json(boxui(vm_home, "template", "build", "snap", "--snapshot", "--json"))
+    assert again["cache_hit"] is True and again["revision"] == built["revision"]
+
+    clones = {}
+    for name in ("c1", "c2"):
+        created = as_json(boxui(vm_home, "create", name, "--template", "snap:worker", "--json"))
+        assert created["state"] == "ready"
+        clones[name] = created["record"]
+    ports = {r["ssh_port"] for r in clones.values()}  # type: ignore[index]
+    assert len(ports) == 2, "each clone gets its own SSH port"
+    for name in clones:
+        answer = boxui(vm_home, "exec", name, "--", "sh", "-c", "echo $((6 * 7)); hostname")
+        assert answer.returncode == 0 and answer.stdout.split() == ["42", "snap-worker"]
+    draws = {boxui(vm_home, "exec", n, "--", "sh", "-c",
+                   "head -c 16 /dev/urandom | od -An -tx1").stdout for n in clones}
+    assert len(draws) == 2, "re-seeded clones must not draw the same random bytes"
+
+    info = as_json(boxui(vm_home, "info", "c1", "--json"))
+    assert info["record"]["rng_reseeded"] is True  # type: ignore[index]
+    assert info["record"]["restored_from"] == f"snap:worker@{built['revision']}"  # type: ignore[index]
+    assert "shares its SSH host key" in str(info["shared_state"])
+    assert "shared state:" in boxui(vm_home, "info", "c1").stdout
+    events = boxui(vm_home, "events", "c1").stdout
+    assert "restoring snapshot snap:worker@" in events and "guest RNG re-seeded" in events
+
+    refused = boxui(vm_home, "create", "c3", "--template", "snap:worker", "--vcpus", "2")
+    assert refused.returncode == 1 and "vcpus 2 requested, snapshot has 1" in refused.stderr
+
+    assert as_json(boxui(vm_home, "stop", "c1", "--json"))["state"] == "stopped"
+    assert as_json(boxui(vm_home, "start", "c1", "--json"))["state"] == "ready"
+    assert boxui(vm_home, "exec", "c1", "--", "true").returncode == 0
+    for name in clones:
+        assert boxui(vm_home, "rm", "--force", name).returncode == 0
+    assert boxui(vm_home, "template", "rm", "snap").returncode == 0
