@@ -15,7 +15,7 @@ import os
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, ParamSpec
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -70,17 +70,17 @@ from boxui.widgets.status_header import StatusHeader, header_markup
 ACTIVE = {"booting", "ready", "busy", "draining", "stopping"}
 
 
-M = TypeVar("M")
+P = ParamSpec("P")
 
 
-def _while_shown(handler: Callable[[BoxuiApp, M], None]) -> Callable[[BoxuiApp, M], None]:
-    """Backend facts still arrive while the app closes (stopping the engine emits events)
-    after the main screen's widgets are gone: drop them rather than fail the exit."""
+def _while_shown(handler: Callable[P, None]) -> Callable[P, None]:
+    """Backend facts (and the spinner's ticks) still arrive while the app closes, after
+    the main screen's widgets are gone: drop them rather than fail the exit."""
 
     @functools.wraps(handler)
-    def run(app: BoxuiApp, message: M) -> None:
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
         with contextlib.suppress(NoMatches):
-            handler(app, message)
+            handler(*args, **kwargs)
 
     return run
 
@@ -339,6 +339,7 @@ class BoxuiApp(App[None]):
             (m.state.value for m in self._machines.values()), accel.accel, accel.reason,
             self.state_colour))
 
+    @_while_shown
     def _spin(self) -> None:
         self._frame += 1
         if not self._busy:
