@@ -1,7 +1,8 @@
 """The boxui terminal app: live machines, events, health and consoles, one key away.
 
-The engine is injected (`EmbeddedBackend`), runs in the app's own loop in the "backend"
-worker, and reaches the UI only through messages. Long work runs in the "actions" worker
+The engine is injected (`EmbeddedBackend`; `RemoteBackend` when a `boxui daemon` already
+supervises the state dir), runs in the app's own loop in the "backend" worker, and
+reaches the UI only through messages. Long work runs in the "actions" worker
 group with `exit_on_error=False`; one handler turns any failure into a notification, so
 no traceback ever reaches the screen and the app never freezes.
 """
@@ -36,6 +37,7 @@ from backend.machine_spec import MachineSpec
 from backend.machine_store import LoadedMachine
 from backend.state_dir import default_home
 from boxui.app_backend import EmbeddedBackend
+from boxui.app_remote import RemoteBackend
 from boxui.messages import (
     BackendStarted,
     EventArrived,
@@ -106,7 +108,8 @@ class BoxuiApp(App[None]):
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
-    def __init__(self, backend: EmbeddedBackend, *, clock: Callable[[], float] = time.time,
+    def __init__(self, backend: EmbeddedBackend | RemoteBackend, *,
+                 clock: Callable[[], float] = time.time,
                  ssh_argv: Callable[[str], list[str]] | None = None,
                  editor: str | None = None) -> None:
         super().__init__()
@@ -239,7 +242,7 @@ class BoxuiApp(App[None]):
 
     @work(group="feeds", exit_on_error=False)
     async def _watch_specs(self) -> None:
-        machines_dir = self.backend.engine.dirs.machines
+        machines_dir = self.backend.machines_dir()
         async for changes in awatch(machines_dir, debounce=200, step=50):
             for change, path in changes:
                 if change is Change.deleted or not path.endswith("/machine.toml"):
@@ -248,7 +251,7 @@ class BoxuiApp(App[None]):
                 if name not in self._machines:
                     continue
                 try:
-                    spec = await asyncio.to_thread(self.backend.engine.store.load_spec, name)
+                    spec = await asyncio.to_thread(self.backend.load_spec, name)
                 except SpecError as exc:
                     self.post_message(SpecEditRejected(name, str(exc)))
                 except BoxuiError:
@@ -277,6 +280,13 @@ class BoxuiApp(App[None]):
     @_while_shown
     def on_events_missed(self, message: EventsMissed) -> None:
         self.query_one(EventStream).note(f"{message.count} events not shown (UI fell behind)")
+        # the table must not stay behind too: read every machine again
+        fresh = {machine.name: machine for machine in self.backend.machines()}
+        for name in [n for n in self._machines if n not in fresh]:
+            del self._machines[name]
+        for machine in fresh.values():
+            self._remember(machine)
+        self._reconcile()
 
     @_while_shown
     def on_health_sampled(self, message: HealthSampled) -> None:

@@ -120,6 +120,12 @@ class EmbeddedBackend:
     def console_log(self, name: str) -> Path:
         return self.engine.dirs.console_log(name)
 
+    def machines_dir(self) -> Path:
+        return self.engine.dirs.machines
+
+    def load_spec(self, name: str) -> MachineSpec:
+        return self.engine.store.load_spec(name)
+
     def recent_events(self, limit: int) -> list[object]:
         from backend.event_log import read_log
 

@@ -1,4 +1,5 @@
-"""`boxui` with no arguments: open the app over an embedded engine."""
+"""`boxui` with no arguments: open the app over an embedded engine, or over the running
+`boxui daemon` when there is one."""
 
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ def run_app(options: LinkOptions | None = None) -> None:
     options = options or LinkOptions()
     dirs = open_state_dir(options.home)
     holder = lock_holder(dirs.lock_file)
-    if holder is not None:
-        raise click.ClickException(
-            f"state dir is in use by boxui pid {holder}; stop that boxui (or its daemon) "
-            "first, or use the CLI (`boxui ls`)")
     from boxui.app import BoxuiApp
+    from boxui.app_remote import find_daemon_link
 
-    BoxuiApp(EmbeddedBackend(options)).run()
+    if holder is None:
+        BoxuiApp(EmbeddedBackend(options)).run()
+        return
+    link = find_daemon_link(options)
+    if link is None:
+        raise click.ClickException(
+            f"state dir is in use by boxui pid {holder}, which serves no API (another "
+            "app?); close it, or use the CLI (`boxui ls`)")
+    BoxuiApp(link).run()

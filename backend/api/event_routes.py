@@ -8,6 +8,7 @@ which moment on it sees everything; a client too slow to keep up gets a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES
@@ -77,3 +79,60 @@ async def follow_events(ctx: Ctx, machine: Annotated[str | None, Query()] = None
             subscription.close()
 
     return StreamingResponse(lines(), media_type=NDJSON)
+
+
+class HealthSampleView(BaseModel):
+    """One machine's health at one moment (what `boxui`'s app graphs); None: unknown."""
+
+    machine: str
+    time: float
+    cpu_percent: float | None
+    rss_bytes: int | None
+    guest_total_bytes: int | None
+    guest_free_bytes: int | None
+    ssh_ok: bool | None
+
+
+_SAMPLES_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "an endless stream of health samples, one JSON object per line",
+        "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/HealthSampleView"}}},
+    },
+    400: ERROR_RESPONSES[400],
+    422: ERROR_RESPONSES[422],
+}
+
+
+@router.get("/health/samples", response_class=StreamingResponse, responses=_SAMPLES_DOC,
+            summary="Follow every machine's health samples (NDJSON, about 1 Hz each)")
+async def follow_health(ctx: Ctx, machine: Annotated[str | None, Query()] = None
+                        ) -> StreamingResponse:
+    if machine is not None:
+        validate_name(machine)
+    subscription = ctx.supervisor.health.subscribe(maxsize=STREAM_QUEUE, machine=machine)
+
+    async def lines() -> AsyncIterator[bytes]:
+        closing = asyncio.ensure_future(ctx.closing.wait())
+        try:
+            while True:
+                getter = asyncio.ensure_future(subscription.get())
+                done, _ = await asyncio.wait({getter, closing},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return
+                yield orjson.dumps(dataclasses.asdict(getter.result())) + b"\n"
+        finally:
+            closing.cancel()
+            subscription.close()
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+@router.get("/health/latest", summary="Each running machine's latest health sample",
+            responses={400: ERROR_RESPONSES[400], 422: ERROR_RESPONSES[422]})
+async def latest_health(ctx: Ctx) -> list[HealthSampleView]:
+    history = ctx.supervisor.health.history
+    return [HealthSampleView(**dataclasses.asdict(sample))
+            for name in ctx.engine.projection.names()
+            if (sample := history.latest(name)) is not None]

@@ -1,0 +1,54 @@
+"""With a `boxui daemon` (here: an embedded backend serving the same API) holding the state
+dir, the app connects to it through the API and behaves as it does embedded: machines
+listed, actions carried out by the daemon's supervisor, changes and health shown live."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from boxui.app import BoxuiApp
+from boxui.app_backend import EmbeddedBackend, LinkOptions
+from boxui.app_remote import RemoteBackend, find_daemon_link
+from tests.app.conftest import FIXED_TIME, seed
+from tests.app.pilot_helpers import SIZE, cell, rows, started, until
+from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
+
+
+async def test_app_drives_a_running_daemon(home: Path) -> None:
+    await seed(home, "web", "db")
+    driver = FakeDriver()
+    daemon = EmbeddedBackend(LinkOptions(
+        home=home, driver_factory=lambda: driver,
+        boot_files_factory=lambda _images: FakeBootFiles(), accel_for=fixed_accel,
+        sample_health=True, health_interval=0.2))
+    task = asyncio.create_task(daemon.run())
+    try:
+        await daemon.ready.wait()
+        async with asyncio.timeout(10):
+            while not daemon.engine.dirs.api_socket.exists():
+                await asyncio.sleep(0.02)
+        link = find_daemon_link(LinkOptions(home=home, accel_for=fixed_accel))
+        assert isinstance(link, RemoteBackend)
+        app = BoxuiApp(link, clock=lambda: FIXED_TIME)
+        app.suspend = contextlib.nullcontext  # type: ignore[assignment,method-assign]
+        async with app.run_test(size=SIZE) as pilot:
+            await started(pilot, app)
+            assert rows(app) == ["db", "web"]
+            assert any("connected to the boxui daemon" in n.message
+                       for n in app._notifications)
+            await pilot.press("down", "s")  # web
+            await until(pilot, lambda: cell(app, "web", "state") == "ready")
+            assert driver.starts == {"web": 1}, "the daemon's supervisor boots it"
+            await until(pilot, lambda: cell(app, "web", "cpu") != "-")  # health via the API
+            # a change made elsewhere (the CLI, through the daemon) shows up live
+            await daemon.stop("web")
+            await until(pilot, lambda: cell(app, "web", "state") == "stopped")
+            await daemon.delete("db")
+            await until(pilot, lambda: rows(app) == ["web"])
+        assert daemon.engine.projection.state_of("web") is not None, "the daemon lives on"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        driver.kill_all()
