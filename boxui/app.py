@@ -51,6 +51,7 @@ from boxui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.screens.help import HelpScreen
 from boxui.screens.logs import LogsScreen
 from boxui.screens.new_machine import NewMachineScreen
+from boxui.screens.services import ServicesScreen
 from boxui.themes import (
     DEFAULT_THEME,
     ThemeCatalog,
@@ -99,6 +100,7 @@ class BoxuiApp(App[None]):
         Binding("e", "edit", "Edit"),
         Binding("S", "ssh", "SSH"),
         Binding("l", "logs", "Logs"),
+        Binding("v", "services", "Services"),
         Binding("a", "toggle_events", "Events", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("o", "sort_next", "Sort", show=False),
@@ -265,6 +267,8 @@ class BoxuiApp(App[None]):
         event = message.event
         name = event.subject or ""
         self.query_one(EventStream).add(event, self.state_colour(str(event.data.get("to"))))
+        if isinstance(self.screen, ServicesScreen):
+            self.screen.reload()
         if event.type.endswith(".deleted"):
             self._machines.pop(name, None)
             self._health.pop(name, None)
@@ -510,6 +514,9 @@ class BoxuiApp(App[None]):
         if (name := self._need_selection()) is not None:
             self.push_screen(LogsScreen(self.backend.console_log(name)))
 
+    def action_services(self) -> None:
+        self.push_screen(ServicesScreen(self.backend.services, self.state_colour))
+
     def action_toggle_events(self) -> None:
         events = self.query_one(EventStream)
         events.focus_on(None if events.only is not None else self.selected)
@@ -571,6 +578,7 @@ class BoxuiApp(App[None]):
             ("Edit machine.toml", "Open the spec in $EDITOR", self.action_edit),
             ("SSH into machine", "Interactive shell in the selected machine", self.action_ssh),
             ("Console log", "Full-screen serial console", self.action_logs),
+            ("Services", "Services with their instances", self.action_services),
             ("Filter machines", "Filter by name or state", self.action_filter),
             ("Toggle event scope", "All machines or the selected one",
              self.action_toggle_events),

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.boot_files import BootFilesProvider, DefaultBootFiles, ProgressFn
 from backend.drivers.base import HypervisorDriver
@@ -23,6 +24,11 @@ from backend.health import HealthHistory, HealthSubscription
 from backend.machine_spec import MachineSpec
 from backend.machine_store import LoadedMachine
 from backend.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from backend.api.context import ApiContext
+    from backend.services.manager import ServiceManager
+    from backend.services.scale_models import ServiceView
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class EmbeddedBackend:
         self.options = options or LinkOptions()
         self._engine: Engine | None = None
         self._supervisor: Supervisor | None = None
+        self._services: ServiceManager | None = None
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -64,7 +71,9 @@ class EmbeddedBackend:
             async with supervisor.running(sample_health=opts.sample_health):
                 self._engine, self._supervisor = engine, supervisor
                 if opts.serve_api:
-                    supervisor.spawn(_serve_api(supervisor), "api")
+                    ctx = _api_context(supervisor)
+                    self._services = ctx.services
+                    supervisor.spawn(_serve_api(ctx), "api")
                 self.ready.set()
                 await asyncio.Event().wait()  # until cancelled
         finally:
@@ -151,16 +160,23 @@ class EmbeddedBackend:
     async def delete(self, name: str) -> None:
         await self.supervisor.delete_machine(name, force=True)
 
+    async def services(self) -> list[ServiceView]:
+        return await self._services.views() if self._services is not None else []
 
-async def _serve_api(supervisor: Supervisor) -> None:
-    """The same API as `boxui daemon`, until the app closes (cancellation ends it and
-    removes the socket)."""
+
+def _api_context(supervisor: Supervisor) -> ApiContext:
     from backend.api.context import ApiContext
-    from backend.api.server import serve_api
     from backend.machine_exec import MachineExec
     from backend.services.manager import ServiceManager
 
     machine_exec = MachineExec(supervisor.engine)
-    ctx = ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
+    return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
+
+
+async def _serve_api(ctx: ApiContext) -> None:
+    """The same API (and services) as `boxui daemon`, until the app closes (cancellation
+    ends it and removes the socket)."""
+    from backend.api.server import serve_api
+
     await ctx.services.start()
     await serve_api(ctx, asyncio.Event())

@@ -27,6 +27,7 @@ from backend.guest.accel import AccelChoice, resolve_accel
 from backend.health import HealthHistory, HealthSample
 from backend.machine_spec import MachineSpec, read_spec
 from backend.machine_store import LoadedMachine
+from backend.services.scale_models import ServiceView
 from backend.state_dir import StateDir, open_state_dir
 from boxui.app_backend import LinkOptions
 from boxui.daemon_client import ApiCallError
@@ -241,6 +242,9 @@ class RemoteBackend:
 
     async def delete(self, name: str) -> None:
         await self._call("DELETE", f"/v1/machines/{name}", params={"force": True})
+
+    async def services(self) -> list[ServiceView]:
+        return [ServiceView.model_validate(v) for v in await self._call("GET", "/v1/services")]
 
 
 def find_daemon_link(options: LinkOptions | None = None) -> RemoteBackend | None:

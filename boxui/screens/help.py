@@ -16,6 +16,7 @@ KEYS = [
     ("e", "edit its machine.toml in $EDITOR"),
     ("S", "SSH into it (boxui keeps supervising)"),
     ("l", "full-screen console log"),
+    ("v", "services, with their instances"),
     ("a", "events: all machines / selected machine"),
     ("/", "filter by name or state (esc clears)"),
     ("o", "sort by the next column (or click a header)"),

@@ -1,0 +1,77 @@
+"""Services, each with its instances grouped under it: desired, ready and maximum
+counts, and every instance's state and endpoint. Reloaded whenever an event arrives
+(the app calls `reload`), so scaling plays out live."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Static, Tree
+
+from backend.services.scale_models import ServiceView
+
+StateColour = Callable[[str], str]
+
+
+def service_label(view: ServiceView) -> Text:
+    spec = view.spec
+    text = Text()
+    text.append(spec.name, style="bold")
+    text.append(f"  {view.current_replicas}/{spec.replicas} ready, max {spec.max_replicas}"
+                f"  ·  {spec.vcpus} vCPU, {spec.memory_mib} MiB", style="dim")
+    return text
+
+
+def instance_label(instance: object, colour: StateColour) -> Text:
+    from backend.services.scale_models import InstanceInfo
+
+    assert isinstance(instance, InstanceInfo)
+    state = instance.state.value
+    text = Text()
+    text.append(f"{instance.id:<24}")
+    text.append(f"{state:<10}", style=colour(state))
+    text.append(f"  {instance.endpoint or '-'}")
+    return text
+
+
+class ServicesScreen(Screen[None]):
+    BINDINGS = [("escape", "close", "Back"), ("v", "close", "Back"), ("q", "close", "Back")]
+
+    def __init__(self, load: Callable[[], Awaitable[list[ServiceView]]],
+                 colour: StateColour) -> None:
+        super().__init__()
+        self._load = load
+        self._colour = colour
+
+    def compose(self) -> ComposeResult:
+        tree: Tree[str] = Tree("services", id="services")
+        tree.show_root = False
+        yield tree
+        yield Static("", id="services-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(Tree).border_title = "services"
+        self.reload()
+
+    @work(exclusive=True, group="services", exit_on_error=False)
+    async def reload(self) -> None:
+        views = await self._load()
+        tree = self.query_one(Tree)
+        expanded = {str(node.data) for node in tree.root.children if node.is_expanded}
+        fresh = not tree.root.children
+        tree.clear()
+        for view in sorted(views, key=lambda v: v.spec.name):
+            node = tree.root.add(service_label(view), data=view.spec.name,
+                                 expand=fresh or view.spec.name in expanded)
+            for instance in sorted(view.instances, key=lambda i: i.id):
+                node.add_leaf(instance_label(instance, self._colour), data=instance.id)
+        self.query_one("#services-empty", Static).update(
+            "" if views else "no services yet: `boxui service create NAME --replicas N`")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
