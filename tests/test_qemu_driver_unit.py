@@ -5,12 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from backend.drivers.errors import DriverError
-from backend.drivers.process_identity import verify_identity
+from backend.drivers.process_identity import cmdline_of, verify_identity
 from backend.drivers.qemu import QemuDriver, _remove_stale_socket, identity_args
 from backend.process_liveness import start_time_of
 
@@ -36,6 +37,12 @@ def test_identity_needs_cmdline_and_start_time(tmp_path: Path) -> None:
     args = identity_args("vm", tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *args])
     try:
+        # Popen (vfork) may return while the child's exec is still setting up its argv,
+        # when /proc/PID/cmdline reads empty: wait until the exec has completed
+        for _ in range(500):
+            if args[0] in (cmdline_of(proc.pid) or []):
+                break
+            time.sleep(0.01)
         started = start_time_of(proc.pid)
         assert started is not None
         assert verify_identity(proc.pid, started, args) is None
