@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from backend.errors import BoxuiError
-from backend.machine_limits import MAX_SCALE_REQUEST
-from boxui.cli_machines import _run, act
+from backend.machine_limits import MAX_MEMORY_MIB, MAX_SCALE_REQUEST, MAX_VCPUS
+from boxui.cli_machines import _run, _template_ref, act
 
 if TYPE_CHECKING:  # the engine loads only when a command runs
     from backend.supervisor import Supervisor
@@ -76,8 +76,13 @@ def register(cli: click.Group) -> None:
     @click.option("--replicas", type=click.IntRange(0), default=1, show_default=True)
     @click.option("--max", "max_replicas", type=click.IntRange(1), default=4,
                   show_default=True, help="Scale requests above this are refused.")
-    @click.option("--vcpus", type=click.IntRange(1), default=1, show_default=True)
-    @click.option("--memory", "memory_mib", type=click.IntRange(64), default=256,
+    @click.option("--template", "template_ref", metavar="ID[:ROLE]", callback=_template_ref,
+                  help="Instances restore this template's snapshot (or cold-boot its image); "
+                  "vCPUs and memory default to its variant's.")
+    @click.option("--vcpus", type=click.IntRange(1, MAX_VCPUS), default=None,
+                  help="[default: 1, or the template variant's]")
+    @click.option("--memory", "memory_mib", type=click.IntRange(64, MAX_MEMORY_MIB),
+                  default=None,
                   show_default=True, help="Memory in MiB per instance.")
     @click.option("--env", "env", multiple=True, help="KEY=VALUE (repeatable).")
     @click.option("--port", "ports", multiple=True,
@@ -88,7 +93,8 @@ def register(cli: click.Group) -> None:
     @click.option("--wait/--no-wait", default=True, show_default=True,
                   help="Return once the instances are up.")
     @click.option("--json", "as_json", is_flag=True)
-    def create_cmd(name: str, replicas: int, max_replicas: int, vcpus: int, memory_mib: int,
+    def create_cmd(name: str, replicas: int, max_replicas: int, template_ref: str | None,
+                   vcpus: int | None, memory_mib: int | None,
                    env: tuple[str, ...], ports: tuple[str, ...], drain_timeout: float,
                    wait: bool, as_json: bool) -> None:
         """Create a service and start its instances."""
@@ -98,10 +104,21 @@ def register(cli: click.Group) -> None:
         from backend.services.service_spec import ServiceSpec
         from backend.validation_text import describe_validation_error
 
+        if template_ref is not None and (vcpus is None or memory_mib is None):
+            from backend.state_dir import open_state_dir
+            from backend.templates.machine_from_template import spec_from_template
+
+            try:
+                variant = spec_from_template(open_state_dir(), name, template_ref)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+            vcpus = variant.vcpus if vcpus is None else vcpus
+            memory_mib = variant.memory_mib if memory_mib is None else memory_mib
         try:
             mappings = [PortMapping.parse(p) for p in ports]
             spec = ServiceSpec(name=name, replicas=replicas, max_replicas=max_replicas,
-                               vcpus=vcpus, memory_mib=memory_mib, env=_parse_env(env),
+                               template=template_ref, vcpus=vcpus or 1,
+                               memory_mib=memory_mib or 256, env=_parse_env(env),
                                ports=mappings, drain_timeout=drain_timeout)
         except ValidationError as exc:
             raise click.UsageError(describe_validation_error(exc)) from None

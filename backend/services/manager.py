@@ -155,9 +155,28 @@ class ServiceManager:
 
     # --- changing --------------------------------------------------------------------
 
+    def _instance_spec(self, spec: ServiceSpec, instance: str) -> MachineSpec:
+        """An instance's machine: from the service's template (restored from its
+        snapshot when it has one), else boxui's own image."""
+        if spec.template is None:
+            return MachineSpec(name=instance, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+                               accel=spec.accel, restart="never", service=spec.name,
+                               env=dict(spec.env), ports=list(spec.ports))
+        from backend.templates.machine_from_template import spec_from_template
+
+        made = spec_from_template(self.engine.dirs, instance, spec.template,
+                                  vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+                                  accel=spec.accel)
+        return made.model_copy(update={"service": spec.name, "env": dict(spec.env),
+                                       "ports": list(spec.ports)})
+
     async def create(self, spec: ServiceSpec) -> int:
         """Persist a new service and start reconciling it; returns the generation to
-        pass to `wait_settled`."""
+        pass to `wait_settled`. A template whose snapshot cannot serve the service's
+        size is refused here, naming the mismatch, before anything is written."""
+        if spec.template is not None:
+            probe = await asyncio.to_thread(self._instance_spec, spec, f"{spec.name}-probe")
+            await asyncio.to_thread(self.supervisor.restore_plan, probe)
         async with self._spec_lock:
             if spec.name in self._specs or self.store.path(spec.name).exists():
                 raise ServiceExistsError(spec.name)
@@ -291,9 +310,7 @@ class ServiceManager:
             if not self.engine.store.exists(instance) and \
                     self.engine.projection.state_of(instance) is None:
                 break
-        machine = MachineSpec(name=instance, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
-                              accel=spec.accel, restart="never", service=spec.name,
-                              env=dict(spec.env), ports=list(spec.ports))
+        machine = self._instance_spec(spec, instance)
         self.engine.memberships[instance] = spec.name
         self._born[instance] = next(self._births)
         self._booting.add(instance)

@@ -51,8 +51,10 @@ class ServiceSpec(BaseModel):
     schema_version: int = Field(default=SERVICE_SCHEMA_VERSION, ge=1,
                                 le=SERVICE_SCHEMA_VERSION)
     name: str
-    #: the guest every instance boots (boxui's own image; templates come later)
+    #: the guest every instance boots: boxui's own image, or a template ("ID[:ROLE]")
+    #: whose snapshot each instance restores from (cold-booting its image if it has none)
     image: Literal["default"] = "default"
+    template: str | None = None
     vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
     memory_mib: int = Field(default=256, ge=64, le=MAX_MEMORY_MIB)
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV)
@@ -71,6 +73,19 @@ class ServiceSpec(BaseModel):
             return validate_service_name(value)
         except InvalidNameError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("template")
+    @classmethod
+    def _valid_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        template_id, _, role = value.partition(":")
+        for part in (template_id, role) if role else (template_id,):
+            try:
+                validate_name(part)
+            except InvalidNameError:
+                raise ValueError(f"{value!r}: use ID or ID:ROLE (a-z, 0-9, '-')") from None
+        return value
 
     @field_validator("env")
     @classmethod

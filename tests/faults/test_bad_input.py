@@ -50,6 +50,7 @@ BAD_OPTIONS = [
     *(["service", "create", "ok", "--no-wait", "--env", e] for e in ("NOEQUALS", "1X=y",
                                                                      "=v", "A B=c")),
     ["service", "create", "ok", "--no-wait", "--drain-timeout", "-1"],
+    *(["service", "create", "ok", "--no-wait", "--template", t] for t in ("../x", "a:B", ":")),
     *(["service", "scale", "ok", n] for n in ("-1", str(10**30), "x", "")),
     ["service", "scale", "ok"], ["service", "ls", "extra"], ["service", "frobnicate"],
     ["template", "build", "/nonexistent/template.toml"], ["template", "build", "FILE/"],

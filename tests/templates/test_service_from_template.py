@@ -1,0 +1,44 @@
+"""A service made from a template: each instance restores the template's snapshot (warm
+start), and a service size the snapshot cannot serve is refused before anything is
+written."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.engine import Engine
+from backend.machine_exec import MachineExec
+from backend.services.manager import ServiceManager
+from backend.services.service_spec import ServiceSpec
+from backend.supervisor import Supervisor
+from backend.templates.errors import SnapshotMismatchError
+from tests.fake_driver import FakeBootFiles, FakeDriver
+from tests.templates.helpers import fabricate, snapshot_info
+from tests.templates.test_restore_refusal import QEMU_LIKE, TCG
+
+
+async def test_service_instances_restore_the_template_snapshot(engine: Engine) -> None:
+    fabricate(engine.dirs, snapshot=snapshot_info(vcpus=2, memory_mib=384))
+    driver = FakeDriver()
+    driver.capabilities = lambda: QEMU_LIKE  # type: ignore[method-assign]
+    sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=lambda _r: TCG)
+    try:
+        async with sup.running(recover=False):
+            manager = ServiceManager(sup, MachineExec(engine))
+            await manager.start()
+            with pytest.raises(SnapshotMismatchError, match="memory_mib 256 requested"):
+                await manager.create(ServiceSpec(name="api", template="web:worker",
+                                                 vcpus=2, memory_mib=256, replicas=1))
+            assert not manager.store.path("api").exists()
+            generation = await manager.create(ServiceSpec(
+                name="web", template="web:worker", vcpus=2, memory_mib=384, replicas=2))
+            await manager.wait_settled("web", generation)
+            view = await manager.view("web")
+            assert [i.state.value for i in view.instances] == ["ready", "ready"]
+            for instance in view.instances:
+                spec = engine.machine(instance.id).spec
+                assert spec is not None and spec.template == "web:worker"
+                record = engine.store.load_record(instance.id)
+                assert record.restored_from is not None, "warm: restored, not cold-booted"
+    finally:
+        driver.kill_all()
