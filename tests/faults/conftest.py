@@ -4,7 +4,7 @@ with a table of each fault, the cycles run, the failures and anything lost."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ class FaultRow:
     cycles: int = 0
     failures: int = 0
     lost: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 ROWS: dict[str, FaultRow] = {}
@@ -34,6 +35,10 @@ class FaultRecorder:
 
     def lost(self, n: int) -> None:
         self.row.lost += n
+
+    def note(self, text: str) -> None:
+        """A figure printed under the table (e.g. memory at start and end)."""
+        self.row.notes.append(text)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,6 +87,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     total_lost = sum(r.lost for r in rows)
     write(f"{'total':<{width}}  {sum(r.cycles for r in rows):>6}  "
           f"{sum(r.failures for r in rows):>8}  {total_lost:>4}")
+    for r in rows:
+        for text in r.notes:
+            write(f"{r.label.split(' ', 1)[0]} {text}")
 
 
 def _sort_key(label: str) -> tuple[int, str]:
