@@ -1,0 +1,155 @@
+"""Item 10 for the API: every endpoint (taken from the OpenAPI document, so a new one
+cannot be forgotten) given bad names in its path, query or body, bad numbers, wrong types
+and missing fields answers a 4xx with a JSON `{code, message}` (a one-line message),
+never a 5xx; nothing on disk changes and nothing is created outside the state dir.
+
+An empty name (or ".") in a path is not sent: `/v1/machines/` is another resource (the
+list), not a machine with an empty name, and clients normalise dot segments away; those
+names are sent in queries and bodies instead."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from backend.api.app import openapi_document
+from backend.engine import Engine
+from tests.api_helpers import Api, running_api
+from tests.conftest import spec
+from tests.fake_driver import FakeDriver
+from tests.fake_exec import GatedRunner
+from tests.faults.conftest import FaultRecorder
+
+BAD_NAMES = ["../x", "a/b", "-rf", "x" * 300, "a\0b", "héllo", "UPPER", "a b"]
+BAD_NUMBERS: list[Any] = [0, -1, 10**30, "x", None, 1.5]
+BAD_COUNTS: list[Any] = [-1, 10**30, "x", None, 1.5]  # 0 replicas is a valid count
+
+#: (method, path template) -> requests as (path params, query, json body)
+Request = tuple[dict[str, str], dict[str, Any], Any]
+
+
+def _name_cases() -> list[Request]:
+    return [({"name": n}, {}, None) for n in BAD_NAMES]
+
+
+def _query(key: str, values: list[Any]) -> list[Request]:
+    return [({}, {key: v}, None) for v in values]
+
+
+MACHINE = {"name": "ok", "vcpus": 1, "memory_mib": 256}
+SERVICE = {"name": "svc", "replicas": 1}
+CASES: dict[tuple[str, str], list[Request]] = {
+    ("GET", "/v1/events"): _query("machine", [*BAD_NAMES, "", "."]),
+    ("GET", "/v1/events/recent"): [*_query("machine", [*BAD_NAMES, "", "."]),
+                                   *_query("limit", [0, -1, 10**30, "x"])],
+    ("GET", "/v1/health"): [],
+    ("GET", "/v1/health/latest"): [],
+    ("GET", "/v1/health/samples"): _query("machine", [*BAD_NAMES, "", "."]),
+    ("GET", "/v1/machines"): [],
+    ("POST", "/v1/machines"): [
+        *(({}, {}, {**MACHINE, "name": n}) for n in [*BAD_NAMES, "", "."]),
+        *(({}, {}, {**MACHINE, "vcpus": v}) for v in BAD_NUMBERS),
+        *(({}, {}, {**MACHINE, "memory_mib": v}) for v in BAD_NUMBERS),
+        ({}, {}, {"vcpus": 1}), ({}, {}, {**MACHINE, "bogus": 1}), ({}, {}, "not json"),
+        ({}, {}, [MACHINE]), ({}, {"start": "maybe"}, MACHINE),
+        ({}, {}, {**MACHINE, "kernel": "/nonexistent/vmlinuz",
+                  "initrd": "/nonexistent/initrd"}),
+    ],
+    ("DELETE", "/v1/machines/{name}"): [*_name_cases(), ({"name": "ok"}, {"force": "x"}, None)],
+    ("GET", "/v1/machines/{name}"): _name_cases(),
+    ("GET", "/v1/machines/{name}/commands"): _name_cases(),
+    ("POST", "/v1/machines/{name}/exec"): [
+        *(({"name": n}, {}, {"argv": ["true"]}) for n in BAD_NAMES),
+        ({"name": "ok"}, {}, {"argv": []}), ({"name": "ok"}, {}, {"argv": "true"}),
+        ({"name": "ok"}, {}, {}), ({"name": "ok"}, {}, {"argv": [1]}),
+    ],
+    ("POST", "/v1/machines/{name}/restart"): _name_cases(),
+    ("POST", "/v1/machines/{name}/start"): _name_cases(),
+    ("POST", "/v1/machines/{name}/stop"): [*_name_cases(),
+                                           ({"name": "ok"}, {"force": "x"}, None)],
+    ("POST", "/v1/scale"): [
+        *(({}, {}, {"service": n, "replicas": 1}) for n in [*BAD_NAMES, "", "."]),
+        *(({}, {}, {"service": "svc", "replicas": v}) for v in BAD_COUNTS),
+        ({}, {}, {"replicas": 1}), ({}, {"wait": "x"}, {"service": "svc", "replicas": 1}),
+    ],
+    ("GET", "/v1/services"): [],
+    ("POST", "/v1/services"): [
+        *(({}, {}, {**SERVICE, "name": n}) for n in [*BAD_NAMES, "", "."]),
+        *(({}, {}, {**SERVICE, "replicas": v}) for v in BAD_COUNTS),
+        *(({}, {}, {**SERVICE, key: v}) for key in ("max_replicas", "vcpus", "memory_mib")
+          for v in BAD_NUMBERS),
+        ({}, {}, {**SERVICE, "ports": [{"guest": 0}]}),
+        ({}, {}, {**SERVICE, "env": {"1X": "y"}}),
+        ({}, {}, {**SERVICE, "template": "../x"}),
+        ({}, {}, {**SERVICE, "drain_timeout": -1}), ({}, {}, {"replicas": 1}),
+    ],
+    ("DELETE", "/v1/services/{name}"): _name_cases(),
+    ("GET", "/v1/services/{name}"): _name_cases(),
+}
+
+
+def state_of(home: Path) -> dict[str, str]:
+    """Every file under the state dir with a hash of its content (sockets by name only)."""
+    found = {}
+    for path in sorted(home.rglob("*")):
+        if path.is_file() and not path.is_socket():
+            found[str(path.relative_to(home))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture
+async def api(engine: Engine) -> AsyncIterator[Api]:
+    driver = FakeDriver()
+    await engine.create_machine(spec("ok"))
+    try:
+        async with running_api(engine, driver, GatedRunner()) as running:
+            yield running
+    finally:
+        driver.kill_all()
+
+
+@pytest.mark.fault("10. bad input to every API endpoint")
+async def test_every_endpoint_rejects_bad_input(api: Api, home: Path, tmp_path: Path,
+                                                fault: FaultRecorder,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    document = openapi_document()
+    endpoints = {(method.upper(), path) for path, ops in document["paths"].items()
+                 for method in ops}
+    assert endpoints == set(CASES), "an API endpoint is missing from the bad-input table"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    before = state_of(home)
+    problems = []
+    for (method, template), requests in CASES.items():
+        for params, query, body in requests:
+            path = template.format(**{k: quote(v, safe="") for k, v in params.items()})
+            kwargs: dict[str, Any] = {"params": query}
+            if isinstance(body, str):
+                kwargs["content"] = body
+                kwargs["headers"] = {"content-type": "application/json"}
+            elif body is not None:
+                kwargs["json"] = body
+            response = await api.client.request(method, path, **kwargs)
+            fault.cycle()
+            where = f"{method} {path} {query} {str(body)[:60]}"
+            if not 400 <= response.status_code < 500:
+                problems.append(f"{where}: {response.status_code} {response.text[:200]}")
+                continue
+            try:
+                answer = response.json()
+                code, message = answer["code"], answer["message"]
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"{where}: not a {{code, message}} body: {response.text[:200]}")
+                continue
+            if not code or not message or "\n" in str(message) or "Traceback" in str(message):
+                problems.append(f"{where}: message {message!r}")
+    assert problems == [], "\n".join(problems)
+    assert state_of(home) == before, "a rejected request changed the state dir"
+    assert os.listdir(cwd) == [], "something was created outside the state dir"
