@@ -249,6 +249,7 @@ class MachineStore:
         removed = remove_leftover_temps(self.dirs.root)
         removed += remove_leftover_temps(self.dirs.events)
         removed += remove_leftover_temps(self.dirs.machines)  # the listing cache's temps
+        removed += remove_leftover_temps(self.dirs.services)  # service specs' temps
         try:
             entries = list(self.dirs.machines.iterdir())
         except FileNotFoundError:

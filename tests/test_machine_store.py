@@ -132,10 +132,12 @@ def test_leftovers_are_removed(dirs: StateDir) -> None:
     (staging / "machine.toml").write_text('name = "half"\n')
     cache_temp = dirs.machines / ".boxui-tmp-.ls-cache.json.beef"
     cache_temp.write_text("{")
+    service_temp = dirs.services / ".boxui-tmp-svc.json.472ae2fc"  # a service save cut off
+    service_temp.write_text("{")
     assert store.names() == ["vm"]
     removed = store.remove_leftovers()
-    assert {stray, trash, staging, cache_temp} <= set(removed)
-    assert not any(p.exists() for p in (stray, trash, staging, cache_temp))
+    assert {stray, trash, staging, cache_temp, service_temp} <= set(removed)
+    assert not any(p.exists() for p in (stray, trash, staging, cache_temp, service_temp))
     assert store.load("vm").spec is not None
 
 
