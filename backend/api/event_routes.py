@@ -8,10 +8,11 @@ which moment on it sees everything; a client too slow to keep up gets a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Query
@@ -23,6 +24,8 @@ from backend.api.errors import ERROR_RESPONSES
 from backend.event_bus import Missed
 from backend.events import CloudEvent, now_utc
 from backend.names import validate_name
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["events"])
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -59,26 +62,36 @@ async def follow_events(ctx: Ctx, machine: Annotated[str | None, Query()] = None
     subscription = ctx.engine.subscribe(maxsize=STREAM_QUEUE, machine=machine)
 
     async def lines() -> AsyncIterator[bytes]:
-        closing = asyncio.ensure_future(ctx.closing.wait())
         try:
             yield _line(stream_event("subscribed", machine=machine))
-            while True:
-                getter = asyncio.ensure_future(subscription.get())
-                done, _ = await asyncio.wait({getter, closing},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    return
-                item = getter.result()
-                if isinstance(item, Missed):
-                    yield _line(stream_event("missed", count=item.count))
-                else:
-                    yield _line(item)
+            async with contextlib.aclosing(_until_closing(ctx, subscription.get)) as items:
+                async for item in items:
+                    if isinstance(item, Missed):
+                        yield _line(stream_event("missed", count=item.count))
+                    else:
+                        yield _line(item)
         finally:
-            closing.cancel()
             subscription.close()
 
     return StreamingResponse(lines(), media_type=NDJSON)
+
+
+async def _until_closing(ctx: ApiContext, get: Callable[[], Awaitable[T]]
+                         ) -> AsyncGenerator[T, None]:
+    """What `get` returns, one after another, until the API shuts down (SIGTERM): an
+    endless stream then ends cleanly instead of holding the server open."""
+    closing = asyncio.ensure_future(ctx.closing.wait())
+    try:
+        while True:
+            getter = asyncio.ensure_future(get())
+            done, _ = await asyncio.wait({getter, closing},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                return
+            yield getter.result()
+    finally:
+        closing.cancel()
 
 
 class HealthSampleView(BaseModel):
@@ -112,18 +125,11 @@ async def follow_health(ctx: Ctx, machine: Annotated[str | None, Query()] = None
     subscription = ctx.supervisor.health.subscribe(maxsize=STREAM_QUEUE, machine=machine)
 
     async def lines() -> AsyncIterator[bytes]:
-        closing = asyncio.ensure_future(ctx.closing.wait())
         try:
-            while True:
-                getter = asyncio.ensure_future(subscription.get())
-                done, _ = await asyncio.wait({getter, closing},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    return
-                yield orjson.dumps(dataclasses.asdict(getter.result())) + b"\n"
+            async with contextlib.aclosing(_until_closing(ctx, subscription.get)) as samples:
+                async for sample in samples:
+                    yield orjson.dumps(dataclasses.asdict(sample)) + b"\n"
         finally:
-            closing.cancel()
             subscription.close()
 
     return StreamingResponse(lines(), media_type=NDJSON)
