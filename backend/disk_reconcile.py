@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     from backend.engine import Engine
 
 
-async def reconcile_disk_with_log(engine: Engine) -> None:
+async def reconcile_disk_with_log(engine: Engine, *, deleting: set[str] | None = None
+                                  ) -> None:
+    """`deleting` names machines whose directory a delete had moved to trash when
+    boxui died: their delete is finished here, not reported as a removal by hand."""
     store = engine.store
     projection = engine.projection
     on_disk = await asyncio.to_thread(store.load_all, supervised=True)
@@ -64,11 +67,14 @@ async def reconcile_disk_with_log(engine: Engine) -> None:
         if name in seen:
             continue
         state = projection.state_of(name)
+        finishing = name in (deleting or set())
+        why = ("its delete was cut short by a crash" if finishing
+               else "machine directory removed outside boxui")
         if state in ACTIVE_STATES:
             await engine.transition(name, Verb.CRASHED, message="machine directory vanished",
-                                    reason="machine directory removed outside boxui")
+                                    reason=why)
         await engine.transition(name, Verb.DELETED,
-                                message="machine directory removed outside boxui")
+                                message="deletion finished at startup" if finishing else why)
 
 
 def _set_state(state: InstanceState) -> Callable[[RuntimeRecord], None]:

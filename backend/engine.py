@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import listing_cache
+from backend.cancel_safe import finish_then_cancel
 from backend.disk_reconcile import reconcile_disk_with_log
 from backend.errors import MachineExistsError, MachineNotFoundError
 from backend.event_bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
@@ -23,7 +24,7 @@ from backend.event_log import EventLog, LogReport
 from backend.events import CloudEvent, new_instance_event, now_utc
 from backend.lifecycle import TARGET, InstanceState, Verb, persisted_state
 from backend.machine_spec import MachineSpec
-from backend.machine_store import LoadedMachine, MachineStore
+from backend.machine_store import LoadedMachine, MachineStore, trashed_name
 from backend.projection import Projection
 from backend.runtime_record import RuntimeRecord
 from backend.state_dir import StateDir, open_state_dir
@@ -68,12 +69,13 @@ class Engine:
             raise ValueError(f"Engine.open needs the held lock of {dirs.lock_file}")
         try:
             store = MachineStore(dirs)
-            await asyncio.to_thread(store.remove_leftovers)
+            leftovers = await asyncio.to_thread(store.remove_leftovers)
             log = await asyncio.to_thread(EventLog.open, dirs.event_log)
             projection = Projection.replay(log.initial_events())
             engine = cls(dirs, lock, log, projection)
             engine.startup_notes.extend(log.report.lines())
-            await reconcile_disk_with_log(engine)
+            await reconcile_disk_with_log(
+                engine, deleting={n for p in leftovers if (n := trashed_name(p))})
         except BaseException:
             lock.release()
             raise
@@ -112,7 +114,22 @@ class Engine:
         update: RecordUpdate | None = None,
     ) -> CloudEvent:
         """Record one lifecycle step for `name`; raises `IllegalTransitionError` if the
-        step makes no sense from the machine's current state (and then changes nothing)."""
+        step makes no sense from the machine's current state (and then changes nothing).
+        Once begun, a step finishes even if the caller is cancelled (`cancel_safe`)."""
+        return await finish_then_cancel(
+            self._transition(name, verb, message=message, reason=reason, extra=extra,
+                             update=update))
+
+    async def _transition(
+        self,
+        name: str,
+        verb: Verb,
+        *,
+        message: str,
+        reason: str | None,
+        extra: dict[str, Any] | None,
+        update: RecordUpdate | None,
+    ) -> CloudEvent:
         service = self.memberships.get(name)
         if service is not None:
             extra = {"service": service, **(extra or {})}
@@ -139,6 +156,9 @@ class Engine:
     async def record_event(self, event: CloudEvent) -> None:
         """Log and publish an event that is not a machine's lifecycle step (a service
         scaled, an endpoint registered); the projection ignores these."""
+        await finish_then_cancel(self._record_event(event))
+
+    async def _record_event(self, event: CloudEvent) -> None:
         async with self._write_lock:
             await asyncio.to_thread(self._log.append, event)
             self.bus.publish(event)
@@ -160,22 +180,40 @@ class Engine:
         """
         if self.store.exists(spec.name) or self.projection.state_of(spec.name) is not None:
             raise MachineExistsError(spec.name)
-        await asyncio.to_thread(self.store.create, spec)
-        await self.transition(spec.name, Verb.CREATING, message="machine created on disk")
-        if not boot_next:
-            await self.transition(spec.name, Verb.CREATED, message="ready to start")
+        await finish_then_cancel(self._create(spec, boot_next))
         return self.machine(spec.name)
+
+    async def _create(self, spec: MachineSpec, boot_next: bool) -> None:
+        await asyncio.to_thread(self.store.create, spec)
+        await self._transition(spec.name, Verb.CREATING, message="machine created on disk",
+                               reason=None, extra=None, update=None)
+        if not boot_next:
+            await self._transition(spec.name, Verb.CREATED, message="ready to start",
+                                   reason=None, extra=None, update=None)
 
     async def delete_machine(self, name: str, *, message: str = "deleted by user") -> None:
         if not self.store.exists(name) and self.projection.state_of(name) is None:
             raise MachineNotFoundError(name)
-        # the log first: a crash after it leaves a dir that is cleaned at next start
-        if self.projection.state_of(name) is not None:
-            await self.transition(name, Verb.DELETED, message=message)
-        if self.store.exists(name):
-            await asyncio.to_thread(self.store.delete, name)
-        await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
+        await finish_then_cancel(self._delete(name, message))
 
+    async def _delete(self, name: str, message: str) -> None:
+        # the directory first, with one rename: a crash after it leaves trash that the
+        # next start removes, logging the delete there ("deletion finished at startup").
+        # Logging first would let a crash resurrect the machine from its directory.
+        trash = None
+        if self.store.exists(name):
+            trash = await asyncio.to_thread(self.store.move_to_trash, name)
+        try:
+            if self.projection.state_of(name) is not None:
+                await self._transition(name, Verb.DELETED, message=message, reason=None,
+                                       extra=None, update=None)
+        except BaseException:
+            if trash is not None:  # not logged (a full disk, say): put it back
+                await asyncio.to_thread(self.store.restore_from_trash, name, trash)
+            raise
+        if trash is not None:
+            await asyncio.to_thread(self.store.empty_trash, trash)
+        await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
 
 def _record_updater(
     target: InstanceState, verb: Verb, reason: str | None, update: RecordUpdate | None

@@ -127,6 +127,12 @@ class MachineStore:
     def delete(self, name: str) -> None:
         """Remove a machine's directory; the rename first makes the removal all-or-nothing
         as far as any later load can see."""
+        self.empty_trash(self.move_to_trash(name))
+
+    def move_to_trash(self, name: str) -> Path:
+        """Take a machine's directory out of sight with one rename, the step that makes
+        a delete happen on disk. The next start removes a trash dir a crash left and
+        reports which machine's delete it finished (`trashed_name`)."""
         directory = self.dirs.machine_dir(name)
         if not directory.is_dir():
             raise MachineNotFoundError(name)
@@ -136,6 +142,16 @@ class MachineStore:
             fsync_dir(self.dirs.machines)
         except OSError as exc:
             raise StorageError(f"cannot delete {directory}: {exc.strerror}") from exc
+        return trash
+
+    def restore_from_trash(self, name: str, trash: Path) -> None:
+        """Undo `move_to_trash` when the delete could not be logged, so disk and log
+        keep telling the same story."""
+        os.rename(trash, self.dirs.machine_dir(name))
+        fsync_dir(self.dirs.machines)
+
+    @staticmethod
+    def empty_trash(trash: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
     # --- spec and record -------------------------------------------------------------
@@ -268,3 +284,10 @@ def _read_named_spec(path: Path, name: str) -> MachineSpec:
     if spec.name != name:
         raise SpecError(path, f"key 'name' is {spec.name!r} but the directory is {name!r}")
     return spec
+
+
+def trashed_name(path: Path) -> str | None:
+    """The machine whose interrupted delete left `path`, or None for other leftovers."""
+    if not path.name.startswith(_TRASH_PREFIX):
+        return None
+    return path.name.removeprefix(_TRASH_PREFIX).rsplit("-", 1)[0]

@@ -215,9 +215,18 @@ class Supervisor:
             self.spawn(self._watch(name, handle), f"watch-{name}")
             if progress is not None:
                 progress("boot", f"pid {handle.pid}, waiting for the guest and SSH")
-            await self.driver.wait_ready(handle, self.boot_timeout)
-            if plan is not None:
-                note = await self._reseed(name, run_dir / AGENT_SOCKET, plan)
+            if plan is None:
+                await self.driver.wait_ready(handle, self.boot_timeout)
+            else:
+                # the RNG agent answers as soon as the restored guest runs, while its
+                # first SSH answer waits on code TCG must translate afresh: overlap them
+                reseeding = asyncio.ensure_future(
+                    self._reseed(name, run_dir / AGENT_SOCKET, plan))
+                try:
+                    await self.driver.wait_ready(handle, self.boot_timeout)
+                    note = await reseeding
+                finally:
+                    reseeding.cancel()
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -164,5 +165,50 @@ async def test_machine_left_creating_by_a_crash_is_finished(home: Path) -> None:
     try:
         assert engine.projection.state_of("vm") is InstanceState.STOPPED
         assert verbs(home, "vm") == ["creating", "created"]
+    finally:
+        await engine.close()
+
+
+async def test_delete_cut_short_by_a_crash_is_finished_at_startup(home: Path) -> None:
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    trash = await asyncio.to_thread(engine.store.move_to_trash, "vm")  # then boxui dies
+    await engine.close()
+    engine = await Engine.open(home)
+    try:
+        assert engine.projection.state_of("vm") is None and not trash.exists()
+        events = [e for e in read_log(engine.dirs.event_log).events if e.subject == "vm"]
+        assert events[-1].data["message"] == "deletion finished at startup"
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize("delay_ms", range(0, 40, 2))
+async def test_cancelled_steps_leave_log_and_projection_agreeing(home: Path,
+                                                                 delay_ms: int) -> None:
+    """A caller cancelled mid-step (a supervisor shutting down) must not leave an event
+    in the log that the projection never applied, nor a directory the log deleted."""
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+
+    async def churn() -> None:
+        await engine.delete_machine("vm")
+        await engine.create_machine(spec("vm"))
+        await engine.delete_machine("vm")
+
+    task = asyncio.create_task(churn())
+    await asyncio.sleep(delay_ms / 1000)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    live = engine.projection.state_of("vm")
+    on_disk = engine.store.exists("vm")
+    await engine.close()
+    assert on_disk == (live is not None)
+    engine = await Engine.open(home)
+    try:
+        assert engine.projection.state_of("vm") == live
+        assert [e for e in read_log(engine.dirs.event_log).events
+                if e.data.get("message") == "found on disk; registered"] == []
     finally:
         await engine.close()

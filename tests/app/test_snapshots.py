@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -55,6 +57,17 @@ def frozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A state dir whose path is as long on every run (pytest's tmp_path is not: its
+    counter grows): the failed machine's event names its console log, and the event
+    panel's scrollbar thumb follows the longest line."""
+    root = Path(tempfile.mkdtemp(prefix="bxsnap-", dir="/tmp")) / "home"
+    monkeypatch.setenv("BOXUI_HOME", str(root))
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -182,6 +182,25 @@ async def test_log_append_during_start_and_create(running: Supervisor, disk: Dis
     assert disk_consistency_problems(open_state_dir(dirs.root)) == []
 
 
+
+@pytest.mark.fault("5. disk full: log append")
+async def test_log_append_during_delete(running: Supervisor, disk: DiskFull,
+                                        fault: FaultRecorder) -> None:
+    """The directory is moved aside before the delete is logged; a log that refuses the
+    event puts it back, so the machine is neither half-deleted nor lost."""
+    engine, dirs = running.engine, running.engine.dirs
+    spec_before = dirs.spec_path("vm").read_bytes()
+    with disk.full("log.jsonl"):
+        with pytest.raises(StorageError) as caught:
+            await running.delete_machine("vm")
+        one_clear_line(caught.value, "log.jsonl")
+    assert dirs.spec_path("vm").read_bytes() == spec_before
+    assert engine.projection.state_of("vm") is InstanceState.STOPPED
+    assert [p.name for p in dirs.machines.iterdir() if p.name.startswith(".deleting")] == []
+    await running.delete_machine("vm")
+    assert not dirs.machine_dir("vm").exists() and engine.projection.state_of("vm") is None
+    fault.cycle()
+
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "small"

@@ -1,7 +1,8 @@
 """Item 4 (test double part): 100 cycles of SIGKILL of the supervisor at a random moment
-during random operations. After every cycle a fresh supervisor recovers, and then: no
-machine has two hypervisors, every file parses, the log replays to the state on disk,
-and every acknowledged operation is still in effect."""
+during random operations (create, start, stop, delete, scale). After every cycle a fresh
+supervisor recovers and its services settle, and then: no machine has two hypervisors,
+every file parses, the log replays to the state on disk, every acknowledged operation is
+still in effect, and the service runs exactly its acknowledged number of replicas."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +21,15 @@ import pytest
 
 from backend.engine import Engine
 from backend.lifecycle import InstanceState
+from backend.machine_exec import MachineExec
+from backend.services.manager import SERVING, ServiceManager
+from backend.services.service_spec import ServiceSpec
 from backend.state_dir import open_state_dir
 from backend.supervisor import Supervisor
 from tests.conftest import REPO
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder
-from tests.faults.soak_worker import NAMES
+from tests.faults.soak_worker import NAMES, SERVICE
 from tests.faults.support import active, disk_consistency_problems, hypervisors, remove_home
 
 CYCLES = int(os.environ.get("BOXUI_SOAK_CYCLES", "100"))
@@ -89,6 +94,8 @@ def allowed_states(lines: list[str], before: dict[str, str]) -> dict[str, set[st
     pending: tuple[str, str] | None = None
     for line in lines:
         words = line.split()
+        if words[1] == "scale":
+            continue
         if words[0] == "begin":
             pending = (words[1], words[2])
         elif words[0] == "ack":
@@ -102,18 +109,53 @@ def allowed_states(lines: list[str], before: dict[str, str]) -> dict[str, set[st
     return allowed
 
 
-async def recover_and_look(home: Path) -> tuple[dict[str, str], list[str]]:
-    """A new supervisor recovers; return each machine's state and any broken promise."""
+def allowed_replicas(lines: list[str], before: int) -> set[int]:
+    """The last acknowledged replica count, or the one a cut-off request asked for."""
+    allowed = {before}
+    for line in lines:
+        words = line.split()
+        if words[1] != "scale":
+            continue
+        if words[0] == "begin":
+            allowed = allowed | {int(words[3])}
+        elif words[0] == "ack":
+            allowed = {int(words[3])}
+    return allowed
+
+
+async def create_service(home: Path) -> None:
+    engine = await Engine.open(home)
+    try:
+        sup = Supervisor(engine, FakeDriver(), FakeBootFiles(), accel_for=fixed_accel)
+        async with sup.running():
+            services = ServiceManager(sup, MachineExec(engine))
+            await services.start()
+            await services.create(ServiceSpec(name=SERVICE, replicas=0, drain_timeout=1))
+    finally:
+        await engine.close()
+
+
+async def recover_and_look(home: Path) -> tuple[dict[str, str], int, list[str]]:
+    """A new supervisor recovers and brings the service to its desired replicas; return
+    each machine's state, the desired replicas and any broken promise."""
     problems: list[str] = []
     engine = await Engine.open(home)
     try:
         sup = Supervisor(engine, FakeDriver(), FakeBootFiles(), accel_for=fixed_accel)
         async with sup.running():
-            async with asyncio.timeout(5):  # adopted mid-boot machines finish booting
+            services = ServiceManager(sup, MachineExec(engine))
+            await services.start()
+            async with asyncio.timeout(10):  # adopted mid-boot machines finish booting
+                await services.wait_settled(SERVICE, services.wake(SERVICE))
                 while any(engine.projection.state_of(n) is InstanceState.BOOTING
                           for n in engine.projection.names()):
                     await asyncio.sleep(0.01)
             states = {n: engine.projection.state_of(n) for n in engine.projection.names()}
+            desired = services.spec(SERVICE).replicas
+            serving = [m for m in services.instances(SERVICE) if states.get(m) in SERVING]
+            if len(serving) != desired:
+                problems.append(f"{SERVICE} wants {desired} replicas but {len(serving)} "
+                                f"serve: {services.instances(SERVICE)}")
             running = hypervisors(home)
             for name in set(states) | set(running):
                 want = 1 if active(states.get(name)) else 0
@@ -123,7 +165,7 @@ async def recover_and_look(home: Path) -> tuple[dict[str, str], list[str]]:
     finally:
         await engine.close()
     problems += disk_consistency_problems(open_state_dir(home))
-    return {n: s.value for n, s in states.items() if s is not None}, problems
+    return {n: s.value for n, s in states.items() if s is not None}, desired, problems
 
 
 @pytest.mark.fault("4. soak: SIGKILL supervisor (test double)")
@@ -131,8 +173,12 @@ async def test_sigkill_supervisor_during_random_operations(
     soak_home: Path, worker: Worker, tmp_path: Path, fault: FaultRecorder
 ) -> None:
     rng = random.Random(int(os.environ.get("BOXUI_SOAK_SEED", "7")))
+    await create_service(soak_home)
     states: dict[str, str] = {}
+    replicas = 0
     acked = 0
+    by_op: Counter[str] = Counter()
+    killed_in: Counter[str] = Counter()
     failures: list[str] = []
     for cycle in range(CYCLES):
         acks = tmp_path / f"acks-{cycle}"
@@ -145,8 +191,13 @@ async def test_sigkill_supervisor_during_random_operations(
         lines = acks.read_text().splitlines() if acks.exists() else []
         assert not any(line.startswith("crashed") for line in lines), lines[-1]
         duplicates = {n: c for n, c in hypervisors(soak_home).items() if c > 1}
-        allowed = allowed_states([x for x in lines if x.split()[0] != "recovered"], states)
-        states, problems = await recover_and_look(soak_home)
+        ops = [x for x in lines if len(x.split()) >= 3]  # not `recovered`, `done`
+        allowed = allowed_states(ops, states)
+        allowed_scale = allowed_replicas(ops, replicas)
+        states, replicas, problems = await recover_and_look(soak_home)
+        if replicas not in allowed_scale:
+            problems.append(f"{SERVICE} wants {replicas} replicas, acknowledged scale "
+                            f"requests allow {sorted(allowed_scale)}")
         if duplicates:
             problems.append(f"duplicate hypervisors right after the kill: {duplicates}")
         for name in NAMES:
@@ -154,10 +205,17 @@ async def test_sigkill_supervisor_during_random_operations(
                 problems.append(f"{name} is {states.get(name, ABSENT)}, "
                                 f"acknowledged operations allow {sorted(allowed[name])}")
         acked += sum(1 for x in lines if x.startswith("ack"))
+        by_op.update(x.split()[1] for x in lines if x.startswith("ack"))
+        begun = [x.split()[1] for x in ops if x.startswith("begin")]
+        if begun and not lines[-1].startswith(("ack", "refused", "done")):
+            killed_in[begun[-1]] += 1
         fault.cycle()
         if problems:
             fault.lost(1)
             failures.append(f"cycle {cycle}: {problems}; last ops: {lines[-4:]}")
             break
+    fault.note(f"{acked} operations acknowledged ({dict(sorted(by_op.items()))}); "
+               f"killed mid-operation: {dict(sorted(killed_in.items()))}")
     assert failures == []
     assert acked > CYCLES, f"only {acked} operations were acknowledged in {CYCLES} cycles"
+    assert all(by_op[op] > 0 for op in OUTCOME) and by_op["scale"] > 0, by_op

@@ -1,0 +1,37 @@
+"""Finishing a write that has begun, even when its caller is cancelled.
+
+A lifecycle step is several writes (log append, projection, `state.json`) that must all
+happen or none; the log append runs in a thread that a cancellation cannot stop. If the
+awaiting task were cancelled mid-step, the log would hold an event the in-memory
+projection never saw, and the next step would be checked against a stale state. So a
+started step runs to its end in its own task; the caller's cancellation is delivered
+once it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def finish_then_cancel(step: Coroutine[Any, Any, T]) -> T:
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():  # the step itself was cancelled, or failed while we waited
+                if task.cancelled():
+                    raise
+                result = task.result()
+                cancelled = True
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
