@@ -20,18 +20,12 @@ T = TypeVar("T")
 async def finish_then_cancel(step: Coroutine[Any, Any, T]) -> T:
     task = asyncio.ensure_future(step)
     cancelled = False
-    while True:
+    while not task.done():
         try:
-            result = await asyncio.shield(task)
-            break
+            await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.done():  # the step itself was cancelled, or failed while we waited
-                if task.cancelled():
-                    raise
-                result = task.result()
-                cancelled = True
-                break
             cancelled = True
+    result = task.result()
     if cancelled:
         raise asyncio.CancelledError
     return result

@@ -125,10 +125,10 @@ class Engine:
         name: str,
         verb: Verb,
         *,
-        message: str,
-        reason: str | None,
-        extra: dict[str, Any] | None,
-        update: RecordUpdate | None,
+        message: str = "",
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+        update: RecordUpdate | None = None,
     ) -> CloudEvent:
         service = self.memberships.get(name)
         if service is not None:
@@ -185,11 +185,9 @@ class Engine:
 
     async def _create(self, spec: MachineSpec, boot_next: bool) -> None:
         await asyncio.to_thread(self.store.create, spec)
-        await self._transition(spec.name, Verb.CREATING, message="machine created on disk",
-                               reason=None, extra=None, update=None)
+        await self._transition(spec.name, Verb.CREATING, message="machine created on disk")
         if not boot_next:
-            await self._transition(spec.name, Verb.CREATED, message="ready to start",
-                                   reason=None, extra=None, update=None)
+            await self._transition(spec.name, Verb.CREATED, message="ready to start")
 
     async def delete_machine(self, name: str, *, message: str = "deleted by user") -> None:
         if not self.store.exists(name) and self.projection.state_of(name) is None:
@@ -205,8 +203,7 @@ class Engine:
             trash = await asyncio.to_thread(self.store.move_to_trash, name)
         try:
             if self.projection.state_of(name) is not None:
-                await self._transition(name, Verb.DELETED, message=message, reason=None,
-                                       extra=None, update=None)
+                await self._transition(name, Verb.DELETED, message=message)
         except BaseException:
             if trash is not None:  # not logged (a full disk, say): put it back
                 await asyncio.to_thread(self.store.restore_from_trash, name, trash)
@@ -214,6 +211,7 @@ class Engine:
         if trash is not None:
             await asyncio.to_thread(self.store.empty_trash, trash)
         await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
+
 
 def _record_updater(
     target: InstanceState, verb: Verb, reason: str | None, update: RecordUpdate | None

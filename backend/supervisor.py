@@ -99,10 +99,19 @@ class Supervisor:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         if self._group is None:
+            coro.close()  # never to run: say so quietly, not as "never awaited" at exit
             raise RuntimeError("supervisor is not running")
-        task = self._group.create_task(_logged(coro, name), name=name)
+        wrapped = _logged(coro, name)
+        try:
+            task = self._group.create_task(wrapped, name=name)
+        except RuntimeError:  # the group is shutting down
+            wrapped.close()
+            coro.close()
+            raise
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # a task cancelled before it ran never awaited `coro`: close it quietly
+        task.add_done_callback(lambda _task: coro.close())
         return task
 
     async def detach(self) -> None:

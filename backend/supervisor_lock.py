@@ -15,6 +15,10 @@ from pathlib import Path
 from types import TracebackType
 
 from backend.errors import StateDirError, StateDirInUseError
+from backend.process_liveness import start_time_of
+
+#: how long a lock whose recorded owner is dead may stay held before we give up
+ORPHAN_GRACE = 0.5
 
 
 class SupervisorLock:
@@ -23,17 +27,27 @@ class SupervisorLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock at once or raise `StateDirInUseError` naming the holder's pid."""
+        """Take the lock at once or raise `StateDirInUseError` naming the holder's pid
+        (within `ORPHAN_GRACE` when that pid is dead: see below)."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StateDirError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise StateDirInUseError(holder) from None
+        deadline = time.monotonic() + ORPHAN_GRACE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                # A dead owner's lock can outlive it for a moment: a child it was forking
+                # (a hypervisor) holds the descriptor until its exec closes it.
+                if holder is not None and start_time_of(holder) is None \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                os.close(fd)
+                raise StateDirInUseError(holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)

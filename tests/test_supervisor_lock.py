@@ -92,3 +92,38 @@ def test_lock_holder_is_read_only(tmp_path: Path) -> None:
         assert lock_holder(path) == os.getpid()
     finally:
         lock.release()
+
+
+FORKING_OWNER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from backend.supervisor_lock import SupervisorLock
+    lock = SupervisorLock(Path(sys.argv[1]))
+    lock.acquire()
+    if os.fork() == 0:  # a child caught between fork and exec still holds the lock
+        os.close(1), os.close(2)
+        time.sleep(float(sys.argv[2]))
+        os._exit(0)
+    print(os.getpid(), flush=True)
+    os._exit(0)  # the owner dies at once
+    """
+)
+
+
+@pytest.mark.parametrize(("child_holds", "taken"), [(0.2, True), (3.0, False)])
+def test_a_dead_owners_lock_held_by_its_child_is_waited_for_briefly(
+        tmp_path: Path, child_holds: float, taken: bool) -> None:
+    path = tmp_path / "lock"
+    owner = subprocess.run([sys.executable, "-c", FORKING_OWNER, str(path), str(child_holds)],
+                           capture_output=True, text=True, timeout=10)
+    dead_pid = int(owner.stdout.strip())
+    lock = SupervisorLock(path)
+    started = time.monotonic()
+    if taken:
+        lock.acquire()
+        lock.release()
+    else:
+        with pytest.raises(StateDirInUseError, match=f"pid {dead_pid}"):
+            lock.acquire()
+    assert time.monotonic() - started < 1.0

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -123,47 +124,47 @@ def allowed_replicas(lines: list[str], before: int) -> set[int]:
     return allowed
 
 
-async def create_service(home: Path) -> None:
+@asynccontextmanager
+async def supervising(home: Path) -> AsyncIterator[tuple[Engine, ServiceManager]]:
+    """A supervisor over the test double with its services started, as the worker runs."""
     engine = await Engine.open(home)
     try:
         sup = Supervisor(engine, FakeDriver(), FakeBootFiles(), accel_for=fixed_accel)
         async with sup.running():
             services = ServiceManager(sup, MachineExec(engine))
             await services.start()
-            await services.create(ServiceSpec(name=SERVICE, replicas=0, drain_timeout=1))
+            yield engine, services
     finally:
         await engine.close()
+
+
+async def create_service(home: Path) -> None:
+    async with supervising(home) as (_, services):
+        await services.create(ServiceSpec(name=SERVICE, replicas=0, drain_timeout=1))
 
 
 async def recover_and_look(home: Path) -> tuple[dict[str, str], int, list[str]]:
     """A new supervisor recovers and brings the service to its desired replicas; return
     each machine's state, the desired replicas and any broken promise."""
     problems: list[str] = []
-    engine = await Engine.open(home)
-    try:
-        sup = Supervisor(engine, FakeDriver(), FakeBootFiles(), accel_for=fixed_accel)
-        async with sup.running():
-            services = ServiceManager(sup, MachineExec(engine))
-            await services.start()
-            async with asyncio.timeout(10):  # adopted mid-boot machines finish booting
-                await services.wait_settled(SERVICE, services.wake(SERVICE))
-                while any(engine.projection.state_of(n) is InstanceState.BOOTING
-                          for n in engine.projection.names()):
-                    await asyncio.sleep(0.01)
-            states = {n: engine.projection.state_of(n) for n in engine.projection.names()}
-            desired = services.spec(SERVICE).replicas
-            serving = [m for m in services.instances(SERVICE) if states.get(m) in SERVING]
-            if len(serving) != desired:
-                problems.append(f"{SERVICE} wants {desired} replicas but {len(serving)} "
-                                f"serve: {services.instances(SERVICE)}")
-            running = hypervisors(home)
-            for name in set(states) | set(running):
-                want = 1 if active(states.get(name)) else 0
-                if running[name] != want:
-                    problems.append(f"{name} is {states.get(name)} with "
-                                    f"{running[name]} hypervisors")
-    finally:
-        await engine.close()
+    async with supervising(home) as (engine, services):
+        async with asyncio.timeout(10):  # adopted mid-boot machines finish booting
+            await services.wait_settled(SERVICE, services.wake(SERVICE))
+            while any(engine.projection.state_of(n) is InstanceState.BOOTING
+                      for n in engine.projection.names()):
+                await asyncio.sleep(0.01)
+        states = {n: engine.projection.state_of(n) for n in engine.projection.names()}
+        desired = services.spec(SERVICE).replicas
+        serving = [m for m in services.instances(SERVICE) if states.get(m) in SERVING]
+        if len(serving) != desired:
+            problems.append(f"{SERVICE} wants {desired} replicas but {len(serving)} "
+                            f"serve: {services.instances(SERVICE)}")
+        running = hypervisors(home)
+        for name in set(states) | set(running):
+            want = 1 if active(states.get(name)) else 0
+            if running[name] != want:
+                problems.append(f"{name} is {states.get(name)} with "
+                                f"{running[name]} hypervisors")
     problems += disk_consistency_problems(open_state_dir(home))
     return {n: s.value for n, s in states.items() if s is not None}, desired, problems
 
