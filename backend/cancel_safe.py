@@ -11,10 +11,12 @@ once it has.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 async def finish_then_cancel(step: Coroutine[Any, Any, T]) -> T:
@@ -29,3 +31,12 @@ async def finish_then_cancel(step: Coroutine[Any, Any, T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+def cancel_safe(step: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Make every call of `step` run to its end (see `finish_then_cancel`)."""
+    @functools.wraps(step)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await finish_then_cancel(step(*args, **kwargs))
+
+    return run

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from backend.lifecycle import ACTIVE_STATES, InstanceState, Verb, persisted_state
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from backend.engine import Engine
 
 
-async def reconcile_disk_with_log(engine: Engine, *, deleting: set[str] | None = None
-                                  ) -> None:
+async def reconcile_disk_with_log(engine: Engine, *,
+                                  deleting: AbstractSet[str] = frozenset()) -> None:
     """`deleting` names machines whose directory a delete had moved to trash when
     boxui died: their delete is finished here, not reported as a removal by hand."""
     store = engine.store
@@ -67,7 +68,7 @@ async def reconcile_disk_with_log(engine: Engine, *, deleting: set[str] | None =
         if name in seen:
             continue
         state = projection.state_of(name)
-        finishing = name in (deleting or set())
+        finishing = name in deleting
         why = ("its delete was cut short by a crash" if finishing
                else "machine directory removed outside boxui")
         if state in ACTIVE_STATES:

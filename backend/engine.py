@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import listing_cache
-from backend.cancel_safe import finish_then_cancel
+from backend.cancel_safe import cancel_safe
 from backend.disk_reconcile import reconcile_disk_with_log
 from backend.errors import MachineExistsError, MachineNotFoundError
 from backend.event_bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
@@ -103,6 +103,7 @@ class Engine:
 
     # --- changing --------------------------------------------------------------------
 
+    @cancel_safe
     async def transition(
         self,
         name: str,
@@ -116,20 +117,6 @@ class Engine:
         """Record one lifecycle step for `name`; raises `IllegalTransitionError` if the
         step makes no sense from the machine's current state (and then changes nothing).
         Once begun, a step finishes even if the caller is cancelled (`cancel_safe`)."""
-        return await finish_then_cancel(
-            self._transition(name, verb, message=message, reason=reason, extra=extra,
-                             update=update))
-
-    async def _transition(
-        self,
-        name: str,
-        verb: Verb,
-        *,
-        message: str = "",
-        reason: str | None = None,
-        extra: dict[str, Any] | None = None,
-        update: RecordUpdate | None = None,
-    ) -> CloudEvent:
         service = self.memberships.get(name)
         if service is not None:
             extra = {"service": service, **(extra or {})}
@@ -153,12 +140,10 @@ class Engine:
             await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
             return event
 
+    @cancel_safe
     async def record_event(self, event: CloudEvent) -> None:
         """Log and publish an event that is not a machine's lifecycle step (a service
         scaled, an endpoint registered); the projection ignores these."""
-        await finish_then_cancel(self._record_event(event))
-
-    async def _record_event(self, event: CloudEvent) -> None:
         async with self._write_lock:
             await asyncio.to_thread(self._log.append, event)
             self.bus.publish(event)
@@ -169,6 +154,7 @@ class Engine:
         await asyncio.to_thread(listing_cache.refresh, self.dirs, [name])
         return record
 
+    @cancel_safe
     async def create_machine(self, spec: MachineSpec, *, boot_next: bool = False
                              ) -> LoadedMachine:
         """Write the machine's files, then log `creating` and `created`.
@@ -180,21 +166,16 @@ class Engine:
         """
         if self.store.exists(spec.name) or self.projection.state_of(spec.name) is not None:
             raise MachineExistsError(spec.name)
-        await finish_then_cancel(self._create(spec, boot_next))
+        await asyncio.to_thread(self.store.create, spec)
+        await self.transition(spec.name, Verb.CREATING, message="machine created on disk")
+        if not boot_next:
+            await self.transition(spec.name, Verb.CREATED, message="ready to start")
         return self.machine(spec.name)
 
-    async def _create(self, spec: MachineSpec, boot_next: bool) -> None:
-        await asyncio.to_thread(self.store.create, spec)
-        await self._transition(spec.name, Verb.CREATING, message="machine created on disk")
-        if not boot_next:
-            await self._transition(spec.name, Verb.CREATED, message="ready to start")
-
+    @cancel_safe
     async def delete_machine(self, name: str, *, message: str = "deleted by user") -> None:
         if not self.store.exists(name) and self.projection.state_of(name) is None:
             raise MachineNotFoundError(name)
-        await finish_then_cancel(self._delete(name, message))
-
-    async def _delete(self, name: str, message: str) -> None:
         # the directory first, with one rename: a crash after it leaves trash that the
         # next start removes, logging the delete there ("deletion finished at startup").
         # Logging first would let a crash resurrect the machine from its directory.
@@ -203,9 +184,10 @@ class Engine:
             trash = await asyncio.to_thread(self.store.move_to_trash, name)
         try:
             if self.projection.state_of(name) is not None:
-                await self._transition(name, Verb.DELETED, message=message)
+                await self.transition(name, Verb.DELETED, message=message)
         except BaseException:
-            if trash is not None:  # not logged (a full disk, say): put it back
+            if trash is not None and self.projection.state_of(name) is not None:
+                # not logged (a full disk, say): put it back
                 await asyncio.to_thread(self.store.restore_from_trash, name, trash)
             raise
         if trash is not None:

@@ -140,6 +140,18 @@ def events_of(dirs: StateDir, name: str) -> list[tuple[str, str, str | None]]:
             for e in read_log(dirs.event_log).events if e.subject == name]
 
 
+def hypervisor_count_problems(home: Path, states: dict[str, InstanceState | None],
+                              what: str = "hypervisors") -> list[str]:
+    """Each machine that is up has exactly one hypervisor and every other one none."""
+    running = hypervisors(home)
+    problems = []
+    for name in set(states) | set(running):
+        want = 1 if active(states.get(name)) else 0
+        if running[name] != want:
+            problems.append(f"{name} is {states.get(name)} with {running[name]} {what}")
+    return problems
+
+
 def disk_consistency_problems(dirs: StateDir) -> list[str]:
     """Every file parses, and a replay of the log gives the state each `state.json`
     holds, for exactly the machines that have a directory."""

@@ -32,10 +32,10 @@ from tests.conftest import BOXUI, cli_env
 from tests.faults.conftest import FaultRecorder
 from tests.faults.support import (
     HAS_QEMU,
-    active,
     boxui,
     disk_consistency_problems,
     events_of,
+    hypervisor_count_problems,
     hypervisor_pids,
     hypervisors,
     info,
@@ -236,12 +236,7 @@ async def recover_and_check(home: Path) -> tuple[dict[str, str], list[str]]:
                           for n in engine.projection.names()):
                     await asyncio.sleep(0.1)
             states = {n: engine.projection.state_of(n) for n in engine.projection.names()}
-            running = hypervisors(home)
-            for name in set(states) | set(running):
-                want = 1 if active(states.get(name)) else 0
-                if running[name] != want:
-                    problems.append(f"{name} is {states.get(name)} with "
-                                    f"{running[name]} QEMU processes")
+            problems += hypervisor_count_problems(home, states, "QEMU processes")
     finally:
         await engine.close()
     problems += disk_consistency_problems(open_state_dir(home))

@@ -31,7 +31,12 @@ from tests.conftest import REPO
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder
 from tests.faults.soak_worker import NAMES, SERVICE
-from tests.faults.support import active, disk_consistency_problems, hypervisors, remove_home
+from tests.faults.support import (
+    disk_consistency_problems,
+    hypervisor_count_problems,
+    hypervisors,
+    remove_home,
+)
 
 CYCLES = int(os.environ.get("BOXUI_SOAK_CYCLES", "100"))
 #: the supervisor is killed this long (uniform, seconds) after it was forked
@@ -159,12 +164,7 @@ async def recover_and_look(home: Path) -> tuple[dict[str, str], int, list[str]]:
         if len(serving) != desired:
             problems.append(f"{SERVICE} wants {desired} replicas but {len(serving)} "
                             f"serve: {services.instances(SERVICE)}")
-        running = hypervisors(home)
-        for name in set(states) | set(running):
-            want = 1 if active(states.get(name)) else 0
-            if running[name] != want:
-                problems.append(f"{name} is {states.get(name)} with "
-                                f"{running[name]} hypervisors")
+        problems += hypervisor_count_problems(home, states)
     problems += disk_consistency_problems(open_state_dir(home))
     return {n: s.value for n, s in states.items() if s is not None}, desired, problems
 
