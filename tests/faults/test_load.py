@@ -35,10 +35,14 @@ RSS_GROWTH_LIMIT = 16 << 20
 CHURN = 10  # machines restarted over and over
 
 
-async def _keep_up(sub: Subscription, got: list[str], stop: asyncio.Event) -> None:
-    while not stop.is_set() or sub.get_nowait() is not None:
+async def _keep_up(sub: Subscription, got: list[str], drained: asyncio.Event) -> None:
+    """Ends only on an empty queue once `drained` is set: every event is published before
+    `drained` is set, so whatever is still queued then is read, not skipped."""
+    while True:
         item = sub.get_nowait()
         if item is None:
+            if drained.is_set():
+                return
             await asyncio.sleep(0.005)
             continue
         assert not isinstance(item, Missed), "the subscriber that keeps up missed events"
