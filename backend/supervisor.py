@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
-from backend.drivers.base import ExitInfo, HypervisorDriver, LaunchSpec, VmHandle
+from backend.drivers.base import ExitInfo, GuestRamFile, HypervisorDriver, LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError, PortInUseError
 from backend.engine import Engine
 from backend.errors import BoxuiError, MachineNotFoundError
@@ -208,6 +208,8 @@ class Supervisor:
                     restore_from=plan.snapshot_file if plan else None,
                     kernel_cmdline=plan.snapshot.boot_args if plan else None,
                     agent_socket=run_dir / AGENT_SOCKET if plan else None,
+                    ram_file=GuestRamFile(plan.ram_file, shared=False)
+                    if plan and plan.ram_file else None,
                 )
                 try:
                     handle = await self.driver.start(launch)

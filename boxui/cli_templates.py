@@ -118,7 +118,8 @@ def revisions_cmd(template_id: str, as_json: bool) -> None:
         return
     rows = []
     for r in found:
-        sizes = [v.snapshot.vmstate_size_bytes for v in r.variants.values() if v.snapshot]
+        sizes = [v.snapshot.vmstate_size_bytes + v.snapshot.ram_file_bytes
+                 for v in r.variants.values() if v.snapshot]
         size = f"{sum(sizes) / 1e6:.0f} MB" if sizes else "-"
         rows.append([("* " if r.revision == current else "  ") + r.revision, r.kind,
                      r.built_at.strftime("%Y-%m-%d %H:%M:%S"), ",".join(sorted(r.variants)),

@@ -12,7 +12,12 @@ import pytest
 
 from backend.drivers.errors import DriverError
 from backend.drivers.process_identity import cmdline_of, verify_identity
-from backend.drivers.qemu import QemuDriver, _remove_stale_socket, identity_args
+from backend.drivers.qemu import (
+    QemuDriver,
+    _prepare_ram_file,
+    _remove_stale_socket,
+    identity_args,
+)
 from backend.process_liveness import start_time_of
 
 
@@ -59,3 +64,26 @@ def test_missing_qemu_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
     text = str(info.value)
     assert "qemu-system-x86_64" in text and "apt-get install qemu-system-x86" in text
     assert "\n" not in text
+
+
+def test_a_build_ram_file_starts_empty_and_private(tmp_path: Path) -> None:
+    ram = tmp_path / "ram.bin"
+    ram.write_bytes(b"left by a failed attempt")
+    ram.chmod(0o644)
+    _prepare_ram_file(ram, True, 64 << 20)
+    assert ram.stat().st_size == 0 and ram.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_restore_ram_file_must_be_whole(tmp_path: Path) -> None:
+    """QEMU would extend a short file itself: that write would land in the template."""
+    ram = tmp_path / "ram.bin"
+    with pytest.raises(DriverError, match="cannot read snapshot memory"):
+        _prepare_ram_file(ram, False, 64 << 20)
+    ram.write_bytes(b"")
+    with pytest.raises(DriverError, match="is 0 bytes, not the 67108864"):
+        _prepare_ram_file(ram, False, 64 << 20)
+    assert ram.stat().st_size == 0  # refused, not repaired
+    with ram.open("r+b") as f:
+        f.truncate(64 << 20)
+    _prepare_ram_file(ram, False, 64 << 20)
+    assert ram.stat().st_size == 64 << 20

@@ -25,6 +25,21 @@ class DriverCapabilities:
 
 
 @dataclass(frozen=True)
+class GuestRamFile:
+    """Guest RAM kept in a file rather than in anonymous memory.
+
+    Shared, the guest's writes go to the file: a snapshot build, whose RAM then *is*
+    the snapshot's memory and never has to be copied into the state file. Private, the
+    file is mapped copy-on-write: a restore reads only the pages the guest touches,
+    clones of one snapshot share the pages none of them changed, and nothing a clone
+    does can reach the template's file.
+    """
+
+    path: Path
+    shared: bool
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything a driver needs to launch one machine."""
 
@@ -52,6 +67,8 @@ class LaunchSpec:
     #: host end of a virtio-serial port for the guest's RNG agent (snapshot builds and
     #: restores; see `backend.templates.rng_reseed`)
     agent_socket: Path | None = None
+    #: guest RAM in a file (see `GuestRamFile`); None: anonymous memory
+    ram_file: GuestRamFile | None = None
 
 
 @dataclass
@@ -108,6 +125,9 @@ class SnapshotSaved:
     memory_bytes: int  # guest memory it covers
     kernel_cmdline: str
     seconds: float
+    #: the guest's RAM file, when its memory was kept there rather than in `path`
+    ram_file: Path | None = None
+    ram_file_bytes: int = 0  # disk the RAM file takes (it is sparse)
 
 
 @dataclass(frozen=True)
@@ -157,8 +177,9 @@ class HypervisorDriver(abc.ABC):
     async def guest_memory(self, handle: VmHandle) -> GuestMemory: ...
 
     async def save_snapshot(self, handle: VmHandle, target: Path) -> SnapshotSaved:
-        """Pause the VM and save its memory and device state to `target`; the VM stays
-        paused. Only drivers whose capabilities say `snapshots` implement it."""
+        """Pause the VM and save its device state to `target`, and its memory too unless
+        the VM runs with a shared RAM file (which then holds it); the VM stays paused.
+        Only drivers whose capabilities say `snapshots` implement it."""
         from backend.drivers.errors import DriverError
 
         raise DriverError(f"the {self.capabilities().name} driver cannot save snapshots")

@@ -22,6 +22,7 @@ from backend.drivers.base import (
     DriverCapabilities,
     ExitInfo,
     GuestMemory,
+    GuestRamFile,
     HypervisorDriver,
     LaunchSpec,
     ProbeResult,
@@ -36,9 +37,9 @@ from backend.guest.errors import GuestImageError
 from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu, kernel_append
 from backend.guest.qmp_ops import (
     enable_balloon_stats,
+    load_snapshot_and_resume,
     read_balloon_stats,
     request_powerdown,
-    resume_loaded_snapshot,
     save_snapshot_to,
 )
 from backend.guest.readiness import scan_console
@@ -103,6 +104,9 @@ class QemuDriver(HypervisorDriver):
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         _rotate(spec.console_log)
+        if spec.ram_file is not None:
+            await asyncio.to_thread(_prepare_ram_file, spec.ram_file.path,
+                                    spec.ram_file.shared, spec.memory_mib << 20)
         snapshot_fd = None
         if spec.restore_from is not None:
             try:
@@ -117,8 +121,9 @@ class QemuDriver(HypervisorDriver):
             pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
             disk_image=spec.disk_image, port_forwards=spec.port_forwards,
             kernel_cmdline=spec.kernel_cmdline,
-            incoming=f"fd:{snapshot_fd}" if snapshot_fd is not None else None,
-            agent_socket=spec.agent_socket,
+            incoming=snapshot_fd is not None, agent_socket=spec.agent_socket,
+            ram_file=spec.ram_file.path if spec.ram_file else None,
+            ram_file_shared=spec.ram_file.shared if spec.ram_file else False,
         )
         try:
             argv = build_argv(config, self.binary)
@@ -152,8 +157,11 @@ class QemuDriver(HypervisorDriver):
                           ssh_port=spec.ssh_port, boot_id=spec.boot_id, accel=spec.accel,
                           console_log=spec.console_log, qmp_socket=qmp_path)
         handle.extra["kernel_cmdline"] = kernel_append(config)
+        if spec.ram_file is not None:
+            handle.extra["ram_file"] = spec.ram_file
         if spec.restore_from is not None:
             handle.extra["restore_from"] = spec.restore_from
+            handle.extra["restore_fd"] = snapshot_fd  # its number in QEMU, which kept it
         await self._hold(handle)
         return handle
 
@@ -215,8 +223,12 @@ class QemuDriver(HypervisorDriver):
     async def _restore(self, handle: VmHandle, live: _Live, source: Path) -> None:
         if live.qmp is None:
             raise DriverError(f"{handle.name}: no QMP connection to load the snapshot through")
+        fd_number = handle.extra.get("restore_fd")
+        if not isinstance(fd_number, int):
+            raise DriverError(f"{handle.name}: QEMU was not started to restore a snapshot")
         try:
-            await resume_loaded_snapshot(live.qmp)
+            await load_snapshot_and_resume(live.qmp, fd_number,
+                                           ram_in_file="ram_file" in handle.extra)
         except Exception as exc:
             if live.watch.exited:
                 raise DriverError(f"{handle.name}: QEMU exited while loading the snapshot "
@@ -227,17 +239,23 @@ class QemuDriver(HypervisorDriver):
         live = self._live.get(handle.pid)
         if live is None or live.qmp is None:
             raise DriverError(f"{handle.name}: no QMP connection to save a snapshot through")
+        ram = handle.extra.get("ram_file")
+        ram_file = ram.path if isinstance(ram, GuestRamFile) and ram.shared else None
         started = time.monotonic()
         try:
-            memory = await save_snapshot_to(live.qmp, target)
+            memory = await save_snapshot_to(live.qmp, target, ram_in_file=ram_file is not None)
         except Exception as exc:
             await asyncio.to_thread(target.unlink, missing_ok=True)
             raise DriverError(f"{handle.name}: saving a snapshot failed: {exc}") from None
+        seconds = time.monotonic() - started
         size = (await asyncio.to_thread(os.stat, target)).st_size
-        return SnapshotSaved(path=target, state_bytes=size,
-                             memory_bytes=memory,
+        ram_bytes = 0
+        if ram_file is not None:
+            ram_stat = await asyncio.to_thread(os.stat, ram_file)
+            memory, ram_bytes = ram_stat.st_size, ram_stat.st_blocks * 512
+        return SnapshotSaved(path=target, state_bytes=size, memory_bytes=memory,
                              kernel_cmdline=str(handle.extra.get("kernel_cmdline", "")),
-                             seconds=time.monotonic() - started)
+                             seconds=seconds, ram_file=ram_file, ram_file_bytes=ram_bytes)
 
     # --- exit and stop ---------------------------------------------------------------
 
@@ -398,6 +416,26 @@ def _socket_answers(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def _prepare_ram_file(path: Path, shared: bool, size: int) -> None:
+    """A shared RAM file (a snapshot build's) starts empty and 0600: it will hold the
+    guest's memory, and QEMU would create it 0644. A private one (a restore's) must be
+    whole: QEMU would silently extend a short file, writing into the template."""
+    if shared:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        return
+    try:
+        found = os.stat(path).st_size
+    except OSError as exc:
+        raise DriverError(f"cannot read snapshot memory {path}: {exc.strerror}") from None
+    if found != size:
+        raise DriverError(f"snapshot memory {path} is {found} bytes, not the {size} the "
+                          "machine's memory needs; rebuild the template")
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -14,6 +14,12 @@ Choices worth knowing:
 - Devices get fixed ids, so QOM paths are stable: the balloon is at
   `BALLOON_QOM_PATH` (`/machine/peripheral/balloon0`), where `guest-stats` is read
   after setting `guest-stats-polling-interval`.
+- Snapshot builds and restores keep guest RAM in a file (`memory-backend-file`, the
+  machine's `memory-backend`): shared for the build, so the file is the snapshot's
+  memory; private (copy-on-write) for a restore, so a restored guest starts without
+  its memory being read in, and never writes to the template's file.
+- A restore starts with `-incoming defer`: migration capabilities (which have no
+  command-line form in QEMU 7.2) are set over QMP before the load is started there.
 - `-name boxui-NAME,process=boxui-NAME`: the pid's cmdline names the machine (the
   thread name, limited by Linux to 15 bytes, is only a hint).
 """
@@ -52,8 +58,8 @@ class QemuConfig:
     pidfile: Path
     boot_id: str
     append: str = ""  # extra kernel parameters, after the ones boxui needs
-    #: restore a memory snapshot, e.g. "fd:7" (an inherited descriptor of the file)
-    incoming: str | None = None
+    #: wait for a snapshot to restore (`-incoming defer`); QMP then names its descriptor
+    incoming: bool = False
     daemonize: bool = True
     #: the user's own disk image, attached as the first virtio block device (/dev/vda)
     disk_image: Path | None = None
@@ -64,6 +70,10 @@ class QemuConfig:
     kernel_cmdline: str | None = None
     #: host end (unix socket) of the virtio-serial port a snapshot's RNG agent listens on
     agent_socket: Path | None = None
+    #: guest RAM backed by this file, written through when `ram_file_shared`, else
+    #: mapped copy-on-write (see `backend.drivers.base.GuestRamFile`)
+    ram_file: Path | None = None
+    ram_file_shared: bool = False
 
 
 def _opt(value: Path | str) -> str:
@@ -123,7 +133,7 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
     argv = [
         qemu_binary,
         "-name", f"{label},process={label}",
-        "-M", "microvm,acpi=on",
+        "-M", "microvm,acpi=on" + (",memory-backend=ram0" if config.ram_file else ""),
         "-accel", config.accel,
         *(["-cpu", "host"] if config.accel == "kvm" else []),  # TCG: QEMU's default model
         "-m", str(config.memory_mib),
@@ -146,6 +156,10 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
         "-pidfile", str(config.pidfile),
     ]  # fmt: skip
+    if config.ram_file is not None:
+        share = "on" if config.ram_file_shared else "off"
+        argv += ["-object", f"memory-backend-file,id=ram0,size={config.memory_mib}M,"
+                            f"mem-path={_opt(config.ram_file)},share={share}"]
     if config.agent_socket is not None:
         argv += [
             "-chardev", f"socket,id=agent0,path={_opt(config.agent_socket)},server=on,wait=off",
@@ -158,9 +172,9 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
             "-drive", f"id=disk0,if=none,format={image_format},file={_opt(config.disk_image)}",
             "-device", "virtio-blk-device,drive=disk0",
         ]  # fmt: skip
-    if config.incoming is not None:
+    if config.incoming:
         # MIGRATION events from the start, so the end of the load is told, not polled
-        argv += ["-global", "migration.x-events=on", "-incoming", config.incoming]
+        argv += ["-global", "migration.x-events=on", "-incoming", "defer"]
     if config.daemonize:
         argv.append("-daemonize")
     return argv

@@ -45,18 +45,24 @@ async def request_powerdown(client: QMPClient) -> None:
 # Checked on QEMU 7.2 microvm: a snapshot is an outgoing migration into a file, and a
 # restore is an incoming one. The file travels as a file descriptor, never as a shell
 # command (`exec:cat ...`) or a path to quote: passed over the QMP socket (`getfd`, then
-# the `fd:NAME` URI) to save, inherited by QEMU (`-incoming fd:N`) to restore, so the
-# load starts while boxui is still connecting. With the `events` capability QEMU reports
-# the migration's progress as MIGRATION events, so neither side polls. The restored VM
-# comes up paused (the source was stopped before saving) and needs `cont`.
+# the `fd:NAME` URI) to save; inherited by QEMU to restore, which waits (`-incoming
+# defer`) until `migrate-incoming fd:N` names it. With the `events` capability QEMU
+# reports the migration's progress as MIGRATION events, so neither side polls. The
+# restored VM comes up paused (the source was stopped before saving) and needs `cont`.
+#
+# When guest RAM lives in a file (see `qemu_cmdline`), both sides set `x-ignore-shared`:
+# the save then skips the shared RAM (the file already holds it) and writes only device
+# state and ROMs (~70 KB instead of ~70 MB), and the load maps rather than reads it.
 
 SNAPSHOT_FD_NAME = "boxui-snapshot"
 _DONE = ("completed", "failed", "cancelled")
 
 
-async def _migration_with_events(client: QMPClient) -> EventListener:
-    await client.execute("migrate-set-capabilities",
-                         {"capabilities": [{"capability": "events", "state": True}]})
+async def _migration_with_events(client: QMPClient, ram_in_file: bool) -> EventListener:
+    caps = [{"capability": "events", "state": True}]
+    if ram_in_file:
+        caps.append({"capability": "x-ignore-shared", "state": True})
+    await client.execute("migrate-set-capabilities", {"capabilities": caps})
     listener = EventListener(("MIGRATION",))
     client.register_listener(listener)
     return listener
@@ -84,10 +90,11 @@ async def _wait_migration(client: QMPClient, listener: EventListener) -> dict[st
     return info
 
 
-async def save_snapshot_to(client: QMPClient, target: Path) -> int:
-    """Pause the VM and write its state to `target`; return the guest RAM it covers."""
+async def save_snapshot_to(client: QMPClient, target: Path, *, ram_in_file: bool) -> int:
+    """Pause the VM and write its state to `target` (and its RAM, unless `ram_in_file`);
+    return the guest RAM written into `target`."""
     await client.execute("stop")
-    listener = await _migration_with_events(client)
+    listener = await _migration_with_events(client, ram_in_file)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         await _send_fd(client, fd)
@@ -98,27 +105,19 @@ async def save_snapshot_to(client: QMPClient, target: Path) -> int:
     return int(info.get("ram", {}).get("total", 0))
 
 
-async def resume_loaded_snapshot(client: QMPClient) -> None:
-    """Wait until a VM started with `-incoming fd:N` has loaded, then let it run.
-
-    The load starts with QEMU itself, so it may be over before boxui connects: the
-    listener is registered first and the status read after, so no event is missed.
-    """
-    listener = EventListener(("MIGRATION",))
-    client.register_listener(listener)
+async def load_snapshot_and_resume(client: QMPClient, fd_number: int, *,
+                                   ram_in_file: bool) -> None:
+    """Load the snapshot QEMU inherited as descriptor `fd_number` into a VM started with
+    `-incoming defer`, then let it run."""
+    listener = await _migration_with_events(client, ram_in_file)
     try:
-        status = await client.execute("query-status")
-        if isinstance(status, dict) and status.get("status") == "inmigrate":
-            async for event in listener:
-                data = event.get("data")
-                if isinstance(data, dict) and data.get("status") in _DONE:
-                    break
-    finally:
+        await client.execute("migrate-incoming", {"uri": f"fd:{fd_number}"})
+    except BaseException:
         client.remove_listener(listener)
+        raise
+    await _wait_migration(client, listener)
     status = await client.execute("query-status")
     state = status.get("status") if isinstance(status, dict) else None
     if state != "paused":
-        info = cast(dict[str, Any], await client.execute("query-migrate"))
-        raise RuntimeError(f"snapshot not loaded (VM {state}): "
-                           f"{info.get('error-desc') or info.get('status')}")
+        raise RuntimeError(f"snapshot loaded but the VM is {state}, not paused")
     await client.execute("cont")

@@ -49,6 +49,8 @@ class RestorePlan:
     kernel: Path
     initrd: Path
     role_dir: Path
+    #: the snapshot's RAM file, or None when its RAM is inside `snapshot_file`
+    ram_file: Path | None = None
 
     @property
     def label(self) -> str:
@@ -114,12 +116,13 @@ def plan_restore(dirs: StateDir, spec: MachineSpec, accel: AccelChoice,
     role_dir = TemplateDir.of(dirs, template_id).revision_dir(revision.revision) / variant.role
     files = [role_dir / str(name) for name in
              (variant.snapshot_file, variant.kernel, variant.initrd, *KEY_FILES)]
-    missing = [f.name for f in files if not f.is_file()]
+    ram_file = role_dir / variant.ram_file if variant.ram_file else None
+    missing = [f.name for f in [*files, *([ram_file] if ram_file else [])] if not f.is_file()]
     if missing:
         raise TemplateError(f"template {ref} revision {revision.revision} is missing "
                             f"{', '.join(missing)} in {role_dir}; rebuild it")
     return RestorePlan(ref, revision.revision, variant.snapshot, files[0], files[1], files[2],
-                       role_dir)
+                       role_dir, ram_file)
 
 
 def install_snapshot_keys(plan: RestorePlan, machine_dir: Path) -> None:

@@ -29,8 +29,11 @@ class SnapshotInfo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     created_at: datetime
-    #: size of the saved state file (device state plus the non-zero memory pages)
+    #: size of the saved state file (device state, plus the non-zero memory pages when
+    #: the variant has no RAM file)
     vmstate_size_bytes: int = Field(ge=0)
+    #: disk taken by the variant's RAM file (sparse: about the memory the guest touched)
+    ram_file_bytes: int = Field(default=0, ge=0)
     #: guest memory the snapshot covers
     mem_size_bytes: int = Field(ge=0)
     #: the whole kernel command line the snapshotted guest booted with
@@ -61,6 +64,9 @@ class VariantArtifacts(BaseModel):
     kernel: str | None = None
     initrd: str | None = None
     snapshot_file: str | None = None
+    #: the snapshot's guest RAM, mapped copy-on-write at restore; None in revisions
+    #: built before boxui kept RAM in a file (their RAM is inside `snapshot_file`)
+    ram_file: str | None = None
     snapshot: SnapshotInfo | None = None
 
 

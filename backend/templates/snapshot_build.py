@@ -2,7 +2,11 @@
 
 What a snapshot revision's `<role>/` dir holds: the kernel (a hard link to the image's,
 or a copy), the initrd the variant booted (base image plus its seed archive: SSH host
-key, client key, RNG seed), those keys, the build's console log, and `snapshot.bin`.
+key, client key, RNG seed), those keys, the build's console log, `ram.bin` (the guest's
+RAM: the build VM runs with its memory in that file, so saving never copies it) and
+`snapshot.bin` (device state). Once the revision is published `ram.bin` is never
+written again: restored machines map it copy-on-write, and a change to it would show
+through in every one of them.
 Every machine restored from it shares that host key and the RNG state of that one boot;
 the RNG agent started just before saving (`rng_reseed`) lets each restored guest get
 fresh kernel RNG state; the host key stays shared.
@@ -22,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend.drivers.base import HypervisorDriver, LaunchSpec, VmHandle
+from backend.drivers.base import GuestRamFile, HypervisorDriver, LaunchSpec, VmHandle
 from backend.drivers.errors import PortInUseError
 from backend.errors import BoxuiError
 from backend.events import now_utc
@@ -35,6 +39,7 @@ from backend.templates.revision import SnapshotInfo, VariantArtifacts
 from backend.templates.rng_reseed import AGENT_SOCKET, stage_agent
 
 SNAPSHOT_FILE = "snapshot.bin"
+RAM_FILE = "ram.bin"
 BUILD_BOOT_TIMEOUT = 180.0
 
 
@@ -87,6 +92,7 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
                     machine_dir=directory, run_dir=run_dir,
                     console_log=directory / "console.log", tsc_khz=accel.tsc_khz,
                     agent_socket=run_dir / AGENT_SOCKET,
+                    ram_file=GuestRamFile(directory / RAM_FILE, shared=True),
                 )
                 try:
                     handle = await driver.start(launch)
@@ -109,13 +115,15 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
             shutil.rmtree(run_dir, ignore_errors=True)
         info = SnapshotInfo(
             created_at=now_utc(), vmstate_size_bytes=saved.state_bytes,
+            ram_file_bytes=saved.ram_file_bytes,
             mem_size_bytes=saved.memory_bytes, boot_args=saved.kernel_cmdline,
             vcpus=variant.vcpus, memory_mib=variant.memory_mib, accel=accel.accel,
             guest_name=job.name, boot_id=boot_id, boot_seconds=round(booted, 3),
             save_seconds=round(saved.seconds, 3),
         )
         return _artifacts(job, kernel=kernel.name, initrd=initrd.name,
-                          snapshot_file=SNAPSHOT_FILE, snapshot=info)
+                          snapshot_file=SNAPSHOT_FILE, snapshot=info,
+                          ram_file=saved.ram_file.name if saved.ram_file else None)
 
     return produce
 

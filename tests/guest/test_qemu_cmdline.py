@@ -89,9 +89,22 @@ def test_required_devices_and_plumbing(tmp_path: Path) -> None:
 
 
 def test_incoming_and_foreground(tmp_path: Path) -> None:
-    argv = build_argv(config(tmp_path, incoming="exec:cat /x/snap", daemonize=False))
-    assert value_after(argv, "-incoming") == ["exec:cat /x/snap"]
+    argv = build_argv(config(tmp_path, incoming=True, daemonize=False))
+    assert value_after(argv, "-incoming") == ["defer"]  # the snapshot is named over QMP
     assert "-daemonize" not in argv
+
+
+def test_guest_ram_in_a_file_backs_the_machine_memory(tmp_path: Path) -> None:
+    plain = build_argv(config(tmp_path))
+    assert value_after(plain, "-M") == ["microvm,acpi=on"] and "-object" not in plain
+    ram = tmp_path / "a,b" / "ram.bin"
+    for shared, share in ((True, "on"), (False, "off")):
+        argv = build_argv(config(tmp_path, ram_file=ram, ram_file_shared=shared))
+        assert value_after(argv, "-M") == ["microvm,acpi=on,memory-backend=ram0"]
+        assert value_after(argv, "-object") == [
+            f"memory-backend-file,id=ram0,size=512M,mem-path={tmp_path}/a,,b/ram.bin,"
+            f"share={share}"]
+        assert value_after(argv, "-m") == ["512"]  # QEMU checks the backend against it
 
 
 def test_commas_in_paths_are_escaped_for_qemu_options(tmp_path: Path) -> None:

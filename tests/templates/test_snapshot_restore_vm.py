@@ -6,6 +6,7 @@ build (one cold boot) serves every assertion here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -67,6 +68,13 @@ def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path
     again = as_json(boxui(vm_home, "template", "build", "snap", "--snapshot", "--json"))
     assert again["cache_hit"] is True and again["revision"] == built["revision"]
 
+    revision = json.loads((vm_home / "templates/snap/current/revision.json").read_text())
+    variant = revision["variants"]["worker"]
+    ram_file = vm_home / "templates/snap/current/worker" / variant["ram_file"]
+    assert ram_file.stat().st_mode & 0o777 == 0o600
+    assert variant["snapshot"]["vmstate_size_bytes"] < 1 << 20, "RAM is not in the state file"
+    ram_before = hashlib.sha256(ram_file.read_bytes()).hexdigest()
+
     clones = {}
     for name in ("c1", "c2"):
         created = as_json(boxui(vm_home, "create", name, "--template", "snap:worker", "--json"))
@@ -80,6 +88,13 @@ def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path
     draws = {boxui(vm_home, "exec", n, "--", "sh", "-c",
                    "head -c 16 /dev/urandom | od -An -tx1").stdout for n in clones}
     assert len(draws) == 2, "re-seeded clones must not draw the same random bytes"
+
+    # clones map the template's RAM copy-on-write: what they write stays theirs
+    for name in clones:
+        wrote = boxui(vm_home, "exec", name, "--", "sh", "-c",
+                      "head -c 8388608 /dev/urandom > /tmp/fill && echo ok")
+        assert wrote.stdout.split() == ["ok"], wrote.stderr
+    assert hashlib.sha256(ram_file.read_bytes()).hexdigest() == ram_before
 
     info = as_json(boxui(vm_home, "info", "c1", "--json"))
     assert info["record"]["rng_reseeded"] is True  # type: ignore[index]
