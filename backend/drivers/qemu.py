@@ -47,6 +47,9 @@ from backend.guest.readiness import scan_console
 QMP_SOCKET = "qmp.sock"
 PIDFILE = "qemu.pid"
 QUIT_GRACE_SECONDS = 3.0
+#: QMP run states of a VM whose guest has not run since QEMU started: a restore that
+#: was never loaded ("inmigrate") or never resumed ("paused", "postmigrate")
+_NEVER_RAN = ("inmigrate", "paused", "postmigrate", "prelaunch")
 
 
 def qmp_socket_path(run_dir: Path) -> Path:
@@ -202,6 +205,7 @@ class QemuDriver(HypervisorDriver):
                                           f"snapshot; see {handle.console_log}")
                     loading.result()
                 else:
+                    await self._refuse_unfinished_restore(handle)
                     verdict = await wait_for_line(
                         tail, lambda line: scan_console(line, handle.boot_id), gone)
                     if verdict is None:
@@ -219,6 +223,15 @@ class QemuDriver(HypervisorDriver):
                               f"see {handle.console_log}") from None
         finally:
             died.cancel()
+
+    async def _refuse_unfinished_restore(self, handle: VmHandle) -> None:
+        """A VM boxui left mid-restore (it died between starting QEMU and `cont`) waits
+        for a load nobody will start, or sits paused: no console line will ever come,
+        so say so now rather than after the boot timeout."""
+        probe = await self.probe(handle)
+        if probe.status in _NEVER_RAN:
+            raise DriverError(f"{handle.name}: boxui stopped while restoring its snapshot "
+                              f"(QEMU is {probe.status}); start it again")
 
     async def _restore(self, handle: VmHandle, live: _Live, source: Path) -> None:
         if live.qmp is None:
