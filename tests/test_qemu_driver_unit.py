@@ -75,7 +75,7 @@ def test_a_build_ram_file_starts_empty_and_private(tmp_path: Path) -> None:
 
 
 def test_a_restore_ram_file_must_be_whole(tmp_path: Path) -> None:
-    """QEMU would extend a short file itself: that write would land in the template."""
+    """QEMU would size an empty file itself: that write would land in the template."""
     ram = tmp_path / "ram.bin"
     with pytest.raises(DriverError, match="cannot read snapshot memory"):
         _prepare_ram_file(ram, False, 64 << 20)

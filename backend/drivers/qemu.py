@@ -434,7 +434,8 @@ def _socket_answers(path: Path) -> bool:
 def _prepare_ram_file(path: Path, shared: bool, size: int) -> None:
     """A shared RAM file (a snapshot build's) starts empty and 0600: it will hold the
     guest's memory, and QEMU would create it 0644. A private one (a restore's) must be
-    whole: QEMU would silently extend a short file, writing into the template."""
+    whole: QEMU would silently size an empty file, writing into the template, and
+    refuses a short one less clearly."""
     if shared:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
