@@ -117,7 +117,8 @@ def plan_restore(dirs: StateDir, spec: MachineSpec, accel: AccelChoice,
     files = [role_dir / str(name) for name in
              (variant.snapshot_file, variant.kernel, variant.initrd, *KEY_FILES)]
     ram_file = role_dir / variant.ram_file if variant.ram_file else None
-    missing = [f.name for f in [*files, *([ram_file] if ram_file else [])] if not f.is_file()]
+    needed = files if ram_file is None else [*files, ram_file]
+    missing = [f.name for f in needed if not f.is_file()]
     if missing:
         raise TemplateError(f"template {ref} revision {revision.revision} is missing "
                             f"{', '.join(missing)} in {role_dir}; rebuild it")
