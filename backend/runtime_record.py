@@ -41,6 +41,10 @@ class RuntimeRecord(BaseModel):
     #: whether the restored guest's kernel RNG was re-seeded, and if not, why
     rng_reseeded: bool | None = None
     rng_note: str | None = None
+    #: whether the restored guest's clock was set to the host's time, and if not, why
+    #: (if not, it shows the time its snapshot was saved plus its own uptime)
+    clock_set: bool | None = None
+    clock_note: str | None = None
     restart_count: int = Field(default=0, ge=0)
     ever_started: bool = False
     started_at: datetime | None = None

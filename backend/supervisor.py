@@ -31,8 +31,8 @@ from backend.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.machine_spec import MachineSpec
 from backend.restart_policy import RestartTracker, should_restart
 from backend.runtime_record import RuntimeRecord
+from backend.templates.restore_agent import AGENT_SOCKET, freshen_guest
 from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, plan_restore
-from backend.templates.rng_reseed import AGENT_SOCKET, reseed_guest
 
 log = logging.getLogger("boxui.supervisor")
 
@@ -174,6 +174,7 @@ class Supervisor:
             record.ports = {str(guest): host for host, guest in forwards}
             record.restored_from = plan.label if plan else None
             record.rng_reseeded = record.rng_note = None
+            record.clock_set = record.clock_note = None
 
         how = f"restoring snapshot {plan.label}" if plan else "starting"
         try:
@@ -229,15 +230,15 @@ class Supervisor:
             if plan is None:
                 await self.driver.wait_ready(handle, self.boot_timeout)
             else:
-                # the RNG agent answers as soon as the restored guest runs, while its
+                # the agent answers as soon as the restored guest runs, while its
                 # first SSH answer waits on code TCG must translate afresh: overlap them
-                reseeding = asyncio.ensure_future(
-                    self._reseed(name, run_dir / AGENT_SOCKET, plan))
+                freshening = asyncio.ensure_future(
+                    self._freshen(name, run_dir / AGENT_SOCKET, plan))
                 try:
                     await self.driver.wait_ready(handle, self.boot_timeout)
-                    note = await reseeding
+                    note = await freshening
                 finally:
-                    reseeding.cancel()
+                    freshening.cancel()
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:
@@ -252,17 +253,21 @@ class Supervisor:
         )
         self.tracker(name).machine_up()
 
-    async def _reseed(self, name: str, agent_socket: Path, plan: RestorePlan) -> str:
-        """Fresh kernel RNG state for a restored guest; a failure is reported, not fatal."""
-        problem = await reseed_guest(agent_socket)
+    async def _freshen(self, name: str, agent_socket: Path, plan: RestorePlan) -> str:
+        """Fresh kernel RNG state and the host's time for a restored guest; a failure
+        is reported, not fatal."""
+        done = await freshen_guest(agent_socket, plan.snapshot.agent_protocol)
 
         def record(rec: RuntimeRecord) -> None:
-            rec.rng_reseeded, rec.rng_note = problem is None, problem
+            rec.rng_reseeded, rec.rng_note = done.rng_problem is None, done.rng_problem
+            rec.clock_set, rec.clock_note = done.clock_problem is None, done.clock_problem
 
         await self.engine.update_record(name, record)
-        if problem is None:
-            return f"; restored from {plan.label}, guest RNG re-seeded"
-        return f"; restored from {plan.label}, guest RNG NOT re-seeded: {problem}"
+        rng = ("guest RNG re-seeded" if done.rng_problem is None
+               else f"guest RNG NOT re-seeded: {done.rng_problem}")
+        clock = ("clock set" if done.clock_problem is None
+                 else f"clock NOT set: {done.clock_problem}")
+        return f"; restored from {plan.label}, {rng}, {clock}"
 
     async def _boot_failed(self, name: str, handle: VmHandle | None, exc: BaseException) -> None:
         if handle is not None:

@@ -64,8 +64,8 @@ class LaunchSpec:
     restore_from: Path | None = None
     #: the whole kernel command line, verbatim: a restore must repeat the snapshot's
     kernel_cmdline: str | None = None
-    #: host end of a virtio-serial port for the guest's RNG agent (snapshot builds and
-    #: restores; see `backend.templates.rng_reseed`)
+    #: host end of a virtio-serial port for the guest's restore agent (snapshot builds
+    #: and restores; see `backend.templates.restore_agent`)
     agent_socket: Path | None = None
     #: guest RAM in a file (see `GuestRamFile`); None: anonymous memory
     ram_file: GuestRamFile | None = None

@@ -10,6 +10,6 @@
 - `restore_plan`: turning a template machine's start into a snapshot restore, and the
   refusal when the snapshot does not match what the machine asks for.
 - `machine_from_template`, `choices`: resolving `ID[:ROLE]` for the CLI and the app.
-- `rng_reseed`: fresh kernel RNG state for a guest restored from a shared snapshot
-  (through the agent in `backend.guest.rng_agent_elf`).
+- `restore_agent`: fresh kernel RNG state and the host's time for a guest restored
+  from a shared snapshot (through the agent in `backend.guest.restore_agent_elf`).
 """

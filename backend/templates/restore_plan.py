@@ -156,4 +156,12 @@ def shared_state_note(spec: MachineSpec | None, record: object | None) -> str | 
         rng = f"its kernel RNG could NOT be re-seeded ({getattr(record, 'rng_note', '')})"
     else:
         rng = "its kernel RNG is not re-seeded yet"
-    return f"{SHARED_STATE_CAVEAT} ({restored_from}); {rng}"
+    clock_set = getattr(record, "clock_set", None)
+    if clock_set:
+        clock = "its clock was set to the host's time at restore"
+    elif clock_set is False:
+        clock = (f"its clock could NOT be set ({getattr(record, 'clock_note', '')}): it "
+                 "runs from the moment the snapshot was saved")
+    else:
+        clock = "its clock is not set yet"
+    return f"{SHARED_STATE_CAVEAT} ({restored_from}); {rng}; {clock}"

@@ -47,6 +47,9 @@ class SnapshotInfo(BaseModel):
     #: seconds from launch to ready and to saved, at build time
     boot_seconds: float = 0.0
     save_seconds: float = 0.0
+    #: what the restore agent saved with the guest expects: 1 entropy only (revisions
+    #: built before boxui set restored clocks), 2 entropy and the host's time
+    agent_protocol: int = Field(default=1, ge=1)
 
 
 class VariantArtifacts(BaseModel):

@@ -8,8 +8,8 @@ RAM: the build VM runs with its memory in that file, so saving never copies it) 
 written again: restored machines map it copy-on-write, and a change to it would show
 through in every one of them.
 Every machine restored from it shares that host key and the RNG state of that one boot;
-the RNG agent started just before saving (`rng_reseed`) lets each restored guest get
-fresh kernel RNG state; the host key stays shared.
+the agent started just before saving (`restore_agent`) gives each restored guest
+fresh kernel RNG state and the host's time; the host key stays shared.
 
 The build VM runs with its QMP socket in a private temp dir (a unix socket path must be
 short) and is killed after saving, whatever happens; it is never a machine of boxui's.
@@ -33,10 +33,11 @@ from backend.events import now_utc
 from backend.guest.accel import AccelChoice
 from backend.guest.image_builder import GuestImage
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.guest.restore_agent_elf import AGENT_PROTOCOL
 from backend.templates.build import Producer, VariantJob
 from backend.templates.errors import TemplateError
+from backend.templates.restore_agent import AGENT_SOCKET, stage_agent
 from backend.templates.revision import SnapshotInfo, VariantArtifacts
-from backend.templates.rng_reseed import AGENT_SOCKET, stage_agent
 
 SNAPSHOT_FILE = "snapshot.bin"
 RAM_FILE = "ram.bin"
@@ -119,7 +120,7 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
             mem_size_bytes=saved.memory_bytes, boot_args=saved.kernel_cmdline,
             vcpus=variant.vcpus, memory_mib=variant.memory_mib, accel=accel.accel,
             guest_name=job.name, boot_id=boot_id, boot_seconds=round(booted, 3),
-            save_seconds=round(saved.seconds, 3),
+            save_seconds=round(saved.seconds, 3), agent_protocol=AGENT_PROTOCOL,
         )
         return _artifacts(job, kernel=kernel.name, initrd=initrd.name,
                           snapshot_file=SNAPSHOT_FILE, snapshot=info,

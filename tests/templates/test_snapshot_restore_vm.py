@@ -11,7 +11,9 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -98,18 +100,25 @@ def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path
 
     info = as_json(boxui(vm_home, "info", "c1", "--json"))
     assert info["record"]["rng_reseeded"] is True  # type: ignore[index]
+    assert info["record"]["clock_set"] is True  # type: ignore[index]
     assert info["record"]["restored_from"] == f"snap:worker@{built['revision']}"  # type: ignore[index]
     assert "shares its SSH host key" in str(info["shared_state"])
     assert "shared state:" in boxui(vm_home, "info", "c1").stdout
     events = boxui(vm_home, "events", "c1").stdout
-    assert "restoring snapshot snap:worker@" in events and "guest RNG re-seeded" in events
+    assert "restoring snapshot snap:worker@" in events
+    assert "guest RNG re-seeded, clock set" in events
 
     refused = boxui(vm_home, "create", "c3", "--template", "snap:worker", "--vcpus", "2")
     assert refused.returncode == 1 and "vcpus 2 requested, snapshot has 1" in refused.stderr
 
     assert as_json(boxui(vm_home, "stop", "c1", "--json"))["state"] == "stopped"
+    # restored long enough after the save that a clock left at the snapshot's time shows
+    saved_at = datetime.fromisoformat(variant["snapshot"]["created_at"]).timestamp()
+    time.sleep(max(0.0, saved_at + 5 - time.time()))
     assert as_json(boxui(vm_home, "start", "c1", "--json"))["state"] == "ready"
-    assert boxui(vm_home, "exec", "c1", "--", "true").returncode == 0
+    guest_now = boxui(vm_home, "exec", "c1", "--", "date", "+%s")
+    assert guest_now.returncode == 0, guest_now.stderr
+    assert abs(int(guest_now.stdout) - time.time()) < 3, "the restored guest's clock is off"
     for name in clones:
         assert boxui(vm_home, "rm", "--force", name).returncode == 0
     assert boxui(vm_home, "template", "rm", "snap").returncode == 0

@@ -1,23 +1,27 @@
-"""A tiny static x86-64 program that re-seeds a restored guest's kernel RNG on request.
+"""A tiny static x86-64 program that freshens a restored guest: kernel RNG and clock.
 
 Why: guests restored from one memory snapshot wake up with the same kernel CRNG state,
-so right after a restore two clones would read the same bytes from /dev/urandom.
+so right after a restore two clones would read the same bytes from /dev/urandom; and
+their wall clock says when the snapshot was saved (a week-old template makes a guest a
+week behind: `make` sees sources from the future, TLS sees certificates not yet valid).
 Writing to /dev/urandom only mixes bytes into the input pool; making the CRNG use them
 *now* takes two ioctls (RNDADDENTROPY, then RNDRESEEDCRNG), which no busybox tool
 issues, and the guest has no compiler or interpreter. So boxui writes this program
 itself (a few hundred bytes, no library calls), starts it in the template's build VM
 just before the snapshot is saved, and so every restored guest wakes up with it
-waiting on a virtio-serial port. The host sends 64 fresh bytes down the port; the
-program credits them, forces the reseed, answers one byte (`'0'` + status) and exits.
+waiting on a virtio-serial port. The host sends 64 fresh bytes and its current time
+(a timespec) down the port; the program credits the bytes, forces the reseed, sets
+CLOCK_REALTIME, answers one byte (`'0'` + status) and exits.
 
 Why a port and not SSH: the first SSH session after a restore costs the guest most of
 a second under TCG (dropbear re-executes itself, key exchange, a shell); the port costs
-it a read and two ioctls. Linux's virtio console returns EOF at once while no host end
-is connected, so the program sleeps 20 ms between reads until boxui connects (the build
-VM's last second, and not at all once restored: the host connects at once).
+it a read and three system calls. Linux's virtio console returns EOF at once while no
+host end is connected, so the program sleeps 20 ms between reads until boxui connects
+(the build VM's last second, and not at all once restored: the host connects at once).
 
-Status: 0 re-seeded; 2 cannot open the port or /dev/urandom; 3 RNDADDENTROPY refused;
-4 RNDRESEEDCRNG refused (e.g. not root).
+Status: 0 done; 2 cannot open the port or /dev/urandom; 3 RNDADDENTROPY refused;
+4 RNDRESEEDCRNG refused (e.g. not root); 5 re-seeded, but the clock was refused.
+Protocol 1 (templates built before boxui set clocks) read only the 64 bytes.
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ from __future__ import annotations
 import struct
 
 ENTROPY_BYTES = 64
+#: what the host sends: entropy, then the time as struct timespec (two int64)
+MESSAGE_BYTES = ENTROPY_BYTES + 16
+#: recorded with each snapshot, so the host knows what its agent expects
+AGENT_PROTOCOL = 2
 #: a symlink to the port's /dev/vportNp1, made when the agent is started (N varies)
 GUEST_PORT = "/run/boxui-agent-port"
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
+CLOCK_REALTIME = 0
 NAP_NS = 20_000_000
 _BASE = 0x400000
 _HEADERS = 64 + 56  # ELF header + one program header
@@ -64,8 +73,9 @@ class _Asm:
         return bytes(self.out)
 
 
-def agent_program(port: str = GUEST_PORT) -> bytes:
-    """The ELF executable; `port` is the device it serves (tests use a FIFO)."""
+def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
+    """The ELF executable; `port` is the device it serves and `clock` the clock it sets
+    (tests on the host use a FIFO, and a clock the kernel refuses to set)."""
     a = _Asm()
     # r12 = port fd, r13 = /dev/urandom fd, r14 = bytes received, r15 = status
     a.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
@@ -85,12 +95,12 @@ def agent_program(port: str = GUEST_PORT) -> bytes:
     a.emit(b"\x31\xc0\x4c\x89\xe7")  # xor eax, eax (read); mov rdi, r12
     a.rip(b"\x48\x8d\x35", "buf")  # lea rsi, [rip+buf]
     a.emit(b"\x4c\x01\xf6")  # add rsi, r14
-    a.emit(b"\xba" + struct.pack("<I", ENTROPY_BYTES))  # mov edx, 64
+    a.emit(b"\xba" + struct.pack("<I", MESSAGE_BYTES))  # mov edx, 80
     a.emit(b"\x44\x29\xf2")  # sub edx, r14d
     a.emit(b"\x0f\x05\x48\x85\xc0")  # syscall; test rax, rax
     a.jump(0x7E, "nap")  # jle nap (EOF: no host yet; or an error)
     a.emit(b"\x49\x01\xc6")  # add r14, rax
-    a.emit(b"\x49\x83\xfe" + bytes([ENTROPY_BYTES]))  # cmp r14, 64
+    a.emit(b"\x49\x83\xfe" + bytes([MESSAGE_BYTES]))  # cmp r14, 80
     a.jump(0x72, "read")  # jb read
     a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
     a.emit(b"\xbe" + struct.pack("<I", RNDADDENTROPY))  # mov esi, RNDADDENTROPY
@@ -100,6 +110,11 @@ def agent_program(port: str = GUEST_PORT) -> bytes:
     a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
     a.emit(b"\xbe" + struct.pack("<I", RNDRESEEDCRNG) + b"\x31\xd2")  # mov esi, ..; xor edx
     a.emit(b"\x0f\x05\x41\xbf\x04\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 4; test
+    a.jump(0x75, "report")  # jnz report
+    a.emit(b"\xb8\xe3\x00\x00\x00")  # mov eax, 227 (clock_settime)
+    a.emit(b"\xbf" + struct.pack("<I", clock))  # mov edi, clock
+    a.rip(b"\x48\x8d\x35", "when")  # lea rsi, [rip+when]
+    a.emit(b"\x0f\x05\x41\xbf\x05\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 5; test
     a.jump(0x75, "report")  # jnz report
     a.emit(b"\x45\x31\xff")  # xor r15d, r15d
     a.label("report")
@@ -127,6 +142,8 @@ def agent_program(port: str = GUEST_PORT) -> bytes:
     a.emit(struct.pack("<ii", ENTROPY_BYTES * 8, ENTROPY_BYTES))
     a.label("buf")
     a.emit(b"\0" * ENTROPY_BYTES)
+    a.label("when")  # the host's time, read straight after the entropy
+    a.emit(b"\0" * (MESSAGE_BYTES - ENTROPY_BYTES))
     a.label("ack")
     a.emit(b"\0")
     body = a.link()

@@ -1,0 +1,104 @@
+"""Freshen a guest restored from a shared snapshot: new kernel RNG state, today's time.
+
+Every guest restored from one snapshot resumes with the same kernel CRNG state, so
+right after restore two clones would read the same bytes from /dev/urandom; and its
+wall clock resumes at the moment the snapshot was saved. A template build starts a
+tiny agent in the guest just before saving it (`stage_agent`, over SSH; see
+`backend.guest.restore_agent_elf`), so each restored guest wakes up with it waiting on
+a virtio-serial port; `freshen_guest` sends it 64 bytes of host entropy and the host's
+time through the port's host end (a unix socket of the machine's QEMU), and it forces
+an immediate CRNG reseed, sets the clock and answers. It needs root in the guest,
+which boxui's guest gives; a guest that refuses keeps working but is reported as not
+re-seeded, or its clock as not set. What this cannot change: the guest's SSH host key
+and any randomness user space drew before the snapshot (dropbear's own pool included)
+stay shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.errors import BoxuiError
+from backend.guest.machine_seed import MachineKeys
+from backend.guest.qemu_cmdline import AGENT_PORT_NAME
+from backend.guest.restore_agent_elf import ENTROPY_BYTES, GUEST_PORT, agent_program
+from backend.ssh_access import exec_command
+
+AGENT_SOCKET = "agent.sock"
+AGENT_TIMEOUT = 10.0
+_GUEST_AGENT = "/run/boxui-restore-agent"
+# The port's device name depends on how many virtio devices precede it, so the agent
+# opens a fixed symlink made from the port's name. It must still run after 0.3 s (it
+# exits at once if it cannot open its port), else the build fails here, not at restore.
+_STAGE = f"""umask 077
+for d in /sys/class/virtio-ports/*; do
+  [ "$(cat "$d/name")" = {AGENT_PORT_NAME} ] && ln -sf "/dev/${{d##*/}}" {GUEST_PORT}
+done
+[ -e {GUEST_PORT} ] || {{ echo "no virtio port named {AGENT_PORT_NAME}"; exit 3; }}
+cat > {_GUEST_AGENT} && chmod 700 {_GUEST_AGENT} || exit 4
+setsid {_GUEST_AGENT} </dev/null >/dev/null 2>&1 &
+sleep 0.3
+kill -0 $! || {{ echo "the agent exited at once"; exit 5; }}
+"""
+_STATUS = {b"2": "the agent could not open its port or /dev/urandom",
+           b"3": "the guest refused RNDADDENTROPY", b"4": "the guest refused RNDRESEEDCRNG"}
+
+
+async def stage_agent(port: int, keys: MachineKeys, machine_dir: Path) -> None:
+    """Start the agent in a build VM, to be saved with it (raises BoxuiError)."""
+    out = io.BytesIO()
+    status = await exec_command(port, keys, machine_dir, ["sh", "-c", _STAGE], out, out,
+                                stdin=agent_program(), timeout=60)
+    if status != 0:
+        said = out.getvalue().decode(errors="replace").strip()[:200]
+        raise BoxuiError(f"could not start the restore agent in the guest (exit {status}): {said}")
+
+
+@dataclass(frozen=True)
+class Freshened:
+    """What the agent did; a problem is None when that part was done."""
+
+    rng_problem: str | None
+    clock_problem: str | None
+
+
+#: templates built before the agent set clocks (protocol 1) keep the snapshot's time
+OLD_AGENT_CLOCK = ("its template was built before boxui set restored clocks; "
+                   "rebuild the template")
+
+
+async def freshen_guest(agent_socket: Path, protocol: int,
+                        timeout: float = AGENT_TIMEOUT) -> Freshened:
+    """Re-seed a restored guest's kernel RNG and, from protocol 2, set its clock."""
+    writer: asyncio.StreamWriter | None = None
+    clock_problem = None if protocol >= 2 else OLD_AGENT_CLOCK
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(agent_socket))
+            message = os.urandom(ENTROPY_BYTES)
+            if protocol >= 2:  # read now: the guest sets it within milliseconds
+                message += struct.pack("<qq", *divmod(time.time_ns(), 1_000_000_000))
+            writer.write(message)
+            await writer.drain()
+            answer = await reader.readexactly(1)
+    except TimeoutError:
+        why = f"the guest's agent did not answer within {timeout:g} s"
+        return Freshened(why, clock_problem or why)
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        why = f"no agent on {agent_socket}: {exc}"
+        return Freshened(why, clock_problem or why)
+    finally:
+        if writer is not None:
+            writer.close()
+    if answer == b"0":
+        return Freshened(None, clock_problem)
+    if answer == b"5":
+        return Freshened(None, "the guest refused clock_settime")
+    why = _STATUS.get(answer, f"unexpected answer {answer!r} from the guest's agent")
+    return Freshened(why, clock_problem or "the agent stopped before setting it")
