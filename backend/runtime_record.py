@@ -45,6 +45,10 @@ class RuntimeRecord(BaseModel):
     #: (if not, it shows the time its snapshot was saved plus its own uptime)
     clock_set: bool | None = None
     clock_note: str | None = None
+    #: whether the restored guest's hostname (and its /etc/hosts line) was made the
+    #: machine's name, and if not, why (if not, it has its template's build VM's name)
+    hostname_set: bool | None = None
+    hostname_note: str | None = None
     restart_count: int = Field(default=0, ge=0)
     ever_started: bool = False
     started_at: datetime | None = None

@@ -175,6 +175,7 @@ class Supervisor:
             record.restored_from = plan.label if plan else None
             record.rng_reseeded = record.rng_note = None
             record.clock_set = record.clock_note = None
+            record.hostname_set = record.hostname_note = None
 
         how = f"restoring snapshot {plan.label}" if plan else "starting"
         try:
@@ -254,20 +255,22 @@ class Supervisor:
         self.tracker(name).machine_up()
 
     async def _freshen(self, name: str, agent_socket: Path, plan: RestorePlan) -> str:
-        """Fresh kernel RNG state and the host's time for a restored guest; a failure
-        is reported, not fatal."""
-        done = await freshen_guest(agent_socket, plan.snapshot.agent_protocol)
+        """Fresh kernel RNG state, the host's time and its own hostname for a restored
+        guest; a failure is reported, not fatal."""
+        done = await freshen_guest(agent_socket, plan.snapshot.agent_protocol, name)
 
         def record(rec: RuntimeRecord) -> None:
             rec.rng_reseeded, rec.rng_note = done.rng_problem is None, done.rng_problem
             rec.clock_set, rec.clock_note = done.clock_problem is None, done.clock_problem
+            rec.hostname_set, rec.hostname_note = done.name_problem is None, done.name_problem
 
         await self.engine.update_record(name, record)
-        rng = ("guest RNG re-seeded" if done.rng_problem is None
-               else f"guest RNG NOT re-seeded: {done.rng_problem}")
-        clock = ("clock set" if done.clock_problem is None
-                 else f"clock NOT set: {done.clock_problem}")
-        return f"; restored from {plan.label}, {rng}, {clock}"
+        parts = [done_text if problem is None else f"{failed_text}: {problem}"
+                 for done_text, failed_text, problem in (
+                     ("guest RNG re-seeded", "guest RNG NOT re-seeded", done.rng_problem),
+                     ("clock set", "clock NOT set", done.clock_problem),
+                     (f"hostname set to {name}", "hostname NOT set", done.name_problem))]
+        return f"; restored from {plan.label}, {', '.join(parts)}"
 
     async def _boot_failed(self, name: str, handle: VmHandle | None, exc: BaseException) -> None:
         if handle is not None:

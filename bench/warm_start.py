@@ -9,8 +9,8 @@ it once, outside the timings). Then, each through `Supervisor.start_machine` on 
 machine, timed until it returns with the machine `ready`:
 - one cold boot of a plain machine of the same size, and one restore from the snapshot;
 - --clones machines restored one after another, each timed; "ready" for a restore
-  includes re-seeding the guest's kernel RNG and setting its clock through its agent
-  (shown separately);
+  includes re-seeding the guest's kernel RNG and setting its clock and hostname through
+  its agent (shown separately);
 - the memory those clones use together (sum of RSS and of PSS of their QEMU processes,
   all running), against the same number of cold-booted machines, measured alike.
 The host is shared (2 cores, other work running): the load average is printed too.
@@ -48,15 +48,15 @@ RESEED_SECONDS: list[float] = []
 
 
 def time_reseeds() -> None:
-    """Record how long each restore's RNG re-seed and clock setting take (it is part of
-    'ready')."""
+    """Record how long each restore's agent (RNG re-seed, clock, hostname) takes (it is
+    part of 'ready')."""
     real = supervisor_module.freshen_guest
 
-    async def timed(agent_socket: Path, protocol: int) -> Freshened:
+    async def timed(agent_socket: Path, protocol: int, name: str) -> Freshened:
         started = time.perf_counter()
         try:
-            done = await real(agent_socket, protocol)
-            assert done == Freshened(None, None), done
+            done = await real(agent_socket, protocol, name)
+            assert done == Freshened(None, None, None), done
             return done
         finally:
             RESEED_SECONDS.append(time.perf_counter() - started)
@@ -130,7 +130,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
     print(f"{'to ready':<34}{'seconds':>8}")
     print(f"{'cold boot':<34}{cold:>8.2f}")
     print(f"{'snapshot restore':<34}{warm:>8.2f}   "
-          f"(of which RNG re-seed and clock: {warm_reseed:.3f})")
+          f"(of which the agent: RNG, clock, name: {warm_reseed:.3f})")
     print(f"{'ratio restore / cold':<34}{ratio:>8.3f}   target <= 0.10: "
           f"{'OK' if ratio <= 0.10 else 'MISSED'}")
     print(f"{'restore under 1 s':<34}{'yes' if warm < 1 else 'no':>8}")

@@ -1,27 +1,33 @@
-"""A tiny static x86-64 program that freshens a restored guest: kernel RNG and clock.
+"""A tiny static x86-64 program that freshens a restored guest: RNG, clock, hostname.
 
 Why: guests restored from one memory snapshot wake up with the same kernel CRNG state,
-so right after a restore two clones would read the same bytes from /dev/urandom; and
-their wall clock says when the snapshot was saved (a week-old template makes a guest a
-week behind: `make` sees sources from the future, TLS sees certificates not yet valid).
+so right after a restore two clones would read the same bytes from /dev/urandom; their
+wall clock says when the snapshot was saved (a week-old template makes a guest a week
+behind: `make` sees sources from the future, TLS sees certificates not yet valid); and
+each one calls itself by the template's build VM's name, not by its own.
 Writing to /dev/urandom only mixes bytes into the input pool; making the CRNG use them
 *now* takes two ioctls (RNDADDENTROPY, then RNDRESEEDCRNG), which no busybox tool
 issues, and the guest has no compiler or interpreter. So boxui writes this program
 itself (a few hundred bytes, no library calls), starts it in the template's build VM
 just before the snapshot is saved, and so every restored guest wakes up with it
-waiting on a virtio-serial port. The host sends 64 fresh bytes and its current time
-(a timespec) down the port; the program credits the bytes, forces the reseed, sets
-CLOCK_REALTIME, answers one byte (`'0'` + status) and exits.
+waiting on a virtio-serial port. The host sends one message down the port
+(`agent_message`: 64 fresh bytes, its current time, the machine's name and its
+/etc/hosts line); the program credits the bytes, forces the reseed, sets
+CLOCK_REALTIME and the hostname, appends the line to /etc/hosts, answers one byte
+(`'0'` + status) and exits. (The build points /etc/hostname at the kernel's hostname
+and drops its own name from /etc/hosts before the save.)
 
 Why a port and not SSH: the first SSH session after a restore costs the guest most of
 a second under TCG (dropbear re-executes itself, key exchange, a shell); the port costs
-it a read and three system calls. Linux's virtio console returns EOF at once while no
+it a read and a few system calls. Linux's virtio console returns EOF at once while no
 host end is connected, so the program sleeps 20 ms between reads until boxui connects
 (the build VM's last second, and not at all once restored: the host connects at once).
 
-Status: 0 done; 2 cannot open the port or /dev/urandom; 3 RNDADDENTROPY refused;
-4 RNDRESEEDCRNG refused (e.g. not root); 5 re-seeded, but the clock was refused.
-Protocol 1 (templates built before boxui set clocks) read only the 64 bytes.
+Status, the first step that failed (the steps after it are not tried): 0 all done;
+2 cannot open the port or /dev/urandom; 3 RNDADDENTROPY refused; 4 RNDRESEEDCRNG
+refused (e.g. not root); 5 clock refused; 6 hostname refused; 7 /etc/hosts not written.
+Protocol 1 agents (templates built before boxui set clocks and names) read only the 64
+bytes of entropy.
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ from __future__ import annotations
 import struct
 
 ENTROPY_BYTES = 64
-#: what the host sends: entropy, then the time as struct timespec (two int64)
-MESSAGE_BYTES = ENTROPY_BYTES + 16
+NAME_BYTES = 64  # a hostname's limit; machine names are at most 63
+HOSTS_LINE_BYTES = 80
+#: what the host sends: entropy; the time (struct timespec); the hostname's length (u64)
+#: and the name; the /etc/hosts line's length (u64) and the line
+MESSAGE_BYTES = ENTROPY_BYTES + 16 + 8 + NAME_BYTES + 8 + HOSTS_LINE_BYTES
 #: recorded with each snapshot, so the host knows what its agent expects
 AGENT_PROTOCOL = 2
 #: a symlink to the port's /dev/vportNp1, made when the agent is started (N varies)
@@ -73,6 +82,16 @@ class _Asm:
         return bytes(self.out)
 
 
+def agent_message(entropy: bytes, now_ns: int, name: str) -> bytes:
+    """What the host sends a protocol-2 agent for a machine called `name`."""
+    hostname, line = name.encode(), f"127.0.1.1 {name}\n".encode()
+    if len(entropy) != ENTROPY_BYTES or not 0 < len(hostname) < NAME_BYTES:
+        raise ValueError("64 bytes of entropy and a 1-63 byte name are needed")
+    return (entropy + struct.pack("<qq", *divmod(now_ns, 1_000_000_000))
+            + struct.pack("<Q", len(hostname)) + hostname.ljust(NAME_BYTES, b"\0")
+            + struct.pack("<Q", len(line)) + line.ljust(HOSTS_LINE_BYTES, b"\0"))
+
+
 def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     """The ELF executable; `port` is the device it serves and `clock` the clock it sets
     (tests on the host use a FIFO, and a clock the kernel refuses to set)."""
@@ -95,12 +114,12 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(b"\x31\xc0\x4c\x89\xe7")  # xor eax, eax (read); mov rdi, r12
     a.rip(b"\x48\x8d\x35", "buf")  # lea rsi, [rip+buf]
     a.emit(b"\x4c\x01\xf6")  # add rsi, r14
-    a.emit(b"\xba" + struct.pack("<I", MESSAGE_BYTES))  # mov edx, 80
+    a.emit(b"\xba" + struct.pack("<I", MESSAGE_BYTES))  # mov edx, MESSAGE_BYTES
     a.emit(b"\x44\x29\xf2")  # sub edx, r14d
     a.emit(b"\x0f\x05\x48\x85\xc0")  # syscall; test rax, rax
     a.jump(0x7E, "nap")  # jle nap (EOF: no host yet; or an error)
     a.emit(b"\x49\x01\xc6")  # add r14, rax
-    a.emit(b"\x49\x83\xfe" + bytes([MESSAGE_BYTES]))  # cmp r14, 80
+    a.emit(b"\x49\x81\xfe" + struct.pack("<I", MESSAGE_BYTES))  # cmp r14, MESSAGE_BYTES
     a.jump(0x72, "read")  # jb read
     a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
     a.emit(b"\xbe" + struct.pack("<I", RNDADDENTROPY))  # mov esi, RNDADDENTROPY
@@ -116,6 +135,22 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.rip(b"\x48\x8d\x35", "when")  # lea rsi, [rip+when]
     a.emit(b"\x0f\x05\x41\xbf\x05\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 5; test
     a.jump(0x75, "report")  # jnz report
+    a.emit(b"\xb8\xaa\x00\x00\x00")  # mov eax, 170 (sethostname)
+    a.rip(b"\x48\x8d\x3d", "name")  # lea rdi, [rip+name]
+    a.rip(b"\x48\x8b\x35", "name_len")  # mov rsi, [rip+name_len]
+    a.emit(b"\x0f\x05\x41\xbf\x06\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 6; test
+    a.jump(0x75, "report")  # jnz report
+    a.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
+    a.rip(b"\x48\x8d\x3d", "hosts")  # lea rdi, [rip+hosts]
+    a.emit(b"\xbe\x01\x04\x00\x00\x31\xd2")  # mov esi, O_WRONLY|O_APPEND; xor edx, edx
+    a.emit(b"\x0f\x05\x41\xbf\x07\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 7; test
+    a.jump(0x78, "report")  # js report
+    a.emit(b"\x48\x89\xc7\xb8\x01\x00\x00\x00")  # mov rdi, rax; mov eax, 1 (write)
+    a.rip(b"\x48\x8d\x35", "hosts_line")  # lea rsi, [rip+hosts_line]
+    a.rip(b"\x48\x8b\x15", "hosts_len")  # mov rdx, [rip+hosts_len]
+    a.emit(b"\x0f\x05")  # syscall (the file is closed at exit)
+    a.rip(b"\x48\x3b\x05", "hosts_len")  # cmp rax, [rip+hosts_len]
+    a.jump(0x75, "report")  # jne report (a short write)
     a.emit(b"\x45\x31\xff")  # xor r15d, r15d
     a.label("report")
     a.rip(b"\x48\x8d\x35", "ack")  # lea rsi, [rip+ack]
@@ -135,6 +170,8 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(port.encode() + b"\0")
     a.label("urandom")
     a.emit(b"/dev/urandom\0")
+    a.label("hosts")
+    a.emit(b"/etc/hosts\0")
     a.emit(b"\0" * (-(_HEADERS + len(a.out)) % 8))
     a.label("timespec")
     a.emit(struct.pack("<qq", 0, NAP_NS))
@@ -142,8 +179,10 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(struct.pack("<ii", ENTROPY_BYTES * 8, ENTROPY_BYTES))
     a.label("buf")
     a.emit(b"\0" * ENTROPY_BYTES)
-    a.label("when")  # the host's time, read straight after the entropy
-    a.emit(b"\0" * (MESSAGE_BYTES - ENTROPY_BYTES))
+    for label, size in (("when", 16), ("name_len", 8), ("name", NAME_BYTES),
+                        ("hosts_len", 8), ("hosts_line", HOSTS_LINE_BYTES)):
+        a.label(label)  # the rest of the message, as `agent_message` lays it out
+        a.emit(b"\0" * size)
     a.label("ack")
     a.emit(b"\0")
     body = a.link()

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 
 #: Bump when a build of the same inputs would produce something different.
-TEMPLATE_BUILDER_VERSION = "boxui-template/4"  # 3: RAM in its own file; 4: agent sets clock
+TEMPLATE_BUILDER_VERSION = "boxui-template/4"  # 3: RAM in its own file; 4: clock, hostname
 
 
 @dataclass(frozen=True)

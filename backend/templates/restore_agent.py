@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,27 +26,34 @@ from pathlib import Path
 from backend.errors import BoxuiError
 from backend.guest.machine_seed import MachineKeys
 from backend.guest.qemu_cmdline import AGENT_PORT_NAME
-from backend.guest.restore_agent_elf import ENTROPY_BYTES, GUEST_PORT, agent_program
+from backend.guest.restore_agent_elf import (
+    ENTROPY_BYTES,
+    GUEST_PORT,
+    agent_message,
+    agent_program,
+)
 from backend.ssh_access import exec_command
 
 AGENT_SOCKET = "agent.sock"
 AGENT_TIMEOUT = 10.0
 _GUEST_AGENT = "/run/boxui-restore-agent"
 # The port's device name depends on how many virtio devices precede it, so the agent
-# opens a fixed symlink made from the port's name. It must still run after 0.3 s (it
+# opens a fixed symlink made from the port's name. /etc/hostname follows the kernel's
+# hostname from now on, and /etc/hosts loses the build VM's name: each restored guest
+# gets its own (the agent appends its line). It must still run after 0.3 s (it
 # exits at once if it cannot open its port), else the build fails here, not at restore.
 _STAGE = f"""umask 077
 for d in /sys/class/virtio-ports/*; do
   [ "$(cat "$d/name")" = {AGENT_PORT_NAME} ] && ln -sf "/dev/${{d##*/}}" {GUEST_PORT}
 done
 [ -e {GUEST_PORT} ] || {{ echo "no virtio port named {AGENT_PORT_NAME}"; exit 3; }}
+ln -sf /proc/sys/kernel/hostname /etc/hostname || exit 6
+sed -i '/^127\\.0\\.1\\.1 /d' /etc/hosts || exit 6
 cat > {_GUEST_AGENT} && chmod 700 {_GUEST_AGENT} || exit 4
 setsid {_GUEST_AGENT} </dev/null >/dev/null 2>&1 &
 sleep 0.3
 kill -0 $! || {{ echo "the agent exited at once"; exit 5; }}
 """
-_STATUS = {b"2": "the agent could not open its port or /dev/urandom",
-           b"3": "the guest refused RNDADDENTROPY", b"4": "the guest refused RNDRESEEDCRNG"}
 
 
 async def stage_agent(port: int, keys: MachineKeys, machine_dir: Path) -> None:
@@ -66,39 +72,59 @@ class Freshened:
 
     rng_problem: str | None
     clock_problem: str | None
+    #: the hostname and its /etc/hosts line
+    name_problem: str | None
 
 
-#: templates built before the agent set clocks (protocol 1) keep the snapshot's time
-OLD_AGENT_CLOCK = ("its template was built before boxui set restored clocks; "
-                   "rebuild the template")
+#: templates built before the agent set clocks and names (protocol 1) keep the
+#: snapshot's time and its build VM's name
+OLD_AGENT = "its template was built before boxui did this at restore; rebuild the template"
+NOT_REACHED = "the agent stopped before this step"
+# the agent's answer when a step failed: which step (0 RNG, 1 clock, 2 name), and why
+_FAILED_STEP = {
+    b"2": (0, "the agent could not open its port or /dev/urandom"),
+    b"3": (0, "the guest refused RNDADDENTROPY"),
+    b"4": (0, "the guest refused RNDRESEEDCRNG"),
+    b"5": (1, "the guest refused clock_settime"),
+    b"6": (2, "the guest refused sethostname"),
+    b"7": (2, "the guest's /etc/hosts could not be written"),
+}
 
 
-async def freshen_guest(agent_socket: Path, protocol: int,
+async def freshen_guest(agent_socket: Path, protocol: int, name: str,
                         timeout: float = AGENT_TIMEOUT) -> Freshened:
-    """Re-seed a restored guest's kernel RNG and, from protocol 2, set its clock."""
+    """Re-seed a restored guest's kernel RNG and, from protocol 2, set its clock and
+    make its hostname `name`."""
     writer: asyncio.StreamWriter | None = None
-    clock_problem = None if protocol >= 2 else OLD_AGENT_CLOCK
+    problems: list[str | None] = [None, None, None]
+    if protocol < 2:
+        problems[1:] = [OLD_AGENT, OLD_AGENT]
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(agent_socket))
-            message = os.urandom(ENTROPY_BYTES)
-            if protocol >= 2:  # read now: the guest sets it within milliseconds
-                message += struct.pack("<qq", *divmod(time.time_ns(), 1_000_000_000))
-            writer.write(message)
+            entropy = os.urandom(ENTROPY_BYTES)
+            # the time is read now: the guest sets it within milliseconds
+            writer.write(agent_message(entropy, time.time_ns(), name)
+                         if protocol >= 2 else entropy)
             await writer.drain()
             answer = await reader.readexactly(1)
     except TimeoutError:
-        why = f"the guest's agent did not answer within {timeout:g} s"
-        return Freshened(why, clock_problem or why)
+        return _failed(problems, 0, f"the guest's agent did not answer within {timeout:g} s",
+                       every=True)
     except (OSError, asyncio.IncompleteReadError) as exc:
-        why = f"no agent on {agent_socket}: {exc}"
-        return Freshened(why, clock_problem or why)
+        return _failed(problems, 0, f"no agent on {agent_socket}: {exc}", every=True)
     finally:
         if writer is not None:
             writer.close()
     if answer == b"0":
-        return Freshened(None, clock_problem)
-    if answer == b"5":
-        return Freshened(None, "the guest refused clock_settime")
-    why = _STATUS.get(answer, f"unexpected answer {answer!r} from the guest's agent")
-    return Freshened(why, clock_problem or "the agent stopped before setting it")
+        return Freshened(*problems)
+    step, why = _FAILED_STEP.get(answer, (0, f"unexpected answer {answer!r} from the agent"))
+    return _failed(problems, step, why)
+
+
+def _failed(problems: list[str | None], step: int, why: str, every: bool = False) -> Freshened:
+    """`why` for the step that failed; the steps after it were not reached (or, with
+    `every`, failed for the same reason). A problem already known stays."""
+    after = [known or (why if every else NOT_REACHED) for known in problems[step + 1:]]
+    done = [*problems[:step], why, *after]
+    return Freshened(*done)

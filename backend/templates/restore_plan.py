@@ -164,4 +164,12 @@ def shared_state_note(spec: MachineSpec | None, record: object | None) -> str | 
                  "runs from the moment the snapshot was saved")
     else:
         clock = "its clock is not set yet"
-    return f"{SHARED_STATE_CAVEAT} ({restored_from}); {rng}; {clock}"
+    named = getattr(record, "hostname_set", None)
+    if named:
+        hostname = "its hostname was made the machine's name"
+    elif named is False:
+        hostname = (f"its hostname could NOT be set ({getattr(record, 'hostname_note', '')}):"
+                    " it has its template's name")
+    else:
+        hostname = "its hostname is not set yet"
+    return f"{SHARED_STATE_CAVEAT} ({restored_from}); {rng}; {clock}; {hostname}"

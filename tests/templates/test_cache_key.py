@@ -16,7 +16,7 @@ def test_same_inputs_same_key_and_stable_across_releases() -> None:
     # pinned: a change here invalidates every user's template cache, so it must be
     # deliberate (bump TEMPLATE_BUILDER_VERSION instead of changing the encoding; it was
     # bumped to 3 when snapshots began keeping guest RAM in its own file, and to 4 when
-    # their agent began setting the restored guest's clock)
+    # their agent began setting the restored guest's clock and hostname)
     assert cache_key(BASE) == "56c5e7a9216682fcebe0d471d22c741ea2b05732e918343ba724cb559b93904a"
 
 

@@ -84,9 +84,12 @@ def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path
         clones[name] = created["record"]
     ports = {r["ssh_port"] for r in clones.values()}  # type: ignore[index]
     assert len(ports) == 2, "each clone gets its own SSH port"
-    for name in clones:
-        answer = boxui(vm_home, "exec", name, "--", "sh", "-c", "echo $((6 * 7)); hostname")
-        assert answer.returncode == 0 and answer.stdout.split() == ["42", "snap-worker"]
+    for name in clones:  # each clone is called by its own name, not the template's
+        answer = boxui(vm_home, "exec", name, "--", "sh", "-c",
+                       "echo $((6 * 7)); hostname; cat /etc/hostname; "
+                       "grep -c snap-worker /etc/hosts; grep 127.0.1.1 /etc/hosts")
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.split() == ["42", name, name, "0", "127.0.1.1", name]
     draws = {boxui(vm_home, "exec", n, "--", "sh", "-c",
                    "head -c 16 /dev/urandom | od -An -tx1").stdout for n in clones}
     assert len(draws) == 2, "re-seeded clones must not draw the same random bytes"
@@ -101,12 +104,13 @@ def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path
     info = as_json(boxui(vm_home, "info", "c1", "--json"))
     assert info["record"]["rng_reseeded"] is True  # type: ignore[index]
     assert info["record"]["clock_set"] is True  # type: ignore[index]
+    assert info["record"]["hostname_set"] is True  # type: ignore[index]
     assert info["record"]["restored_from"] == f"snap:worker@{built['revision']}"  # type: ignore[index]
     assert "shares its SSH host key" in str(info["shared_state"])
     assert "shared state:" in boxui(vm_home, "info", "c1").stdout
     events = boxui(vm_home, "events", "c1").stdout
     assert "restoring snapshot snap:worker@" in events
-    assert "guest RNG re-seeded, clock set" in events
+    assert "guest RNG re-seeded, clock set, hostname set to c1" in events
 
     refused = boxui(vm_home, "create", "c3", "--template", "snap:worker", "--vcpus", "2")
     assert refused.returncode == 1 and "vcpus 2 requested, snapshot has 1" in refused.stderr
