@@ -140,8 +140,24 @@ def install_snapshot_keys(plan: RestorePlan, machine_dir: Path) -> None:
         atomic_write_bytes(target, source.read_bytes(), mode=mode)
 
 
+# what the restore agent did, one part each: the record's flag and note fields, then
+# what `boxui info` says when it was done, when it failed (with the note), and before
+_AGENT_PARTS = (
+    ("rng_reseeded", "rng_note",
+     "its kernel RNG was re-seeded with fresh host entropy at restore",
+     "its kernel RNG could NOT be re-seeded ({note})", "its kernel RNG is not re-seeded yet"),
+    ("clock_set", "clock_note", "its clock was set to the host's time at restore",
+     "its clock could NOT be set ({note}): it runs from the moment the snapshot was saved",
+     "its clock is not set yet"),
+    ("hostname_set", "hostname_note", "its hostname was made the machine's name",
+     "its hostname could NOT be set ({note}): it has its template's name",
+     "its hostname is not set yet"),
+)
+
+
 def shared_state_note(spec: MachineSpec | None, record: object | None) -> str | None:
-    """What `boxui info` says about state shared with sibling clones, or None."""
+    """What `boxui info` says about a restored machine: what it shares with sibling
+    clones, and what was made its own at restore. None for other machines."""
     restored_from = getattr(record, "restored_from", None)
     if restored_from is None and (spec is None or spec.template is None):
         return None
@@ -149,27 +165,9 @@ def shared_state_note(spec: MachineSpec | None, record: object | None) -> str | 
         return ("made from a template: if it has a snapshot, this machine is restored from "
                 "it at start and then shares its SSH host key and boot RNG state with every "
                 "machine restored from the same snapshot")
-    reseeded = getattr(record, "rng_reseeded", None)
-    if reseeded:
-        rng = "its kernel RNG was re-seeded with fresh host entropy at restore"
-    elif reseeded is False:
-        rng = f"its kernel RNG could NOT be re-seeded ({getattr(record, 'rng_note', '')})"
-    else:
-        rng = "its kernel RNG is not re-seeded yet"
-    clock_set = getattr(record, "clock_set", None)
-    if clock_set:
-        clock = "its clock was set to the host's time at restore"
-    elif clock_set is False:
-        clock = (f"its clock could NOT be set ({getattr(record, 'clock_note', '')}): it "
-                 "runs from the moment the snapshot was saved")
-    else:
-        clock = "its clock is not set yet"
-    named = getattr(record, "hostname_set", None)
-    if named:
-        hostname = "its hostname was made the machine's name"
-    elif named is False:
-        hostname = (f"its hostname could NOT be set ({getattr(record, 'hostname_note', '')}):"
-                    " it has its template's name")
-    else:
-        hostname = "its hostname is not set yet"
-    return f"{SHARED_STATE_CAVEAT} ({restored_from}); {rng}; {clock}; {hostname}"
+    said = []
+    for flag, note, done, failed, pending in _AGENT_PARTS:
+        outcome = getattr(record, flag, None)
+        said.append(done if outcome else pending if outcome is None
+                    else failed.format(note=getattr(record, note, "")))
+    return f"{SHARED_STATE_CAVEAT} ({restored_from}); {'; '.join(said)}"
