@@ -47,8 +47,8 @@ for d in /sys/class/virtio-ports/*; do
   [ "$(cat "$d/name")" = {AGENT_PORT_NAME} ] && ln -sf "/dev/${{d##*/}}" {GUEST_PORT}
 done
 [ -e {GUEST_PORT} ] || {{ echo "no virtio port named {AGENT_PORT_NAME}"; exit 3; }}
-ln -sf /proc/sys/kernel/hostname /etc/hostname || exit 6
-sed -i '/^127\\.0\\.1\\.1 /d' /etc/hosts || exit 6
+ln -sf /proc/sys/kernel/hostname /etc/hostname || {{ echo "cannot link /etc/hostname"; exit 6; }}
+sed -i '/^127\\.0\\.1\\.1 /d' /etc/hosts || {{ echo "cannot edit /etc/hosts"; exit 6; }}
 cat > {_GUEST_AGENT} && chmod 700 {_GUEST_AGENT} || exit 4
 setsid {_GUEST_AGENT} </dev/null >/dev/null 2>&1 &
 sleep 0.3
