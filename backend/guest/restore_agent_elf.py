@@ -11,11 +11,12 @@ issues, and the guest has no compiler or interpreter. So boxui writes this progr
 itself (a few hundred bytes, no library calls), starts it in the template's build VM
 just before the snapshot is saved, and so every restored guest wakes up with it
 waiting on a virtio-serial port. The host sends one message down the port
-(`agent_message`: 64 fresh bytes, its current time, the machine's name and its
-/etc/hosts line); the program credits the bytes, forces the reseed, sets
-CLOCK_REALTIME and the hostname, appends the line to /etc/hosts, answers one byte
-(`'0'` + status) and exits. (The build points /etc/hostname at the kernel's hostname
-and drops its own name from /etc/hosts before the save.)
+(`agent_message`: 64 fresh bytes, its current time and the machine's name); the
+program credits the bytes, forces the reseed, sets CLOCK_REALTIME and the hostname,
+answers one byte (`'0'` + status) and exits. (The build points /etc/hostname at the
+kernel's hostname and drops its own name from /etc/hosts before the save. Appending
+the clone's own line there would cost the restored guest about 20 ms of TCG time
+before its first SSH answer, and nothing in the default guest looks its name up.)
 
 Why a port and not SSH: the first SSH session after a restore costs the guest most of
 a second under TCG (dropbear re-executes itself, key exchange, a shell); the port costs
@@ -25,7 +26,7 @@ host end is connected, so the program sleeps 20 ms between reads until boxui con
 
 Status, the first step that failed (the steps after it are not tried): 0 all done;
 2 cannot open the port or /dev/urandom; 3 RNDADDENTROPY refused; 4 RNDRESEEDCRNG
-refused (e.g. not root); 5 clock refused; 6 hostname refused; 7 /etc/hosts not written.
+refused (e.g. not root); 5 clock refused; 6 hostname refused.
 Protocol 1 agents (templates built before boxui set clocks and names) read only the 64
 bytes of entropy.
 """
@@ -36,10 +37,9 @@ import struct
 
 ENTROPY_BYTES = 64
 NAME_BYTES = 64  # a hostname's limit; machine names are at most 63
-HOSTS_LINE_BYTES = 80
 #: what the host sends: entropy; the time (struct timespec); the hostname's length (u64)
-#: and the name; the /etc/hosts line's length (u64) and the line
-MESSAGE_BYTES = ENTROPY_BYTES + 16 + 8 + NAME_BYTES + 8 + HOSTS_LINE_BYTES
+#: and the name
+MESSAGE_BYTES = ENTROPY_BYTES + 16 + 8 + NAME_BYTES
 #: recorded with each snapshot, so the host knows what its agent expects
 AGENT_PROTOCOL = 2
 #: a symlink to the port's /dev/vportNp1, made when the agent is started (N varies)
@@ -84,12 +84,11 @@ class _Asm:
 
 def agent_message(entropy: bytes, now_ns: int, name: str) -> bytes:
     """What the host sends a protocol-2 agent for a machine called `name`."""
-    hostname, line = name.encode(), f"127.0.1.1 {name}\n".encode()
+    hostname = name.encode()
     if len(entropy) != ENTROPY_BYTES or not 0 < len(hostname) < NAME_BYTES:
         raise ValueError("64 bytes of entropy and a 1-63 byte name are needed")
     return (entropy + struct.pack("<qq", *divmod(now_ns, 1_000_000_000))
-            + struct.pack("<Q", len(hostname)) + hostname.ljust(NAME_BYTES, b"\0")
-            + struct.pack("<Q", len(line)) + line.ljust(HOSTS_LINE_BYTES, b"\0"))
+            + struct.pack("<Q", len(hostname)) + hostname.ljust(NAME_BYTES, b"\0"))
 
 
 def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
@@ -140,17 +139,6 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.rip(b"\x48\x8b\x35", "name_len")  # mov rsi, [rip+name_len]
     a.emit(b"\x0f\x05\x41\xbf\x06\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 6; test
     a.jump(0x75, "report")  # jnz report
-    a.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
-    a.rip(b"\x48\x8d\x3d", "hosts")  # lea rdi, [rip+hosts]
-    a.emit(b"\xbe\x01\x04\x00\x00\x31\xd2")  # mov esi, O_WRONLY|O_APPEND; xor edx, edx
-    a.emit(b"\x0f\x05\x41\xbf\x07\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 7; test
-    a.jump(0x78, "report")  # js report
-    a.emit(b"\x48\x89\xc7\xb8\x01\x00\x00\x00")  # mov rdi, rax; mov eax, 1 (write)
-    a.rip(b"\x48\x8d\x35", "hosts_line")  # lea rsi, [rip+hosts_line]
-    a.rip(b"\x48\x8b\x15", "hosts_len")  # mov rdx, [rip+hosts_len]
-    a.emit(b"\x0f\x05")  # syscall (the file is closed at exit)
-    a.rip(b"\x48\x3b\x05", "hosts_len")  # cmp rax, [rip+hosts_len]
-    a.jump(0x75, "report")  # jne report (a short write)
     a.emit(b"\x45\x31\xff")  # xor r15d, r15d
     a.label("report")
     a.rip(b"\x48\x8d\x35", "ack")  # lea rsi, [rip+ack]
@@ -170,8 +158,6 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(port.encode() + b"\0")
     a.label("urandom")
     a.emit(b"/dev/urandom\0")
-    a.label("hosts")
-    a.emit(b"/etc/hosts\0")
     a.emit(b"\0" * (-(_HEADERS + len(a.out)) % 8))
     a.label("timespec")
     a.emit(struct.pack("<qq", 0, NAP_NS))
@@ -179,8 +165,7 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(struct.pack("<ii", ENTROPY_BYTES * 8, ENTROPY_BYTES))
     a.label("buf")
     a.emit(b"\0" * ENTROPY_BYTES)
-    for label, size in (("when", 16), ("name_len", 8), ("name", NAME_BYTES),
-                        ("hosts_len", 8), ("hosts_line", HOSTS_LINE_BYTES)):
+    for label, size in (("when", 16), ("name_len", 8), ("name", NAME_BYTES)):
         a.label(label)  # the rest of the message, as `agent_message` lays it out
         a.emit(b"\0" * size)
     a.label("ack")

@@ -39,9 +39,9 @@ AGENT_TIMEOUT = 10.0
 _GUEST_AGENT = "/run/boxui-restore-agent"
 # The port's device name depends on how many virtio devices precede it, so the agent
 # opens a fixed symlink made from the port's name. /etc/hostname follows the kernel's
-# hostname from now on, and /etc/hosts loses the build VM's name: each restored guest
-# gets its own (the agent appends its line). It must still run after 0.3 s (it
-# exits at once if it cannot open its port), else the build fails here, not at restore.
+# hostname from now on (the agent sets it), and /etc/hosts stops naming the build VM,
+# which no restored guest is. The agent must still run after 0.3 s (it exits at once if
+# it cannot open its port), else the build fails here, not at restore.
 _STAGE = f"""umask 077
 for d in /sys/class/virtio-ports/*; do
   [ "$(cat "$d/name")" = {AGENT_PORT_NAME} ] && ln -sf "/dev/${{d##*/}}" {GUEST_PORT}
@@ -72,7 +72,7 @@ class Freshened:
 
     rng_problem: str | None
     clock_problem: str | None
-    #: the hostname and its /etc/hosts line
+    #: the hostname
     name_problem: str | None
 
 
@@ -87,7 +87,6 @@ _FAILED_STEP = {
     b"4": (0, "the guest refused RNDRESEEDCRNG"),
     b"5": (1, "the guest refused clock_settime"),
     b"6": (2, "the guest refused sethostname"),
-    b"7": (2, "the guest's /etc/hosts could not be written"),
 }
 
 

@@ -35,9 +35,9 @@ def test_agent_reseeds_then_sets_the_clock_from_bytes_sent_down_its_port(
         tmp_path: Path) -> None:
     """A FIFO stands in for the virtio-serial port. As root the kernel accepts the
     entropy and reseeds, and the agent goes on to set its clock: here one that cannot
-    be set, so it answers '5' and goes no further, leaving this host's hostname and
-    /etc/hosts alone (in a guest all of it is done: the VM test checks that). Not as
-    root, the kernel refuses RNDADDENTROPY ('3')."""
+    be set, so it answers '5' and goes no further, leaving this host's hostname alone
+    (in a guest all of it is done: the VM test checks that). Not as root, the kernel
+    refuses RNDADDENTROPY ('3')."""
     port = tmp_path / "port"
     os.mkfifo(port)
     program = tmp_path / "agent"
@@ -72,15 +72,13 @@ async def _serve(tmp_path: Path, answers: list[bytes], expect: int,
     return await asyncio.start_unix_server(agent, str(tmp_path / "agent.sock"))
 
 
-def test_the_message_lays_out_time_name_and_hosts_line() -> None:
+def test_the_message_lays_out_the_time_and_the_name() -> None:
     entropy = os.urandom(ENTROPY_BYTES)
     message = agent_message(entropy, 1_795_000_000_123_456_789, "build-7")
     assert len(message) == MESSAGE_BYTES and message[:ENTROPY_BYTES] == entropy
     assert struct.unpack_from("<qqQ", message, ENTROPY_BYTES) == \
         (1_795_000_000, 123_456_789, len("build-7"))
-    assert message[88:88 + 8] == b"build-7\0"
-    (line_length,) = struct.unpack_from("<Q", message, 152)
-    assert message[160:160 + line_length] == b"127.0.1.1 build-7\n"
+    assert message[88:] == b"build-7".ljust(64, b"\0")
     with pytest.raises(ValueError):
         agent_message(entropy, 0, "x" * 64)
 
@@ -89,7 +87,7 @@ async def test_host_end_sends_its_message_and_reads_which_step_failed(
         tmp_path: Path) -> None:
     received: list[bytes] = []
     path = tmp_path / "agent.sock"
-    answers = [b"0", b"5", b"7", b"4"]
+    answers = [b"0", b"5", b"6", b"4"]
     async with await _serve(tmp_path, answers, MESSAGE_BYTES, received):
         before = time.time_ns()
         assert await freshen_guest(path, 2, "c1") == Freshened(None, None, None)
@@ -97,7 +95,7 @@ async def test_host_end_sends_its_message_and_reads_which_step_failed(
         assert await freshen_guest(path, 2, "c1") == \
             Freshened(None, "the guest refused clock_settime", NOT_REACHED)
         assert await freshen_guest(path, 2, "c1") == \
-            Freshened(None, None, "the guest's /etc/hosts could not be written")
+            Freshened(None, None, "the guest refused sethostname")
         assert await freshen_guest(path, 2, "c1") == \
             Freshened("the guest refused RNDRESEEDCRNG", NOT_REACHED, NOT_REACHED)
     assert len(received) == 4 and received[0][:ENTROPY_BYTES] != received[1][:ENTROPY_BYTES]
