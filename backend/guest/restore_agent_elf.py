@@ -47,6 +47,7 @@ GUEST_PORT = "/run/boxui-agent-port"
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 CLOCK_REALTIME = 0
+O_WRONLY, O_RDWR = 1, 2
 NAP_NS = 20_000_000
 _BASE = 0x400000
 _HEADERS = 64 + 56  # ELF header + one program header
@@ -76,6 +77,15 @@ class _Asm:
         self.out += prefix + b"\0\0\0\0"
         self.fixups.append((len(self.out) - 4, target))
 
+    def open_or_exit(self, path: str, flags: int) -> None:
+        """rax = open(the string at label `path`, flags), or exit with status 2."""
+        self.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
+        self.rip(b"\x48\x8d\x3d", path)  # lea rdi, [rip+path]
+        self.emit(b"\xbe" + struct.pack("<I", flags))  # mov esi, flags
+        self.emit(b"\x31\xd2\x0f\x05")  # xor edx, edx; syscall
+        self.emit(b"\xbf\x02\x00\x00\x00\x48\x85\xc0")  # mov edi, 2; test rax, rax
+        self.jump(0x78, "exit")  # js exit
+
     def link(self) -> bytes:
         for at, target in self.fixups:  # relative to the end of the instruction
             self.out[at:at + 4] = struct.pack("<i", self.labels[target] - (at + 4))
@@ -96,17 +106,9 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     (tests on the host use a FIFO, and a clock the kernel refuses to set)."""
     a = _Asm()
     # r12 = port fd, r13 = /dev/urandom fd, r14 = bytes received, r15 = status
-    a.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
-    a.rip(b"\x48\x8d\x3d", "port")  # lea rdi, [rip+port]
-    a.emit(b"\xbe\x02\x00\x00\x00\x31\xd2\x0f\x05")  # mov esi, O_RDWR; xor edx, edx; syscall
-    a.emit(b"\xbf\x02\x00\x00\x00\x48\x85\xc0")  # mov edi, 2; test rax, rax
-    a.jump(0x78, "exit")  # js exit
+    a.open_or_exit("port", O_RDWR)
     a.emit(b"\x49\x89\xc4")  # mov r12, rax
-    a.emit(b"\xb8\x02\x00\x00\x00")  # mov eax, 2 (open)
-    a.rip(b"\x48\x8d\x3d", "urandom")  # lea rdi, [rip+urandom]
-    a.emit(b"\xbe\x01\x00\x00\x00\x31\xd2\x0f\x05")  # mov esi, O_WRONLY; xor edx, edx; syscall
-    a.emit(b"\xbf\x02\x00\x00\x00\x48\x85\xc0")  # mov edi, 2; test rax, rax
-    a.jump(0x78, "exit")  # js exit
+    a.open_or_exit("urandom", O_WRONLY)
     a.emit(b"\x49\x89\xc5")  # mov r13, rax
     a.emit(b"\x45\x31\xf6")  # xor r14d, r14d
     a.label("read")

@@ -1,17 +1,19 @@
-"""Freshen a guest restored from a shared snapshot: new kernel RNG state, today's time.
+"""Freshen a guest restored from a shared snapshot: new kernel RNG state, today's time,
+its own name.
 
 Every guest restored from one snapshot resumes with the same kernel CRNG state, so
-right after restore two clones would read the same bytes from /dev/urandom; and its
-wall clock resumes at the moment the snapshot was saved. A template build starts a
-tiny agent in the guest just before saving it (`stage_agent`, over SSH; see
-`backend.guest.restore_agent_elf`), so each restored guest wakes up with it waiting on
-a virtio-serial port; `freshen_guest` sends it 64 bytes of host entropy and the host's
-time through the port's host end (a unix socket of the machine's QEMU), and it forces
-an immediate CRNG reseed, sets the clock and answers. It needs root in the guest,
-which boxui's guest gives; a guest that refuses keeps working but is reported as not
-re-seeded, or its clock as not set. What this cannot change: the guest's SSH host key
-and any randomness user space drew before the snapshot (dropbear's own pool included)
-stay shared.
+right after restore two clones would read the same bytes from /dev/urandom; its wall
+clock resumes at the moment the snapshot was saved; and it calls itself by the build
+VM's name. A template build starts a tiny agent in the guest just before saving it
+(`stage_agent`, over SSH; see `backend.guest.restore_agent_elf`), so each restored
+guest wakes up with it waiting on a virtio-serial port; `freshen_guest` sends it 64
+bytes of host entropy, the host's time and the machine's name through the port's host
+end (a unix socket of the machine's QEMU), and it forces an immediate CRNG reseed, sets
+the clock and the hostname, and answers. It needs root in the guest, which boxui's
+guest gives; a guest that refuses keeps working but is reported as not re-seeded, or
+its clock or name as not set. What this cannot change: the guest's SSH host key and
+any randomness user space drew before the snapshot (dropbear's own pool included) stay
+shared.
 """
 
 from __future__ import annotations
