@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ def test_daemon_killed_mid_scale_recovers_to_the_desired_count(
         booting = lambda seen: any(e["data"].get("to") == "booting" for e in seen)  # noqa: E731
         _events_until(home, booting, before=lambda: boxui(
             home, "service", "scale", "web", "3", "--no-wait").returncode != 0)
+        # "booting" is logged just before the stand-in is spawned: kill after the spawn
+        deadline = time.monotonic() + 10
+        while not stand_in_pids(home) and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         daemon.kill()
     before = stand_in_pids(home)
