@@ -86,6 +86,12 @@ class _Asm:
         self.emit(b"\xbf\x02\x00\x00\x00\x48\x85\xc0")  # mov edi, 2; test rax, rax
         self.jump(0x78, "exit")  # js exit
 
+    def syscall_or_report(self, status: int) -> None:
+        """syscall; if it returned nonzero, report `status` (the steps after it are skipped)."""
+        self.emit(b"\x0f\x05\x41\xbf" + struct.pack("<I", status))  # syscall; mov r15d, status
+        self.emit(b"\x48\x85\xc0")  # test rax, rax
+        self.jump(0x75, "report")  # jnz report
+
     def link(self) -> bytes:
         for at, target in self.fixups:  # relative to the end of the instruction
             self.out[at:at + 4] = struct.pack("<i", self.labels[target] - (at + 4))
@@ -125,22 +131,18 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
     a.emit(b"\xbe" + struct.pack("<I", RNDADDENTROPY))  # mov esi, RNDADDENTROPY
     a.rip(b"\x48\x8d\x15", "info")  # lea rdx, [rip+info]
-    a.emit(b"\x0f\x05\x41\xbf\x03\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 3; test
-    a.jump(0x75, "report")  # jnz report
+    a.syscall_or_report(3)
     a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
     a.emit(b"\xbe" + struct.pack("<I", RNDRESEEDCRNG) + b"\x31\xd2")  # mov esi, ..; xor edx
-    a.emit(b"\x0f\x05\x41\xbf\x04\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 4; test
-    a.jump(0x75, "report")  # jnz report
+    a.syscall_or_report(4)
     a.emit(b"\xb8\xe3\x00\x00\x00")  # mov eax, 227 (clock_settime)
     a.emit(b"\xbf" + struct.pack("<I", clock))  # mov edi, clock
     a.rip(b"\x48\x8d\x35", "when")  # lea rsi, [rip+when]
-    a.emit(b"\x0f\x05\x41\xbf\x05\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 5; test
-    a.jump(0x75, "report")  # jnz report
+    a.syscall_or_report(5)
     a.emit(b"\xb8\xaa\x00\x00\x00")  # mov eax, 170 (sethostname)
     a.rip(b"\x48\x8d\x3d", "name")  # lea rdi, [rip+name]
     a.rip(b"\x48\x8b\x35", "name_len")  # mov rsi, [rip+name_len]
-    a.emit(b"\x0f\x05\x41\xbf\x06\x00\x00\x00\x48\x85\xc0")  # syscall; mov r15d, 6; test
-    a.jump(0x75, "report")  # jnz report
+    a.syscall_or_report(6)
     a.emit(b"\x45\x31\xff")  # xor r15d, r15d
     a.label("report")
     a.rip(b"\x48\x8d\x35", "ack")  # lea rsi, [rip+ack]
