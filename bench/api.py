@@ -29,9 +29,9 @@ from pathlib import Path
 
 import httpx
 
-from backend.machine_spec import MachineSpec
-from backend.machine_store import MachineStore
-from backend.state_dir import open_state_dir
+from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import open_state_dir
 
 
 def start_daemon(home: Path) -> subprocess.Popen[str]:

@@ -30,16 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.boot_files import DefaultBootFiles
-from backend.drivers.qemu import QemuDriver
-from backend.engine import Engine
-from backend.guest.accel import resolve_accel
+from backend.drivers.qemu.accel import resolve_accel
+from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
+from backend.drivers.qemu.driver import QemuDriver
+from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import build_default_image
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
-from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu
-from backend.guest.readiness import wait_for_ready
-from backend.machine_spec import MachineSpec
-from backend.supervisor import Supervisor, pick_free_port
+from backend.state.engine import Engine
+from backend.state.machine_spec import MachineSpec
+from backend.supervision.boot_files import DefaultBootFiles
+from backend.supervision.supervisor import Supervisor, pick_free_port
 
 MEMORY_MIB = 256
 

@@ -27,7 +27,14 @@ from qemu.qmp import QMPClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.guest.accel import AccelRequest, resolve_accel
+from backend.drivers.qemu.accel import AccelRequest, resolve_accel
+from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
+from backend.drivers.qemu.qmp_ops import (
+    enable_balloon_stats,
+    read_balloon_stats,
+    request_powerdown,
+)
+from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import build_default_image
 from backend.guest.machine_seed import (
     client_private_key,
@@ -36,13 +43,6 @@ from backend.guest.machine_seed import (
     load_machine_keys,
     write_machine_initrd,
 )
-from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu
-from backend.guest.qmp_ops import (
-    enable_balloon_stats,
-    read_balloon_stats,
-    request_powerdown,
-)
-from backend.guest.readiness import wait_for_ready
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ from backend.drivers.base import (
     ProbeResult,
     VmHandle,
 )
-from backend.health import HealthSample, HealthSampler
+from backend.supervision.health import HealthSample, HealthSampler
 
 TARGET_PERCENT = 5.0
 REPLY = {"return": {"last-update": 1, "stats": {"stat-total-memory": 512 << 20,

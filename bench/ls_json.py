@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend.machine_spec import MachineSpec
-from backend.machine_store import MachineStore
-from backend.state_dir import open_state_dir
+from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import open_state_dir
 
 TARGET_MS = 300.0
 

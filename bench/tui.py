@@ -57,8 +57,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import boxui.app
-from backend import listing_cache
+import boxui.tui.app
 from backend.drivers.base import (
     AdoptRefusal,
     DriverCapabilities,
@@ -69,15 +68,16 @@ from backend.drivers.base import (
     ProbeResult,
     VmHandle,
 )
-from backend.engine import Engine
-from backend.health import HealthSample
-from backend.lifecycle import Verb
-from backend.machine_spec import MachineSpec
-from backend.runtime_record import RuntimeRecord
-from boxui.app import BoxuiApp
-from boxui.app_backend import EmbeddedBackend, LinkOptions
-from boxui.messages import BackendStarted
-from boxui.widgets.machine_table import MachineTable
+from backend.state import listing_cache
+from backend.state.engine import Engine
+from backend.state.lifecycle import Verb
+from backend.state.machine_spec import MachineSpec
+from backend.state.runtime_record import RuntimeRecord
+from backend.supervision.health import HealthSample
+from boxui.tui.app import BoxuiApp
+from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.messages import BackendStarted
+from boxui.tui.widgets.machine_table import MachineTable
 
 TARGET_CPU_PERCENT = 15.0
 TARGET_P95_MS = 100.0
@@ -145,7 +145,7 @@ class BenchApp(BoxuiApp):
     BoxuiApp.on_backend_started right after this handler: no super() call)."""
 
     # Textual resolves a relative CSS_PATH against the subclass's module: point at boxui's
-    CSS_PATH = str(Path(boxui.app.__file__).with_name(BoxuiApp.CSS_PATH))
+    CSS_PATH = str(Path(boxui.tui.app.__file__).with_name(BoxuiApp.CSS_PATH))
 
     def __init__(self, backend: EmbeddedBackend, rounds: int, restore: Any,
                  profile: cProfile.Profile | None = None) -> None:

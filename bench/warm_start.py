@@ -32,17 +32,17 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import backend.supervisor as supervisor_module
-from backend.boot_files import DefaultBootFiles
-from backend.drivers.qemu import QemuDriver
-from backend.engine import Engine
-from backend.guest.accel import resolve_accel
+import backend.supervision.supervisor as supervisor_module
+from backend.drivers.qemu.accel import resolve_accel
+from backend.drivers.qemu.driver import QemuDriver
 from backend.guest.image_builder import build_default_image
-from backend.machine_spec import MachineSpec
-from backend.supervisor import Supervisor
-from backend.templates.build_from_source import build_from_source
+from backend.state.engine import Engine
+from backend.state.machine_spec import MachineSpec
+from backend.supervision.boot_files import DefaultBootFiles
+from backend.supervision.restore_agent import Freshened
+from backend.supervision.supervisor import Supervisor
+from backend.template_builds.from_source import build_from_source
 from backend.templates.machine_from_template import spec_from_template
-from backend.templates.restore_agent import Freshened
 
 RESEED_SECONDS: list[float] = []
 

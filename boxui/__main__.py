@@ -1,3 +1,3 @@
-from boxui.cli import main
+from boxui.cli.main import main
 
 main()

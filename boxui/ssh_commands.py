@@ -13,16 +13,16 @@ from pathlib import Path
 from backend.errors import BoxuiError
 from backend.guest.errors import GuestImageError
 from backend.guest.machine_seed import MachineKeys, load_machine_keys
-from backend.machine_store import MachineStore
-from backend.ssh_access import (
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import open_state_dir
+from backend.state.supervisor_lock import lock_holder
+from backend.supervision.ssh_access import (
     exec_command,
     find_ssh,
     ssh_argv,
     ssh_config_block,
     write_known_hosts,
 )
-from backend.state_dir import open_state_dir
-from backend.supervisor_lock import lock_holder
 
 REACHABLE = ("ready", "busy", "draining")
 
@@ -66,7 +66,7 @@ def ssh_config_text(name: str) -> str:
 
 
 async def run_exec(name: str, command: list[str]) -> int:
-    from backend.machine_exec import argv_with_env
+    from backend.supervision.machine_exec import argv_with_env
 
     target = _target(name)
     env = MachineStore(open_state_dir()).load_spec(name).env

@@ -13,11 +13,11 @@ import httpx
 
 from backend.api.context import ApiContext
 from backend.api.server import serve_api
-from backend.engine import Engine
-from backend.guest.accel import AccelChoice
-from backend.machine_exec import ExecRunner, MachineExec
+from backend.drivers.qemu.accel import AccelChoice
 from backend.services.manager import ServiceManager
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.supervision.machine_exec import ExecRunner, MachineExec
+from backend.supervision.supervisor import Supervisor
 from tests.fake_driver import FakeBootFiles, FakeDriver
 
 

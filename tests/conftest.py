@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine
-from backend.machine_spec import MachineSpec
-from backend.state_dir import StateDir, open_state_dir
+from backend.state.engine import Engine
+from backend.state.machine_spec import MachineSpec
+from backend.state.state_dir import StateDir, open_state_dir
 
 REPO = Path(__file__).resolve().parent.parent
 BOXUI = [sys.executable, "-m", "boxui"]

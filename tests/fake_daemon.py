@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import os
 
-from backend.engine import Engine
-from backend.supervisor import Supervisor
-from boxui.daemon import run_daemon
+from backend.state.engine import Engine
+from backend.supervision.supervisor import Supervisor
+from boxui.daemon.serve import run_daemon
 from tests.fake_driver import FakeBootFiles, FakeDriver, Script, fixed_accel
 from tests.fake_exec import host_exec_runner
 

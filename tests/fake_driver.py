@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.drivers.base import (
     AdoptRefusal,
     DriverCapabilities,
@@ -34,9 +33,10 @@ from backend.drivers.process_identity import (
     start_time_of,
     verify_identity,
 )
-from backend.drivers.qemu import identity_args
-from backend.guest.accel import AccelChoice
-from backend.machine_spec import MachineSpec
+from backend.drivers.qemu.accel import AccelChoice
+from backend.drivers.qemu.driver import identity_args
+from backend.state.machine_spec import MachineSpec
+from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
 
 STAND_IN = "import time, sys; sys.stdout.close(); time.sleep(10**6)"
 

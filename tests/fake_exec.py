@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from backend.engine import Engine
-from backend.machine_exec import ExecOutput
+from backend.state.engine import Engine
+from backend.supervision.machine_exec import ExecOutput
 
 
 async def host_exec_runner(engine: Engine, name: str, port: int, argv: list[str],

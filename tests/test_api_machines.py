@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from backend.api.app import openapi_document
-from backend.engine import Engine
-from backend.lifecycle import InstanceState
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState
 from tests.api_helpers import Api, EventStream, running_api
 from tests.fake_driver import FakeDriver
 from tests.fake_exec import GatedRunner

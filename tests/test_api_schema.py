@@ -23,8 +23,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from backend.api.app import create_app
-from backend.engine import Engine
-from backend.machine_exec import ExecOutput
+from backend.state.engine import Engine
+from backend.supervision.machine_exec import ExecOutput
 from tests.api_helpers import api_context, fake_supervisor
 from tests.fake_driver import FakeDriver
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.atomic_write import TEMP_MARKER, atomic_write_bytes, remove_leftover_temps
 from backend.errors import StorageError
+from backend.state.atomic_write import TEMP_MARKER, atomic_write_bytes, remove_leftover_temps
 
 OLD = b"old contents\n" * 100
 NEW = b"new contents!\n" * 300
@@ -76,7 +76,7 @@ CHILD = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from backend.atomic_write import atomic_write_bytes
+    from backend.state.atomic_write import atomic_write_bytes
     step, target = sys.argv[1], Path(sys.argv[2])
     real_write, real_fsync, real_replace = os.write, os.fsync, os.replace
     count = {"fsync": 0}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine
-from backend.lifecycle import InstanceState, PersistedState, Verb
-from backend.runtime_record import RuntimeRecord, write_record
-from backend.state_dir import open_state_dir
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState, PersistedState, Verb
+from backend.state.runtime_record import RuntimeRecord, write_record
+from backend.state.state_dir import open_state_dir
 from tests.conftest import BOXUI, cli_env, spec
 
 
@@ -120,7 +120,7 @@ def test_missing_machine_and_bad_state_dir(home: Path, tmp_path: Path) -> None:
 
 def test_broken_machine_is_listed(home: Path) -> None:
     dirs = open_state_dir(home)
-    from backend.machine_store import MachineStore
+    from backend.state.machine_store import MachineStore
 
     MachineStore(dirs).create(spec("ok"))
     MachineStore(dirs).create(spec("bad"))

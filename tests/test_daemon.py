@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.state_dir import open_state_dir
+from backend.state.state_dir import open_state_dir
 from tests.daemon_helpers import boxui, daemon_running, kill_stand_ins, machines
 
 

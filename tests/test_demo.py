@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 from backend.errors import BoxuiError, StateDirError
-from backend.event_log import read_log
-from backend.state_dir import StateDir
-from boxui.demo import CAST, MARKER, build_demo_app, prepare_demo_home
+from backend.state.event_log import read_log
+from backend.state.state_dir import StateDir
+from boxui.tui.demo import CAST, MARKER, build_demo_app, prepare_demo_home
 
 EVERY_STATE = {"creating", "booting", "ready", "busy", "draining", "stopping", "stopped",
                "failed"}

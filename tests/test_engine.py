@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine
 from backend.errors import IllegalTransitionError, MachineExistsError
-from backend.event_log import EventLog, read_log
-from backend.events import new_instance_event
-from backend.lifecycle import InstanceState, PersistedState, Verb
-from backend.machine_store import MachineStore
-from backend.state_dir import open_state_dir
+from backend.state.engine import Engine
+from backend.state.event_log import EventLog, read_log
+from backend.state.events import new_instance_event
+from backend.state.lifecycle import InstanceState, PersistedState, Verb
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import open_state_dir
 from tests.conftest import spec
 
 

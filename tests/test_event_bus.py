@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from backend.event_bus import EventBus, Missed
-from backend.events import CloudEvent, new_instance_event
-from backend.lifecycle import Verb
+from backend.state.event_bus import EventBus, Missed
+from backend.state.events import CloudEvent, new_instance_event
+from backend.state.lifecycle import Verb
 
 
 def events(n: int, name: str = "vm") -> list[CloudEvent]:

@@ -10,9 +10,9 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 
 from backend.errors import StorageError
-from backend.event_log import EventLog, read_log
-from backend.events import new_instance_event
-from backend.lifecycle import InstanceState, Verb
+from backend.state.event_log import EventLog, read_log
+from backend.state.events import new_instance_event
+from backend.state.lifecycle import InstanceState, Verb
 
 
 def write_events(path: Path, n: int) -> list[str]:

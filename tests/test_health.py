@@ -22,7 +22,7 @@ from backend.drivers.base import (
     ProbeResult,
     VmHandle,
 )
-from backend.health import HealthHistory, HealthSample, HealthSampler
+from backend.supervision.health import HealthHistory, HealthSample, HealthSampler
 
 MIB = 1 << 20
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from backend.lifecycle import InstanceState, PersistedState
-from backend.listing_cache import CACHE_NAME, list_views
-from backend.machine_store import MachineStore, machine_view
-from backend.runtime_record import RuntimeRecord, write_record
-from backend.state_dir import StateDir
+from backend.state.lifecycle import InstanceState, PersistedState
+from backend.state.listing_cache import CACHE_NAME, list_views
+from backend.state.machine_store import MachineStore, machine_view
+from backend.state.runtime_record import RuntimeRecord, write_record
+from backend.state.state_dir import StateDir
 from tests.conftest import spec
 
 
@@ -58,9 +58,9 @@ def test_corrupt_or_unwritable_cache_only_costs_time(dirs: StateDir) -> None:
 async def test_supervisor_keeps_the_cache_warm(home: object) -> None:
     import orjson
 
-    from backend.engine import Engine
-    from backend.lifecycle import Verb
-    from backend.listing_cache import _sigs
+    from backend.state.engine import Engine
+    from backend.state.lifecycle import Verb
+    from backend.state.listing_cache import _sigs
 
     engine = await Engine.open(home)  # type: ignore[arg-type]
     try:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.errors import SpecError
-from backend.machine_spec import MachineSpec, parse_spec, read_spec, render_spec, write_spec
+from backend.state.machine_spec import MachineSpec, parse_spec, read_spec, render_spec, write_spec
 
 P = Path("/state/machines/web/machine.toml")
 

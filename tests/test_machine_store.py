@@ -9,10 +9,10 @@ import psutil
 import pytest
 
 from backend.errors import InvalidNameError, MachineExistsError
-from backend.lifecycle import InstanceState, PersistedState
-from backend.machine_store import MachineStore
-from backend.runtime_record import RuntimeRecord, write_record
-from backend.state_dir import StateDir, open_state_dir
+from backend.state.lifecycle import InstanceState, PersistedState
+from backend.state.machine_store import MachineStore
+from backend.state.runtime_record import RuntimeRecord, write_record
+from backend.state.state_dir import StateDir, open_state_dir
 from tests.conftest import spec
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from backend.errors import InvalidNameError
-from backend.names import validate_name
+from backend.state.names import validate_name
 
 BAD_NAMES = ["../x", "a/b", "-rf", "", "x" * 300, "a\0b", "héllo", "..", ".", "A", "a_b",
              "a b", "x" * 64, "name\n"]

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.errors import IllegalTransitionError
-from backend.events import CloudEvent, new_instance_event
-from backend.lifecycle import ALLOWED_FROM, TARGET, InstanceState, Verb
-from backend.projection import Projection
+from backend.state.events import CloudEvent, new_instance_event
+from backend.state.lifecycle import ALLOWED_FROM, TARGET, InstanceState, Verb
+from backend.state.projection import Projection
 
 
 def ev(name: str, verb: Verb, **kw: object) -> CloudEvent:

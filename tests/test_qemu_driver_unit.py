@@ -12,13 +12,13 @@ import pytest
 
 from backend.drivers.errors import DriverError
 from backend.drivers.process_identity import cmdline_of, verify_identity
-from backend.drivers.qemu import (
+from backend.drivers.qemu.driver import (
     QemuDriver,
     _prepare_ram_file,
     _remove_stale_socket,
     identity_args,
 )
-from backend.process_liveness import start_time_of
+from backend.state.process_liveness import start_time_of
 
 
 def test_stale_socket_removed_live_one_refused(tmp_path: Path) -> None:

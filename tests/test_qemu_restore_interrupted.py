@@ -18,9 +18,9 @@ import pytest
 
 from backend.drivers.base import LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError
-from backend.drivers.qemu import QemuDriver
+from backend.drivers.qemu.driver import QemuDriver
 from backend.guest.image_builder import build_default_image
-from backend.supervisor import pick_free_port
+from backend.supervision.supervisor import pick_free_port
 
 pytestmark = [
     pytest.mark.vm,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from backend.restart_policy import RestartTracker, should_restart
+from backend.supervision.restart_policy import RestartTracker, should_restart
 
 
 class Clock:
@@ -53,7 +53,7 @@ def test_stable_run_resets_and_short_run_does_not() -> None:
 def test_delay_is_capped() -> None:
     clock = Clock()
     tracker = RestartTracker(clock)
-    import backend.restart_policy as rp
+    import backend.supervision.restart_policy as rp
 
     old = rp.BURST_LIMIT
     rp.BURST_LIMIT = 100

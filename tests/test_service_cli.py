@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from backend.state_dir import open_state_dir
+from backend.state.state_dir import open_state_dir
 from tests.daemon_helpers import Daemon, boxui, daemon_running, kill_stand_ins, machines
 from tests.fake_daemon import BOOT_DELAY_ENV
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from backend.engine import Engine
-from backend.machine_exec import argv_with_env
+from backend.state.engine import Engine
+from backend.supervision.machine_exec import argv_with_env
 from tests.api_helpers import Api, running_api
 from tests.fake_driver import FakeDriver
 from tests.fake_exec import host_exec_runner

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 
 from backend.guest.machine_seed import load_machine_keys
-from backend.ssh_access import exec_command
-from backend.state_dir import open_state_dir
+from backend.state.state_dir import open_state_dir
+from backend.supervision.ssh_access import exec_command
 from tests.test_vm_lifecycle import boxui, pytestmark, qemu_pids, start_daemon, vm_home
 
 __all__ = ["pytestmark", "vm_home"]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from backend.engine import Engine
-from backend.event_log import read_log
-from backend.lifecycle import InstanceState
+from backend.state.engine import Engine
+from backend.state.event_log import read_log
+from backend.state.lifecycle import InstanceState
 from tests.api_helpers import Api, EventStream, running_api
 from tests.fake_driver import FakeDriver
 from tests.fake_exec import GatedRunner

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backend.errors import InvalidNameError
 from backend.guest.machine_seed import MachineKeys, create_machine_keys, host_public_key
-from backend.ssh_access import (
+from backend.supervision.ssh_access import (
     SshError,
     SshTimeoutError,
     exec_command,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from backend.errors import StateDirError
-from backend.state_dir import default_home, open_state_dir
+from backend.state.state_dir import default_home, open_state_dir
 
 
 def mode(path: Path) -> int:

@@ -9,12 +9,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.engine import Engine
+from backend.drivers.qemu.accel import AccelChoice
 from backend.errors import BoxuiError
-from backend.event_log import read_log
-from backend.guest.accel import AccelChoice
-from backend.lifecycle import InstanceState, PersistedState
-from backend.supervisor import MachineBusyError, Supervisor
+from backend.state.engine import Engine
+from backend.state.event_log import read_log
+from backend.state.lifecycle import InstanceState, PersistedState
+from backend.supervision.supervisor import MachineBusyError, Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from backend.errors import StateDirInUseError
-from backend.state_dir import open_state_dir
-from backend.supervisor_lock import SupervisorLock, lock_holder
+from backend.state.state_dir import open_state_dir
+from backend.state.supervisor_lock import SupervisorLock, lock_holder
 
 HOLDER = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from backend.engine import Engine
+    from backend.state.engine import Engine
     async def main():
         engine = await Engine.open(Path(sys.argv[1]))
         print("held", flush=True)
@@ -31,7 +31,7 @@ SECOND = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from backend.engine import Engine
+    from backend.state.engine import Engine
     from backend.errors import BoxuiError
     try:
         asyncio.run(Engine.open(Path(sys.argv[1])))
@@ -98,7 +98,7 @@ FORKING_OWNER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from backend.supervisor_lock import SupervisorLock
+    from backend.state.supervisor_lock import SupervisorLock
     lock = SupervisorLock(Path(sys.argv[1]))
     lock.acquire()
     if os.fork() == 0:  # a child caught between fork and exec still holds the lock

@@ -11,9 +11,9 @@ from textual.theme import Theme
 from textual.widgets import Static
 
 from backend.errors import BoxuiError
-from backend.lifecycle import InstanceState
-from boxui import themes as th
-from boxui.themes import (
+from backend.state.lifecycle import InstanceState
+from boxui.tui import themes as th
+from boxui.tui.themes import (
     BUILTIN_THEMES_DIR,
     DEFAULT_THEME,
     STATES,

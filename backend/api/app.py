@@ -21,9 +21,9 @@ from backend.api import event_routes, machine_routes, service_routes
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES, install_error_handlers
 from backend.api.models import HealthReport
-from backend.event_log import read_log
-from backend.events import CloudEvent
-from backend.names import validate_name
+from backend.state.event_log import read_log
+from backend.state.events import CloudEvent
+from backend.state.names import validate_name
 
 API_TITLE = "boxui control API"
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from backend.engine import Engine
-from backend.machine_exec import MachineExec
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.supervision.machine_exec import MachineExec
+from backend.supervision.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from backend.services.manager import ServiceManager

@@ -21,9 +21,9 @@ from pydantic import BaseModel
 
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES
-from backend.event_bus import Missed
-from backend.events import CloudEvent, now_utc
-from backend.names import validate_name
+from backend.state.event_bus import Missed
+from backend.state.events import CloudEvent, now_utc
+from backend.state.names import validate_name
 
 T = TypeVar("T")
 

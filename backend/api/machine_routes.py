@@ -10,15 +10,15 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, Query, Response
 
-from backend import listing_cache
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES
 from backend.api.models import ExecRequest, ExecResponse
 from backend.errors import BoxuiError, MachineNotFoundError
-from backend.inflight_commands import CommandRecord
-from backend.machine_spec import MachineSpec
-from backend.machine_store import LoadedMachine
-from backend.names import validate_name
+from backend.state import listing_cache
+from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import LoadedMachine
+from backend.state.names import validate_name
+from backend.supervision.inflight_commands import CommandRecord
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"], responses=ERROR_RESPONSES)
 Ctx = Annotated[ApiContext, Depends(context)]

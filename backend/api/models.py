@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from backend.inflight_commands import CommandRecord
+from backend.supervision.inflight_commands import CommandRecord
 
 MAX_EXEC_TIMEOUT = 24 * 3600.0
 

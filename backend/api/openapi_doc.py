@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from backend.api.app import openapi_document
-from backend.atomic_write import atomic_write_text
+from backend.state.atomic_write import atomic_write_text
 
 
 def render() -> str:

@@ -65,7 +65,7 @@ class LaunchSpec:
     #: the whole kernel command line, verbatim: a restore must repeat the snapshot's
     kernel_cmdline: str | None = None
     #: host end of a virtio-serial port for the guest's restore agent (snapshot builds
-    #: and restores; see `backend.templates.restore_agent`)
+    #: and restores; see `backend.supervision.restore_agent`)
     agent_socket: Path | None = None
     #: guest RAM in a file (see `GuestRamFile`); None: anonymous memory
     ram_file: GuestRamFile | None = None

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import psutil
 
-from backend.process_liveness import START_TIME_TOLERANCE, same_process, start_time_of
+from backend.state.process_liveness import START_TIME_TOLERANCE, same_process, start_time_of
 
 
 def cmdline_of(pid: int) -> list[str] | None:

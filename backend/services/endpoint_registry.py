@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from backend.engine import Engine
 from backend.errors import BoxuiError
-from backend.events import now_utc
 from backend.services.service_events import endpoint_event
+from backend.state.engine import Engine
+from backend.state.events import now_utc
 
 
 class EndpointRegistry:

@@ -22,12 +22,6 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from backend.errors import BoxuiError, MachineExistsError
-from backend.event_bus import Missed
-from backend.events import verb_of
-from backend.lifecycle import InstanceState, Verb
-from backend.machine_exec import MachineExec
-from backend.machine_spec import MachineSpec
-from backend.restart_policy import RestartTracker
 from backend.services.endpoint_registry import EndpointRegistry
 from backend.services.scale_models import (
     AT_CAPACITY,
@@ -40,7 +34,13 @@ from backend.services.scale_models import (
 from backend.services.service_events import service_event
 from backend.services.service_spec import ServiceExistsError, ServiceNotFoundError, ServiceSpec
 from backend.services.service_store import ServiceStore
-from backend.supervisor import Supervisor
+from backend.state.event_bus import Missed
+from backend.state.events import verb_of
+from backend.state.lifecycle import InstanceState, Verb
+from backend.state.machine_spec import MachineSpec
+from backend.supervision.machine_exec import MachineExec
+from backend.supervision.restart_policy import RestartTracker
+from backend.supervision.supervisor import Supervisor
 
 log = logging.getLogger("boxui.services")
 
@@ -380,7 +380,7 @@ class ServiceManager:
         return self._trackers[service]
 
     async def _watch(self, subscription: object) -> None:
-        from backend.event_bus import Subscription
+        from backend.state.event_bus import Subscription
 
         assert isinstance(subscription, Subscription)
         async for item in subscription:

@@ -7,9 +7,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from backend.lifecycle import InstanceState
-from backend.machine_limits import MAX_SCALE_REQUEST
 from backend.services.service_spec import MAX_REPLICAS, ServiceSpec
+from backend.state.lifecycle import InstanceState
+from backend.state.machine_limits import MAX_SCALE_REQUEST
 
 AT_CAPACITY = "at maximum capacity"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from backend.events import SOURCE, CloudEvent, now_utc
+from backend.state.events import SOURCE, CloudEvent, now_utc
 
 SERVICE_TYPE_PREFIX = "dev.boxui.service.v1."
 ENDPOINT_TYPE_PREFIX = "dev.boxui.endpoint.v1."

@@ -12,10 +12,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.errors import BoxuiError, InvalidNameError
-from backend.events import now_utc
-from backend.machine_spec import MAX_ENV, MAX_MEMORY_MIB, MAX_PORTS, MAX_VCPUS, check_env
-from backend.names import validate_name
-from backend.port_mapping import PortMapping
+from backend.state.events import now_utc
+from backend.state.machine_spec import MAX_ENV, MAX_MEMORY_MIB, MAX_PORTS, MAX_VCPUS, check_env
+from backend.state.names import validate_name
+from backend.state.port_mapping import PortMapping
 
 SERVICE_SCHEMA_VERSION = 1
 MAX_REPLICAS = 64

@@ -11,15 +11,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend.atomic_write import atomic_write_text, fsync_dir
 from backend.errors import SpecError
 from backend.services.service_spec import (
     ServiceNotFoundError,
     ServiceSpec,
     validate_service_name,
 )
-from backend.state_dir import StateDir
-from backend.validation_text import describe_validation_error
+from backend.state.atomic_write import atomic_write_text, fsync_dir
+from backend.state.state_dir import StateDir
+from backend.state.validation_text import describe_validation_error
 
 SUFFIX = ".json"
 

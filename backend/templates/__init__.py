@@ -5,11 +5,12 @@
 - `revision`: what one build produced (`revision.json`), with SnapshotInfo per variant.
 - `layout`: where a template's files live under the state dir.
 - `revision_store`: listing, the atomically switched `current` link, removal.
-- `build`: one build, all-or-nothing; `snapshot_build`: boot a variant and save it;
-  `build_from_source`: what `boxui template build` runs.
+- `publish`: one build's revision, written all-or-nothing.
 - `restore_plan`: turning a template machine's start into a snapshot restore, and the
   refusal when the snapshot does not match what the machine asks for.
 - `machine_from_template`, `choices`: resolving `ID[:ROLE]` for the CLI and the app.
-- `restore_agent`: fresh kernel RNG state and the host's time for a guest restored
-  from a shared snapshot (through the agent in `backend.guest.restore_agent_elf`).
+
+Building a template boots machines, so it sits above supervision, in
+`backend.template_builds`; the host end of the restore agent is
+`backend.supervision.restore_agent`.
 """

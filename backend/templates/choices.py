@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import BoxuiError
-from backend.state_dir import StateDir, open_state_dir
+from backend.state.state_dir import StateDir, open_state_dir
 from backend.templates.revision_store import load_revision, template_ids
 
 TEMPLATE_PREFIX = "template:"

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.names import validate_name
-from backend.state_dir import StateDir
+from backend.state.names import validate_name
+from backend.state.state_dir import StateDir
 
 BUILD_PREFIX = ".build-"
 

@@ -5,9 +5,9 @@ cannot change what an existing machine wakes up as)."""
 from __future__ import annotations
 
 from backend.errors import BoxuiError
-from backend.machine_spec import Accel, MachineSpec, RestartPolicy
-from backend.machine_store import MachineStore
-from backend.state_dir import StateDir
+from backend.state.machine_spec import Accel, MachineSpec, RestartPolicy
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import StateDir
 from backend.templates.restore_plan import parse_ref, pick_variant
 from backend.templates.revision_store import load_revision
 

@@ -15,18 +15,18 @@ import filecmp
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.atomic_write import atomic_write_bytes
 from backend.drivers.base import DriverCapabilities
-from backend.guest.accel import AccelChoice
+from backend.drivers.qemu.accel import AccelChoice
+from backend.drivers.qemu.cmdline import kernel_cmdline_for
 from backend.guest.machine_seed import (
     CLIENT_KEY_FILE,
     CLIENT_PUB_FILE,
     HOST_KEY_FILE,
     HOST_PUB_FILE,
 )
-from backend.guest.qemu_cmdline import kernel_cmdline_for
-from backend.machine_spec import MachineSpec
-from backend.state_dir import StateDir
+from backend.state.atomic_write import atomic_write_bytes
+from backend.state.machine_spec import MachineSpec
+from backend.state.state_dir import StateDir
 from backend.templates.errors import SnapshotMismatchError, TemplateError
 from backend.templates.layout import TemplateDir
 from backend.templates.revision import SnapshotInfo, TemplateRevision, VariantArtifacts

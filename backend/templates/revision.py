@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backend.atomic_write import atomic_write_text
 from backend.errors import SpecError
-from backend.events import now_utc
-from backend.validation_text import describe_validation_error
+from backend.state.atomic_write import atomic_write_text
+from backend.state.events import now_utc
+from backend.state.validation_text import describe_validation_error
 
 REVISION_SCHEMA_VERSION = 1
 REVISION_FILE = "revision.json"

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.atomic_write import fsync_dir
 from backend.errors import SpecError
-from backend.names import is_valid_name
-from backend.state_dir import StateDir
+from backend.state.atomic_write import fsync_dir
+from backend.state.names import is_valid_name
+from backend.state.state_dir import StateDir
 from backend.templates.errors import TemplateError, TemplateNotFoundError
 from backend.templates.layout import BUILD_PREFIX, TemplateDir, templates_root
 from backend.templates.revision import TemplateRevision, read_revision

@@ -14,9 +14,9 @@ import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backend.errors import InvalidNameError, SpecError
-from backend.machine_spec import MAX_MEMORY_MIB, MAX_VCPUS
-from backend.names import validate_name
-from backend.validation_text import describe_validation_error
+from backend.state.machine_spec import MAX_MEMORY_MIB, MAX_VCPUS
+from backend.state.names import validate_name
+from backend.state.validation_text import describe_validation_error
 
 TEMPLATE_SCHEMA_VERSION = 1
 

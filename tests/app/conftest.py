@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from backend.engine import Engine
-from backend.machine_spec import MachineSpec
-from boxui.app import BoxuiApp
-from boxui.app_backend import EmbeddedBackend, LinkOptions
+from backend.state.engine import Engine
+from backend.state.machine_spec import MachineSpec
+from boxui.tui.app import BoxuiApp
+from boxui.tui.embedded import EmbeddedBackend, LinkOptions
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 
 FIXED_TIME = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()

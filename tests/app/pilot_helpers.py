@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from textual.pilot import Pilot
 
-from boxui.app import BoxuiApp
-from boxui.widgets.machine_table import MachineTable
+from boxui.tui.app import BoxuiApp
+from boxui.tui.widgets.machine_table import MachineTable
 
 SIZE = (150, 45)
 

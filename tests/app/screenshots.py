@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from boxui.demo import build_demo_app, prepare_demo_home
+from boxui.tui.demo import build_demo_app, prepare_demo_home
 from tests.app.test_snapshots import THEMES
 
 ROOT = Path(__file__).resolve().parents[2]

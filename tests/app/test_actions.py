@@ -8,17 +8,17 @@ from pathlib import Path
 
 from textual.widgets import Input, Select, Static
 
-from backend.event_log import read_log
-from backend.state_dir import open_state_dir
-from boxui.screens.confirm_delete import ConfirmDeleteScreen
-from boxui.screens.help import HelpScreen
-from boxui.screens.logs import LogsScreen
-from boxui.screens.new_machine import NewMachineScreen
-from boxui.widgets.console_pane import ConsolePane
-from boxui.widgets.detail_pane import DetailPane
-from boxui.widgets.event_stream import EventStream
-from boxui.widgets.machine_table import SPINNER, MachineTable
-from boxui.widgets.status_header import StatusHeader
+from backend.state.event_log import read_log
+from backend.state.state_dir import open_state_dir
+from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
+from boxui.tui.screens.help import HelpScreen
+from boxui.tui.screens.logs import LogsScreen
+from boxui.tui.screens.new_machine import NewMachineScreen
+from boxui.tui.widgets.console_pane import ConsolePane
+from boxui.tui.widgets.detail_pane import DetailPane
+from boxui.tui.widgets.event_stream import EventStream
+from boxui.tui.widgets.machine_table import SPINNER, MachineTable
+from boxui.tui.widgets.status_header import StatusHeader
 from tests.app.conftest import seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.fake_driver import FakeBootFiles, FakeDriver
@@ -227,7 +227,7 @@ async def test_long_work_shows_its_phase_in_the_row_and_details(  # type: ignore
 
 async def test_new_machine_form_offers_templates(home: Path, make_app,  # type: ignore[no-untyped-def]
                                                  fake_driver: FakeDriver) -> None:
-    from backend.state_dir import open_state_dir
+    from backend.state.state_dir import open_state_dir
     from tests.templates.helpers import REVISION, fabricate
 
     fabricate(open_state_dir(home), "web", vcpus=2, memory_mib=384)

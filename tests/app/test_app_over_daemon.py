@@ -8,9 +8,9 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from boxui.app import BoxuiApp
-from boxui.app_backend import EmbeddedBackend, LinkOptions
-from boxui.app_remote import RemoteBackend, find_daemon_link
+from boxui.tui.app import BoxuiApp
+from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.remote import RemoteBackend, find_daemon_link
 from tests.app.conftest import FIXED_TIME, seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel

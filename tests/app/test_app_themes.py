@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.state_dir import open_state_dir
-from boxui.themes import BUILTIN_THEMES_DIR, DEFAULT_THEME, load_chosen_theme, state_style
-from boxui.widgets.machine_table import MachineTable
+from backend.state.state_dir import open_state_dir
+from boxui.tui.themes import BUILTIN_THEMES_DIR, DEFAULT_THEME, load_chosen_theme, state_style
+from boxui.tui.widgets.machine_table import MachineTable
 from tests.app.conftest import seed
 from tests.app.pilot_helpers import SIZE, cell, started, until
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from textual.widgets import Static
 
-from boxui.widgets.console_pane import ConsolePane
-from boxui.widgets.detail_pane import DetailPane
-from boxui.widgets.machine_table import COLUMNS, MachineTable
+from boxui.tui.widgets.console_pane import ConsolePane
+from boxui.tui.widgets.detail_pane import DetailPane
+from boxui.tui.widgets.machine_table import COLUMNS, MachineTable
 from tests.app.conftest import seed
 from tests.app.pilot_helpers import SIZE, rows, started, until
 

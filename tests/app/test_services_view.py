@@ -8,7 +8,7 @@ from textual.widgets import Tree
 
 from backend.services.scale_models import ScaleRequest
 from backend.services.service_spec import ServiceSpec
-from boxui.screens.services import ServicesScreen
+from boxui.tui.screens.services import ServicesScreen
 from tests.app.pilot_helpers import SIZE, started, until
 from tests.fake_driver import FakeDriver
 

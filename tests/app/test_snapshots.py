@@ -25,14 +25,14 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from backend import events as backend_events
-from backend import supervisor as backend_supervisor
-from backend.engine import Engine
-from backend.machine_spec import MachineSpec
-from boxui.app import BoxuiApp
-from boxui.app_backend import EmbeddedBackend, LinkOptions
-from boxui.themes import save_chosen_theme
-from boxui.widgets.machine_table import MachineTable
+from backend.state import events as backend_events
+from backend.state.engine import Engine
+from backend.state.machine_spec import MachineSpec
+from backend.supervision import supervisor as backend_supervisor
+from boxui.tui.app import BoxuiApp
+from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.themes import save_chosen_theme
+from boxui.tui.widgets.machine_table import MachineTable
 from tests.app.conftest import FIXED_TIME
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 

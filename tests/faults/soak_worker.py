@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.engine import Engine
 from backend.errors import BoxuiError
-from backend.machine_exec import MachineExec
 from backend.services.manager import ServiceManager
 from backend.services.scale_models import ScaleRequest
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.supervision.machine_exec import MachineExec
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 

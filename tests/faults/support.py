@@ -15,11 +15,11 @@ from typing import Any
 
 import psutil
 
-from backend.event_log import read_log
-from backend.lifecycle import InstanceState
-from backend.machine_store import MachineStore
-from backend.projection import Projection
-from backend.state_dir import StateDir, open_state_dir
+from backend.state.event_log import read_log
+from backend.state.lifecycle import InstanceState
+from backend.state.machine_store import MachineStore
+from backend.state.projection import Projection
+from backend.state.state_dir import StateDir, open_state_dir
 from tests.conftest import BOXUI, cli_env
 
 IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
@@ -95,8 +95,8 @@ def boxui(home: Path, *args: str, timeout: float = 120,
 
 def info(home: Path, name: str) -> dict[str, Any]:
     """What `boxui info --json` shows, read in this process (a CLI run costs 0.6 s)."""
-    from backend.machine_store import machine_view
-    from backend.supervisor_lock import lock_holder
+    from backend.state.machine_store import machine_view
+    from backend.state.supervisor_lock import lock_holder
 
     dirs = open_state_dir(home, create=False)
     holder = lock_holder(dirs.lock_file)
@@ -192,7 +192,7 @@ def wait_until(check: Any, timeout: float, interval: float = 0.05) -> bool:
 
 
 def active(state: InstanceState | None) -> bool:
-    from backend.lifecycle import ACTIVE_STATES
+    from backend.state.lifecycle import ACTIVE_STATES
 
     return state in ACTIVE_STATES
 

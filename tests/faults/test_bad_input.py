@@ -1,6 +1,6 @@
 """Item 10: every CLI command given bad names, bad numbers and missing files exits with
 one line (exit code 2 for a usage error), never a traceback, and creates nothing outside
-the state dir (nor any machine inside it). The real entry point (`boxui.cli.main`) runs
+the state dir (nor any machine inside it). The real entry point (`boxui.cli.main.main`) runs
 in this process, so that a NUL byte, which no exec can pass, is tested too; a few cases
 also run as real processes. API endpoints join this table when the API lands."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from boxui.cli import main
+from boxui.cli.main import main
 from tests.conftest import BOXUI, cli_env
 from tests.faults.conftest import FaultRecorder
 
@@ -114,7 +114,7 @@ def test_every_command_rejects_bad_input(sandbox: Path, monkeypatch: pytest.Monk
     assert not any(p.startswith("state/home/machines/") for p in created), created
     import click
 
-    from boxui.cli import cli
+    from boxui.cli.main import cli
 
     covered = set(NAMED) | UNNAMED
     commands = set()

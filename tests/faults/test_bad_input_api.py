@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from backend.api.app import openapi_document
-from backend.engine import Engine
+from backend.state.engine import Engine
 from tests.api_helpers import Api, running_api
 from tests.conftest import spec
 from tests.fake_driver import FakeDriver

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from backend.crash_recovery import recover_machines
-from backend.engine import Engine
-from backend.lifecycle import InstanceState
-from backend.runtime_record import RuntimeRecord
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState
+from backend.state.runtime_record import RuntimeRecord
+from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder

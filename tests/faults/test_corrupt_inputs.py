@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine
-from backend.event_log import read_log
-from backend.lifecycle import InstanceState, Verb
-from backend.listing_cache import list_views
-from backend.state_dir import StateDir, open_state_dir
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.state.event_log import read_log
+from backend.state.lifecycle import InstanceState, Verb
+from backend.state.listing_cache import list_views
+from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder
@@ -100,8 +100,8 @@ async def test_corrupt_machine_file(home: Path, kind: str, filename: str,
 
 
 def _valid(filename: str, dirs: StateDir) -> bytes:
-    from backend.machine_spec import render_spec
-    from backend.runtime_record import RuntimeRecord
+    from backend.state.machine_spec import render_spec
+    from backend.state.runtime_record import RuntimeRecord
 
     if filename == "machine.toml":
         return render_spec(spec("bad")).encode()

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-import backend.restart_policy as rp
-from backend.boot_files import DefaultBootFiles
-from backend.drivers.qemu import QemuDriver
-from backend.engine import Engine
+import backend.supervision.restart_policy as rp
+from backend.drivers.qemu.driver import QemuDriver
 from backend.errors import BoxuiError
-from backend.event_log import read_log
-from backend.lifecycle import InstanceState
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.state.event_log import read_log
+from backend.state.lifecycle import InstanceState
+from backend.supervision.boot_files import DefaultBootFiles
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder

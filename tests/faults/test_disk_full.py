@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine
 from backend.errors import StorageError
-from backend.lifecycle import InstanceState
-from backend.state_dir import StateDir, open_state_dir
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState
+from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import BOXUI, cli_env, spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder

@@ -20,10 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.engine import Engine
-from backend.event_bus import Missed, Subscription
-from backend.event_log import read_log
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.state.event_bus import Missed, Subscription
+from backend.state.event_log import read_log
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder

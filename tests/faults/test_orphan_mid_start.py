@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.crash_recovery import _find_orphan
-from backend.drivers.qemu import identity_args
+from backend.drivers.qemu.driver import identity_args
+from backend.supervision.crash_recovery import _find_orphan
 from tests.faults.conftest import FaultRecorder
 
 SLEEPER = "import time; time.sleep(60)"

@@ -172,8 +172,8 @@ def test_private_modes_under_a_permissive_umask(tmp_path: Path, fault: FaultReco
                     reason="no built guest image to make a machine's boot files from")
 async def test_keys_are_private_under_a_permissive_umask(tmp_path: Path,
                                                          fault: FaultRecorder) -> None:
-    from backend.boot_files import DefaultBootFiles
-    from backend.machine_spec import MachineSpec
+    from backend.state.machine_spec import MachineSpec
+    from backend.supervision.boot_files import DefaultBootFiles
 
     machine_dir = tmp_path / "vm"
     machine_dir.mkdir(mode=0o700)

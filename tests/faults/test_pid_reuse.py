@@ -15,11 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.drivers.qemu import PIDFILE, QemuDriver
-from backend.engine import Engine
-from backend.lifecycle import InstanceState, Verb
-from backend.runtime_record import RuntimeRecord
-from backend.supervisor import Supervisor
+from backend.drivers.qemu.driver import PIDFILE, QemuDriver
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState, Verb
+from backend.state.runtime_record import RuntimeRecord
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, fixed_accel
 from tests.faults.conftest import FaultRecorder

@@ -20,14 +20,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.boot_files import DefaultBootFiles
-from backend.crash_recovery import recover_machines
-from backend.drivers.qemu import QemuDriver
-from backend.engine import Engine
-from backend.lifecycle import InstanceState
-from backend.machine_spec import MachineSpec
-from backend.state_dir import StateDir, open_state_dir
-from backend.supervisor import Supervisor
+from backend.drivers.qemu.driver import QemuDriver
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState
+from backend.state.machine_spec import MachineSpec
+from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.boot_files import DefaultBootFiles
+from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import BOXUI, cli_env
 from tests.faults.conftest import FaultRecorder
 from tests.faults.support import (

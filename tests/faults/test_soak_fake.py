@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.engine import Engine
-from backend.lifecycle import InstanceState
-from backend.machine_exec import MachineExec
 from backend.services.manager import SERVING, ServiceManager
 from backend.services.service_spec import ServiceSpec
-from backend.state_dir import open_state_dir
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState
+from backend.state.state_dir import open_state_dir
+from backend.supervision.machine_exec import MachineExec
+from backend.supervision.supervisor import Supervisor
 from tests.conftest import REPO
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder

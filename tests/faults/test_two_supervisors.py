@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.state_dir import open_state_dir
-from backend.supervisor_lock import lock_holder
+from backend.state.state_dir import open_state_dir
+from backend.state.supervisor_lock import lock_holder
 from tests.conftest import BOXUI, cli_env
 from tests.faults.conftest import FaultRecorder
 

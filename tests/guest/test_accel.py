@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.guest.accel import detect_accel, host_tsc_khz, resolve_accel
+from backend.drivers.qemu.accel import detect_accel, host_tsc_khz, resolve_accel
 
 CPUINFO_AMD_NO_SVM = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from backend.drivers.qemu.cmdline import BALLOON_QOM_PATH, QemuConfig, build_argv, kernel_append
 from backend.guest.errors import GuestImageError
-from backend.guest.qemu_cmdline import BALLOON_QOM_PATH, QemuConfig, build_argv, kernel_append
 
 
 def config(tmp_path: Path, **changes: object) -> QemuConfig:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from backend.drivers.qemu.readiness import scan_console, wait_for_ready
 from backend.guest.errors import GuestImageError
-from backend.guest.readiness import scan_console, wait_for_ready
 
 
 def test_scan_console() -> None:

@@ -21,7 +21,10 @@ import asyncssh
 import pytest
 from qemu.qmp import QMPClient
 
-from backend.guest.accel import resolve_accel
+from backend.drivers.qemu.accel import resolve_accel
+from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
+from backend.drivers.qemu.qmp_ops import enable_balloon_stats, read_balloon_stats, request_powerdown
+from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import build_default_image
 from backend.guest.machine_seed import (
     client_private_key,
@@ -29,9 +32,6 @@ from backend.guest.machine_seed import (
     known_hosts_line,
     write_machine_initrd,
 )
-from backend.guest.qemu_cmdline import QemuConfig, build_argv, find_qemu
-from backend.guest.qmp_ops import enable_balloon_stats, read_balloon_stats, request_powerdown
-from backend.guest.readiness import wait_for_ready
 
 pytestmark = [
     pytest.mark.vm,

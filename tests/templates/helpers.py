@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
-from backend.guest.qemu_cmdline import kernel_cmdline_for
-from backend.state_dir import StateDir
+from backend.drivers.qemu.cmdline import kernel_cmdline_for
+from backend.state.state_dir import StateDir
 from backend.templates.layout import TemplateDir
 from backend.templates.restore_plan import KEY_FILES
 from backend.templates.revision import (
@@ -32,7 +32,7 @@ def snapshot_info(vcpus: int = 1, memory_mib: int = 256, accel: str = "tcg",
 
 def host_snapshot_info() -> SnapshotInfo:
     """A snapshot as if taken on this host (its accelerator and TSC rate)."""
-    from backend.guest.accel import resolve_accel
+    from backend.drivers.qemu.accel import resolve_accel
 
     choice = resolve_accel("auto")
     return snapshot_info(accel=choice.accel, tsc_khz=choice.tsc_khz)

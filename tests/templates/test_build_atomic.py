@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.state_dir import StateDir
-from backend.templates.build import BuildResult, VariantJob, build_template
+from backend.state.state_dir import StateDir
+from backend.template_builds.snapshot import image_producer
 from backend.templates.layout import TemplateDir
+from backend.templates.publish import BuildResult, VariantJob, build_template
 from backend.templates.revision import VariantArtifacts
 from backend.templates.revision_store import current_revision, revisions, switch_current
-from backend.templates.snapshot_build import image_producer
 from backend.templates.template_spec import TemplateConfig, parse_template
 
 TEXT = 'template_id = "web"\n[[variants]]\nrole = "worker"\n[[variants]]\nrole = "db"\n'

@@ -18,7 +18,7 @@ from backend.guest.restore_agent_elf import (
     agent_message,
     agent_program,
 )
-from backend.templates.restore_agent import NOT_REACHED, OLD_AGENT, Freshened, freshen_guest
+from backend.supervision.restore_agent import NOT_REACHED, OLD_AGENT, Freshened, freshen_guest
 
 CLOCK_MONOTONIC = 1  # clock_settime refuses it: the host's clock is never touched
 

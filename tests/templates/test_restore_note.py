@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.runtime_record import RuntimeRecord
+from backend.state.runtime_record import RuntimeRecord
 from backend.templates.restore_plan import SHARED_STATE_CAVEAT, shared_state_note
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from backend.drivers.base import DriverCapabilities
-from backend.engine import Engine
-from backend.guest.accel import AccelChoice
-from backend.lifecycle import InstanceState
-from backend.machine_spec import MachineSpec
-from backend.state_dir import StateDir
-from backend.supervisor import Supervisor
+from backend.drivers.qemu.accel import AccelChoice
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState
+from backend.state.machine_spec import MachineSpec
+from backend.state.state_dir import StateDir
+from backend.supervision.supervisor import Supervisor
 from backend.templates.errors import SnapshotMismatchError, TemplateError
 from backend.templates.machine_from_template import spec_from_template
 from backend.templates.restore_plan import mismatches, plan_restore

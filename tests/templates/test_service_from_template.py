@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from backend.engine import Engine
-from backend.machine_exec import MachineExec
 from backend.services.manager import ServiceManager
 from backend.services.service_spec import ServiceSpec
-from backend.supervisor import Supervisor
+from backend.state.engine import Engine
+from backend.supervision.machine_exec import MachineExec
+from backend.supervision.supervisor import Supervisor
 from backend.templates.errors import SnapshotMismatchError
 from tests.fake_driver import FakeBootFiles, FakeDriver
 from tests.templates.helpers import fabricate, snapshot_info

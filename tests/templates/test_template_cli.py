@@ -4,7 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from backend.state_dir import StateDir
+from backend.state.state_dir import StateDir
 from backend.templates.machine_from_template import spec_from_template
 from backend.templates.revision_store import summaries
 from tests.conftest import BOXUI, cli_env

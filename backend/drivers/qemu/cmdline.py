@@ -1,0 +1,185 @@
+"""The QEMU argv for one microVM, built as a list by a pure function.
+
+Why a list: every value (paths, names) stays one argument, so nothing is ever
+interpreted by a shell. QEMU's own option syntax still splits on ',', so commas inside
+values that go into `key=value` option strings are doubled (QEMU's escape), and a name
+is restricted to hostname characters because it ends up on the kernel command line.
+
+Choices worth knowing:
+- `-M microvm,acpi=on` (the default, made explicit): ACPI is how Debian's kernel finds
+  the virtio-mmio devices at all, and how QMP `system_powerdown` reaches the guest as a
+  power-button press (see `image_builder`).
+- `-no-reboot`: a guest reboot or a kernel panic (`panic=-1` reboots at once) makes
+  QEMU exit instead of looping, so a supervisor sees the death.
+- Devices get fixed ids, so QOM paths are stable: the balloon is at
+  `BALLOON_QOM_PATH` (`/machine/peripheral/balloon0`), where `guest-stats` is read
+  after setting `guest-stats-polling-interval`.
+- Snapshot builds and restores keep guest RAM in a file (`memory-backend-file`, the
+  machine's `memory-backend`): shared for the build, so the file is the snapshot's
+  memory; private (copy-on-write) for a restore, so a restored guest starts without
+  its memory being read in, and never writes to the template's file.
+- A restore starts with `-incoming defer`: migration capabilities (which have no
+  command-line form in QEMU 7.2) are set over QMP before the load is started there.
+- `-name boxui-NAME,process=boxui-NAME`: the pid's cmdline names the machine (the
+  thread name, limited by Linux to 15 bytes, is only a hint).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.drivers.qemu.accel import AccelName
+from backend.guest.errors import GuestImageError
+from backend.guest.tools import require_tool
+
+BALLOON_ID = "balloon0"
+AGENT_PORT_NAME = "boxui.agent"  # the guest finds its RNG agent's port by this name
+BALLOON_QOM_PATH = f"/machine/peripheral/{BALLOON_ID}"
+QEMU_BINARY = "qemu-system-x86_64"
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_BOOT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """Everything that varies between two launches of a microVM."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    kernel: Path
+    initrd: Path
+    accel: AccelName
+    ssh_port: int
+    console_log: Path
+    qmp_socket: Path
+    pidfile: Path
+    boot_id: str
+    append: str = ""  # extra kernel parameters, after the ones boxui needs
+    #: wait for a snapshot to restore (`-incoming defer`); QMP then names its descriptor
+    incoming: bool = False
+    daemonize: bool = True
+    #: the user's own disk image, attached as the first virtio block device (/dev/vda)
+    disk_image: Path | None = None
+    tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
+    #: extra (host port, guest port) TCP forwards on 127.0.0.1 (a service's ports)
+    port_forwards: tuple[tuple[int, int], ...] = ()
+    #: the whole kernel command line, used verbatim (a snapshot restore repeats its own)
+    kernel_cmdline: str | None = None
+    #: host end (unix socket) of the virtio-serial port a snapshot's RNG agent listens on
+    agent_socket: Path | None = None
+    #: guest RAM backed by this file, written through when `ram_file_shared`, else
+    #: mapped copy-on-write (see `backend.drivers.base.GuestRamFile`)
+    ram_file: Path | None = None
+    ram_file_shared: bool = False
+
+
+def _opt(value: Path | str) -> str:
+    """Escape a value for a QEMU `key=value,...` option string."""
+    return str(value).replace(",", ",,")
+
+
+def kernel_append(config: QemuConfig) -> str:
+    """The kernel command line: serial console, quiet, reboot on panic, identity."""
+    if config.kernel_cmdline is not None:
+        return config.kernel_cmdline
+    return kernel_cmdline_for(config.name, config.boot_id, config.accel, config.tsc_khz,
+                              config.append)
+
+
+def kernel_cmdline_for(name: str, boot_id: str, accel: str, tsc_khz: int | None,
+                       append: str) -> str:
+    parts = [
+        "console=ttyS0",
+        "quiet",
+        "panic=-1",
+        f"boxui.name={name}",
+        f"boxui.boot_id={boot_id}",
+    ]
+    if accel == "tcg" and tsc_khz:
+        parts += [f"tsc_early_khz={tsc_khz}", "tsc=reliable"]
+    if append:
+        parts.append(append)
+    return " ".join(parts)
+
+
+def validate(config: QemuConfig) -> None:
+    """Reject values that would change the meaning of the command line."""
+    if not NAME_PATTERN.fullmatch(config.name):
+        raise GuestImageError(f"invalid machine name {config.name!r} for a QEMU command line")
+    if not _BOOT_ID_PATTERN.fullmatch(config.boot_id):
+        raise GuestImageError(f"invalid boot id {config.boot_id!r}")
+    if not 1 <= config.vcpus <= 64:
+        raise GuestImageError(f"vcpus must be 1-64, not {config.vcpus}")
+    if not 64 <= config.memory_mib <= 1 << 20:
+        raise GuestImageError(f"memory must be 64 MiB or more, not {config.memory_mib}")
+    if config.tsc_khz is not None and not 1000 <= config.tsc_khz <= 100_000_000:
+        raise GuestImageError(f"implausible TSC frequency {config.tsc_khz} kHz")
+    if not 1 <= config.ssh_port <= 65535:
+        raise GuestImageError(f"invalid ssh port {config.ssh_port}")
+    for host, guest in config.port_forwards:
+        if not (1 <= host <= 65535 and 1 <= guest <= 65535):
+            raise GuestImageError(f"invalid port forward {host}:{guest}")
+    if any(ch in kernel_append(config) for ch in "\n\r\0"):
+        raise GuestImageError("kernel append must be one line")
+
+
+def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
+    """The full argv (binary first) that launches `config` as a microVM."""
+    validate(config)
+    label = f"boxui-{config.name}"
+    argv = [
+        qemu_binary,
+        "-name", f"{label},process={label}",
+        "-M", "microvm,acpi=on" + (",memory-backend=ram0" if config.ram_file else ""),
+        "-accel", config.accel,
+        *(["-cpu", "host"] if config.accel == "kvm" else []),  # TCG: QEMU's default model
+        "-m", str(config.memory_mib),
+        "-smp", str(config.vcpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-no-reboot",
+        "-chardev", f"file,id=con0,path={_opt(config.console_log)}",
+        "-serial", "chardev:con0",
+        "-kernel", str(config.kernel),
+        "-initrd", str(config.initrd),
+        "-append", kernel_append(config),
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22"
+                   + "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+                             for host, guest in config.port_forwards),
+        "-device", "virtio-net-device,netdev=n0,id=net0",
+        "-device", f"virtio-balloon-device,id={BALLOON_ID}",
+        "-device", "virtio-rng-device,id=rng0",
+        "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
+        "-pidfile", str(config.pidfile),
+    ]  # fmt: skip
+    if config.ram_file is not None:
+        share = "on" if config.ram_file_shared else "off"
+        argv += ["-object", f"memory-backend-file,id=ram0,size={config.memory_mib}M,"
+                            f"mem-path={_opt(config.ram_file)},share={share}"]
+    if config.agent_socket is not None:
+        argv += [
+            "-chardev", f"socket,id=agent0,path={_opt(config.agent_socket)},server=on,wait=off",
+            "-device", "virtio-serial-device,id=ser0",
+            "-device", f"virtserialport,chardev=agent0,nr=1,name={AGENT_PORT_NAME},id=agent",
+        ]  # fmt: skip
+    if config.disk_image is not None:
+        image_format = "qcow2" if config.disk_image.suffix == ".qcow2" else "raw"
+        argv += [
+            "-drive", f"id=disk0,if=none,format={image_format},file={_opt(config.disk_image)}",
+            "-device", "virtio-blk-device,drive=disk0",
+        ]  # fmt: skip
+    if config.incoming:
+        # MIGRATION events from the start, so the end of the load is told, not polled
+        argv += ["-global", "migration.x-events=on", "-incoming", "defer"]
+    if config.daemonize:
+        argv.append("-daemonize")
+    return argv
+
+
+def find_qemu() -> str:
+    """Absolute path of qemu-system-x86_64, or a GuestImageError saying what to install."""
+    return require_tool(QEMU_BINARY)

@@ -1,0 +1,471 @@
+"""The QEMU microVM driver.
+
+QEMU runs daemonized in its own session with a pidfile, so it is not boxui's child and
+survives boxui's death. boxui holds it through a pidfd (exit notification, safe signals)
+and a QMP connection (power button, memory stats, the reason of a shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from qemu.qmp import EventListener, QMPClient
+
+from backend.drivers.base import (
+    AdoptRefusal,
+    DriverCapabilities,
+    ExitInfo,
+    GuestMemory,
+    GuestRamFile,
+    HypervisorDriver,
+    LaunchSpec,
+    ProbeResult,
+    SnapshotSaved,
+    VmHandle,
+)
+from backend.drivers.console_watch import ConsoleTail, wait_for_line
+from backend.drivers.errors import DriverError, PortInUseError
+from backend.drivers.process_identity import PidWatch, start_time_of, verify_identity
+from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu, kernel_append
+from backend.drivers.qemu.qmp_ops import (
+    enable_balloon_stats,
+    load_snapshot_and_resume,
+    read_balloon_stats,
+    request_powerdown,
+    save_snapshot_to,
+)
+from backend.drivers.qemu.readiness import scan_console
+from backend.drivers.ssh_probe import ssh_banner
+from backend.guest.errors import GuestImageError
+
+QMP_SOCKET = "qmp.sock"
+PIDFILE = "qemu.pid"
+QUIT_GRACE_SECONDS = 3.0
+#: QMP run states of a VM whose guest has not run since QEMU started: a restore that
+#: was never loaded ("inmigrate") or never resumed ("paused", "postmigrate")
+_NEVER_RAN = ("inmigrate", "paused", "postmigrate", "prelaunch")
+
+
+def qmp_socket_path(run_dir: Path) -> Path:
+    return run_dir / QMP_SOCKET
+
+
+def identity_args(name: str, run_dir: Path) -> list[str]:
+    """Arguments that only this machine's QEMU, from this state dir, has on its cmdline."""
+    label = f"boxui-{name}"
+    qmp = str(qmp_socket_path(run_dir)).replace(",", ",,")
+    return [f"{label},process={label}", f"unix:{qmp},server=on,wait=off"]
+
+
+class _Live:
+    """Per-VM connections the driver keeps while it holds a VM."""
+
+    def __init__(self, watch: PidWatch, qmp: QMPClient | None,
+                 shutdown: EventListener | None) -> None:
+        self.watch = watch
+        self.qmp = qmp
+        self.shutdown = shutdown
+        self.stopping = False
+
+
+class QemuDriver(HypervisorDriver):
+    def __init__(self, qemu_binary: str | None = None) -> None:
+        self._binary = qemu_binary
+        self._live: dict[int, _Live] = {}
+        #: how each released VM ended, for whichever of stop() or the watcher asks last
+        self._ended: dict[int, ExitInfo] = {}
+
+    def capabilities(self) -> DriverCapabilities:
+        return DriverCapabilities(name="qemu", snapshots=True, graceful_stop=True,
+                                  accels=("kvm", "tcg"))
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            try:
+                self._binary = find_qemu()
+            except GuestImageError as exc:
+                raise DriverError(str(exc)) from None
+        return self._binary
+
+    # --- start -----------------------------------------------------------------------
+
+    async def start(self, spec: LaunchSpec) -> VmHandle:
+        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(spec.run_dir, 0o700)
+        qmp_path = qmp_socket_path(spec.run_dir)
+        _remove_stale_socket(qmp_path)
+        if spec.agent_socket is not None:
+            _remove_stale_socket(spec.agent_socket)
+        pidfile = spec.run_dir / PIDFILE
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        _rotate(spec.console_log)
+        if spec.ram_file is not None:
+            await asyncio.to_thread(_prepare_ram_file, spec.ram_file.path,
+                                    spec.ram_file.shared, spec.memory_mib << 20)
+        snapshot_fd = None
+        if spec.restore_from is not None:
+            try:
+                snapshot_fd = os.open(spec.restore_from, os.O_RDONLY)  # inherited by QEMU
+            except OSError as exc:
+                raise DriverError(f"cannot read snapshot {spec.restore_from}: "
+                                  f"{exc.strerror}") from None
+        config = QemuConfig(
+            name=spec.name, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+            kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,  # type: ignore[arg-type]
+            ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
+            pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
+            disk_image=spec.disk_image, port_forwards=spec.port_forwards,
+            kernel_cmdline=spec.kernel_cmdline,
+            incoming=snapshot_fd is not None, agent_socket=spec.agent_socket,
+            ram_file=spec.ram_file.path if spec.ram_file else None,
+            ram_file_shared=spec.ram_file.shared if spec.ram_file else False,
+        )
+        try:
+            argv = build_argv(config, self.binary)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                pass_fds=() if snapshot_fd is None else (snapshot_fd,),
+            )
+            _, err = await proc.communicate()
+        except GuestImageError as exc:
+            raise DriverError(str(exc)) from None
+        finally:
+            if snapshot_fd is not None:
+                os.close(snapshot_fd)
+        if proc.returncode != 0:
+            message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
+            if "hostfwd" in message or "host forwarding" in message:
+                ports = ", ".join(str(p) for p in (spec.ssh_port,
+                                                  *(h for h, _ in spec.port_forwards)))
+                raise PortInUseError(f"a port of 127.0.0.1:{ports} is in use: {message}")
+            raise DriverError(f"qemu failed to start {spec.name}: {message}")
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise DriverError(f"qemu started but wrote no pidfile at {pidfile}") from exc
+        started = start_time_of(pid)
+        if started is None:
+            raise DriverError(f"qemu for {spec.name} exited right after starting; "
+                              f"see {spec.console_log}")
+        handle = VmHandle(name=spec.name, pid=pid, start_time=started,
+                          ssh_port=spec.ssh_port, boot_id=spec.boot_id, accel=spec.accel,
+                          console_log=spec.console_log, qmp_socket=qmp_path)
+        handle.extra["kernel_cmdline"] = kernel_append(config)
+        if spec.ram_file is not None:
+            handle.extra["ram_file"] = spec.ram_file
+        if spec.restore_from is not None:
+            handle.extra["restore_from"] = spec.restore_from
+            handle.extra["restore_fd"] = snapshot_fd  # its number in QEMU, which kept it
+        await self._hold(handle)
+        return handle
+
+    async def _hold(self, handle: VmHandle) -> None:
+        watch = PidWatch(handle.pid)
+        qmp: QMPClient | None = QMPClient(f"boxui-{handle.name}")
+        shutdown = EventListener(("SHUTDOWN",))
+        try:
+            assert qmp is not None
+            await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), 5)
+            qmp.register_listener(shutdown)
+            with contextlib.suppress(Exception):
+                await enable_balloon_stats(qmp, 1)
+        except Exception:
+            qmp = None
+        self._live[handle.pid] = _Live(watch, qmp, shutdown)
+
+    # --- readiness -------------------------------------------------------------------
+
+    async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
+        live = self._live.get(handle.pid)
+        if live is None:  # already released: its exit was seen first
+            raise DriverError(f"{handle.name}: QEMU exited before the guest was ready; "
+                              f"see {handle.console_log}")
+        gone = asyncio.Event()
+        died = asyncio.ensure_future(_set_when(live.watch.wait(), gone))
+        tail = ConsoleTail(handle.console_log)
+        restore_from = handle.extra.get("restore_from")
+        try:
+            async with asyncio.timeout(timeout):
+                if isinstance(restore_from, Path):
+                    # a restored guest printed its ready marker before it was saved
+                    loading = asyncio.ensure_future(self._restore(handle, live, restore_from))
+                    await asyncio.wait({loading, died}, return_when=asyncio.FIRST_COMPLETED)
+                    if not loading.done():
+                        loading.cancel()
+                        raise DriverError(f"{handle.name}: QEMU exited while loading the "
+                                          f"snapshot; see {handle.console_log}")
+                    loading.result()
+                else:
+                    await self._refuse_unfinished_restore(handle)
+                    verdict = await wait_for_line(
+                        tail, lambda line: scan_console(line, handle.boot_id), gone)
+                    if verdict is None:
+                        raise DriverError(f"{handle.name}: QEMU exited before the guest was "
+                                          f"ready; see {handle.console_log}")
+                    if verdict is False:
+                        raise DriverError(f"{handle.name}: guest failed to boot; "
+                                          f"see {handle.console_log}")
+                while await ssh_banner(handle.ssh_port) is None:
+                    if live.watch.exited:
+                        raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise DriverError(f"{handle.name}: not ready after {timeout:.0f} s; "
+                              f"see {handle.console_log}") from None
+        finally:
+            died.cancel()
+
+    async def _refuse_unfinished_restore(self, handle: VmHandle) -> None:
+        """A VM boxui left mid-restore (it died between starting QEMU and `cont`) waits
+        for a load nobody will start, or sits paused: no console line will ever come,
+        so say so now rather than after the boot timeout."""
+        probe = await self.probe(handle)
+        if probe.status in _NEVER_RAN:
+            raise DriverError(f"{handle.name}: boxui stopped while restoring its snapshot "
+                              f"(QEMU is {probe.status}); start it again")
+
+    async def _restore(self, handle: VmHandle, live: _Live, source: Path) -> None:
+        if live.qmp is None:
+            raise DriverError(f"{handle.name}: no QMP connection to load the snapshot through")
+        fd_number = handle.extra.get("restore_fd")
+        if not isinstance(fd_number, int):
+            raise DriverError(f"{handle.name}: QEMU was not started to restore a snapshot")
+        try:
+            await load_snapshot_and_resume(live.qmp, fd_number,
+                                           ram_in_file="ram_file" in handle.extra)
+        except Exception as exc:
+            if live.watch.exited:
+                raise DriverError(f"{handle.name}: QEMU exited while loading the snapshot "
+                                  f"{source}") from None
+            raise DriverError(f"{handle.name}: loading snapshot {source} failed: {exc}") from None
+
+    async def save_snapshot(self, handle: VmHandle, target: Path) -> SnapshotSaved:
+        live = self._live.get(handle.pid)
+        if live is None or live.qmp is None:
+            raise DriverError(f"{handle.name}: no QMP connection to save a snapshot through")
+        ram = handle.extra.get("ram_file")
+        ram_file = ram.path if isinstance(ram, GuestRamFile) and ram.shared else None
+        started = time.monotonic()
+        try:
+            memory = await save_snapshot_to(live.qmp, target, ram_in_file=ram_file is not None)
+        except Exception as exc:
+            await asyncio.to_thread(target.unlink, missing_ok=True)
+            raise DriverError(f"{handle.name}: saving a snapshot failed: {exc}") from None
+        seconds = time.monotonic() - started
+        size = (await asyncio.to_thread(os.stat, target)).st_size
+        ram_bytes = 0
+        if ram_file is not None:
+            ram_stat = await asyncio.to_thread(os.stat, ram_file)
+            memory, ram_bytes = ram_stat.st_size, ram_stat.st_blocks * 512
+        return SnapshotSaved(path=target, state_bytes=size, memory_bytes=memory,
+                             kernel_cmdline=str(handle.extra.get("kernel_cmdline", "")),
+                             seconds=seconds, ram_file=ram_file, ram_file_bytes=ram_bytes)
+
+    # --- exit and stop ---------------------------------------------------------------
+
+    async def wait_exit(self, handle: VmHandle) -> ExitInfo:
+        live = self._live.get(handle.pid)
+        if live is None:
+            return self._ended.get(handle.pid, ExitInfo("vanished", "qemu process exited"))
+        await live.watch.wait()
+        info = self._exit_info(live)
+        self._ended[handle.pid] = info
+        await self._release(handle)
+        return info
+
+    def _exit_info(self, live: _Live) -> ExitInfo:
+        reason = None
+        if live.shutdown is not None and live.shutdown.history:
+            data = live.shutdown.history[-1].get("data", {})
+            reason = data.get("reason") if isinstance(data, dict) else None
+        if live.stopping:
+            return ExitInfo("host-stop", "stopped by boxui")
+        if reason == "guest-shutdown":
+            return ExitInfo("guest-shutdown", "the guest powered off")
+        if reason == "guest-reset":
+            return ExitInfo("guest-reset", "the guest rebooted (kernel panic or reboot)")
+        if reason == "guest-panic":
+            return ExitInfo("guest-panic", "the guest kernel panicked")
+        if reason:
+            return ExitInfo("vanished", f"qemu exited ({reason})")
+        return ExitInfo("vanished", "qemu process exited unexpectedly")
+
+    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+        live = self._live.get(handle.pid)
+        if live is None:
+            raise DriverError(f"{handle.name}: not held by this driver")
+        live.stopping = True
+        how = "powered off (ACPI)"
+        if live.qmp is not None:
+            with contextlib.suppress(Exception):
+                await request_powerdown(live.qmp)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.watch.wait(), timeout)
+            if not live.watch.exited:
+                how = f"no power-off within {timeout:.0f} s; QEMU told to quit"
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(live.qmp.execute("quit"), 2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(live.watch.wait(), QUIT_GRACE_SECONDS)
+        if not live.watch.exited:
+            how = "killed (QEMU did not quit)"
+            live.watch.send(signal.SIGKILL)
+            await live.watch.wait()
+        await self.wait_exit(handle)
+        return ExitInfo("host-stop", how)
+
+    async def kill(self, handle: VmHandle) -> None:
+        live = self._live.get(handle.pid)
+        if live is None:
+            return
+        live.stopping = True
+        live.watch.send(signal.SIGKILL)
+        await live.watch.wait()
+
+    async def _release(self, handle: VmHandle) -> None:
+        live = self._live.pop(handle.pid, None)
+        if live is None:
+            return
+        live.watch.close()
+        if live.qmp is not None:
+            with contextlib.suppress(Exception):
+                await live.qmp.disconnect()
+        with contextlib.suppress(FileNotFoundError):
+            if not _socket_answers(handle.qmp_socket):
+                handle.qmp_socket.unlink()
+
+    async def close(self, handle: VmHandle) -> None:
+        """Let go of a VM without touching it (boxui is shutting down; the VM runs on)."""
+        live = self._live.pop(handle.pid, None)
+        if live is None:
+            return
+        live.watch.close()
+        if live.qmp is not None:
+            with contextlib.suppress(Exception):
+                await live.qmp.disconnect()
+
+    # --- probe, adopt, health --------------------------------------------------------
+
+    async def probe(self, handle: VmHandle) -> ProbeResult:
+        live = self._live.get(handle.pid)
+        if live is None or live.watch.exited:
+            return ProbeResult(alive=False, responsive=False, status="exited")
+        if live.qmp is None:
+            return ProbeResult(alive=True, responsive=False, status="no QMP connection")
+        try:
+            status = await asyncio.wait_for(live.qmp.execute("query-status"), 2)
+        except Exception as exc:
+            return ProbeResult(alive=True, responsive=False, status=f"QMP: {exc}")
+        state = status.get("status", "?") if isinstance(status, dict) else "?"
+        return ProbeResult(alive=True, responsive=True, status=str(state))
+
+    async def adopt(
+        self, name: str, pid: int, start_time: float, ssh_port: int, boot_id: str,
+        accel: str, run_dir: Path, console_log: Path,
+    ) -> VmHandle | AdoptRefusal:
+        required = identity_args(name, run_dir)
+        problem = verify_identity(pid, start_time, required)
+        if problem is not None:
+            return AdoptRefusal(problem)
+        try:
+            watch = PidWatch(pid)
+        except ProcessLookupError:
+            return AdoptRefusal("process gone while boxui was down")
+        # the pidfd pins the process; re-check so a pid reused in between is caught
+        problem = verify_identity(pid, start_time, required)
+        if problem is not None:
+            watch.close()
+            return AdoptRefusal(problem)
+        handle = VmHandle(name=name, pid=pid, start_time=start_time, ssh_port=ssh_port,
+                          boot_id=boot_id, accel=accel, console_log=console_log,
+                          qmp_socket=qmp_socket_path(run_dir))
+        watch.close()
+        await self._hold(handle)
+        live = self._live[pid]
+        probe = await self.probe(handle)
+        if not probe.responsive:
+            await self.close(handle)
+            return AdoptRefusal(f"QEMU pid {pid} is alive but QMP does not answer "
+                                f"({probe.status}); left running, not adopted")
+        del live
+        return handle
+
+    async def guest_memory(self, handle: VmHandle) -> GuestMemory:
+        live = self._live.get(handle.pid)
+        if live is None or live.qmp is None:
+            return GuestMemory(None, None)
+        try:
+            result = await asyncio.wait_for(read_balloon_stats(live.qmp), 1)
+        except Exception:
+            return GuestMemory(None, None)
+        stats = result.get("stats", {}) if result.get("last-update") else {}
+        total = stats.get("stat-total-memory")
+        free = stats.get("stat-available-memory", stats.get("stat-free-memory"))
+        return GuestMemory(
+            int(total) if isinstance(total, int) and total >= 0 else None,
+            int(free) if isinstance(free, int) and free >= 0 else None,
+        )
+
+
+async def _set_when(awaitable: object, event: asyncio.Event) -> None:
+    await awaitable  # type: ignore[misc]
+    event.set()
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _prepare_ram_file(path: Path, shared: bool, size: int) -> None:
+    """A shared RAM file (a snapshot build's) starts empty and 0600: it will hold the
+    guest's memory, and QEMU would create it 0644. A private one (a restore's) must be
+    whole: QEMU would silently size an empty file, writing into the template, and
+    refuses a short one less clearly."""
+    if shared:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        return
+    try:
+        found = os.stat(path).st_size
+    except OSError as exc:
+        raise DriverError(f"cannot read snapshot memory {path}: {exc.strerror}") from None
+    if found != size:
+        raise DriverError(f"snapshot memory {path} is {found} bytes, not the {size} the "
+                          "machine's memory needs; rebuild the template")
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a leftover socket only when no live process is listening on it."""
+    if not path.exists():
+        return
+    if _socket_answers(path):
+        raise DriverError(f"a live QEMU still holds {path}; refusing to start a second one")
+    path.unlink()
+
+
+def _rotate(console_log: Path) -> None:
+    if console_log.exists():
+        os.replace(console_log, console_log.with_name(console_log.name + ".1"))
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,167 @@
+"""`machine.toml`: the desired spec of one machine, which a user may edit by hand.
+
+Because people edit it, every way it can be wrong must come back as one line naming the
+file and the key (an unknown key is an error, not silently ignored: a typo such as
+`memmory_mib` would otherwise be a setting that quietly does nothing).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backend.errors import InvalidNameError, SpecError
+from backend.state.atomic_write import atomic_write_text
+from backend.state.events import now_utc
+from backend.state.machine_limits import MAX_DISK_GIB, MAX_MEMORY_MIB, MAX_VCPUS
+from backend.state.names import validate_name
+from backend.state.port_mapping import PortMapping
+from backend.state.validation_text import describe_validation_error
+
+__all__ = ["MAX_DISK_GIB", "MAX_MEMORY_MIB", "MAX_VCPUS", "MachineSpec", "read_spec",
+           "render_spec", "write_spec"]
+
+SPEC_SCHEMA_VERSION = 1
+MAX_ENV = 128
+MAX_PORTS = 16
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+Accel = Literal["auto", "kvm", "tcg"]
+RestartPolicy = Literal["never", "on-failure", "always"]
+TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:[a-z0-9][a-z0-9-]{0,62}")
+
+
+class MachineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    schema_version: int = Field(default=SPEC_SCHEMA_VERSION, ge=1)
+    name: str
+    vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
+    memory_mib: int = Field(default=256, ge=64, le=MAX_MEMORY_MIB)
+    disk_gib: int = Field(default=0, ge=0, le=MAX_DISK_GIB)
+    #: None: the default guest image that boxui builds itself
+    kernel: Path | None = None
+    initrd: Path | None = None
+    disk_image: Path | None = None
+    cmdline: str = ""
+    distro: str = "boxui-busybox"
+    ssh_key: Path | None = None
+    hypervisor: Literal["qemu"] = "qemu"
+    accel: Accel = "auto"
+    restart: RestartPolicy = "never"
+    #: the service this machine is an instance of (None: a machine of its own)
+    service: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV)
+    ports: list[PortMapping] = Field(default_factory=list, max_length=MAX_PORTS)
+    #: "<template_id>:<role>" this machine was made from, and the revision it restores
+    template: str | None = None
+    template_revision: str | None = None
+    created_at: datetime = Field(default_factory=now_utc)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        try:
+            return validate_name(value)
+        except InvalidNameError as exc:  # pydantic only collects ValueError
+            raise ValueError(str(exc)) from None
+
+    @field_validator("service")
+    @classmethod
+    def _valid_service(cls, value: str | None) -> str | None:
+        return None if value is None else cls._valid_name(value)
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_env(value)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value > SPEC_SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is newer than this boxui understands "
+                f"({SPEC_SCHEMA_VERSION}); upgrade boxui"
+            )
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_ref(cls, value: str | None) -> str | None:
+        if value is not None and not TEMPLATE_REF.fullmatch(value):
+            raise ValueError("must be <template_id>:<role>, each a valid name")
+        return value
+
+    @field_validator("template_revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{16}", value):
+            raise ValueError("must be 16 hex digits")
+        return value
+
+    @field_validator("cmdline", "distro")
+    @classmethod
+    def _single_line(cls, value: str) -> str:
+        if any(ch in value for ch in "\n\r\0"):
+            raise ValueError("must be a single line without NUL")
+        return value
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Names a shell accepts; values on one line (they become `export` lines)."""
+    for key, value in env.items():
+        if not ENV_KEY.fullmatch(key):
+            raise ValueError(f"invalid environment variable name {key[:40]!r}")
+        if any(ch in value for ch in "\n\r\0") or len(value) > 4096:
+            raise ValueError(f"{key}: value must be one line of at most 4096 characters")
+    return env
+
+
+def parse_spec(text: str, path: Path) -> MachineSpec:
+    try:
+        raw: dict[str, Any] = tomli.loads(text)  # compiled: 3x faster than tomllib
+    except tomli.TOMLDecodeError as exc:
+        raise SpecError(path, f"invalid TOML: {exc}") from None
+    try:
+        return MachineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(path, describe_validation_error(exc)) from None
+
+
+def read_spec(path: Path) -> MachineSpec:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(path, "file is missing") from None
+    except OSError as exc:
+        raise SpecError(path, f"cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, f"not UTF-8 text (byte {exc.start})") from None
+    if "\0" in text:
+        raise SpecError(path, "contains NUL bytes (file is corrupt)")
+    return parse_spec(text, path)
+
+
+def render_spec(spec: MachineSpec) -> str:
+    data = spec.model_dump(mode="python", exclude_none=True)
+    for key in ("env", "ports"):  # a plain machine's file stays as it was
+        if not data[key]:
+            del data[key]
+    for key, value in list(data.items()):
+        if isinstance(value, Path):
+            data[key] = str(value)
+    header = "# boxui machine spec: edit freely; boxui reloads it and refuses invalid keys.\n"
+    return header + tomli_w.dumps(data)
+
+
+def write_spec(path: Path, spec: MachineSpec) -> None:
+    atomic_write_text(path, render_spec(spec), mode=0o600)

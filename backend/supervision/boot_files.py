@@ -1,0 +1,107 @@
+"""The kernel and initrd a machine boots from.
+
+By default every machine boots boxui's own guest image (built once and cached by content
+hash) plus a small per-machine archive with its SSH keys and a fresh RNG seed, rewritten
+at every cold boot (a few MB of copying, no image work). A machine may instead name its
+own kernel and initrd in `machine.toml`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.errors import BoxuiError
+from backend.state.atomic_write import atomic_write_text
+from backend.state.machine_spec import MachineSpec
+
+ProgressFn = Callable[[str, str], None]
+BOOT_RECORD = "boot.json"
+
+
+class BootFilesError(BoxuiError):
+    code = "boot_files"
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    kernel: Path
+    initrd: Path
+    append: str
+    disk_image: Path | None = None
+
+
+class BootFilesProvider:
+    """Interface: tests substitute a provider that returns files of their own."""
+
+    async def prepare(
+        self, spec: MachineSpec, machine_dir: Path, progress: ProgressFn | None = None
+    ) -> BootFiles:
+        raise NotImplementedError
+
+
+def user_boot_files(spec: MachineSpec) -> BootFiles | None:
+    """The machine's own kernel/initrd, checked to exist; None if it uses the default."""
+    if spec.kernel is None:
+        if spec.initrd is not None:
+            raise BootFilesError(f"{spec.name}: initrd is set but kernel is not; set both")
+        return None
+    if not spec.kernel.is_file():
+        raise BootFilesError(f"{spec.name}: kernel not found: {spec.kernel}")
+    if spec.initrd is None:
+        raise BootFilesError(f"{spec.name}: kernel is set but initrd is not; set both")
+    if not spec.initrd.is_file():
+        raise BootFilesError(f"{spec.name}: initrd not found: {spec.initrd}")
+    if spec.disk_image is not None and not spec.disk_image.is_file():
+        raise BootFilesError(f"{spec.name}: disk image not found: {spec.disk_image}")
+    return BootFiles(spec.kernel, spec.initrd, spec.cmdline, spec.disk_image)
+
+
+class DefaultBootFiles(BootFilesProvider):
+    def __init__(self, images_dir: Path) -> None:
+        self.images_dir = images_dir
+        self._lock = asyncio.Lock()
+
+    async def prepare(
+        self, spec: MachineSpec, machine_dir: Path, progress: ProgressFn | None = None
+    ) -> BootFiles:
+        own = user_boot_files(spec)
+        if own is not None:
+            return own
+        if spec.disk_image is not None:
+            raise BootFilesError(
+                f"{spec.name}: disk_image needs a kernel and initrd that mount it; "
+                "set kernel and initrd too"
+            )
+        from backend.guest.errors import GuestImageError
+        from backend.guest.image_builder import build_default_image, load_current_image
+        from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+
+        async with self._lock:  # one image build at a time, whatever starts at once
+            try:
+                # the last built image, without asking apt (2-3 s); build only if none
+                image = await asyncio.to_thread(load_current_image, self.images_dir)
+                if image is None:
+                    image = await build_default_image(self.images_dir, progress)
+                keys = await asyncio.to_thread(create_machine_keys, machine_dir)
+                # rewritten on every cold boot: it carries a fresh RNG seed for the guest
+                initrd = await asyncio.to_thread(write_machine_initrd, image, machine_dir,
+                                                 keys, spec.env)
+            except GuestImageError as exc:
+                raise BootFilesError(str(exc)) from None
+        record = {"kernel": str(image.kernel), "initrd": str(initrd),
+                  "image_hash": image.content_hash, "kernel_version": image.kernel_version}
+        await asyncio.to_thread(atomic_write_text, machine_dir / BOOT_RECORD,
+                                json.dumps(record, indent=2) + "\n")
+        return BootFiles(image.kernel, initrd, spec.cmdline)
+
+
+def boot_record(machine_dir: Path) -> dict[str, str] | None:
+    try:
+        data = json.loads((machine_dir / BOOT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

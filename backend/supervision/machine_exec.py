@@ -1,0 +1,126 @@
+"""Running a command in a machine on behalf of the API, counted as in-flight work.
+
+A machine with work in flight is `busy`; when its last command ends it is `ready` again.
+A `draining` machine takes no new work (it is on its way out), and its in-flight commands
+are left to finish: that is what scale-down waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import shlex
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol
+
+from backend.errors import BoxuiError, IllegalTransitionError, MachineNotFoundError
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState, Verb
+from backend.supervision.inflight_commands import CommandRecord, CommandRegistry
+
+
+class MachineNotRunningError(BoxuiError):
+    code = "not_running"
+
+
+class MachineDrainingError(BoxuiError):
+    code = "draining"
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class ExecRunner(Protocol):
+    async def __call__(self, engine: Engine, name: str, port: int, argv: list[str],
+                       stdin: bytes | None, timeout: float | None) -> ExecOutput: ...
+
+
+async def ssh_exec_runner(engine: Engine, name: str, port: int, argv: list[str],
+                          stdin: bytes | None, timeout: float | None) -> ExecOutput:
+    """The product runner: SSH into the guest with the machine's own keys."""
+    from backend.guest.errors import GuestImageError
+    from backend.guest.machine_seed import load_machine_keys
+    from backend.supervision.ssh_access import exec_command
+
+    machine_dir = engine.dirs.machine_dir(name)
+    try:
+        keys = await asyncio.to_thread(load_machine_keys, machine_dir)
+    except GuestImageError as exc:
+        raise BoxuiError(f"{name} has no SSH keys boxui made ({exc})") from None
+    out, err = io.BytesIO(), io.BytesIO()
+    code = await exec_command(port, keys, machine_dir, argv, out, err, stdin=stdin,
+                              timeout=timeout)
+    return ExecOutput(code, out.getvalue(), err.getvalue())
+
+
+def argv_with_env(argv: list[str], env: dict[str, str]) -> list[str]:
+    """A service's environment for a command run over SSH: `env K=V ... argv` (SSH
+    sessions do not read /etc/boxui/env; `env` takes the values as data, not code)."""
+    if not env:
+        return argv
+    return ["env", *(f"{key}={value}" for key, value in sorted(env.items())), *argv]
+
+
+class MachineExec:
+    def __init__(self, engine: Engine, runner: ExecRunner | None = None,
+                 registry: CommandRegistry | None = None) -> None:
+        self.engine = engine
+        self.runner: ExecRunner = runner or ssh_exec_runner
+        self.registry = registry or CommandRegistry()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def run(self, name: str, argv: list[str], *, stdin: bytes | None = None,
+                  timeout: float | None = None) -> tuple[CommandRecord, ExecOutput]:
+        command = shlex.join(argv)
+        async with self._locks[name]:
+            port = self._reachable_port(name)
+            record = self.registry.begin(name, command[:200],
+                                         len(command) + len(stdin or b""))
+            if self.engine.projection.state_of(name) is InstanceState.READY:
+                await self._mark(name, Verb.BUSY, "command in flight")
+        output: ExecOutput | None = None
+        error: str | None = None
+        try:
+            env = (await asyncio.to_thread(self.engine.store.load_spec, name)).env
+            output = await self.runner(self.engine, name, port, argv_with_env(argv, env),
+                                       stdin, timeout)
+        except BoxuiError as exc:
+            error = str(exc)
+            raise
+        finally:
+            async with self._locks[name]:
+                size = len(output.stdout) + len(output.stderr) if output else None
+                code = output.exit_code if output else None
+                await self.registry.finish(record.id, exit_code=code, response_size=size,
+                                           error=error)
+                if self.registry.in_flight(name) == 0 and \
+                        self.engine.projection.state_of(name) is InstanceState.BUSY:
+                    await self._mark(name, Verb.IDLE, "no command in flight")
+        assert output is not None
+        done = next((r for r in self.registry.commands(name) if r.id == record.id), record)
+        return done, output
+
+    def _reachable_port(self, name: str) -> int:
+        state = self.engine.projection.state_of(name)
+        if state is None:
+            raise MachineNotFoundError(name)
+        if state is InstanceState.DRAINING:
+            raise MachineDrainingError(f"{name} is draining and takes no new commands")
+        if state not in (InstanceState.READY, InstanceState.BUSY):
+            raise MachineNotRunningError(f"{name} is {state.value}, not running; "
+                                         f"start it with: boxui start {name}")
+        port = self.engine.store.load_record(name).ssh_port
+        if port is None:
+            raise MachineNotRunningError(f"{name} has no SSH port recorded")
+        return port
+
+    async def _mark(self, name: str, verb: Verb, message: str) -> None:
+        # it may have moved on (stopping, draining) meanwhile: that state wins
+        with contextlib.suppress(IllegalTransitionError):
+            await self.engine.transition(name, verb, message=message)

@@ -1,0 +1,134 @@
+"""Producing one variant's artifacts: boot it, wait for ready, save its memory.
+
+What a snapshot revision's `<role>/` dir holds: the kernel (a hard link to the image's,
+or a copy), the initrd the variant booted (base image plus its seed archive: SSH host
+key, client key, RNG seed), those keys, the build's console log, `ram.bin` (the guest's
+RAM: the build VM runs with its memory in that file, so saving never copies it) and
+`snapshot.bin` (device state). Once the revision is published `ram.bin` is never
+written again: restored machines map it copy-on-write, and a change to it would show
+through in every one of them.
+Every machine restored from it shares that host key and the RNG state of that one boot;
+the agent started just before saving (`restore_agent`) gives each restored guest
+fresh kernel RNG state and the host's time; the host key stays shared.
+
+The build VM runs with its QMP socket in a private temp dir (a unix socket path must be
+short) and is killed after saving, whatever happens; it is never a machine of boxui's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from backend.drivers.base import GuestRamFile, HypervisorDriver, LaunchSpec, VmHandle
+from backend.drivers.errors import PortInUseError
+from backend.drivers.qemu.accel import AccelChoice
+from backend.errors import BoxuiError
+from backend.guest.image_builder import GuestImage
+from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.guest.restore_agent_elf import AGENT_PROTOCOL
+from backend.state.events import now_utc
+from backend.supervision.restore_agent import AGENT_SOCKET, stage_agent
+from backend.templates.errors import TemplateError
+from backend.templates.publish import Producer, VariantJob
+from backend.templates.revision import SnapshotInfo, VariantArtifacts
+
+SNAPSHOT_FILE = "snapshot.bin"
+RAM_FILE = "ram.bin"
+BUILD_BOOT_TIMEOUT = 180.0
+
+
+def _artifacts(job: VariantJob, **files: object) -> VariantArtifacts:
+    v = job.variant
+    return VariantArtifacts.model_validate({
+        "name": job.name, "role": v.role, "profile": job.profile, "vcpus": v.vcpus,
+        "memory_mib": v.memory_mib, "data_disk_mib": v.data_disk_mib,
+        "boot_args": v.boot_args, "cache_key": job.key, **files,
+    })
+
+
+def image_producer() -> Producer:
+    """An image template: nothing to produce beyond the record; machines cold-boot."""
+
+    async def produce(job: VariantJob) -> VariantArtifacts:
+        return _artifacts(job)
+
+    return produce
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelChoice,
+                      boot_timeout: float = BUILD_BOOT_TIMEOUT) -> Producer:
+    from backend.supervision.supervisor import pick_free_port
+
+    async def produce(job: VariantJob) -> VariantArtifacts:
+        directory, variant = job.directory, job.variant
+        kernel = directory / image.kernel.name
+        await asyncio.to_thread(_link_or_copy, image.kernel, kernel)
+        keys = await asyncio.to_thread(create_machine_keys, directory)
+        initrd = await asyncio.to_thread(write_machine_initrd, image, directory, keys)
+        run_dir = Path(tempfile.mkdtemp(prefix="boxui-tpl-"))
+        boot_id = secrets.token_hex(6)
+        handle: VmHandle | None = None
+        started = time.monotonic()
+        try:
+            port = pick_free_port()
+            for attempt in range(5):
+                launch = LaunchSpec(
+                    name=job.name, vcpus=variant.vcpus, memory_mib=variant.memory_mib,
+                    kernel=kernel, initrd=initrd, append=variant.boot_args,
+                    accel=accel.accel, ssh_port=port, boot_id=boot_id,
+                    machine_dir=directory, run_dir=run_dir,
+                    console_log=directory / "console.log", tsc_khz=accel.tsc_khz,
+                    agent_socket=run_dir / AGENT_SOCKET,
+                    ram_file=GuestRamFile(directory / RAM_FILE, shared=True),
+                )
+                try:
+                    handle = await driver.start(launch)
+                    break
+                except PortInUseError:
+                    if attempt == 4:
+                        raise
+                    port = pick_free_port({port})
+            assert handle is not None
+            await driver.wait_ready(handle, boot_timeout)
+            booted = time.monotonic() - started
+            await stage_agent(handle.ssh_port, keys, directory)  # saved with the guest
+            saved = await driver.save_snapshot(handle, directory / SNAPSHOT_FILE)
+        except BoxuiError as exc:
+            raise TemplateError(f"building {job.name}: {exc}") from None
+        finally:
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(_discard(driver, handle))
+            shutil.rmtree(run_dir, ignore_errors=True)
+        info = SnapshotInfo(
+            created_at=now_utc(), vmstate_size_bytes=saved.state_bytes,
+            ram_file_bytes=saved.ram_file_bytes,
+            mem_size_bytes=saved.memory_bytes, boot_args=saved.kernel_cmdline,
+            vcpus=variant.vcpus, memory_mib=variant.memory_mib, accel=accel.accel,
+            guest_name=job.name, boot_id=boot_id, boot_seconds=round(booted, 3),
+            save_seconds=round(saved.seconds, 3), agent_protocol=AGENT_PROTOCOL,
+        )
+        return _artifacts(job, kernel=kernel.name, initrd=initrd.name,
+                          snapshot_file=SNAPSHOT_FILE, snapshot=info,
+                          ram_file=saved.ram_file.name if saved.ram_file else None)
+
+    return produce
+
+
+async def _discard(driver: HypervisorDriver, handle: VmHandle) -> None:
+    await driver.kill(handle)
+    await driver.wait_exit(handle)

@@ -1,0 +1,593 @@
+"""The boxui terminal app: live machines, events, health and consoles, one key away.
+
+The engine is injected (`EmbeddedBackend`; `RemoteBackend` when a `boxui daemon` already
+supervises the state dir), runs in the app's own loop in the "backend" worker, and
+reaches the UI only through messages. Long work runs in the "actions" worker
+group with `exit_on_error=False`; one handler turns any failure into a notification, so
+no traceback ever reaches the screen and the app never freezes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import os
+import shlex
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar, ParamSpec
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+from textual.worker import Worker, WorkerState
+from watchfiles import Change, awatch
+
+from backend.errors import BoxuiError, SpecError
+from backend.state.event_bus import Missed
+from backend.state.events import CloudEvent
+from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import LoadedMachine
+from backend.state.state_dir import default_home
+from backend.supervision.boot_files import ProgressFn
+from backend.supervision.health import HealthSample
+from boxui.tui.embedded import EmbeddedBackend
+from boxui.tui.messages import (
+    BackendStarted,
+    EventArrived,
+    EventsMissed,
+    HealthSampled,
+    SpecEditRejected,
+    SpecReloaded,
+    WorkProgressed,
+)
+from boxui.tui.remote import RemoteBackend
+from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
+from boxui.tui.screens.help import HelpScreen
+from boxui.tui.screens.logs import LogsScreen
+from boxui.tui.screens.new_machine import NewMachineScreen
+from boxui.tui.screens.services import ServicesScreen
+from boxui.tui.themes import (
+    DEFAULT_THEME,
+    ThemeCatalog,
+    cycle,
+    load_chosen_theme,
+    save_chosen_theme,
+    state_style,
+    state_variable_defaults,
+    sync_app_themes,
+    user_themes_dir,
+    watch_user_themes,
+)
+from boxui.tui.widgets.console_pane import ConsolePane
+from boxui.tui.widgets.detail_pane import DetailPane
+from boxui.tui.widgets.event_stream import EventStream
+from boxui.tui.widgets.machine_table import COLUMNS, MachineTable, row_cells
+from boxui.tui.widgets.status_header import StatusHeader, header_markup
+
+ACTIVE = {"booting", "ready", "busy", "draining", "stopping"}
+
+
+P = ParamSpec("P")
+
+
+def _while_shown(handler: Callable[P, None]) -> Callable[P, None]:
+    """Backend facts (and the spinner's ticks) still arrive while the app closes, after
+    the main screen's widgets are gone: drop them rather than fail the exit."""
+
+    @functools.wraps(handler)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        with contextlib.suppress(NoMatches):
+            handler(*args, **kwargs)
+
+    return run
+
+
+class BoxuiApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "boxui"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("n", "new_machine", "New"),
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("r", "restart", "Restart"),
+        Binding("ctrl+d", "delete", "Delete"),
+        Binding("e", "edit", "Edit"),
+        Binding("S", "ssh", "SSH"),
+        Binding("l", "logs", "Logs"),
+        Binding("v", "services", "Services"),
+        Binding("a", "toggle_events", "Events", show=False),
+        Binding("slash", "filter", "Filter"),
+        Binding("o", "sort_next", "Sort", show=False),
+        Binding("t", "next_theme", "Theme"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self, backend: EmbeddedBackend | RemoteBackend, *,
+                 clock: Callable[[], float] = time.time,
+                 ssh_argv: Callable[[str], list[str]] | None = None,
+                 editor: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self.clock = clock
+        self._ssh_argv = ssh_argv
+        self._editor = editor
+        self._machines: dict[str, LoadedMachine] = {}
+        self._last_valid: dict[str, MachineSpec] = {}
+        self._health: dict[str, HealthSample] = {}
+        self._busy: dict[str, str] = {}
+        self._work: dict[str, str] = {}  # the latest progress message of long work
+        self._frame = 0
+        self._filter = ""
+        self._mounted = False
+        self.actions_done: list[tuple[str, str]] = []
+        self.suspended_events: list[str] = []
+        self._home = backend.options.home or default_home()
+        self._catalog = ThemeCatalog(user_themes_dir(self._home))
+        self._theme_names: list[str] = []
+        self._theme_problems = self._load_themes()
+        chosen = load_chosen_theme(self._home)
+        self.theme = chosen if chosen in self._theme_names else DEFAULT_THEME
+
+    # --- themes ----------------------------------------------------------------------
+
+    def _load_themes(self) -> list[str]:
+        """(Re)register the catalog; returns one message per theme file that was skipped."""
+        themes, problems = self._catalog.load()
+        sync_app_themes(self, themes, self._theme_names)
+        self._theme_names = sorted(themes)
+        return problems
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        # TCSS uses $state-*; Textual's own themes (palette) do not define them
+        return state_variable_defaults()
+
+    @work(group="themes", exit_on_error=False)
+    async def _watch_themes(self) -> None:
+        changed = asyncio.Event()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_user_themes(
+            self._catalog.user_dir, changed.set, stop))
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                themes, problems = await asyncio.to_thread(self._catalog.load)
+                sync_app_themes(self, themes, self._theme_names)
+                self._theme_names = sorted(themes)
+                self._report_theme_problems(problems)
+        finally:
+            stop.set()
+            watcher.cancel()
+
+    def _report_theme_problems(self, problems: list[str]) -> None:
+        for problem in problems:
+            self.notify(problem, title="theme skipped", severity="warning", timeout=10)
+
+    # --- layout ----------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader("boxui: starting…")
+        yield Input(placeholder="filter by name or state", id="filter", disabled=True)
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield MachineTable(self.state_colour, id="machines")
+                with Horizontal(id="bottom"):
+                    yield EventStream(id="events")
+                    yield ConsolePane(id="console")
+            yield DetailPane(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(MachineTable).border_title = "machines"
+        self.query_one(EventStream).border_title = "events: all machines"
+        self.query_one(ConsolePane).border_title = "console"
+        self.query_one(DetailPane).border_title = "details"
+        self._spinner = self.set_interval(0.12, self._spin, pause=True)
+        self._mounted = True
+        self.query_one(MachineTable).focus()
+        self._report_theme_problems(self._theme_problems)
+        self.run_worker(self.backend.run(), name="backend", group="backend",
+                        exit_on_error=False)
+        self.run_worker(self._wait_for_backend(), group="backend", exit_on_error=False)
+
+    async def _wait_for_backend(self) -> None:
+        await self.backend.ready.wait()
+        self.post_message(BackendStarted())
+
+    def state_colour(self, state: str) -> str:
+        return state_style(self.current_theme, state)
+
+    # --- backend facts ---------------------------------------------------------------
+
+    def on_backend_started(self, _: BackendStarted) -> None:
+        for note in self.backend.startup_notes:
+            self.notify(note, severity="warning", timeout=10)
+        for machine in self.backend.machines():
+            self._remember(machine)
+        events = self.query_one(EventStream)
+        for event in self.backend.recent_events(100):
+            assert isinstance(event, CloudEvent)
+            events.add(event, self.state_colour(str(event.data.get("to") or "")))
+        self._reconcile()
+        self._consume_events()
+        self._consume_health()
+        self._watch_specs()
+        self._selection_changed()
+        self._watch_themes()
+        # everything loaded so far lives as long as the app: keep it out of the cyclic
+        # GC's full passes, which otherwise stall a frame now and then with 1,000 machines
+        gc.collect()
+        gc.freeze()
+
+    @work(group="feeds", exit_on_error=False)
+    async def _consume_events(self) -> None:
+        subscription = self.backend.subscribe_events()
+        async for item in subscription:
+            if isinstance(item, Missed):
+                self.post_message(EventsMissed(item.count))
+            else:
+                self.post_message(EventArrived(item))
+
+    @work(group="feeds", exit_on_error=False)
+    async def _consume_health(self) -> None:
+        subscription = self.backend.subscribe_health()
+        while True:
+            first = await subscription.get()
+            batch = [first]
+            while (more := subscription.get_nowait()) is not None:
+                batch.append(more)
+            self.post_message(HealthSampled(batch))
+
+    @work(group="feeds", exit_on_error=False)
+    async def _watch_specs(self) -> None:
+        machines_dir = self.backend.machines_dir()
+        async for changes in awatch(machines_dir, debounce=200, step=50):
+            for change, path in changes:
+                if change is Change.deleted or not path.endswith("/machine.toml"):
+                    continue
+                name = os.path.basename(os.path.dirname(path))
+                if name not in self._machines:
+                    continue
+                try:
+                    spec = await asyncio.to_thread(self.backend.load_spec, name)
+                except SpecError as exc:
+                    self.post_message(SpecEditRejected(name, str(exc)))
+                except BoxuiError:
+                    continue
+                else:
+                    if spec != self._last_valid.get(name):
+                        self.post_message(SpecReloaded(name))
+
+    @_while_shown
+    def on_event_arrived(self, message: EventArrived) -> None:
+        event = message.event
+        name = event.subject or ""
+        self.query_one(EventStream).add(event, self.state_colour(str(event.data.get("to"))))
+        if isinstance(self.screen, ServicesScreen):
+            self.screen.reload()
+        if event.type.endswith(".deleted"):
+            self._machines.pop(name, None)
+            self._health.pop(name, None)
+        else:
+            try:
+                self._remember(self.backend.machine(name))
+            except BoxuiError:
+                self._machines.pop(name, None)
+        self._reconcile()
+        if name == self.selected:
+            self._show_detail()
+
+    @_while_shown
+    def on_events_missed(self, message: EventsMissed) -> None:
+        self.query_one(EventStream).note(f"{message.count} events not shown (UI fell behind)")
+        # the table must not stay behind too: read every machine again
+        fresh = {machine.name: machine for machine in self.backend.machines()}
+        for name in [n for n in self._machines if n not in fresh]:
+            del self._machines[name]
+        for machine in fresh.values():
+            self._remember(machine)
+        self._reconcile()
+
+    @_while_shown
+    def on_health_sampled(self, message: HealthSampled) -> None:
+        for sample in message.samples:
+            self._health[sample.machine] = sample
+        # a sample changes only its own row: no need to rebuild the other 999
+        table = self.query_one(MachineTable)
+        table.update(self._rows(self._machines[s.machine] for s in message.samples
+                                if s.machine in self._machines and table.has_row(s.machine)))
+        if self.selected in {s.machine for s in message.samples}:
+            self._show_detail()
+
+    @_while_shown
+    def on_spec_reloaded(self, message: SpecReloaded) -> None:
+        try:
+            self._remember(self.backend.machine(message.name))
+        except BoxuiError:
+            return
+        self.notify(f"reloaded {message.name}/machine.toml", timeout=3)
+        self._reconcile()
+        if message.name == self.selected:
+            self._show_detail()
+
+    def on_spec_edit_rejected(self, message: SpecEditRejected) -> None:
+        self.notify(f"{message.reason} (keeping the last valid spec)",
+                    title="invalid machine.toml", severity="error", timeout=10)
+
+    def _remember(self, machine: LoadedMachine) -> None:
+        """Keep the last valid spec: an invalid hand edit must not blank a live machine."""
+        if machine.spec is not None and not machine.broken:
+            self._last_valid[machine.name] = machine.spec
+        elif machine.broken and machine.name in self._last_valid and machine.record:
+            machine = machine.model_copy(update={
+                "spec": self._last_valid[machine.name], "state": machine.record.state,
+            })
+        self._machines[machine.name] = machine
+
+    # --- drawing ---------------------------------------------------------------------
+
+    def _visible(self) -> Iterable[LoadedMachine]:
+        needle = self._filter.lower()
+        for machine in self._machines.values():
+            if not needle or needle in machine.name or needle in machine.state.value:
+                yield machine
+
+    def _rows(self, machines: Iterable[LoadedMachine]) -> Iterable[tuple[str, dict[str, str],
+                                                                         str]]:
+        now = self.clock()
+        for m in machines:
+            yield (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
+                                     self._frame), m.state.value)
+
+    def _reconcile(self) -> None:
+        self.query_one(MachineTable).reconcile(self._rows(self._visible()))
+        self._update_header()
+
+    def _update_header(self) -> None:
+        accel = self.backend.accel()
+        self.query_one(StatusHeader).show(header_markup(
+            (m.state.value for m in self._machines.values()), accel.accel, accel.reason,
+            self.state_colour))
+
+    @_while_shown
+    def _spin(self) -> None:
+        self._frame += 1
+        if not self._busy:
+            self._spinner.pause()
+        self._reconcile()
+
+    @property
+    def selected(self) -> str | None:
+        return self.query_one(MachineTable).selected_name
+
+    @on(MachineTable.Highlighted)
+    def _selection_changed(self) -> None:
+        self._show_detail()
+        name = self.selected
+        events = self.query_one(EventStream)
+        if events.only is not None:
+            events.focus_on(name)
+        if name is not None:
+            pane = self.query_one(ConsolePane)
+            self.run_worker(pane.follow(self.backend.console_log(name)), group="console",
+                            exclusive=True, exit_on_error=False)
+
+    def _show_detail(self) -> None:
+        name = self.selected
+        machine = self._machines.get(name) if name else None
+        history = self.backend.health_history if machine else None
+        colour = self.state_colour(machine.state.value) if machine else ""
+        self.query_one(DetailPane).show(machine, history, colour,
+                                        self._work.get(name) if name else None)
+
+    @_while_shown
+    def on_work_progressed(self, message: WorkProgressed) -> None:
+        if message.name not in self._busy:
+            return  # the work already ended
+        self._busy[message.name] = message.phase
+        self._work[message.name] = f"{message.phase}: {message.message}"
+        self._reconcile()
+        if message.name == self.selected:
+            self._show_detail()
+
+    # --- errors ----------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one error handler: any failed worker becomes a notification."""
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        text = str(error) if isinstance(error, BoxuiError) else \
+            f"{type(error).__name__}: {error}"
+        if event.worker.group == "backend":
+            self.notify(f"the engine stopped: {text}", severity="error", timeout=30)
+        else:
+            self.notify(text, title=event.worker.name or "error", severity="error", timeout=8)
+
+    # --- actions ---------------------------------------------------------------------
+
+    def _need_selection(self) -> str | None:
+        name = self.selected
+        if name is None:
+            self.notify("no machine selected", severity="warning", timeout=3)
+        return name
+
+    def _long(self, name: str, label: str,
+              job: Callable[[ProgressFn], Awaitable[None]]) -> None:
+        """Run `job` in the actions group with a spinner in the row; `job` gets a
+        progress callback whose phases replace the label as the work goes on."""
+        def progress(phase: str, message: str) -> None:
+            self.post_message(WorkProgressed(name, phase, message))  # thread-safe
+
+        async def run() -> None:
+            self._busy[name] = label
+            self._spinner.resume()
+            try:
+                await job(progress)
+                self.actions_done.append((label, name))
+            finally:
+                self._busy.pop(name, None)
+                self._work.pop(name, None)
+                self._reconcile()
+                if name == self.selected:
+                    self._show_detail()
+
+        self.run_worker(run(), name=f"{label} {name}", group="actions", exit_on_error=False)
+
+    def action_new_machine(self) -> None:
+        def created(spec: MachineSpec | None) -> None:
+            if spec is not None:
+                self._long(spec.name, "creating", lambda p: self.backend.create(spec, progress=p))
+
+        self.push_screen(NewMachineScreen(set(self._machines), self.backend.home), created)
+
+    def action_start(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self._long(name, "starting", lambda p: self.backend.start(name, progress=p))
+
+    def action_stop(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self._long(name, "stopping", lambda _p: self.backend.stop(name))
+
+    def action_restart(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self._long(name, "restarting", lambda p: self.backend.restart(name, progress=p))
+
+    def action_delete(self) -> None:
+        name = self._need_selection()
+        if name is None:
+            return
+        running = self._machines[name].state.value in ACTIVE if name in self._machines else False
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._long(name, "deleting", lambda _p: self.backend.delete(name))
+
+        self.push_screen(ConfirmDeleteScreen(name, running), confirmed)
+
+    async def action_edit(self) -> None:
+        name = self._need_selection()
+        if name is None:
+            return
+        editor = self._editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        argv = [*shlex.split(editor), str(self.backend.spec_path(name))]
+        await self._run_suspended(argv, f"edit {name}")
+
+    async def action_ssh(self) -> None:
+        name = self._need_selection()
+        if name is None:
+            return
+        try:
+            if self._ssh_argv is not None:
+                argv = self._ssh_argv(name)
+            else:
+                from boxui.ssh_commands import ssh_exec_argv
+
+                argv = ssh_exec_argv(name, None)
+        except BoxuiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        await self._run_suspended(argv, f"ssh {name}")
+
+    async def _run_suspended(self, argv: list[str], what: str) -> None:
+        """Hand the terminal to a program while the backend keeps running: the child is
+        awaited, not waited for, so the event loop (and supervision) goes on."""
+        try:
+            with self.suspend():
+                proc = await asyncio.create_subprocess_exec(*argv)
+                code = await proc.wait()
+        except FileNotFoundError:
+            self.notify(f"{argv[0]} not found", severity="error")
+            return
+        except Exception as exc:
+            self.notify(f"{what}: {exc}", severity="error")
+            return
+        self.actions_done.append((what, str(code)))
+        if code not in (0, None):
+            self.notify(f"{what} exited with {code}", severity="warning", timeout=4)
+
+    def action_logs(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self.push_screen(LogsScreen(self.backend.console_log(name)))
+
+    def action_services(self) -> None:
+        self.push_screen(ServicesScreen(self.backend.services, self.state_colour))
+
+    def action_toggle_events(self) -> None:
+        events = self.query_one(EventStream)
+        events.focus_on(None if events.only is not None else self.selected)
+
+    def action_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        field.disabled = False
+        field.add_class("-shown")
+        field.focus()
+
+    def action_clear_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        if field.has_class("-shown"):
+            field.value = ""
+            field.remove_class("-shown")
+            field.disabled = True
+            self.query_one(MachineTable).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self._filter = event.value.strip()
+        self._reconcile()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one(MachineTable).focus()
+
+    def action_sort_next(self) -> None:
+        table = self.query_one(MachineTable)
+        keys = [c.key for c in COLUMNS]
+        table.sort_by(keys[(keys.index(table.sort_column) + 1) % len(keys)])
+
+    def action_next_theme(self) -> None:
+        self.theme = cycle(self._theme_names, self.theme)
+
+    def watch_theme(self, theme: str) -> None:
+        if self._mounted:
+            self.query_one(MachineTable).restyle()
+            self._reconcile()
+            self._show_detail()
+            self.notify(f"theme: {theme}", timeout=2)
+            self._remember_theme(theme)
+
+    @work(group="themes", exit_on_error=False)
+    async def _remember_theme(self, theme: str) -> None:
+        await asyncio.to_thread(save_chosen_theme, self._home, theme)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for title, help_text, action in (
+            ("New machine", "Create and start a machine", self.action_new_machine),
+            ("Start machine", "Start the selected machine", self.action_start),
+            ("Stop machine", "Power off the selected machine", self.action_stop),
+            ("Restart machine", "Restart the selected machine", self.action_restart),
+            ("Delete machine", "Delete the selected machine", self.action_delete),
+            ("Edit machine.toml", "Open the spec in $EDITOR", self.action_edit),
+            ("SSH into machine", "Interactive shell in the selected machine", self.action_ssh),
+            ("Console log", "Full-screen serial console", self.action_logs),
+            ("Services", "Services with their instances", self.action_services),
+            ("Filter machines", "Filter by name or state", self.action_filter),
+            ("Toggle event scope", "All machines or the selected one",
+             self.action_toggle_events),
+            ("Next theme", "Cycle boxui's themes", self.action_next_theme),
+            ("Keys", "Every key binding", self.action_help),
+        ):
+            yield SystemCommand(title, help_text, action)

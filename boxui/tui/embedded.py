@@ -1,0 +1,182 @@
+"""What the app needs from boxui's engine, behind one object injected into the App.
+
+The app never reaches into `backend` modules for behaviour; it asks this link. The
+embedded link runs the engine and supervisor inside the app's own event loop, so closing
+the app (or it crashing) leaves VMs running, exactly like a killed daemon. Tests inject
+the same link built over the fake driver; the demo injects it over the demo driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from backend.drivers.base import HypervisorDriver
+from backend.drivers.qemu.accel import AccelChoice, resolve_accel
+from backend.state.engine import Engine
+from backend.state.event_bus import Subscription
+from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import LoadedMachine
+from backend.supervision.boot_files import BootFilesProvider, DefaultBootFiles, ProgressFn
+from backend.supervision.health import HealthHistory, HealthSubscription
+from backend.supervision.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from backend.api.context import ApiContext
+    from backend.services.manager import ServiceManager
+    from backend.services.scale_models import ServiceView
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    home: Path | None = None
+    driver_factory: Callable[[], HypervisorDriver] | None = None
+    boot_files_factory: Callable[[Path], BootFilesProvider] | None = None
+    accel_for: Callable[[str], AccelChoice] | None = None
+    sample_health: bool = True
+    health_interval: float = 1.0
+    #: serve the control API while the app runs, so the CLI (and scripts) act through it
+    serve_api: bool = True
+    #: the supervisor's monotonic clock (boot durations in events); fixed in snapshots
+    clock: Callable[[], float] | None = None
+
+
+class EmbeddedBackend:
+    def __init__(self, options: LinkOptions | None = None) -> None:
+        self.options = options or LinkOptions()
+        self._engine: Engine | None = None
+        self._supervisor: Supervisor | None = None
+        self._services: ServiceManager | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Own the engine and supervisor until cancelled (the app is closing)."""
+        engine = await Engine.open(self.options.home)
+        try:
+            opts = self.options
+            if opts.driver_factory is not None:
+                driver = opts.driver_factory()
+            else:
+                from backend.drivers.qemu.driver import QemuDriver
+
+                driver = QemuDriver()
+            boot_files = (opts.boot_files_factory or DefaultBootFiles)(engine.dirs.images)
+            supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for,
+                                    clock=opts.clock or time.monotonic)
+            supervisor.health.interval = opts.health_interval
+            async with supervisor.running(sample_health=opts.sample_health):
+                self._engine, self._supervisor = engine, supervisor
+                if opts.serve_api:
+                    ctx = _api_context(supervisor)
+                    self._services = ctx.services
+                    supervisor.spawn(_serve_api(ctx), "api")
+                self.ready.set()
+                await asyncio.Event().wait()  # until cancelled
+        finally:
+            self._engine = self._supervisor = None
+            await engine.close()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("backend is not running")
+        return self._engine
+
+    @property
+    def supervisor(self) -> Supervisor:
+        if self._supervisor is None:
+            raise RuntimeError("backend is not running")
+        return self._supervisor
+
+    @property
+    def home(self) -> Path:
+        return self.engine.dirs.root
+
+    @property
+    def startup_notes(self) -> list[str]:
+        return self.engine.startup_notes
+
+    # --- reading ---------------------------------------------------------------------
+
+    def machines(self) -> list[LoadedMachine]:
+        return self.engine.machines()
+
+    def machine(self, name: str) -> LoadedMachine:
+        return self.engine.machine(name)
+
+    def subscribe_events(self, maxsize: int = 4096) -> Subscription:
+        return self.engine.subscribe(maxsize=maxsize)
+
+    def subscribe_health(self, maxsize: int = 4096) -> HealthSubscription:
+        return self.supervisor.health.subscribe(maxsize=maxsize)
+
+    @property
+    def health_history(self) -> HealthHistory:
+        return self.supervisor.health.history
+
+    def accel(self) -> AccelChoice:
+        if self.options.accel_for is not None:
+            return self.options.accel_for("auto")
+        return resolve_accel("auto")
+
+    def spec_path(self, name: str) -> Path:
+        return self.engine.dirs.spec_path(name)
+
+    def console_log(self, name: str) -> Path:
+        return self.engine.dirs.console_log(name)
+
+    def machines_dir(self) -> Path:
+        return self.engine.dirs.machines
+
+    def load_spec(self, name: str) -> MachineSpec:
+        return self.engine.store.load_spec(name)
+
+    def recent_events(self, limit: int) -> list[object]:
+        from backend.state.event_log import read_log
+
+        return list(read_log(self.engine.dirs.event_log).events[-limit:])
+
+    # --- changing --------------------------------------------------------------------
+
+    async def create(self, spec: MachineSpec, *, start: bool = True,
+                     progress: ProgressFn | None = None) -> None:
+        await self.engine.create_machine(spec)
+        if start:
+            await self.supervisor.start_machine(spec.name, progress=progress)
+
+    async def start(self, name: str, *, progress: ProgressFn | None = None) -> None:
+        await self.supervisor.start_machine(name, progress=progress)
+
+    async def stop(self, name: str) -> None:
+        await self.supervisor.stop_machine(name)
+
+    async def restart(self, name: str, *, progress: ProgressFn | None = None) -> None:
+        await self.supervisor.restart_machine(name, progress=progress)
+
+    async def delete(self, name: str) -> None:
+        await self.supervisor.delete_machine(name, force=True)
+
+    async def services(self) -> list[ServiceView]:
+        return await self._services.views() if self._services is not None else []
+
+
+def _api_context(supervisor: Supervisor) -> ApiContext:
+    from backend.api.context import ApiContext
+    from backend.services.manager import ServiceManager
+    from backend.supervision.machine_exec import MachineExec
+
+    machine_exec = MachineExec(supervisor.engine)
+    return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
+
+
+async def _serve_api(ctx: ApiContext) -> None:
+    """The same API (and services) as `boxui daemon`, until the app closes (cancellation
+    ends it and removes the socket)."""
+    from backend.api.server import serve_api
+
+    await ctx.services.start()
+    await serve_api(ctx, asyncio.Event())
