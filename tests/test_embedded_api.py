@@ -30,14 +30,14 @@ async def test_cli_goes_through_the_apps_backend(home: Path) -> None:
     task = asyncio.create_task(backend.run())
     try:
         await backend.ready.wait()
-        sock = backend.state.engine.dirs.api_socket
+        sock = backend.engine.dirs.api_socket
         async with asyncio.timeout(10):
             while not sock.exists():
                 await asyncio.sleep(0.02)
         code, out, err = await cli(home, "create", "vm", "--json")
         assert code == 0, err
         assert json.loads(out)["state"] == "ready"
-        assert backend.state.engine.projection.state_of("vm") is InstanceState.READY
+        assert backend.engine.projection.state_of("vm") is InstanceState.READY
         assert driver.starts == {"vm": 1}  # booted by the app's supervisor, not the CLI
         code, out, err = await cli(home, "rm", "--force", "vm")
         assert (code, out.strip()) == (0, "deleted vm"), err

@@ -25,7 +25,7 @@ from backend.supervision.machine_exec import ExecRunner, MachineExec
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.supervised import make_supervisor
 
-log = logging.getLogger("boxui.daemon.serve")
+log = logging.getLogger("boxui.daemon")
 
 
 async def run_daemon(

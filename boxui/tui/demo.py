@@ -57,7 +57,7 @@ from boxui.tui.app import BoxuiApp
 from boxui.tui.embedded import EmbeddedBackend, LinkOptions
 from boxui.tui.messages import BackendStarted
 
-log = logging.getLogger("boxui.tui.demo")
+log = logging.getLogger("boxui.demo")
 
 MARKER = ".boxui-demo"
 DEMO_ACCEL = "demo"
