@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, TypeVar
 
 import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -299,7 +299,10 @@ def _theme_paths(directory: Path, problems: list[str]) -> list[Path]:
         return []
 
 
-def sync_app_themes(app: App[Any], themes: dict[str, Theme],
+AppResult = TypeVar("AppResult")
+
+
+def sync_app_themes(app: App[AppResult], themes: dict[str, Theme],
                     previous: Iterable[str] = ()) -> None:
     """Register `themes` with `app` (again, after a live edit): drop names from `previous`
     that are gone, re-apply the current theme if it changed, fall back to the default if
@@ -355,7 +358,7 @@ def save_chosen_theme(state_dir_root: Path, name: str) -> None:
     atomic_write_text(path, tomli_w.dumps(data))
 
 
-def _read_ui(path: Path) -> dict[str, Any]:
+def _read_ui(path: Path) -> dict[str, object]:
     with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return tomllib.loads(path.read_bytes().decode("utf-8"))
     return {}
