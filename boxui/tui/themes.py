@@ -6,8 +6,8 @@ machine state. `ThemeFile.to_theme()` turns it into a `textual.theme.Theme` whos
 and Textual content markup can say `[$state-ready]ready[/]`. Plain Rich `Text` cannot
 resolve `$variables`: use `state_style(theme, state)` for those.
 
-Built-in themes live in the repo's `themes/` folder; users add or override themes in
-`$BOXUI_HOME/themes/*.toml`. A broken file is skipped and reported, never fatal. The
+Built-in themes live in `theme_files/` next to this module; users add or override themes
+in `$BOXUI_HOME/themes/*.toml`. A broken file is skipped and reported, never fatal. The
 chosen theme is remembered in `<state dir>/ui.toml` (key `theme`).
 """
 
@@ -130,7 +130,7 @@ class StateColours(BaseModel):
 
 
 class ThemeFile(BaseModel):
-    """One theme file (`themes/<name>.toml`)."""
+    """One theme file (`<name>.toml`, built in or in `$BOXUI_HOME/themes/`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -220,7 +220,7 @@ def _describe(exc: ValidationError) -> str:
 
 # --- the catalog --------------------------------------------------------------------------
 
-#: the default theme, built in so the app looks right even without the `themes/` folder
+#: the default theme, built in so the app looks right even without `theme_files/`
 _FALLBACK_DEFAULT = ThemeFile(
     name=DEFAULT_THEME,
     dark=True,

@@ -1,4 +1,4 @@
-"""The live table of machines, reconciled by row key (Dolphie's Processlist pattern).
+"""The live table of machines, reconciled by row key.
 
 Rows are added, updated or removed by key, never rebuilt, and only lines whose row
 changed are redrawn. It is a Line-API widget rather than a `DataTable`: with 1,000
