@@ -50,10 +50,14 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+from rich.console import RenderableType
+from textual.screen import Screen
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -75,9 +79,10 @@ from backend.state.machine_spec import MachineSpec
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.health import HealthSample
 from boxui.tui.app import BoxuiApp
-from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.backend import BackendOptions
+from boxui.tui.embedded import EmbeddedBackend
 from boxui.tui.messages import BackendStarted
-from boxui.tui.widgets.machine_table import MachineTable
+from boxui.tui.widgets.machine_table import MachineTable, Row
 
 TARGET_CPU_PERCENT = 15.0
 TARGET_P95_MS = 100.0
@@ -140,6 +145,17 @@ async def write_machines(root: Path, count: int) -> None:
         await engine.close()
 
 
+@dataclass
+class Probes:
+    """What the instrumented app records while the rounds run."""
+
+    round: int = 0
+    round_start: dict[int, float] = field(default_factory=dict)
+    cell_times: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    frames: list[float] = field(default_factory=list)
+    reconciles: list[float] = field(default_factory=list)
+
+
 class BenchApp(BoxuiApp):
     """BoxuiApp plus the bench loop, started once the backend is up (Textual runs
     BoxuiApp.on_backend_started right after this handler: no super() call)."""
@@ -147,9 +163,10 @@ class BenchApp(BoxuiApp):
     # Textual resolves a relative CSS_PATH against the subclass's module: point at boxui's
     CSS_PATH = str(Path(boxui.tui.app.__file__).with_name(BoxuiApp.CSS_PATH))
 
-    def __init__(self, backend: EmbeddedBackend, rounds: int, restore: Any,
+    def __init__(self, backend: EmbeddedBackend, rounds: int, restore: Callable[[], None],
                  profile: cProfile.Profile | None = None) -> None:
         super().__init__(backend)
+        self.embedded = backend  # the bench drives its supervisor's sampler directly
         self.rounds = rounds
         self.profile = profile
         self._restore = restore
@@ -170,82 +187,84 @@ class BenchApp(BoxuiApp):
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # the first 1,000-row frame
         self._restore()
+        probes = self._instrument(table)
+        cpu, wall = await self._run_rounds(probes)
+        return self._summarise(probes, cpu, wall)
 
-        round_start: dict[int, float] = {}
-        cell_times: defaultdict[int, list[float]] = defaultdict(list)
-        frames: list[float] = []
+    def _instrument(self, table: MachineTable) -> Probes:
+        """Wrap the table's row write and update, the app's frame output and the
+        sampler's per-machine probe, so that each records into the returned `Probes`."""
+        probes = Probes()
+        original_write, original_update = table._write, table.update
+        original_display = self._display
 
-        original_write = table._write
-
-        def write(name: str, row: Any) -> None:
+        def write(name: str, row: Row) -> None:
             original_write(name, row)
             cpu = row[0]["cpu"]
             if cpu.isdigit():
-                cell_times[int(cpu)].append(time.perf_counter())
+                probes.cell_times[int(cpu)].append(time.perf_counter())
 
-        original_display = self._display
-
-        def display(screen: Any, renderable: Any) -> None:
+        def display(screen: Screen[object], renderable: RenderableType | None) -> None:
             original_display(screen, renderable)
             if renderable is not None:
-                frames.append(time.perf_counter())
+                probes.frames.append(time.perf_counter())
 
-        reconciles: list[float] = []
-        original_update = table.update
-
-        def update(rows: Any) -> None:
+        def update(rows: Iterable[tuple[str, dict[str, str], str]]) -> None:
             start = time.perf_counter()
             original_update(rows)
-            reconciles.append(1000 * (time.perf_counter() - start))
-
-        table._write = write  # type: ignore[method-assign]
-        table.update = update  # type: ignore[method-assign]
-        self._display = display  # type: ignore[method-assign]
-
-        sampler = self.backend.supervisor.health
-        current = 0
+            probes.reconciles.append(1000 * (time.perf_counter() - start))
 
         async def fake_sample(handle: VmHandle) -> HealthSample:
-            return HealthSample(handle.name, time.time(), float(current), 64 << 20,
+            return HealthSample(handle.name, time.time(), float(probes.round), 64 << 20,
                                 512 << 20, 300 << 20, None)
 
-        sampler._sample = fake_sample  # type: ignore[method-assign]
+        table._write = write  # type: ignore[method-assign]  # measuring needs the hook
+        table.update = update  # type: ignore[method-assign]  # measuring needs the hook
+        self._display = display  # type: ignore[method-assign]  # measuring needs the hook
+        sampler = self.embedded.supervisor.health
+        sampler._sample = fake_sample  # type: ignore[method-assign]  # see the docstring
+        return probes
 
+    async def _run_rounds(self, probes: Probes) -> tuple[float, float]:
+        """Warm up, then sample once a second; returns (CPU, wall) seconds measured."""
+        sampler = self.embedded.supervisor.health
         loop = asyncio.get_running_loop()
-        total = WARMUP_ROUNDS + self.rounds
         tick = loop.time()
         cpu0 = wall0 = 0.0
-        for r in range(1, total + 1):
+        for r in range(1, WARMUP_ROUNDS + self.rounds + 1):
             if r == WARMUP_ROUNDS + 1:
                 cpu0, wall0 = time.process_time(), time.perf_counter()
-                reconciles.clear()
+                probes.reconciles.clear()
                 if self.profile is not None:
                     self.profile.enable()
-            current = r
-            round_start[r] = time.perf_counter()
+            probes.round = r
+            probes.round_start[r] = time.perf_counter()
             await sampler.sample_once()
             tick += 1.0
             await asyncio.sleep(max(0.0, tick - loop.time()))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         if self.profile is not None:
             self.profile.disable()
+        return cpu, wall
 
-        measured = range(WARMUP_ROUNDS + 1, total + 1)
-        cells = sorted(1000 * (t - round_start[r]) for r in measured for t in cell_times[r])
+    def _summarise(self, probes: Probes, cpu: float, wall: float) -> dict[str, Any]:
+        measured = range(WARMUP_ROUNDS + 1, WARMUP_ROUNDS + self.rounds + 1)
+        cells = sorted(1000 * (t - probes.round_start[r])
+                       for r in measured for t in probes.cell_times[r])
         frame_ms: list[float] = []
         missing = 0
         for r in measured:
-            if not cell_times[r]:
+            if not probes.cell_times[r]:
                 missing += 1  # coalesced into a later round, never shown
                 continue
-            i = bisect.bisect_right(frames, max(cell_times[r]))
-            if i < len(frames):
-                frame_ms.append(1000 * (frames[i] - round_start[r]))
+            i = bisect.bisect_right(probes.frames, max(probes.cell_times[r]))
+            if i < len(probes.frames):
+                frame_ms.append(1000 * (probes.frames[i] - probes.round_start[r]))
         return {
             "machines": len(self._machines), "rounds": self.rounds, "wall": wall,
             "cpu": cpu, "cells": cells, "frames": sorted(frame_ms), "missing": missing,
             "cells_expected": self.rounds * len(self._machines),
-            "headless": self.is_headless, "reconciles": sorted(reconciles),
+            "headless": self.is_headless, "reconciles": sorted(probes.reconciles),
         }
 
 
@@ -299,7 +318,7 @@ async def bench(machines: int, seconds: int, terminal: bool,
         def restore() -> None:
             listing_cache.refresh = real_refresh
 
-        options = LinkOptions(home=root, driver_factory=BenchDriver, sample_health=False)
+        options = BackendOptions(home=root, driver_factory=BenchDriver, sample_health=False)
         app = BenchApp(EmbeddedBackend(options), seconds, restore, profile)
         try:
             if terminal:

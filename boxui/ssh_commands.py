@@ -16,6 +16,7 @@ from backend.guest.machine_seed import MachineKeys, load_machine_keys
 from backend.state.machine_store import MachineStore
 from backend.state.state_dir import open_state_dir
 from backend.state.supervisor_lock import lock_holder
+from backend.supervision.machine_exec import argv_with_env
 from backend.supervision.ssh_access import (
     exec_command,
     find_ssh,
@@ -66,8 +67,6 @@ def ssh_config_text(name: str) -> str:
 
 
 async def run_exec(name: str, command: list[str]) -> int:
-    from backend.supervision.machine_exec import argv_with_env
-
     target = _target(name)
     env = MachineStore(open_state_dir()).load_spec(name).env
     return await exec_command(target.port, target.keys, target.machine_dir,

@@ -78,3 +78,10 @@ def kill_stand_ins(home: Path) -> None:
 def machines(home: Path) -> dict[str, dict[str, object]]:
     out = boxui(home, "ls", "--json")
     return {m["name"]: m for m in json.loads(out.stdout)}
+
+
+def recorded_pid(home: Path, name: str) -> int:
+    """The hypervisor pid in the machine's runtime record, as `boxui ls --json` shows it."""
+    record = machines(home)[name]["record"]
+    assert isinstance(record, dict) and isinstance(record.get("pid"), int), record
+    return int(record["pid"])

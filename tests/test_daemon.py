@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from backend.state.state_dir import open_state_dir
-from tests.daemon_helpers import boxui, daemon_running, kill_stand_ins, machines
+from tests.daemon_helpers import boxui, daemon_running, kill_stand_ins, machines, recorded_pid
 
 
 @pytest.fixture
@@ -51,17 +51,16 @@ def test_cli_mutations_go_through_a_running_daemon(home: Path) -> None:
 def test_sigterm_leaves_machines_running_and_the_next_daemon_adopts(home: Path) -> None:
     with daemon_running(home) as daemon:
         assert boxui(home, "create", "vm").returncode == 0
-        pid = machines(home)["vm"]["record"]["pid"]  # type: ignore[index]
+        pid = recorded_pid(home, "vm")
         assert daemon.terminate() == 0
     assert "shutting down; machines keep running" in "".join(daemon.lines)
     assert not open_state_dir(home).api_socket.exists()
-    assert psutil.pid_exists(pid)  # type: ignore[arg-type]
+    assert psutil.pid_exists(pid)
     with daemon_running(home) as daemon:
         assert "re-adopted running pid" in "".join(daemon.lines)
-        vm = machines(home)["vm"]
-        assert vm["state"] == "ready" and vm["record"]["pid"] == pid  # type: ignore[index]
+        assert machines(home)["vm"]["state"] == "ready" and recorded_pid(home, "vm") == pid
         assert boxui(home, "stop", "vm").returncode == 0
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"  # type: ignore[arg-type]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
 
 
 def test_a_killed_daemon_leaves_a_socket_that_the_next_one_replaces(home: Path) -> None:

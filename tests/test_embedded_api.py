@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from backend.state.lifecycle import InstanceState
-from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.backend import BackendOptions
+from boxui.tui.embedded import EmbeddedBackend
 from tests.conftest import BOXUI, cli_env
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 
@@ -23,7 +24,7 @@ async def cli(home: Path, *args: str) -> tuple[int, str, str]:
 
 async def test_cli_goes_through_the_apps_backend(home: Path) -> None:
     driver = FakeDriver()
-    backend = EmbeddedBackend(LinkOptions(
+    backend = EmbeddedBackend(BackendOptions(
         home=home, driver_factory=lambda: driver,
         boot_files_factory=lambda _images: FakeBootFiles(), accel_for=fixed_accel,
         sample_health=False))

@@ -85,10 +85,10 @@ class HealthHistory:
 
 
 class HealthSubscription:
-    def __init__(self, sampler: HealthSampler, maxsize: int, machine: str | None) -> None:
+    def __init__(self, feed: HealthFeed, maxsize: int, machine: str | None) -> None:
         if maxsize < 1:
             raise ValueError("a health subscription needs room for at least 1 sample")
-        self._sampler = sampler
+        self._feed = feed
         self._queue: asyncio.Queue[HealthSample] = asyncio.Queue(maxsize)
         self.machine = machine
         self.dropped = 0
@@ -110,11 +110,37 @@ class HealthSubscription:
 
     def close(self) -> None:
         self.closed = True
-        self._sampler.unsubscribe(self)
+        self._feed.unsubscribe(self)
 
     async def __aiter__(self) -> AsyncIterator[HealthSample]:
         while not self.closed:
             yield await self.get()
+
+
+class HealthFeed:
+    """Where samples go: into the history, then to every subscriber. The sampler feeds
+    one from its own rounds; a client of the daemon's API feeds one from the samples it
+    streams, so both offer their readers the same history and subscriptions."""
+
+    def __init__(self, history: HealthHistory | None = None) -> None:
+        self.history = history if history is not None else HealthHistory()
+        self._subscribers: list[HealthSubscription] = []
+
+    def subscribe(self, *, maxsize: int = 256, machine: str | None = None) -> HealthSubscription:
+        """`maxsize` below the number of machines means a slow reader of all machines
+        may see only some of them after a backlog: size it accordingly or filter."""
+        sub = HealthSubscription(self, maxsize, machine)
+        self._subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: HealthSubscription) -> None:
+        if sub in self._subscribers:
+            self._subscribers.remove(sub)
+
+    def publish(self, sample: HealthSample) -> None:
+        self.history.add(sample)
+        for sub in list(self._subscribers):
+            sub._offer(sample)
 
 
 class _Tracked:
@@ -166,21 +192,16 @@ class HealthSampler:
         self.interval = interval
         self.ssh_every = ssh_every
         self.timeout = timeout
-        self.history = history if history is not None else HealthHistory()
+        self.feed = HealthFeed(history)
+        self.history = self.feed.history
         self._tracked: dict[str, _Tracked] = {}
-        self._subscribers: list[HealthSubscription] = []
         self._next_offset = 0
 
     def subscribe(self, *, maxsize: int = 256, machine: str | None = None) -> HealthSubscription:
-        """`maxsize` below the number of machines means a slow reader of all machines
-        may see only some of them after a backlog: size it accordingly or filter."""
-        sub = HealthSubscription(self, maxsize, machine)
-        self._subscribers.append(sub)
-        return sub
+        return self.feed.subscribe(maxsize=maxsize, machine=machine)
 
     def unsubscribe(self, sub: HealthSubscription) -> None:
-        if sub in self._subscribers:
-            self._subscribers.remove(sub)
+        self.feed.unsubscribe(sub)
 
     async def run(self) -> None:
         """Sample, then sleep only what is left of the interval: rounds never overlap,
@@ -198,9 +219,7 @@ class HealthSampler:
             self.history.forget(name)
         samples = await asyncio.gather(*(self._sample(h) for h in handles.values()))
         for sample in samples:
-            self.history.add(sample)
-            for sub in list(self._subscribers):
-                sub._offer(sample)
+            self.feed.publish(sample)
         return list(samples)
 
     async def _sample(self, handle: VmHandle) -> HealthSample:

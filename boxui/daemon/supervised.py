@@ -1,8 +1,9 @@
-"""Running a command against a supervisor owned by this process.
+"""A supervisor owned by this process: the daemon's, or a CLI command's own.
 
-Until a daemon with an API exists, a CLI command that changes machines takes the state
-dir's lock itself, re-adopts what is running (crash recovery), does its work and lets go.
-VMs keep running after the command exits; the next supervisor re-adopts them.
+`boxui daemon` builds its supervisor here. When no daemon serves the state dir, a CLI
+command that changes machines does without one: it takes the state dir's lock itself,
+re-adopts what is running (crash recovery), does its work and lets go. VMs keep running
+after the command exits; the next supervisor re-adopts them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TypeVar
 
 import click
 
+from backend.drivers.qemu.driver import QemuDriver
 from backend.state.engine import Engine
 from backend.supervision.boot_files import DefaultBootFiles
 from backend.supervision.supervisor import Supervisor
@@ -28,8 +30,6 @@ def progress_printer(name: str) -> Callable[[str, str], None]:
 
 
 def make_supervisor(engine: Engine) -> Supervisor:
-    from backend.drivers.qemu.driver import QemuDriver
-
     return Supervisor(engine, QemuDriver(), DefaultBootFiles(engine.dirs.images))
 
 

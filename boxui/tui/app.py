@@ -1,10 +1,10 @@
 """The boxui terminal app: live machines, events, health and consoles, one key away.
 
-The engine is injected (`EmbeddedBackend`; `RemoteBackend` when a `boxui daemon` already
-supervises the state dir), runs in the app's own loop in the "backend" worker, and
-reaches the UI only through messages. Long work runs in the "actions" worker
-group with `exit_on_error=False`; one handler turns any failure into a notification, so
-no traceback ever reaches the screen and the app never freezes.
+The engine is injected as an `AppBackend` (embedded, or following a `boxui daemon` that
+already supervises the state dir; the app never knows which), runs in the app's own loop
+in the "backend" worker, and reaches the UI only through messages. Long work runs in the
+"actions" worker group with `exit_on_error=False`; one handler turns any failure into a
+notification, so no traceback ever reaches the screen and the app never freezes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar, ParamSpec
+from typing import ClassVar, ParamSpec
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -31,13 +31,12 @@ from watchfiles import Change, awatch
 
 from backend.errors import BoxuiError, SpecError
 from backend.state.event_bus import Missed
-from backend.state.events import CloudEvent
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
-from backend.state.state_dir import default_home
 from backend.supervision.boot_files import ProgressFn
 from backend.supervision.health import HealthSample
-from boxui.tui.embedded import EmbeddedBackend
+from boxui.ssh_commands import ssh_exec_argv
+from boxui.tui.backend import AppBackend
 from boxui.tui.messages import (
     BackendStarted,
     EventArrived,
@@ -47,7 +46,6 @@ from boxui.tui.messages import (
     SpecReloaded,
     WorkProgressed,
 )
-from boxui.tui.remote import RemoteBackend
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.tui.screens.help import HelpScreen
 from boxui.tui.screens.logs import LogsScreen
@@ -111,14 +109,14 @@ class BoxuiApp(App[None]):
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
-    def __init__(self, backend: EmbeddedBackend | RemoteBackend, *,
+    def __init__(self, backend: AppBackend, *,
                  clock: Callable[[], float] = time.time,
                  ssh_argv: Callable[[str], list[str]] | None = None,
                  editor: str | None = None) -> None:
         super().__init__()
-        self.backend = backend
+        self.backend: AppBackend = backend
         self.clock = clock
-        self._ssh_argv = ssh_argv
+        self._ssh_argv = ssh_argv or (lambda name: ssh_exec_argv(name, None))
         self._editor = editor
         self._machines: dict[str, LoadedMachine] = {}
         self._last_valid: dict[str, MachineSpec] = {}
@@ -130,7 +128,7 @@ class BoxuiApp(App[None]):
         self._mounted = False
         self.actions_done: list[tuple[str, str]] = []
         self.suspended_events: list[str] = []
-        self._home = backend.options.home or default_home()
+        self._home = backend.home
         self._catalog = ThemeCatalog(user_themes_dir(self._home))
         self._theme_names: list[str] = []
         self._theme_problems = self._load_themes()
@@ -215,7 +213,6 @@ class BoxuiApp(App[None]):
             self._remember(machine)
         events = self.query_one(EventStream)
         for event in self.backend.recent_events(100):
-            assert isinstance(event, CloudEvent)
             events.add(event, self.state_colour(str(event.data.get("to") or "")))
         self._reconcile()
         self._consume_events()
@@ -487,12 +484,7 @@ class BoxuiApp(App[None]):
         if name is None:
             return
         try:
-            if self._ssh_argv is not None:
-                argv = self._ssh_argv(name)
-            else:
-                from boxui.ssh_commands import ssh_exec_argv
-
-                argv = ssh_exec_argv(name, None)
+            argv = self._ssh_argv(name)
         except BoxuiError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -572,7 +564,7 @@ class BoxuiApp(App[None]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for title, help_text, action in (
             ("New machine", "Create and start a machine", self.action_new_machine),

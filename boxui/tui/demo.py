@@ -54,8 +54,10 @@ from backend.state.state_dir import StateDir, default_home, open_state_dir
 from backend.state.supervisor_lock import lock_holder
 from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from boxui.tui.app import BoxuiApp
-from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.backend import BackendOptions
+from boxui.tui.embedded import EmbeddedBackend
 from boxui.tui.messages import BackendStarted
+from boxui.tui.widgets.machine_table import MachineTable
 
 log = logging.getLogger("boxui.demo")
 
@@ -512,8 +514,6 @@ class DemoApp(BoxuiApp):
         self.call_later(self._label_demo)
 
     def _label_demo(self) -> None:
-        from boxui.tui.widgets.machine_table import MachineTable
-
         self.query_one(MachineTable).border_title = (
             "machines · DEMO: stand-in processes, not VMs")
 
@@ -574,8 +574,8 @@ def build_demo_app(home: Path, *, speed: float = 1.0, rounds: int | None = None)
     """The demo app over an embedded engine in `home` (already prepared)."""
     driver = DemoDriver({a.name: GuestPlan(a.boot_seconds, a.fail_boot) for a in CAST},
                         speed=speed)
-    options = LinkOptions(home=home, driver_factory=lambda: driver,
-                          boot_files_factory=DemoBootFiles, accel_for=demo_accel)
+    options = BackendOptions(home=home, driver_factory=lambda: driver,
+                             boot_files_factory=DemoBootFiles, accel_for=demo_accel)
     return DemoApp(EmbeddedBackend(options), driver, speed=speed, rounds=rounds)
 
 

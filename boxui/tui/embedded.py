@@ -1,53 +1,42 @@
-"""What the app needs from boxui's engine, behind one object injected into the App.
+"""The app's backend when no daemon runs: the engine and supervisor in the app's loop.
 
-The app never reaches into `backend` modules for behaviour; it asks this link. The
-embedded link runs the engine and supervisor inside the app's own event loop, so closing
-the app (or it crashing) leaves VMs running, exactly like a killed daemon. Tests inject
-the same link built over the fake driver; the demo injects it over the demo driver.
+Closing the app (or it crashing) leaves VMs running, exactly like a killed daemon; the
+next supervisor re-adopts them. While it runs it also serves the daemon's control API
+(unless told not to), so the CLI and scripts act through it rather than find the state
+dir locked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from backend.api.context import ApiContext
+from backend.api.server import serve_api
 from backend.drivers.base import HypervisorDriver
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
+from backend.drivers.qemu.driver import QemuDriver
+from backend.services.manager import ServiceManager
+from backend.services.scale_models import ServiceView
 from backend.state.engine import Engine
 from backend.state.event_bus import Subscription
+from backend.state.event_log import read_log
+from backend.state.events import CloudEvent
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
-from backend.supervision.boot_files import BootFilesProvider, DefaultBootFiles, ProgressFn
+from backend.state.state_dir import default_home
+from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
 from backend.supervision.health import HealthHistory, HealthSubscription
+from backend.supervision.machine_exec import MachineExec
 from backend.supervision.supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from backend.api.context import ApiContext
-    from backend.services.manager import ServiceManager
-    from backend.services.scale_models import ServiceView
-
-
-@dataclass(frozen=True)
-class LinkOptions:
-    home: Path | None = None
-    driver_factory: Callable[[], HypervisorDriver] | None = None
-    boot_files_factory: Callable[[Path], BootFilesProvider] | None = None
-    accel_for: Callable[[str], AccelChoice] | None = None
-    sample_health: bool = True
-    health_interval: float = 1.0
-    #: serve the control API while the app runs, so the CLI (and scripts) act through it
-    serve_api: bool = True
-    #: the supervisor's monotonic clock (boot durations in events); fixed in snapshots
-    clock: Callable[[], float] | None = None
+from boxui.tui.backend import BackendOptions
 
 
 class EmbeddedBackend:
-    def __init__(self, options: LinkOptions | None = None) -> None:
-        self.options = options or LinkOptions()
+    def __init__(self, options: BackendOptions | None = None) -> None:
+        self.options = options or BackendOptions()
+        self._home = (self.options.home or default_home()).expanduser().absolute()
         self._engine: Engine | None = None
         self._supervisor: Supervisor | None = None
         self._services: ServiceManager | None = None
@@ -58,12 +47,7 @@ class EmbeddedBackend:
         engine = await Engine.open(self.options.home)
         try:
             opts = self.options
-            if opts.driver_factory is not None:
-                driver = opts.driver_factory()
-            else:
-                from backend.drivers.qemu.driver import QemuDriver
-
-                driver = QemuDriver()
+            driver: HypervisorDriver = (opts.driver_factory or QemuDriver)()
             boot_files = (opts.boot_files_factory or DefaultBootFiles)(engine.dirs.images)
             supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for,
                                     clock=opts.clock or time.monotonic)
@@ -94,7 +78,7 @@ class EmbeddedBackend:
 
     @property
     def home(self) -> Path:
-        return self.engine.dirs.root
+        return self._home
 
     @property
     def startup_notes(self) -> list[str]:
@@ -135,9 +119,7 @@ class EmbeddedBackend:
     def load_spec(self, name: str) -> MachineSpec:
         return self.engine.store.load_spec(name)
 
-    def recent_events(self, limit: int) -> list[object]:
-        from backend.state.event_log import read_log
-
+    def recent_events(self, limit: int) -> list[CloudEvent]:
         return list(read_log(self.engine.dirs.event_log).events[-limit:])
 
     # --- changing --------------------------------------------------------------------
@@ -165,10 +147,6 @@ class EmbeddedBackend:
 
 
 def _api_context(supervisor: Supervisor) -> ApiContext:
-    from backend.api.context import ApiContext
-    from backend.services.manager import ServiceManager
-    from backend.supervision.machine_exec import MachineExec
-
     machine_exec = MachineExec(supervisor.engine)
     return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
 
@@ -176,7 +154,5 @@ def _api_context(supervisor: Supervisor) -> ApiContext:
 async def _serve_api(ctx: ApiContext) -> None:
     """The same API (and services) as `boxui daemon`, until the app closes (cancellation
     ends it and removes the socket)."""
-    from backend.api.server import serve_api
-
     await ctx.services.start()
     await serve_api(ctx, asyncio.Event())

@@ -26,7 +26,7 @@ class EventsMissed(Message):
 
 class HealthSampled(Message):
     """A round of samples; a newer round makes an unprocessed older one obsolete for the
-    table, so bursts coalesce (Toolong's `can_replace`). History keeps every sample."""
+    table, so bursts coalesce (`can_replace`). History keeps every sample."""
 
     def __init__(self, samples: list[HealthSample]) -> None:
         super().__init__()

@@ -1,12 +1,12 @@
-"""The app's link to a running `boxui daemon`, through its control API.
+"""The app's backend when a `boxui daemon` already supervises the state dir.
 
-When a daemon already supervises the state dir, the app cannot (and must not) run a
-second engine: it connects to the daemon instead and offers the app the same surface as
-`EmbeddedBackend`, so the screens look and behave the same. Machines come from
+The app cannot (and must not) run a second engine then: it follows the daemon through
+its control API instead, so the screens look and behave the same. Machines come from
 `/v1/machines`, live changes from the `/v1/events` stream (each event first refreshes the
-machine it names, then reaches the app), health from `/v1/health/samples`; actions are
-API calls. Files the daemon owns but that a user reads (console logs, `machine.toml`)
-are read straight from the state dir, as the embedded link does.
+machine it names, then reaches the app), health from `/v1/health/samples` into the same
+history and subscriptions the daemon's sampler offers; actions are API calls. Files the
+daemon owns but that a user reads (console logs, `machine.toml`) are read straight from
+the state dir, as the embedded backend does.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
+from pydantic import TypeAdapter
 
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
@@ -28,59 +28,44 @@ from backend.state.machine_spec import MachineSpec, read_spec
 from backend.state.machine_store import LoadedMachine
 from backend.state.state_dir import StateDir, open_state_dir
 from backend.supervision.boot_files import ProgressFn
-from backend.supervision.health import HealthHistory, HealthSample
-from boxui.daemon.client import ApiCallError
-from boxui.tui.embedded import LinkOptions
+from backend.supervision.health import (
+    HealthFeed,
+    HealthHistory,
+    HealthSample,
+    HealthSubscription,
+)
+from boxui.daemon.client import (
+    BASE_URL,
+    TIMEOUT,
+    ApiCallError,
+    QueryParams,
+    read_answer,
+    serving_daemon,
+    unreachable,
+)
+from boxui.tui.backend import BackendOptions
 
 STREAM_PREFIX = "dev.boxui.stream.v1."
 
-
-class HealthFeed:
-    """Fan-out of the daemon's health samples to the app's subscribers (bounded: a slow
-    subscriber loses the oldest samples, which a newer one makes obsolete anyway)."""
-
-    def __init__(self) -> None:
-        self._queues: list[asyncio.Queue[HealthSample]] = []
-
-    def subscribe(self, maxsize: int) -> RemoteHealthSubscription:
-        queue: asyncio.Queue[HealthSample] = asyncio.Queue(maxsize)
-        self._queues.append(queue)
-        return RemoteHealthSubscription(queue)
-
-    def publish(self, sample: HealthSample) -> None:
-        for queue in self._queues:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(sample)
-
-
-class RemoteHealthSubscription:
-    def __init__(self, queue: asyncio.Queue[HealthSample]) -> None:
-        self._queue = queue
-
-    async def get(self) -> HealthSample:
-        return await self._queue.get()
-
-    def get_nowait(self) -> HealthSample | None:
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+_MACHINES = TypeAdapter(list[LoadedMachine])
+_EVENTS = TypeAdapter(list[CloudEvent])
+_SAMPLE = TypeAdapter(HealthSample)
+_SAMPLES = TypeAdapter(list[HealthSample])
+_SERVICES = TypeAdapter(list[ServiceView])
 
 
 class RemoteBackend:
-    def __init__(self, options: LinkOptions | None = None, *, daemon_pid: int | None = None,
-                 socket_path: Path | None = None) -> None:
-        self.options = options or LinkOptions()
+    def __init__(self, options: BackendOptions | None = None, *,
+                 daemon_pid: int | None = None, socket_path: Path | None = None) -> None:
+        self.options = options or BackendOptions()
         self.dirs: StateDir = open_state_dir(self.options.home)
         self.socket_path = socket_path or self.dirs.api_socket
         self.daemon_pid = daemon_pid
         self.ready = asyncio.Event()
-        self.health_history = HealthHistory()
+        self._health = HealthFeed()
         self._machines: dict[str, LoadedMachine] = {}
         self._recent: list[CloudEvent] = []
         self._bus = EventBus()
-        self._health = HealthFeed()
         self._http: httpx.AsyncClient | None = None
 
     # --- running ---------------------------------------------------------------------
@@ -89,8 +74,8 @@ class RemoteBackend:
         """Follow the daemon until cancelled (the app is closing); the daemon and its
         VMs are not affected by the app coming or going."""
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
-        async with httpx.AsyncClient(transport=transport, base_url="http://boxui",
-                                     timeout=httpx.Timeout(None, connect=5)) as http:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL,
+                                     timeout=TIMEOUT) as http:
             self._http = http
             try:
                 await self._follow()
@@ -105,14 +90,15 @@ class RemoteBackend:
             group.create_task(self._follow_events(events_open))
             await events_open.wait()  # subscribed first: from here on no change is missed
             await self._refresh_all()
-            self._recent = [CloudEvent.model_validate(e) for e in await self._call(
-                "GET", "/v1/events/recent", params={"limit": 100})]
-            for view in await self._call("GET", "/v1/health/latest"):
-                self.health_history.add(HealthSample(**view))
+            self._recent = _EVENTS.validate_python(await self._call(
+                "GET", "/v1/events/recent", params={"limit": 100}))
+            latest = await self._call("GET", "/v1/health/latest")
+            for sample in _SAMPLES.validate_python(latest):
+                self.health_history.add(sample)
             group.create_task(self._follow_health())
             self.ready.set()
 
-    async def _lines(self, path: str) -> AsyncIterator[dict[str, Any]]:
+    async def _lines(self, path: str) -> AsyncIterator[object]:
         assert self._http is not None
         async with self._http.stream("GET", path) as response:
             if response.status_code != 200:
@@ -140,9 +126,7 @@ class RemoteBackend:
 
     async def _follow_health(self) -> None:
         async for data in self._lines("/v1/health/samples"):
-            sample = HealthSample(**data)
-            self.health_history.add(sample)
-            self._health.publish(sample)
+            self._health.publish(_SAMPLE.validate_python(data))
 
     async def _refresh(self, name: str) -> None:
         try:
@@ -156,27 +140,18 @@ class RemoteBackend:
         self._machines[name] = LoadedMachine.model_validate(view)
 
     async def _refresh_all(self) -> None:
-        fresh = [LoadedMachine.model_validate(v) for v in await self._call("GET", "/v1/machines")]
+        fresh = _MACHINES.validate_python(await self._call("GET", "/v1/machines"))
         self._machines = {m.name: m for m in fresh}
 
-    async def _call(self, method: str, path: str, *, json: Any = None,
-                    params: dict[str, Any] | None = None) -> Any:
+    async def _call(self, method: str, path: str, *, json: object = None,
+                    params: QueryParams | None = None) -> object:
         if self._http is None:
             raise BoxuiError("not connected to the boxui daemon")
         try:
             response = await self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as exc:
-            raise BoxuiError(f"the boxui daemon (pid {self.daemon_pid}) does not answer on "
-                             f"{self.socket_path}: {exc}") from None
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                code, message = str(body["code"]), str(body["message"])
-            except (ValueError, KeyError, TypeError):
-                raise BoxuiError(f"the boxui daemon answered {response.status_code}: "
-                                 f"{response.text[:200]}") from None
-            raise ApiCallError(code, message)
-        return response.json() if response.content else None
+            raise unreachable(self.daemon_pid, self.socket_path, exc) from None
+        return read_answer(response)
 
     # --- what the app reads ----------------------------------------------------------
 
@@ -201,8 +176,12 @@ class RemoteBackend:
     def subscribe_events(self, maxsize: int = 4096) -> Subscription:
         return self._bus.subscribe(maxsize=maxsize)
 
-    def subscribe_health(self, maxsize: int = 4096) -> RemoteHealthSubscription:
-        return self._health.subscribe(maxsize)
+    def subscribe_health(self, maxsize: int = 4096) -> HealthSubscription:
+        return self._health.subscribe(maxsize=maxsize)
+
+    @property
+    def health_history(self) -> HealthHistory:
+        return self._health.history
 
     def accel(self) -> AccelChoice:
         if self.options.accel_for is not None:
@@ -221,7 +200,7 @@ class RemoteBackend:
     def console_log(self, name: str) -> Path:
         return self.dirs.console_log(name)
 
-    def recent_events(self, limit: int) -> list[object]:
+    def recent_events(self, limit: int) -> list[CloudEvent]:
         return list(self._recent[-limit:])
 
     # --- what the app changes --------------------------------------------------------
@@ -244,16 +223,11 @@ class RemoteBackend:
         await self._call("DELETE", f"/v1/machines/{name}", params={"force": True})
 
     async def services(self) -> list[ServiceView]:
-        return [ServiceView.model_validate(v) for v in await self._call("GET", "/v1/services")]
+        return _SERVICES.validate_python(await self._call("GET", "/v1/services"))
 
 
-def find_daemon_link(options: LinkOptions | None = None) -> RemoteBackend | None:
-    """A link to the daemon serving this state dir, or None when none does."""
-    from backend.state.supervisor_lock import lock_holder
-
-    options = options or LinkOptions()
-    dirs = open_state_dir(options.home)
-    holder = lock_holder(dirs.lock_file)
-    if holder is None or not dirs.api_socket.exists():
-        return None
-    return RemoteBackend(options, daemon_pid=holder)
+def find_daemon_backend(options: BackendOptions | None = None) -> RemoteBackend | None:
+    """A backend over the daemon serving this state dir, or None when none does."""
+    options = options or BackendOptions()
+    pid = serving_daemon(open_state_dir(options.home))
+    return None if pid is None else RemoteBackend(options, daemon_pid=pid)

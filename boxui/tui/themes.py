@@ -6,8 +6,8 @@ machine state. `ThemeFile.to_theme()` turns it into a `textual.theme.Theme` whos
 and Textual content markup can say `[$state-ready]ready[/]`. Plain Rich `Text` cannot
 resolve `$variables`: use `state_style(theme, state)` for those.
 
-Built-in themes live in the repo's `themes/` folder; users add or override themes in
-`$BOXUI_HOME/themes/*.toml`. A broken file is skipped and reported, never fatal. The
+Built-in themes live in `theme_files/` next to this module; users add or override themes
+in `$BOXUI_HOME/themes/*.toml`. A broken file is skipped and reported, never fatal. The
 chosen theme is remembered in `<state dir>/ui.toml` (key `theme`).
 """
 
@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, TypeVar
 
 import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -130,7 +130,7 @@ class StateColours(BaseModel):
 
 
 class ThemeFile(BaseModel):
-    """One theme file (`themes/<name>.toml`)."""
+    """One theme file (`<name>.toml`, built in or in `$BOXUI_HOME/themes/`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -220,7 +220,7 @@ def _describe(exc: ValidationError) -> str:
 
 # --- the catalog --------------------------------------------------------------------------
 
-#: the default theme, built in so the app looks right even without the `themes/` folder
+#: the default theme, built in so the app looks right even without `theme_files/`
 _FALLBACK_DEFAULT = ThemeFile(
     name=DEFAULT_THEME,
     dark=True,
@@ -299,7 +299,10 @@ def _theme_paths(directory: Path, problems: list[str]) -> list[Path]:
         return []
 
 
-def sync_app_themes(app: App[Any], themes: dict[str, Theme],
+AppResult = TypeVar("AppResult")
+
+
+def sync_app_themes(app: App[AppResult], themes: dict[str, Theme],
                     previous: Iterable[str] = ()) -> None:
     """Register `themes` with `app` (again, after a live edit): drop names from `previous`
     that are gone, re-apply the current theme if it changed, fall back to the default if
@@ -355,7 +358,7 @@ def save_chosen_theme(state_dir_root: Path, name: str) -> None:
     atomic_write_text(path, tomli_w.dumps(data))
 
 
-def _read_ui(path: Path) -> dict[str, Any]:
+def _read_ui(path: Path) -> dict[str, object]:
     with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return tomllib.loads(path.read_bytes().decode("utf-8"))
     return {}

@@ -11,10 +11,15 @@ import pytest
 from backend.state.engine import Engine
 from backend.state.machine_spec import MachineSpec
 from boxui.tui.app import BoxuiApp
-from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.backend import BackendOptions
+from boxui.tui.embedded import EmbeddedBackend
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 
 FIXED_TIME = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
+
+#: builds the app over an embedded backend; keyword arguments go to `BoxuiApp`, except
+#: `boot_files` and `sample_health`, which configure the backend
+MakeApp = Callable[..., BoxuiApp]
 
 
 @pytest.fixture
@@ -25,10 +30,10 @@ async def fake_driver() -> AsyncIterator[FakeDriver]:
 
 
 @pytest.fixture
-def make_app(home: Path, fake_driver: FakeDriver) -> Callable[..., BoxuiApp]:
+def make_app(home: Path, fake_driver: FakeDriver) -> MakeApp:
     def build(**kwargs: Any) -> BoxuiApp:
         boot_files = kwargs.pop("boot_files", None) or FakeBootFiles()
-        options = LinkOptions(
+        options = BackendOptions(
             home=home, driver_factory=lambda: fake_driver,
             boot_files_factory=lambda _images: boot_files, accel_for=fixed_accel,
             sample_health=kwargs.pop("sample_health", False), health_interval=0.2,
@@ -48,3 +53,9 @@ async def seed(home: Path, *names: str, **spec: Any) -> None:
             await engine.create_machine(MachineSpec(name=name, **spec))
     finally:
         await engine.close()
+
+
+def embedded(app: BoxuiApp) -> EmbeddedBackend:
+    """The app's backend as the engine-owning kind these tests build, to reach inside."""
+    assert isinstance(app.backend, EmbeddedBackend)
+    return app.backend

@@ -19,12 +19,13 @@ from boxui.tui.widgets.detail_pane import DetailPane
 from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import SPINNER, MachineTable
 from boxui.tui.widgets.status_header import StatusHeader
-from tests.app.conftest import seed
+from tests.app.conftest import MakeApp, embedded, seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.fake_driver import FakeBootFiles, FakeDriver
+from tests.templates.helpers import REVISION, fabricate
 
 
-async def test_startup_shows_machines_and_header(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_startup_shows_machines_and_header(home: Path, make_app: MakeApp) -> None:
     await seed(home, "alpha", "beta", vcpus=2)
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -35,7 +36,8 @@ async def test_startup_shows_machines_and_header(home: Path, make_app) -> None: 
         assert "2 machines" in header and "2 stopped" in header and "TCG" in header
 
 
-async def test_start_stop_restart(home: Path, make_app, fake_driver: FakeDriver) -> None:  # type: ignore[no-untyped-def]
+async def test_start_stop_restart(home: Path, make_app: MakeApp,
+                                  fake_driver: FakeDriver) -> None:
     await seed(home, "vm")
     fake_driver.script("vm").boot_delay = 0.4
     app = make_app()
@@ -56,7 +58,7 @@ async def test_start_stop_restart(home: Path, make_app, fake_driver: FakeDriver)
         assert fake_driver.calls.count(("stop", "vm")) == 2
 
 
-async def test_new_machine_form_validates_inline(home: Path, make_app,  # type: ignore[no-untyped-def]
+async def test_new_machine_form_validates_inline(home: Path, make_app: MakeApp,
                                                  fake_driver: FakeDriver) -> None:
     await seed(home, "taken")
     app = make_app()
@@ -87,7 +89,7 @@ async def test_new_machine_form_validates_inline(home: Path, make_app,  # type: 
         assert cell(app, "fresh", "memory") == "512M"
 
 
-async def test_delete_asks_first(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_delete_asks_first(home: Path, make_app: MakeApp) -> None:
     await seed(home, "keep", "gone")
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -105,8 +107,8 @@ async def test_delete_asks_first(home: Path, make_app) -> None:  # type: ignore[
         assert not open_state_dir(home).machine_dir("gone").exists()
 
 
-async def test_ssh_suspends_while_backend_keeps_supervising(  # type: ignore[no-untyped-def]
-        home: Path, tmp_path: Path, make_app, fake_driver: FakeDriver) -> None:
+async def test_ssh_suspends_while_backend_keeps_supervising(
+        home: Path, tmp_path: Path, make_app: MakeApp, fake_driver: FakeDriver) -> None:
     await seed(home, "vm")
     marker = tmp_path / "ssh-ended"
     # the "ssh session" lasts 1.5 s; the guest dies 0.3 s after the session begins
@@ -117,7 +119,7 @@ async def test_ssh_suspends_while_backend_keeps_supervising(  # type: ignore[no-
         await started(pilot, app)
         await pilot.press("s")
         await until(pilot, lambda: cell(app, "vm", "state") == "ready")
-        pid = app.backend.supervisor.handles["vm"].pid
+        pid = embedded(app).supervisor.handles["vm"].pid
         loop = asyncio.get_running_loop()
         loop.call_later(0.3, lambda: __import__("os").kill(pid, 9))
         await pilot.press("S")
@@ -129,8 +131,8 @@ async def test_ssh_suspends_while_backend_keeps_supervising(  # type: ignore[no-
         await until(pilot, lambda: cell(app, "vm", "state") == "crashed")
 
 
-async def test_edit_reloads_and_invalid_edit_keeps_last_spec(  # type: ignore[no-untyped-def]
-        home: Path, tmp_path: Path, make_app) -> None:
+async def test_edit_reloads_and_invalid_edit_keeps_last_spec(
+        home: Path, tmp_path: Path, make_app: MakeApp) -> None:
     await seed(home, "vm")
     editor = tmp_path / "editor.py"
     editor.write_text("import sys, pathlib\np = pathlib.Path(sys.argv[1])\n"
@@ -141,14 +143,14 @@ async def test_edit_reloads_and_invalid_edit_keeps_last_spec(  # type: ignore[no
         await pilot.press("e")
         await until(pilot, lambda: cell(app, "vm", "vcpus") == "3")
         notes: list[str] = []
-        app.notify = lambda message, **kw: notes.append(str(message))  # type: ignore[method-assign,assignment]
+        app.notify = lambda message, **kw: notes.append(str(message))  # type: ignore[method-assign]
         path = open_state_dir(home).spec_path("vm")
         path.write_text(path.read_text().replace("vcpus = 3", 'vcpus = "lots"'))
         await until(pilot, lambda: any("vcpus" in n and "machine.toml" in n for n in notes))
         assert cell(app, "vm", "vcpus") == "3", "the last valid spec stays"
 
 
-async def test_logs_help_filter_sort_events_theme(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_logs_help_filter_sort_events_theme(home: Path, make_app: MakeApp) -> None:
     await seed(home, "web-1", "web-2", "db-1")
     console = open_state_dir(home).console_log("db-1")
     console.write_text("booting...\nBOXUI-READY x\n")
@@ -183,7 +185,7 @@ async def test_logs_help_filter_sort_events_theme(home: Path, make_app) -> None:
         assert app.theme != before
 
 
-async def test_command_palette_lists_every_action(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_command_palette_lists_every_action(home: Path, make_app: MakeApp) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
@@ -194,7 +196,7 @@ async def test_command_palette_lists_every_action(home: Path, make_app) -> None:
             assert wanted in titles
 
 
-async def test_errors_become_notifications(home: Path, make_app,  # type: ignore[no-untyped-def]
+async def test_errors_become_notifications(home: Path, make_app: MakeApp,
                                            fake_driver: FakeDriver) -> None:
     await seed(home, "vm")
     fake_driver.script("vm").fail_boot = "kernel panic (scripted)"
@@ -207,8 +209,8 @@ async def test_errors_become_notifications(home: Path, make_app,  # type: ignore
                                        for n in app._notifications))
 
 
-async def test_long_work_shows_its_phase_in_the_row_and_details(  # type: ignore[no-untyped-def]
-        home: Path, make_app, fake_driver: FakeDriver) -> None:
+async def test_long_work_shows_its_phase_in_the_row_and_details(
+        home: Path, make_app: MakeApp, fake_driver: FakeDriver) -> None:
     await seed(home, "vm")
     gate = asyncio.Event()
     app = make_app(boot_files=FakeBootFiles(gate))
@@ -225,11 +227,8 @@ async def test_long_work_shows_its_phase_in_the_row_and_details(  # type: ignore
         assert ("start", "vm") in fake_driver.calls
 
 
-async def test_new_machine_form_offers_templates(home: Path, make_app,  # type: ignore[no-untyped-def]
+async def test_new_machine_form_offers_templates(home: Path, make_app: MakeApp,
                                                  fake_driver: FakeDriver) -> None:
-    from backend.state.state_dir import open_state_dir
-    from tests.templates.helpers import REVISION, fabricate
-
     fabricate(open_state_dir(home), "web", vcpus=2, memory_mib=384)
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -237,6 +236,7 @@ async def test_new_machine_form_offers_templates(home: Path, make_app,  # type: 
         await pilot.press("n")
         await until(pilot, lambda: isinstance(app.screen, NewMachineScreen))
         form = app.screen
+        assert isinstance(form, NewMachineScreen)
         select = form.query_one("#image", Select)
         await until(pilot, lambda: bool(form.templates))
         select.value = "template:web:worker"  # raises if the Select does not offer it

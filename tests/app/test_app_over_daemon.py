@@ -9,8 +9,9 @@ import contextlib
 from pathlib import Path
 
 from boxui.tui.app import BoxuiApp
-from boxui.tui.embedded import EmbeddedBackend, LinkOptions
-from boxui.tui.remote import RemoteBackend, find_daemon_link
+from boxui.tui.backend import BackendOptions
+from boxui.tui.embedded import EmbeddedBackend
+from boxui.tui.remote import RemoteBackend, find_daemon_backend
 from tests.app.conftest import FIXED_TIME, seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
@@ -19,7 +20,7 @@ from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 async def test_app_drives_a_running_daemon(home: Path) -> None:
     await seed(home, "web", "db")
     driver = FakeDriver()
-    daemon = EmbeddedBackend(LinkOptions(
+    daemon = EmbeddedBackend(BackendOptions(
         home=home, driver_factory=lambda: driver,
         boot_files_factory=lambda _images: FakeBootFiles(), accel_for=fixed_accel,
         sample_health=True, health_interval=0.2))
@@ -29,9 +30,9 @@ async def test_app_drives_a_running_daemon(home: Path) -> None:
         async with asyncio.timeout(10):
             while not daemon.engine.dirs.api_socket.exists():
                 await asyncio.sleep(0.02)
-        link = find_daemon_link(LinkOptions(home=home, accel_for=fixed_accel))
-        assert isinstance(link, RemoteBackend)
-        app = BoxuiApp(link, clock=lambda: FIXED_TIME)
+        remote = find_daemon_backend(BackendOptions(home=home, accel_for=fixed_accel))
+        assert isinstance(remote, RemoteBackend)
+        app = BoxuiApp(remote, clock=lambda: FIXED_TIME)
         app.suspend = contextlib.nullcontext  # type: ignore[assignment,method-assign]
         async with app.run_test(size=SIZE) as pilot:
             await started(pilot, app)

@@ -8,11 +8,12 @@ from pathlib import Path
 from backend.state.state_dir import open_state_dir
 from boxui.tui.themes import BUILTIN_THEMES_DIR, DEFAULT_THEME, load_chosen_theme, state_style
 from boxui.tui.widgets.machine_table import MachineTable
-from tests.app.conftest import seed
+from tests.app.conftest import MakeApp, seed
 from tests.app.pilot_helpers import SIZE, cell, started, until
 
 
-async def test_t_cycles_boxui_themes_and_remembers_the_choice(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_t_cycles_boxui_themes_and_remembers_the_choice(home: Path,
+                                                              make_app: MakeApp) -> None:
     await seed(home, "vm")
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -39,7 +40,8 @@ async def test_t_cycles_boxui_themes_and_remembers_the_choice(home: Path, make_a
         assert cell(again, "vm", "state") == "stopped"
 
 
-async def test_broken_user_theme_falls_back_with_a_notification(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_broken_user_theme_falls_back_with_a_notification(home: Path,
+                                                                make_app: MakeApp) -> None:
     open_state_dir(home)
     themes = home / "themes"
     themes.mkdir(mode=0o700)
@@ -52,7 +54,7 @@ async def test_broken_user_theme_falls_back_with_a_notification(home: Path, make
         await until(pilot, lambda: any("mine.toml" in n.message for n in app._notifications))
 
 
-async def test_theme_dropped_in_live_is_registered(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_theme_dropped_in_live_is_registered(home: Path, make_app: MakeApp) -> None:
     open_state_dir(home)
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:

@@ -8,19 +8,20 @@ from pathlib import Path
 
 from textual.widgets import Static
 
+from boxui.tui.app import BoxuiApp
 from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.detail_pane import DetailPane
 from boxui.tui.widgets.machine_table import COLUMNS, MachineTable
-from tests.app.conftest import seed
+from tests.app.conftest import MakeApp, seed
 from tests.app.pilot_helpers import SIZE, rows, started, until
 
 
-def detail_title(app) -> str:  # type: ignore[no-untyped-def]
+def detail_title(app: BoxuiApp) -> str:
     return str(app.query_one(DetailPane).query_one("#detail-text", Static).render()) \
         .splitlines()[0]
 
 
-async def test_cursor_sort_and_selection_follow_each_other(home: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_cursor_sort_and_selection_follow_each_other(home: Path, make_app: MakeApp) -> None:
     await seed(home, "a-small", vcpus=1)
     await seed(home, "b-big", vcpus=8)
     await seed(home, "c-mid", vcpus=4)

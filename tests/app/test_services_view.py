@@ -8,12 +8,14 @@ from textual.widgets import Tree
 
 from backend.services.scale_models import ScaleRequest
 from backend.services.service_spec import ServiceSpec
+from boxui.tui.app import BoxuiApp
 from boxui.tui.screens.services import ServicesScreen
+from tests.app.conftest import MakeApp, embedded
 from tests.app.pilot_helpers import SIZE, started, until
 from tests.fake_driver import FakeDriver
 
 
-def shape(app) -> list[str]:  # type: ignore[no-untyped-def]
+def shape(app: BoxuiApp) -> list[str]:
     """Each service's name, then the state of each instance under it."""
     tree = app.screen.query_one(Tree)
     lines = []
@@ -27,12 +29,12 @@ def shape(app) -> list[str]:  # type: ignore[no-untyped-def]
     return lines
 
 
-async def test_services_view_groups_instances_and_follows_scaling(  # type: ignore[no-untyped-def]
-        home: Path, make_app, fake_driver: FakeDriver) -> None:
+async def test_services_view_groups_instances_and_follows_scaling(
+        home: Path, make_app: MakeApp, fake_driver: FakeDriver) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
-        services = app.backend._services
+        services = embedded(app)._services
         assert services is not None, "the embedded backend runs the service manager"
         await services.create(ServiceSpec(name="web", replicas=2))
         await pilot.press("v")

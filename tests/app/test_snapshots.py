@@ -17,9 +17,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from textual.pilot import Pilot
@@ -30,7 +30,8 @@ from backend.state.engine import Engine
 from backend.state.machine_spec import MachineSpec
 from backend.supervision import supervisor as backend_supervisor
 from boxui.tui.app import BoxuiApp
-from boxui.tui.embedded import EmbeddedBackend, LinkOptions
+from boxui.tui.backend import BackendOptions
+from boxui.tui.embedded import EmbeddedBackend
 from boxui.tui.themes import save_chosen_theme
 from boxui.tui.widgets.machine_table import MachineTable
 from tests.app.conftest import FIXED_TIME
@@ -42,9 +43,9 @@ THEMES = ("boxui-dark", "boxui-light", "boxui-nord")
 
 class FrozenDatetime(datetime):
     @classmethod
-    def now(cls, tz: Any = None) -> FrozenDatetime:  # type: ignore[override]
-        frozen = datetime.fromtimestamp(FIXED_TIME, UTC)
-        return frozen if tz is None else frozen.astimezone(tz)  # type: ignore[return-value]
+    def now(cls, tz: tzinfo | None = None) -> Self:
+        frozen = cls.fromtimestamp(FIXED_TIME, UTC)
+        return frozen if tz is None else frozen.astimezone(tz)
 
 
 @pytest.fixture
@@ -98,9 +99,9 @@ def fleet(home: Path, theme: str | None = None) -> None:
 
 
 def build_app(home: Path, driver: FakeDriver) -> BoxuiApp:
-    options = LinkOptions(home=home, driver_factory=lambda: driver,
-                          boot_files_factory=lambda _images: FakeBootFiles(),
-                          accel_for=fixed_accel, sample_health=False, clock=lambda: 0.0)
+    options = BackendOptions(home=home, driver_factory=lambda: driver,
+                             boot_files_factory=lambda _images: FakeBootFiles(),
+                             accel_for=fixed_accel, sample_health=False, clock=lambda: 0.0)
     return BoxuiApp(EmbeddedBackend(options), clock=lambda: FIXED_TIME)
 
 

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Static, Tree
 
-from backend.services.scale_models import ServiceView
+from backend.services.scale_models import InstanceInfo, ServiceView
 
 StateColour = Callable[[str], str]
 
@@ -26,10 +26,7 @@ def service_label(view: ServiceView) -> Text:
     return text
 
 
-def instance_label(instance: object, colour: StateColour) -> Text:
-    from backend.services.scale_models import InstanceInfo
-
-    assert isinstance(instance, InstanceInfo)
+def instance_label(instance: InstanceInfo, colour: StateColour) -> Text:
     state = instance.state.value
     text = Text()
     text.append(f"{instance.id:<24}")

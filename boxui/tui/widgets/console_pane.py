@@ -17,8 +17,8 @@ TAIL_BYTES = 16 * 1024
 
 
 class ConsolePane(RichLog):
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=1000, wrap=False, markup=False, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(max_lines=1000, wrap=False, markup=False, id=id, classes=classes)
         self.path: Path | None = None
 
     async def follow(self, path: Path) -> None:

@@ -30,8 +30,8 @@ def event_text(event: CloudEvent, colour: str) -> Text:
 
 
 class EventStream(RichLog):
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=HISTORY, wrap=False, markup=False, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(max_lines=HISTORY, wrap=False, markup=False, id=id, classes=classes)
         self.history: deque[tuple[CloudEvent, Text]] = deque(maxlen=HISTORY)
         self.only: str | None = None
         self.missed = 0

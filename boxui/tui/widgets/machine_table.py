@@ -1,4 +1,4 @@
-"""The live table of machines, reconciled by row key (Dolphie's Processlist pattern).
+"""The live table of machines, reconciled by row key.
 
 Rows are added, updated or removed by key, never rebuilt, and only lines whose row
 changed are redrawn. It is a Line-API widget rather than a `DataTable`: with 1,000
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
@@ -148,8 +148,9 @@ class MachineTable(ScrollView, can_focus=True):
             super().__init__()
             self.name = name
 
-    def __init__(self, state_colour: StateColour, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, state_colour: StateColour, *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self._state_colour = state_colour
         self._rows: dict[str, Row] = {}
         self._order: list[str] = []

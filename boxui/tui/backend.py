@@ -1,0 +1,108 @@
+"""What the app needs from boxui's engine: one interface, two ways to provide it.
+
+The app and its screens ask an `AppBackend` for everything (machines, events, health,
+files a user reads, actions) and never reach into `backend` modules for behaviour, so the
+same screens work whoever supervises the machines. `EmbeddedBackend` runs the engine and
+supervisor inside the app's own event loop; `RemoteBackend` follows a running
+`boxui daemon` through its control API, because a state dir has one supervisor at a
+time. Tests inject the embedded one over the fake driver, the demo over its stand-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from backend.drivers.base import HypervisorDriver
+from backend.drivers.qemu.accel import AccelChoice
+from backend.services.scale_models import ServiceView
+from backend.state.event_bus import Subscription
+from backend.state.events import CloudEvent
+from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import LoadedMachine
+from backend.supervision.boot_files import BootFilesProvider, ProgressFn
+from backend.supervision.health import HealthHistory, HealthSubscription
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to build a backend. `home` and `accel_for` apply to both; the rest only to
+    the embedded one, which owns the driver and the supervisor."""
+
+    home: Path | None = None
+    driver_factory: Callable[[], HypervisorDriver] | None = None
+    boot_files_factory: Callable[[Path], BootFilesProvider] | None = None
+    accel_for: Callable[[str], AccelChoice] | None = None
+    sample_health: bool = True
+    health_interval: float = 1.0
+    #: serve the control API while the app runs, so the CLI (and scripts) act through it
+    serve_api: bool = True
+    #: the supervisor's monotonic clock (boot durations in events); fixed in snapshots
+    clock: Callable[[], float] | None = None
+
+
+class AppBackend(Protocol):
+    """Everything the app and its screens use, and nothing more.
+
+    Reading methods answer from memory or the state dir without waiting, because the UI
+    calls them while drawing; only actions and `services` are awaited. Nothing but
+    `home` may be used before `ready` is set.
+    """
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once machines, recent events and health can be read."""
+
+    @property
+    def home(self) -> Path:
+        """The state dir (absolute), known before `run` starts: themes live there."""
+
+    @property
+    def startup_notes(self) -> list[str]: ...
+
+    @property
+    def health_history(self) -> HealthHistory: ...
+
+    async def run(self) -> None:
+        """Provide the backend until cancelled (the app is closing); machines keep
+        running either way."""
+
+    # --- reading ---------------------------------------------------------------------
+
+    def machines(self) -> list[LoadedMachine]: ...
+
+    def machine(self, name: str) -> LoadedMachine: ...
+
+    def recent_events(self, limit: int) -> list[CloudEvent]: ...
+
+    def subscribe_events(self, maxsize: int = 4096) -> Subscription: ...
+
+    def subscribe_health(self, maxsize: int = 4096) -> HealthSubscription: ...
+
+    def accel(self) -> AccelChoice: ...
+
+    def machines_dir(self) -> Path: ...
+
+    def spec_path(self, name: str) -> Path: ...
+
+    def load_spec(self, name: str) -> MachineSpec: ...
+
+    def console_log(self, name: str) -> Path: ...
+
+    async def services(self) -> list[ServiceView]: ...
+
+    # --- changing --------------------------------------------------------------------
+
+    async def create(self, spec: MachineSpec, *, start: bool = True,
+                     progress: ProgressFn | None = None) -> None: ...
+
+    async def start(self, name: str, *, progress: ProgressFn | None = None) -> None: ...
+
+    async def stop(self, name: str) -> None: ...
+
+    async def restart(self, name: str, *, progress: ProgressFn | None = None) -> None: ...
+
+    async def delete(self, name: str) -> None: ...
