@@ -1,15 +1,23 @@
-"""`boxui template build|ls|revisions|rm`: templates to create machines from."""
+"""`boxui template build|ls|revisions|rm`: templates to create machines from.
+
+Template stores, the QEMU driver and builders are imported inside the commands: every
+`boxui` invocation imports this module, and `boxui ls` must not pay for them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import click
 
 from backend.errors import BoxuiError
 
+if TYPE_CHECKING:
+    from backend.state.state_dir import StateDir
 
-def _dirs():  # type: ignore[no-untyped-def]
+
+def _dirs() -> StateDir:
     from backend.state.state_dir import open_state_dir
 
     return open_state_dir()
