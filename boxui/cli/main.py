@@ -6,30 +6,15 @@ prints more, and only with BOXUI_DEBUG=1.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from typing import Any
 
 import click
 
 from backend.errors import BoxuiError
-from backend.state.names import validate_name
-
-
-def _state_dir(create: bool = True) -> Any:
-    from backend.state.state_dir import open_state_dir
-
-    return open_state_dir(create=create)
-
-
-def _name_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return validate_name(value)
-    except BoxuiError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+from boxui.cli import doctor, listing, machine_access, machines, run_modes
+from boxui.cli.services import service_group
+from boxui.cli.templates import template_group
 
 
 @click.group(invoke_without_command=True)
@@ -38,83 +23,14 @@ def _name_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def cli(ctx: click.Context) -> None:
     """boxui: a terminal manager for local microVMs."""
     if ctx.invoked_subcommand is None:
-        from boxui.tui.run import run_app
+        from boxui.tui.run import run_app  # the app loads Textual: only when it opens
 
         run_app()
 
 
-@cli.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def ls_cmd(as_json: bool) -> None:
-    """List machines (reads the state dir without taking the lock)."""
-    from backend.state.listing_cache import list_views
-    from backend.state.supervisor_lock import lock_holder
-    from boxui.cli.output import MACHINE_HEADERS, emit_json, machine_row, table
-
-    dirs = _state_dir()
-    supervised = lock_holder(dirs.lock_file) is not None
-    views = list_views(dirs, supervised=supervised)
-    if as_json:
-        emit_json(views)
-        return
-    if not views:
-        click.echo(f"no machines yet (state dir: {dirs.root})")
-        return
-    click.echo(table(MACHINE_HEADERS, [machine_row(v) for v in views]))
-    if any(v["needs_recovery"] and v["state"] == "stopped" for v in views):
-        click.echo("* was running when boxui stopped; confirmed when boxui starts again")
-
-
-@cli.command("info")
-@click.argument("name", callback=_name_arg)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info_cmd(name: str, as_json: bool) -> None:
-    """Show one machine's spec and runtime record."""
-    from backend.state.machine_store import MachineStore, machine_view
-    from backend.state.supervisor_lock import lock_holder
-    from boxui.cli.output import emit_json, info_lines
-
-    dirs = _state_dir()
-    holder = lock_holder(dirs.lock_file)
-    machine = MachineStore(dirs).load(name, supervised=holder is not None)
-    if as_json:
-        from backend.templates.restore_plan import shared_state_note
-
-        emit_json(machine_view(machine) | {"supervisor_pid": holder,
-                                           "shared_state": shared_state_note(
-                                               machine.spec, machine.record)})
-        return
-    click.echo("\n".join(info_lines(machine, holder)))
-
-
-@cli.command("events")
-@click.argument("name", required=False, callback=_name_arg)
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
-@click.option("--json", "as_json", is_flag=True, help="One CloudEvent JSON object per line.")
-@click.option("--last", "-n", type=click.IntRange(min=0), default=None,
-              help="Only the last N events.")
-def events_cmd(name: str | None, follow: bool, as_json: bool, last: int | None) -> None:
-    """Print the event log (all machines, or NAME's)."""
-    import asyncio
-
-    from boxui.cli.follow_events import print_events
-
-    dirs = _state_dir()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(print_events(dirs, name, follow=follow, as_json=as_json, last=last))
-
-
-from boxui.cli.machines import register as _register_machine_commands  # noqa: E402
-
-_register_machine_commands(cli, _name_arg)
-
-from boxui.cli.services import register as _register_service_commands  # noqa: E402
-
-_register_service_commands(cli)
-
-from boxui.cli.templates import template_group  # noqa: E402
-
-cli.add_command(template_group)
+for _command in (*listing.COMMANDS, *machines.COMMANDS, *machine_access.COMMANDS,
+                 *run_modes.COMMANDS, doctor.doctor_cmd, service_group, template_group):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""Rendering of CLI results as aligned text or JSON; kept apart so commands stay short."""
+"""Rendering of CLI results as aligned text or JSON; kept apart so commands stay short.
+
+`boxui ls` imports this module, so what only `info` needs (the accelerator detection, the
+template restore notes, pydantic models) is imported inside `info_lines`.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ if TYPE_CHECKING:  # kept out of `ls`'s import path: pydantic is its largest cos
     from backend.state.machine_store import LoadedMachine
 
 
-def emit_json(value: Any) -> None:
+def emit_json(value: object) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
 
 

@@ -1,15 +1,23 @@
-"""`boxui template build|ls|revisions|rm`: templates to create machines from."""
+"""`boxui template build|ls|revisions|rm`: templates to create machines from.
+
+Template stores, the QEMU driver, builders and asyncio are imported inside the commands:
+every `boxui` invocation imports this module, and `boxui ls` must not pay for them.
+"""
 
 from __future__ import annotations
 
-import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from backend.errors import BoxuiError
 
+if TYPE_CHECKING:
+    from backend.state.state_dir import StateDir
 
-def _dirs():  # type: ignore[no-untyped-def]
+
+def _dirs() -> StateDir:
     from backend.state.state_dir import open_state_dir
 
     return open_state_dir()
@@ -28,8 +36,6 @@ def _template_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def _template_source(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """A path (it has a '/' or ends in .toml) must be a file; anything else must be a
     valid template id. Either mistake is a usage error, named before any work starts."""
-    from pathlib import Path
-
     if "/" in value or value.endswith(".toml") or value in (".", ".."):
         if not Path(value).is_file():
             raise click.BadParameter(f"{value!r}: no such template file", ctx=ctx,
@@ -50,6 +56,8 @@ def template_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def build_cmd(source: str, snapshot: bool, as_json: bool) -> None:
     """Build a revision of a template (a cache hit if nothing changed)."""
+    import asyncio
+
     from backend.drivers.qemu.accel import resolve_accel
     from backend.drivers.qemu.driver import QemuDriver
     from backend.template_builds.from_source import build_from_source
