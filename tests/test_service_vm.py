@@ -18,9 +18,9 @@ import httpx
 from backend.guest.machine_seed import load_machine_keys
 from backend.state.state_dir import open_state_dir
 from backend.supervision.ssh_access import exec_command
-from tests.test_vm_lifecycle import boxui, pytestmark, qemu_pids, start_daemon, vm_home
+from tests.vm_helpers import VM_MARKS, boxui, qemu_pids, start_daemon
 
-__all__ = ["pytestmark", "vm_home"]
+pytestmark = VM_MARKS
 
 WAIT_FOR_GO = "while [ ! -e /tmp/go ]; do sleep 0.2; done; echo released"
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
-from boxui.cli.main import main
+from boxui.cli.main import cli, main
 from tests.conftest import BOXUI, cli_env
 from tests.faults.conftest import FaultRecorder
 
@@ -112,10 +113,6 @@ def test_every_command_rejects_bad_input(sandbox: Path, monkeypatch: pytest.Monk
     # at most the state dir's own skeleton: no machine, nothing elsewhere
     assert all(p.startswith("state") for p in created), created
     assert not any(p.startswith("state/home/machines/") for p in created), created
-    import click
-
-    from boxui.cli.main import cli
-
     covered = set(NAMED) | UNNAMED
     commands = set()
     for name, command in cli.commands.items():
