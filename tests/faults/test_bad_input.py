@@ -6,7 +6,6 @@ also run as real processes. API endpoints join this table when the API lands."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,5 +148,8 @@ def test_real_processes_agree(tmp_path: Path, argv: list[str], fault: FaultRecor
                          env=cli_env(home) | {"HOME": str(tmp_path)}, timeout=30)
     assert out.returncode == 2 and out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
-    assert sorted(os.listdir(tmp_path)) == ["home"] or os.listdir(tmp_path) == []
+    created = sorted(snapshot(tmp_path))
+    # at most the state dir's own skeleton: no machine, nothing elsewhere
+    assert all(p == "home" or p.startswith("home/") for p in created), created
+    assert not any(p.startswith("home/machines/") for p in created), created
     fault.cycle()
