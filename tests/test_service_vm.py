@@ -104,6 +104,7 @@ def test_service_scales_0_3_1_0_with_real_guests(vm_home: Path) -> None:
         assert code == 0, err.getvalue()
         worker.join(60)
         scaler.join(120)
+        assert not worker.is_alive() and not scaler.is_alive()
         assert held["exit_code"] == 0 and "released" in str(held)
         events.wait_for(lambda e: e.get("subject") == busy_one
                         and e["type"].endswith("instance.v1.deleted"))
