@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -62,5 +63,6 @@ def vm_home(tmp_path: Path) -> Iterator[Path]:
     yield home
     for proc in psutil.process_iter(["cmdline"]):
         if any(str(home) in arg for arg in proc.info["cmdline"] or []):
-            proc.kill()
+            with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
+                proc.kill()
     shutil.rmtree(home, ignore_errors=True)
