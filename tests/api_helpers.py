@@ -53,9 +53,10 @@ async def running_api(engine: Engine, driver: FakeDriver, runner: ExecRunner,
         listening = asyncio.Event()
         server = asyncio.create_task(serve_api(ctx, stop, listening))
         await asyncio.wait({server, asyncio.ensure_future(listening.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+                           timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if server.done():
             server.result()
+        assert listening.is_set(), "the API did not listen within 30 s"
         try:
             async with uds_client(engine) as client:
                 yield Api(client, ctx, driver)

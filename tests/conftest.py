@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from backend.state.engine import Engine
@@ -13,6 +16,8 @@ from backend.state.state_dir import StateDir, open_state_dir
 
 REPO = Path(__file__).resolve().parent.parent
 BOXUI = [sys.executable, "-m", "boxui"]
+#: built guest images, shared by every test that boots one (building takes minutes)
+IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
 
 
 @pytest.fixture
@@ -45,3 +50,19 @@ def cli_env(home: Path) -> dict[str, str]:
     env["BOXUI_HOME"] = str(home)
     env.pop("BOXUI_DEBUG", None)
     return env
+
+
+@pytest.fixture
+def vm_home(tmp_path: Path) -> Iterator[Path]:
+    """A state dir for real guests; every process that names it is killed afterwards."""
+    # short path: QMP sockets must fit in 108 bytes; images shared across the session
+    home = Path(f"/tmp/bx-{os.getpid()}-{tmp_path.name[-12:]}")
+    home.mkdir(mode=0o700)
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    (home / "images").symlink_to(IMAGE_CACHE)
+    yield home
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(home) in arg for arg in proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
+                proc.kill()
+    shutil.rmtree(home, ignore_errors=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -9,9 +10,11 @@ import pytest
 
 from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState, PersistedState, Verb
+from backend.state.machine_store import MachineStore
 from backend.state.runtime_record import RuntimeRecord, write_record
 from backend.state.state_dir import open_state_dir
 from tests.conftest import BOXUI, cli_env, spec
+from tests.line_reader import LineReader
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -70,27 +73,48 @@ async def test_events_text_json_and_filter(home: Path) -> None:
     assert len(run(home, "events", "-n", "2").stdout.splitlines()) == 2
 
 
+def has_inotify_watch(pid: int) -> bool:
+    """Whether process `pid` watches a file through inotify (as `--follow` does)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) == "anon_inode:inotify" and \
+                    "inotify wd:" in Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text():
+                return True
+        except OSError:  # closed while looked at
+            continue
+    return False
+
+
+def wait_until_watching(pid: int, timeout: float = 10) -> None:
+    """A follower sees an append only once its watch is set: an event written before
+    that waits for the next change of the log, which this test would never make."""
+    deadline = time.monotonic() + timeout
+    while not has_inotify_watch(pid):
+        assert time.monotonic() < deadline, f"pid {pid} set no inotify watch in {timeout} s"
+        time.sleep(0.02)
+
+
 async def test_events_follow_prints_new_events(home: Path) -> None:
     await make_machines(home)
     proc = subprocess.Popen([*BOXUI, "events", "--follow", "--json", "alpha"],
                             stdout=subprocess.PIPE, text=True, env=cli_env(home))
     try:
         assert proc.stdout is not None
-        first = [json.loads(proc.stdout.readline())["type"] for _ in range(2)]
+        lines = LineReader(proc.stdout)
+        first = [json.loads(lines.next(timeout=30))["type"] for _ in range(2)]
         assert first[-1].endswith(".created")
-        time.sleep(0.3)
+        wait_until_watching(proc.pid)
         engine = await Engine.open(home)
         try:
             await engine.transition("beta", Verb.STOPPING)  # filtered out
             await engine.transition("alpha", Verb.BOOTING, message="go")
         finally:
             await engine.close()
-        line = proc.stdout.readline()
-        event = json.loads(line)
+        event = json.loads(lines.next(timeout=10))
         assert event["subject"] == "alpha" and event["type"].endswith(".booting")
     finally:
         proc.kill()
-        proc.wait()
+        proc.wait(10)
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "-rf", "", "x" * 300, "héllo"])
@@ -120,8 +144,6 @@ def test_missing_machine_and_bad_state_dir(home: Path, tmp_path: Path) -> None:
 
 def test_broken_machine_is_listed(home: Path) -> None:
     dirs = open_state_dir(home)
-    from backend.state.machine_store import MachineStore
-
     MachineStore(dirs).create(spec("ok"))
     MachineStore(dirs).create(spec("bad"))
     dirs.spec_path("bad").write_text("vcpus = [\n")

@@ -18,9 +18,9 @@ import httpx
 from backend.guest.machine_seed import load_machine_keys
 from backend.state.state_dir import open_state_dir
 from backend.supervision.ssh_access import exec_command
-from tests.test_vm_lifecycle import boxui, pytestmark, qemu_pids, start_daemon, vm_home
+from tests.vm_helpers import VM_MARKS, boxui, qemu_pids, start_daemon
 
-__all__ = ["pytestmark", "vm_home"]
+pytestmark = VM_MARKS
 
 WAIT_FOR_GO = "while [ ! -e /tmp/go ]; do sleep 0.2; done; echo released"
 
@@ -104,6 +104,7 @@ def test_service_scales_0_3_1_0_with_real_guests(vm_home: Path) -> None:
         assert code == 0, err.getvalue()
         worker.join(60)
         scaler.join(120)
+        assert not worker.is_alive() and not scaler.is_alive()
         assert held["exit_code"] == 0 and "released" in str(held)
         events.wait_for(lambda e: e.get("subject") == busy_one
                         and e["type"].endswith("instance.v1.deleted"))

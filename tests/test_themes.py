@@ -119,7 +119,10 @@ def test_builtin_theme_loads_and_converts(name: str) -> None:
     for state in STATES:
         assert theme.variables[f"state-{state}"] == getattr(theme_file.states, state)
         Color.parse(theme.variables[f"state-{state}"])
-    theme.to_color_system().generate()  # Textual can build its colour system from it
+    # Textual builds its colour system from it, with the file's own base colours
+    generated = theme.to_color_system().generate()
+    for key in ("primary", "background", "surface", "panel"):
+        assert generated[key] == getattr(theme_file, key), key
 
 
 @pytest.mark.parametrize("name", BUILTINS)
@@ -405,7 +408,11 @@ async def test_watch_user_themes_reports_changes(tmp_path: Path) -> None:
 
 
 async def test_watch_without_parent_returns(tmp_path: Path) -> None:
+    """Nothing to watch: it returns at once (`stop` is never set), calls nothing and
+    creates no directory on the way."""
     stop = asyncio.Event()
-    await asyncio.wait_for(
-        watch_user_themes(tmp_path / "no" / "themes", lambda: None, stop), timeout=2)
+    calls: list[int] = []
+    await asyncio.wait_for(watch_user_themes(
+        tmp_path / "no" / "themes", lambda: calls.append(1), stop), timeout=2)
+    assert calls == [] and list(tmp_path.iterdir()) == []
 

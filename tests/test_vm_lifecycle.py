@@ -8,71 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 
-from tests.conftest import BOXUI, cli_env
+from tests.vm_helpers import VM_MARKS, boxui, info, qemu_pids, start_daemon
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
-                       reason="qemu-system-x86_64 is not installed"),
-]
-
-IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
-
-
-@pytest.fixture
-def vm_home(tmp_path: Path) -> Iterator[Path]:
-    # short path: QMP sockets must fit in 108 bytes; images shared across the session
-    home = Path(f"/tmp/bx-{os.getpid()}-{tmp_path.name[-12:]}")
-    home.mkdir(mode=0o700)
-    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
-    (home / "images").symlink_to(IMAGE_CACHE)
-    yield home
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(str(home) in arg for arg in proc.info["cmdline"] or []):
-            proc.kill()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-def boxui(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([*BOXUI, *args], capture_output=True, text=True,
-                         env=cli_env(home), timeout=timeout)
-    assert "Traceback" not in out.stderr, out.stderr
-    return out
-
-
-def info(home: Path, name: str) -> dict[str, object]:
-    return json.loads(boxui(home, "info", name, "--json").stdout)  # type: ignore[no-any-return]
-
-
-def start_daemon(home: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([*BOXUI, "daemon"], env=cli_env(home), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "supervising" in line:
-            return proc
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("daemon did not start")
-
-
-def qemu_pids(home: Path) -> list[int]:
-    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if p.info["name"] and p.info["name"].startswith(("qemu", "boxui-"))
-            and any(str(home) in a for a in p.info["cmdline"] or [])]
+pytestmark = VM_MARKS
 
 
 def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
@@ -81,7 +25,7 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
     assert json.loads(created.stdout)["state"] == "ready"
     uname = boxui(vm_home, "exec", "vm1", "--", "uname", "-r")
     assert uname.returncode == 0 and uname.stdout.strip().endswith("-amd64")
-    pid = info(vm_home, "vm1")["record"]["pid"]  # type: ignore[index]
+    pid = info(vm_home, "vm1")["record"]["pid"]
     assert qemu_pids(vm_home) == [pid]
 
     daemon = start_daemon(vm_home)
@@ -95,7 +39,7 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
         adopt_seconds = time.monotonic() - started
         machine = info(vm_home, "vm1")
         assert machine["state"] == "ready"
-        assert machine["record"]["pid"] == pid  # type: ignore[index]
+        assert machine["record"]["pid"] == pid
         assert machine["supervisor_pid"] == daemon.pid
         assert adopt_seconds < 5
         again = boxui(vm_home, "exec", "vm1", "--", "sh", "-c", "echo $((6 * 7)); exit 5")
@@ -115,9 +59,9 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
 
 def test_qemu_killed_while_no_supervisor_is_crashed(vm_home: Path) -> None:
     assert boxui(vm_home, "create", "vm2", "--memory", "128").returncode == 0
-    pid = info(vm_home, "vm2")["record"]["pid"]  # type: ignore[index]
-    os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-    psutil.wait_procs([psutil.Process(pid)], timeout=5)  # type: ignore[arg-type]
+    pid = info(vm_home, "vm2")["record"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(pid)], timeout=5)
     listed = json.loads(boxui(vm_home, "ls", "--json").stdout)
     assert listed[0]["state"] == "stopped" and "process is gone" in listed[0]["reason"]
     daemon = start_daemon(vm_home)

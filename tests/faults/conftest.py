@@ -3,7 +3,7 @@ with a table of each fault, the cycles run, the failures and anything lost."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if HERE in Path(str(item.fspath)).parents:
+        if HERE in item.path.parents:
             item.add_marker(pytest.mark.faults)
 
 
@@ -65,9 +65,9 @@ def fault(request: pytest.FixtureRequest) -> FaultRecorder:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if HERE in Path(str(item.fspath)).parents and report.failed:  # type: ignore[attr-defined]
+    if HERE in item.path.parents and report.failed:
         row = ROWS.setdefault(_label(item), FaultRow(_label(item)))
         row.failures += 1
         row.cycles = max(row.cycles, 1)

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,6 @@ def main() -> None:
             try:
                 asyncio.run(run_cycle(home, seed, ack_path))
             except BaseException:
-                import traceback
-
                 with open(ack_path, "a") as fh:
                     fh.write("crashed " + traceback.format_exc().replace("\n", " | ") + "\n")
                 code = 1

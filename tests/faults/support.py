@@ -16,11 +16,13 @@ from typing import Any
 import psutil
 
 from backend.state.event_log import read_log
-from backend.state.lifecycle import InstanceState
-from backend.state.machine_store import MachineStore
+from backend.state.lifecycle import ACTIVE_STATES, InstanceState
+from backend.state.machine_store import MachineStore, machine_view
 from backend.state.projection import Projection
 from backend.state.state_dir import StateDir, open_state_dir
+from backend.state.supervisor_lock import lock_holder
 from tests.conftest import BOXUI, cli_env
+from tests.line_reader import LineReader
 
 IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
 HAS_QEMU = shutil.which("qemu-system-x86_64") is not None
@@ -95,9 +97,6 @@ def boxui(home: Path, *args: str, timeout: float = 120,
 
 def info(home: Path, name: str) -> dict[str, Any]:
     """What `boxui info --json` shows, read in this process (a CLI run costs 0.6 s)."""
-    from backend.state.machine_store import machine_view
-    from backend.state.supervisor_lock import lock_holder
-
     dirs = open_state_dir(home, create=False)
     holder = lock_holder(dirs.lock_file)
     machine = MachineStore(dirs).load(name, supervised=holder is not None)
@@ -111,17 +110,12 @@ def start_daemon(home: Path, timeout: float = 30) -> tuple[subprocess.Popen[str]
     proc = subprocess.Popen([*BOXUI, "daemon"], env=cli_env(home), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
-    deadline = started + timeout
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "supervising" in line:
-            return proc, time.monotonic() - started
-        if not line and proc.poll() is not None:
-            break
+    lines = LineReader(proc.stdout)
+    if lines.until("supervising", timeout):
+        return proc, time.monotonic() - started
     proc.kill()
-    raise AssertionError("daemon did not start: " + "".join(lines))
+    proc.wait(10)
+    raise AssertionError("daemon did not start: " + "".join(lines.seen))
 
 
 def kill_hard(proc: subprocess.Popen[str]) -> None:
@@ -192,8 +186,6 @@ def wait_until(check: Any, timeout: float, interval: float = 0.05) -> bool:
 
 
 def active(state: InstanceState | None) -> bool:
-    from backend.state.lifecycle import ACTIVE_STATES
-
     return state in ACTIVE_STATES
 
 

@@ -6,14 +6,14 @@ also run as real processes. API endpoints join this table when the API lands."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
-from boxui.cli.main import main
+from boxui.cli.main import cli, main
 from tests.conftest import BOXUI, cli_env
 from tests.faults.conftest import FaultRecorder
 
@@ -113,10 +113,6 @@ def test_every_command_rejects_bad_input(sandbox: Path, monkeypatch: pytest.Monk
     # at most the state dir's own skeleton: no machine, nothing elsewhere
     assert all(p.startswith("state") for p in created), created
     assert not any(p.startswith("state/home/machines/") for p in created), created
-    import click
-
-    from boxui.cli.main import cli
-
     covered = set(NAMED) | UNNAMED
     commands = set()
     for name, command in cli.commands.items():
@@ -153,5 +149,8 @@ def test_real_processes_agree(tmp_path: Path, argv: list[str], fault: FaultRecor
                          env=cli_env(home) | {"HOME": str(tmp_path)}, timeout=30)
     assert out.returncode == 2 and out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
-    assert sorted(os.listdir(tmp_path)) == ["home"] or os.listdir(tmp_path) == []
+    created = sorted(snapshot(tmp_path))
+    # at most the state dir's own skeleton: no machine, nothing elsewhere
+    assert all(p == "home" or p.startswith("home/") for p in created), created
+    assert not any(p.startswith("home/machines/") for p in created), created
     fault.cycle()

@@ -15,6 +15,8 @@ from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState, Verb
 from backend.state.listing_cache import list_views
+from backend.state.machine_spec import render_spec
+from backend.state.runtime_record import RuntimeRecord
 from backend.state.state_dir import StateDir, open_state_dir
 from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
@@ -100,9 +102,6 @@ async def test_corrupt_machine_file(home: Path, kind: str, filename: str,
 
 
 def _valid(filename: str, dirs: StateDir) -> bytes:
-    from backend.state.machine_spec import render_spec
-    from backend.state.runtime_record import RuntimeRecord
-
     if filename == "machine.toml":
         return render_spec(spec("bad")).encode()
     return RuntimeRecord(state=InstanceState.STOPPED).model_dump_json().encode()

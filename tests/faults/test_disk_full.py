@@ -9,7 +9,7 @@ import contextlib
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,7 +84,7 @@ def one_clear_line(exc: BaseException, path_part: str) -> None:
 
 
 @pytest.fixture
-async def running(engine: Engine) -> Iterator[Supervisor]:
+async def running(engine: Engine) -> AsyncIterator[Supervisor]:
     driver = FakeDriver()
     await engine.create_machine(spec("vm"))
     await engine.create_machine(spec("keep"))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from backend.state.machine_spec import MachineSpec
+from backend.supervision.boot_files import DefaultBootFiles
 from tests.conftest import BOXUI, REPO, cli_env
 from tests.faults.conftest import FaultRecorder
 from tests.faults.support import IMAGE_CACHE
@@ -172,9 +174,6 @@ def test_private_modes_under_a_permissive_umask(tmp_path: Path, fault: FaultReco
                     reason="no built guest image to make a machine's boot files from")
 async def test_keys_are_private_under_a_permissive_umask(tmp_path: Path,
                                                          fault: FaultRecorder) -> None:
-    from backend.state.machine_spec import MachineSpec
-    from backend.supervision.boot_files import DefaultBootFiles
-
     machine_dir = tmp_path / "vm"
     machine_dir.mkdir(mode=0o700)
     old = os.umask(0)

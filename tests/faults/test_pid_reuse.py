@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,7 @@ from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, fixed_accel
 from tests.faults.conftest import FaultRecorder
 from tests.faults.support import events_of
+from tests.line_reader import LineReader
 
 #: a bystander that reports every signal it can catch (SIGKILL/SIGSTOP it cannot:
 #: those are checked by it still being alive and not stopped)
@@ -40,30 +42,40 @@ while True:
 """
 
 
+@dataclass
+class Bystander:
+    proc: subprocess.Popen[str]
+    said: LineReader  # what it printed
+
+
 @pytest.fixture
-def bystander() -> Iterator[subprocess.Popen[str]]:
+def bystander() -> Iterator[Bystander]:
     proc = subprocess.Popen([sys.executable, "-c", BYSTANDER], stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    yield proc
-    proc.kill()
-    proc.wait()
+    assert proc.stdout is not None
+    said = LineReader(proc.stdout)
+    try:
+        assert said.next(timeout=30).strip() == "ready"
+        yield Bystander(proc, said)
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.mark.fault("3. pid reused by an unrelated process")
 @pytest.mark.parametrize("start_time", ["recorded", "the bystander's"])
 async def test_reused_pid_is_not_adopted_nor_signalled(
-    home: Path, bystander: subprocess.Popen[str], fault: FaultRecorder, start_time: str
+    home: Path, bystander: Bystander, fault: FaultRecorder, start_time: str
 ) -> None:
     engine = await Engine.open(home)
     await engine.create_machine(spec("vm"))
     await engine.create_machine(spec("other"))
     await engine.transition("vm", Verb.BOOTING)
     await engine.transition("vm", Verb.READY)
-    own_start = psutil.Process(bystander.pid).create_time()
+    own_start = psutil.Process(bystander.proc.pid).create_time()
 
     def pretend_running(record: RuntimeRecord) -> None:
-        record.pid = bystander.pid
+        record.pid = bystander.proc.pid
         # the QEMU it stood for started earlier; or the pid's own start time, so that
         # only the command line check can tell them apart
         record.process_start_time = own_start - 3600 if start_time == "recorded" \
@@ -72,7 +84,7 @@ async def test_reused_pid_is_not_adopted_nor_signalled(
 
     await engine.update_record("vm", pretend_running)
     run_dir = engine.dirs.ensure_run_dir("vm")
-    (run_dir / PIDFILE).write_text(f"{bystander.pid}\n")
+    (run_dir / PIDFILE).write_text(f"{bystander.proc.pid}\n")
     await engine.close()
 
     engine = await Engine.open(home)
@@ -82,7 +94,7 @@ async def test_reused_pid_is_not_adopted_nor_signalled(
             assert "vm" not in sup.handles
             assert engine.projection.state_of("vm") is InstanceState.CRASHED
             reason = engine.machine("vm").reason or ""
-            assert reason.startswith(f"pid reused by another program (pid {bystander.pid}")
+            assert reason.startswith(f"pid reused by another program (pid {bystander.proc.pid}")
             crashed = [e for e in events_of(engine.dirs, "vm") if e[0] == "crashed"]
             assert len(crashed) == 1 and crashed[0][2] == reason
             assert engine.projection.state_of("other") is InstanceState.STOPPED
@@ -90,10 +102,9 @@ async def test_reused_pid_is_not_adopted_nor_signalled(
     finally:
         await engine.close()
     time.sleep(0.2)  # a signal, had one been sent, would have been printed by now
-    proc = psutil.Process(bystander.pid)
+    proc = psutil.Process(bystander.proc.pid)
     assert proc.is_running() and proc.status() not in (psutil.STATUS_STOPPED,
                                                         psutil.STATUS_ZOMBIE)
-    bystander.send_signal(signal.SIGUSR1)  # the bystander does report signals
-    assert bystander.stdout is not None
-    assert bystander.stdout.readline().strip() == f"signal {int(signal.SIGUSR1)}"
+    bystander.proc.send_signal(signal.SIGUSR1)  # the bystander does report signals
+    assert bystander.said.next(timeout=10).strip() == f"signal {int(signal.SIGUSR1)}"
     fault.cycle()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from tests.faults.support import (
     hypervisors,
     remove_home,
 )
+from tests.line_reader import LineReader
 
 CYCLES = int(os.environ.get("BOXUI_SOAK_CYCLES", "100"))
 #: the supervisor is killed this long (uniform, seconds) after it was forked
@@ -44,7 +45,7 @@ KILL_WINDOW = (0.0, 0.35)
 
 ABSENT = "absent"
 #: what an acknowledged operation leaves behind, given the states it found
-OUTCOME = {
+OUTCOME: dict[str, Callable[[set[str]], set[str]]] = {
     "create": lambda before: {"stopped"},
     "start": lambda before: {"ready"},
     "stop": lambda before: {s for s in before if s not in ("ready", "booting")}
@@ -65,12 +66,14 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.faults.soak_worker"], cwd=REPO, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout
+        self.lines = LineReader(self.proc.stdout)
 
     def fork(self, home: Path, seed: int, acks: Path) -> int:
-        assert self.proc.stdin and self.proc.stdout
+        assert self.proc.stdin
         self.proc.stdin.write(f"cycle {home} {seed} {acks}\n")
         self.proc.stdin.flush()
-        word, pid = self.proc.stdout.readline().split()
+        word, pid = self.lines.next(timeout=30).split()
         assert word == "pid"
         return int(pid)
 

@@ -73,7 +73,7 @@ async def test_cold_boot_ssh_qmp_and_graceful_powerdown(tmp_path: Path) -> None:
         boot_id=boot_id, tsc_khz=accel.tsc_khz,
     )  # fmt: skip
     launcher = await asyncio.create_subprocess_exec(*build_argv(config, find_qemu()))
-    assert await launcher.wait() == 0
+    assert await asyncio.wait_for(launcher.wait(), 60) == 0  # it daemonizes QEMU
     pid = int(config.pidfile.read_text())
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

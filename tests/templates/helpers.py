@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
+from backend.drivers.base import DriverCapabilities
+from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.drivers.qemu.cmdline import kernel_cmdline_for
 from backend.state.state_dir import StateDir
 from backend.templates.layout import TemplateDir
@@ -16,8 +18,21 @@ from backend.templates.revision import (
     write_revision,
 )
 from backend.templates.revision_store import switch_current
+from tests.fake_driver import FakeDriver
 
 REVISION = "0123456789abcdef"
+#: the accelerator every fabricated snapshot was taken with
+TCG = AccelChoice(accel="tcg", reason="test")
+#: what a driver that can save and restore snapshots (as QEMU can) declares
+QEMU_LIKE = DriverCapabilities(name="qemu", snapshots=True, graceful_stop=True,
+                               accels=("tcg",))
+
+
+class SnapshotDriver(FakeDriver):
+    """The fake driver declaring snapshot support, so that templates restore on it."""
+
+    def capabilities(self) -> DriverCapabilities:
+        return QEMU_LIKE
 
 
 def snapshot_info(vcpus: int = 1, memory_mib: int = 256, accel: str = "tcg",
@@ -32,8 +47,6 @@ def snapshot_info(vcpus: int = 1, memory_mib: int = 256, accel: str = "tcg",
 
 def host_snapshot_info() -> SnapshotInfo:
     """A snapshot as if taken on this host (its accelerator and TSC rate)."""
-    from backend.drivers.qemu.accel import resolve_accel
-
     choice = resolve_accel("auto")
     return snapshot_info(accel=choice.accel, tsc_khz=choice.tsc_khz)
 

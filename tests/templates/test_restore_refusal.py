@@ -20,11 +20,14 @@ from backend.templates.machine_from_template import spec_from_template
 from backend.templates.restore_plan import mismatches, plan_restore
 from tests.conftest import BOXUI, cli_env
 from tests.fake_driver import FakeBootFiles, FakeDriver
-from tests.templates.helpers import REVISION, fabricate, host_snapshot_info, snapshot_info
-
-TCG = AccelChoice(accel="tcg", reason="test")
-QEMU_LIKE = DriverCapabilities(name="qemu", snapshots=True, graceful_stop=True,
-                               accels=("tcg",))
+from tests.templates.helpers import (
+    QEMU_LIKE,
+    REVISION,
+    TCG,
+    fabricate,
+    host_snapshot_info,
+    snapshot_info,
+)
 
 
 def test_matching_request_has_no_mismatch() -> None:

@@ -12,15 +12,13 @@ from backend.state.engine import Engine
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.supervisor import Supervisor
 from backend.templates.errors import SnapshotMismatchError
-from tests.fake_driver import FakeBootFiles, FakeDriver
-from tests.templates.helpers import fabricate, snapshot_info
-from tests.templates.test_restore_refusal import QEMU_LIKE, TCG
+from tests.fake_driver import FakeBootFiles
+from tests.templates.helpers import TCG, SnapshotDriver, fabricate, snapshot_info
 
 
 async def test_service_instances_restore_the_template_snapshot(engine: Engine) -> None:
     fabricate(engine.dirs, snapshot=snapshot_info(vcpus=2, memory_mib=384))
-    driver = FakeDriver()
-    driver.capabilities = lambda: QEMU_LIKE  # type: ignore[method-assign]
+    driver = SnapshotDriver()
     sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=lambda _r: TCG)
     try:
         async with sup.running(recover=False):

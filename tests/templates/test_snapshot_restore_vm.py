@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import psutil
-import pytest
+from tests.vm_helpers import VM_MARKS, boxui
 
-from tests.conftest import BOXUI, cli_env
-
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
-                       reason="qemu-system-x86_64 is not installed"),
-]
-
-IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
+pytestmark = VM_MARKS
+#: a template build boots a guest cold and saves its memory
+BUILD_TIMEOUT = 400
 TEMPLATE = """schema_version = 1
 template_id = "snap"
 [[variants]]
@@ -37,37 +28,20 @@ memory_mib = 128
 """
 
 
-@pytest.fixture
-def vm_home(tmp_path: Path) -> Iterator[Path]:
-    home = Path(f"/tmp/bxt-{os.getpid()}-{tmp_path.name[-12:]}")  # short: QMP socket paths
-    home.mkdir(mode=0o700)
-    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
-    (home / "images").symlink_to(IMAGE_CACHE)
-    yield home
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(str(home) in arg for arg in proc.info["cmdline"] or []):
-            proc.kill()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-def boxui(home: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([*BOXUI, *args], capture_output=True, text=True,
-                         env=cli_env(home), timeout=timeout)
-    assert "Traceback" not in out.stderr, out.stderr
-    return out
-
-
-def as_json(out: subprocess.CompletedProcess[str]) -> dict[str, object]:
+def as_json(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    shown: dict[str, Any] = json.loads(out.stdout)
+    return shown
 
 
 def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path: Path) -> None:
     source = tmp_path / "snap.toml"
     source.write_text(TEMPLATE)
-    built = as_json(boxui(vm_home, "template", "build", str(source), "--snapshot", "--json"))
+    built = as_json(boxui(vm_home, "template", "build", str(source), "--snapshot", "--json",
+                          timeout=BUILD_TIMEOUT))
     assert built["kind"] == "snapshot" and built["cache_hit"] is False
-    again = as_json(boxui(vm_home, "template", "build", "snap", "--snapshot", "--json"))
+    again = as_json(boxui(vm_home, "template", "build", "snap", "--snapshot", "--json",
+                          timeout=BUILD_TIMEOUT))
     assert again["cache_hit"] is True and again["revision"] == built["revision"]
 
     revision = json.loads((vm_home / "templates/snap/current/revision.json").read_text())
@@ -82,7 +56,7 @@ def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path
         created = as_json(boxui(vm_home, "create", name, "--template", "snap:worker", "--json"))
         assert created["state"] == "ready"
         clones[name] = created["record"]
-    ports = {r["ssh_port"] for r in clones.values()}  # type: ignore[index]
+    ports = {r["ssh_port"] for r in clones.values()}
     assert len(ports) == 2, "each clone gets its own SSH port"
     for name in clones:  # each clone is called by its own name, not the template's
         answer = boxui(vm_home, "exec", name, "--", "sh", "-c",
@@ -101,10 +75,10 @@ def test_snapshot_restore_reaches_ready_and_exec_answers(vm_home: Path, tmp_path
     assert hashlib.sha256(ram_file.read_bytes()).hexdigest() == ram_before
 
     info = as_json(boxui(vm_home, "info", "c1", "--json"))
-    assert info["record"]["rng_reseeded"] is True  # type: ignore[index]
-    assert info["record"]["clock_set"] is True  # type: ignore[index]
-    assert info["record"]["hostname_set"] is True  # type: ignore[index]
-    assert info["record"]["restored_from"] == f"snap:worker@{built['revision']}"  # type: ignore[index]
+    assert info["record"]["rng_reseeded"] is True
+    assert info["record"]["clock_set"] is True
+    assert info["record"]["hostname_set"] is True
+    assert info["record"]["restored_from"] == f"snap:worker@{built['revision']}"
     assert "shares its SSH host key" in str(info["shared_state"])
     assert "shared state:" in boxui(vm_home, "info", "c1").stdout
     events = boxui(vm_home, "events", "c1").stdout
