@@ -39,7 +39,7 @@ async def api(engine: Engine, driver: FakeDriver, runner: GatedRunner) -> AsyncI
 
 
 def kind(event: dict[str, Any]) -> str:
-    return event["type"].removeprefix("dev.boxui.")
+    return str(event["type"]).removeprefix("dev.boxui.")
 
 
 def moves_of(events: list[dict[str, Any]], instance: str) -> list[str]:
