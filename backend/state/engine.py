@@ -50,7 +50,8 @@ class Engine:
         self._write_lock = asyncio.Lock()
         self.startup_notes: list[str] = []
         #: machine -> service, for the machines that are instances of a service; their
-        #: lifecycle events carry the service's name (as a3s instance events do)
+        #: lifecycle events carry the service's name, so a service's story can be read
+        #: from the log without knowing which machines were its instances
         self.memberships: dict[str, str] = {}
 
     @classmethod
