@@ -190,6 +190,15 @@ def _remove_leftovers(cache_root: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _write_image(out: Path, final: Path, files: dict[str, bytes]) -> None:
+    """Write the image's files into `out`, then give it its name with one rename."""
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    fsync_tree(out)  # whole and durable before its name makes it an image
+    os.rename(out, final)
+    fsync_dir(final.parent)
+
+
 async def _build(
     cache_root: Path,
     content_hash: str,
@@ -224,18 +233,11 @@ async def _build(
             packages=versions,
             created_at=time.time(),
         )
-
-        def write_out() -> None:
-            (out / KERNEL_FILE).write_bytes(bzimage)
-            if vmlinux is not None:
-                (out / PVH_KERNEL_FILE).write_bytes(vmlinux)
-            (out / INITRD_FILE).write_bytes(initrd)
-            (out / MANIFEST_FILE).write_bytes(manifest.model_dump_json(indent=2).encode())
-            fsync_tree(out)  # whole and durable before its name makes it an image
-            os.rename(out, cache_root / content_hash)
-            fsync_dir(cache_root)
-
-        await asyncio.to_thread(write_out)
+        files = {KERNEL_FILE: bzimage}
+        if vmlinux is not None:
+            files[PVH_KERNEL_FILE] = vmlinux
+        files |= {INITRD_FILE: initrd, MANIFEST_FILE: manifest.model_dump_json(indent=2).encode()}
+        await asyncio.to_thread(_write_image, out, cache_root / content_hash, files)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     report("pack", f"image {content_hash[:12]} ready (kernel {kernel_version})")
