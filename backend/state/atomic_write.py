@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 from pathlib import Path
 
 from backend.errors import StorageError
@@ -51,7 +50,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data`, which gets exactly `mode` whatever the umask (a key's
     mode is part of its meaning); on any failure the old file stays and no temp is left."""
     directory = path.parent
-    tmp = directory / f"{TEMP_MARKER}{path.name}.{secrets.token_hex(4)}"
+    # not `secrets.token_hex`: the same bytes, without its imports on the `ls` path
+    tmp = directory / f"{TEMP_MARKER}{path.name}.{os.urandom(4).hex()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
