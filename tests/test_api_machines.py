@@ -7,6 +7,7 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from backend.api.app import openapi_document
@@ -37,10 +38,7 @@ async def api(engine: Engine, driver: FakeDriver, runner: GatedRunner) -> AsyncI
         yield running
 
 
-def error_of(response: object) -> tuple[int, str]:
-    import httpx
-
-    assert isinstance(response, httpx.Response)
+def error_of(response: httpx.Response) -> tuple[int, str]:
     body = response.json()
     assert set(body) == {"code", "message"} and body["message"]
     return response.status_code, body["code"]

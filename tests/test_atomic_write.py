@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from backend.errors import StorageError
-from backend.state.atomic_write import TEMP_MARKER, atomic_write_bytes, remove_leftover_temps
+from backend.state import atomic_write
+from backend.state.atomic_write import (
+    TEMP_MARKER,
+    atomic_write_bytes,
+    fsync_tree,
+    remove_leftover_temps,
+)
 
 OLD = b"old contents\n" * 100
 NEW = b"new contents!\n" * 300
@@ -138,3 +144,47 @@ def test_disk_full_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert temps(tmp_path) == []
     atomic_write_bytes(target, NEW)
     assert target.read_bytes() == NEW
+
+
+def test_interrupted_write_keeps_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f"
+    atomic_write_bytes(target, OLD)
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, NEW)
+    monkeypatch.undo()
+    assert target.read_bytes() == OLD
+    assert temps(tmp_path) == []
+
+
+def test_mode_is_exact_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        atomic_write_bytes(tmp_path / "pub", b"key", mode=0o644)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "pub").stat().st_mode & 0o777 == 0o644
+
+
+def test_fsync_tree_syncs_every_file_before_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "staging"
+    (root / "a" / "b").mkdir(parents=True)
+    for file in (root / "top", root / "a" / "mid", root / "a" / "b" / "deep"):
+        file.write_bytes(b"x")
+    synced: list[Path] = []
+    monkeypatch.setattr(atomic_write, "fsync_file", synced.append)
+    monkeypatch.setattr(atomic_write, "fsync_dir", synced.append)
+    fsync_tree(root)
+    expected = {root, root / "a", root / "a" / "b", root / "top", root / "a" / "mid",
+                root / "a" / "b" / "deep"}
+    assert set(synced) == expected and len(synced) == len(expected)
+    for file in expected - {root, root / "a", root / "a" / "b"}:
+        assert synced.index(file) < synced.index(file.parent)

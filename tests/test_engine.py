@@ -3,16 +3,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
 from backend.errors import IllegalTransitionError, MachineExistsError
+from backend.state.disk_reconcile import LogStep, RecordFix, plan_reconciliation
 from backend.state.engine import Engine
 from backend.state.event_log import EventLog, read_log
 from backend.state.events import new_instance_event
 from backend.state.lifecycle import InstanceState, PersistedState, Verb
-from backend.state.machine_store import MachineStore
+from backend.state.machine_store import LoadedMachine, MachineStore
+from backend.state.projection import Projection
+from backend.state.runtime_record import RuntimeRecord
 from backend.state.state_dir import open_state_dir
 from tests.conftest import spec
 
@@ -102,8 +106,6 @@ async def test_disk_changes_behind_the_logs_back(home: Path) -> None:
     dirs = open_state_dir(home)
     # a machine copied in by hand, one removed by hand, one made invalid
     MachineStore(dirs).create(spec("copied"))
-    import shutil
-
     shutil.rmtree(dirs.machine_dir("gone"))
     bad = dirs.spec_path("bad")
     bad.write_bytes(b"\0\0\0\0")
@@ -212,3 +214,52 @@ async def test_cancelled_steps_leave_log_and_projection_agreeing(home: Path,
                 if e.data.get("message") == "found on disk; registered"] == []
     finally:
         await engine.close()
+
+
+def _projection(histories: dict[str, list[Verb]]) -> Projection:
+    projection = Projection()
+    for name, history in histories.items():
+        for verb in history:
+            projection.apply(new_instance_event(name, verb,
+                                                from_state=projection.state_of(name)))
+    return projection
+
+
+def test_reconciliation_is_decided_from_what_it_is_given() -> None:
+    """Every case of disk against log, planned without a state dir or an engine."""
+    c, made, up = Verb.CREATING, Verb.CREATED, [Verb.BOOTING, Verb.READY]
+    projection = _projection({
+        "behind": [c, made, *up], "half": [c], "fixed": [c, made, Verb.BROKEN],
+        "vanished": [c, made, *up], "trashed": [c, made], "spoilt": [c, made],
+    })
+    stopped = InstanceState.STOPPED
+    on_disk = [
+        LoadedMachine(name="behind", record=RuntimeRecord(state=stopped), state=stopped),
+        LoadedMachine(name="half", state=stopped),
+        LoadedMachine(name="fixed", state=stopped),
+        LoadedMachine(name="spoilt", state=InstanceState.BROKEN, reason="bad toml"),
+        LoadedMachine(name="copied", state=InstanceState.BROKEN, reason="bad toml"),
+        LoadedMachine(name="Bad Name", state=InstanceState.BROKEN, reason="invalid name"),
+    ]
+    plan = plan_reconciliation(on_disk, projection, deleting={"trashed"})
+    assert plan.notes == ["ignoring 'Bad Name': invalid name"]
+    assert plan.actions == [
+        RecordFix("behind", InstanceState.READY),
+        LogStep("half", Verb.CREATED, "creation finished at startup"),
+        LogStep("fixed", Verb.REPAIRED, "machine files are valid again"),
+        LogStep("spoilt", Verb.BROKEN, "machine files are invalid", reason="bad toml"),
+        LogStep("copied", Verb.CREATED, "found on disk"),
+        LogStep("copied", Verb.BROKEN, "machine files are invalid", reason="bad toml"),
+        LogStep("trashed", Verb.DELETED, "deletion finished at startup"),
+        LogStep("vanished", Verb.CRASHED, "machine directory vanished",
+                reason="machine directory removed outside boxui"),
+        LogStep("vanished", Verb.DELETED, "machine directory removed outside boxui"),
+    ]
+    assert plan_reconciliation([], Projection()).actions == []
+
+
+def test_record_fix_sets_state_and_what_survives_a_restart() -> None:
+    record = RuntimeRecord(state=InstanceState.STOPPED, ever_started=True)
+    RecordFix("vm", InstanceState.READY)(record)
+    assert record.state is InstanceState.READY
+    assert record.persisted is PersistedState.RUNNING

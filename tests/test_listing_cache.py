@@ -1,7 +1,12 @@
 from __future__ import annotations
 
-from backend.state.lifecycle import InstanceState, PersistedState
-from backend.state.listing_cache import CACHE_NAME, list_views
+from pathlib import Path
+
+import orjson
+
+from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState, PersistedState, Verb
+from backend.state.listing_cache import CACHE_NAME, _sigs, list_views
 from backend.state.machine_store import MachineStore, machine_view
 from backend.state.runtime_record import RuntimeRecord, write_record
 from backend.state.state_dir import StateDir
@@ -26,7 +31,7 @@ def test_cache_matches_full_load_through_changes(dirs: StateDir) -> None:
     with open(path, "r+") as fh:
         fh.write(text)
     assert next(v for v in list_views(dirs, supervised=False) if v["name"] == "a")[
-        "spec"]["vcpus"] == 3  # type: ignore[index]
+        "spec"]["vcpus"] == 3
 
     # an atomic rewrite of state.json is seen, in both views
     write_record(dirs.record_path("b"), RuntimeRecord(state=InstanceState.READY,
@@ -55,14 +60,8 @@ def test_corrupt_or_unwritable_cache_only_costs_time(dirs: StateDir) -> None:
     assert [v["name"] for v in list_views(dirs, supervised=False)] == ["a"]
 
 
-async def test_supervisor_keeps_the_cache_warm(home: object) -> None:
-    import orjson
-
-    from backend.state.engine import Engine
-    from backend.state.lifecycle import Verb
-    from backend.state.listing_cache import _sigs
-
-    engine = await Engine.open(home)  # type: ignore[arg-type]
+async def test_supervisor_keeps_the_cache_warm(home: Path) -> None:
+    engine = await Engine.open(home)
     try:
         await engine.create_machine(spec("vm"))
         await engine.transition("vm", Verb.BOOTING)

@@ -39,7 +39,7 @@ async def api(engine: Engine, driver: FakeDriver, runner: GatedRunner) -> AsyncI
 
 
 def kind(event: dict[str, Any]) -> str:
-    return event["type"].removeprefix("dev.boxui.")
+    return str(event["type"]).removeprefix("dev.boxui.")
 
 
 def moves_of(events: list[dict[str, Any]], instance: str) -> list[str]:
@@ -111,6 +111,14 @@ async def test_scale_0_3_1_0_with_every_event(api: Api, engine: Engine,
         assert (await to_zero).json()["current_replicas"] == 0
         rest = await stream.until(lambda e: e.get("subject") == keep
                                   and kind(e) == "instance.v1.deleted")
+    check_logged_story(engine, instances, keep)
+    assert any(kind(e) == "instance.v1.deleted" for e in rest)
+    assert (await c.get("/v1/services/web")).json()["instances"] == []
+    assert engine.store.names() == []
+
+
+def check_logged_story(engine: Engine, instances: list[str], keep: str) -> None:
+    """The log of scaling 0 -> 3 -> 1 -> 0, with `keep` busy when it was asked to go."""
     events = [e.to_json_dict() for e in read_log(engine.dirs.event_log).events]
     for instance in instances:
         moves = moves_of(events, instance)
@@ -131,9 +139,6 @@ async def test_scale_0_3_1_0_with_every_event(api: Api, engine: Engine,
     assert stop_msg == ["scale-down: drained; powering off"]
     scaled = [e["data"] for e in events if kind(e) == "service.v1.scaled"]
     assert [(d["from"], d["to"]) for d in scaled] == [(0, 3), (3, 1), (1, 0)]
-    assert any(kind(e) == "instance.v1.deleted" for e in rest)
-    assert (await c.get("/v1/services/web")).json()["instances"] == []
-    assert engine.store.names() == []
 
 
 def driver_stops(api: Api, name: str) -> int:

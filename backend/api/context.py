@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from backend.services.manager import ServiceManager
 
 
 @dataclass

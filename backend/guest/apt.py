@@ -22,6 +22,7 @@ from pathlib import Path
 
 from backend.guest.errors import GuestImageError
 from backend.guest.tools import require_tool, run
+from backend.state.atomic_write import fsync_dir, fsync_file
 
 KERNEL_META_PACKAGE = "linux-image-amd64"
 #: The plain (signed) flavour: not -unsigned, -dbg, -cloud or -rt.
@@ -146,14 +147,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _give_to_apt_sandbox(directory: Path) -> None:
     """Let apt's unprivileged `_apt` user write here, so apt does not warn as root."""
     if os.geteuid() != 0:
@@ -196,10 +189,9 @@ async def ensure_debs(
                 raise GuestImageError(f"downloading {name}: apt-get left no {cand.deb_filename}")
             if await asyncio.to_thread(sha256_file, got) != cand.sha256:
                 raise GuestImageError(f"downloading {name}: SHA-256 does not match apt's index")
-            with got.open("rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(got)
             os.replace(got, paths[name])
-        _fsync_dir(debs_dir)
+        fsync_dir(debs_dir)
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
     return paths, missing

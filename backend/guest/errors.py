@@ -1,7 +1,9 @@
 """The one error type this package raises for anything a user can fix.
 
-It is deliberately a plain `Exception` with a one-line message, so this package stays
-independent of the rest of `backend/`; callers can wrap it into their own error tree.
+It is deliberately a plain `Exception` with a one-line message, not a `BoxuiError`:
+whoever builds an image or a seed decides what a failure means to its user (a boot that
+fails, a template build that stops) and wraps it accordingly. A failed atomic write of
+a file is the exception: it comes as `StorageError`, as it does everywhere else.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from backend.guest.guest_files import guest_text_fingerprint
 from backend.guest.initramfs import assemble_tree, pack_tree
 from backend.guest.kernel_image import extract_vmlinux
 from backend.guest.tools import require_tool, run
+from backend.state.atomic_write import atomic_write_bytes, fsync_dir, fsync_tree
 
 __all__ = [
     "BUILDER_VERSION",
@@ -162,11 +163,8 @@ def load_current_image(cache_root: Path) -> GuestImage | None:
 
 
 def _set_current(cache_root: Path, content_hash: str) -> None:
-    target = cache_root / CURRENT_FILE
-    tmp = cache_root / f".{CURRENT_FILE}.tmp-{os.getpid()}"
-    _write_synced(tmp, json.dumps({"content_hash": content_hash}).encode())
-    os.replace(tmp, target)
-    _fsync_path(cache_root)
+    atomic_write_bytes(cache_root / CURRENT_FILE,
+                       json.dumps({"content_hash": content_hash}).encode(), 0o644)
 
 
 @contextlib.asynccontextmanager
@@ -192,20 +190,13 @@ def _remove_leftovers(cache_root: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _fsync_path(path: Path) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+def _write_image(out: Path, final: Path, files: dict[str, bytes]) -> None:
+    """Write the image's files into `out`, then give it its name with one rename."""
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    fsync_tree(out)  # whole and durable before its name makes it an image
+    os.rename(out, final)
+    fsync_dir(final.parent)
 
 
 async def _build(
@@ -242,18 +233,11 @@ async def _build(
             packages=versions,
             created_at=time.time(),
         )
-
-        def write_out() -> None:
-            _write_synced(out / KERNEL_FILE, bzimage)
-            if vmlinux is not None:
-                _write_synced(out / PVH_KERNEL_FILE, vmlinux)
-            _write_synced(out / INITRD_FILE, initrd)
-            _write_synced(out / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
-            _fsync_path(out)
-            os.rename(out, cache_root / content_hash)
-            _fsync_path(cache_root)
-
-        await asyncio.to_thread(write_out)
+        files = {KERNEL_FILE: bzimage}
+        if vmlinux is not None:
+            files[PVH_KERNEL_FILE] = vmlinux
+        files |= {INITRD_FILE: initrd, MANIFEST_FILE: manifest.model_dump_json(indent=2).encode()}
+        await asyncio.to_thread(_write_image, out, cache_root / content_hash, files)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     report("pack", f"image {content_hash[:12]} ready (kernel {kernel_version})")

@@ -18,11 +18,7 @@ public half is known without parsing tool output.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
 import os
-import secrets
 import shlex
 import stat
 import struct
@@ -31,7 +27,7 @@ from pathlib import Path
 
 import asyncssh
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backend.guest.errors import GuestImageError
 from backend.guest.guest_files import (
@@ -42,6 +38,7 @@ from backend.guest.guest_files import (
 )
 from backend.guest.image_builder import GuestImage
 from backend.guest.newc import Entry, write_archive
+from backend.state.atomic_write import atomic_write_bytes
 
 CLIENT_KEY_FILE = "id_ed25519"
 CLIENT_PUB_FILE = "id_ed25519.pub"
@@ -63,35 +60,6 @@ class MachineKeys:
     host_public: Path  # the host key's OpenSSH public line, for known_hosts
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """temp + fsync + rename + fsync dir: a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, mode)  # umask must not widen or narrow a key's mode
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 def _ssh_string(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
@@ -103,9 +71,11 @@ def dropbear_ed25519_private(seed: bytes, public: bytes) -> bytes:
     return _ssh_string(_KEY_TYPE) + _ssh_string(seed + public)
 
 
-def _openssh_public_line(public: bytes, comment: str) -> str:
-    blob = _ssh_string(_KEY_TYPE) + _ssh_string(public)
-    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}\n"
+def openssh_public_line(key: Ed25519PublicKey, comment: str) -> str:
+    """`ssh-ed25519 <base64 wire blob> <comment>`, the line known_hosts and .pub hold."""
+    line = key.public_bytes(serialization.Encoding.OpenSSH,
+                            serialization.PublicFormat.OpenSSH).decode("ascii")
+    return f"{line} {comment}\n"
 
 
 def _keys_in(machine_dir: Path) -> MachineKeys:
@@ -150,10 +120,11 @@ def create_machine_keys(machine_dir: Path) -> MachineKeys:
     )
     # host key first and client key last: a crash in between leaves an incomplete set,
     # which the next call regenerates as a whole
-    _atomic_write(keys.host_key, dropbear_ed25519_private(seed, public), 0o600)
-    _atomic_write(keys.host_public, _openssh_public_line(public, comment).encode(), 0o644)
-    _atomic_write(keys.client_public, client.export_public_key("openssh"), 0o644)
-    _atomic_write(keys.client_key, client.export_private_key("openssh"), 0o600)
+    atomic_write_bytes(keys.host_key, dropbear_ed25519_private(seed, public), 0o600)
+    atomic_write_bytes(keys.host_public,
+                       openssh_public_line(host.public_key(), comment).encode(), 0o644)
+    atomic_write_bytes(keys.client_public, client.export_public_key("openssh"), 0o644)
+    atomic_write_bytes(keys.client_key, client.export_private_key("openssh"), 0o600)
     return keys
 
 
@@ -164,8 +135,8 @@ def host_public_key(keys: MachineKeys) -> str:
 
 def host_key_fingerprint(keys: MachineKeys) -> str:
     """`SHA256:…` fingerprint of the guest's host key, as `ssh` prints it."""
-    blob = base64.b64decode(host_public_key(keys).split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    fingerprint: str = asyncssh.import_public_key(host_public_key(keys)).get_fingerprint()
+    return fingerprint
 
 
 def known_hosts_line(keys: MachineKeys, port: int, host: str = "127.0.0.1") -> str:
@@ -220,5 +191,5 @@ def write_machine_initrd(base: GuestImage, machine_dir: Path, keys: MachineKeys,
     """
     target = machine_dir / MACHINE_INITRD_FILE
     data = concatenate_initrd(base.initrd.read_bytes(), seed_archive(keys, env=env))
-    _atomic_write(target, data, 0o600)
+    atomic_write_bytes(target, data, 0o600)
     return target

@@ -112,6 +112,16 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     (tests on the host use a FIFO, and a clock the kernel refuses to set)."""
     a = _Asm()
     # r12 = port fd, r13 = /dev/urandom fd, r14 = bytes received, r15 = status
+    _receive_message(a)
+    _freshen(a, clock)
+    _report_and_exit(a)
+    _nap_then_read_again(a)
+    _data(a, port)
+    return _elf(a.link())
+
+
+def _receive_message(a: _Asm) -> None:
+    """Open the port and /dev/urandom, then read until the whole message is in."""
     a.open_or_exit("port", O_RDWR)
     a.emit(b"\x49\x89\xc4")  # mov r12, rax
     a.open_or_exit("urandom", O_WRONLY)
@@ -128,6 +138,10 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(b"\x49\x01\xc6")  # add r14, rax
     a.emit(b"\x49\x81\xfe" + struct.pack("<I", MESSAGE_BYTES))  # cmp r14, MESSAGE_BYTES
     a.jump(0x72, "read")  # jb read
+
+
+def _freshen(a: _Asm, clock: int) -> None:
+    """Credit the entropy, force the reseed, set the clock and the hostname; status 0."""
     a.emit(b"\xb8\x10\x00\x00\x00\x4c\x89\xef")  # mov eax, 16 (ioctl); mov rdi, r13
     a.emit(b"\xbe" + struct.pack("<I", RNDADDENTROPY))  # mov esi, RNDADDENTROPY
     a.rip(b"\x48\x8d\x15", "info")  # lea rdx, [rip+info]
@@ -144,6 +158,10 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.rip(b"\x48\x8b\x35", "name_len")  # mov rsi, [rip+name_len]
     a.syscall_or_report(6)
     a.emit(b"\x45\x31\xff")  # xor r15d, r15d
+
+
+def _report_and_exit(a: _Asm) -> None:
+    """Answer one byte, '0' + status, and exit with the status."""
     a.label("report")
     a.rip(b"\x48\x8d\x35", "ack")  # lea rsi, [rip+ack]
     a.emit(b"\x44\x89\xf8\x04\x30\x88\x06")  # mov eax, r15d; add al, '0'; mov [rsi], al
@@ -152,12 +170,19 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
     a.emit(b"\x44\x89\xff")  # mov edi, r15d
     a.label("exit")
     a.emit(b"\xb8\x3c\x00\x00\x00\x0f\x05")  # mov eax, 60 (exit); syscall
+
+
+def _nap_then_read_again(a: _Asm) -> None:
+    """No host yet: sleep `NAP_NS`, then try the read again."""
     a.label("nap")
     a.emit(b"\xb8\x23\x00\x00\x00")  # mov eax, 35 (nanosleep)
     a.rip(b"\x48\x8d\x3d", "timespec")  # lea rdi, [rip+timespec]
     a.emit(b"\x31\xf6\x0f\x05")  # xor esi, esi; syscall
     a.jump(0xEB, "read")  # jmp read
-    # data
+
+
+def _data(a: _Asm, port: str) -> None:
+    """The paths, the nap's timespec, and the buffer the message is read into."""
     a.label("port")
     a.emit(port.encode() + b"\0")
     a.label("urandom")
@@ -174,7 +199,10 @@ def agent_program(port: str = GUEST_PORT, clock: int = CLOCK_REALTIME) -> bytes:
         a.emit(b"\0" * size)
     a.label("ack")
     a.emit(b"\0")
-    body = a.link()
+
+
+def _elf(body: bytes) -> bytes:
+    """One loadable segment holding the headers and `body`, entered right after them."""
     size = _HEADERS + len(body)
     header = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8 + struct.pack(
         "<HHIQQQIHHHHHH",

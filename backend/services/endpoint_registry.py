@@ -1,5 +1,6 @@
-"""Where each ready service instance takes traffic (host:port), as in a3s's instance
-registration: registered when it is ready, deregistered with a reason when it leaves.
+"""Where each ready service instance takes traffic (host:port): an instance is registered
+when it is ready and deregistered, with a reason, when it leaves, so nothing sends
+traffic to an instance that cannot answer.
 
 Each change is an event in the log, so a gateway or script following `/v1/events` knows
 the set of endpoints without asking.

@@ -34,13 +34,14 @@ from backend.services.scale_models import (
 from backend.services.service_events import service_event
 from backend.services.service_spec import ServiceExistsError, ServiceNotFoundError, ServiceSpec
 from backend.services.service_store import ServiceStore
-from backend.state.event_bus import Missed
+from backend.state.event_bus import Missed, Subscription
 from backend.state.events import verb_of
 from backend.state.lifecycle import InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.restart_policy import RestartTracker
 from backend.supervision.supervisor import Supervisor
+from backend.templates.machine_from_template import spec_from_template
 
 log = logging.getLogger("boxui.services")
 
@@ -162,8 +163,6 @@ class ServiceManager:
             return MachineSpec(name=instance, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
                                accel=spec.accel, restart="never", service=spec.name,
                                env=dict(spec.env), ports=list(spec.ports))
-        from backend.templates.machine_from_template import spec_from_template
-
         made = spec_from_template(self.engine.dirs, instance, spec.template,
                                   vcpus=spec.vcpus, memory_mib=spec.memory_mib,
                                   accel=spec.accel)
@@ -379,10 +378,7 @@ class ServiceManager:
             self._trackers[service] = RestartTracker(self._clock)
         return self._trackers[service]
 
-    async def _watch(self, subscription: object) -> None:
-        from backend.state.event_bus import Subscription
-
-        assert isinstance(subscription, Subscription)
+    async def _watch(self, subscription: Subscription) -> None:
         async for item in subscription:
             if isinstance(item, Missed):
                 for name in list(self._wake):

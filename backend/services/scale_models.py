@@ -1,5 +1,6 @@
-"""The Scale API's bodies (after a3s-box-core): a ScaleRequest asks for N replicas of a
-service and gets a ScaleResponse with what exists now and what boxui aims for."""
+"""The Scale API's bodies: a ScaleRequest asks for N replicas of a service and gets a
+ScaleResponse with what exists now and what boxui aims for (the two can differ while
+instances boot or drain, and the caller needs both to know whether to wait)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""Crash-safe file replacement.
+"""Crash-safe file replacement, and the fsyncs that make a rename durable.
 
 A reader (or a boxui restarted after a crash or power loss) must only ever see the old
 file or the new one. So every write goes: temp file in the same directory, write, fsync,
-rename over the target, fsync the directory so the rename itself is durable.
+rename over the target, fsync the directory so the rename itself is durable. Whatever
+else publishes files by rename (a whole directory renamed into place, a downloaded file
+moved into a cache) uses the fsyncs here: the data first, the directory after the rename.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 from pathlib import Path
 
 from backend.errors import StorageError
@@ -19,7 +20,26 @@ TEMP_MARKER = ".boxui-tmp-"
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Make the names in `directory` durable (a rename, a new or removed entry)."""
+    _fsync_opened(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def fsync_file(path: Path) -> None:
+    """Make an already written file's contents durable before it is renamed into place."""
+    _fsync_opened(path, os.O_RDONLY)
+
+
+def fsync_tree(root: Path) -> None:
+    """Every file's contents, then every directory's names, under `root` (itself
+    included): what a directory needs before it is renamed into place whole."""
+    for current, _dirs, files in os.walk(root):
+        for name in files:
+            fsync_file(Path(current) / name)
+        fsync_dir(Path(current))
+
+
+def _fsync_opened(path: Path, flags: int) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -27,28 +47,37 @@ def fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data`; on any failure the old file stays and no temp is left."""
+    """Replace `path` with `data`, which gets exactly `mode` whatever the umask (a key's
+    mode is part of its meaning); on any failure the old file stays and no temp is left."""
     directory = path.parent
-    tmp = directory / f"{TEMP_MARKER}{path.name}.{secrets.token_hex(4)}"
+    # not `secrets.token_hex`: the same bytes, without its imports on the `ls` path
+    tmp = directory / f"{TEMP_MARKER}{path.name}.{os.urandom(4).hex()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _discard(tmp)
         raise StorageError(_describe(path, exc)) from exc
+    except BaseException:  # interrupted (Ctrl-C, a cancelled thread's caller): no temp left
+        _discard(tmp)
+        raise
     try:
         fsync_dir(directory)
     except OSError as exc:
         raise StorageError(_describe(path, exc)) from exc
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:

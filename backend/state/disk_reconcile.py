@@ -1,9 +1,13 @@
-"""Make the event log and the machine directories agree when a supervisor starts.
+"""What must change so the event log and the machine directories agree at startup.
 
 The log is the source of truth for lifecycle state, but files can change behind its back:
 boxui may have died between writing a log record and `state.json`, a user may have copied
 a machine directory in or removed one, or a file may have become unreadable. Each case is
 settled by an explicit event, so the log keeps telling the whole story.
+
+Deciding is kept apart from doing: `plan_reconciliation` only reads what it is given and
+returns the steps in order, and the engine applies them through its one write path. So
+every case can be tested without a state dir, and this module needs nothing of the engine.
 
 Whether a machine recorded as running still has a live hypervisor is a different question,
 answered by crash recovery once a driver is available.
@@ -11,76 +15,98 @@ answered by crash recovery once a driver is available.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb, persisted_state
+from backend.state.machine_store import LoadedMachine
 from backend.state.names import is_valid_name
+from backend.state.projection import Projection
 from backend.state.runtime_record import RuntimeRecord
 
-if TYPE_CHECKING:
-    from backend.state.engine import Engine
+
+@dataclass(frozen=True)
+class LogStep:
+    """A lifecycle event to record for one machine."""
+
+    name: str
+    verb: Verb
+    message: str
+    reason: str | None = None
 
 
-async def reconcile_disk_with_log(engine: Engine, *,
-                                  deleting: AbstractSet[str] = frozenset()) -> None:
+@dataclass(frozen=True)
+class RecordFix:
+    """`state.json` is behind the log: its state must become what the log says."""
+
+    name: str
+    state: InstanceState
+
+    def __call__(self, record: RuntimeRecord) -> None:
+        record.state = self.state
+        record.persisted = persisted_state(self.state, ever_started=record.ever_started)
+
+
+@dataclass
+class Reconciliation:
+    """The changes to make, in order, and lines to show the user about what was skipped."""
+
+    actions: list[LogStep | RecordFix] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_reconciliation(on_disk: Iterable[LoadedMachine], projection: Projection, *,
+                        deleting: AbstractSet[str] = frozenset()) -> Reconciliation:
     """`deleting` names machines whose directory a delete had moved to trash when
-    boxui died: their delete is finished here, not reported as a removal by hand."""
-    store = engine.store
-    projection = engine.projection
-    on_disk = await asyncio.to_thread(store.load_all, supervised=True)
+    boxui died: their delete is finished, not reported as a removal by hand."""
+    plan = Reconciliation()
     seen: set[str] = set()
     for machine in on_disk:
         seen.add(machine.name)
         if not is_valid_name(machine.name):
-            engine.startup_notes.append(f"ignoring {machine.name!r}: {machine.reason}")
+            plan.notes.append(f"ignoring {machine.name!r}: {machine.reason}")
             continue
-        known = projection.state_of(machine.name)
-        if machine.broken:
-            if known is not InstanceState.BROKEN:
-                if known is None:
-                    await engine.transition(machine.name, Verb.CREATED,
-                                            message="found on disk")
-                await engine.transition(machine.name, Verb.BROKEN,
-                                        message="machine files are invalid",
-                                        reason=machine.reason)
-            continue
-        if known is None:
-            await engine.transition(machine.name, Verb.CREATED,
-                                    message="found on disk; registered")
-            continue
-        if known is InstanceState.CREATING:
-            # boxui died between logging `creating` and `created`; the files are whole
-            await engine.transition(machine.name, Verb.CREATED,
-                                    message="creation finished at startup")
-            continue
-        if known is InstanceState.BROKEN:
-            await engine.transition(machine.name, Verb.REPAIRED,
-                                    message="machine files are valid again")
-            continue
-        record = machine.record
-        if record is not None and record.state is not known:
-            # the log is ahead of state.json: bring the record up to date
-            await asyncio.to_thread(store.update_record, machine.name, _set_state(known))
+        plan.actions.extend(_settle_present(machine, projection.state_of(machine.name)))
     for name in projection.names():
-        if name in seen:
-            continue
-        state = projection.state_of(name)
-        finishing = name in deleting
-        why = ("its delete was cut short by a crash" if finishing
-               else "machine directory removed outside boxui")
-        if state in ACTIVE_STATES:
-            await engine.transition(name, Verb.CRASHED, message="machine directory vanished",
-                                    reason=why)
-        await engine.transition(name, Verb.DELETED,
-                                message="deletion finished at startup" if finishing else why)
+        if name not in seen:
+            plan.actions.extend(_settle_vanished(name, projection.state_of(name),
+                                                 finishing=name in deleting))
+    return plan
 
 
-def _set_state(state: InstanceState) -> Callable[[RuntimeRecord], None]:
-    def apply(record: RuntimeRecord) -> None:
-        record.state = state
-        record.persisted = persisted_state(state, ever_started=record.ever_started)
+def _settle_present(machine: LoadedMachine, known: InstanceState | None
+                    ) -> list[LogStep | RecordFix]:
+    """A machine directory that exists, against what the log knows of it (`known`)."""
+    name = machine.name
+    if machine.broken:
+        if known is InstanceState.BROKEN:
+            return []
+        found = [LogStep(name, Verb.CREATED, "found on disk")] if known is None else []
+        return [*found, LogStep(name, Verb.BROKEN, "machine files are invalid",
+                                reason=machine.reason)]
+    if known is None:
+        return [LogStep(name, Verb.CREATED, "found on disk; registered")]
+    if known is InstanceState.CREATING:
+        # boxui died between logging `creating` and `created`; the files are whole
+        return [LogStep(name, Verb.CREATED, "creation finished at startup")]
+    if known is InstanceState.BROKEN:
+        return [LogStep(name, Verb.REPAIRED, "machine files are valid again")]
+    record = machine.record
+    if record is not None and record.state is not known:
+        # the log is ahead of state.json: bring the record up to date
+        return [RecordFix(name, known)]
+    return []
 
-    return apply
+
+def _settle_vanished(name: str, state: InstanceState | None, *, finishing: bool
+                     ) -> list[LogStep | RecordFix]:
+    """A machine the log knows whose directory is gone."""
+    why = ("its delete was cut short by a crash" if finishing
+           else "machine directory removed outside boxui")
+    steps: list[LogStep | RecordFix] = []
+    if state in ACTIVE_STATES:
+        steps.append(LogStep(name, Verb.CRASHED, "machine directory vanished", reason=why))
+    steps.append(LogStep(name, Verb.DELETED,
+                         "deletion finished at startup" if finishing else why))
+    return steps

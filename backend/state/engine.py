@@ -18,7 +18,7 @@ from typing import Any
 from backend.errors import MachineExistsError, MachineNotFoundError
 from backend.state import listing_cache
 from backend.state.cancel_safe import cancel_safe
-from backend.state.disk_reconcile import reconcile_disk_with_log
+from backend.state.disk_reconcile import LogStep, Reconciliation, plan_reconciliation
 from backend.state.event_bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
 from backend.state.event_log import EventLog, LogReport
 from backend.state.events import CloudEvent, new_instance_event, now_utc
@@ -50,7 +50,8 @@ class Engine:
         self._write_lock = asyncio.Lock()
         self.startup_notes: list[str] = []
         #: machine -> service, for the machines that are instances of a service; their
-        #: lifecycle events carry the service's name (as a3s instance events do)
+        #: lifecycle events carry the service's name, so a service's story can be read
+        #: from the log without knowing which machines were its instances
         self.memberships: dict[str, str] = {}
 
     @classmethod
@@ -74,12 +75,23 @@ class Engine:
             projection = Projection.replay(log.initial_events())
             engine = cls(dirs, lock, log, projection)
             engine.startup_notes.extend(log.report.lines())
-            await reconcile_disk_with_log(
-                engine, deleting={n for p in leftovers if (n := trashed_name(p))})
+            on_disk = await asyncio.to_thread(store.load_all, supervised=True)
+            await engine._apply(plan_reconciliation(
+                on_disk, projection, deleting={n for p in leftovers if (n := trashed_name(p))}))
         except BaseException:
             lock.release()
             raise
         return engine
+
+    async def _apply(self, plan: Reconciliation) -> None:
+        """Make the disk and the log agree, through the same write path as every change."""
+        self.startup_notes.extend(plan.notes)
+        for action in plan.actions:
+            if isinstance(action, LogStep):
+                await self.transition(action.name, action.verb, message=action.message,
+                                      reason=action.reason)
+            else:
+                await asyncio.to_thread(self.store.update_record, action.name, action)
 
     async def close(self) -> None:
         self._lock.release()

@@ -26,7 +26,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from backend.errors import EventLogError, StorageError
-from backend.state.atomic_write import fsync_dir
+from backend.state.atomic_write import fsync_dir, fsync_file
 from backend.state.events import CloudEvent
 
 _PREFIX = b'{"crc32":"'
@@ -225,8 +225,7 @@ def _keep_broken_copy(path: Path) -> Path:
     copy = path.with_name(f"{path.name}.{stamp}.broken")
     tmp = copy.with_name(copy.name + ".tmp")
     shutil.copyfile(path, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_file(tmp)
     os.replace(tmp, copy)
     fsync_dir(path.parent)
     return copy

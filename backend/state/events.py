@@ -71,7 +71,8 @@ def new_instance_event(
     time: datetime | None = None,
     event_id: str | None = None,
 ) -> CloudEvent:
-    """An instance lifecycle event carrying from/to states and a human message (as a3s does)."""
+    """An instance lifecycle event: from and to states, so a consumer needs no history to
+    read one, and a message a person can read."""
     target = TARGET[verb]
     data: dict[str, Any] = {
         "machine": machine,

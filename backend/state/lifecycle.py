@@ -1,9 +1,10 @@
 """Instance lifecycle: the states a machine can be in and the moves between them.
 
-The states come from the a3s-box scale API (creating ... failed) plus two of boxui's own:
-`broken` (its files on disk cannot be read) and `crashed` (its process died unexpectedly,
-or vanished while boxui was down). Keeping the legal moves in one table lets the reducer
-reject a nonsensical event with a precise error instead of drifting into a made-up state.
+Eight states follow a machine through its own life (creating ... failed); two more say
+what happened to it from outside: `broken` (its files on disk cannot be read) and
+`crashed` (its process died unexpectedly, or vanished while boxui was down). Keeping the
+legal moves in one table lets the reducer reject a nonsensical event with a precise
+error instead of drifting into a made-up state.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class InstanceState(StrEnum):
 
 
 class PersistedState(StrEnum):
-    """What survives a restart of boxui (the arcbox-core rule)."""
+    """What of a machine's state survives a restart of boxui: never started, running or
+    stopped, nothing finer. `ready` or `busy` describe a live process that a restarted
+    boxui cannot vouch for, so a machine saved as running is probed before it is believed.
+    """
 
     CREATED = "created"
     RUNNING = "running"

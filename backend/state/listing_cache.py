@@ -7,18 +7,22 @@ atomic rewrite changes the inode and a hand edit changes the mtime, so a stale v
 never shown. Anything else goes through the full pydantic load and refreshes the entry.
 
 The cache is derived data: losing it, or failing to write it, only costs time. This
-module therefore imports nothing heavy; the full load is imported on a miss.
+module therefore imports nothing heavy; the full load (pydantic) is imported on a miss.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from backend.errors import BoxuiError, StorageError
+from backend.state.atomic_write import atomic_write_bytes
 from backend.state.names import NAME_PATTERN
+from backend.state.process_liveness import unsupervised_state
 from backend.state.state_dir import StateDir
 
 CACHE_VERSION = 1
@@ -79,17 +83,12 @@ def list_views(dirs: StateDir, *, supervised: bool) -> list[View]:
         else:
             misses.append((len(views), name, sigs[0], sigs[1]))
             views.append({})
-    if misses:
-        from backend.state.machine_store import MachineStore, machine_view
-
-        store = MachineStore(dirs)
-        for index, name, spec_sig, record_sig in misses:
-            both = {flag: machine_view(store.load(name, supervised=flag))
-                    for flag in (True, False)}
-            views[index] = both[supervised]
-            if NAME_PATTERN.fullmatch(name):
-                fresh[name] = {"sigs": [spec_sig, record_sig],
-                               "supervised": both[True], "unsupervised": both[False]}
+    for index, name, spec_sig, record_sig in misses:
+        both = _validated_views(dirs, name)
+        views[index] = both[supervised]
+        if NAME_PATTERN.fullmatch(name):
+            fresh[name] = {"sigs": [spec_sig, record_sig],
+                           "supervised": both[True], "unsupervised": both[False]}
     if misses or len(fresh) != len(entries):
         _write(dirs, cache_path, fresh)
     return views
@@ -101,8 +100,6 @@ def _live(view: View) -> View:
     record = view.get("record") or {}
     if not view.get("needs_recovery") or record.get("persisted") != "running":
         return view
-    from backend.state.process_liveness import unsupervised_state
-
     state, reason = unsupervised_state(record.get("state", "stopped"), record.get("pid"),
                                        record.get("process_start_time"))
     return {**view, "state": state, "reason": reason}
@@ -115,20 +112,15 @@ def refresh(dirs: StateDir, names: list[str]) -> None:
     if the files did not change while they were being read; otherwise it is dropped and
     `ls` validates that machine itself.
     """
-    from backend.errors import BoxuiError
-    from backend.state.machine_store import MachineStore, machine_view
-
     cache_path = os.path.join(dirs.machines, CACHE_NAME)
     entries = _read_entries(cache_path)
-    store = MachineStore(dirs)
     for name in names:
         entries.pop(name, None)
         before = _sigs(dirs, name)
         if before == [None, None]:
             continue  # deleted
         try:
-            views = {flag: machine_view(store.load(name, supervised=flag))
-                     for flag in (True, False)}
+            views = _validated_views(dirs, name)
         except BoxuiError:
             continue
         if _sigs(dirs, name) == before:
@@ -137,12 +129,17 @@ def refresh(dirs: StateDir, names: list[str]) -> None:
     _write(dirs, cache_path, entries)
 
 
+def _validated_views(dirs: StateDir, name: str) -> dict[bool, View]:
+    """The full load, supervised (True) and not (False): the slow path of a miss."""
+    # imported here, not above: pydantic alone is over half of `ls`'s budget, and a
+    # listing served wholly from the cache must not pay for it
+    from backend.state.machine_store import MachineStore, machine_view
+
+    store = MachineStore(dirs)
+    return {flag: machine_view(store.load(name, supervised=flag)) for flag in (True, False)}
+
+
 def _write(dirs: StateDir, cache_path: str, entries: dict[str, Any]) -> None:
-    from pathlib import Path
-
-    from backend.errors import StorageError
-    from backend.state.atomic_write import atomic_write_bytes
-
     with contextlib.suppress(StorageError, OSError):
         atomic_write_bytes(Path(cache_path),
                            orjson.dumps({"version": CACHE_VERSION, "entries": entries}))

@@ -8,11 +8,11 @@ file and the key (an unknown key is an error, not silently ignored: a typo such 
 from __future__ import annotations
 
 import re
+import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import tomli
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -126,8 +126,8 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
 
 def parse_spec(text: str, path: Path) -> MachineSpec:
     try:
-        raw: dict[str, Any] = tomli.loads(text)  # compiled: 3x faster than tomllib
-    except tomli.TOMLDecodeError as exc:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, f"invalid TOML: {exc}") from None
     try:
         return MachineSpec.model_validate(raw)

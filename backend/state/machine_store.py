@@ -175,8 +175,8 @@ class MachineStore:
     def update_record(
         self, name: str, mutate: Callable[[RuntimeRecord], None]
     ) -> RuntimeRecord:
-        """Load, mutate and write `state.json` under the machine's lock (the arcbox batched
-        update), so concurrent writers serialise instead of losing each other's changes."""
+        """Load, mutate and write `state.json` in one step under the machine's lock, so
+        concurrent writers serialise instead of losing each other's changes."""
         with self._machine_lock(name):
             path = self.dirs.record_path(name)
             record = read_record(path)

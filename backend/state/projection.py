@@ -1,10 +1,11 @@
 """The one canonical reducer: current machine state is derived from events, nowhere else.
 
-Modelled on cellos-core's projection: applying is idempotent by event id (a repeat is
-counted as ignored and changes nothing), an illegal transition is rejected with an error
-naming the machine, its state and the event, and rejection leaves the projection exactly
-as it was. The live supervisor and a replay of the log run this same code, which is why
-replaying the log rebuilds exactly the state the live process had.
+Applying is idempotent by event id: a repeat is counted as ignored and changes nothing,
+so an event delivered twice cannot move a machine twice. An illegal transition is
+rejected with an error naming the machine, its state and the event, and rejection
+leaves the projection exactly as it was. The live supervisor and a replay of the log
+run this same code, which is why replaying the log rebuilds exactly the state the live
+process had.
 """
 
 from __future__ import annotations

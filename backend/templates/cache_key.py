@@ -1,12 +1,13 @@
 """The cache key of one variant's build: SHA-256 over exactly the inputs that decide
 what the build produces.
 
-mvm-core keys on (lock hash, profile, role). For boxui the base image's content hash
-plays the lock's part, and a memory snapshot additionally bakes in everything on the
-QEMU command line that must match at restore (vcpus, memory, kernel parameters, the
-accelerator, the guest's name), so those are part of the key too: change any of them
-and the old snapshot is not a valid answer. Names of inputs are hashed with their
-values (canonical JSON), so no two different input sets can collide by concatenation.
+The key covers the base image's content hash, the profile and the role: whatever of
+the three changes, the build produces something else. A memory snapshot additionally
+bakes in everything on the QEMU command line that must match at restore (vcpus,
+memory, kernel parameters, the accelerator, the guest's name), so those are part of the
+key too: change any of them and the old snapshot is not a valid answer. Names of inputs
+are hashed with their values (canonical JSON), so no two different input sets can
+collide by concatenation.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.errors import SpecError
-from backend.state.atomic_write import atomic_write_text, fsync_dir
+from backend.state.atomic_write import atomic_write_text, fsync_dir, fsync_tree
 from backend.state.state_dir import StateDir
 from backend.templates.cache_key import BuildInputs, cache_key, revision_id
 from backend.templates.errors import TemplateError
@@ -145,14 +145,7 @@ def _complete(directory: Path) -> bool:
 def _seal(staging: Path, record: TemplateRevision, source_text: str, final: Path) -> None:
     atomic_write_text(staging / "template.toml", source_text)
     write_revision(staging, record)  # last: its presence is what makes a revision
-    for root, _dirs, files in os.walk(staging):
-        for name in files:
-            fd = os.open(Path(root) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(root))
+    fsync_tree(staging)
     if final.exists():  # an unreadable leftover under the revision's name
         raise TemplateError(f"{final} exists but is not a complete revision; remove it")
     os.rename(staging, final)

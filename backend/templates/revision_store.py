@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from backend.errors import SpecError
 from backend.state.atomic_write import fsync_dir
 from backend.state.names import is_valid_name
@@ -69,8 +71,6 @@ def switch_current(tdir: TemplateDir, revision: str) -> None:
 def _kill_build_vms(build_dir: Path) -> None:
     """A build killed with SIGKILL leaves its (daemonized) build VM running; it is the
     only process whose command line names a file in the build dir."""
-    import psutil
-
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
             if any(str(build_dir) + "/" in arg for arg in proc.info["cmdline"] or []):

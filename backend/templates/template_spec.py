@@ -7,10 +7,10 @@ silently does nothing.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backend.errors import InvalidNameError, SpecError
@@ -129,8 +129,8 @@ class TemplateConfig(BaseModel):
 
 def parse_template(text: str, path: Path) -> TemplateConfig:
     try:
-        raw: dict[str, Any] = tomli.loads(text)
-    except tomli.TOMLDecodeError as exc:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, f"invalid TOML: {exc}") from None
     try:
         config = TemplateConfig.model_validate(raw)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
+import os
 import shutil
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
 import asyncssh
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backend.guest.image_builder import GuestImage
 from backend.guest.machine_seed import (
@@ -20,6 +26,7 @@ from backend.guest.machine_seed import (
     host_public_key,
     known_hosts_line,
     load_machine_keys,
+    openssh_public_line,
     seed_archive,
     write_machine_initrd,
 )
@@ -173,3 +180,35 @@ def test_service_env_is_seeded_as_quoted_export_lines(tmp_path: Path) -> None:
                          text=True, check=True)
     assert out.stdout == "it's $HOME; `x`"
     assert "etc/boxui/env" not in {e.name for e in read_archive(seed_archive(keys))}
+
+
+def _wire_format_line(public: bytes, comment: str) -> str:
+    """The OpenSSH line built from its definition: base64 of string "ssh-ed25519" and
+    string <32-byte key>, each a 4-byte big-endian length and the bytes."""
+    blob = b"".join(struct.pack(">I", len(part)) + part for part in (b"ssh-ed25519", public))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}\n"
+
+
+def test_openssh_public_line_is_the_wire_format() -> None:
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key()
+    raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert openssh_public_line(key, "boxui@m1") == _wire_format_line(raw, "boxui@m1")
+
+
+def test_host_key_files_are_byte_for_byte_the_old_format(tmp_path: Path) -> None:
+    keys = create_machine_keys(tmp_path / "m1")
+    public = keys.host_key.read_bytes()[-32:]  # dropbear's string holds seed || public
+    assert keys.host_public.read_text() == _wire_format_line(public, "boxui@m1")
+    blob = base64.b64decode(host_public_key(keys).split()[1])
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    assert host_key_fingerprint(keys) == f"SHA256:{digest}"
+
+
+def test_key_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        keys = create_machine_keys(tmp_path / "m1")
+    finally:
+        os.umask(old)
+    assert mode(keys.client_public) == 0o644 and mode(keys.host_public) == 0o644
+    assert mode(keys.client_key) == 0o600 and mode(keys.host_key) == 0o600

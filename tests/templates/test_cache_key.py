@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_same_inputs_same_key_and_stable_across_releases() -> None:
     assert cache_key(BASE) == "56c5e7a9216682fcebe0d471d22c741ea2b05732e918343ba724cb559b93904a"
 
 
-CHANGES = {
+CHANGES: dict[str, Any] = {
     "image_hash": "cd" * 32, "profile": "full", "role": "db", "name": "other",
     "vcpus": 2, "memory_mib": 512, "data_disk_mib": 64, "boot_args": "quiet",
     "kind": "image", "accel": "kvm",
