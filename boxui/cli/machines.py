@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from backend.errors import BoxuiError
+from backend.state.accelerator import ACCEL_REQUESTS, AccelRequest
 from backend.state.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
 
 if TYPE_CHECKING:  # the engine's imports load only for commands that need them
@@ -80,7 +81,7 @@ def register(cli: click.Group, name_arg: object) -> None:
                   type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Attach a disk image as /dev/vda (raw, or qcow2 by suffix); "
                   "needs --kernel and --initrd that mount it.")
-    @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+    @click.option("--accel", type=click.Choice(ACCEL_REQUESTS), default="auto",
                   show_default=True)
     @click.option("--restart", "restart_policy",
                   type=click.Choice(["never", "on-failure", "always"]), default="never",
@@ -90,7 +91,7 @@ def register(cli: click.Group, name_arg: object) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
                    template_ref: str | None, kernel: Path | None, initrd: Path | None,
-                   disk_image: Path | None, accel: str, restart_policy: str, start: bool,
+                   disk_image: Path | None, accel: AccelRequest, restart_policy: str, start: bool,
                    as_json: bool) -> None:
         """Create a machine (and boot it unless --no-start)."""
         from backend.state.machine_spec import MachineSpec
@@ -106,7 +107,7 @@ def register(cli: click.Group, name_arg: object) -> None:
             from backend.templates.machine_from_template import spec_from_template
 
             spec = spec_from_template(open_state_dir(), name, template_ref, vcpus=vcpus,
-                                      memory_mib=memory_mib, accel=accel,  # type: ignore[arg-type]
+                                      memory_mib=memory_mib, accel=accel,
                                       restart=restart_policy)  # type: ignore[arg-type]
         else:
             spec = MachineSpec(name=name, vcpus=vcpus or 1, memory_mib=memory_mib or 256,
