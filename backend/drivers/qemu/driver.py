@@ -144,17 +144,8 @@ class QemuDriver(HypervisorDriver):
 
     async def _hold(self, handle: VmHandle) -> None:
         watch = PidWatch(handle.pid)
-        qmp: QMPClient | None = QMPClient(f"boxui-{handle.name}")
         shutdown = EventListener(("SHUTDOWN",))
-        try:
-            assert qmp is not None
-            await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), 5)
-            qmp.register_listener(shutdown)
-            with contextlib.suppress(Exception):
-                await enable_balloon_stats(qmp, 1)
-        except Exception:
-            qmp = None
-        self._live[handle.pid] = _Live(watch, qmp, shutdown)
+        self._live[handle.pid] = _Live(watch, await _connect_qmp(handle, shutdown), shutdown)
 
     # --- readiness -------------------------------------------------------------------
 
@@ -381,6 +372,20 @@ class QemuDriver(HypervisorDriver):
             int(total) if isinstance(total, int) and total >= 0 else None,
             int(free) if isinstance(free, int) and free >= 0 else None,
         )
+
+
+async def _connect_qmp(handle: VmHandle, shutdown: EventListener) -> QMPClient | None:
+    """A QMP connection told of SHUTDOWN events, or None when QMP does not answer (the
+    VM is still held: its pidfd alone tells when it exits)."""
+    qmp = QMPClient(f"boxui-{handle.name}")
+    try:
+        await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), 5)
+        qmp.register_listener(shutdown)
+    except Exception:
+        return None
+    with contextlib.suppress(Exception):
+        await enable_balloon_stats(qmp, 1)
+    return qmp
 
 
 async def _prepare_run_dir(spec: LaunchSpec) -> tuple[Path, Path]:
