@@ -27,7 +27,7 @@ from qemu.qmp import QMPClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.drivers.qemu.accel import AccelRequest, resolve_accel
+from backend.drivers.qemu.accel import resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.qmp_ops import (
     enable_balloon_stats,
@@ -43,6 +43,7 @@ from backend.guest.machine_seed import (
     load_machine_keys,
     write_machine_initrd,
 )
+from backend.state.accelerator import AccelRequest
 
 
 def free_port() -> int:

@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import boxui.tui.app
 from backend.drivers.base import (
     AdoptRefusal,
+    AdoptRequest,
     DriverCapabilities,
     ExitInfo,
     GuestMemory,
@@ -95,12 +96,11 @@ class BenchDriver(HypervisorDriver):
     def capabilities(self) -> DriverCapabilities:
         return DriverCapabilities("bench", snapshots=False, graceful_stop=False, accels=())
 
-    async def adopt(self, name: str, pid: int, start_time: float, ssh_port: int,
-                    boot_id: str, accel: str, run_dir: Path,
-                    console_log: Path) -> VmHandle | AdoptRefusal:
-        return VmHandle(name=name, pid=pid, start_time=start_time, ssh_port=ssh_port,
-                        boot_id=boot_id, accel=accel, console_log=console_log,
-                        qmp_socket=run_dir / "qmp.sock")
+    async def adopt(self, request: AdoptRequest) -> VmHandle | AdoptRefusal:
+        return VmHandle(name=request.name, pid=request.pid, start_time=request.start_time,
+                        ssh_port=request.ssh_port, boot_id=request.boot_id,
+                        accel=request.accel, console_log=request.console_log,
+                        qmp_socket=request.run_dir / "qmp.sock")
 
     async def wait_exit(self, handle: VmHandle) -> ExitInfo:
         await asyncio.Event().wait()

@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import os
 
+from backend.drivers.standin import GuestPlan
 from backend.state.engine import Engine
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.serve import run_daemon
-from tests.fake_driver import FakeBootFiles, FakeDriver, Script, fixed_accel
+from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.fake_exec import host_exec_runner
 
 #: every stand-in guest takes this long to be "ready" (lets a test kill the daemon mid-boot)
@@ -18,10 +19,10 @@ BOOT_DELAY_ENV = "BOXUI_TEST_BOOT_DELAY"
 
 
 class _SlowBootDriver(FakeDriver):
-    def script(self, name: str) -> Script:
-        script = super().script(name)
-        script.boot_delay = float(os.environ.get(BOOT_DELAY_ENV, "0"))
-        return script
+    def plan(self, name: str) -> GuestPlan:
+        plan = super().plan(name)
+        plan.boot_delay = float(os.environ.get(BOOT_DELAY_ENV, "0"))
+        return plan
 
 
 def _fake(engine: Engine) -> Supervisor:

@@ -12,61 +12,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.drivers.base import (
-    AdoptRefusal,
-    DriverCapabilities,
-    ExitInfo,
-    GuestMemory,
-    HypervisorDriver,
-    LaunchSpec,
-    ProbeResult,
-    VmHandle,
-)
+from backend.drivers.base import GuestMemory, VmHandle
+from backend.drivers.standin import GuestPlan, StandInDriver
 from backend.supervision.health import HealthHistory, HealthSample, HealthSampler
 
 MIB = 1 << 20
 
 
-class FakeDriver(HypervisorDriver):
+def standin(hang: set[str] | None = None, broken: set[str] | None = None) -> StandInDriver:
     """Guest memory is 1000/400 MiB, except for machines told to hang or to fail."""
-
-    def __init__(self, hang: set[str] | None = None, broken: set[str] | None = None) -> None:
-        self.hang = hang or set()
-        self.broken = broken or set()
-
-    def capabilities(self) -> DriverCapabilities:
-        return DriverCapabilities("fake", snapshots=False, graceful_stop=False, accels=("tcg",))
-
-    async def start(self, spec: LaunchSpec) -> VmHandle:
-        raise NotImplementedError
-
-    async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
-        raise NotImplementedError
-
-    async def wait_exit(self, handle: VmHandle) -> ExitInfo:
-        raise NotImplementedError
-
-    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
-        raise NotImplementedError
-
-    async def kill(self, handle: VmHandle) -> None:
-        raise NotImplementedError
-
-    async def probe(self, handle: VmHandle) -> ProbeResult:
-        return ProbeResult(alive=True, responsive=True, status="running")
-
-    async def adopt(
-        self, name: str, pid: int, start_time: float, ssh_port: int, boot_id: str,
-        accel: str, run_dir: Path, console_log: Path,
-    ) -> VmHandle | AdoptRefusal:
-        return AdoptRefusal("fake")
-
-    async def guest_memory(self, handle: VmHandle) -> GuestMemory:
-        if handle.name in self.hang:
-            await asyncio.Event().wait()  # a QMP that never answers
-        if handle.name in self.broken:
-            raise ConnectionResetError("qmp went away")
-        return GuestMemory(1000 * MIB, 400 * MIB)
+    plans = {name: GuestPlan(memory="hangs") for name in hang or ()}
+    plans |= {name: GuestPlan(memory="fails") for name in broken or ()}
+    return StandInDriver(plans, guest_memory_reply=GuestMemory(1000 * MIB, 400 * MIB))
 
 
 def closed_port() -> int:
@@ -105,7 +62,7 @@ def by_name(samples: list[HealthSample]) -> dict[str, HealthSample]:
 
 async def test_cpu_rss_and_guest_memory(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     handles = {n: handle(n, p) for n, p in procs.items()}
-    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    sampler = HealthSampler(standin(), lambda: handles)
     first = by_name(await sampler.sample_once())
     assert all(s.cpu_percent is None for s in first.values())  # psutil's first reading is 0.0
     assert all(s.rss_bytes is not None and s.rss_bytes > 0 for s in first.values())
@@ -124,7 +81,7 @@ async def test_hung_or_broken_guest_does_not_stall_the_others(
 ) -> None:
     handles = {n: handle(n, p) for n, p in procs.items()}
     handles["twin"] = handle("twin", procs["idle"])
-    sampler = HealthSampler(FakeDriver(hang={"busy", "twin"}, broken={"idle2"}),
+    sampler = HealthSampler(standin(hang={"busy", "twin"}, broken={"idle2"}),
                             lambda: handles, timeout=0.3)
     start = time.monotonic()
     samples = by_name(await asyncio.wait_for(sampler.sample_once(), 2))
@@ -140,7 +97,7 @@ async def test_run_keeps_its_cadence_without_overlap(
     procs: dict[str, subprocess.Popen[bytes]],
 ) -> None:
     handles = {n: handle(n, p) for n, p in procs.items()}
-    sampler = HealthSampler(FakeDriver(hang={"busy"}), lambda: handles, interval=0.2,
+    sampler = HealthSampler(standin(hang={"busy"}), lambda: handles, interval=0.2,
                             timeout=0.18)
     task = asyncio.create_task(sampler.run())
     await asyncio.sleep(1.05)
@@ -169,7 +126,7 @@ async def test_slow_subscriber_gets_latest_and_a_drop_count(
     procs: dict[str, subprocess.Popen[bytes]],
 ) -> None:
     handles = {n: handle(n, p) for n, p in procs.items()}
-    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    sampler = HealthSampler(standin(), lambda: handles)
     slow = sampler.subscribe(maxsize=2)
     only_idle = sampler.subscribe(maxsize=1, machine="idle")
     gone = sampler.subscribe(maxsize=10)
@@ -187,7 +144,7 @@ async def test_dead_or_foreign_process_reads_as_unknown(
 ) -> None:
     handles = {n: handle(n, p) for n, p in procs.items()}
     handles["idle2"] = handle("idle2", procs["idle2"], start_time=1.0)  # pid "reused"
-    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    sampler = HealthSampler(standin(), lambda: handles)
     before = by_name(await sampler.sample_once())
     assert before["idle"].rss_bytes and before["idle2"].rss_bytes is None
     procs["idle"].kill()
@@ -212,7 +169,7 @@ async def test_ssh_checked_every_nth_round_staggered(
     port = server.sockets[0].getsockname()[1]
     handles = {n: handle(n, p, ssh_port=port if n != "idle2" else None)
                for n, p in procs.items()}
-    sampler = HealthSampler(FakeDriver(), lambda: handles, ssh_every=3)
+    sampler = HealthSampler(standin(), lambda: handles, ssh_every=3)
     async with server:
         rounds = [by_name(await sampler.sample_once()) for _ in range(6)]
     checked = {n: [i for i, r in enumerate(rounds) if r[n].ssh_ok is not None] for n in handles}
@@ -224,7 +181,7 @@ async def test_ssh_checked_every_nth_round_staggered(
 
 async def test_stopped_machine_is_forgotten(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     handles = {n: handle(n, p) for n, p in procs.items()}
-    sampler = HealthSampler(FakeDriver(), lambda: handles)
+    sampler = HealthSampler(standin(), lambda: handles)
     await sampler.sample_once()
     del handles["busy"]
     assert {s.machine for s in await sampler.sample_once()} == {"idle", "idle2"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backend.drivers.base import LaunchSpec, VmHandle
+from backend.drivers.base import AdoptRequest, LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError
 from backend.drivers.qemu.driver import QemuDriver
 from backend.guest.image_builder import build_default_image
@@ -45,8 +45,10 @@ async def test_a_vm_left_mid_restore_is_refused_at_once(tmp_path: Path) -> None:
     try:
         await driver.close(handle)  # boxui is gone; QEMU waits in "inmigrate"
         fresh = QemuDriver()
-        adopted = await fresh.adopt("half", handle.pid, handle.start_time, handle.ssh_port,
-                                    "b1", "tcg", run_dir, console)
+        adopted = await fresh.adopt(AdoptRequest(
+            name="half", pid=handle.pid, start_time=handle.start_time,
+            ssh_port=handle.ssh_port, boot_id="b1", accel="tcg", run_dir=run_dir,
+            console_log=console))
         assert isinstance(adopted, VmHandle), adopted
         started = time.monotonic()
         with pytest.raises(DriverError, match=r"boxui stopped while restoring its snapshot "

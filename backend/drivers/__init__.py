@@ -1,2 +1,4 @@
-"""Hypervisor drivers: one small async interface, a QEMU implementation, and (in tests
-only) a fake built on the same interface, the way httpx pairs its transports and mocks."""
+"""Hypervisor drivers: one small async interface (`base`), the QEMU implementation
+(`qemu`), and a stand-in (`standin`) built on the same interface that runs plain
+processes instead of VMs, for tests and `boxui demo` only -- the way httpx keeps its
+`MockTransport` beside its real transports."""

@@ -1,7 +1,8 @@
 """The hypervisor driver interface.
 
 The supervisor only ever talks to a VM through these few calls, so the same lifecycle,
-recovery and restart code runs against QEMU in the product and against a fake in tests.
+recovery and restart code runs against QEMU in the product and against the stand-in
+driver (`standin`) in tests and `boxui demo`.
 A driver owns no policy: it starts, stops, kills, probes and adopts, and reports what
 happened; deciding what that means for the machine's state is the supervisor's job.
 """
@@ -9,9 +10,12 @@ happened; deciding what that means for the machine's state is the supervisor's j
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from backend.drivers.errors import DriverError
+from backend.state.accelerator import Accel
 
 ExitKind = Literal["guest-shutdown", "guest-reset", "guest-panic", "host-stop", "vanished"]
 
@@ -21,7 +25,7 @@ class DriverCapabilities:
     name: str
     snapshots: bool
     graceful_stop: bool
-    accels: tuple[str, ...]
+    accels: tuple[Accel, ...]
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class LaunchSpec:
     kernel: Path
     initrd: Path
     append: str
-    accel: str
+    accel: Accel
     ssh_port: int
     boot_id: str
     machine_dir: Path
@@ -71,12 +75,24 @@ class LaunchSpec:
     ram_file: GuestRamFile | None = None
 
 
+@dataclass(frozen=True)
+class PendingRestore:
+    """A snapshot QEMU was started to load (`-incoming defer`) but has not loaded yet:
+    `wait_ready` names it over QMP by `fd`, the descriptor QEMU inherited, because the
+    file is opened by boxui, never by a path QEMU would resolve itself."""
+
+    source: Path
+    fd: int
+
+
 @dataclass
 class VmHandle:
     """A live hypervisor process as the supervisor knows it.
 
     `pid` and `start_time` together identify the process: a pid alone can be reused by an
-    unrelated program after the VM dies.
+    unrelated program after the VM dies. The fields after `qmp_socket` are what the
+    driver that started the VM must remember for later calls; a VM adopted from an
+    earlier boxui has none of them.
     """
 
     name: str
@@ -84,10 +100,30 @@ class VmHandle:
     start_time: float
     ssh_port: int
     boot_id: str
-    accel: str
+    accel: Accel
     console_log: Path
     qmp_socket: Path
-    extra: dict[str, object] = field(default_factory=dict)
+    #: the kernel command line the guest booted with, which a snapshot must record
+    kernel_cmdline: str = ""
+    #: guest RAM kept in a file (a snapshot's memory lives there, not in the state file)
+    ram_file: GuestRamFile | None = None
+    #: the snapshot still to be loaded before the guest runs
+    restore: PendingRestore | None = None
+
+
+@dataclass(frozen=True)
+class AdoptRequest:
+    """A VM an earlier boxui recorded: what `adopt` must prove is still that VM, and
+    what the handle it returns carries."""
+
+    name: str
+    pid: int
+    start_time: float
+    ssh_port: int
+    boot_id: str
+    accel: Accel
+    run_dir: Path
+    console_log: Path
 
 
 @dataclass(frozen=True)
@@ -167,10 +203,7 @@ class HypervisorDriver(abc.ABC):
     async def probe(self, handle: VmHandle) -> ProbeResult: ...
 
     @abc.abstractmethod
-    async def adopt(
-        self, name: str, pid: int, start_time: float, ssh_port: int, boot_id: str,
-        accel: str, run_dir: Path, console_log: Path,
-    ) -> VmHandle | AdoptRefusal:
+    async def adopt(self, request: AdoptRequest) -> VmHandle | AdoptRefusal:
         """Take over a VM started by an earlier boxui, only if it is provably that VM."""
 
     @abc.abstractmethod
@@ -180,8 +213,6 @@ class HypervisorDriver(abc.ABC):
         """Pause the VM and save its device state to `target`, and its memory too unless
         the VM runs with a shared RAM file (which then holds it); the VM stays paused.
         Only drivers whose capabilities say `snapshots` implement it."""
-        from backend.drivers.errors import DriverError
-
         raise DriverError(f"the {self.capabilities().name} driver cannot save snapshots")
 
     async def close(self, handle: VmHandle) -> None:  # noqa: B027 - optional hook

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.errors import BoxuiError, InvalidNameError
+from backend.state.accelerator import AccelRequest
 from backend.state.events import now_utc
 from backend.state.machine_spec import MAX_ENV, MAX_MEMORY_MIB, MAX_PORTS, MAX_VCPUS, check_env
 from backend.state.names import validate_name
@@ -63,7 +64,7 @@ class ServiceSpec(BaseModel):
     max_replicas: int = Field(default=4, ge=1, le=MAX_REPLICAS)
     drain_timeout: float = Field(default=30.0, gt=0, le=3600,
                                  description="seconds scale-down waits for in-flight work")
-    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    accel: AccelRequest = "auto"
     created_at: datetime = Field(default_factory=now_utc)
 
     @field_validator("name")

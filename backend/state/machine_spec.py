@@ -17,6 +17,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backend.errors import InvalidNameError, SpecError
+from backend.state.accelerator import AccelRequest
 from backend.state.atomic_write import atomic_write_text
 from backend.state.events import now_utc
 from backend.state.machine_limits import MAX_DISK_GIB, MAX_MEMORY_MIB, MAX_VCPUS
@@ -32,7 +33,6 @@ MAX_ENV = 128
 MAX_PORTS = 16
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
-Accel = Literal["auto", "kvm", "tcg"]
 RestartPolicy = Literal["never", "on-failure", "always"]
 TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:[a-z0-9][a-z0-9-]{0,62}")
 
@@ -53,7 +53,7 @@ class MachineSpec(BaseModel):
     distro: str = "boxui-busybox"
     ssh_key: Path | None = None
     hypervisor: Literal["qemu"] = "qemu"
-    accel: Accel = "auto"
+    accel: AccelRequest = "auto"
     restart: RestartPolicy = "never"
     #: the service this machine is an instance of (None: a machine of its own)
     service: str | None = None

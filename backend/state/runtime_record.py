@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.errors import SpecError
+from backend.state.accelerator import Accel
 from backend.state.atomic_write import atomic_write_text
 from backend.state.events import now_utc
 from backend.state.lifecycle import InstanceState, PersistedState
@@ -35,7 +36,7 @@ class RuntimeRecord(BaseModel):
     ports: dict[str, int] = Field(default_factory=dict)
     ip: str | None = None
     boot_id: str | None = None
-    accel: str | None = None
+    accel: Accel | None = None
     #: "<template>:<role>@<revision>" when this boot restored a snapshot, else None
     restored_from: str | None = None
     #: whether the restored guest's kernel RNG was re-seeded, and if not, why

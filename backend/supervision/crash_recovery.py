@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from backend.drivers.base import AdoptRefusal, VmHandle
+from backend.drivers.base import AdoptRefusal, AdoptRequest, VmHandle
 from backend.state.lifecycle import InstanceState, PersistedState, Verb
 from backend.state.runtime_record import RuntimeRecord
 
@@ -55,10 +55,11 @@ async def recover_one(
             await supervisor.machine_crashed(name, GONE)
             return
         pid, started = found
-    result = await supervisor.driver.adopt(
-        name, pid, started, record.ssh_port or 0, record.boot_id or "",
-        record.accel or "tcg", run_dir, dirs.console_log(name),
-    )
+    result = await supervisor.driver.adopt(AdoptRequest(
+        name=name, pid=pid, start_time=started, ssh_port=record.ssh_port or 0,
+        boot_id=record.boot_id or "", accel=record.accel or "tcg", run_dir=run_dir,
+        console_log=dirs.console_log(name),
+    ))
     if isinstance(result, AdoptRefusal):
         await supervisor.machine_crashed(name, result.reason)
         return

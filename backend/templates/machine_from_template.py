@@ -5,7 +5,8 @@ cannot change what an existing machine wakes up as)."""
 from __future__ import annotations
 
 from backend.errors import BoxuiError
-from backend.state.machine_spec import Accel, MachineSpec, RestartPolicy
+from backend.state.accelerator import AccelRequest
+from backend.state.machine_spec import MachineSpec, RestartPolicy
 from backend.state.machine_store import MachineStore
 from backend.state.state_dir import StateDir
 from backend.templates.restore_plan import parse_ref, pick_variant
@@ -19,7 +20,7 @@ def spec_from_template(
     *,
     vcpus: int | None = None,
     memory_mib: int | None = None,
-    accel: Accel = "auto",
+    accel: AccelRequest = "auto",
     restart: RestartPolicy = "never",
 ) -> MachineSpec:
     """A spec for `name` made from template `ref`; explicit vcpus/memory are kept as

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from backend.state.accelerator import ACCEL_REQUESTS, AccelRequest
 from backend.state.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
 from boxui.cli.dispatch import act, discard
 from boxui.cli.params import json_flag, machine_name, template_ref
 
 if TYPE_CHECKING:
-    from backend.state.machine_spec import Accel, MachineSpec, RestartPolicy
+    from backend.state.machine_spec import MachineSpec, RestartPolicy
     from backend.supervision.supervisor import Supervisor
     from boxui.daemon.client import DaemonClient
 
@@ -55,7 +56,7 @@ def _change(name: str, as_json: bool, direct: Callable[[Supervisor], Awaitable[o
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Attach a disk image as /dev/vda (raw, or qcow2 by suffix); "
               "needs --kernel and --initrd that mount it.")
-@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+@click.option("--accel", type=click.Choice(ACCEL_REQUESTS), default="auto",
               show_default=True)
 @click.option("--restart", "restart_policy",
               type=click.Choice(["never", "on-failure", "always"]), default="never",
@@ -65,7 +66,7 @@ def _change(name: str, as_json: bool, direct: Callable[[Supervisor], Awaitable[o
 @json_flag
 def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
                template_ref: str | None, kernel: Path | None, initrd: Path | None,
-               disk_image: Path | None, accel: Accel, restart_policy: RestartPolicy,
+               disk_image: Path | None, accel: AccelRequest, restart_policy: RestartPolicy,
                start: bool, as_json: bool) -> None:
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
@@ -87,7 +88,7 @@ def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
 
 def _machine_spec(name: str, vcpus: int | None, memory_mib: int | None,
                   template_ref: str | None, kernel: Path | None, initrd: Path | None,
-                  disk_image: Path | None, accel: Accel,
+                  disk_image: Path | None, accel: AccelRequest,
                   restart_policy: RestartPolicy) -> MachineSpec:
     """The spec `create` asks for; option combinations that cannot work are usage errors."""
     if (kernel is None) != (initrd is None):

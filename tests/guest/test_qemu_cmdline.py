@@ -161,3 +161,9 @@ def test_published_ports_are_forwarded_on_loopback(tmp_path: Path) -> None:
                                      "hostfwd=tcp:127.0.0.1:40201-:8080"]
     with pytest.raises(GuestImageError, match="invalid port forward"):
         build_argv(config(tmp_path, port_forwards=((0, 80),)))
+
+
+def test_only_stand_ins_run_under_demo(tmp_path: Path) -> None:
+    """"demo" is an accelerator name only the stand-in driver takes: QEMU refuses it."""
+    with pytest.raises(GuestImageError, match="QEMU cannot run a guest under accel 'demo'"):
+        build_argv(config(tmp_path, accel="demo"))

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-AccelName = Literal["kvm", "tcg"]
-AccelRequest = Literal["auto", "kvm", "tcg"]
+from backend.state.accelerator import Accel, AccelRequest
 
 DEFAULT_KVM_PATH = Path("/dev/kvm")
 DEFAULT_CPUINFO_PATH = Path("/proc/cpuinfo")
@@ -38,7 +36,7 @@ class AccelChoice(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    accel: AccelName
+    accel: Accel
     reason: str
     #: host TSC frequency for the guest kernel (TCG only; see module docstring)
     tsc_khz: int | None = None

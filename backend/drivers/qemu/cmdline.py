@@ -30,15 +30,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.drivers.qemu.accel import AccelName
 from backend.guest.errors import GuestImageError
 from backend.guest.tools import require_tool
+from backend.state.accelerator import Accel
 
 BALLOON_ID = "balloon0"
 AGENT_PORT_NAME = "boxui.agent"  # the guest finds its RNG agent's port by this name
 BALLOON_QOM_PATH = f"/machine/peripheral/{BALLOON_ID}"
 QEMU_BINARY = "qemu-system-x86_64"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: the accelerators QEMU itself runs under (not "demo", which only stand-ins take)
+QEMU_ACCELS: tuple[Accel, ...] = ("kvm", "tcg")
 _BOOT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -51,7 +53,7 @@ class QemuConfig:
     memory_mib: int
     kernel: Path
     initrd: Path
-    accel: AccelName
+    accel: Accel
     ssh_port: int
     console_log: Path
     qmp_socket: Path
@@ -111,6 +113,8 @@ def validate(config: QemuConfig) -> None:
         raise GuestImageError(f"invalid machine name {config.name!r} for a QEMU command line")
     if not _BOOT_ID_PATTERN.fullmatch(config.boot_id):
         raise GuestImageError(f"invalid boot id {config.boot_id!r}")
+    if config.accel not in QEMU_ACCELS:
+        raise GuestImageError(f"QEMU cannot run a guest under accel {config.accel!r}")
     if not 1 <= config.vcpus <= 64:
         raise GuestImageError(f"vcpus must be 1-64, not {config.vcpus}")
     if not 64 <= config.memory_mib <= 1 << 20:

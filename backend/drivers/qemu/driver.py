@@ -13,18 +13,20 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from qemu.qmp import EventListener, QMPClient
 
 from backend.drivers.base import (
     AdoptRefusal,
+    AdoptRequest,
     DriverCapabilities,
     ExitInfo,
     GuestMemory,
-    GuestRamFile,
     HypervisorDriver,
     LaunchSpec,
+    PendingRestore,
     ProbeResult,
     SnapshotSaved,
     VmHandle,
@@ -97,37 +99,30 @@ class QemuDriver(HypervisorDriver):
     # --- start -----------------------------------------------------------------------
 
     async def start(self, spec: LaunchSpec) -> VmHandle:
-        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(spec.run_dir, 0o700)
-        qmp_path = qmp_socket_path(spec.run_dir)
-        _remove_stale_socket(qmp_path)
-        if spec.agent_socket is not None:
-            _remove_stale_socket(spec.agent_socket)
-        pidfile = spec.run_dir / PIDFILE
-        with contextlib.suppress(FileNotFoundError):
-            pidfile.unlink()
-        _rotate(spec.console_log)
-        if spec.ram_file is not None:
-            await asyncio.to_thread(_prepare_ram_file, spec.ram_file.path,
-                                    spec.ram_file.shared, spec.memory_mib << 20)
-        snapshot_fd = None
-        if spec.restore_from is not None:
-            try:
-                snapshot_fd = os.open(spec.restore_from, os.O_RDONLY)  # inherited by QEMU
-            except OSError as exc:
-                raise DriverError(f"cannot read snapshot {spec.restore_from}: "
-                                  f"{exc.strerror}") from None
-        config = QemuConfig(
-            name=spec.name, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
-            kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,  # type: ignore[arg-type]
-            ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
-            pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
-            disk_image=spec.disk_image, port_forwards=spec.port_forwards,
-            kernel_cmdline=spec.kernel_cmdline,
-            incoming=snapshot_fd is not None, agent_socket=spec.agent_socket,
-            ram_file=spec.ram_file.path if spec.ram_file else None,
-            ram_file_shared=spec.ram_file.shared if spec.ram_file else False,
-        )
+        qmp_path, pidfile = await _prepare_run_dir(spec)
+        snapshot_fd = _open_snapshot(spec.restore_from)
+        config = _qemu_config(spec, qmp_path, pidfile, incoming=snapshot_fd is not None)
+        try:
+            await self._daemonize(spec, config, snapshot_fd)
+        finally:
+            if snapshot_fd is not None:
+                os.close(snapshot_fd)  # QEMU keeps its own copy, under the same number
+        pid, started = _launched_process(spec, pidfile)
+        restore = None
+        if spec.restore_from is not None and snapshot_fd is not None:
+            restore = PendingRestore(spec.restore_from, snapshot_fd)
+        handle = VmHandle(name=spec.name, pid=pid, start_time=started,
+                          ssh_port=spec.ssh_port, boot_id=spec.boot_id, accel=spec.accel,
+                          console_log=spec.console_log, qmp_socket=qmp_path,
+                          kernel_cmdline=kernel_append(config), ram_file=spec.ram_file,
+                          restore=restore)
+        await self._hold(handle)
+        return handle
+
+    async def _daemonize(self, spec: LaunchSpec, config: QemuConfig,
+                         snapshot_fd: int | None) -> None:
+        """Run QEMU until it has daemonized: its exit status says whether the VM came
+        up, and its stderr why not."""
         try:
             argv = build_argv(config, self.binary)
             proc = await asyncio.create_subprocess_exec(
@@ -138,49 +133,19 @@ class QemuDriver(HypervisorDriver):
             _, err = await proc.communicate()
         except GuestImageError as exc:
             raise DriverError(str(exc)) from None
-        finally:
-            if snapshot_fd is not None:
-                os.close(snapshot_fd)
-        if proc.returncode != 0:
-            message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
-            if "hostfwd" in message or "host forwarding" in message:
-                ports = ", ".join(str(p) for p in (spec.ssh_port,
-                                                  *(h for h, _ in spec.port_forwards)))
-                raise PortInUseError(f"a port of 127.0.0.1:{ports} is in use: {message}")
-            raise DriverError(f"qemu failed to start {spec.name}: {message}")
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise DriverError(f"qemu started but wrote no pidfile at {pidfile}") from exc
-        started = start_time_of(pid)
-        if started is None:
-            raise DriverError(f"qemu for {spec.name} exited right after starting; "
-                              f"see {spec.console_log}")
-        handle = VmHandle(name=spec.name, pid=pid, start_time=started,
-                          ssh_port=spec.ssh_port, boot_id=spec.boot_id, accel=spec.accel,
-                          console_log=spec.console_log, qmp_socket=qmp_path)
-        handle.extra["kernel_cmdline"] = kernel_append(config)
-        if spec.ram_file is not None:
-            handle.extra["ram_file"] = spec.ram_file
-        if spec.restore_from is not None:
-            handle.extra["restore_from"] = spec.restore_from
-            handle.extra["restore_fd"] = snapshot_fd  # its number in QEMU, which kept it
-        await self._hold(handle)
-        return handle
+        if proc.returncode == 0:
+            return
+        message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
+        if "hostfwd" in message or "host forwarding" in message:
+            ports = ", ".join(str(p) for p in (spec.ssh_port,
+                                              *(h for h, _ in spec.port_forwards)))
+            raise PortInUseError(f"a port of 127.0.0.1:{ports} is in use: {message}")
+        raise DriverError(f"qemu failed to start {spec.name}: {message}")
 
     async def _hold(self, handle: VmHandle) -> None:
         watch = PidWatch(handle.pid)
-        qmp: QMPClient | None = QMPClient(f"boxui-{handle.name}")
         shutdown = EventListener(("SHUTDOWN",))
-        try:
-            assert qmp is not None
-            await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), 5)
-            qmp.register_listener(shutdown)
-            with contextlib.suppress(Exception):
-                await enable_balloon_stats(qmp, 1)
-        except Exception:
-            qmp = None
-        self._live[handle.pid] = _Live(watch, qmp, shutdown)
+        self._live[handle.pid] = _Live(watch, await _connect_qmp(handle, shutdown), shutdown)
 
     # --- readiness -------------------------------------------------------------------
 
@@ -192,12 +157,11 @@ class QemuDriver(HypervisorDriver):
         gone = asyncio.Event()
         died = asyncio.ensure_future(_set_when(live.watch.wait(), gone))
         tail = ConsoleTail(handle.console_log)
-        restore_from = handle.extra.get("restore_from")
         try:
             async with asyncio.timeout(timeout):
-                if isinstance(restore_from, Path):
+                if handle.restore is not None:
                     # a restored guest printed its ready marker before it was saved
-                    loading = asyncio.ensure_future(self._restore(handle, live, restore_from))
+                    loading = asyncio.ensure_future(self._restore(handle, live, handle.restore))
                     await asyncio.wait({loading, died}, return_when=asyncio.FIRST_COMPLETED)
                     if not loading.done():
                         loading.cancel()
@@ -233,15 +197,13 @@ class QemuDriver(HypervisorDriver):
             raise DriverError(f"{handle.name}: boxui stopped while restoring its snapshot "
                               f"(QEMU is {probe.status}); start it again")
 
-    async def _restore(self, handle: VmHandle, live: _Live, source: Path) -> None:
+    async def _restore(self, handle: VmHandle, live: _Live, restore: PendingRestore) -> None:
+        source = restore.source
         if live.qmp is None:
             raise DriverError(f"{handle.name}: no QMP connection to load the snapshot through")
-        fd_number = handle.extra.get("restore_fd")
-        if not isinstance(fd_number, int):
-            raise DriverError(f"{handle.name}: QEMU was not started to restore a snapshot")
         try:
-            await load_snapshot_and_resume(live.qmp, fd_number,
-                                           ram_in_file="ram_file" in handle.extra)
+            await load_snapshot_and_resume(live.qmp, restore.fd,
+                                           ram_in_file=handle.ram_file is not None)
         except Exception as exc:
             if live.watch.exited:
                 raise DriverError(f"{handle.name}: QEMU exited while loading the snapshot "
@@ -252,8 +214,8 @@ class QemuDriver(HypervisorDriver):
         live = self._live.get(handle.pid)
         if live is None or live.qmp is None:
             raise DriverError(f"{handle.name}: no QMP connection to save a snapshot through")
-        ram = handle.extra.get("ram_file")
-        ram_file = ram.path if isinstance(ram, GuestRamFile) and ram.shared else None
+        ram = handle.ram_file
+        ram_file = ram.path if ram is not None and ram.shared else None
         started = time.monotonic()
         try:
             memory = await save_snapshot_to(live.qmp, target, ram_in_file=ram_file is not None)
@@ -267,7 +229,7 @@ class QemuDriver(HypervisorDriver):
             ram_stat = await asyncio.to_thread(os.stat, ram_file)
             memory, ram_bytes = ram_stat.st_size, ram_stat.st_blocks * 512
         return SnapshotSaved(path=target, state_bytes=size, memory_bytes=memory,
-                             kernel_cmdline=str(handle.extra.get("kernel_cmdline", "")),
+                             kernel_cmdline=handle.kernel_cmdline,
                              seconds=seconds, ram_file=ram_file, ram_file_bytes=ram_bytes)
 
     # --- exit and stop ---------------------------------------------------------------
@@ -368,11 +330,9 @@ class QemuDriver(HypervisorDriver):
         state = status.get("status", "?") if isinstance(status, dict) else "?"
         return ProbeResult(alive=True, responsive=True, status=str(state))
 
-    async def adopt(
-        self, name: str, pid: int, start_time: float, ssh_port: int, boot_id: str,
-        accel: str, run_dir: Path, console_log: Path,
-    ) -> VmHandle | AdoptRefusal:
-        required = identity_args(name, run_dir)
+    async def adopt(self, request: AdoptRequest) -> VmHandle | AdoptRefusal:
+        pid, start_time = request.pid, request.start_time
+        required = identity_args(request.name, request.run_dir)
         problem = verify_identity(pid, start_time, required)
         if problem is not None:
             return AdoptRefusal(problem)
@@ -382,21 +342,19 @@ class QemuDriver(HypervisorDriver):
             return AdoptRefusal("process gone while boxui was down")
         # the pidfd pins the process; re-check so a pid reused in between is caught
         problem = verify_identity(pid, start_time, required)
-        if problem is not None:
-            watch.close()
-            return AdoptRefusal(problem)
-        handle = VmHandle(name=name, pid=pid, start_time=start_time, ssh_port=ssh_port,
-                          boot_id=boot_id, accel=accel, console_log=console_log,
-                          qmp_socket=qmp_socket_path(run_dir))
         watch.close()
+        if problem is not None:
+            return AdoptRefusal(problem)
+        handle = VmHandle(name=request.name, pid=pid, start_time=start_time,
+                          ssh_port=request.ssh_port, boot_id=request.boot_id,
+                          accel=request.accel, console_log=request.console_log,
+                          qmp_socket=qmp_socket_path(request.run_dir))
         await self._hold(handle)
-        live = self._live[pid]
         probe = await self.probe(handle)
         if not probe.responsive:
             await self.close(handle)
             return AdoptRefusal(f"QEMU pid {pid} is alive but QMP does not answer "
                                 f"({probe.status}); left running, not adopted")
-        del live
         return handle
 
     async def guest_memory(self, handle: VmHandle) -> GuestMemory:
@@ -416,8 +374,79 @@ class QemuDriver(HypervisorDriver):
         )
 
 
-async def _set_when(awaitable: object, event: asyncio.Event) -> None:
-    await awaitable  # type: ignore[misc]
+async def _connect_qmp(handle: VmHandle, shutdown: EventListener) -> QMPClient | None:
+    """A QMP connection told of SHUTDOWN events, or None when QMP does not answer (the
+    VM is still held: its pidfd alone tells when it exits)."""
+    qmp = QMPClient(f"boxui-{handle.name}")
+    try:
+        await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), 5)
+        qmp.register_listener(shutdown)
+    except Exception:
+        return None
+    with contextlib.suppress(Exception):
+        await enable_balloon_stats(qmp, 1)
+    return qmp
+
+
+async def _prepare_run_dir(spec: LaunchSpec) -> tuple[Path, Path]:
+    """Clear what an earlier QEMU of this machine left (refusing a live one's socket),
+    and ready the RAM file; return the QMP socket and pidfile paths."""
+    spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(spec.run_dir, 0o700)
+    qmp_path = qmp_socket_path(spec.run_dir)
+    _remove_stale_socket(qmp_path)
+    if spec.agent_socket is not None:
+        _remove_stale_socket(spec.agent_socket)
+    pidfile = spec.run_dir / PIDFILE
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+    _rotate(spec.console_log)
+    if spec.ram_file is not None:
+        await asyncio.to_thread(_prepare_ram_file, spec.ram_file.path,
+                                spec.ram_file.shared, spec.memory_mib << 20)
+    return qmp_path, pidfile
+
+
+def _open_snapshot(path: Path | None) -> int | None:
+    """The snapshot's descriptor for QEMU to inherit, or None when booting."""
+    if path is None:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise DriverError(f"cannot read snapshot {path}: {exc.strerror}") from None
+
+
+def _qemu_config(spec: LaunchSpec, qmp_path: Path, pidfile: Path, *,
+                 incoming: bool) -> QemuConfig:
+    return QemuConfig(
+        name=spec.name, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+        kernel=spec.kernel, initrd=spec.initrd, accel=spec.accel,
+        ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
+        pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
+        disk_image=spec.disk_image, port_forwards=spec.port_forwards,
+        kernel_cmdline=spec.kernel_cmdline, incoming=incoming,
+        agent_socket=spec.agent_socket,
+        ram_file=spec.ram_file.path if spec.ram_file else None,
+        ram_file_shared=spec.ram_file.shared if spec.ram_file else False,
+    )
+
+
+def _launched_process(spec: LaunchSpec, pidfile: Path) -> tuple[int, float]:
+    """The daemonized QEMU's pid (from its pidfile) and start time, its identity."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise DriverError(f"qemu started but wrote no pidfile at {pidfile}") from exc
+    started = start_time_of(pid)
+    if started is None:
+        raise DriverError(f"qemu for {spec.name} exited right after starting; "
+                          f"see {spec.console_log}")
+    return pid, started
+
+
+async def _set_when(awaitable: Awaitable[None], event: asyncio.Event) -> None:
+    await awaitable
     event.set()
 
 
