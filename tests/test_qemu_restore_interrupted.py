@@ -21,6 +21,7 @@ from backend.drivers.errors import DriverError
 from backend.drivers.qemu.driver import QemuDriver
 from backend.guest.image_builder import build_default_image
 from backend.supervision.supervisor import pick_free_port
+from tests.conftest import IMAGE_CACHE
 
 pytestmark = [
     pytest.mark.vm,
@@ -28,7 +29,6 @@ pytestmark = [
                        reason="qemu-system-x86_64 is not installed"),
 ]
 
-IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
 
 
 async def test_a_vm_left_mid_restore_is_refused_at_once(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from boxui.tui.app import BoxuiApp
 from boxui.tui.widgets.machine_table import MachineTable
 
 SIZE = (150, 45)
+#: the built-in themes, each pictured by the snapshot tests and in screenshots/
+THEMES = ("boxui-dark", "boxui-light", "boxui-nord")
 
 
 async def until(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 10) -> None:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from boxui.tui.demo import build_demo_app, prepare_demo_home
-from tests.app.test_snapshots import THEMES
+from tests.app.pilot_helpers import THEMES
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOTS = Path(__file__).resolve().parent / "__snapshots__" / "test_snapshots"

@@ -35,10 +35,10 @@ from boxui.tui.embedded import EmbeddedBackend
 from boxui.tui.themes import save_chosen_theme
 from boxui.tui.widgets.machine_table import MachineTable
 from tests.app.conftest import FIXED_TIME
+from tests.app.pilot_helpers import THEMES
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 
 SIZE = (150, 42)
-THEMES = ("boxui-dark", "boxui-light", "boxui-nord")
 
 
 class FrozenDatetime(datetime):

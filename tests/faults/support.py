@@ -21,10 +21,9 @@ from backend.state.machine_store import MachineStore, machine_view
 from backend.state.projection import Projection
 from backend.state.state_dir import StateDir, open_state_dir
 from backend.state.supervisor_lock import lock_holder
-from tests.conftest import BOXUI, cli_env
+from tests.conftest import BOXUI, IMAGE_CACHE, cli_env
 from tests.line_reader import LineReader
 
-IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
 HAS_QEMU = shutil.which("qemu-system-x86_64") is not None
 
 
