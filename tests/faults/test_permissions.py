@@ -17,9 +17,8 @@ import pytest
 
 from backend.state.machine_spec import MachineSpec
 from backend.supervision.boot_files import DefaultBootFiles
-from tests.conftest import BOXUI, REPO, cli_env
+from tests.conftest import BOXUI, IMAGE_CACHE, REPO, cli_env
 from tests.faults.conftest import FaultRecorder
-from tests.faults.support import IMAGE_CACHE
 
 # --- the lint ------------------------------------------------------------------------
 
