@@ -27,7 +27,7 @@ from qemu.qmp import QMPClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.drivers.qemu.accel import resolve_accel
+from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.qmp_ops import (
     enable_balloon_stats,
@@ -35,7 +35,7 @@ from backend.drivers.qemu.qmp_ops import (
     request_powerdown,
 )
 from backend.drivers.qemu.readiness import wait_for_ready
-from backend.guest.image_builder import build_default_image
+from backend.guest.image_builder import GuestImage, build_default_image
 from backend.guest.machine_seed import (
     client_private_key,
     create_machine_keys,
@@ -99,66 +99,73 @@ async def main(cache: Path, accel_request: AccelRequest, memory: int, keep: bool
     )
     with workdir as tmp:
         print(f"machine dir: {tmp}/bench")
-        machine_dir = Path(tmp) / "bench"
-        t = time.monotonic()
-        keys = create_machine_keys(machine_dir)
-        initrd = write_machine_initrd(image, machine_dir, keys)
-        print(f"machine seed: keys + initrd in {time.monotonic() - t:.2f} s")
-        port, boot_id = free_port(), secrets.token_hex(8)
-        config = QemuConfig(
-            name="bench", vcpus=1, memory_mib=memory, kernel=image.kernel, initrd=initrd,
-            accel=accel.accel, ssh_port=port, console_log=machine_dir / "console.log",
-            qmp_socket=machine_dir / "qmp.sock", pidfile=machine_dir / "qemu.pid",
-            boot_id=boot_id, tsc_khz=accel.tsc_khz,
-        )  # fmt: skip
-        argv = build_argv(config, find_qemu())
+        config = _machine(image, accel, memory, Path(tmp) / "bench")
         t0 = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(*argv)
+        proc = await asyncio.create_subprocess_exec(*build_argv(config, find_qemu()))
         if await proc.wait() != 0:
             print("qemu failed to start")
             return 1
         pid = int(config.pidfile.read_text())
         print(f"qemu daemonized (pid {pid}) at {time.monotonic() - t0:.2f} s")
         try:
-            await wait_for_ready(config.console_log, boot_id, 120, lambda: alive(pid))
-            marker = time.monotonic() - t0
-            print(f"marker seen at {marker:.2f} s")
-            uname = await ssh_run(port, machine_dir, "uname -r", time.monotonic() + 30)
-            answered = time.monotonic() - t0
-            print(f"ssh `uname -r` -> {uname!r} answered at {answered:.2f} s")
-
-            qmp = QMPClient("boxui-bench")
-            await qmp.connect(str(config.qmp_socket))
-            status = await qmp.execute("query-status")
-            print(f"qmp query-status: {status}")
-            await enable_balloon_stats(qmp, 1)
-            stats: dict[str, object] = {}
-            for _ in range(50):
-                stats = await read_balloon_stats(qmp)
-                if stats.get("last-update"):
-                    break
-                await asyncio.sleep(0.2)
-            print(f"balloon guest-stats: {stats}")
-
-            t = time.monotonic()
-            await request_powerdown(qmp)
-            with contextlib.suppress(Exception):
-                await qmp.disconnect()
-            while alive(pid) and time.monotonic() - t < 60:
-                await asyncio.sleep(0.05)
-            if alive(pid):
-                print("graceful shutdown: QEMU still running after 60 s")
-            else:
-                print(
-                    f"graceful shutdown: QEMU exited {time.monotonic() - t:.2f} s after "
-                    "system_powerdown"
-                )
-            tail = config.console_log.read_text(errors="replace").strip().splitlines()[-6:]
-            print("console tail:\n    " + "\n    ".join(tail))
+            await _boot_and_probe(config, pid, t0)
         finally:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     return 0
+
+
+def _machine(image: GuestImage, accel: AccelChoice, memory: int, machine_dir: Path
+             ) -> QemuConfig:
+    """Keys, the machine's initrd and its QEMU config, as boxui would make them."""
+    t = time.monotonic()
+    keys = create_machine_keys(machine_dir)
+    initrd = write_machine_initrd(image, machine_dir, keys)
+    print(f"machine seed: keys + initrd in {time.monotonic() - t:.2f} s")
+    return QemuConfig(
+        name="bench", vcpus=1, memory_mib=memory, kernel=image.kernel, initrd=initrd,
+        accel=accel.accel, ssh_port=free_port(), console_log=machine_dir / "console.log",
+        qmp_socket=machine_dir / "qmp.sock", pidfile=machine_dir / "qemu.pid",
+        boot_id=secrets.token_hex(8), tsc_khz=accel.tsc_khz,
+    )  # fmt: skip
+
+
+async def _boot_and_probe(config: QemuConfig, pid: int, t0: float) -> None:
+    """Wait for ready, then time SSH, QMP and a graceful power-off from launch (t0)."""
+    await wait_for_ready(config.console_log, config.boot_id, 120, lambda: alive(pid))
+    print(f"marker seen at {time.monotonic() - t0:.2f} s")
+    machine_dir = config.console_log.parent
+    uname = await ssh_run(config.ssh_port, machine_dir, "uname -r", time.monotonic() + 30)
+    print(f"ssh `uname -r` -> {uname!r} answered at {time.monotonic() - t0:.2f} s")
+
+    qmp = QMPClient("boxui-bench")
+    await qmp.connect(str(config.qmp_socket))
+    print(f"qmp query-status: {await qmp.execute('query-status')}")
+    await enable_balloon_stats(qmp, 1)
+    stats: dict[str, object] = {}
+    for _ in range(50):
+        stats = await read_balloon_stats(qmp)
+        if stats.get("last-update"):
+            break
+        await asyncio.sleep(0.2)
+    print(f"balloon guest-stats: {stats}")
+    await _power_down(qmp, pid)
+    tail = config.console_log.read_text(errors="replace").strip().splitlines()[-6:]
+    print("console tail:\n    " + "\n    ".join(tail))
+
+
+async def _power_down(qmp: QMPClient, pid: int) -> None:
+    t = time.monotonic()
+    await request_powerdown(qmp)
+    with contextlib.suppress(Exception):
+        await qmp.disconnect()
+    while alive(pid) and time.monotonic() - t < 60:
+        await asyncio.sleep(0.05)
+    if alive(pid):
+        print("graceful shutdown: QEMU still running after 60 s")
+    else:
+        print(f"graceful shutdown: QEMU exited {time.monotonic() - t:.2f} s after "
+              "system_powerdown")
 
 
 if __name__ == "__main__":
