@@ -13,6 +13,9 @@ import pytest
 from backend.state.engine import Engine
 from backend.state.machine_spec import MachineSpec
 from backend.state.state_dir import StateDir, open_state_dir
+from tests.api_helpers import Api, running_api
+from tests.fake_driver import FakeDriver
+from tests.fake_exec import GatedRunner
 
 REPO = Path(__file__).resolve().parent.parent
 BOXUI = [sys.executable, "-m", "boxui"]
@@ -66,3 +69,21 @@ def vm_home(tmp_path: Path) -> Iterator[Path]:
             with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
                 proc.kill()
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+async def driver() -> AsyncIterator[FakeDriver]:
+    fake = FakeDriver()
+    yield fake
+    fake.kill_all()
+
+
+@pytest.fixture
+def runner() -> GatedRunner:
+    return GatedRunner()
+
+
+@pytest.fixture
+async def api(engine: Engine, driver: FakeDriver, runner: GatedRunner) -> AsyncIterator[Api]:
+    async with running_api(engine, driver, runner) as running:
+        yield running

@@ -4,7 +4,6 @@ import asyncio
 import base64
 import json
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,24 +17,6 @@ from tests.fake_driver import FakeDriver
 from tests.fake_exec import GatedRunner
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def driver() -> AsyncIterator[FakeDriver]:
-    fake = FakeDriver()
-    yield fake
-    fake.kill_all()
-
-
-@pytest.fixture
-def runner() -> GatedRunner:
-    return GatedRunner()
-
-
-@pytest.fixture
-async def api(engine: Engine, driver: FakeDriver, runner: GatedRunner) -> AsyncIterator[Api]:
-    async with running_api(engine, driver, runner) as running:
-        yield running
 
 
 def error_of(response: httpx.Response) -> tuple[int, str]:

@@ -7,35 +7,13 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState
-from tests.api_helpers import Api, EventStream, running_api
-from tests.fake_driver import FakeDriver
+from tests.api_helpers import Api, EventStream
 from tests.fake_exec import GatedRunner
-
-
-@pytest.fixture
-async def driver() -> AsyncIterator[FakeDriver]:
-    fake = FakeDriver()
-    yield fake
-    fake.kill_all()
-
-
-@pytest.fixture
-def runner() -> GatedRunner:
-    return GatedRunner()
-
-
-@pytest.fixture
-async def api(engine: Engine, driver: FakeDriver, runner: GatedRunner) -> AsyncIterator[Api]:
-    async with running_api(engine, driver, runner) as running:
-        yield running
 
 
 def kind(event: dict[str, Any]) -> str:

@@ -294,26 +294,28 @@ class QemuDriver(HypervisorDriver):
         await live.watch.wait()
 
     async def _release(self, handle: VmHandle) -> None:
-        live = self._live.pop(handle.pid, None)
-        if live is None:
+        """Let go of a VM that has exited, and of its QMP socket unless a QEMU (a later
+        one, reusing the path) still answers on it."""
+        if not await self._let_go(handle):
             return
-        live.watch.close()
-        if live.qmp is not None:
-            with contextlib.suppress(Exception):
-                await live.qmp.disconnect()
         with contextlib.suppress(FileNotFoundError):
             if not _socket_answers(handle.qmp_socket):
                 handle.qmp_socket.unlink()
 
     async def close(self, handle: VmHandle) -> None:
         """Let go of a VM without touching it (boxui is shutting down; the VM runs on)."""
+        await self._let_go(handle)
+
+    async def _let_go(self, handle: VmHandle) -> bool:
+        """Stop watching `handle` and drop its QMP connection; False if it was not held."""
         live = self._live.pop(handle.pid, None)
         if live is None:
-            return
+            return False
         live.watch.close()
         if live.qmp is not None:
             with contextlib.suppress(Exception):
                 await live.qmp.disconnect()
+        return True
 
     # --- probe, adopt, health --------------------------------------------------------
 
