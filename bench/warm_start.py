@@ -90,7 +90,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
     source.write_text(f'template_id = "bench"\n[[variants]]\nrole = "worker"\nvcpus = 1\n'
                       f"memory_mib = {args.memory}\n")
     try:
-        async with sup.running(recover=False):
+        async with sup.running(recover=None):
             started = time.perf_counter()
             built, _ = await build_from_source(engine.dirs, str(source), snapshot=True,
                                                driver=driver, accel=accel)

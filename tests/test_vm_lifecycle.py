@@ -54,6 +54,12 @@ def info(home: Path, name: str) -> dict[str, object]:
     return json.loads(boxui(home, "info", name, "--json").stdout)  # type: ignore[no-any-return]
 
 
+def recorded_pid(machine: dict[str, object]) -> int:
+    record = machine["record"]
+    assert isinstance(record, dict) and isinstance(record["pid"], int), record
+    return record["pid"]
+
+
 def start_daemon(home: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*BOXUI, "daemon"], env=cli_env(home), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -81,7 +87,7 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
     assert json.loads(created.stdout)["state"] == "ready"
     uname = boxui(vm_home, "exec", "vm1", "--", "uname", "-r")
     assert uname.returncode == 0 and uname.stdout.strip().endswith("-amd64")
-    pid = info(vm_home, "vm1")["record"]["pid"]  # type: ignore[index]
+    pid = recorded_pid(info(vm_home, "vm1"))
     assert qemu_pids(vm_home) == [pid]
 
     daemon = start_daemon(vm_home)
@@ -95,7 +101,7 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
         adopt_seconds = time.monotonic() - started
         machine = info(vm_home, "vm1")
         assert machine["state"] == "ready"
-        assert machine["record"]["pid"] == pid  # type: ignore[index]
+        assert recorded_pid(machine) == pid
         assert machine["supervisor_pid"] == daemon.pid
         assert adopt_seconds < 5
         again = boxui(vm_home, "exec", "vm1", "--", "sh", "-c", "echo $((6 * 7)); exit 5")
@@ -115,9 +121,9 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
 
 def test_qemu_killed_while_no_supervisor_is_crashed(vm_home: Path) -> None:
     assert boxui(vm_home, "create", "vm2", "--memory", "128").returncode == 0
-    pid = info(vm_home, "vm2")["record"]["pid"]  # type: ignore[index]
-    os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-    psutil.wait_procs([psutil.Process(pid)], timeout=5)  # type: ignore[arg-type]
+    pid = recorded_pid(info(vm_home, "vm2"))
+    os.kill(pid, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(pid)], timeout=5)
     listed = json.loads(boxui(vm_home, "ls", "--json").stdout)
     assert listed[0]["state"] == "stopped" and "process is gone" in listed[0]["reason"]
     daemon = start_daemon(vm_home)

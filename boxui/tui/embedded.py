@@ -22,6 +22,7 @@ from backend.state.event_bus import Subscription
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
 from backend.supervision.boot_files import BootFilesProvider, DefaultBootFiles, ProgressFn
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.supervisor import Supervisor
 
@@ -68,7 +69,8 @@ class EmbeddedBackend:
             supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for,
                                     clock=opts.clock or time.monotonic)
             supervisor.health.interval = opts.health_interval
-            async with supervisor.running(sample_health=opts.sample_health):
+            async with supervisor.running(recover=recover_machines,
+                                          sample_health=opts.sample_health):
                 self._engine, self._supervisor = engine, supervisor
                 if opts.serve_api:
                     ctx = _api_context(supervisor)
