@@ -5,18 +5,22 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 
 import backend.supervision.restart_policy as rp
+from backend.drivers.base import LaunchSpec, VmHandle
+from backend.drivers.errors import PortInUseError
 from backend.drivers.qemu.accel import AccelChoice
 from backend.errors import BoxuiError
 from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState, PersistedState
 from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.ports import PORT_ATTEMPTS
 from backend.supervision.supervisor import MachineBusyError, Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver
@@ -119,6 +123,51 @@ async def test_policy_decides_whether_a_crashed_machine_restarts(
         if not restarts:
             assert driver.starts["vm"] == 1
             assert engine.projection.state_of("vm") is InstanceState.CRASHED
+
+
+@dataclass
+class PortRaceDriver(FakeDriver):
+    """Another process takes the SSH port of the first `lost_races` launches."""
+
+    lost_races: int = 0
+    launches: list[LaunchSpec] = field(default_factory=list)
+
+    async def start(self, spec: LaunchSpec) -> VmHandle:
+        self.launches.append(spec)
+        if len(self.launches) <= self.lost_races:
+            raise PortInUseError(f"port {spec.ssh_port} is taken")
+        return await super().start(spec)
+
+
+async def test_lost_port_race_is_retried_on_another_port(engine: Engine) -> None:
+    await engine.create_machine(spec("vm", ports=[{"guest": 80}]))
+    driver = PortRaceDriver(lost_races=2)
+    try:
+        async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+            await sup.start_machine("vm")
+            assert engine.projection.state_of("vm") is InstanceState.READY
+            tried = [launch.ssh_port for launch in driver.launches]
+            assert len(set(tried)) == 3, tried
+            record = engine.store.load_record("vm")
+            assert record.ssh_port == sup.handles["vm"].ssh_port == tried[-1]
+            # the forwarded port is picked again with the SSH port (either may be the one
+            # taken), and the record follows
+            forwards = [launch.port_forwards for launch in driver.launches]
+            assert len(set(forwards)) == 3, forwards
+            assert record.ports == {"80": forwards[-1][0][0]}
+    finally:
+        driver.kill_all()
+
+
+async def test_port_race_lost_every_time_fails_the_boot(engine: Engine) -> None:
+    await engine.create_machine(spec("vm"))
+    driver = PortRaceDriver(lost_races=PORT_ATTEMPTS)
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+        with pytest.raises(PortInUseError):
+            await sup.start_machine("vm")
+        assert len(driver.launches) == PORT_ATTEMPTS
+        assert engine.projection.state_of("vm") is InstanceState.FAILED
+        assert "is taken" in (engine.machine("vm").reason or "")
 
 
 async def test_boot_failure_is_failed_with_reason(engine: Engine, driver: FakeDriver) -> None:
