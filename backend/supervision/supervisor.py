@@ -96,9 +96,10 @@ class Supervisor:
         """Own a task group for watchers, timers and health sampling; on exit let go of
         every VM (they keep running) and cancel the tasks.
 
-        `recover` (crash recovery, or None for a state dir known to hold nothing to
-        re-adopt) runs before this yields, so before anything can start a machine: a
-        machine a previous boxui left running is adopted, never started twice."""
+        `recover` (`crash_recovery.recover_machines`, passed in because recovery is
+        built on this class) runs before this yields, so before anything can start a
+        machine: a machine a previous boxui left running is adopted, never started
+        twice. None only where nothing can need re-adopting, or a test races it."""
         async with asyncio.TaskGroup() as group:
             self._group = group
             try:
