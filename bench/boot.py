@@ -39,7 +39,8 @@ from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
 from backend.state.engine import Engine
 from backend.state.machine_spec import MachineSpec
 from backend.supervision.boot_files import DefaultBootFiles
-from backend.supervision.supervisor import Supervisor, pick_free_port
+from backend.supervision.ports import pick_free_port
+from backend.supervision.supervisor import Supervisor
 
 MEMORY_MIB = 256
 
@@ -77,7 +78,7 @@ async def boxui_boot(cache: Path, work: Path, index: int) -> float:
         (home / "images").symlink_to(cache)  # share the built image, not rebuild it
         driver = QemuDriver()
         supervisor = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images))
-        async with supervisor.running(recover=False):
+        async with supervisor.running(recover=None):
             await engine.create_machine(MachineSpec(name="vm", memory_mib=MEMORY_MIB))
             started = time.perf_counter()
             await supervisor.start_machine("vm")

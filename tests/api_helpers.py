@@ -16,6 +16,7 @@ from backend.api.server import serve_api
 from backend.drivers.qemu.accel import AccelChoice
 from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import ExecRunner, MachineExec
 from backend.supervision.supervisor import Supervisor
 from tests.fake_driver import FakeBootFiles, FakeDriver
@@ -46,7 +47,7 @@ def uds_client(engine: Engine, timeout: float = 30) -> httpx.AsyncClient:
 @asynccontextmanager
 async def running_api(engine: Engine, driver: FakeDriver, runner: ExecRunner,
                       ) -> AsyncIterator[Api]:
-    async with fake_supervisor(engine, driver).running() as sup:
+    async with fake_supervisor(engine, driver).running(recover=recover_machines) as sup:
         ctx = api_context(sup, runner)
         await ctx.services.start()
         stop = asyncio.Event()

@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
 
 from backend.api.app import create_app
 from backend.state.engine import Engine
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import ExecOutput
 from tests.api_helpers import api_context, fake_supervisor
 from tests.fake_driver import FakeDriver
@@ -47,7 +48,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = await Engine.open(home)
         try:
-            async with fake_supervisor(engine, driver).running() as sup:
+            async with fake_supervisor(engine, driver).running(recover=recover_machines) as sup:
                 app.state.context = ctx = api_context(sup, echo_runner)
                 await ctx.services.start()
                 yield

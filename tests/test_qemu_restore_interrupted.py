@@ -20,7 +20,7 @@ from backend.drivers.base import AdoptRequest, LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError
 from backend.drivers.qemu.driver import QemuDriver
 from backend.guest.image_builder import build_default_image
-from backend.supervision.supervisor import pick_free_port
+from backend.supervision.ports import pick_free_port
 from tests.conftest import IMAGE_CACHE
 
 pytestmark = [

@@ -1,19 +1,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 
+import backend.supervision.restart_policy as rp
+from backend.drivers.base import LaunchSpec, VmHandle
+from backend.drivers.errors import PortInUseError
 from backend.drivers.qemu.accel import AccelChoice
 from backend.errors import BoxuiError
 from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState, PersistedState
+from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.ports import PORT_ATTEMPTS
 from backend.supervision.supervisor import MachineBusyError, Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver
@@ -45,7 +52,7 @@ async def wait_state(engine: Engine, name: str, state: InstanceState, timeout: f
 
 async def test_start_stop_cycle(engine: Engine, driver: FakeDriver) -> None:
     await engine.create_machine(spec("vm"))
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         assert engine.projection.state_of("vm") is InstanceState.READY
         record = engine.store.load_record("vm")
@@ -65,7 +72,7 @@ async def test_twenty_concurrent_starts_make_one_process(engine: Engine,
                                                           driver: FakeDriver) -> None:
     await engine.create_machine(spec("vm"))
     driver.script("vm").boot_delay = 0.3
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         await asyncio.gather(*(sup.start_machine("vm") for _ in range(20)))
         assert driver.starts == {"vm": 1}
         assert engine.projection.state_of("vm") is InstanceState.READY
@@ -74,7 +81,7 @@ async def test_twenty_concurrent_starts_make_one_process(engine: Engine,
 async def test_guest_exit_is_noticed_within_a_second(engine: Engine,
                                                       driver: FakeDriver) -> None:
     await engine.create_machine(spec("vm"))
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         pid = sup.handles["vm"].pid
         os.kill(pid, signal.SIGKILL)
@@ -90,20 +97,83 @@ async def test_guest_exit_is_noticed_within_a_second(engine: Engine,
 # the crash loop (back-off, then failed) is tested in tests/faults/test_crash_loop.py
 
 
-async def test_never_policy_stays_crashed(engine: Engine, driver: FakeDriver) -> None:
-    await engine.create_machine(spec("vm"))
+async def started_again(driver: FakeDriver, name: str, within: float) -> bool:
+    """Whether `name` is started a second time within `within` seconds."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while driver.starts.get(name, 0) < 2:
+                await asyncio.sleep(0.01)
+    return driver.starts.get(name, 0) >= 2
+
+
+@pytest.mark.parametrize(("policy", "restarts"), [("never", False), ("on-failure", True)])
+async def test_policy_decides_whether_a_crashed_machine_restarts(
+        engine: Engine, driver: FakeDriver, policy: str, restarts: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The back-off is shortened to 0.05 s, so a restart the policy allowed comes within
+    a fraction of a second: `on-failure` shows it does, and `never` staying crashed
+    for ten times that delay is then the policy's doing, not the clock's."""
+    monkeypatch.setattr(rp, "BASE_DELAY", 0.05)
+    await engine.create_machine(spec("vm", restart=policy))
     driver.script("vm").die_after = 0.05
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         await wait_state(engine, "vm", InstanceState.CRASHED)
-        await asyncio.sleep(0.3)
-        assert driver.starts["vm"] == 1
+        assert await started_again(driver, "vm", within=5.0 if restarts else 0.5) is restarts
+        if not restarts:
+            assert driver.starts["vm"] == 1
+            assert engine.projection.state_of("vm") is InstanceState.CRASHED
+
+
+@dataclass
+class PortRaceDriver(FakeDriver):
+    """Another process takes the SSH port of the first `lost_races` launches."""
+
+    lost_races: int = 0
+    launches: list[LaunchSpec] = field(default_factory=list)
+
+    async def start(self, spec: LaunchSpec) -> VmHandle:
+        self.launches.append(spec)
+        if len(self.launches) <= self.lost_races:
+            raise PortInUseError(f"port {spec.ssh_port} is taken")
+        return await super().start(spec)
+
+
+async def test_lost_port_race_is_retried_on_another_port(engine: Engine) -> None:
+    await engine.create_machine(spec("vm", ports=[{"guest": 80}]))
+    driver = PortRaceDriver(lost_races=2)
+    try:
+        async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+            await sup.start_machine("vm")
+            assert engine.projection.state_of("vm") is InstanceState.READY
+            tried = [launch.ssh_port for launch in driver.launches]
+            assert len(set(tried)) == 3, tried
+            record = engine.store.load_record("vm")
+            assert record.ssh_port == sup.handles["vm"].ssh_port == tried[-1]
+            # the forwarded port is picked again with the SSH port (either may be the one
+            # taken), and the record follows
+            forwards = [launch.port_forwards for launch in driver.launches]
+            assert len(set(forwards)) == 3, forwards
+            assert record.ports == {"80": forwards[-1][0][0]}
+    finally:
+        driver.kill_all()
+
+
+async def test_port_race_lost_every_time_fails_the_boot(engine: Engine) -> None:
+    await engine.create_machine(spec("vm"))
+    driver = PortRaceDriver(lost_races=PORT_ATTEMPTS)
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+        with pytest.raises(PortInUseError):
+            await sup.start_machine("vm")
+        assert len(driver.launches) == PORT_ATTEMPTS
+        assert engine.projection.state_of("vm") is InstanceState.FAILED
+        assert "is taken" in (engine.machine("vm").reason or "")
 
 
 async def test_boot_failure_is_failed_with_reason(engine: Engine, driver: FakeDriver) -> None:
     await engine.create_machine(spec("vm"))
     driver.script("vm").fail_boot = "kernel panic in the guest"
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         with pytest.raises(BoxuiError, match="kernel panic"):
             await sup.start_machine("vm")
         assert engine.projection.state_of("vm") is InstanceState.FAILED
@@ -115,7 +185,7 @@ async def test_boot_failure_is_failed_with_reason(engine: Engine, driver: FakeDr
 async def test_stop_during_boot_aborts_it(engine: Engine, driver: FakeDriver) -> None:
     await engine.create_machine(spec("vm"))
     driver.script("vm").boot_delay = 30
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         start = asyncio.create_task(sup.start_machine("vm"))
         await wait_state(engine, "vm", InstanceState.BOOTING)
         await asyncio.sleep(0.1)
@@ -126,7 +196,7 @@ async def test_stop_during_boot_aborts_it(engine: Engine, driver: FakeDriver) ->
 
 async def test_delete_running_needs_force(engine: Engine, driver: FakeDriver) -> None:
     await engine.create_machine(spec("vm"))
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         with pytest.raises(MachineBusyError, match="--force"):
             await sup.delete_machine("vm")
@@ -142,7 +212,7 @@ async def test_detach_leaves_vms_running_and_recovery_adopts(home: Path,
     engine = await Engine.open(home)
     await engine.create_machine(spec("a"))
     await engine.create_machine(spec("b"))
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("a")
         await sup.start_machine("b")
         pids = {n: h.pid for n, h in sup.handles.items()}
@@ -152,7 +222,7 @@ async def test_detach_leaves_vms_running_and_recovery_adopts(home: Path,
 
     engine = await Engine.open(home)
     try:
-        async with make_supervisor(engine, driver).running() as sup:
+        async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
             assert sup.handles["a"].pid == pids["a"]
             assert engine.projection.state_of("a") is InstanceState.READY
             assert engine.projection.state_of("b") is InstanceState.CRASHED
@@ -167,7 +237,7 @@ async def test_detach_leaves_vms_running_and_recovery_adopts(home: Path,
 async def test_pid_reused_is_not_adopted_nor_signalled(home: Path, driver: FakeDriver) -> None:
     engine = await Engine.open(home)
     await engine.create_machine(spec("vm"))
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         real = sup.handles["vm"].pid
     os.kill(real, signal.SIGKILL)
@@ -180,7 +250,7 @@ async def test_pid_reused_is_not_adopted_nor_signalled(home: Path, driver: FakeD
         engine.store.update_record("vm", hijack)
         await engine.close()
         engine = await Engine.open(home)
-        async with make_supervisor(engine, driver).running():
+        async with make_supervisor(engine, driver).running(recover=recover_machines):
             assert engine.projection.state_of("vm") is InstanceState.CRASHED
             assert "pid reused" in (engine.machine("vm").reason or "")
         assert other.returncode is None and psutil.Process(other.pid).status() != "zombie"
@@ -198,7 +268,7 @@ async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDr
     engine = await Engine.open(home)
     await engine.create_machine(spec("vm"))
     driver.script("vm").boot_delay = 30
-    async with make_supervisor(engine, driver).running() as sup:
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
         start = asyncio.create_task(sup.start_machine("vm"))
         await wait_state(engine, "vm", InstanceState.BOOTING)
         while "vm" not in sup.handles:
@@ -210,7 +280,7 @@ async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDr
 
     engine = await Engine.open(home)
     try:
-        async with make_supervisor(engine, driver).running() as sup:
+        async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
             assert engine.projection.state_of("vm") is InstanceState.BOOTING
             await asyncio.sleep(delay)
             await asyncio.wait_for(sup.stop_machine("vm"), 5)

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import BoxuiError
+from backend.guest.errors import GuestImageError
+from backend.guest.image_builder import build_default_image, load_current_image
+from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
 from backend.state.atomic_write import atomic_write_text
 from backend.state.machine_spec import MachineSpec
 
@@ -76,10 +79,6 @@ class DefaultBootFiles(BootFilesProvider):
                 f"{spec.name}: disk_image needs a kernel and initrd that mount it; "
                 "set kernel and initrd too"
             )
-        from backend.guest.errors import GuestImageError
-        from backend.guest.image_builder import build_default_image, load_current_image
-        from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
-
         async with self._lock:  # one image build at a time, whatever starts at once
             try:
                 # the last built image, without asking apt (2-3 s); build only if none

@@ -5,23 +5,23 @@ when it is provably the same process: the pid is alive, its start time equals th
 recorded, its command line names this machine and this state dir, and QMP answers.
 Anything else marks the machine crashed with the reason, and its restart policy applies.
 A process that merely reuses the pid is never signalled, and no machine is started twice:
-recovery runs before any start, and a start of an adopted machine finds it active.
+recovery runs before any start (`supervisor.running(recover=recover_machines)` runs it
+before it yields), and a start of an adopted machine finds it active.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import psutil
 
-from backend.drivers.base import AdoptRefusal, AdoptRequest, VmHandle
-from backend.state.lifecycle import InstanceState, PersistedState, Verb
+from backend.drivers.base import AdoptRefusal, AdoptRequest
+from backend.drivers.qemu.driver import identity_args
+from backend.state.lifecycle import InstanceState, PersistedState
 from backend.state.runtime_record import RuntimeRecord
-
-if TYPE_CHECKING:
-    from backend.supervision.supervisor import Supervisor
+from backend.supervision.supervisor import Supervisor
 
 GONE = "process gone while boxui was down"
 #: how long a hypervisor found mid-start may take to name its daemon in its pidfile
@@ -62,56 +62,13 @@ async def recover_one(
     ))
     if isinstance(result, AdoptRefusal):
         await supervisor.machine_crashed(name, result.reason)
-        return
-    await _adopted(supervisor, name, result, state)
+    elif state is InstanceState.BOOTING:
+        await supervisor.adopt_booting(name, result)
+    else:
+        await supervisor.adopt_running(name, result)
 
 
-async def _adopted(
-    supervisor: Supervisor, name: str, handle: VmHandle, state: InstanceState
-) -> None:
-    engine = supervisor.engine
-    supervisor.handles[name] = handle
-
-    def identity(record: RuntimeRecord) -> None:
-        record.pid, record.process_start_time = handle.pid, handle.start_time
-
-    await engine.update_record(name, identity)
-    supervisor.spawn(supervisor._watch(name, handle), f"watch-{name}")
-    if state is InstanceState.BOOTING:
-        # it was still booting when boxui died: finish waiting for it in the background
-        supervisor._booting.add(name)  # now, so a stop before the task runs aborts it
-        supervisor.spawn(_finish_boot(supervisor, name, handle), f"boot-{name}")
-        return
-    await engine.transition(name, Verb.ADOPTED, message=f"re-adopted running pid {handle.pid}")
-    supervisor.tracker(name).machine_up()
-
-
-async def _finish_boot(supervisor: Supervisor, name: str, handle: VmHandle) -> None:
-    """Wait for a re-adopted guest that was still booting, exactly as a boot started
-    here would: under the machine's lock and marked as booting, so a stop meanwhile
-    aborts the boot instead of racing it."""
-    from backend.errors import BoxuiError
-
-    async with supervisor._locks[name]:
-        if supervisor.handles.get(name) is not handle:
-            supervisor._booting.discard(name)  # stopped (or deleted) before we got here
-            supervisor._aborting.discard(name)
-            return
-        try:
-            await supervisor.driver.wait_ready(handle, supervisor.boot_timeout)
-        except (BoxuiError, OSError) as exc:
-            if supervisor.handles.get(name) is handle:  # else its exit was handled already
-                await supervisor._boot_failed(name, handle, exc)
-            supervisor._aborting.discard(name)
-            return
-        finally:
-            supervisor._booting.discard(name)
-        await supervisor.engine.transition(name, Verb.READY,
-                                           message=f"re-adopted pid {handle.pid}; ready")
-        supervisor.tracker(name).machine_up()
-
-
-def _find_orphan(name: str, run_dir: object) -> tuple[int, float] | None:
+def _find_orphan(name: str, run_dir: Path) -> tuple[int, float] | None:
     """The hypervisor of `name` that nobody recorded, found by its identity arguments.
 
     A QEMU caught mid-start is still daemonizing: the process boxui launched and the
@@ -120,11 +77,7 @@ def _find_orphan(name: str, run_dir: object) -> tuple[int, float] | None:
     has a `-pidfile`, only the process that file names counts (the daemon writes it
     before the launcher exits); it is waited for briefly.
     """
-    from pathlib import Path
-
-    from backend.drivers.qemu.driver import identity_args
-
-    wanted = identity_args(name, Path(str(run_dir)))
+    wanted = identity_args(name, run_dir)
     deadline = time.monotonic() + ORPHAN_SETTLE_SECONDS
     while True:
         matches: dict[int, tuple[list[str], float]] = {}
@@ -133,12 +86,13 @@ def _find_orphan(name: str, run_dir: object) -> tuple[int, float] | None:
             if proc.info.get("status") != psutil.STATUS_ZOMBIE and \
                     all(arg in cmdline for arg in wanted):
                 matches[proc.pid] = (cmdline, float(proc.info["create_time"]))
-        pidfiles = {_after(cmdline, "-pidfile") for cmdline, _ in matches.values()} - {None}
+        named_in = (_after(cmdline, "-pidfile") for cmdline, _ in matches.values())
+        pidfiles = {pidfile for pidfile in named_in if pidfile is not None}
         if matches and not pidfiles:
             pid = min(matches)
             return pid, matches[pid][1]
         for pidfile in pidfiles:
-            named = _read_pid(Path(str(pidfile)))
+            named = _read_pid(Path(pidfile))
             if named in matches:
                 return named, matches[named][1]
         if not matches or time.monotonic() >= deadline:
@@ -153,10 +107,8 @@ def _after(argv: list[str], option: str) -> str | None:
         return None
 
 
-def _read_pid(path: object) -> int | None:
-    from pathlib import Path
-
+def _read_pid(path: Path) -> int | None:
     try:
-        return int(Path(str(path)).read_text().strip())
+        return int(path.read_text().strip())
     except (OSError, ValueError):
         return None

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from backend.errors import BoxuiError, IllegalTransitionError, MachineNotFoundError
+from backend.guest.errors import GuestImageError
+from backend.guest.machine_seed import load_machine_keys
 from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState, Verb
 from backend.supervision.inflight_commands import CommandRecord, CommandRegistry
+from backend.supervision.ssh_access import exec_command
 
 
 class MachineNotRunningError(BoxuiError):
@@ -44,10 +47,6 @@ class ExecRunner(Protocol):
 async def ssh_exec_runner(engine: Engine, name: str, port: int, argv: list[str],
                           stdin: bytes | None, timeout: float | None) -> ExecOutput:
     """The product runner: SSH into the guest with the machine's own keys."""
-    from backend.guest.errors import GuestImageError
-    from backend.guest.machine_seed import load_machine_keys
-    from backend.supervision.ssh_access import exec_command
-
     machine_dir = engine.dirs.machine_dir(name)
     try:
         keys = await asyncio.to_thread(load_machine_keys, machine_dir)

@@ -13,15 +13,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import socket
+import shutil
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from backend.drivers.base import ExitInfo, GuestRamFile, HypervisorDriver, LaunchSpec, VmHandle
-from backend.drivers.errors import DriverError, PortInUseError
+from backend.drivers.base import ExitInfo, HypervisorDriver, VmHandle
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state.engine import Engine
@@ -29,7 +28,17 @@ from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
+from backend.supervision.boot_plan import (
+    BootPlan,
+    Forwards,
+    RecordUpdate,
+    adopted_process_record,
+    clear_process,
+    ports_record,
+    process_record,
+)
 from backend.supervision.health import HealthSampler
+from backend.supervision.ports import pick_free_port, start_on_free_port
 from backend.supervision.restart_policy import RestartTracker, should_restart
 from backend.supervision.restore_agent import AGENT_SOCKET, freshen_guest
 from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, plan_restore
@@ -38,7 +47,10 @@ log = logging.getLogger("boxui.supervisor")
 
 DEFAULT_BOOT_TIMEOUT = 120.0
 DEFAULT_STOP_TIMEOUT = 20.0
-PORT_ATTEMPTS = 5
+
+#: what a supervisor runs once it owns its task group and before it yields: crash
+#: recovery, which re-adopts the machines a previous boxui left running
+Recovery = Callable[["Supervisor"], Awaitable[None]]
 
 
 class MachineBusyError(BoxuiError):
@@ -79,17 +91,20 @@ class Supervisor:
 
     @contextlib.asynccontextmanager
     async def running(
-        self, *, recover: bool = True, sample_health: bool = False
+        self, *, recover: Recovery | None, sample_health: bool = False
     ) -> AsyncIterator[Supervisor]:
         """Own a task group for watchers, timers and health sampling; on exit let go of
-        every VM (they keep running) and cancel the tasks."""
+        every VM (they keep running) and cancel the tasks.
+
+        `recover` (`crash_recovery.recover_machines`, passed in because recovery is
+        built on this class) runs before this yields, so before anything can start a
+        machine: a machine a previous boxui left running is adopted, never started
+        twice. None only where nothing can need re-adopting, or a test races it."""
         async with asyncio.TaskGroup() as group:
             self._group = group
             try:
-                if recover:
-                    from backend.supervision.crash_recovery import recover_machines
-
-                    await recover_machines(self)
+                if recover is not None:
+                    await recover(self)
                 if sample_health:
                     self.spawn(self.health.run(), "health")
                 yield self
@@ -158,88 +173,18 @@ class Supervisor:
 
     async def _boot(self, spec: MachineSpec, progress: ProgressFn | None) -> None:
         name = spec.name
-        choice = self._accel_for(spec.accel)
-        accel = choice.accel
-        # before any state changes: a mismatched snapshot is refused, not half-started
-        plan = None
-        if spec.template is not None:
-            plan = await asyncio.to_thread(self.restore_plan, spec)
-        boot_id = secrets.token_hex(6)
-        port = pick_free_port(self._ports_in_use())
-        forwards = self._forwards(spec, {port})
-
-        def booting(record: RuntimeRecord) -> None:
-            record.boot_id, record.ssh_port, record.accel = boot_id, port, accel
-            record.pid = record.process_start_time = None
-            record.ports = {str(guest): host for host, guest in forwards}
-            record.restored_from = plan.label if plan else None
-            record.rng_reseeded = record.rng_note = None
-            record.clock_set = record.clock_note = None
-            record.hostname_set = record.hostname_note = None
-
-        how = f"restoring snapshot {plan.label}" if plan else "starting"
-        try:
-            await self.engine.transition(name, Verb.BOOTING, update=booting,
-                                         message=f"{how} under {accel} ({choice.reason})")
-        except BoxuiError as exc:
-            if self.engine.projection.state_of(name) is InstanceState.BOOTING:
-                # logged, but state.json could not be written (disk full): end the boot
-                # now, or the machine would stay `booting` with nothing running
-                await self._boot_failed(name, None, exc)
-            raise
+        boot = await self._plan_boot(spec)
+        await self._enter_booting(boot)
         self._booting.add(name)
         started = self._clock()
         handle: VmHandle | None = None
         note = ""
         try:
-            directory = self.engine.dirs.machine_dir(name)
-            if plan is not None:
-                await asyncio.to_thread(install_snapshot_keys, plan, directory)
-                files = BootFiles(plan.kernel, plan.initrd, "")
-            else:
-                files = await self.boot_files.prepare(spec, directory, progress)
+            files = await self._files_for(boot, progress)
             run_dir = await asyncio.to_thread(self.engine.dirs.ensure_run_dir, name)
-            for attempt in range(PORT_ATTEMPTS):
-                launch = LaunchSpec(
-                    name=name, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
-                    kernel=files.kernel, initrd=files.initrd, append=files.append,
-                    accel=accel, ssh_port=port, boot_id=boot_id, machine_dir=directory,
-                    run_dir=run_dir, console_log=self.engine.dirs.console_log(name),
-                    tsc_khz=choice.tsc_khz, disk_image=files.disk_image,
-                    port_forwards=forwards,
-                    restore_from=plan.snapshot_file if plan else None,
-                    kernel_cmdline=plan.snapshot.boot_args if plan else None,
-                    agent_socket=run_dir / AGENT_SOCKET if plan else None,
-                    ram_file=GuestRamFile(plan.ram_file, shared=False)
-                    if plan and plan.ram_file else None,
-                )
-                try:
-                    handle = await self.driver.start(launch)
-                    break
-                except PortInUseError:
-                    if attempt == PORT_ATTEMPTS - 1:
-                        raise
-                    port = pick_free_port(self._ports_in_use() | {port})
-                    forwards = self._forwards(spec, {port})
-                    await self.engine.update_record(name, _ports(port, forwards))
-            assert handle is not None
-            self.handles[name] = handle
-            await self.engine.update_record(name, _process_identity(handle))
-            self.spawn(self._watch(name, handle), f"watch-{name}")
-            if progress is not None:
-                progress("boot", f"pid {handle.pid}, waiting for the guest and SSH")
-            if plan is None:
-                await self.driver.wait_ready(handle, self.boot_timeout)
-            else:
-                # the agent answers as soon as the restored guest runs, while its
-                # first SSH answer waits on code TCG must translate afresh: overlap them
-                freshening = asyncio.ensure_future(
-                    self._freshen(name, run_dir / AGENT_SOCKET, plan))
-                try:
-                    await self.driver.wait_ready(handle, self.boot_timeout)
-                    note = await freshening
-                finally:
-                    freshening.cancel()
+            handle = await self._launch(boot, files, run_dir)
+            await self._hold(name, handle, process_record(handle))
+            note = await self._until_ready(boot, handle, run_dir, progress)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:
@@ -253,6 +198,68 @@ class Supervisor:
             f"(ssh on 127.0.0.1:{handle.ssh_port}){note}",
         )
         self.tracker(name).machine_up()
+
+    async def _plan_boot(self, spec: MachineSpec) -> BootPlan:
+        """Everything decided before any state changes, so that a mismatched snapshot
+        is refused rather than half-started."""
+        choice = self._accel_for(spec.accel)
+        restore = None
+        if spec.template is not None:
+            restore = await asyncio.to_thread(self.restore_plan, spec)
+        boot_id = secrets.token_hex(6)
+        port = pick_free_port(self._ports_in_use())
+        return BootPlan(spec, choice, restore, boot_id, port, self._forwards(spec, {port}))
+
+    async def _enter_booting(self, boot: BootPlan) -> None:
+        name, restore = boot.spec.name, boot.restore
+        how = f"restoring snapshot {restore.label}" if restore else "starting"
+        try:
+            await self.engine.transition(
+                name, Verb.BOOTING, update=boot.booting_record(),
+                message=f"{how} under {boot.choice.accel} ({boot.choice.reason})")
+        except BoxuiError as exc:
+            if self.engine.projection.state_of(name) is InstanceState.BOOTING:
+                # logged, but state.json could not be written (disk full): end the boot
+                # now, or the machine would stay `booting` with nothing running
+                await self._boot_failed(name, None, exc)
+            raise
+
+    async def _files_for(self, boot: BootPlan, progress: ProgressFn | None) -> BootFiles:
+        """A restore boots the snapshot's own kernel and initrd, with the keys it was
+        saved with; a cold boot asks the boot files provider."""
+        directory = self.engine.dirs.machine_dir(boot.spec.name)
+        if boot.restore is None:
+            return await self.boot_files.prepare(boot.spec, directory, progress)
+        await asyncio.to_thread(install_snapshot_keys, boot.restore, directory)
+        return BootFiles(boot.restore.kernel, boot.restore.initrd, "")
+
+    async def _launch(self, boot: BootPlan, files: BootFiles, run_dir: Path) -> VmHandle:
+        async def moved(port: int) -> None:
+            boot.forwards = self._forwards(boot.spec, {port})
+            await self.engine.update_record(boot.spec.name, ports_record(port, boot.forwards))
+
+        return await start_on_free_port(
+            self.driver, lambda port: boot.launch_spec(self.engine.dirs, files, run_dir, port),
+            boot.ssh_port, avoid=self._ports_in_use, moved=moved)
+
+    async def _until_ready(self, boot: BootPlan, handle: VmHandle, run_dir: Path,
+                           progress: ProgressFn | None) -> str:
+        """Wait for the guest to answer SSH; returns what the ready event adds (how a
+        restored guest was freshened)."""
+        if progress is not None:
+            progress("boot", f"pid {handle.pid}, waiting for the guest and SSH")
+        if boot.restore is None:
+            await self.driver.wait_ready(handle, self.boot_timeout)
+            return ""
+        # the agent answers as soon as the restored guest runs, while its first SSH
+        # answer waits on code TCG must translate afresh: overlap them
+        freshening = asyncio.ensure_future(
+            self._freshen(boot.spec.name, run_dir / AGENT_SOCKET, boot.restore))
+        try:
+            await self.driver.wait_ready(handle, self.boot_timeout)
+            return await freshening
+        finally:
+            freshening.cancel()
 
     async def _freshen(self, name: str, agent_socket: Path, plan: RestorePlan) -> str:
         """Fresh kernel RNG state, the host's time and its own hostname for a restored
@@ -277,22 +284,24 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await self.driver.kill(handle)
         self.handles.pop(name, None)
-
-        def clear(record: RuntimeRecord) -> None:
-            record.pid = record.process_start_time = None
-
         if name in self._aborting:
             await self.engine.transition(name, Verb.STOPPING, message="boot aborted by stop")
-            await self.engine.transition(name, Verb.STOPPED, update=clear,
+            await self.engine.transition(name, Verb.STOPPED, update=clear_process,
                                          message="stopped before it was ready")
             return
         error = str(exc) or type(exc).__name__
         decision = self._plan_restart(name, failure=True)
         note = f"; {decision}" if decision else ""
-        await self.engine.transition(name, Verb.FAILED, reason=error, update=clear,
+        await self.engine.transition(name, Verb.FAILED, reason=error, update=clear_process,
                                      message=f"boot failed{note}")
 
     # --- watching --------------------------------------------------------------------
+
+    async def _hold(self, name: str, handle: VmHandle, identity: RecordUpdate) -> None:
+        """From here on the machine's process is this handle: recorded, and watched."""
+        self.handles[name] = handle
+        await self.engine.update_record(name, identity)
+        self.spawn(self._watch(name, handle), f"watch-{name}")
 
     async def _watch(self, name: str, handle: VmHandle) -> None:
         info = await self.driver.wait_exit(handle)
@@ -307,30 +316,65 @@ class Supervisor:
 
     async def _unexpected_exit(self, name: str, info: ExitInfo) -> None:
         self.handles.pop(name, None)
-
-        def clear(record: RuntimeRecord) -> None:
-            record.pid = record.process_start_time = None
-
         self.tracker(name).machine_down()
         if not info.is_failure:
             await self.engine.transition(name, Verb.STOPPING, message=info.detail)
             decision = self._plan_restart(name, failure=False)
             note = f"; {decision}" if decision else ""
-            await self.engine.transition(name, Verb.STOPPED, update=clear,
+            await self.engine.transition(name, Verb.STOPPED, update=clear_process,
                                          message=f"{info.detail}{note}")
             return
         decision = self._plan_restart(name, failure=True)
         note = f"; {decision}" if decision else ""
-        await self.engine.transition(name, Verb.CRASHED, reason=info.detail, update=clear,
+        await self.engine.transition(name, Verb.CRASHED, reason=info.detail, update=clear_process,
                                      message=f"{info.detail}{note}")
         if decision is not None and decision.startswith("gave up"):
             await self.engine.transition(name, Verb.FAILED, reason=f"{decision}; last error: "
                                          f"{info.detail}", message=decision)
 
+    # --- taking over what crash recovery found ----------------------------------------
+
+    async def adopt_running(self, name: str, handle: VmHandle) -> None:
+        """Supervise a hypervisor crash recovery proved to be this machine's, as if it
+        had been started here."""
+        await self._hold(name, handle, adopted_process_record(handle))
+        await self.engine.transition(name, Verb.ADOPTED,
+                                     message=f"re-adopted running pid {handle.pid}")
+        self.tracker(name).machine_up()
+
+    async def adopt_booting(self, name: str, handle: VmHandle) -> None:
+        """Like `adopt_running`, for a guest that was still booting when boxui died: its
+        boot is finished in the background."""
+        await self._hold(name, handle, adopted_process_record(handle))
+        self._booting.add(name)  # now, so a stop before the task runs aborts it
+        self.spawn(self._finish_adopted_boot(name, handle), f"boot-{name}")
+
     async def machine_crashed(self, name: str, reason: str) -> None:
         """Crash recovery found the machine's process gone: record it and apply policy."""
         async with self._locks[name]:
             await self._unexpected_exit(name, ExitInfo("vanished", reason))
+
+    async def _finish_adopted_boot(self, name: str, handle: VmHandle) -> None:
+        """Wait for an adopted guest that was still booting, exactly as a boot started
+        here would: under the machine's lock and marked as booting, so a stop meanwhile
+        aborts the boot instead of racing it."""
+        async with self._locks[name]:
+            if self.handles.get(name) is not handle:
+                self._booting.discard(name)  # stopped (or deleted) before we got here
+                self._aborting.discard(name)
+                return
+            try:
+                await self.driver.wait_ready(handle, self.boot_timeout)
+            except (BoxuiError, OSError) as exc:
+                if self.handles.get(name) is handle:  # else its exit was handled already
+                    await self._boot_failed(name, handle, exc)
+                self._aborting.discard(name)
+                return
+            finally:
+                self._booting.discard(name)
+            await self.engine.transition(name, Verb.READY,
+                                         message=f"re-adopted pid {handle.pid}; ready")
+            self.tracker(name).machine_up()
 
     # --- restart policy --------------------------------------------------------------
 
@@ -401,10 +445,7 @@ class Supervisor:
             self.handles.pop(name, None)
             self.tracker(name).machine_down()
 
-            def clear(record: RuntimeRecord) -> None:
-                record.pid = record.process_start_time = None
-
-            await self.engine.transition(name, Verb.STOPPED, update=clear,
+            await self.engine.transition(name, Verb.STOPPED, update=clear_process,
                                          message=f"stopped: {info.detail}")
 
     async def restart_machine(self, name: str, *, progress: ProgressFn | None = None) -> None:
@@ -429,7 +470,7 @@ class Supervisor:
     def _ports_in_use(self) -> set[int]:
         return {h.ssh_port for h in self.handles.values()}
 
-    def _forwards(self, spec: MachineSpec, taken: set[int]) -> tuple[tuple[int, int], ...]:
+    def _forwards(self, spec: MachineSpec, taken: set[int]) -> Forwards:
         """(host, guest) pairs for the spec's published ports; a port without a fixed
         host port gets a free one at each boot."""
         pairs = []
@@ -441,43 +482,11 @@ class Supervisor:
         return tuple(pairs)
 
 
-def _ports(ssh_port: int, forwards: tuple[tuple[int, int], ...]
-           ) -> Callable[[RuntimeRecord], None]:
-    def apply(record: RuntimeRecord) -> None:
-        record.ssh_port = ssh_port
-        record.ports = {str(guest): host for host, guest in forwards}
-
-    return apply
-
-
-def _process_identity(handle: VmHandle) -> Callable[[RuntimeRecord], None]:
-    def apply(record: RuntimeRecord) -> None:
-        record.pid = handle.pid
-        record.process_start_time = handle.start_time
-        record.ssh_port = handle.ssh_port
-
-    return apply
-
-
-def pick_free_port(avoid: set[int] | None = None) -> int:
-    """A port on 127.0.0.1 that is free now; QEMU binds it moments later, and a lost
-    race is caught as PortInUseError and retried with another port."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not avoid or port not in avoid:
-            return port
-    raise DriverError("no free port on 127.0.0.1")
-
-
 def _detect_accel(requested: str) -> AccelChoice:
     return resolve_accel(requested)  # type: ignore[arg-type]
 
 
 def _remove_tree(path: object) -> None:
-    import shutil
-
     shutil.rmtree(str(path), ignore_errors=True)
 
 

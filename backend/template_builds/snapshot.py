@@ -26,14 +26,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend.drivers.base import GuestRamFile, HypervisorDriver, LaunchSpec, VmHandle
-from backend.drivers.errors import PortInUseError
+from backend.drivers.base import (
+    GuestRamFile,
+    HypervisorDriver,
+    LaunchSpec,
+    SnapshotSaved,
+    VmHandle,
+)
 from backend.drivers.qemu.accel import AccelChoice
 from backend.errors import BoxuiError
 from backend.guest.image_builder import GuestImage
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
 from backend.guest.restore_agent_elf import AGENT_PROTOCOL
 from backend.state.events import now_utc
+from backend.supervision.ports import pick_free_port, start_on_free_port
 from backend.supervision.restore_agent import AGENT_SOCKET, stage_agent
 from backend.templates.errors import TemplateError
 from backend.templates.publish import Producer, VariantJob
@@ -71,8 +77,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelChoice,
                       boot_timeout: float = BUILD_BOOT_TIMEOUT) -> Producer:
-    from backend.supervision.supervisor import pick_free_port
-
     async def produce(job: VariantJob) -> VariantArtifacts:
         directory, variant = job.directory, job.variant
         kernel = directory / image.kernel.name
@@ -81,28 +85,22 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
         initrd = await asyncio.to_thread(write_machine_initrd, image, directory, keys)
         run_dir = Path(tempfile.mkdtemp(prefix="boxui-tpl-"))
         boot_id = secrets.token_hex(6)
+
+        def launch_on(port: int) -> LaunchSpec:
+            return LaunchSpec(
+                name=job.name, vcpus=variant.vcpus, memory_mib=variant.memory_mib,
+                kernel=kernel, initrd=initrd, append=variant.boot_args,
+                accel=accel.accel, ssh_port=port, boot_id=boot_id,
+                machine_dir=directory, run_dir=run_dir,
+                console_log=directory / "console.log", tsc_khz=accel.tsc_khz,
+                agent_socket=run_dir / AGENT_SOCKET,
+                ram_file=GuestRamFile(directory / RAM_FILE, shared=True),
+            )
+
         handle: VmHandle | None = None
         started = time.monotonic()
         try:
-            port = pick_free_port()
-            for attempt in range(5):
-                launch = LaunchSpec(
-                    name=job.name, vcpus=variant.vcpus, memory_mib=variant.memory_mib,
-                    kernel=kernel, initrd=initrd, append=variant.boot_args,
-                    accel=accel.accel, ssh_port=port, boot_id=boot_id,
-                    machine_dir=directory, run_dir=run_dir,
-                    console_log=directory / "console.log", tsc_khz=accel.tsc_khz,
-                    agent_socket=run_dir / AGENT_SOCKET,
-                    ram_file=GuestRamFile(directory / RAM_FILE, shared=True),
-                )
-                try:
-                    handle = await driver.start(launch)
-                    break
-                except PortInUseError:
-                    if attempt == 4:
-                        raise
-                    port = pick_free_port({port})
-            assert handle is not None
+            handle = await start_on_free_port(driver, launch_on, pick_free_port())
             await driver.wait_ready(handle, boot_timeout)
             booted = time.monotonic() - started
             await stage_agent(handle.ssh_port, keys, directory)  # saved with the guest
@@ -114,19 +112,25 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
                 with contextlib.suppress(Exception):
                     await asyncio.shield(_discard(driver, handle))
             shutil.rmtree(run_dir, ignore_errors=True)
-        info = SnapshotInfo(
-            created_at=now_utc(), vmstate_size_bytes=saved.state_bytes,
-            ram_file_bytes=saved.ram_file_bytes,
-            mem_size_bytes=saved.memory_bytes, boot_args=saved.kernel_cmdline,
-            vcpus=variant.vcpus, memory_mib=variant.memory_mib, accel=accel.accel,
-            guest_name=job.name, boot_id=boot_id, boot_seconds=round(booted, 3),
-            save_seconds=round(saved.seconds, 3), agent_protocol=AGENT_PROTOCOL,
-        )
+        info = _snapshot_info(job, accel, boot_id, booted, saved)
         return _artifacts(job, kernel=kernel.name, initrd=initrd.name,
                           snapshot_file=SNAPSHOT_FILE, snapshot=info,
                           ram_file=saved.ram_file.name if saved.ram_file else None)
 
     return produce
+
+
+def _snapshot_info(job: VariantJob, accel: AccelChoice, boot_id: str, booted: float,
+                   saved: SnapshotSaved) -> SnapshotInfo:
+    variant = job.variant
+    return SnapshotInfo(
+        created_at=now_utc(), vmstate_size_bytes=saved.state_bytes,
+        ram_file_bytes=saved.ram_file_bytes,
+        mem_size_bytes=saved.memory_bytes, boot_args=saved.kernel_cmdline,
+        vcpus=variant.vcpus, memory_mib=variant.memory_mib, accel=accel.accel,
+        guest_name=job.name, boot_id=boot_id, boot_seconds=round(booted, 3),
+        save_seconds=round(saved.seconds, 3), agent_protocol=AGENT_PROTOCOL,
+    )
 
 
 async def _discard(driver: HypervisorDriver, handle: VmHandle) -> None:

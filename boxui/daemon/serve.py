@@ -21,6 +21,7 @@ from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.state.event_bus import Missed, Subscription
 from backend.state.supervisor_lock import SupervisorLock
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import ExecRunner, MachineExec
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.supervised import make_supervisor
@@ -47,7 +48,7 @@ async def run_daemon(
             log.warning(note)
         subscription = engine.subscribe()
         supervisor = supervisor_factory(engine)
-        async with supervisor.running(sample_health=True):
+        async with supervisor.running(recover=recover_machines, sample_health=True):
             machine_exec = MachineExec(engine, exec_runner)
             ctx = ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
             supervisor.spawn(_log_events(subscription), "log-events")

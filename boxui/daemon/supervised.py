@@ -17,6 +17,7 @@ import click
 from backend.drivers.qemu.driver import QemuDriver
 from backend.state.engine import Engine
 from backend.supervision.boot_files import DefaultBootFiles
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.supervisor import Supervisor
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ async def with_supervisor(work: Callable[[Supervisor], Awaitable[T]]) -> T:
         for note in engine.startup_notes:
             click.echo(f"boxui: {note}", err=True)
         supervisor = make_supervisor(engine)
-        async with supervisor.running():
+        async with supervisor.running(recover=recover_machines):
             return await work(supervisor)
     finally:
         await engine.close()

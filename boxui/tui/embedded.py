@@ -27,6 +27,7 @@ from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
 from backend.state.state_dir import default_home
 from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.supervisor import Supervisor
@@ -52,7 +53,8 @@ class EmbeddedBackend:
             supervisor = Supervisor(engine, driver, boot_files, accel_for=opts.accel_for,
                                     clock=opts.clock or time.monotonic)
             supervisor.health.interval = opts.health_interval
-            async with supervisor.running(sample_health=opts.sample_health):
+            async with supervisor.running(recover=recover_machines,
+                                          sample_health=opts.sample_health):
                 self._engine, self._supervisor = engine, supervisor
                 if opts.serve_api:
                     ctx = _api_context(supervisor)

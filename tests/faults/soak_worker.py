@@ -27,6 +27,7 @@ from backend.errors import BoxuiError
 from backend.services.manager import ServiceManager
 from backend.services.scale_models import ScaleRequest
 from backend.state.engine import Engine
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
@@ -90,7 +91,7 @@ async def run_cycle(home: Path, seed: int, ack_path: Path) -> None:
     for name in NAMES:
         driver.script(name).boot_delay = rng.uniform(0.0, 0.03)
     sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=fixed_accel)
-    async with sup.running():
+    async with sup.running(recover=recover_machines):
         services = ServiceManager(sup, MachineExec(engine))
         await services.start()
         note("recovered")

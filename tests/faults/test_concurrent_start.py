@@ -32,7 +32,7 @@ async def test_twenty_starts_race_recovery(home: Path, fault: FaultRecorder) -> 
         for name in ("up", "vanished", "unrecorded", "down"):
             await engine.create_machine(spec(name))
         async with Supervisor(engine, first, FakeBootFiles(),
-                              accel_for=fixed_accel).running() as sup:
+                              accel_for=fixed_accel).running(recover=recover_machines) as sup:
             for name in ("up", "vanished", "unrecorded"):
                 await sup.start_machine(name)
             pids = {n: h.pid for n, h in sup.handles.items()}
@@ -47,7 +47,7 @@ async def test_twenty_starts_race_recovery(home: Path, fault: FaultRecorder) -> 
         engine = await Engine.open(home)
         try:
             sup = Supervisor(engine, second, FakeBootFiles(), accel_for=fixed_accel)
-            async with sup.running(recover=False):
+            async with sup.running(recover=None):
                 names = ("up", "vanished", "unrecorded", "down")
                 await asyncio.gather(recover_machines(sup),
                                      *(sup.start_machine(n) for n in names for _ in range(20)))

@@ -18,6 +18,7 @@ from backend.state.listing_cache import list_views
 from backend.state.machine_spec import render_spec
 from backend.state.runtime_record import RuntimeRecord
 from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
@@ -59,7 +60,7 @@ async def supervise_and_check_others(home: Path, broken: str | None) -> Engine:
     driver = FakeDriver()
     try:
         sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=fixed_accel)
-        async with sup.running():
+        async with sup.running(recover=recover_machines):
             names = {m.name for m in engine.machines()}
             assert names == set(engine.projection.names())
             for name in sorted(names - {broken}):

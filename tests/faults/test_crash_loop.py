@@ -18,11 +18,12 @@ from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState
 from backend.supervision.boot_files import DefaultBootFiles
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.supervisor import Supervisor
-from tests.conftest import spec
+from tests.conftest import IMAGE_CACHE, spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder
-from tests.faults.support import HAS_QEMU, IMAGE_CACHE, hypervisors, remove_home, short_home
+from tests.faults.support import HAS_QEMU, hypervisors, remove_home, short_home
 
 BASE = 0.05  # the policy's doubling, on a faster clock
 
@@ -43,7 +44,7 @@ async def test_crash_loop_backs_off_then_fails(engine: Engine, dies: str,
         script.fail_boot = "guest kernel panicked"
     try:
         async with Supervisor(engine, driver, FakeBootFiles(),
-                              accel_for=fixed_accel).running() as sup:
+                              accel_for=fixed_accel).running(recover=recover_machines) as sup:
             with contextlib.suppress(BoxuiError):
                 await sup.start_machine("loop")
             async with asyncio.timeout(10):
@@ -99,7 +100,7 @@ async def test_real_guest_that_panics_at_once(monkeypatch: pytest.MonkeyPatch,
                                              kernel=str(kernel), initrd=str(junk)))
             sup = Supervisor(engine, QemuDriver(), DefaultBootFiles(engine.dirs.images),
                              boot_timeout=60)
-            async with sup.running():
+            async with sup.running(recover=recover_machines):
                 with contextlib.suppress(BoxuiError):
                     await sup.start_machine("loop")
                 async with asyncio.timeout(120):

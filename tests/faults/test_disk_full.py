@@ -18,6 +18,7 @@ from backend.errors import StorageError
 from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState
 from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.supervisor import Supervisor
 from tests.conftest import BOXUI, cli_env, spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
@@ -90,7 +91,7 @@ async def running(engine: Engine) -> AsyncIterator[Supervisor]:
     await engine.create_machine(spec("keep"))
     sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=fixed_accel)
     try:
-        async with sup.running():
+        async with sup.running(recover=recover_machines):
             yield sup
     finally:
         driver.kill_all()

@@ -23,6 +23,7 @@ import pytest
 from backend.state.engine import Engine
 from backend.state.event_bus import Missed, Subscription
 from backend.state.event_log import read_log
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
@@ -85,7 +86,7 @@ async def test_load_keeps_memory_flat_and_loses_no_event(home: Path,
             await engine.create_machine(spec(name, memory_mib=64))
         sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=fixed_accel)
         sup.health.interval = 1.0
-        async with sup.running(sample_health=True):
+        async with sup.running(recover=recover_machines, sample_health=True):
             for batch in range(0, MACHINES, 20):
                 await asyncio.gather(*(sup.start_machine(n) for n in names[batch:batch + 20]))
             logged_before = len(read_log(engine.dirs.event_log).events)

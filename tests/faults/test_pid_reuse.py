@@ -20,6 +20,7 @@ from backend.drivers.qemu.driver import PIDFILE, QemuDriver
 from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState, Verb
 from backend.state.runtime_record import RuntimeRecord
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.supervisor import Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, fixed_accel
@@ -90,7 +91,7 @@ async def test_reused_pid_is_not_adopted_nor_signalled(
     engine = await Engine.open(home)
     try:
         sup = Supervisor(engine, QemuDriver(), FakeBootFiles(), accel_for=fixed_accel)
-        async with sup.running():
+        async with sup.running(recover=recover_machines):
             assert "vm" not in sup.handles
             assert engine.projection.state_of("vm") is InstanceState.CRASHED
             reason = engine.machine("vm").reason or ""

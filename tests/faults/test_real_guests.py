@@ -73,7 +73,7 @@ async def boot_guests(home: Path) -> None:
     engine = await Engine.open(home)
     try:
         sup = Supervisor(engine, QemuDriver(), DefaultBootFiles(engine.dirs.images))
-        async with sup.running():
+        async with sup.running(recover=recover_machines):
             for name in GUESTS:
                 policy = "on-failure" if name == "g1" else "never"
                 await engine.create_machine(MachineSpec(name=name, memory_mib=int(MEMORY),
@@ -173,7 +173,7 @@ async def test_starts_racing_recovery_make_one_qemu(home: Path, fault: FaultReco
     engine = await Engine.open(home)
     try:
         sup = Supervisor(engine, QemuDriver(), DefaultBootFiles(engine.dirs.images))
-        async with sup.running(recover=False):
+        async with sup.running(recover=None):
             await asyncio.gather(recover_machines(sup),
                                  *(sup.start_machine("g1") for _ in range(20)),
                                  *(sup.start_machine("g2") for _ in range(20)))
@@ -230,7 +230,7 @@ async def recover_and_check(home: Path) -> tuple[dict[str, str], list[str]]:
     problems: list[str] = []
     try:
         sup = Supervisor(engine, QemuDriver(), DefaultBootFiles(engine.dirs.images))
-        async with sup.running():
+        async with sup.running(recover=recover_machines):
             async with asyncio.timeout(60):
                 while any(engine.projection.state_of(n) is InstanceState.BOOTING
                           for n in engine.projection.names()):

@@ -25,6 +25,7 @@ from backend.services.service_spec import ServiceSpec
 from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState
 from backend.state.state_dir import open_state_dir
+from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.supervisor import Supervisor
 from tests.conftest import REPO
@@ -138,7 +139,7 @@ async def supervising(home: Path) -> AsyncIterator[tuple[Engine, ServiceManager]
     engine = await Engine.open(home)
     try:
         sup = Supervisor(engine, FakeDriver(), FakeBootFiles(), accel_for=fixed_accel)
-        async with sup.running():
+        async with sup.running(recover=recover_machines):
             services = ServiceManager(sup, MachineExec(engine))
             await services.start()
             yield engine, services

@@ -94,7 +94,7 @@ async def test_start_of_an_edited_machine_is_refused_before_anything_runs(
     driver.capabilities = lambda: QEMU_LIKE  # type: ignore[method-assign]
     sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=lambda _r: TCG)
     try:
-        async with sup.running(recover=False):
+        async with sup.running(recover=None):
             with pytest.raises(SnapshotMismatchError, match="memory_mib 512 requested"):
                 await sup.start_machine("vm")
     finally:
@@ -110,7 +110,7 @@ async def test_image_template_machine_cold_boots_through_the_fake_driver(
     driver = FakeDriver()
     sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=lambda _r: TCG)
     try:
-        async with sup.running(recover=False):
+        async with sup.running(recover=None):
             await sup.start_machine("vm")
             assert engine.machine("vm").state is InstanceState.READY
             await sup.stop_machine("vm", force=True)

@@ -21,7 +21,7 @@ async def test_service_instances_restore_the_template_snapshot(engine: Engine) -
     driver = SnapshotDriver()
     sup = Supervisor(engine, driver, FakeBootFiles(), accel_for=lambda _r: TCG)
     try:
-        async with sup.running(recover=False):
+        async with sup.running(recover=None):
             manager = ServiceManager(sup, MachineExec(engine))
             await manager.start()
             with pytest.raises(SnapshotMismatchError, match="memory_mib 256 requested"):
