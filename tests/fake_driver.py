@@ -20,6 +20,7 @@ from backend.drivers.base import (
 )
 from backend.drivers.qemu.accel import AccelChoice
 from backend.drivers.standin import GuestPlan, StandInDriver
+from backend.state.accelerator import AccelRequest
 from backend.state.machine_spec import MachineSpec
 from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
 
@@ -79,5 +80,5 @@ class FakeBootFiles(BootFilesProvider):
         return BootFiles(Path("/fake/vmlinuz"), Path("/fake/initrd"), "")
 
 
-def fixed_accel(requested: str) -> AccelChoice:
+def fixed_accel(requested: AccelRequest) -> AccelChoice:
     return AccelChoice(accel="tcg", reason="fixed for tests")

@@ -17,3 +17,8 @@ Accel = Literal["kvm", "tcg", "demo"]
 AccelRequest = Literal["auto", "kvm", "tcg"]
 
 ACCEL_REQUESTS: tuple[AccelRequest, ...] = get_args(AccelRequest)
+
+#: What a template revision records it was built under: a snapshot's accelerator, or
+#: "" for an image build, which boots nothing (the empty string keeps cache keys and
+#: `revision.json` as they were).
+BuildAccel = Accel | Literal[""]

@@ -23,6 +23,7 @@ from typing import Any
 from backend.drivers.base import ExitInfo, HypervisorDriver, VmHandle
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
+from backend.state.accelerator import AccelRequest
 from backend.state.engine import Engine
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
@@ -64,7 +65,7 @@ class Supervisor:
         driver: HypervisorDriver,
         boot_files: BootFilesProvider,
         *,
-        accel_for: Callable[[str], AccelChoice] | None = None,
+        accel_for: Callable[[AccelRequest], AccelChoice] | None = None,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
@@ -482,8 +483,8 @@ class Supervisor:
         return tuple(pairs)
 
 
-def _detect_accel(requested: str) -> AccelChoice:
-    return resolve_accel(requested)  # type: ignore[arg-type]
+def _detect_accel(requested: AccelRequest) -> AccelChoice:
+    return resolve_accel(requested)
 
 
 def _remove_tree(path: object) -> None:

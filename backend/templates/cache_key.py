@@ -16,6 +16,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from backend.state.accelerator import BuildAccel
+
 #: Bump when a build of the same inputs would produce something different.
 TEMPLATE_BUILDER_VERSION = "boxui-template/4"  # 3: RAM in its own file; 4: clock, hostname
 
@@ -33,7 +35,7 @@ class BuildInputs:
     #: "snapshot" or "image": a snapshot build produces more than an image build
     kind: str
     #: the accelerator a snapshot is taken under ("" for an image build)
-    accel: str
+    accel: BuildAccel
 
 
 def cache_key(inputs: BuildInputs) -> str:

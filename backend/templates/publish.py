@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.errors import SpecError
+from backend.state.accelerator import Accel
 from backend.state.atomic_write import atomic_write_text, fsync_dir, fsync_tree
 from backend.state.state_dir import StateDir
 from backend.templates.cache_key import BuildInputs, cache_key, revision_id
@@ -75,7 +76,7 @@ class BuildResult:
 
 
 def plan_jobs(config: TemplateConfig, image_hash: str, kind: TemplateKind,
-              accel: str, staging: Path) -> list[VariantJob]:
+              accel: Accel, staging: Path) -> list[VariantJob]:
     jobs = []
     for variant in config.variants:
         name, profile = config.variant_name(variant), config.variant_profile(variant)
@@ -97,7 +98,7 @@ async def build_template(
     *,
     image_hash: str,
     kind: TemplateKind,
-    accel: str,
+    accel: Accel,
     producer: Producer,
     progress: ProgressFn | None = None,
 ) -> BuildResult:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backend.errors import SpecError
+from backend.state.accelerator import BuildAccel
 from backend.state.atomic_write import atomic_write_text
 from backend.state.events import now_utc
 from backend.state.validation_text import describe_validation_error
@@ -40,7 +41,7 @@ class SnapshotInfo(BaseModel):
     boot_args: str
     vcpus: int = Field(ge=1)
     memory_mib: int = Field(ge=64)
-    accel: str
+    accel: BuildAccel
     #: the guest's name and boot id as baked into its memory (hostname, console marker)
     guest_name: str
     boot_id: str

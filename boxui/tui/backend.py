@@ -19,6 +19,7 @@ from typing import Protocol
 from backend.drivers.base import HypervisorDriver
 from backend.drivers.qemu.accel import AccelChoice
 from backend.services.scale_models import ServiceView
+from backend.state.accelerator import AccelRequest
 from backend.state.event_bus import Subscription
 from backend.state.events import CloudEvent
 from backend.state.machine_spec import MachineSpec
@@ -35,7 +36,7 @@ class BackendOptions:
     home: Path | None = None
     driver_factory: Callable[[], HypervisorDriver] | None = None
     boot_files_factory: Callable[[Path], BootFilesProvider] | None = None
-    accel_for: Callable[[str], AccelChoice] | None = None
+    accel_for: Callable[[AccelRequest], AccelChoice] | None = None
     sample_health: bool = True
     health_interval: float = 1.0
     #: serve the control API while the app runs, so the CLI (and scripts) act through it

@@ -30,6 +30,7 @@ from typing import Final
 from backend.drivers.qemu.accel import AccelChoice
 from backend.drivers.standin import GuestPlan, StandInDriver
 from backend.errors import BoxuiError, StateDirError
+from backend.state.accelerator import AccelRequest
 from backend.state.lifecycle import InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
 from backend.state.state_dir import StateDir, default_home, open_state_dir
@@ -68,7 +69,7 @@ class DemoBootFiles(BootFilesProvider):
         return BootFiles(Path("/demo/vmlinuz"), Path("/demo/initrd"), "boxui-demo")
 
 
-def demo_accel(requested: str) -> AccelChoice:
+def demo_accel(requested: AccelRequest) -> AccelChoice:
     """Say "demo" rather than claim KVM or TCG: no accelerator is involved."""
     return AccelChoice(accel=DEMO_ACCEL, reason="demo machines are stand-in processes, not VMs")
 

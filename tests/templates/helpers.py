@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from backend.drivers.base import DriverCapabilities
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.drivers.qemu.cmdline import kernel_cmdline_for
+from backend.state.accelerator import Accel
 from backend.state.state_dir import StateDir
 from backend.templates.layout import TemplateDir
 from backend.templates.restore_plan import KEY_FILES
@@ -35,7 +36,7 @@ class SnapshotDriver(FakeDriver):
         return QEMU_LIKE
 
 
-def snapshot_info(vcpus: int = 1, memory_mib: int = 256, accel: str = "tcg",
+def snapshot_info(vcpus: int = 1, memory_mib: int = 256, accel: Accel = "tcg",
                   tsc_khz: int | None = None, cmdline: str = "") -> SnapshotInfo:
     return SnapshotInfo(
         created_at=datetime(2026, 11, 22, tzinfo=UTC), vmstate_size_bytes=90 << 20,

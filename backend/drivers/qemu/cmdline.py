@@ -91,7 +91,7 @@ def kernel_append(config: QemuConfig) -> str:
                               config.append)
 
 
-def kernel_cmdline_for(name: str, boot_id: str, accel: str, tsc_khz: int | None,
+def kernel_cmdline_for(name: str, boot_id: str, accel: Accel, tsc_khz: int | None,
                        append: str) -> str:
     parts = [
         "console=ttyS0",
