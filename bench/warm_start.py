@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -81,71 +82,101 @@ def memory_of(sup: Supervisor, names: list[str]) -> tuple[float, float]:
     return rss / 2**20, pss / 2**20
 
 
+@dataclass
+class Figures:
+    accel: str
+    revision: str
+    build_seconds: float
+    cold: float
+    warm: float
+    warm_reseed: float
+    clone_times: list[float]
+    clone_reseeds: list[float]
+    cold_times: list[float]
+    #: (RSS, PSS) in MiB of the clones together, and of as many cold-booted machines
+    warm_memory: tuple[float, float]
+    cold_memory: tuple[float, float]
+
+
 async def run(args: argparse.Namespace, home: Path) -> None:
     engine = await Engine.open(home)
     (home / "images").symlink_to(args.cache)  # share the built image, not rebuild it
-    accel = resolve_accel("auto")
     driver = QemuDriver()
     sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images))
-    source = home / "bench.toml"
-    source.write_text(f'template_id = "bench"\n[[variants]]\nrole = "worker"\nvcpus = 1\n'
-                      f"memory_mib = {args.memory}\n")
     try:
         async with sup.running(recover=None):
-            started = time.perf_counter()
-            built, _ = await build_from_source(engine.dirs, str(source), snapshot=True,
-                                               driver=driver, accel=accel)
-            build_seconds = time.perf_counter() - started
-            time_reseeds()
-            cold = await start_timed(sup, MachineSpec(name="cold", memory_mib=args.memory))
-            await sup.stop_machine("cold", force=True)
-            warm = await start_timed(sup, spec_from_template(engine.dirs, "warm", "bench"))
-            warm_reseed = RESEED_SECONDS[-1]
-            await sup.stop_machine("warm", force=True)
-
-            clones = [f"clone{i}" for i in range(1, args.clones + 1)]
-            clone_times, clone_reseeds = [], []
-            for name in clones:
-                clone_times.append(await start_timed(
-                    sup, spec_from_template(engine.dirs, name, "bench")))
-                clone_reseeds.append(RESEED_SECONDS[-1])
-            warm_rss, warm_pss = memory_of(sup, clones)
-            for name in clones:
-                await sup.stop_machine(name, force=True)
-
-            colds = [f"cold{i}" for i in range(1, args.clones + 1)]
-            cold_times = [await start_timed(sup, MachineSpec(name=n, memory_mib=args.memory))
-                          for n in colds]
-            cold_rss, cold_pss = memory_of(sup, colds)
-            for name in colds:
-                await sup.stop_machine(name, force=True)
+            figures = await measure(args, sup, driver)
     finally:
         await engine.close()
+    report(args, figures)
 
+
+async def measure(args: argparse.Namespace, sup: Supervisor, driver: QemuDriver) -> Figures:
+    """Build the template, then time one cold boot, one restore, the clones one after
+    another, and as many cold boots for the memory comparison."""
+    dirs, accel = sup.engine.dirs, resolve_accel("auto")
+    source = dirs.root / "bench.toml"
+    source.write_text(f'template_id = "bench"\n[[variants]]\nrole = "worker"\nvcpus = 1\n'
+                      f"memory_mib = {args.memory}\n")
+    started = time.perf_counter()
+    built, _ = await build_from_source(dirs, str(source), snapshot=True, driver=driver,
+                                       accel=accel)
+    build_seconds = time.perf_counter() - started
+    time_reseeds()
+    cold = await start_timed(sup, MachineSpec(name="cold", memory_mib=args.memory))
+    await sup.stop_machine("cold", force=True)
+    warm = await start_timed(sup, spec_from_template(dirs, "warm", "bench"))
+    warm_reseed = RESEED_SECONDS[-1]
+    await sup.stop_machine("warm", force=True)
+
+    clones = [f"clone{i}" for i in range(1, args.clones + 1)]
+    clone_times, clone_reseeds = [], []
+    for name in clones:
+        clone_times.append(await start_timed(sup, spec_from_template(dirs, name, "bench")))
+        clone_reseeds.append(RESEED_SECONDS[-1])
+    warm_memory = await stop_all(sup, clones)
+    colds = [f"cold{i}" for i in range(1, args.clones + 1)]
+    cold_times = [await start_timed(sup, MachineSpec(name=n, memory_mib=args.memory))
+                  for n in colds]
+    cold_memory = await stop_all(sup, colds)
+    return Figures(accel.accel, built.revision, build_seconds, cold, warm, warm_reseed,
+                   clone_times, clone_reseeds, cold_times, warm_memory, cold_memory)
+
+
+async def stop_all(sup: Supervisor, names: list[str]) -> tuple[float, float]:
+    """The machines' memory together (RSS, PSS in MiB), then stop them."""
+    memory = memory_of(sup, names)
+    for name in names:
+        await sup.stop_machine(name, force=True)
+    return memory
+
+
+def report(args: argparse.Namespace, f: Figures) -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    ratio = warm / cold
-    print(f"warm start: template bench:worker (1 vCPU, {args.memory} MiB), accel {accel.accel},"
-          f" revision {built.revision}; host load average {load}")
-    print(f"(template build, one cold boot + save, outside the timings: {build_seconds:.1f} s)")
+    ratio = f.warm / f.cold
+    print(f"warm start: template bench:worker (1 vCPU, {args.memory} MiB), accel {f.accel},"
+          f" revision {f.revision}; host load average {load}")
+    print(f"(template build, one cold boot + save, outside the timings: {f.build_seconds:.1f} s)")
     print()
     print(f"{'to ready':<34}{'seconds':>8}")
-    print(f"{'cold boot':<34}{cold:>8.2f}")
-    print(f"{'snapshot restore':<34}{warm:>8.2f}   "
-          f"(of which the agent: RNG, clock, name: {warm_reseed:.3f})")
+    print(f"{'cold boot':<34}{f.cold:>8.2f}")
+    print(f"{'snapshot restore':<34}{f.warm:>8.2f}   "
+          f"(of which the agent: RNG, clock, name: {f.warm_reseed:.3f})")
     print(f"{'ratio restore / cold':<34}{ratio:>8.3f}   target <= 0.10: "
           f"{'OK' if ratio <= 0.10 else 'MISSED'}")
-    print(f"{'restore under 1 s':<34}{'yes' if warm < 1 else 'no':>8}")
+    print(f"{'restore under 1 s':<34}{'yes' if f.warm < 1 else 'no':>8}")
     print()
     print(f"{args.clones} restored from one snapshot, one after another")
     print(f"{'#':>4}{'to ready':>10}{'re-seed':>10}")
-    for i, (total, reseed) in enumerate(zip(clone_times, clone_reseeds, strict=True), 1):
+    for i, (total, reseed) in enumerate(zip(f.clone_times, f.clone_reseeds, strict=True), 1):
         print(f"{i:>4}{total:>9.2f}s{reseed:>9.2f}s")
-    print(f"{'med':>4}{statistics.median(clone_times):>9.2f}s"
-          f"{statistics.median(clone_reseeds):>9.2f}s   max {max(clone_times):.2f}s, "
-          f"{sum(t < 1 for t in clone_times)}/{args.clones} under 1 s")
+    print(f"{'med':>4}{statistics.median(f.clone_times):>9.2f}s"
+          f"{statistics.median(f.clone_reseeds):>9.2f}s   max {max(f.clone_times):.2f}s, "
+          f"{sum(t < 1 for t in f.clone_times)}/{args.clones} under 1 s")
     print(f"(the {args.clones} cold boots for the memory comparison: median "
-          f"{statistics.median(cold_times):.2f}s)")
+          f"{statistics.median(f.cold_times):.2f}s)")
     print()
+    (warm_rss, warm_pss), (cold_rss, cold_pss) = f.warm_memory, f.cold_memory
     print(f"memory of {args.clones} machines together{'RSS':>12}{'PSS':>12}")
     print(f"{'restored from one snapshot':<34}{warm_rss:>8.0f} MiB{warm_pss:>8.0f} MiB")
     print(f"{'cold-booted':<34}{cold_rss:>8.0f} MiB{cold_pss:>8.0f} MiB")
