@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from backend.drivers.base import (
@@ -76,7 +77,10 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelChoice,
-                      boot_timeout: float = BUILD_BOOT_TIMEOUT) -> Producer:
+                      boot_timeout: float = BUILD_BOOT_TIMEOUT,
+                      avoid_ports: Callable[[], set[int]] = set) -> Producer:
+    """`avoid_ports`: the ports a supervisor's machines hold (or are about to bind)."""
+
     async def produce(job: VariantJob) -> VariantArtifacts:
         directory, variant = job.directory, job.variant
         kernel = directory / image.kernel.name
@@ -100,7 +104,9 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
         handle: VmHandle | None = None
         started = time.monotonic()
         try:
-            handle = await start_on_free_port(driver, launch_on, pick_free_port())
+            handle = await start_on_free_port(driver, launch_on,
+                                              pick_free_port(avoid_ports()),
+                                              avoid=avoid_ports)
             await driver.wait_ready(handle, boot_timeout)
             booted = time.monotonic() - started
             await stage_agent(handle.ssh_port, keys, directory)  # saved with the guest
