@@ -45,6 +45,7 @@ from backend.supervision.restore_agent import AGENT_SOCKET, stage_agent
 from backend.templates.errors import TemplateError
 from backend.templates.publish import Producer, VariantJob
 from backend.templates.revision import SnapshotInfo, VariantArtifacts
+from backend.templates.revision_store import kill_build_vms
 
 SNAPSHOT_FILE = "snapshot.bin"
 RAM_FILE = "ram.bin"
@@ -117,6 +118,9 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
             if handle is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(_discard(driver, handle))
+            else:  # cut short inside `start` (Ctrl-C): a daemonized QEMU may run unknown
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(asyncio.to_thread(kill_build_vms, directory))
             shutil.rmtree(run_dir, ignore_errors=True)
         info = _snapshot_info(job, accel, boot_id, booted, saved)
         return _artifacts(job, kernel=kernel.name, initrd=initrd.name,
