@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from backend.api import event_routes, machine_routes, service_routes
+from backend.api import event_routes, machine_routes, service_routes, template_routes
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES, install_error_handlers
 from backend.api.models import HealthReport
@@ -78,6 +78,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.include_router(machine_routes.router)
     app.include_router(service_routes.router)
     app.include_router(event_routes.router)
+    app.include_router(template_routes.router)
     app.include_router(misc)
     return app
 

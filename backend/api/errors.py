@@ -23,6 +23,7 @@ log = logging.getLogger("boxui.api")
 STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "no_such_endpoint": 404,
+    "template_not_found": 404,
     "method_not_allowed": 405,
     "exists": 409,
     "busy": 409,

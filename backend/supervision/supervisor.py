@@ -172,6 +172,11 @@ class Supervisor:
         return plan_restore(self.engine.dirs, spec, self._accel_for(spec.accel),
                             self.driver.capabilities())
 
+    def accel(self, requested: str = "auto") -> AccelChoice:
+        """The accelerator a machine asking for `requested` gets here; a template build
+        under this supervisor boots with it too, so its snapshots restore here."""
+        return self._accel_for(requested)
+
     async def _boot(self, spec: MachineSpec, progress: ProgressFn | None) -> None:
         name = spec.name
         boot = await self._plan_boot(spec)

@@ -1,5 +1,9 @@
 """`boxui template build FILE|ID`: read the spec, get the base image, pick the kind by
-what the driver can do, and run the build (see `build`)."""
+what the driver can do, and run the build (see `build`).
+
+The daemon builds from a template's text (the client read the file, which the daemon
+may not see from where it runs); the CLI's own path builds from a file or an id. Both
+end in `build_from_text`, so they build the same thing."""
 
 from __future__ import annotations
 
@@ -29,6 +33,13 @@ def locate_source(dirs: StateDir, source: str) -> Path:
     raise TemplateNotFoundError(f"{source}: no such file, and no template with that id")
 
 
+def read_source(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"{path}: cannot read: {exc}") from None
+
+
 async def build_from_source(
     dirs: StateDir,
     source: str,
@@ -40,10 +51,23 @@ async def build_from_source(
 ) -> tuple[BuildResult, list[str]]:
     """Build; return the result and notes for the user (e.g. snapshot not possible)."""
     path = locate_source(dirs, source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateError(f"{path}: cannot read: {exc}") from None
+    return await build_from_text(dirs, read_source(path), path, snapshot=snapshot,
+                                 driver=driver, accel=accel, progress=progress)
+
+
+async def build_from_text(
+    dirs: StateDir,
+    text: str,
+    path: Path,
+    *,
+    snapshot: bool,
+    driver: HypervisorDriver,
+    accel: AccelChoice,
+    progress: Callable[[str], None] | None = None,
+    avoid_ports: Callable[[], set[int]] = set,
+) -> tuple[BuildResult, list[str]]:
+    """`path` only names the text in messages. `avoid_ports`: host ports a supervisor
+    has given its machines, which a snapshot build's VMs must not pick."""
     config = parse_template(text, path)
     notes: list[str] = []
     say = progress or (lambda _m: None)
@@ -61,7 +85,8 @@ async def build_from_source(
     if snapshot and can_snapshot:
         result = await build_template(
             dirs, config, text, image_hash=image.content_hash, kind="snapshot",
-            accel=accel.accel, producer=snapshot_producer(driver, image, accel),
+            accel=accel.accel,
+            producer=snapshot_producer(driver, image, accel, avoid_ports=avoid_ports),
             progress=progress)
     else:
         result = await build_template(

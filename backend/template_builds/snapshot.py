@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from backend.drivers.base import (
@@ -44,6 +45,7 @@ from backend.supervision.restore_agent import AGENT_SOCKET, stage_agent
 from backend.templates.errors import TemplateError
 from backend.templates.publish import Producer, VariantJob
 from backend.templates.revision import SnapshotInfo, VariantArtifacts
+from backend.templates.revision_store import kill_build_vms
 
 SNAPSHOT_FILE = "snapshot.bin"
 RAM_FILE = "ram.bin"
@@ -76,7 +78,10 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelChoice,
-                      boot_timeout: float = BUILD_BOOT_TIMEOUT) -> Producer:
+                      boot_timeout: float = BUILD_BOOT_TIMEOUT,
+                      avoid_ports: Callable[[], set[int]] = set) -> Producer:
+    """`avoid_ports`: the ports a supervisor's machines hold (or are about to bind)."""
+
     async def produce(job: VariantJob) -> VariantArtifacts:
         directory, variant = job.directory, job.variant
         kernel = directory / image.kernel.name
@@ -100,7 +105,9 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
         handle: VmHandle | None = None
         started = time.monotonic()
         try:
-            handle = await start_on_free_port(driver, launch_on, pick_free_port())
+            handle = await start_on_free_port(driver, launch_on,
+                                              pick_free_port(avoid_ports()),
+                                              avoid=avoid_ports)
             await driver.wait_ready(handle, boot_timeout)
             booted = time.monotonic() - started
             await stage_agent(handle.ssh_port, keys, directory)  # saved with the guest
@@ -111,6 +118,9 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
             if handle is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(_discard(driver, handle))
+            else:  # cut short inside `start` (Ctrl-C): a daemonized QEMU may run unknown
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(asyncio.to_thread(kill_build_vms, directory))
             shutil.rmtree(run_dir, ignore_errors=True)
         info = _snapshot_info(job, accel, boot_id, booted, saved)
         return _artifacts(job, kernel=kernel.name, initrd=initrd.name,

@@ -68,7 +68,7 @@ def switch_current(tdir: TemplateDir, revision: str) -> None:
     fsync_dir(tdir.root)
 
 
-def _kill_build_vms(build_dir: Path) -> None:
+def kill_build_vms(build_dir: Path) -> None:
     """A build killed with SIGKILL leaves its (daemonized) build VM running; it is the
     only process whose command line names a file in the build dir."""
     for proc in psutil.process_iter(["cmdline"]):
@@ -85,7 +85,7 @@ def remove_leftovers(tdir: TemplateDir) -> list[Path]:
             for entry in parent.iterdir():
                 if entry.name.startswith(prefix):
                     if entry.is_dir() and not entry.is_symlink():
-                        _kill_build_vms(entry)
+                        kill_build_vms(entry)
                         shutil.rmtree(entry, ignore_errors=True)
                     else:
                         entry.unlink(missing_ok=True)

@@ -1,13 +1,20 @@
 """`boxui template build|ls|revisions|rm`: templates to create machines from.
 
+A build boots VMs, which the state dir's one supervisor must own: with a daemon running
+it runs there (`boxui.daemon.template_build`), else here under the state dir's lock
+(`dispatch.act`); the output is the same either way. `ls`, `revisions` and `rm` touch no
+machine and read or write the template store directly (`rm` still refuses while
+machines were made from the template).
+
 Template stores, the QEMU driver, builders and asyncio are imported inside the commands:
 every `boxui` invocation imports this module, and `boxui ls` must not pay for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +22,8 @@ from backend.errors import BoxuiError
 
 if TYPE_CHECKING:
     from backend.state.state_dir import StateDir
+    from backend.supervision.supervisor import Supervisor
+    from boxui.daemon.client import DaemonClient
 
 
 def _dirs() -> StateDir:
@@ -56,33 +65,51 @@ def template_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def build_cmd(source: str, snapshot: bool, as_json: bool) -> None:
     """Build a revision of a template (a cache hit if nothing changed)."""
-    import asyncio
-
-    from backend.drivers.qemu.accel import resolve_accel
-    from backend.drivers.qemu.driver import QemuDriver
-    from backend.template_builds.from_source import build_from_source
-    from boxui.cli.output import emit_json
+    from boxui.cli.dispatch import act
 
     def say(message: str) -> None:
         click.echo(f"template: {message}", err=True)
 
-    result, notes = asyncio.run(build_from_source(
-        _dirs(), source, snapshot=snapshot, driver=QemuDriver(),
-        accel=resolve_accel("auto"), progress=say))
-    for note in notes:
+    def remote(client: DaemonClient) -> dict[str, Any]:
+        from boxui.daemon.template_build import build_via_api
+
+        return build_via_api(client, source, snapshot=snapshot, progress=say)
+
+    result = act(lambda sup: build_here(sup, source, snapshot=snapshot, progress=say), remote)
+    for note in result.get("notes", []):
         say(note)
+    _show_build(result, as_json)
+
+
+async def build_here(supervisor: Supervisor, source: str, *, snapshot: bool,
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """The build in this process, under its own supervisor (no daemon runs)."""
+    from backend.template_builds.from_source import build_from_source
+
+    result, notes = await build_from_source(
+        supervisor.engine.dirs, source, snapshot=snapshot, driver=supervisor.driver,
+        accel=supervisor.accel(), progress=progress)
+    return result.as_json() | {"notes": notes}
+
+
+def _show_build(result: dict[str, Any], as_json: bool) -> None:
+    """The same whichever process built: `result` is what the API's result line holds."""
     if as_json:
-        emit_json(result.as_json() | {"notes": notes})
+        from boxui.cli.output import emit_json
+
+        emit_json(result)
         return
-    was = "" if result.previous == result.revision else \
-        f" (was {result.previous})" if result.previous else " (its first revision)"
-    if result.cache_hit:
-        click.echo(f"{result.template_id}: cache hit: revision {result.revision} was already "
-                   f"built from the same inputs; current -> {result.revision}{was}")
+    template_id, revision, previous = result["template_id"], result["revision"], \
+        result["previous"]
+    was = "" if previous == revision else \
+        f" (was {previous})" if previous else " (its first revision)"
+    if result["cache_hit"]:
+        click.echo(f"{template_id}: cache hit: revision {revision} was already "
+                   f"built from the same inputs; current -> {revision}{was}")
     else:
-        click.echo(f"{result.template_id}: built revision {result.revision} ({result.kind}); "
-                   f"current -> {result.revision}{was}")
-    for role, key in sorted(result.keys.items()):
+        click.echo(f"{template_id}: built revision {revision} ({result['kind']}); "
+                   f"current -> {revision}{was}")
+    for role, key in sorted(result["cache_keys"].items()):
         click.echo(f"  {role}: cache key {key}")
 
 

@@ -89,6 +89,18 @@ CASES: dict[tuple[str, str], list[Request]] = {
         ({}, {}, {**SERVICE, "template": "../x"}),
         ({}, {}, {**SERVICE, "drain_timeout": -1}), ({}, {}, {"replicas": 1}),
     ],
+    ("POST", "/v1/templates/builds"): [
+        *(({}, {}, {"template_id": n}) for n in [*BAD_NAMES, "", ".", "no-such"]),
+        *(({}, {}, {"text": t, "file_name": "t.toml"}) for t in [
+            "", "template_id = [", 'template_id = "../x"\n[[variants]]\nrole = "w"\n',
+            'template_id = "t"\n', 'template_id = "t"\n[[variants]]\nrole = "w"\nx = 1\n',
+            'schema_version = 9\ntemplate_id = "t"\n[[variants]]\nrole = "w"\n',
+            "\0\n" * 3]),
+        ({}, {}, {"text": 'template_id = "t"\n', "file_name": "a\nb"}),
+        ({}, {}, {"template_id": "t", "text": ""}), ({}, {}, {"snapshot": True}),
+        ({}, {}, {"template_id": "t", "snapshot": "x"}), ({}, {}, {"template_id": 1}),
+        ({}, {}, "not json"), ({}, {}, ["t"]),
+    ],
     ("DELETE", "/v1/services/{name}"): _name_cases(),
     ("GET", "/v1/services/{name}"): _name_cases(),
 }

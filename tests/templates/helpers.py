@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 
@@ -75,3 +76,17 @@ def fabricate(dirs: StateDir, template_id: str = "web", role: str = "worker", *,
     write_revision(tdir.revision_dir(revision), record)
     switch_current(tdir, revision)
     return record
+
+
+def fake_base_image(dirs: StateDir, content_hash: str = "ab" * 32) -> None:
+    """A cached base guest image (files that boot nothing), made current: an image
+    template builds on it without building a real one (apt, minutes)."""
+    directory = dirs.images / content_hash
+    directory.mkdir(parents=True)
+    (directory / "vmlinux").write_bytes(b"k")
+    (directory / "initrd.img").write_bytes(b"i")
+    (directory / "manifest.json").write_text(json.dumps({
+        "content_hash": content_hash, "builder_version": "test",
+        "kernel_version": "6.1.0-99-amd64", "kernel_file": "vmlinux", "packages": {},
+        "created_at": 0.0}))
+    (dirs.images / "current.json").write_text(json.dumps({"content_hash": content_hash}))

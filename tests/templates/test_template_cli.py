@@ -5,10 +5,22 @@ import subprocess
 from pathlib import Path
 
 from backend.state.state_dir import StateDir
+from backend.templates.layout import TemplateDir, templates_root
 from backend.templates.machine_from_template import spec_from_template
-from backend.templates.revision_store import summaries
+from backend.templates.revision_store import current_revision, summaries
 from tests.conftest import BOXUI, cli_env
-from tests.templates.helpers import REVISION, fabricate, host_snapshot_info, snapshot_info
+from tests.daemon_helpers import daemon_running
+from tests.templates.helpers import (
+    REVISION,
+    fabricate,
+    fake_base_image,
+    host_snapshot_info,
+    snapshot_info,
+)
+
+FUTURE = 'schema_version = 9\ntemplate_id = "web"\n[[variants]]\nrole = "w"\n'
+FUTURE_ERROR = ("key 'schema_version': value error, schema_version 9 is newer than this "
+                "boxui understands (1); upgrade boxui")
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -48,11 +60,41 @@ def test_rm_refuses_while_machines_use_it(home: Path, dirs: StateDir) -> None:
 
 def test_build_refuses_future_schema_with_one_line(home: Path, tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
-    path.write_text('schema_version = 9\ntemplate_id = "web"\n[[variants]]\nrole = "w"\n')
+    path.write_text(FUTURE)
     out = run(home, "template", "build", str(path))
     assert out.returncode == 1
-    assert out.stderr.strip() == (f"boxui: {path}: key 'schema_version': value error, "
-                                  "schema_version 9 is newer than this boxui understands (1); "
-                                  "upgrade boxui")
+    assert out.stderr.strip() == f"boxui: {path}: {FUTURE_ERROR}"
     gone = run(home, "template", "build", "nothing-here")
     assert gone.returncode == 1 and "no such file, and no template with that id" in gone.stderr
+
+
+def test_build_goes_through_a_running_daemon(home: Path, dirs: StateDir,
+                                              tmp_path: Path) -> None:
+    """The daemon holds the state dir's lock, so only a build it runs can succeed."""
+    fake_base_image(dirs)
+    path = tmp_path / "web.toml"
+    path.write_text('template_id = "web"\n[[variants]]\nrole = "worker"\n')
+    (tmp_path / "future.toml").write_text(FUTURE)
+    with daemon_running(home):
+        built = run(home, "template", "build", str(path))
+        assert built.returncode == 0, built.stderr
+        revision = current_revision(TemplateDir.of(dirs, "web"))
+        assert built.stderr == "template: building web-worker (role worker, image)\n"
+        assert built.stdout.splitlines()[0] == (
+            f"web: built revision {revision} (image); current -> {revision} "
+            "(its first revision)")
+        again = run(home, "template", "build", "web", "--snapshot", "--json")
+        assert again.returncode == 0, again.stderr
+        note = ("the stand-in driver cannot save snapshots; built an image template "
+                "(machines cold-boot)")
+        assert again.stderr == f"template: {note}\n"
+        result = json.loads(again.stdout)
+        assert (result["revision"], result["cache_hit"], result["notes"]) == (
+            revision, True, [note])
+        future = run(home, "template", "build", str(tmp_path / "future.toml"))
+        assert (future.returncode, future.stderr) == (
+            1, f"boxui: {tmp_path / 'future.toml'}: {FUTURE_ERROR}\n")
+        missing = run(home, "template", "build", "nothing-here")
+        assert (missing.returncode, missing.stderr) == (
+            1, "boxui: no template with id 'nothing-here'\n")
+    assert sorted(p.name for p in templates_root(dirs).iterdir()) == ["web"]
