@@ -172,7 +172,7 @@ class Supervisor:
         return plan_restore(self.engine.dirs, spec, self._accel_for(spec.accel),
                             self.driver.capabilities())
 
-    def accel(self, requested: str = "auto") -> AccelChoice:
+    def accel(self, requested: AccelRequest = "auto") -> AccelChoice:
         """The accelerator a machine asking for `requested` gets here; a template build
         under this supervisor boots with it too, so its snapshots restore here."""
         return self._accel_for(requested)
