@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from starlette.types import Message
+
 from backend.api.idempotency import Idempotency
 from backend.state.engine import Engine
 from tests.api_helpers import Api
@@ -64,12 +66,12 @@ async def test_gets_carry_no_key_and_the_memory_is_bounded() -> None:
     idem = Idempotency(app, remembered=3)
 
     async def call(method: str, key: str) -> bytes:
-        sent: list[dict[str, object]] = []
+        sent: list[Message] = []
 
-        async def receive() -> dict[str, object]:
+        async def receive() -> Message:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        async def send(message: dict[str, object]) -> None:
+        async def send(message: Message) -> None:
             sent.append(message)
 
         scope = {"type": "http", "method": method, "path": "/x", "query_string": b"",

@@ -62,6 +62,7 @@ def daemon_group(ctx: click.Context, home: Path | None, background: bool,
         from boxui.daemon.spawn import daemon_log_path
 
         os.chdir("/")  # hold no directory busy for as long as it runs
+        os.umask(0o077)  # whatever its starter's umask, what it writes is private
         log_to_file(daemon_log_path(dirs))
     if idle_timeout is None:
         idle_timeout = DEFAULT_IDLE_TIMEOUT if background else 0.0
