@@ -24,10 +24,35 @@ IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = tmp_path / "home"
     monkeypatch.setenv("BOXUI_HOME", str(root))
-    return root
+    yield root
+    stop_background_daemons(root)
+
+
+def background_daemons(home: Path) -> list[psutil.Process]:
+    """The daemons the CLI started for `home` (their argv names it)."""
+    if not (home / "logs" / "daemon.log").exists():  # the spawner makes it first
+        return []
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "--background" in cmdline and str(home) in cmdline:
+            found.append(proc)
+    return found
+
+
+def stop_background_daemons(home: Path) -> None:
+    """SIGTERM (then SIGKILL) what the CLI started for `home`, so no test leaves one."""
+    procs = background_daemons(home)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 @pytest.fixture

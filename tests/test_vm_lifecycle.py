@@ -1,7 +1,8 @@
 """End to end with real QEMU guests under TCG, driven through the CLI as a user would.
 
-The supervisor is a real `boxui daemon` process that the test SIGKILLs; guests must
-survive it and be re-adopted (same QEMU pid) by the next one.
+The supervisor is a real `boxui daemon` process (the background one the CLI starts, then
+foreground ones) that the test SIGKILLs; guests must survive it and be re-adopted (same
+QEMU pid) by the next one.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
     created = boxui(vm_home, "create", "vm1", "--json")
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["state"] == "ready"
+    assert created.stderr.startswith("started boxui daemon, pid ")
     uname = boxui(vm_home, "exec", "vm1", "--", "uname", "-r")
     assert uname.returncode == 0 and uname.stdout.strip().endswith("-amd64")
     pid = info(vm_home, "vm1")["record"]["pid"]
     assert qemu_pids(vm_home) == [pid]
 
+    background = json.loads(boxui(vm_home, "daemon", "status", "--json").stdout)["pid"]
+    os.kill(background, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(background)], timeout=10)
+    assert psutil.pid_exists(pid), "the guest must outlive a killed supervisor"
     daemon = start_daemon(vm_home)
     daemon.send_signal(signal.SIGKILL)
     daemon.wait()
@@ -55,11 +61,14 @@ def test_boot_exec_supervisor_crash_readopt_stop(vm_home: Path) -> None:
               for line in boxui(vm_home, "events", "vm1", "--json").stdout.splitlines()]
     assert events[:4] == ["creating", "created", "booting", "ready"]
     assert events.count("adopted") == 3 and events[-2:] == ["stopping", "stopped"]
+    assert boxui(vm_home, "daemon", "stop").returncode == 0
 
 
 def test_qemu_killed_while_no_supervisor_is_crashed(vm_home: Path) -> None:
     assert boxui(vm_home, "create", "vm2", "--memory", "128").returncode == 0
     pid = info(vm_home, "vm2")["record"]["pid"]
+    assert boxui(vm_home, "daemon", "stop").returncode == 0  # machines keep running
+    assert psutil.pid_exists(pid)
     os.kill(pid, signal.SIGKILL)
     psutil.wait_procs([psutil.Process(pid)], timeout=5)
     listed = json.loads(boxui(vm_home, "ls", "--json").stdout)
@@ -78,3 +87,4 @@ def test_qemu_killed_while_no_supervisor_is_crashed(vm_home: Path) -> None:
     assert info(vm_home, "vm2")["state"] == "ready"
     assert boxui(vm_home, "rm", "--force", "vm2").returncode == 0
     assert qemu_pids(vm_home) == []
+    assert boxui(vm_home, "daemon", "stop").returncode == 0

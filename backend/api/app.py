@@ -18,8 +18,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from backend.api import event_routes, machine_routes, service_routes, template_routes
+from backend.api.activity import CountRequests
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES, install_error_handlers
+from backend.api.idempotency import Idempotency
 from backend.api.models import HealthReport
 from backend.state.event_log import read_log
 from backend.state.events import CloudEvent
@@ -75,6 +77,8 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
                   "(mode 0600) in the state dir's run directory.")
     app.state.context = ctx
     install_error_handlers(app)
+    app.add_middleware(Idempotency)  # inside the count: a repeat waiting counts too
+    app.add_middleware(CountRequests)
     app.include_router(machine_routes.router)
     app.include_router(service_routes.router)
     app.include_router(event_routes.router)

@@ -22,6 +22,11 @@ class ApiContext:
     started: float = field(default_factory=time.monotonic)
     #: set when the server shuts down, so endless streams end at once
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: requests being answered now (an event stream counts until it ends): a daemon
+    #: that exits when idle must not leave while a client waits on it
+    open_requests: int = 0
+    #: set whenever a request starts or ends, for whoever waits for the API to go quiet
+    activity: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def engine(self) -> Engine:

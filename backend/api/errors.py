@@ -22,8 +22,8 @@ log = logging.getLogger("boxui.api")
 
 STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
-    "no_such_endpoint": 404,
     "template_not_found": 404,
+    "no_such_endpoint": 404,
     "method_not_allowed": 405,
     "exists": 409,
     "busy": 409,
@@ -31,6 +31,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_running": 409,
     "illegal_transition": 409,
     "at_capacity": 409,
+    "snapshot_mismatch": 409,
     "invalid_name": 422,
     "invalid_spec": 422,
     "invalid_request": 422,

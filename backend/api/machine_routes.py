@@ -55,6 +55,8 @@ async def get_machine(name: str, ctx: Ctx) -> LoadedMachine:
 @router.post("", status_code=201, summary="Create a machine (and boot it with start=true)")
 async def create_machine(spec: MachineSpec, ctx: Ctx,
                          start: Annotated[bool, Query()] = False) -> LoadedMachine:
+    # a snapshot that cannot serve this machine is refused before the machine exists
+    await asyncio.to_thread(ctx.supervisor.restore_plan, spec)
     await ctx.engine.create_machine(spec)
     if start:
         await ctx.supervisor.start_machine(spec.name)

@@ -54,15 +54,10 @@ def ssh_config_cmd(name: str) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(name: str, command: tuple[str, ...]) -> None:
     """Run a command in a machine over SSH; exits with its exit code."""
-    from boxui.daemon.client import find_daemon
-    from boxui.ssh_commands import run_exec
+    from boxui.cli.dispatch import call
 
-    client = find_daemon()
-    if client is None:
-        sys.exit(run(run_exec(name, list(command))))
-    with client:  # counted as in-flight work by the daemon (scale-down waits for it)
-        result = client.call("POST", f"/v1/machines/{name}/exec",
-                             json={"argv": list(command)})
+    # run by the daemon, as counted in-flight work (scale-down waits for it)
+    result = call("POST", f"/v1/machines/{name}/exec", json={"argv": list(command)})
     sys.stdout.buffer.write(base64.b64decode(result["stdout_b64"]))
     sys.stdout.flush()
     sys.stderr.buffer.write(base64.b64decode(result["stderr_b64"]))

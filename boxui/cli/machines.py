@@ -1,8 +1,8 @@
 """CLI commands that change machines: create, start, stop, restart, rm.
 
-Each change goes through the daemon's API when a daemon runs (it owns the VMs), and is
-otherwise done here under the state dir's lock (`dispatch.act`); the output is the same
-either way.
+Each change goes through the API of the daemon that owns the VMs (`dispatch.call`
+starts one when none runs). Bad input is refused while the command line is parsed, so
+before any daemon is started.
 
 Models, the engine and the daemon client are imported inside the commands: every `boxui`
 invocation imports this module, and `boxui ls` must not pay for them.
@@ -10,7 +10,6 @@ invocation imports this module, and `boxui ls` must not pay for them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,24 +17,11 @@ import click
 
 from backend.state.accelerator import ACCEL_REQUESTS, AccelRequest
 from backend.state.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
-from boxui.cli.dispatch import act, discard
+from boxui.cli.dispatch import call
 from boxui.cli.params import json_flag, machine_name, template_ref
 
 if TYPE_CHECKING:
     from backend.state.machine_spec import MachineSpec, RestartPolicy
-    from backend.supervision.supervisor import Supervisor
-    from boxui.daemon.client import DaemonClient
-
-def _progress(name: str) -> Callable[[str, str], None]:
-    from boxui.daemon.supervised import progress_printer
-
-    return progress_printer(name)
-
-
-def _change(name: str, as_json: bool, direct: Callable[[Supervisor], Awaitable[object]],
-            remote: Callable[[DaemonClient], dict[str, Any] | None]) -> None:
-    """Make one change to machine `name`, then print the machine as it is now."""
-    _report(name, as_json, act(lambda sup: discard(direct(sup)), remote))
 
 
 @click.command("create")
@@ -71,19 +57,8 @@ def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
                          accel, restart_policy)
-
-    async def work(sup: Supervisor) -> None:
-        import asyncio
-
-        # a snapshot that cannot serve this machine is refused before it exists
-        await asyncio.to_thread(sup.restore_plan, spec)
-        await sup.engine.create_machine(spec)
-        if start:
-            await sup.start_machine(name, progress=_progress(name))
-
-    _change(name, as_json, work, lambda c: c.call(
-        "POST", "/v1/machines", json=spec.model_dump(mode="json", exclude_none=True),
-        params={"start": start}))
+    _report(name, as_json, call("POST", "/v1/machines", params={"start": start},
+                                json=spec.model_dump(mode="json", exclude_none=True)))
 
 
 def _machine_spec(name: str, vcpus: int | None, memory_mib: int | None,
@@ -117,8 +92,7 @@ def _machine_spec(name: str, vcpus: int | None, memory_mib: int | None,
 @json_flag
 def start_cmd(name: str, as_json: bool) -> None:
     """Boot a machine and wait until it is ready."""
-    _change(name, as_json, lambda sup: sup.start_machine(name, progress=_progress(name)),
-            lambda c: c.call("POST", f"/v1/machines/{name}/start"))
+    _report(name, as_json, call("POST", f"/v1/machines/{name}/start"))
 
 
 @click.command("stop")
@@ -127,8 +101,7 @@ def start_cmd(name: str, as_json: bool) -> None:
 @json_flag
 def stop_cmd(name: str, force: bool, as_json: bool) -> None:
     """Power a machine off (ACPI, then quit, then kill)."""
-    _change(name, as_json, lambda sup: sup.stop_machine(name, force=force),
-            lambda c: c.call("POST", f"/v1/machines/{name}/stop", params={"force": force}))
+    _report(name, as_json, call("POST", f"/v1/machines/{name}/stop", params={"force": force}))
 
 
 @click.command("restart")
@@ -136,8 +109,7 @@ def stop_cmd(name: str, force: bool, as_json: bool) -> None:
 @json_flag
 def restart_cmd(name: str, as_json: bool) -> None:
     """Stop a machine, then start it again."""
-    _change(name, as_json, lambda sup: sup.restart_machine(name, progress=_progress(name)),
-            lambda c: c.call("POST", f"/v1/machines/{name}/restart"))
+    _report(name, as_json, call("POST", f"/v1/machines/{name}/restart"))
 
 
 @click.command("rm")
@@ -145,20 +117,15 @@ def restart_cmd(name: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Kill the machine first if it is running.")
 def rm_cmd(name: str, force: bool) -> None:
     """Delete a machine, its disk state and its SSH keys."""
-    act(lambda sup: sup.delete_machine(name, force=force),
-        lambda c: c.call("DELETE", f"/v1/machines/{name}", params={"force": force}))
+    call("DELETE", f"/v1/machines/{name}", params={"force": force})
     click.echo(f"deleted {name}")
 
 
-def _report(name: str, as_json: bool, view: dict[str, Any] | None = None) -> None:
-    """Print a machine: the daemon's answer, or (direct path) what is on disk now."""
-    from backend.state.machine_store import LoadedMachine, MachineStore, machine_view
-    from backend.state.state_dir import open_state_dir
+def _report(name: str, as_json: bool, view: dict[str, Any]) -> None:
+    """Print a machine as the daemon answered."""
+    from backend.state.machine_store import LoadedMachine, machine_view
 
-    if view is None:
-        machine = MachineStore(open_state_dir()).load(name, supervised=True)
-    else:
-        machine = LoadedMachine.model_validate(view)
+    machine = LoadedMachine.model_validate(view)
     if as_json:
         from boxui.cli.output import emit_json
 

@@ -69,7 +69,7 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
     out = [f"name:           {m.name}", f"state:          {m.state.value}"]
     if m.reason:
         out.append(f"reason:         {m.reason}")
-    if m.needs_recovery:
+    if m.needs_recovery and not supervisor_pid:  # a live supervisor settles it itself
         out.append("recovery:       needed (will be checked when a supervisor starts)")
     out.append(
         f"supervisor:     {'pid ' + str(supervisor_pid) if supervisor_pid else 'not running'}"

@@ -1,32 +1,14 @@
-"""CLI commands that run boxui itself in the foreground: the daemon and the demo app.
+"""`boxui demo`: the app over sample machines, in the foreground.
 
-The engine and the app are imported inside the commands: every `boxui` invocation
-imports this module, `boxui ls` must not pay for them, and a second `boxui daemon` must
-lose the lock race before it loads the engine.
+The app is imported inside the command: every `boxui` invocation imports this module,
+and `boxui ls` must not pay for Textual. (`boxui daemon` lives in `daemon_cmds`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
-
-from boxui.cli.dispatch import run
-
-
-@click.command("daemon")
-def daemon_cmd() -> None:
-    """Run the supervisor in the foreground (VMs keep running when it stops)."""
-    from backend.state.state_dir import open_state_dir
-    from backend.state.supervisor_lock import SupervisorLock
-
-    lock = SupervisorLock(open_state_dir().lock_file)
-    lock.acquire()
-    from boxui.daemon.serve import run_daemon
-
-    with contextlib.suppress(KeyboardInterrupt):
-        run(run_daemon(lock=lock))
 
 
 @click.command("demo")
@@ -40,4 +22,4 @@ def demo_cmd(home: Path | None) -> None:
     run_demo(home)
 
 
-COMMANDS = [daemon_cmd, demo_cmd]
+COMMANDS = [demo_cmd]

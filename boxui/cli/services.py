@@ -1,8 +1,7 @@
 """`boxui service create/scale/ls/rm`: services of N identical instances.
 
-Like machine commands, they go through the daemon's API when one runs; otherwise this
-process supervises for the duration of the command (all services are reconciled, the
-command waits until its service has reached the desired count) and lets go.
+Like machine commands, changes go through the daemon's API (`dispatch.call` starts one
+when none runs); `service ls` reads the daemon's view when one runs, else the state dir.
 
 The service manager, its models and the daemon client are imported inside the commands:
 every `boxui` invocation imports this module, and `boxui ls` must not pay for them.
@@ -10,38 +9,18 @@ every `boxui` invocation imports this module, and `boxui ls` must not pay for th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from backend.errors import BoxuiError
 from backend.state.machine_limits import MAX_MEMORY_MIB, MAX_SCALE_REQUEST, MAX_VCPUS
-from boxui.cli.dispatch import act
+from boxui.cli.dispatch import call
 from boxui.cli.output import emit_json, table
 from boxui.cli.params import json_flag, template_ref
 
 if TYPE_CHECKING:
-    from backend.services.manager import ServiceManager
     from backend.services.service_spec import ServiceSpec
-    from backend.supervision.supervisor import Supervisor
-
-T = TypeVar("T")
-
-
-def _with_services(
-    work: Callable[[ServiceManager], Awaitable[T]],
-) -> Callable[[Supervisor], Awaitable[T]]:
-    """`work` on a service manager that has reconciled every service first."""
-    async def run(sup: Supervisor) -> T:
-        from backend.services.manager import ServiceManager
-        from backend.supervision.machine_exec import MachineExec
-
-        manager = ServiceManager(sup, MachineExec(sup.engine))
-        await manager.start()
-        return await work(manager)
-
-    return run
 
 
 def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
@@ -114,15 +93,8 @@ def create_cmd(name: str, replicas: int, max_replicas: int, template_ref: str | 
         vcpus, memory_mib = _template_size(name, template_ref, vcpus, memory_mib)
     spec = _service_spec(name, replicas, max_replicas, template_ref, vcpus or 1,
                          memory_mib or 256, env, ports, drain_timeout)
-
-    async def direct(manager: ServiceManager) -> dict[str, Any]:
-        generation = await manager.create(spec)
-        if wait:
-            await manager.wait_settled(name, generation)
-        return (await manager.view(name)).model_dump(mode="json")
-
-    view = act(_with_services(direct), lambda c: c.call(
-        "POST", "/v1/services", json=spec.model_dump(mode="json"), params={"wait": wait}))
+    view = call("POST", "/v1/services", json=spec.model_dump(mode="json"),
+                params={"wait": wait})
     _show(view, as_json)
 
 
@@ -172,19 +144,9 @@ def scale_cmd(name: str, replicas: int, request_id: str, wait: bool, as_json: bo
     from backend.services.scale_models import ScaleRequest
 
     request = ScaleRequest(service=name, replicas=replicas, request_id=request_id)
-
-    async def direct(manager: ServiceManager) -> dict[str, Any]:
-        response, generation = await manager.scale(request)
-        if generation is not None and wait:
-            await manager.wait_settled(name, generation)
-            response = response.model_copy(update={
-                "current_replicas": manager.current_replicas(name),
-                "instances": await manager.instance_infos(name)})
-        return response.model_dump(mode="json")
-
     # a refusal (409) carries a ScaleResponse, not an error
-    result = act(_with_services(direct), lambda c: c.call(
-        "POST", "/v1/scale", json=request.model_dump(), params={"wait": wait}, also_ok=(409,)))
+    result = call("POST", "/v1/scale", json=request.model_dump(), params={"wait": wait},
+                  also_ok=(409,))
     _show_scale(name, result, as_json)
 
 
@@ -223,12 +185,7 @@ def ls_cmd(as_json: bool) -> None:
 @service_name
 def rm_cmd(name: str) -> None:
     """Drain and delete every instance, then the service."""
-
-    async def direct(manager: ServiceManager) -> None:
-        manager.spec(name)
-        await manager.remove(name)
-
-    act(_with_services(direct), lambda c: c.call("DELETE", f"/v1/services/{name}"))
+    call("DELETE", f"/v1/services/{name}")
     click.echo(f"removed service {name}")
 
 

@@ -12,7 +12,6 @@ every `boxui` invocation imports this module, and `boxui ls` must not pay for th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,6 @@ from backend.errors import BoxuiError
 
 if TYPE_CHECKING:
     from backend.state.state_dir import StateDir
-    from backend.supervision.supervisor import Supervisor
-    from boxui.daemon.client import DaemonClient
 
 
 def _dirs() -> StateDir:
@@ -65,31 +62,19 @@ def template_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def build_cmd(source: str, snapshot: bool, as_json: bool) -> None:
     """Build a revision of a template (a cache hit if nothing changed)."""
-    from boxui.cli.dispatch import act
+    from boxui.daemon.spawn import ensure_daemon
+    from boxui.daemon.template_build import build_request, build_via_api, check_request
 
     def say(message: str) -> None:
         click.echo(f"template: {message}", err=True)
 
-    def remote(client: DaemonClient) -> dict[str, Any]:
-        from boxui.daemon.template_build import build_via_api
-
-        return build_via_api(client, source, snapshot=snapshot, progress=say)
-
-    result = act(lambda sup: build_here(sup, source, snapshot=snapshot, progress=say), remote)
+    body = build_request(source, snapshot=snapshot)
+    check_request(source, body)  # before a daemon is started for it
+    with ensure_daemon() as client:
+        result = build_via_api(client, source, snapshot=snapshot, progress=say)
     for note in result.get("notes", []):
         say(note)
     _show_build(result, as_json)
-
-
-async def build_here(supervisor: Supervisor, source: str, *, snapshot: bool,
-                     progress: Callable[[str], None]) -> dict[str, Any]:
-    """The build in this process, under its own supervisor (no daemon runs)."""
-    from backend.template_builds.from_source import build_from_source
-
-    result, notes = await build_from_source(
-        supervisor.engine.dirs, source, snapshot=snapshot, driver=supervisor.driver,
-        accel=supervisor.accel(), progress=progress)
-    return result.as_json() | {"notes": notes}
 
 
 def _show_build(result: dict[str, Any], as_json: bool) -> None:

@@ -1,13 +1,18 @@
 """Talking to a running `boxui daemon` through its API (httpx over the unix socket).
 
-The CLI asks here first: if a supervisor holds the state dir and serves the API, changes
-go through it (it owns the VMs); otherwise the CLI acts itself under the lock. The app's
-remote backend speaks the same API asynchronously and reads answers the same way.
+Every CLI command that changes something goes through here (`spawn.ensure_daemon` starts
+a daemon first when none serves the state dir). The app's remote backend speaks the same
+API asynchronously and reads answers the same way.
+
+A changing request carries an `Idempotency-Key`: when the connection drops before the
+answer, the request is sent once more with the same key, and the daemon answers a
+request it already carried out with its first answer instead of acting twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ QueryParams = Mapping[str, str | int | float | bool | None]
 #: no overall timeout: booting a guest under TCG can take minutes
 TIMEOUT = httpx.Timeout(None, connect=5)
 BASE_URL = "http://boxui"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 class ApiCallError(BoxuiError):
@@ -35,7 +41,13 @@ class ApiCallError(BoxuiError):
 
 def unreachable(pid: int | None, socket_path: Path, exc: Exception) -> BoxuiError:
     return BoxuiError(f"the boxui daemon (pid {pid}) does not answer on "
-                      f"{socket_path}: {exc}")
+                      f"{socket_path}: {exc or type(exc).__name__}")
+
+
+def went_away(pid: int | None, exc: Exception) -> BoxuiError:
+    return BoxuiError(f"the boxui daemon (pid {pid}) went away before answering "
+                      f"({exc or type(exc).__name__}); the request may or may not have "
+                      "been carried out: check with `boxui ls`")
 
 
 def read_answer(response: httpx.Response, also_ok: Sequence[int] = ()) -> Any:
@@ -56,9 +68,14 @@ def read_answer(response: httpx.Response, also_ok: Sequence[int] = ()) -> Any:
 
 
 class DaemonClient:
-    def __init__(self, socket_path: Path, pid: int | None) -> None:
+    """`reconnect`: how to reach a daemon again when this one refuses the connection (it
+    was exiting, idle, just then); nothing was sent, so asking the next one is safe."""
+
+    def __init__(self, socket_path: Path, pid: int | None,
+                 reconnect: Callable[[], DaemonClient] | None = None) -> None:
         self.socket_path = socket_path
         self.pid = pid
+        self._reconnect = reconnect
         transport = httpx.HTTPTransport(uds=str(socket_path))
         self._http = httpx.Client(transport=transport, base_url=BASE_URL, timeout=TIMEOUT)
 
@@ -73,20 +90,37 @@ class DaemonClient:
 
     def call(self, method: str, path: str, *, json: object = None,
              params: QueryParams | None = None, also_ok: tuple[int, ...] = ()) -> Any:
+        headers = {} if method in SAFE_METHODS else {"Idempotency-Key": str(uuid.uuid4())}
         try:
-            response = self._http.request(method, path, json=json, params=params)
-        except httpx.TransportError as exc:
-            raise unreachable(self.pid, self.socket_path, exc) from None
+            response = self._send(method, path, json, params, headers)
+        except httpx.ConnectError as exc:
+            if self._reconnect is None:
+                raise unreachable(self.pid, self.socket_path, exc) from None
+            with self._reconnect() as other:
+                response = other._send(method, path, json, params, headers)
         return read_answer(response, also_ok)
+
+    def _send(self, method: str, path: str, json: object, params: QueryParams | None,
+              headers: dict[str, str]) -> httpx.Response:
+        """One request; sent again once, with the same key, if the connection drops
+        before the answer (a connection never made raises `httpx.ConnectError`)."""
+        try:
+            return self._http.request(method, path, json=json, params=params,
+                                      headers=headers)
+        except httpx.ConnectError:
+            raise
+        except httpx.TransportError:
+            pass  # dropped before the answer: once more, with the same key
+        try:
+            return self._http.request(method, path, json=json, params=params,
+                                      headers=headers)
+        except httpx.TransportError as exc:
+            raise went_away(self.pid, exc) from None
 
 
 def serving_daemon(dirs: StateDir) -> int | None:
-    """The pid of the daemon serving this state dir's API, or None when none does.
-
-    A supervisor that serves no API (a CLI command acting under the lock) is not a
-    daemon here: the direct path then reports that the state dir is in use, naming its
-    pid.
-    """
+    """The pid of the supervisor (a daemon, or the app) serving this state dir's API, or
+    None when none does. One that holds the lock but serves no API (yet) is not one."""
     holder = lock_holder(dirs.lock_file)
     if holder is None or not dirs.api_socket.exists():
         return None

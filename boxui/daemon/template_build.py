@@ -18,7 +18,9 @@ from pydantic import ValidationError
 
 from backend.api.template_models import TemplateBuildLine
 from backend.errors import BoxuiError
+from backend.state.state_dir import open_state_dir
 from backend.template_builds.from_source import read_source
+from backend.template_builds.runs import BuildSource, checked, stored_source
 from boxui.daemon.client import (
     BASE_URL,
     TIMEOUT,
@@ -40,11 +42,21 @@ def build_request(source: str, *, snapshot: bool) -> dict[str, object]:
     return {"template_id": source, "snapshot": snapshot}
 
 
+def check_request(source: str, body: dict[str, object]) -> None:
+    """Refuse a template that is not valid, or an id the state dir does not hold, here:
+    bad input must not start a daemon (the daemon checks again)."""
+    if isinstance(body.get("text"), str):
+        checked(BuildSource(str(body["text"]), Path(source)))
+    else:
+        checked(stored_source(open_state_dir(), source))
+
+
 def build_via_api(client: DaemonClient, source: str, *, snapshot: bool,
                   progress: Callable[[str], None]) -> dict[str, Any]:
     """The build's result as `template build --json` prints it; a build that fails or
     is refused raises its one-line error."""
     body = build_request(source, snapshot=snapshot)
+    check_request(source, body)
     transport = httpx.HTTPTransport(uds=str(client.socket_path))
     try:
         with httpx.Client(transport=transport, base_url=BASE_URL, timeout=TIMEOUT) as http, \

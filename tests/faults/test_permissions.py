@@ -17,7 +17,7 @@ import pytest
 
 from backend.state.machine_spec import MachineSpec
 from backend.supervision.boot_files import DefaultBootFiles
-from tests.conftest import BOXUI, IMAGE_CACHE, REPO, cli_env
+from tests.conftest import BOXUI, IMAGE_CACHE, REPO, cli_env, stop_background_daemons
 from tests.faults.conftest import FaultRecorder
 
 # --- the lint ------------------------------------------------------------------------
@@ -156,8 +156,11 @@ def modes_under(root: Path) -> dict[str, int]:
 @pytest.mark.fault("11. permissions: modes under umask 000")
 def test_private_modes_under_a_permissive_umask(tmp_path: Path, fault: FaultRecorder) -> None:
     home = tmp_path / "home"
-    out = subprocess.run([*BOXUI, "create", "--no-start", "vm"], capture_output=True,
-                         text=True, env=cli_env(home), umask=0, timeout=60)
+    try:
+        out = subprocess.run([*BOXUI, "create", "--no-start", "vm"], capture_output=True,
+                             text=True, env=cli_env(home), umask=0, timeout=60)
+    finally:
+        stop_background_daemons(home)
     assert out.returncode == 0, out.stderr
     modes = modes_under(home)
     wrong = {p: f"{m:04o}" for p, m in modes.items()

@@ -25,6 +25,7 @@ from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState
 from backend.state.machine_spec import MachineSpec
 from backend.state.state_dir import StateDir, open_state_dir
+from backend.state.supervisor_lock import lock_holder
 from backend.supervision.boot_files import DefaultBootFiles
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.supervisor import Supervisor
@@ -104,8 +105,14 @@ def ensure_ready(home: Path) -> dict[str, int]:
 
 
 def sigkill_running_supervisor(home: Path) -> None:
-    daemon, _ = start_daemon(home)
-    kill_hard(daemon)
+    """SIGKILL the daemon the CLI started (or, when none runs, a fresh one)."""
+    holder = lock_holder(open_state_dir(home).lock_file)
+    if holder is None:
+        daemon, _ = start_daemon(home)
+        kill_hard(daemon)
+        return
+    os.kill(holder, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(holder)], timeout=10)
 
 
 @pytest.mark.fault("1. SIGKILL supervisor, 3 guests re-adopted")

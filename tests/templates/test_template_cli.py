@@ -65,7 +65,8 @@ def test_build_refuses_future_schema_with_one_line(home: Path, tmp_path: Path) -
     assert out.returncode == 1
     assert out.stderr.strip() == f"boxui: {path}: {FUTURE_ERROR}"
     gone = run(home, "template", "build", "nothing-here")
-    assert gone.returncode == 1 and "no such file, and no template with that id" in gone.stderr
+    assert (gone.returncode, gone.stderr) == (1, "boxui: no template with id 'nothing-here'\n")
+    assert not (home / "run" / "api.sock").exists()  # bad input started no daemon
 
 
 def test_build_goes_through_a_running_daemon(home: Path, dirs: StateDir,
