@@ -54,15 +54,21 @@ def ssh_config_cmd(name: str) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(name: str, command: tuple[str, ...]) -> None:
     """Run a command in a machine over SSH; exits with its exit code."""
-    from boxui.cli.dispatch import call
+    from boxui.ssh_commands import exec_through_daemon
 
-    # run by the daemon, as counted in-flight work (scale-down waits for it)
-    result = call("POST", f"/v1/machines/{name}/exec", json={"argv": list(command)})
-    sys.stdout.buffer.write(base64.b64decode(result["stdout_b64"]))
-    sys.stdout.flush()
-    sys.stderr.buffer.write(base64.b64decode(result["stderr_b64"]))
-    sys.stderr.flush()
-    sys.exit(int(result["exit_code"]))
+    # the daemon runs it over the machine's kept SSH connection, as counted in-flight work
+    # (scale-down waits for it); the stdlib request keeps this command's start-up small
+    code = exec_through_daemon(name, list(command))
+    if code is None:  # no daemon serves the state dir yet: start one, then ask it
+        from boxui.cli.dispatch import call
+
+        result = call("POST", f"/v1/machines/{name}/exec", json={"argv": list(command)})
+        sys.stdout.buffer.write(base64.b64decode(result["stdout_b64"]))
+        sys.stdout.flush()
+        sys.stderr.buffer.write(base64.b64decode(result["stderr_b64"]))
+        sys.stderr.flush()
+        code = int(result["exit_code"])
+    sys.exit(code)
 
 
 COMMANDS = [logs_cmd, ssh_cmd, ssh_config_cmd, exec_cmd]
