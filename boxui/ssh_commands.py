@@ -2,28 +2,34 @@
 
 None of these takes the state dir's lock: they only read the machine's record (for its
 port) and keys, so they work while a supervisor runs.
+
+`exec` through a daemon is the command people time: it speaks HTTP/1.1 to the daemon's
+unix socket with the standard library (one request, answered with a Content-Length or
+chunked body) instead of httpx, and SSH (asyncssh, the machine's keys) is imported only
+by the commands that use it here. Together those imports cost more than the daemon takes
+to run the command.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import BoxuiError
-from backend.guest.errors import GuestImageError
-from backend.guest.machine_seed import MachineKeys, load_machine_keys
-from backend.state.machine_store import MachineStore
-from backend.state.state_dir import open_state_dir
-from backend.state.supervisor_lock import lock_holder
-from backend.supervision.machine_exec import argv_with_env
-from backend.supervision.ssh_access import (
-    exec_command,
-    find_ssh,
-    ssh_argv,
-    ssh_config_block,
-    write_known_hosts,
-)
+from backend.state.names import validate_name
+from backend.state.state_dir import StateDir, open_state_dir
+
+if TYPE_CHECKING:
+    from backend.guest.machine_seed import MachineKeys
+
+#: no overall timeout (a command may run for hours); connecting must be quick
+CONNECT_TIMEOUT = 5.0
+_MAX_HEADER = 64 * 1024
 
 REACHABLE = ("ready", "busy", "draining")
 
@@ -36,6 +42,12 @@ class Target:
 
 
 def _target(name: str) -> Target:
+    from backend.guest.errors import GuestImageError
+    from backend.guest.machine_seed import load_machine_keys
+    from backend.state.machine_store import MachineStore
+    from backend.state.supervisor_lock import lock_holder
+    from backend.supervision.ssh_access import write_known_hosts
+
     dirs = open_state_dir()
     supervised = lock_holder(dirs.lock_file) is not None
     machine = MachineStore(dirs).load(name, supervised=supervised)
@@ -57,18 +69,137 @@ def _target(name: str) -> Target:
 
 
 def ssh_exec_argv(name: str, command: list[str] | None) -> list[str]:
+    from backend.supervision.ssh_access import find_ssh, ssh_argv
+
     target = _target(name)
     return ssh_argv(target.machine_dir, target.keys, target.port, command, find_ssh())
 
 
 def ssh_config_text(name: str) -> str:
+    from backend.supervision.ssh_access import ssh_config_block
+
     target = _target(name)
     return ssh_config_block(name, target.machine_dir, target.keys, target.port)
 
 
 async def run_exec(name: str, command: list[str]) -> int:
+    """`exec` with no daemon: a connection of its own, straight from this process."""
+    from backend.state.machine_store import MachineStore
+    from backend.supervision.machine_exec import argv_with_env
+    from backend.supervision.ssh_access import exec_command
+
     target = _target(name)
     env = MachineStore(open_state_dir()).load_spec(name).env
     return await exec_command(target.port, target.keys, target.machine_dir,
                               argv_with_env(command, env),
                               sys.stdout.buffer, sys.stderr.buffer)
+
+
+# --- exec through the daemon ------------------------------------------------------------
+
+
+def exec_through_daemon(name: str, command: list[str], dirs: StateDir | None = None
+                        ) -> int | None:
+    """Run `command` in `name` through the daemon serving the state dir, writing its
+    output to ours; its exit status, or None when no daemon answers on the socket.
+
+    The daemon counts the command as in-flight work (scale-down waits for it) and runs
+    it over the machine's kept SSH connection.
+    """
+    socket_path = (dirs or open_state_dir()).api_socket
+    sock = _connect(socket_path)
+    if sock is None:
+        return None
+    body = json.dumps({"argv": command}).encode()
+    request = (f"POST /v1/machines/{validate_name(name)}/exec HTTP/1.1\r\n"
+               "Host: boxui\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    try:
+        with sock:
+            sock.settimeout(None)
+            sock.sendall(request + body)
+            status, answer = _read_response(sock)
+    except OSError as exc:
+        raise _unreachable(socket_path, exc) from None
+    if status >= 400:
+        raise BoxuiError(_error_message(status, answer))
+    try:
+        result = json.loads(answer)
+        out, err = base64.b64decode(result["stdout_b64"]), base64.b64decode(result["stderr_b64"])
+        code = int(result["exit_code"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BoxuiError(f"the boxui daemon sent an answer boxui cannot read: {exc}") from None
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(err)
+    sys.stderr.flush()
+    return code
+
+
+def _connect(socket_path: Path) -> socket.socket | None:
+    """A connection to the daemon's socket, or None when nothing listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)
+    try:
+        sock.connect(str(socket_path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    except OSError as exc:
+        sock.close()
+        raise _unreachable(socket_path, exc) from None
+    return sock
+
+
+def _unreachable(socket_path: Path, exc: OSError) -> BoxuiError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return BoxuiError(f"the boxui daemon on {socket_path} did not answer: {reason}")
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of the one response on a `Connection: close` request."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk or len(data) > _MAX_HEADER:
+            raise ConnectionResetError(0, "the connection closed before an answer")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ", 2)[1])
+    except (IndexError, ValueError):
+        raise ConnectionResetError(0, f"not an HTTP answer: {lines[0][:80]!r}") from None
+    headers = dict((k.strip().lower(), v.strip())
+                   for k, _, v in (line.partition(":") for line in lines[1:]))
+    chunks = [rest]
+    while chunk := sock.recv(1 << 20):
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        return status, _unchunk(body)
+    length = int(headers.get("content-length", len(body)))
+    if len(body) < length:
+        raise ConnectionResetError(0, "the connection closed in the middle of the answer")
+    return status, body[:length]
+
+
+def _unchunk(body: bytes) -> bytes:
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        line_end = body.index(b"\r\n", pos)
+        size = int(body[pos:line_end].split(b";", 1)[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[line_end + 2:line_end + 2 + size])
+        pos = line_end + 2 + size + 2
+
+
+def _error_message(status: int, answer: bytes) -> str:
+    """The daemon's own one-line message (`{code, message}`), else the status and text."""
+    try:
+        parsed: Any = json.loads(answer)
+        return str(parsed["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"the boxui daemon answered {status}: {answer[:200].decode(errors='replace')}"

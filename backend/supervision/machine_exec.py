@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import shlex
 from collections import defaultdict
@@ -19,9 +20,11 @@ from backend.errors import BoxuiError, IllegalTransitionError, MachineNotFoundEr
 from backend.guest.errors import GuestImageError
 from backend.guest.machine_seed import load_machine_keys
 from backend.state.engine import Engine
+from backend.state.event_bus import Missed
+from backend.state.events import INSTANCE_TYPE_PREFIX
 from backend.state.lifecycle import InstanceState, Verb
 from backend.supervision.inflight_commands import CommandRecord, CommandRegistry
-from backend.supervision.ssh_access import exec_command
+from backend.supervision.ssh_pool import SshPool
 
 
 class MachineNotRunningError(BoxuiError):
@@ -44,20 +47,6 @@ class ExecRunner(Protocol):
                        stdin: bytes | None, timeout: float | None) -> ExecOutput: ...
 
 
-async def ssh_exec_runner(engine: Engine, name: str, port: int, argv: list[str],
-                          stdin: bytes | None, timeout: float | None) -> ExecOutput:
-    """The product runner: SSH into the guest with the machine's own keys."""
-    machine_dir = engine.dirs.machine_dir(name)
-    try:
-        keys = await asyncio.to_thread(load_machine_keys, machine_dir)
-    except GuestImageError as exc:
-        raise BoxuiError(f"{name} has no SSH keys boxui made ({exc})") from None
-    out, err = io.BytesIO(), io.BytesIO()
-    code = await exec_command(port, keys, machine_dir, argv, out, err, stdin=stdin,
-                              timeout=timeout)
-    return ExecOutput(code, out.getvalue(), err.getvalue())
-
-
 def argv_with_env(argv: list[str], env: dict[str, str]) -> list[str]:
     """A service's environment for a command run over SSH: `env K=V ... argv` (SSH
     sessions do not read /etc/boxui/env; `env` takes the values as data, not code)."""
@@ -66,11 +55,17 @@ def argv_with_env(argv: list[str], env: dict[str, str]) -> list[str]:
     return ["env", *(f"{key}={value}" for key, value in sorted(env.items())), *argv]
 
 
+#: after these a machine's guest is gone or going: its kept SSH connection goes with it
+_CLOSE_CONNECTION_ON = frozenset({Verb.STOPPING, Verb.STOPPED, Verb.FAILED, Verb.CRASHED,
+                                  Verb.BROKEN, Verb.DELETED})
+
+
 class MachineExec:
     def __init__(self, engine: Engine, runner: ExecRunner | None = None,
                  registry: CommandRegistry | None = None) -> None:
         self.engine = engine
-        self.runner: ExecRunner = runner or ssh_exec_runner
+        self.pool = SshPool()
+        self.runner: ExecRunner = runner or self.ssh_runner
         self.registry = registry or CommandRegistry()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -105,6 +100,45 @@ class MachineExec:
         done = next((r for r in self.registry.commands(name) if r.id == record.id), record)
         return done, output
 
+    async def ssh_runner(self, engine: Engine, name: str, port: int, argv: list[str],
+                         stdin: bytes | None, timeout: float | None) -> ExecOutput:
+        """The product runner: a channel on the machine's kept SSH connection, made with
+        the machine's own keys and pinned host key."""
+        machine_dir = engine.dirs.machine_dir(name)
+        out, err = io.BytesIO(), io.BytesIO()
+        try:
+            code = await self.pool.exec(name, port, machine_dir,
+                                        functools.partial(load_machine_keys, machine_dir),
+                                        argv, out, err, stdin=stdin, timeout=timeout)
+        except GuestImageError as exc:
+            raise BoxuiError(f"{name} has no SSH keys boxui made ({exc})") from None
+        return ExecOutput(code, out.getvalue(), err.getvalue())
+
+    async def keep_connections(self) -> None:
+        """Close a machine's kept connection as soon as it stops or goes, and all of them
+        when cancelled (its owner shutting down). Runs for as long as its owner serves.
+
+        A guest that exits also drops its connection by itself; this makes closing
+        prompt and certain, rather than depending on how QEMU's forwarding ends it.
+        """
+        subscription = self.engine.subscribe()
+        try:
+            async for event in subscription:
+                if isinstance(event, Missed):
+                    self._forget_stopped()
+                elif event.subject and _verb(event.type) in _CLOSE_CONNECTION_ON:
+                    self.pool.forget(event.subject)
+        finally:
+            subscription.close()
+            await self.pool.aclose()
+
+    def _forget_stopped(self) -> None:
+        """After missed events: drop the connection of every machine no longer running."""
+        for name in self.pool.names():
+            if self.engine.projection.state_of(name) not in (
+                    InstanceState.READY, InstanceState.BUSY, InstanceState.DRAINING):
+                self.pool.forget(name)
+
     def _reachable_port(self, name: str) -> int:
         state = self.engine.projection.state_of(name)
         if state is None:
@@ -123,3 +157,13 @@ class MachineExec:
         # it may have moved on (stopping, draining) meanwhile: that state wins
         with contextlib.suppress(IllegalTransitionError):
             await self.engine.transition(name, verb, message=message)
+
+
+def _verb(event_type: str) -> Verb | None:
+    """The instance verb of an event type (service and endpoint events have none)."""
+    if not event_type.startswith(INSTANCE_TYPE_PREFIX):
+        return None
+    try:
+        return Verb(event_type.removeprefix(INSTANCE_TYPE_PREFIX))
+    except ValueError:
+        return None

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -220,38 +221,35 @@ def _shell_status(process: asyncssh.SSHClientProcess[bytes]) -> int | None:
     return 128 - code if code < 0 else code
 
 
-async def exec_command(
+class SshChannelError(SshError):
+    """The command's channel could not be opened: the command never started in the guest,
+    so trying again on a fresh connection cannot run it twice."""
+
+
+async def connect(
     port: int,
     keys: MachineKeys,
     machine_dir: Path,
-    argv: list[str],
-    stdout: ByteSink,
-    stderr: ByteSink,
-    stdin: bytes | None = None,
-    timeout: float | None = None,
+    *,
     connect_timeout: float = 10,
-) -> int:
-    """Run `argv` in the guest and return its exit status, streaming its output.
+    client_factory: Callable[[], asyncssh.SSHClient] | None = None,
+) -> asyncssh.SSHClientConnection:
+    """An authenticated connection to the guest, trusting only the machine's own host key.
 
-    The command line is `shlex.join(argv)` because SSH carries one string that the
-    guest's /bin/sh re-splits; joining quotes each word so it arrives as one argument.
-    Only the machine's own host key is trusted and ~/.ssh/config is ignored, so the
-    result does not depend on whoever runs boxui.
+    ~/.ssh/config and any agent are ignored, so the result does not depend on whoever
+    runs boxui. `client_factory` lets a caller be told when the connection drops.
     """
-    if not argv:
-        raise SshError("no command to run over ssh")
-    command = shlex.join(argv)
-    where = f"machine {machine_dir.name} at {GUEST_HOST}:{port}"
+    where = _where(machine_dir, port)
     try:
         client_key = client_private_key(keys)
         trusted = asyncssh.import_known_hosts(known_hosts_line(keys, port, GUEST_HOST))
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise SshError(f"ssh to {where}: cannot load the machine's keys: {exc}") from exc
-
     try:
-        conn = await asyncssh.connect(
+        return await asyncssh.connect(
             GUEST_HOST,
             port,
+            client_factory=client_factory,
             username=GUEST_USER,
             known_hosts=trusted,
             client_keys=[client_key],
@@ -264,17 +262,61 @@ async def exec_command(
     except (OSError, TimeoutError, asyncssh.Error) as exc:
         raise _connect_failure(where, exc, connect_timeout) from exc
 
+
+async def exec_command(
+    port: int,
+    keys: MachineKeys,
+    machine_dir: Path,
+    argv: list[str],
+    stdout: ByteSink,
+    stderr: ByteSink,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+    connect_timeout: float = 10,
+) -> int:
+    """Run `argv` in the guest over a connection of its own and return its exit status,
+    streaming its output (the daemon keeps connections instead: `ssh_pool`)."""
+    if not argv:
+        raise SshError("no command to run over ssh")
+    conn = await connect(port, keys, machine_dir, connect_timeout=connect_timeout)
     async with conn:
-        try:
-            async with asyncio.timeout(timeout):
-                status = await _run(conn, command, stdout, stderr, stdin, where)
-        except TimeoutError as exc:
-            raise SshTimeoutError(
-                f"ssh to {where}: command {_short(command)} timed out after {timeout:g}s"
-            ) from exc
+        status = await run_on(conn, _where(machine_dir, port), argv, stdout, stderr,
+                              stdin=stdin, timeout=timeout)
+    return status
+
+
+async def run_on(
+    conn: asyncssh.SSHClientConnection,
+    where: str,
+    argv: list[str],
+    stdout: ByteSink,
+    stderr: ByteSink,
+    *,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Run `argv` on a channel of its own over `conn` and return its exit status.
+
+    The command line is `shlex.join(argv)` because SSH carries one string that the
+    guest's /bin/sh re-splits; joining quotes each word so it arrives as one argument.
+    """
+    if not argv:
+        raise SshError("no command to run over ssh")
+    command = shlex.join(argv)
+    try:
+        async with asyncio.timeout(timeout):
+            status = await _run(conn, command, stdout, stderr, stdin, where)
+    except TimeoutError as exc:
+        raise SshTimeoutError(
+            f"ssh to {where}: command {_short(command)} timed out after {timeout:g}s"
+        ) from exc
     if status is None:
         raise SshError(f"ssh to {where}: the guest closed the session without an exit status")
     return status
+
+
+def _where(machine_dir: Path, port: int) -> str:
+    return f"machine {machine_dir.name} at {GUEST_HOST}:{port}"
 
 
 async def _run(
@@ -288,7 +330,7 @@ async def _run(
     try:
         process = await conn.create_process(command, encoding=None)
     except (OSError, asyncssh.Error) as exc:
-        raise SshError(f"ssh to {where}: could not start the command: {exc}") from exc
+        raise SshChannelError(f"ssh to {where}: could not start the command: {exc}") from exc
     _feed_stdin(process.stdin, stdin)
     try:
         async with asyncio.TaskGroup() as group:

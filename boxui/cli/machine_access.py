@@ -6,7 +6,6 @@ invocation imports this module, and `boxui ls` must not pay for them.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import sys
@@ -54,20 +53,12 @@ def ssh_config_cmd(name: str) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(name: str, command: tuple[str, ...]) -> None:
     """Run a command in a machine over SSH; exits with its exit code."""
-    from boxui.daemon.client import find_daemon
-    from boxui.ssh_commands import run_exec
+    from boxui.ssh_commands import exec_through_daemon, run_exec
 
-    client = find_daemon()
-    if client is None:
-        sys.exit(run(run_exec(name, list(command))))
-    with client:  # counted as in-flight work by the daemon (scale-down waits for it)
-        result = client.call("POST", f"/v1/machines/{name}/exec",
-                             json={"argv": list(command)})
-    sys.stdout.buffer.write(base64.b64decode(result["stdout_b64"]))
-    sys.stdout.flush()
-    sys.stderr.buffer.write(base64.b64decode(result["stderr_b64"]))
-    sys.stderr.flush()
-    sys.exit(int(result["exit_code"]))
+    code = exec_through_daemon(name, list(command))
+    if code is None:  # no daemon serves the state dir
+        code = run(run_exec(name, list(command)))
+    sys.exit(code)
 
 
 COMMANDS = [logs_cmd, ssh_cmd, ssh_config_cmd, exec_cmd]

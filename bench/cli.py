@@ -1,0 +1,175 @@
+"""How fast the CLI answers with a daemon running: `ls`, a no-op `start`, and `exec`.
+
+    .venv/bin/python bench/cli.py [--machines 1000] [--runs 30] [--cache DIR]
+
+One run: it fills a temporary state dir with N stopped machines, starts `boxui daemon` on
+it, creates and boots one real guest (QEMU; KVM if usable, else TCG) through the CLI,
+then times whole CLI processes as a user would see them (interpreter start-up included):
+- `boxui ls` with N+1 machines (target: under 300 ms, as `ls --json` in ls_json.py);
+- `boxui start vm` of the running machine (a no-op that still asks the daemon);
+- `boxui exec vm -- true`, median and p95, side by side with the system `ssh` into the
+  same guest over a ControlMaster connection (`ssh -o ControlMaster=auto -o
+  ControlPath=... -o ControlPersist=60`, the machine's own key and known_hosts). Target:
+  exec p95 no slower than that ssh's p95, and under 150 ms. Both are warmed first (the
+  daemon's kept connection, ssh's master), so both measure a command on a live connection.
+It also prints the floor every CLI command pays: the interpreter starting, and importing
+the CLI. Runs alternate exec and ssh so that load on the host hits both alike. Then it
+stops the guest and the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backend.guest.image_builder import build_default_image
+from backend.guest.machine_seed import load_machine_keys
+from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.ssh_access import find_ssh, ssh_argv, write_known_hosts
+
+LS_TARGET_MS = 300.0
+EXEC_TARGET_MS = 150.0
+BOXUI = [str(Path(sys.executable).with_name("boxui"))]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    """Milliseconds for one whole process; it must succeed."""
+    started = time.perf_counter()
+    out = subprocess.run(argv, env=env, capture_output=True, timeout=120)
+    elapsed = (time.perf_counter() - started) * 1000
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({out.returncode}): "
+                         f"{out.stderr.decode(errors='replace').strip()}")
+    return elapsed
+
+
+@contextlib.contextmanager
+def daemon(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([*BOXUI, "daemon"], env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    try:
+        for line in stderr:
+            if "supervising" in line:
+                break
+        else:
+            raise SystemExit("boxui daemon did not start")
+        threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def controlmaster_argv(dirs: StateDir, name: str, control: Path) -> list[str]:
+    machine_dir = dirs.machine_dir(name)
+    keys = load_machine_keys(machine_dir)
+    port = MachineStore(dirs).load_record(name).ssh_port
+    assert port is not None
+    write_known_hosts(machine_dir, keys, port)
+    argv = ssh_argv(machine_dir, keys, port, ["true"], find_ssh())
+    return [argv[0], "-F", "none", "-o", "BatchMode=yes", "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={control}", "-o", "ControlPersist=60", *argv[1:]]
+
+
+def row(label: str, times: list[float], target: str = "-") -> None:
+    print(f"{label:<34} {statistics.median(times):>7.1f} {percentile(times, 0.95):>7.1f} "
+          f"{min(times):>7.1f} {max(times):>7.1f}  {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--machines", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--cache", type=Path, default=Path(
+        os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
+    args = parser.parse_args()
+    asyncio.run(build_default_image(args.cache))  # built once, outside the timings
+    with tempfile.TemporaryDirectory(prefix="bxc-", dir="/tmp") as tmp:
+        home = Path(tmp) / "h"
+        dirs = open_state_dir(home)
+        (home / "images").symlink_to(args.cache)
+        store = MachineStore(dirs)
+        for i in range(args.machines):
+            store.create(MachineSpec(name=f"m{i:05d}", vcpus=1 + i % 4, memory_mib=256))
+        env = dict(os.environ, BOXUI_HOME=str(home))
+        with daemon(env):
+            try:
+                measure(args, dirs, env, Path(tmp) / "cm")
+            finally:
+                subprocess.run([*BOXUI, "stop", "--force", "vm"], env=env,
+                               capture_output=True, timeout=120)
+
+
+def measure(args: argparse.Namespace, dirs: StateDir, env: dict[str, str],
+            control: Path) -> None:
+    started = time.perf_counter()
+    timed([*BOXUI, "create", "vm", "--memory", "256"], env)
+    boot = time.perf_counter() - started
+    floor = [timed([sys.executable, "-c", "pass"], env) for _ in range(10)]
+    imports = [timed([sys.executable, "-c", "import boxui.cli.main"], env) for _ in range(10)]
+    ls = [timed([*BOXUI, "ls"], env) for _ in range(max(7, args.runs // 3))]
+    start = [timed([*BOXUI, "start", "vm"], env) for _ in range(max(7, args.runs // 3))]
+    exec_argv = [*BOXUI, "exec", "vm", "--", "true"]
+    ssh = controlmaster_argv(dirs, "vm", control)
+    timed(exec_argv, env)  # opens the daemon's connection to the guest
+    timed(ssh, env)  # starts ssh's master
+    exec_times: list[float] = []
+    ssh_times: list[float] = []
+    try:
+        for _ in range(args.runs):
+            exec_times.append(timed(exec_argv, env))
+            ssh_times.append(timed(ssh, env))
+    finally:
+        subprocess.run([*ssh[:-3], "-O", "exit", ssh[-3]], capture_output=True, timeout=30)
+    report(args, boot, floor, imports, ls, start, exec_times, ssh_times)
+
+
+def report(args: argparse.Namespace, boot: float, floor: list[float], imports: list[float],
+           ls: list[float], start: list[float], exec_times: list[float],
+           ssh_times: list[float]) -> None:
+    load = os.getloadavg()[0]
+    print(f"boxui CLI with a daemon, {args.machines + 1} machines, one real guest "
+          f"(booted in {boot:.1f} s), {os.cpu_count()} CPUs, load average {load:.1f}")
+    print(f"{'ms per process':<34} {'median':>7} {'p95':>7} {'min':>7} {'max':>7}  target")
+    row("python -c pass (floor)", floor)
+    row("python -c 'import boxui.cli.main'", imports)
+    ls_ok = statistics.median(ls) < LS_TARGET_MS
+    row(f"boxui ls ({args.machines + 1} machines)", ls,
+        f"median < {LS_TARGET_MS:.0f}: {'OK' if ls_ok else 'MISSED'}")
+    row("boxui start vm (running: no-op)", start)
+    row(f"ssh ControlMaster -- true ({args.runs})", ssh_times)
+    exec_p95, ssh_p95 = percentile(exec_times, 0.95), percentile(ssh_times, 0.95)
+    ok = exec_p95 <= ssh_p95 and exec_p95 < EXEC_TARGET_MS
+    row(f"boxui exec vm -- true ({args.runs})", exec_times,
+        f"p95 <= ssh p95 ({ssh_p95:.0f}) and < {EXEC_TARGET_MS:.0f}: "
+        f"{'OK' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
