@@ -5,7 +5,6 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -125,12 +124,13 @@ async def test_policy_decides_whether_a_crashed_machine_restarts(
             assert engine.projection.state_of("vm") is InstanceState.CRASHED
 
 
-@dataclass
 class PortRaceDriver(FakeDriver):
     """Another process takes the SSH port of the first `lost_races` launches."""
 
-    lost_races: int = 0
-    launches: list[LaunchSpec] = field(default_factory=list)
+    def __init__(self, lost_races: int = 0) -> None:
+        super().__init__()  # (a dataclass here would skip this, and the driver's state)
+        self.lost_races = lost_races
+        self.launches: list[LaunchSpec] = []
 
     async def start(self, spec: LaunchSpec) -> VmHandle:
         self.launches.append(spec)
