@@ -12,12 +12,16 @@ from pathlib import Path
 
 import click
 
+from boxui.cli import daemon_unit
 from boxui.cli.dispatch import run
 
 
-@click.command("daemon")
-def daemon_cmd() -> None:
+@click.group("daemon", invoke_without_command=True)
+@click.pass_context
+def daemon_cmd(ctx: click.Context) -> None:
     """Run the supervisor in the foreground (VMs keep running when it stops)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from backend.state.state_dir import open_state_dir
     from backend.state.supervisor_lock import SupervisorLock
 
@@ -39,5 +43,8 @@ def demo_cmd(home: Path | None) -> None:
 
     run_demo(home)
 
+
+daemon_cmd.add_command(daemon_unit.install_cmd)
+daemon_cmd.add_command(daemon_unit.uninstall_cmd)
 
 COMMANDS = [daemon_cmd, demo_cmd]
