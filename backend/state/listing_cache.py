@@ -25,7 +25,8 @@ from backend.state.names import NAME_PATTERN
 from backend.state.process_liveness import unsupervised_state
 from backend.state.state_dir import StateDir
 
-CACHE_VERSION = 1
+#: 2: a supervised view of a running machine no longer needs recovery
+CACHE_VERSION = 2
 CACHE_NAME = ".ls-cache.json"
 Signature = list[int] | None
 View = dict[str, Any]
