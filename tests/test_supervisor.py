@@ -19,7 +19,7 @@ from backend.errors import BoxuiError
 from backend.state.engine import Engine
 from backend.state.event_bus import Missed
 from backend.state.event_log import read_log
-from backend.state.lifecycle import InstanceState, PersistedState
+from backend.state.lifecycle import InstanceState, PersistedState, Verb
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.ports import PORT_ATTEMPTS
 from backend.supervision.supervisor import MachineBusyError, Supervisor
@@ -394,3 +394,26 @@ async def test_restart_of_a_booting_machine_boots_it_afresh(engine: Engine,
         assert engine.projection.state_of("vm") is InstanceState.READY
         assert driver.starts == {"vm": 2}
         await asyncio.wait_for(first, 5)  # the aborted boot's start returns, no error
+
+
+async def test_a_stop_cut_short_is_finished_by_recovery(home: Path, driver: FakeDriver) -> None:
+    """boxui died while it powered a guest off: the next supervisor finishes the stop
+    instead of adopting the guest as ready."""
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+        await sup.start_machine("vm")
+        pid = sup.handles["vm"].pid
+        await engine.transition("vm", Verb.STOPPING, message="powering off")  # then it died
+    await engine.close()
+    assert psutil.pid_exists(pid)
+
+    engine = await Engine.open(home)
+    try:
+        async with make_supervisor(engine, driver).running(recover=recover_machines):
+            await wait_state(engine, "vm", InstanceState.STOPPED)
+            assert verbs(engine, "vm")[-2:] == ["stopping", "stopped"]
+            assert driver.starts == {"vm": 1}
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        await engine.close()

@@ -387,9 +387,12 @@ class Supervisor:
     async def adopt_running(self, name: str, handle: VmHandle) -> None:
         """Supervise a hypervisor crash recovery proved to be this machine's, as if it
         had been started here."""
-        await self._hold(name, handle, adopted_process_record(handle))
-        await self.engine.transition(name, Verb.ADOPTED,
+        # one write of its record with the event, not two: recovery of many machines
+        # waits on each (they are serialised by the engine)
+        self.handles[name] = handle
+        await self.engine.transition(name, Verb.ADOPTED, update=adopted_process_record(handle),
                                      message=f"re-adopted running pid {handle.pid}")
+        self.spawn(self._watch(name, handle), f"watch-{name}")
         self.tracker(name).machine_up()
 
     async def adopt_booting(self, name: str, handle: VmHandle) -> None:
@@ -398,6 +401,19 @@ class Supervisor:
         await self._hold(name, handle, adopted_process_record(handle))
         self._booting.add(name)  # now, so a stop before the task runs aborts it
         self._boot_task(name, self._finish_adopted_boot(name, handle))
+
+    async def adopt_stopping(self, name: str, handle: VmHandle) -> None:
+        """Like `adopt_running`, for a guest boxui was stopping when it died: the stop
+        that was asked for is finished, not forgotten."""
+        self._stopping.add(name)  # its exit meanwhile belongs to the stop below
+        await self._hold(name, handle, adopted_process_record(handle))
+        self.spawn(self._finish_adopted_stop(name), f"stop-{name}")
+
+    async def _finish_adopted_stop(self, name: str) -> None:
+        try:
+            await self.stop_machine(name)  # carries on from `stopping`
+        finally:
+            self._stopping.discard(name)
 
     async def machine_crashed(self, name: str, reason: str) -> None:
         """Crash recovery found the machine's process gone: record it and apply policy."""
