@@ -15,7 +15,7 @@ P = Path("/state/machines/web/machine.toml")
 
 def test_round_trip(tmp_path: Path) -> None:
     spec = MachineSpec(name="web", vcpus=2, memory_mib=512, kernel=Path("/k/vmlinuz"),
-                       restart="on-failure", cmdline="quiet")
+                       restart="on-failure", cmdline="quiet", autostart=True)
     path = tmp_path / "machine.toml"
     write_spec(path, spec)
     assert read_spec(path) == spec
@@ -36,6 +36,8 @@ def test_round_trip(tmp_path: Path) -> None:
         ('name = "web"\nschema_version = 99\n', "newer than this boxui understands"),
         ('name = "web"\naccel = "hvf"\n', "key 'accel'"),
         ('name = "web"\nrestart = "sometimes"\n', "key 'restart'"),
+        ('name = "web"\nautostart = "no"\n', "key 'autostart'"),
+        ('name = "web"\nautostart = 1\n', "key 'autostart'"),
         ('name = "web"\ncmdline = "a\\nb"\n', "key 'cmdline'"),
         ('name = "web\n', "invalid TOML"),
         ("name = 'web'\n[x\n", "invalid TOML"),

@@ -16,8 +16,9 @@ from backend.drivers.errors import PortInUseError
 from backend.drivers.qemu.accel import AccelChoice
 from backend.errors import BoxuiError
 from backend.state.engine import Engine
+from backend.state.event_bus import Missed
 from backend.state.event_log import read_log
-from backend.state.lifecycle import InstanceState, PersistedState
+from backend.state.lifecycle import InstanceState, PersistedState, Verb
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.ports import PORT_ATTEMPTS
 from backend.supervision.supervisor import MachineBusyError, Supervisor
@@ -131,6 +132,9 @@ class PortRaceDriver(FakeDriver):
         super().__init__()
         self.lost_races = lost_races
         self.launches: list[LaunchSpec] = []
+
+    def __post_init__(self) -> None:
+        FakeDriver.__init__(self)  # the dataclass __init__ does not call it
 
     async def start(self, spec: LaunchSpec) -> VmHandle:
         self.launches.append(spec)
@@ -287,5 +291,129 @@ async def test_stop_aborts_a_boot_resumed_by_recovery(home: Path, driver: FakeDr
             await asyncio.sleep(0.2)
             assert engine.projection.state_of("vm") is InstanceState.STOPPED
             assert "failed" not in caplog.text and "illegal" not in caplog.text
+    finally:
+        await engine.close()
+
+
+async def _cut_short_boot(home: Path, driver: FakeDriver, boot_delay: float) -> None:
+    """boxui dies while `vm` boots: it stays `booting`, its guest running on."""
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = boot_delay
+    try:
+        async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+            start = asyncio.create_task(sup.start_machine("vm"))
+            await wait_state(engine, "vm", InstanceState.BOOTING)
+            while "vm" not in sup.handles:
+                await asyncio.sleep(0.02)
+    finally:
+        start.cancel()
+        await engine.close()
+
+
+async def test_start_of_a_re_adopted_boot_waits_for_ready(home: Path,
+                                                          driver: FakeDriver) -> None:
+    await _cut_short_boot(home, driver, boot_delay=1.0)
+    engine = await Engine.open(home)
+    try:
+        async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+            assert engine.projection.state_of("vm") is InstanceState.BOOTING
+            await asyncio.wait_for(sup.start_machine("vm"), 10)
+            assert engine.projection.state_of("vm") is InstanceState.READY
+            assert driver.starts == {"vm": 1}  # the adopted guest, not a second one
+            assert "re-adopted pid" in (read_log(engine.dirs.event_log).events[-1].message)
+    finally:
+        await engine.close()
+
+
+async def test_start_of_a_re_adopted_boot_that_fails_fails(home: Path,
+                                                           driver: FakeDriver) -> None:
+    await _cut_short_boot(home, driver, boot_delay=0.5)
+    driver.script("vm").fail_boot = "kernel panic in the guest"
+    engine = await Engine.open(home)
+    try:
+        async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+            with pytest.raises(BoxuiError, match="kernel panic in the guest"):
+                await asyncio.wait_for(sup.start_machine("vm"), 10)
+            assert engine.projection.state_of("vm") is InstanceState.FAILED
+            assert driver.starts == {"vm": 1}
+    finally:
+        await engine.close()
+
+
+async def test_starts_joining_a_boot_share_its_failure(engine: Engine,
+                                                       driver: FakeDriver) -> None:
+    """A start that finds the machine booting waits for that boot: it fails with the
+    boot's reason, rather than returning at once or booting it a second time."""
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = 0.3
+    driver.script("vm").fail_boot = "kernel panic in the guest"
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+        first = asyncio.create_task(sup.start_machine("vm"))
+        await wait_state(engine, "vm", InstanceState.BOOTING)
+        results = await asyncio.wait_for(asyncio.gather(
+            first, sup.start_machine("vm"), sup.start_machine("vm"),
+            return_exceptions=True), 10)
+        assert all(isinstance(r, BoxuiError) and "kernel panic" in str(r) for r in results)
+        assert driver.starts == {"vm": 1}
+        assert engine.projection.state_of("vm") is InstanceState.FAILED
+
+
+async def test_a_start_given_up_does_not_cut_the_boot_short(engine: Engine,
+                                                             driver: FakeDriver) -> None:
+    """The caller of a start may go away (a CLI killed, a connection closed): the boot
+    is the supervisor's and goes on to ready."""
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = 0.5
+    events = engine.subscribe(machine="vm")
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+        start = asyncio.create_task(sup.start_machine("vm"))
+        await wait_state(engine, "vm", InstanceState.BOOTING)
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        async with asyncio.timeout(10):
+            async for event in events:
+                if not isinstance(event, Missed) and event.data.get("to") == "ready":
+                    break
+        assert engine.projection.state_of("vm") is InstanceState.READY
+
+
+async def test_restart_of_a_booting_machine_boots_it_afresh(engine: Engine,
+                                                            driver: FakeDriver) -> None:
+    """`restart` asks for a new boot: one in progress is aborted, not waited for."""
+    await engine.create_machine(spec("vm"))
+    driver.script("vm").boot_delay = 30
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+        first = asyncio.create_task(sup.start_machine("vm"))
+        await wait_state(engine, "vm", InstanceState.BOOTING)
+        while "vm" not in sup.handles:
+            await asyncio.sleep(0.02)
+        driver.script("vm").boot_delay = 0
+        await asyncio.wait_for(sup.restart_machine("vm"), 10)
+        assert engine.projection.state_of("vm") is InstanceState.READY
+        assert driver.starts == {"vm": 2}
+        await asyncio.wait_for(first, 5)  # the aborted boot's start returns, no error
+
+
+async def test_a_stop_cut_short_is_finished_by_recovery(home: Path, driver: FakeDriver) -> None:
+    """boxui died while it powered a guest off: the next supervisor finishes the stop
+    instead of adopting the guest as ready."""
+    engine = await Engine.open(home)
+    await engine.create_machine(spec("vm"))
+    async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
+        await sup.start_machine("vm")
+        pid = sup.handles["vm"].pid
+        await engine.transition("vm", Verb.STOPPING, message="powering off")  # then it died
+    await engine.close()
+    assert psutil.pid_exists(pid)
+
+    engine = await Engine.open(home)
+    try:
+        async with make_supervisor(engine, driver).running(recover=recover_machines):
+            await wait_state(engine, "vm", InstanceState.STOPPED)
+            assert verbs(engine, "vm")[-2:] == ["stopping", "stopped"]
+            assert driver.starts == {"vm": 1}
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     finally:
         await engine.close()

@@ -46,9 +46,12 @@ def _fsync_opened(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600, *,
+                       durable: bool = True) -> None:
     """Replace `path` with `data`, which gets exactly `mode` whatever the umask (a key's
-    mode is part of its meaning); on any failure the old file stays and no temp is left."""
+    mode is part of its meaning); on any failure the old file stays and no temp is left.
+    `durable=False` skips the fsyncs, for derived data that a power cut may cost but
+    never corrupt unnoticed (a reader must then tolerate an old or empty file)."""
     directory = path.parent
     # not `secrets.token_hex`: the same bytes, without its imports on the `ls` path
     tmp = directory / f"{TEMP_MARKER}{path.name}.{os.urandom(4).hex()}"
@@ -59,7 +62,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
             while view:
                 view = view[os.write(fd, view):]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -69,6 +73,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     except BaseException:  # interrupted (Ctrl-C, a cancelled thread's caller): no temp left
         _discard(tmp)
         raise
+    if not durable:
+        return
     try:
         fsync_dir(directory)
     except OSError as exc:

@@ -25,7 +25,8 @@ from backend.state.names import NAME_PATTERN
 from backend.state.process_liveness import unsupervised_state
 from backend.state.state_dir import StateDir
 
-CACHE_VERSION = 1
+#: 2: a supervised view of a running machine no longer needs recovery
+CACHE_VERSION = 2
 CACHE_NAME = ".ls-cache.json"
 Signature = list[int] | None
 View = dict[str, Any]
@@ -135,11 +136,19 @@ def _validated_views(dirs: StateDir, name: str) -> dict[bool, View]:
     # listing served wholly from the cache must not pay for it
     from backend.state.machine_store import MachineStore, machine_view
 
-    store = MachineStore(dirs)
-    return {flag: machine_view(store.load(name, supervised=flag)) for flag in (True, False)}
+    view = machine_view(MachineStore(dirs).load(name, supervised=True))
+    if view["state"] == "broken" or (view.get("record") or {}).get("persisted") != "running":
+        return {True: view, False: view}
+    # unsupervised, a running machine is not vouched for: what `MachineStore.load` would
+    # say, without loading (and validating) it a second time
+    return {True: view, False: _live({**view, "needs_recovery": True})}
 
 
 def _write(dirs: StateDir, cache_path: str, entries: dict[str, Any]) -> None:
+    # not durable: the supervisor refreshes this after every event, and two fsyncs each
+    # time were most of the cost of re-adopting machines at start-up; a power cut can
+    # only leave an old or unreadable cache, which is stat-checked or ignored
     with contextlib.suppress(StorageError, OSError):
         atomic_write_bytes(Path(cache_path),
-                           orjson.dumps({"version": CACHE_VERSION, "entries": entries}))
+                           orjson.dumps({"version": CACHE_VERSION, "entries": entries}),
+                           durable=False)

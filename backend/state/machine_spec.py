@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 
 from backend.errors import InvalidNameError, SpecError
 from backend.state.accelerator import AccelRequest
@@ -55,6 +62,9 @@ class MachineSpec(BaseModel):
     hypervisor: Literal["qemu"] = "qemu"
     accel: AccelRequest = "auto"
     restart: RestartPolicy = "never"
+    #: start this machine whenever a daemon starts (after crash recovery), e.g. at boot
+    #: under `boxui daemon install`'s systemd unit
+    autostart: StrictBool = False  # strict: `autostart = "no"` must not read as true
     #: the service this machine is an instance of (None: a machine of its own)
     service: str | None = None
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV)

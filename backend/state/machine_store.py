@@ -47,6 +47,8 @@ class LoadedMachine(BaseModel):
     record: RuntimeRecord | None = None
     state: InstanceState
     reason: str | None = None
+    #: recorded as running while no supervisor runs: not vouched for until one starts
+    #: and re-adopts it (or marks it crashed)
     needs_recovery: bool = False
 
     @property
@@ -244,9 +246,10 @@ class MachineStore:
                 name=name, spec=spec, record=record, state=InstanceState(state),
                 reason=reason, needs_recovery=True,
             )
+        # a machine recorded as running gets here only with a live supervisor, which
+        # re-adopted it before serving anything: nothing is left to recover
         return LoadedMachine(
-            name=name, spec=spec, record=record, state=record.state,
-            reason=record.reason, needs_recovery=record.needs_recovery,
+            name=name, spec=spec, record=record, state=record.state, reason=record.reason,
         )
 
     def load_all(self, *, supervised: bool = False) -> list[LoadedMachine]:

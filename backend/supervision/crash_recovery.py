@@ -4,6 +4,7 @@ For every machine recorded as running, the new supervisor re-adopts the hypervis
 when it is provably the same process: the pid is alive, its start time equals the one
 recorded, its command line names this machine and this state dir, and QMP answers.
 Anything else marks the machine crashed with the reason, and its restart policy applies.
+What was in progress is finished: a boot goes on to ready (or failed), a stop to stopped.
 A process that merely reuses the pid is never signalled, and no machine is started twice:
 recovery runs before any start (`supervisor.running(recover=recover_machines)` runs it
 before it yields), and a start of an adopted machine finds it active.
@@ -19,7 +20,9 @@ import psutil
 
 from backend.drivers.base import AdoptRefusal, AdoptRequest
 from backend.drivers.qemu.driver import identity_args
-from backend.state.lifecycle import InstanceState, PersistedState
+from backend.errors import BoxuiError
+from backend.state.lifecycle import ACTIVE_STATES, InstanceState, PersistedState
+from backend.state.machine_store import MachineStore
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.supervisor import Supervisor
 
@@ -29,16 +32,34 @@ ORPHAN_SETTLE_SECONDS = 10.0
 
 
 async def recover_machines(supervisor: Supervisor) -> None:
+    """Recover every machine recorded as running, all at once: a daemon serves nothing
+    until this is done, and each adoption mostly waits on its hypervisor's answer."""
     engine = supervisor.engine
-    machines = await asyncio.to_thread(engine.machines)
-    for machine in machines:
-        record = machine.record
-        if machine.broken or record is None or record.persisted is not PersistedState.RUNNING:
-            continue
-        state = engine.projection.state_of(machine.name)
-        if state is None:
-            continue
-        await recover_one(supervisor, machine.name, record, state)
+    # the log says which machines may run (state.json agrees with it once the engine is
+    # open): only their records are read, not every machine's
+    active = [name for name in engine.projection.names()
+              if engine.projection.state_of(name) in ACTIVE_STATES]
+    records = await asyncio.to_thread(_running_records, engine.store, active)
+    results = await asyncio.gather(
+        *(recover_one(supervisor, name, record, state) for name, record, state in
+          ((n, r, engine.projection.state_of(n)) for n, r in records.items())
+          if state is not None),
+        return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _running_records(store: MachineStore, names: list[str]) -> dict[str, RuntimeRecord]:
+    records = {}
+    for name in names:
+        try:
+            record = store.load_record(name)
+        except BoxuiError:
+            continue  # unreadable or gone: the engine reported it as broken already
+        if record.persisted is PersistedState.RUNNING:
+            records[name] = record
+    return records
 
 
 async def recover_one(
@@ -64,6 +85,8 @@ async def recover_one(
         await supervisor.machine_crashed(name, result.reason)
     elif state is InstanceState.BOOTING:
         await supervisor.adopt_booting(name, result)
+    elif state is InstanceState.STOPPING:
+        await supervisor.adopt_stopping(name, result)
     else:
         await supervisor.adopt_running(name, result)
 

@@ -2,7 +2,10 @@
 
 It is the only code that turns driver facts into lifecycle events. Each machine's
 operations are serialised by a per-machine lock, so 20 concurrent starts produce one
-hypervisor; a start that finds the machine already active returns instead of launching.
+hypervisor. A boot runs as the supervisor's own task with one outcome every start of that
+machine awaits (the one that began it, later ones, and starts of a boot re-adopted after a
+crash), so a start returns when the machine is ready or fails with the boot's error, and a
+caller that goes away never cuts a boot short.
 Long-lived tasks (exit watchers, restart timers) live in the supervisor's task group and
 are cancelled with it; cancelling never stops a VM, because VMs must outlive boxui.
 """
@@ -82,6 +85,9 @@ class Supervisor:
         self._trackers: dict[str, RestartTracker] = {}
         self._restart_timers: dict[str, asyncio.Task[None]] = {}
         self._booting: set[str] = set()
+        #: the outcome of each boot in progress (started here or re-adopted), which every
+        #: start of that machine awaits; see `_boot_task`
+        self._boot_outcomes: dict[str, asyncio.Future[None]] = {}
         self._aborting: set[str] = set()
         self._stopping: set[str] = set()
         self._group: asyncio.TaskGroup | None = None
@@ -151,8 +157,19 @@ class Supervisor:
     async def start_machine(
         self, name: str, *, progress: ProgressFn | None = None, automatic: bool = False
     ) -> None:
+        """Return once `name` is ready (or was already running); raise the boot's error
+        if it fails, also when this start only joined a boot already in progress."""
         if not automatic:
             self._cancel_restart(name)
+        outcome = self._boot_outcomes.get(name)
+        if outcome is None:
+            outcome = self._boot_task(name, self._start_under_lock(name, progress, automatic))
+        # shielded: a caller that gives up (a closed connection, a cancelled task) stops
+        # waiting, while the boot goes on to ready or failed for everyone else
+        await asyncio.shield(outcome)
+
+    async def _start_under_lock(self, name: str, progress: ProgressFn | None,
+                                automatic: bool) -> None:
         async with self._locks[name]:
             state = self.engine.projection.state_of(name)
             if state is None:
@@ -165,6 +182,39 @@ class Supervisor:
             if not automatic:
                 self.tracker(name).reset()
             await self._boot(spec, progress)
+
+    def _boot_task(self, name: str, body: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run `body` (a boot) as the supervisor's task; its result or error is the
+        returned outcome, which stays registered until the boot ends so that a start
+        meanwhile awaits it instead of returning early on a machine still `booting`."""
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # a failure nobody awaited was reported through the machine's events already
+        outcome.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._boot_outcomes[name] = outcome
+
+        async def run() -> None:
+            try:
+                await body
+            except asyncio.CancelledError:
+                outcome.cancel()  # the supervisor is shutting down
+                raise
+            except Exception as exc:  # every error of a boot is its waiters' to report
+                if not outcome.done():
+                    outcome.set_exception(exc)
+            else:
+                if not outcome.done():
+                    outcome.set_result(None)
+            finally:
+                if self._boot_outcomes.get(name) is outcome:
+                    del self._boot_outcomes[name]
+
+        try:
+            self.spawn(run(), f"boot-{name}")
+        except BaseException:
+            del self._boot_outcomes[name]
+            body.close()
+            raise
+        return outcome
 
     def restore_plan(self, spec: MachineSpec) -> RestorePlan | None:
         """How `spec` would start: a snapshot restore, or None for a cold boot. Raises
@@ -343,9 +393,12 @@ class Supervisor:
     async def adopt_running(self, name: str, handle: VmHandle) -> None:
         """Supervise a hypervisor crash recovery proved to be this machine's, as if it
         had been started here."""
-        await self._hold(name, handle, adopted_process_record(handle))
-        await self.engine.transition(name, Verb.ADOPTED,
+        # one write of its record with the event, not two: recovery of many machines
+        # waits on each (they are serialised by the engine)
+        self.handles[name] = handle
+        await self.engine.transition(name, Verb.ADOPTED, update=adopted_process_record(handle),
                                      message=f"re-adopted running pid {handle.pid}")
+        self.spawn(self._watch(name, handle), f"watch-{name}")
         self.tracker(name).machine_up()
 
     async def adopt_booting(self, name: str, handle: VmHandle) -> None:
@@ -353,7 +406,20 @@ class Supervisor:
         boot is finished in the background."""
         await self._hold(name, handle, adopted_process_record(handle))
         self._booting.add(name)  # now, so a stop before the task runs aborts it
-        self.spawn(self._finish_adopted_boot(name, handle), f"boot-{name}")
+        self._boot_task(name, self._finish_adopted_boot(name, handle))
+
+    async def adopt_stopping(self, name: str, handle: VmHandle) -> None:
+        """Like `adopt_running`, for a guest boxui was stopping when it died: the stop
+        that was asked for is finished, not forgotten."""
+        self._stopping.add(name)  # its exit meanwhile belongs to the stop below
+        await self._hold(name, handle, adopted_process_record(handle))
+        self.spawn(self._finish_adopted_stop(name), f"stop-{name}")
+
+    async def _finish_adopted_stop(self, name: str) -> None:
+        try:
+            await self.stop_machine(name)  # carries on from `stopping`
+        finally:
+            self._stopping.discard(name)
 
     async def machine_crashed(self, name: str, reason: str) -> None:
         """Crash recovery found the machine's process gone: record it and apply policy."""
@@ -374,8 +440,10 @@ class Supervisor:
             except (BoxuiError, OSError) as exc:
                 if self.handles.get(name) is handle:  # else its exit was handled already
                     await self._boot_failed(name, handle, exc)
-                self._aborting.discard(name)
-                return
+                if name in self._aborting:
+                    self._aborting.discard(name)
+                    return
+                raise
             finally:
                 self._booting.discard(name)
             await self.engine.transition(name, Verb.READY,

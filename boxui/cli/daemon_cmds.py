@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from boxui.cli import daemon_unit
+
 if TYPE_CHECKING:
     from backend.state.state_dir import StateDir
     from backend.state.supervisor_lock import SupervisorLock
@@ -152,5 +154,8 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else \
         f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
+
+daemon_group.add_command(daemon_unit.install_cmd)
+daemon_group.add_command(daemon_unit.uninstall_cmd)
 
 COMMANDS = [daemon_group]

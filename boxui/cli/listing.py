@@ -29,12 +29,12 @@ def _state_dir() -> StateDir:
 def ls_cmd(as_json: bool) -> None:
     """List machines (reads the state dir without taking the lock)."""
     from backend.state.listing_cache import list_views
-    from backend.state.supervisor_lock import lock_holder
+    from backend.state.live_supervisor import live_supervisor
     from boxui.cli.output import MACHINE_HEADERS, emit_json, machine_row, table
 
     dirs = _state_dir()
-    supervised = lock_holder(dirs.lock_file) is not None
-    views = list_views(dirs, supervised=supervised)
+    holder = live_supervisor(dirs.lock_file)
+    views = list_views(dirs, supervised=holder is not None)
     if as_json:
         emit_json(views)
         return
@@ -44,6 +44,9 @@ def ls_cmd(as_json: bool) -> None:
     click.echo(table(MACHINE_HEADERS, [machine_row(v) for v in views]))
     if any(v["needs_recovery"] and v["state"] == "stopped" for v in views):
         click.echo("* was running when boxui stopped; confirmed when boxui starts again")
+    if holder is not None and any((v.get("record") or {}).get("persisted") == "running"
+                                  for v in views):
+        click.echo(f"running machines are supervised by boxui pid {holder}")
 
 
 @click.command("info")
@@ -51,17 +54,19 @@ def ls_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_cmd(name: str, as_json: bool) -> None:
     """Show one machine's spec and runtime record."""
+    from backend.state.live_supervisor import live_supervisor
     from backend.state.machine_store import MachineStore, machine_view
-    from backend.state.supervisor_lock import lock_holder
     from boxui.cli.output import emit_json, info_lines
 
     dirs = _state_dir()
-    holder = lock_holder(dirs.lock_file)
+    holder = live_supervisor(dirs.lock_file)
     machine = MachineStore(dirs).load(name, supervised=holder is not None)
     if as_json:
         from backend.templates.restore_plan import shared_state_note
 
+        running = machine.record is not None and machine.record.persisted.value == "running"
         emit_json(machine_view(machine) | {"supervisor_pid": holder,
+                                           "supervised_by": holder if running else None,
                                            "shared_state": shared_state_note(
                                                machine.spec, machine.record)})
         return

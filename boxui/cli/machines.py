@@ -49,14 +49,17 @@ if TYPE_CHECKING:
               show_default=True)
 @click.option("--start/--no-start", default=True, show_default=True,
               help="Boot the machine once it is created.")
+@click.option("--autostart", is_flag=True,
+              help="Start it whenever the boxui daemon starts (see `boxui daemon install`).")
 @json_flag
 def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
                template_ref: str | None, kernel: Path | None, initrd: Path | None,
                disk_image: Path | None, accel: AccelRequest, restart_policy: RestartPolicy,
-               start: bool, as_json: bool) -> None:
+               start: bool, autostart: bool, as_json: bool) -> None:
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
                          accel, restart_policy)
+    spec.autostart = autostart
     _report(name, as_json, call("POST", "/v1/machines", params={"start": start},
                                 json=spec.model_dump(mode="json", exclude_none=True)))
 

@@ -66,14 +66,11 @@ def event_line(event: CloudEvent) -> str:
 
 
 def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
+    """`supervisor_pid`: the live supervisor of the state dir (`live_supervisor`), if any."""
     out = [f"name:           {m.name}", f"state:          {m.state.value}"]
     if m.reason:
         out.append(f"reason:         {m.reason}")
-    if m.needs_recovery and not supervisor_pid:  # a live supervisor settles it itself
-        out.append("recovery:       needed (will be checked when a supervisor starts)")
-    out.append(
-        f"supervisor:     {'pid ' + str(supervisor_pid) if supervisor_pid else 'not running'}"
-    )
+    out.extend(supervision_lines(m, supervisor_pid))
     if m.spec:
         from backend.drivers.qemu.accel import resolve_accel
 
@@ -101,6 +98,18 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
     if note:
         out.append(f"{'shared state:':<16}{note}")
     return out
+
+
+def supervision_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
+    """Whether a live supervisor watches the machine: one that runs has re-adopted every
+    machine recorded as running before it served anything."""
+    running = m.record is not None and m.record.persisted.value == "running"
+    if supervisor_pid is None:
+        recovery = ["recovery:       needed (will be checked when a supervisor starts)"]
+        return [*(recovery if m.needs_recovery else []), "supervisor:     not running"]
+    if running:
+        return [f"supervisor:     supervised by pid {supervisor_pid}"]
+    return [f"supervisor:     pid {supervisor_pid}"]
 
 
 def age(when: datetime) -> str:

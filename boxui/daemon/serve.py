@@ -23,6 +23,7 @@ from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.state.event_bus import Missed, Subscription
 from backend.state.supervisor_lock import SupervisorLock
+from backend.supervision.autostart import autostart_machines
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import ExecRunner, MachineExec
 from backend.supervision.supervisor import Supervisor
@@ -62,6 +63,7 @@ async def run_daemon(
             supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
             ctx = ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
             supervisor.spawn(_log_events(subscription), "log-events")
+            await autostart_machines(supervisor)  # after recovery; each boots in its task
             await ctx.services.start()
             await _serve(ctx, stop, on_listening, idle_timeout, leaving)
             log.info("shutting down; machines keep running")

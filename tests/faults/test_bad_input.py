@@ -29,8 +29,8 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "template rm": ([], []),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
-UNNAMED = {"ls", "daemon status", "daemon stop", "demo", "doctor", "service ls",
-           "template ls"}
+UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
+           "doctor", "service ls", "template ls"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -43,6 +43,8 @@ BAD_OPTIONS = [
     ["ls", "extra"], ["ls", "--bogus"], ["daemon", "extra"], ["daemon", "--bogus"],
     ["daemon", "--idle-timeout", "-1"], ["daemon", "--idle-timeout", "soon"],
     ["daemon", "status", "extra"], ["daemon", "stop", "--bogus"],
+    ["daemon", "install", "extra"], ["daemon", "install", "--bogus"],
+    ["daemon", "uninstall", "extra"], ["daemon", "uninstall", "--bogus"],
     ["doctor", "extra"], ["doctor", "--bogus"],
     ["demo", "--home", "FILE"], ["info"], ["start"], ["exec", "ok"], ["frobnicate"],
     *(["service", "create", "ok", "--no-wait", opt, n] for opt in ("--replicas", "--max")
