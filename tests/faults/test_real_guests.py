@@ -49,6 +49,9 @@ from tests.faults.support import (
     wait_until,
 )
 
+#: states a re-adopted machine leaves by itself (its boot or stop is finished)
+SETTLING = (InstanceState.BOOTING, InstanceState.STOPPING)
+
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(not HAS_QEMU, reason="qemu-system-x86_64 is not installed"),
@@ -248,7 +251,7 @@ async def recover_and_check(home: Path) -> tuple[dict[str, str], list[str]]:
         sup = Supervisor(engine, QemuDriver(), DefaultBootFiles(engine.dirs.images))
         async with sup.running(recover=recover_machines):
             async with asyncio.timeout(60):
-                while any(engine.projection.state_of(n) is InstanceState.BOOTING
+                while any(engine.projection.state_of(n) in SETTLING
                           for n in engine.projection.names()):
                     await asyncio.sleep(0.1)
             states = {n: engine.projection.state_of(n) for n in engine.projection.names()}

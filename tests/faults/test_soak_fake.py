@@ -40,6 +40,9 @@ from tests.faults.support import (
 )
 from tests.line_reader import LineReader
 
+#: states a re-adopted machine leaves by itself (its boot or stop is finished)
+SETTLING = (InstanceState.BOOTING, InstanceState.STOPPING)
+
 CYCLES = int(os.environ.get("BOXUI_SOAK_CYCLES", "100"))
 #: the supervisor is killed this long (uniform, seconds) after it was forked
 KILL_WINDOW = (0.0, 0.35)
@@ -157,9 +160,10 @@ async def recover_and_look(home: Path) -> tuple[dict[str, str], int, list[str]]:
     each machine's state, the desired replicas and any broken promise."""
     problems: list[str] = []
     async with supervising(home) as (engine, services):
-        async with asyncio.timeout(10):  # adopted mid-boot machines finish booting
+        # re-adopted machines finish the boot or the stop they were in
+        async with asyncio.timeout(10):
             await services.wait_settled(SERVICE, services.wake(SERVICE))
-            while any(engine.projection.state_of(n) is InstanceState.BOOTING
+            while any(engine.projection.state_of(n) in SETTLING
                       for n in engine.projection.names()):
                 await asyncio.sleep(0.01)
         states = {n: engine.projection.state_of(n) for n in engine.projection.names()}
