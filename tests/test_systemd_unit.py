@@ -86,9 +86,18 @@ def test_idle_timeout_zero_only_if_the_daemon_takes_it(home: Path, config: Path)
     daemon.add_command(install_cmd)
     with_flag = CliRunner().invoke(daemon, ["install", "--print", "--user"])
     assert "daemon --idle-timeout 0\n" in with_flag.output
-    without = CliRunner().invoke(cli, ["daemon", "install", "--print", "--user"])
+
+    @click.group()
+    def bare() -> None:
+        pass
+
+    bare.add_command(install_cmd)
+    without = CliRunner().invoke(bare, ["install", "--print", "--user"])
     assert without.exit_code == 0 and "ExecStart=" in without.output
     assert "--idle-timeout" not in without.output
+    # boxui's own daemon idles out when started in the background: the unit says never
+    real = CliRunner().invoke(cli, ["daemon", "install", "--print", "--user"])
+    assert real.exit_code == 0 and "daemon --idle-timeout 0\n" in real.output
 
 
 def test_install_print_force_and_uninstall(home: Path, config: Path) -> None:
