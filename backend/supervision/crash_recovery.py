@@ -21,6 +21,7 @@ import psutil
 from backend.drivers.base import AdoptRefusal, AdoptRequest
 from backend.drivers.qemu.driver import identity_args
 from backend.errors import BoxuiError
+from backend.state.engine import Engine
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, PersistedState
 from backend.state.machine_store import MachineStore
 from backend.state.runtime_record import RuntimeRecord
@@ -85,10 +86,21 @@ async def recover_one(
         await supervisor.machine_crashed(name, result.reason)
     elif state is InstanceState.BOOTING:
         await supervisor.adopt_booting(name, result)
-    elif state is InstanceState.STOPPING:
+    elif state is InstanceState.STOPPING and not await _is_service_instance(engine, name):
         await supervisor.adopt_stopping(name, result)
     else:
         await supervisor.adopt_running(name, result)
+
+
+async def _is_service_instance(engine: Engine, name: str) -> bool:
+    """A service instance's stop is one step of its service's scale-down (drain, stop,
+    delete): its service reconciles it, so recovery adopts it as running rather than
+    finishing a stop whose delete would never follow."""
+    try:
+        spec = await asyncio.to_thread(engine.store.load_spec, name)
+    except BoxuiError:
+        return False
+    return spec.service is not None
 
 
 def _find_orphan(name: str, run_dir: Path) -> tuple[int, float] | None:
