@@ -24,8 +24,8 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -39,6 +39,9 @@ from backend.guest.guest_files import (
 from backend.guest.image_builder import GuestImage
 from backend.guest.newc import Entry, write_archive
 from backend.state.atomic_write import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import asyncssh
 
 CLIENT_KEY_FILE = "id_ed25519"
 CLIENT_PUB_FILE = "id_ed25519.pub"
@@ -107,6 +110,10 @@ def create_machine_keys(machine_dir: Path) -> MachineKeys:
     present = [Path(p).exists() for p in vars(keys).values()]
     if all(present):
         return keys
+    # asyncssh (~0.2 s to import) only here and below: a daemon's start-up imports this
+    # module but must re-adopt its machines before it loads anything it can do without
+    import asyncssh
+
     comment = f"boxui@{machine_dir.name}"
     client = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
     host = Ed25519PrivateKey.generate()
@@ -135,6 +142,8 @@ def host_public_key(keys: MachineKeys) -> str:
 
 def host_key_fingerprint(keys: MachineKeys) -> str:
     """`SHA256:…` fingerprint of the guest's host key, as `ssh` prints it."""
+    import asyncssh  # deferred: see `create_machine_keys`
+
     fingerprint: str = asyncssh.import_public_key(host_public_key(keys)).get_fingerprint()
     return fingerprint
 
@@ -148,6 +157,8 @@ def known_hosts_line(keys: MachineKeys, port: int, host: str = "127.0.0.1") -> s
 
 def client_private_key(keys: MachineKeys) -> asyncssh.SSHKey:
     """The client key, loaded for `asyncssh.connect(client_keys=[...])`."""
+    import asyncssh  # deferred: see `create_machine_keys`
+
     return asyncssh.read_private_key(keys.client_key)
 
 

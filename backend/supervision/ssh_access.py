@@ -18,9 +18,7 @@ import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
-
-import asyncssh
+from typing import TYPE_CHECKING, Protocol
 
 from backend.errors import BoxuiError
 from backend.guest.machine_seed import (
@@ -30,6 +28,12 @@ from backend.guest.machine_seed import (
 )
 from backend.state.atomic_write import atomic_write_text
 from backend.state.names import validate_name
+
+if TYPE_CHECKING:
+    # at run time asyncssh (~0.2 s to import) is imported by the functions that use it:
+    # the supervisor imports this module, and a daemon re-adopts its machines before it
+    # loads anything recovery does without
+    import asyncssh
 
 GUEST_HOST = "127.0.0.1"
 GUEST_USER = "root"
@@ -171,6 +175,8 @@ def ssh_config_block(name: str, machine_dir: Path, keys: MachineKeys, port: int)
 
 
 def _connect_failure(where: str, exc: BaseException, connect_timeout: float) -> SshError:
+    import asyncssh  # deferred: see the imports
+
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         cause = "host key mismatch: whatever answers on this port is not this machine's guest"
     elif isinstance(exc, asyncssh.PermissionDenied):
@@ -194,6 +200,8 @@ async def _pump(reader: asyncssh.SSHReader[bytes], sink: ByteSink, where: str) -
     Only read errors become `SshError`; a failing sink (say, a closed stdout pipe) is
     the caller's problem and propagates unchanged.
     """
+    import asyncssh  # deferred: see the imports
+
     while True:
         try:
             chunk = await reader.read(_READ_CHUNK)
@@ -239,6 +247,8 @@ async def connect(
     ~/.ssh/config and any agent are ignored, so the result does not depend on whoever
     runs boxui. `client_factory` lets a caller be told when the connection drops.
     """
+    import asyncssh  # deferred: see the imports
+
     where = _where(machine_dir, port)
     try:
         client_key = client_private_key(keys)
@@ -327,6 +337,8 @@ async def _run(
     stdin: bytes | None,
     where: str,
 ) -> int | None:
+    import asyncssh  # deferred: see the imports
+
     try:
         process = await conn.create_process(command, encoding=None)
     except (OSError, asyncssh.Error) as exc:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
-from backend.api.context import ApiContext
 from backend.state.event_bus import Subscription
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState
+
+if TYPE_CHECKING:  # the API loads after recovery (see `serve`); only its type is used here
+    from backend.api.context import ApiContext
 
 #: a creating machine is being made by a request or a service: not idle either
 BUSY_STATES = ACTIVE_STATES | {InstanceState.CREATING}
