@@ -6,15 +6,20 @@ daemon's start.
     .venv/bin/python bench/recovery.py [--running 10] [--stopped 90] [--runs 3]
                                        [--memory 256] [--cache DIR] [--profile]
 
+Two figures per run, both from the daemon's launch (`python -m boxui daemon`): until
+the last of this run's `adopted` events (the 10 re-adopted; every machine's state is
+known before that, when the daemon opens the state dir and replays the log), which is
+what the target is about; and until `GET /v1/machines` first answers with every machine,
+the running ones `ready` (the daemon binds its socket first, so the request waits in the
+backlog while it recovers and then loads and serves the API).
+
 Set-up, outside the timings: a template variant is built with `--snapshot` and the
 running machines are restored from it (real QEMU guests, each to ready with SSH
 answering) through the real supervisor, which then lets go of them (they keep running,
 as when boxui dies); the stopped machines are created and never started. Then, each run:
-`boxui daemon` is started as a process (`python -m boxui daemon`), and the clock runs
-from its launch until `GET /v1/machines` first answers with every machine and the running
-ones `ready` (the daemon re-adopts before it serves, so that is the first answer), and
-the log then holds an `adopted` event of this run for each running machine. The daemon
-gets SIGTERM (guests stay) and the next run starts another one over the same machines.
+`boxui daemon` is started as a process, and the log must then hold an `adopted` event
+of this run for each running machine. The daemon gets SIGTERM (guests stay) and the
+next run starts another one over the same machines.
 `--profile` also runs the same start-up in this process under cProfile (engine open,
 crash recovery) and prints where its time goes.
 The host is shared (2 cores, other work running): the load average is printed too.
@@ -36,6 +41,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psutil
@@ -107,15 +113,22 @@ def first_full_answer(home: Path, total: int, running: list[str],
             time.sleep(POLL_SECONDS)
 
 
-def adopted_since(home: Path, running: list[str], since: datetime) -> set[str]:
+def adopted_since(home: Path, running: list[str], since: datetime) -> dict[str, datetime]:
+    """When each running machine was re-adopted in this run."""
     log = read_log(open_state_dir(home).event_log)
-    return {e.subject or "" for e in log.events
+    return {e.subject: e.time for e in log.events
             if e.type.endswith(".adopted") and e.time >= since and e.subject in running}
 
 
-def one_run(home: Path, total: int, running: list[str]) -> tuple[float, float]:
-    """Seconds to the first full answer, and the CPU seconds the daemon used by then
-    (on a shared host the second says more of what a quiet one would see)."""
+class Run(NamedTuple):
+    recovered: float  # seconds from launch to the last re-adoption
+    answered: float  # seconds from launch to the first full API answer
+    cpu: float  # CPU seconds the daemon used by then
+
+
+def one_run(home: Path, total: int, running: list[str]) -> Run:
+    """One daemon's start. The CPU seconds it used say more of what a quiet host would
+    see than the wall clock of a shared one."""
     env = dict(os.environ, BOXUI_HOME=str(home))
     since = datetime.now(UTC)
     started = time.perf_counter()
@@ -125,9 +138,10 @@ def one_run(home: Path, total: int, running: list[str]) -> tuple[float, float]:
         seconds = first_full_answer(home, total, running, daemon, started)
         cpu = psutil.Process(daemon.pid).cpu_times()
         adopted = adopted_since(home, running, since)
-        if adopted != set(running):
-            raise SystemExit(f"not re-adopted in this run: {sorted(set(running) - adopted)}")
-        return seconds, cpu.user + cpu.system
+        if set(adopted) != set(running):
+            raise SystemExit(f"not re-adopted in this run: {sorted(set(running) - set(adopted))}")
+        recovered = (max(adopted.values()) - since).total_seconds()
+        return Run(recovered, seconds, cpu.user + cpu.system)
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -194,14 +208,18 @@ def main() -> None:
           f"guests ({resolve_accel('auto').accel}, restored from a snapshot), "
           f"{args.stopped} stopped; {os.cpu_count()} CPUs, load average {load}")
     print(f"(set-up outside the timings: {set_up:.1f} s)")
-    print("daemon launch -> API lists every machine, the running ones re-adopted (ready, "
-          "adopted event)")
-    for i, (seconds, cpu) in enumerate(times, 1):
-        print(f"  run {i}: {seconds:.3f} s (daemon CPU time by then: {cpu:.3f} s)")
-    walls = [seconds for seconds, _ in times]
+    print("from the daemon's launch: every machine known and the running ones re-adopted "
+          "(last adopted event) | the API lists them all, running ones ready")
+    for i, run in enumerate(times, 1):
+        print(f"  run {i}: re-adopted {run.recovered:.3f} s | API {run.answered:.3f} s "
+              f"(daemon CPU time by then: {run.cpu:.3f} s)")
+    answered = statistics.median(run.answered for run in times)
+    print(f"API answer: median {answered:.3f} s (best {min(r.answered for r in times):.3f} s)")
+    walls = [run.recovered for run in times]
     best, median = min(walls), statistics.median(walls)
-    print(f"median {median:.3f} s (best {best:.3f} s); ratio to the {TARGET_SECONDS:.0f} s "
-          f"target {median / TARGET_SECONDS:.2f}: {'OK' if median <= TARGET_SECONDS else 'MISSED'}")
+    print(f"re-adopted: median {median:.3f} s (best {best:.3f} s); ratio to the "
+          f"{TARGET_SECONDS:.0f} s target {median / TARGET_SECONDS:.2f}: "
+          f"{'OK' if median <= TARGET_SECONDS else 'MISSED'}")
 
 
 if __name__ == "__main__":

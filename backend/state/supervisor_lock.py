@@ -53,6 +53,50 @@ class SupervisorLock:
         os.fsync(fd)
         self._fd = fd
 
+    @classmethod
+    def inherit(cls, path: Path, fd: int) -> SupervisorLock:
+        """Take over the lock held through `fd`, a descriptor of `path` inherited from
+        the process handing supervision over (the app, when it quits while machines
+        run): the lock passes with no moment in which nobody holds it.
+
+        The flock belongs to the open file, so it is held already; but the kernel's lock
+        table (what `lock_holder` reads) still names the process that took it, so it is
+        converted to shared and back to exclusive to name this one. Each conversion is
+        one step under the kernel's lock list (never unlocked in between, and reading the
+        table waits for it); nothing else takes a shared lock on this file.
+        """
+        try:
+            info = os.fstat(fd)
+            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError:
+            raise StateDirError(f"file descriptor {fd} is not open (it should be "
+                                f"{path}, handed over with its lock)") from None
+        try:
+            wanted = path.stat()
+        except OSError as exc:
+            raise StateDirError(f"cannot open lock file {path}: {exc.strerror}") from exc
+        if (info.st_dev, info.st_ino) != (wanted.st_dev, wanted.st_ino) \
+                or mode != os.O_RDWR:
+            raise StateDirError(f"file descriptor {fd} is not {path} opened for reading "
+                                "and writing")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateDirInUseError(_read_pid(fd)) from None
+        os.set_inheritable(fd, False)  # the hypervisors it starts must not hold it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
+        lock = cls(path)
+        lock._fd = fd
+        return lock
+
+    @property
+    def fd(self) -> int | None:
+        """The descriptor that holds the lock (to hand it to a successor), if held."""
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock

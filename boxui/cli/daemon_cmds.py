@@ -39,9 +39,12 @@ STOP_TIMEOUT = 30.0
               "else 0].")
 @click.option("--ready-fd", type=click.IntRange(min=3), default=None, hidden=True,
               help="Write a line to this fd once the API listens (for the CLI).")
+@click.option("--lock-fd", type=click.IntRange(min=3), default=None, hidden=True,
+              help="The state dir's lock, held and handed over on this fd (by the app).")
 @click.pass_context
 def daemon_group(ctx: click.Context, home: Path | None, background: bool,
-                 idle_timeout: float | None, ready_fd: int | None) -> None:
+                 idle_timeout: float | None, ready_fd: int | None,
+                 lock_fd: int | None) -> None:
     """Run the supervisor in the foreground (VMs keep running when it stops)."""
     ctx.obj = home
     if ctx.invoked_subcommand is not None:
@@ -56,9 +59,12 @@ def daemon_group(ctx: click.Context, home: Path | None, background: bool,
     # Until its API listens, a daemon holds the start lock (one the CLI starts: that CLI
     # does), so a CLI arriving meanwhile waits for it instead of finding the state dir
     # locked with no socket. Only tried: a rival start must still lose at once.
-    starting = None if ready_fd is not None else try_start_lock(dirs)
-    lock = SupervisorLock(dirs.lock_file)
-    lock.acquire()
+    starting = None if ready_fd is not None or lock_fd is not None else try_start_lock(dirs)
+    if lock_fd is not None:  # the app hands supervision over: its lock becomes ours
+        lock = SupervisorLock.inherit(dirs.lock_file, lock_fd)
+    else:
+        lock = SupervisorLock(dirs.lock_file)
+        lock.acquire()
     if background:
         from boxui.daemon.log_file import log_to_file
         from boxui.daemon.spawn import daemon_log_path

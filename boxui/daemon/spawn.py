@@ -19,18 +19,24 @@ import os
 import select
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import httpx
 
 from backend.errors import BoxuiError, StateDirInUseError
 from backend.state.state_dir import StateDir, open_state_dir
 from backend.state.supervisor_lock import lock_holder
-from boxui.daemon.client import DaemonClient, serving_daemon
+from boxui.daemon.client import BASE_URL, DaemonClient, read_answer, serving_daemon
 from boxui.daemon.start_lock import start_lock
 
 #: how long a starting daemon may take to serve (recovery of many machines included)
 READY_TIMEOUT = 60.0
 READY_LINE = b"ready\n"
 LOG_TAIL_LINES = 3
+DAEMON_COMMAND = (sys.executable, "-m", "boxui", "daemon")
+#: states of a machine whose hypervisor runs (what a handed-over daemon supervises)
+RUNNING_STATES = frozenset({"booting", "ready", "busy", "draining", "stopping"})
 
 
 def daemon_log_path(dirs: StateDir) -> Path:
@@ -55,18 +61,29 @@ def ensure_daemon(dirs: StateDir | None = None) -> DaemonClient:
     return DaemonClient(dirs.api_socket, pid, reconnect=lambda: ensure_daemon(dirs))
 
 
-def spawn_daemon(dirs: StateDir, timeout: float = READY_TIMEOUT) -> int:
+def spawn_daemon(dirs: StateDir, timeout: float = READY_TIMEOUT, *,
+                 lock_fd: int | None = None, command: Sequence[str] | None = None) -> int:
     """Start a background daemon for `dirs` and return its pid once its API listens.
-    The caller holds the start lock."""
+    The caller holds the start lock. `lock_fd`: the state dir's lock, held by the caller,
+    for the daemon to take over (see `hand_over`). `command`: what runs the daemon
+    (tests run one over the stand-in driver), given the same options."""
     log_path = daemon_log_path(dirs)
     log_path.parent.mkdir(mode=0o700, exist_ok=True)
     log_start = log_path.stat().st_size if log_path.exists() else 0
     read_end, write_end = os.pipe()
+    passed = [write_end]
     try:
         os.set_inheritable(write_end, True)
-        pid = _spawn(dirs, log_path, write_end)
+        argv = [*(command or DAEMON_COMMAND), "--background", "--home", str(dirs.root),
+                "--ready-fd", str(write_end)]
+        if lock_fd is not None:
+            passed.append(os.dup(lock_fd))  # a copy of its own, so the caller's stays
+            os.set_inheritable(passed[-1], True)
+            argv += ["--lock-fd", str(passed[-1])]
+        pid = _spawn(argv, log_path)
     finally:
-        os.close(write_end)
+        for fd in passed:
+            os.close(fd)
     try:
         answer = _read_ready(read_end, timeout)
     finally:
@@ -83,12 +100,31 @@ def spawn_daemon(dirs: StateDir, timeout: float = READY_TIMEOUT) -> int:
                      f"(log: {log_path})")
 
 
-def _spawn(dirs: StateDir, log_path: Path, ready_fd: int) -> int:
-    argv = [sys.executable, "-m", "boxui", "daemon", "--background",
-            "--home", str(dirs.root), "--ready-fd", str(ready_fd)]
+def hand_over(dirs: StateDir, lock_fd: int, command: Sequence[str] | None = None,
+              timeout: float = READY_TIMEOUT) -> tuple[int, int]:
+    """Start a background daemon that takes over the caller's lock (held on `lock_fd`)
+    and its machines; return its pid and how many running machines it supervises, once
+    it has re-adopted them and answers. The caller has stopped supervising (its tasks
+    ended, the VMs left running) and holds the start lock, so no CLI starts a daemon
+    meanwhile; it lets go of its lock only after this returns."""
+    pid = spawn_daemon(dirs, timeout, lock_fd=lock_fd, command=command)
+    # its API answers once recovery is done (a request waits in the socket's backlog)
+    transport = httpx.HTTPTransport(uds=str(dirs.api_socket))
+    try:
+        with httpx.Client(transport=transport, base_url=BASE_URL, timeout=timeout) as http:
+            health = read_answer(http.get("/v1/health"))
+    except httpx.TransportError as exc:
+        raise BoxuiError(f"the boxui daemon (pid {pid}) took over but does not answer: "
+                         f"{exc or type(exc).__name__} (log: {daemon_log_path(dirs)})"
+                         ) from None
+    running = sum(n for state, n in health["by_state"].items() if state in RUNNING_STATES)
+    return pid, running
+
+
+def _spawn(argv: list[str], log_path: Path) -> int:
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        return os.posix_spawn(sys.executable, argv, os.environ, setsid=True, file_actions=[
+        return os.posix_spawn(argv[0], argv, os.environ, setsid=True, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),
             (os.POSIX_SPAWN_DUP2, log_fd, 2),

@@ -43,6 +43,12 @@ class BackendOptions:
     serve_api: bool = True
     #: the supervisor's monotonic clock (boot durations in events); fixed in snapshots
     clock: Callable[[], float] | None = None
+    #: on closing with machines running, keep the lock for `EmbeddedBackend.hand_over`
+    #: (which the caller must then call: `boxui` does); else simply let go of it
+    hand_over_on_close: bool = False
+    #: what runs the daemon the app hands its running machines to
+    #: (`boxui daemon`; tests give one over the stand-in driver)
+    daemon_command: list[str] | None = None
 
 
 class AppBackend(Protocol):

@@ -1,14 +1,20 @@
 """The app's backend when no daemon runs: the engine and supervisor in the app's loop.
 
-Closing the app (or it crashing) leaves VMs running, exactly like a killed daemon; the
-next supervisor re-adopts them. While it runs it also serves the daemon's control API
+Closing the app leaves VMs running. While it runs it also serves the daemon's control API
 (unless told not to), so the CLI and scripts act through it rather than find the state
-dir locked.
+dir locked. When it closes while machines run, it hands them to a background daemon
+(`hand_over`): its supervisor's tasks end (the VMs keep running), the daemon is started
+with the app's locked lock file inherited and takes that lock over, re-adopts the
+machines and answers, and only then does the app let go; so at no moment do two
+supervise or none hold the lock. If the app crashes instead, the kernel drops its lock
+and the next supervisor re-adopts the machines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -17,20 +23,25 @@ from backend.api.server import serve_api
 from backend.drivers.base import HypervisorDriver
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.drivers.qemu.driver import QemuDriver
+from backend.errors import BoxuiError
 from backend.services.manager import ServiceManager
 from backend.services.scale_models import ServiceView
 from backend.state.engine import Engine
 from backend.state.event_bus import Subscription
 from backend.state.event_log import read_log
 from backend.state.events import CloudEvent
+from backend.state.lifecycle import ACTIVE_STATES
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
-from backend.state.state_dir import default_home
+from backend.state.state_dir import StateDir, default_home, open_state_dir
+from backend.state.supervisor_lock import SupervisorLock
 from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.supervisor import Supervisor
+from boxui.daemon.spawn import hand_over
+from boxui.daemon.start_lock import try_start_lock
 from boxui.tui.backend import BackendOptions
 
 
@@ -41,11 +52,17 @@ class EmbeddedBackend:
         self._engine: Engine | None = None
         self._supervisor: Supervisor | None = None
         self._services: ServiceManager | None = None
+        #: set when the app closed with machines running: the lock, still held for the
+        #: daemon `hand_over` starts, and the start lock, held so that no CLI starts one
+        self._handing_over: tuple[StateDir, SupervisorLock, int | None] | None = None
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
         """Own the engine and supervisor until cancelled (the app is closing)."""
-        engine = await Engine.open(self.options.home)
+        dirs = await asyncio.to_thread(open_state_dir, self.options.home)
+        lock = SupervisorLock(dirs.lock_file)
+        lock.acquire()
+        engine = await Engine.open(dirs.root, lock=lock)
         try:
             opts = self.options
             driver: HypervisorDriver = (opts.driver_factory or QemuDriver)()
@@ -61,10 +78,47 @@ class EmbeddedBackend:
                     self._services = ctx.services
                     supervisor.spawn(_serve_api(ctx), "api")
                 self.ready.set()
-                await asyncio.Event().wait()  # until cancelled
+                try:
+                    await asyncio.Event().wait()  # until cancelled
+                finally:
+                    self._keep_lock_if_running(engine, lock)
         finally:
             self._engine = self._supervisor = None
-            await engine.close()
+            if self._handing_over is None:
+                await engine.close()
+
+    def _keep_lock_if_running(self, engine: Engine, lock: SupervisorLock) -> None:
+        """Closing with machines running: keep the lock for `hand_over`, and take the
+        start lock before the API stops, so that a CLI arriving meanwhile waits for the
+        daemon instead of finding the state dir locked with nobody serving it."""
+        projection = engine.projection
+        if self.options.hand_over_on_close and any(
+                projection.state_of(name) in ACTIVE_STATES for name in projection.names()):
+            self._handing_over = (engine.dirs, lock, try_start_lock(engine.dirs))
+
+    def hand_over(self) -> str | None:
+        """After `run` ended: pass the lock and the running machines to a background
+        daemon and say so; None when no machine ran (the lock is released already).
+        Raises `BoxuiError` when that fails; the machines keep running, and the next
+        supervisor re-adopts them."""
+        if self._handing_over is None:
+            return None
+        dirs, lock, start_fd = self._handing_over
+        self._handing_over = None
+        try:
+            assert lock.fd is not None
+            pid, running = hand_over(dirs, lock.fd, self.options.daemon_command)
+        except BoxuiError as exc:
+            raise BoxuiError(f"could not hand the running machines to a background daemon "
+                             f"({exc}); they keep running, and the next boxui re-adopts "
+                             "them") from None
+        finally:
+            lock.release()
+            if start_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(start_fd)
+        plural = "" if running == 1 else "s"
+        return f"boxui daemon pid {pid} now supervises {running} running machine{plural}"
 
     @property
     def engine(self) -> Engine:

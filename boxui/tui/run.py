@@ -8,6 +8,7 @@ backends (Textual, the engine, the API server: about a second) are imported only
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,22 @@ def run_app(options: BackendOptions | None = None) -> None:
     from boxui.tui.app import BoxuiApp
     from boxui.tui.backend import BackendOptions
 
-    BoxuiApp(choose_backend(options or BackendOptions())).run()
+    options = dataclasses.replace(options or BackendOptions(), hand_over_on_close=True)
+    backend = choose_backend(options)
+    try:
+        BoxuiApp(backend).run()
+    finally:
+        handed = hand_over_if_embedded(backend)
+    if handed is not None:
+        click.echo(handed)
+
+
+def hand_over_if_embedded(backend: AppBackend) -> str | None:
+    """The app closed: if it supervised running machines itself, a background daemon
+    takes them over (see `embedded`); what to tell the user, if anything."""
+    from boxui.tui.embedded import EmbeddedBackend  # loaded by `choose_backend` already
+
+    return backend.hand_over() if isinstance(backend, EmbeddedBackend) else None
 
 
 def choose_backend(options: BackendOptions) -> AppBackend:
