@@ -121,8 +121,9 @@ def _log_recovered(supervisor: Supervisor) -> None:
     active = sum(projection.state_of(n) in ACTIVE_STATES for n in names)
     started = start_time_of(os.getpid())
     since = f"{time.time() - started:.3f} s" if started is not None else "?"
-    log.info("recovered %d machines (%d running, %d re-adopted) %s after the daemon started",
-             len(names), active, len(supervisor.handles), since)
+    log.info("recovered %d machines (%d running, %d re-adopted) %s after the daemon "
+             "started (%.3f s of CPU)", len(names), active, len(supervisor.handles), since,
+             time.process_time())
 
 
 def _api_context(supervisor: Supervisor, exec_runner: ExecRunner | None) -> ApiContext:
