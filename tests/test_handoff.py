@@ -21,8 +21,10 @@ from backend.state.event_log import read_log
 from backend.state.machine_spec import MachineSpec
 from backend.state.state_dir import open_state_dir
 from backend.state.supervisor_lock import SupervisorLock, lock_holder
+from boxui.tui.app import BoxuiApp
 from boxui.tui.backend import BackendOptions
 from boxui.tui.embedded import EmbeddedBackend
+from boxui.tui.run import hand_over_if_embedded
 from tests.conftest import BOXUI, REPO, cli_env
 from tests.daemon_helpers import kill_stand_ins
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
@@ -182,6 +184,37 @@ async def test_the_app_hands_its_running_machines_to_a_daemon(
         out = subprocess.run([*BOXUI, "ls", "--json"], capture_output=True, text=True,
                              env=cli_env(home), timeout=60)
         assert '"ready"' in out.stdout and "without a supervisor" not in out.stdout
+    finally:
+        if daemon_pid is not None:
+            stop_child(daemon_pid)
+        driver.kill_all()
+        kill_stand_ins(home)
+
+
+async def test_quitting_the_app_keeps_the_lock_for_the_hand_over(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the app itself: after it quits (its backend's task is cancelled by
+    Textual), the lock is still the app's until `boxui` hands it over."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    driver = FakeDriver()
+    backend = embedded(home, driver, FAKE_DAEMON)
+    app = BoxuiApp(backend)
+    daemon_pid = None
+    try:
+        async with app.run_test() as pilot:
+            async with asyncio.timeout(30):
+                await backend.ready.wait()
+                await backend.create(MachineSpec(name="web"))
+            lock_file = backend.engine.dirs.lock_file
+            await pilot.press("q")
+        assert lock_holder(lock_file) == os.getpid()
+        message = await asyncio.wait_for(asyncio.to_thread(hand_over_if_embedded, backend), 60)
+        assert message is not None
+        found = re.fullmatch(r"boxui daemon pid (\d+) now supervises 1 running machine",
+                             message)
+        assert found, message
+        daemon_pid = int(found[1])
+        assert lock_holder(lock_file) == daemon_pid
     finally:
         if daemon_pid is not None:
             stop_child(daemon_pid)
