@@ -5,8 +5,10 @@
 tests can tell which one it serves) in a session of its own with stdin from /dev/null,
 writing its log, and anything it prints before logging is set up (a traceback), to
 `logs/daemon.log` under the state dir. The CLI is told when it is ready: the daemon
-writes a line to a pipe (`--ready-fd`) once its API listens; EOF on the pipe (it exited)
-or the timeout means it failed, and the end of its log says why.
+writes a line to a pipe (`--ready-fd`) once it has opened the state dir and its API
+socket listens (a request then waits in the backlog while it re-adopts machines and
+loads the API); EOF on the pipe (it exited) or the timeout means it failed, and the end
+of its log says why. `hand_over` starts one that takes over the caller's lock.
 
 The product path has no switch for tests: a test that wants a daemon over the stand-in
 driver starts one itself before its commands run (`tests/fake_daemon.py`), and
