@@ -5,9 +5,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from backend.state import listing_cache
 from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState, PersistedState, Verb
-from backend.state import listing_cache
 from backend.state.listing_cache import (
     CACHE_NAME,
     JOURNAL_NAME,

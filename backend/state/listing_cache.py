@@ -68,11 +68,9 @@ def _read_entries(cache_path: str) -> dict[str, Any]:
             cache = orjson.loads(fh.read())
     except (OSError, orjson.JSONDecodeError):
         cache = None
-    entries: Any = {}
-    if isinstance(cache, dict) and cache.get("version") == CACHE_VERSION:
-        entries = cache.get("entries", {})
-    if not isinstance(entries, dict):
-        entries = {}
+    found = cache.get("entries") if isinstance(cache, dict) and \
+        cache.get("version") == CACHE_VERSION else None
+    entries: dict[str, Any] = found if isinstance(found, dict) else {}
     _apply_journal(entries, _journal_path(cache_path))
     return entries
 

@@ -6,10 +6,8 @@ another user could write to: a group- or world-writable dir, or one owned by som
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +70,11 @@ class StateDir:
         return self._fallback_base() / "api.sock"
 
     def _fallback_base(self) -> Path:
+        # imported here: `boxui exec` resolves the socket path first thing, and these two
+        # (tempfile brings shutil and random) are only for a state dir deep in the tree
+        import hashlib
+        import tempfile
+
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"boxui-{os.geteuid()}" / digest
 

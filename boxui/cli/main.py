@@ -10,9 +10,11 @@ daemon running yet), which keeps behaviour and errors identical.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing's own costs an import; mypy reads this one as True
 if TYPE_CHECKING:
+    from typing import Any
+
     from boxui.cli.root import cli as cli
 
 

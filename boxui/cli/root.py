@@ -1,8 +1,8 @@
 """The `boxui` command line: the click group of every command, and its error handling.
 
 `boxui.cli.main` is the entry point; it reaches this module for every command but the
-fast path of `exec`. Every error a user can cause is a `BoxuiError` and is printed as one line; only a bug
-prints more, and only with BOXUI_DEBUG=1.
+fast path of `exec`. Every error a user can cause is a `BoxuiError` and is printed as one
+line; only a bug prints more, and only with BOXUI_DEBUG=1.
 """
 
 from __future__ import annotations
