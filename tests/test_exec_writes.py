@@ -10,6 +10,7 @@ import pytest
 
 from backend.state.engine import Engine
 from backend.state.event_log import EventLog
+from backend.state.events import CloudEvent
 from backend.state.lifecycle import InstanceState, Verb
 from backend.state.listing_cache import CACHE_NAME, JOURNAL_NAME, list_views
 from backend.state.machine_store import MachineStore
@@ -58,9 +59,18 @@ async def test_an_exec_syncs_only_state_json_data(engine: Engine,
     await engine.transition("vm", Verb.READY)
     synced.clear()
     machine_exec = MachineExec(engine, runner=_nothing)
-    _record, output = await machine_exec.run("vm", ["true"])
-    assert output.stdout == b"done"
+    subscription = engine.subscribe(machine="vm")
+    record, output = await machine_exec.run("vm", ["true"])
+    assert output.stdout == b"done" and record.state == "succeeded"
     assert len(synced) == 2
+    # marked busy while the command ran (even one this quick), and idle after it
+    seen = []
+    while (event := subscription.get_nowait()) is not None:
+        seen.append(event)
+    subscription.close()
+    assert [e.type.rsplit(".", 1)[-1] for e in seen if isinstance(e, CloudEvent)] == [
+        "busy", "idle"]
+    assert engine.projection.state_of("vm") is InstanceState.READY
 
 
 async def test_busy_and_idle_are_logged_and_recorded_all_the_same(home: Path) -> None:

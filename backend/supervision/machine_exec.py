@@ -76,8 +76,11 @@ class MachineExec:
             port = self._reachable_port(name)
             record = self.registry.begin(name, command[:200],
                                          len(command) + len(stdin or b""))
-            if self.engine.projection.state_of(name) is InstanceState.READY:
-                await self._mark(name, Verb.BUSY, "command in flight")
+            # marked while the command starts rather than before: the mark's writes
+            # overlap the command's round trip instead of adding to it. It is counted in
+            # flight already (begin), so no other command's end can mark it idle first.
+            marking = asyncio.ensure_future(self._mark(name, Verb.BUSY, "command in flight")) \
+                if self.engine.projection.state_of(name) is InstanceState.READY else None
         output: ExecOutput | None = None
         error: str | None = None
         try:
@@ -88,6 +91,8 @@ class MachineExec:
             error = str(exc)
             raise
         finally:
+            if marking is not None:
+                await marking  # busy is logged before idle, never after
             async with self._locks[name]:
                 size = len(output.stdout) + len(output.stderr) if output else None
                 code = output.exit_code if output else None
@@ -97,8 +102,7 @@ class MachineExec:
                         self.engine.projection.state_of(name) is InstanceState.BUSY:
                     await self._mark(name, Verb.IDLE, "no command in flight")
         assert output is not None
-        done = next((r for r in self.registry.commands(name) if r.id == record.id), record)
-        return done, output
+        return record.model_copy(), output  # finished in place by the registry
 
     async def ssh_runner(self, engine: Engine, name: str, port: int, argv: list[str],
                          stdin: bytes | None, timeout: float | None) -> ExecOutput:
