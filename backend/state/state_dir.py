@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import StateDirError
@@ -26,11 +25,37 @@ def default_home() -> Path:
     return base / "boxui"
 
 
-@dataclass(frozen=True)
 class StateDir:
-    """The resolved layout of one state dir; building a path never touches the disk."""
+    """The resolved layout of one state dir; building a path never touches the disk.
 
+    Immutable and compared by its root, as a frozen dataclass would be, but written out:
+    `boxui exec` builds one first thing, and `dataclasses` imports `inspect` and `ast`,
+    which cost that command more than its whole request to the daemon.
+    """
+
+    __slots__ = ("root",)
     root: Path
+
+    def __init__(self, root: Path) -> None:
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a StateDir is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, StateDir)
+        return self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash((self.root,))
+
+    def __repr__(self) -> str:
+        return f"StateDir(root={self.root!r})"
+
+    def __reduce__(self) -> tuple[type[StateDir], tuple[Path]]:
+        return StateDir, (self.root,)  # pickled and copied through __init__
 
     @property
     def machines(self) -> Path:
