@@ -12,6 +12,9 @@ then times whole CLI processes as a user would see them (interpreter start-up in
   ControlPath=... -o ControlPersist=60`, the machine's own key and known_hosts). Target:
   exec p95 no slower than that ssh's p95, and under 150 ms. Both are warmed first (the
   daemon's kept connection, ssh's master), so both measure a command on a live connection.
+Where exec's time goes: the same request from a warm in-process client (no process to
+start, nothing to import), and of that, the daemon's time from dispatching the command to
+its completion (the SSH channel to the guest, from the command's own record).
 It also prints the floor every CLI command pays: the interpreter starting, importing what
 `exec` imports (its hand parser and stdlib request, before click), and importing the
 whole click command line (every other command). Runs alternate exec and ssh so that load
@@ -32,7 +35,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -100,6 +106,25 @@ def controlmaster_argv(dirs: StateDir, name: str, control: Path) -> list[str]:
             "-o", f"ControlPath={control}", "-o", "ControlPersist=60", *argv[1:]]
 
 
+def daemon_side(dirs: StateDir, runs: int) -> tuple[list[float], list[float]]:
+    """Milliseconds of exec requests from a warm client, and of each the daemon's time
+    from dispatching the command to its completion."""
+    transport = httpx.HTTPTransport(uds=str(dirs.api_socket))
+    trips: list[float] = []
+    channel: list[float] = []
+    with httpx.Client(transport=transport, base_url="http://boxui", timeout=60) as client:
+        for _ in range(runs):
+            started = time.perf_counter()
+            answer = client.post("/v1/machines/vm/exec", json={"argv": ["true"]})
+            trips.append((time.perf_counter() - started) * 1000)
+            answer.raise_for_status()
+            record = answer.json()["command"]
+            done = datetime.fromisoformat(record["completed_at"])
+            channel.append((done - datetime.fromisoformat(record["dispatched_at"]))
+                           .total_seconds() * 1000)
+    return trips, channel
+
+
 def row(label: str, times: list[float], target: str = "-") -> None:
     print(f"{label:<34} {statistics.median(times):>7.1f} {percentile(times, 0.95):>7.1f} "
           f"{min(times):>7.1f} {max(times):>7.1f}  {target}")
@@ -151,7 +176,10 @@ def measure(args: argparse.Namespace, dirs: StateDir, env: dict[str, str],
             ssh_times.append(timed(ssh, env))
     finally:
         subprocess.run([*ssh[:-3], "-O", "exit", ssh[-3]], capture_output=True, timeout=30)
+    trips, channel = daemon_side(dirs, args.runs)
     report(args, boot, [floor, exec_imports, imports], ls, start, exec_times, ssh_times)
+    row("  exec request, in-process client", trips)
+    row("  of it: dispatched -> completed", channel)
 
 
 def report(args: argparse.Namespace, boot: float, floors: list[list[float]],
