@@ -10,9 +10,9 @@ The supervisor changes one machine at a time (every exec marks it busy, then rea
 it does not rewrite the whole cache for that: it appends the machine's new entry to a
 journal beside it, one line in one `write` on an O_APPEND descriptor, so a reader sees
 the line whole or not at all (a torn last line is skipped). Readers apply the journal
-over the cache, later lines winning. Once the journal has grown to half the cache (so a
-listing never reads much more than the cache itself), it is folded in: the cache is
-rewritten with every entry and the journal emptied. A line lost in a race with that
+over the cache, later lines winning. Once the journal has grown to a quarter of the
+cache (so a listing never reads much more than the cache itself), it is folded in: the
+cache is rewritten with every entry and the journal emptied. A line lost in a race with that
 (appended just before the journal is emptied) leaves an older entry, whose signatures no
 longer match: that machine is validated afresh, so a race costs time, never truth.
 
@@ -39,7 +39,7 @@ from backend.state.state_dir import StateDir
 CACHE_VERSION = 2
 CACHE_NAME = ".ls-cache.json"
 JOURNAL_NAME = ".ls-cache.journal"
-#: the journal is folded into the cache once it holds this much, or half the cache
+#: the journal is folded into the cache once it holds this much, or a quarter of the cache
 JOURNAL_MIN_LIMIT = 64 * 1024
 Signature = list[int] | None
 View = dict[str, Any]
@@ -160,7 +160,7 @@ def refresh(dirs: StateDir, names: list[str]) -> None:
         lines.append(orjson.dumps({"version": CACHE_VERSION, "name": name, "entry": entry})
                      + b"\n")
     size = _append(_journal_path(cache_path), b"".join(lines))
-    if size is not None and size > max(JOURNAL_MIN_LIMIT, _size(cache_path) // 2):
+    if size is not None and size > max(JOURNAL_MIN_LIMIT, _size(cache_path) // 4):
         _write(dirs, cache_path, _read_entries(cache_path))
 
 
