@@ -76,11 +76,10 @@ class MachineExec:
             port = self._reachable_port(name)
             record = self.registry.begin(name, command[:200],
                                          len(command) + len(stdin or b""))
-            # marked while the command starts rather than before: the mark's writes
-            # overlap the command's round trip instead of adding to it. It is counted in
-            # flight already (begin), so no other command's end can mark it idle first.
-            marking = asyncio.ensure_future(self._mark(name, Verb.BUSY, "command in flight")) \
-                if self.engine.projection.state_of(name) is InstanceState.READY else None
+            # busy before the command starts, so that whoever sees it running (a scale-down
+            # choosing what to drain) sees the machine busy; the mark is cheap (not synced)
+            if self.engine.projection.state_of(name) is InstanceState.READY:
+                await self._mark(name, Verb.BUSY, "command in flight")
         output: ExecOutput | None = None
         error: str | None = None
         try:
@@ -91,8 +90,6 @@ class MachineExec:
             error = str(exc)
             raise
         finally:
-            if marking is not None:
-                await marking  # busy is logged before idle, never after
             async with self._locks[name]:
                 size = len(output.stdout) + len(output.stderr) if output else None
                 code = output.exit_code if output else None
