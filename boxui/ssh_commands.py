@@ -7,7 +7,8 @@ port) and keys, so they work while a supervisor runs.
 unix socket with the standard library (one request, answered with a Content-Length or
 chunked body) instead of httpx, and SSH (asyncssh, the machine's keys) is imported only
 by the commands that use it here. Together those imports cost more than the daemon takes
-to run the command.
+to run the command. For the same reason this module imports neither `typing` nor
+`dataclasses` (`inspect`, `ast`): `boxui exec` imports it before anything else.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import base64
 import json
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from backend.errors import BoxuiError
 from backend.state.names import validate_name
 from backend.state.state_dir import StateDir, open_state_dir
 
+TYPE_CHECKING = False  # typing's own costs an import; mypy reads this one as True
 if TYPE_CHECKING:
+    from typing import Any
+
     from backend.guest.machine_seed import MachineKeys
 
 #: no overall timeout (a command may run for hours); connecting must be quick
@@ -34,11 +36,11 @@ _MAX_HEADER = 64 * 1024
 REACHABLE = ("ready", "busy", "draining")
 
 
-@dataclass(frozen=True)
 class Target:
-    machine_dir: Path
-    keys: MachineKeys
-    port: int
+    __slots__ = ("keys", "machine_dir", "port")
+
+    def __init__(self, machine_dir: Path, keys: MachineKeys, port: int) -> None:
+        self.machine_dir, self.keys, self.port = machine_dir, keys, port
 
 
 def _target(name: str) -> Target:

@@ -3,10 +3,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
+from backend.state import listing_cache
 from backend.state.engine import Engine
 from backend.state.lifecycle import InstanceState, PersistedState, Verb
-from backend.state.listing_cache import CACHE_NAME, _sigs, list_views
+from backend.state.listing_cache import (
+    CACHE_NAME,
+    JOURNAL_NAME,
+    _read_entries,
+    _sigs,
+    list_views,
+    refresh,
+)
 from backend.state.machine_store import MachineStore, machine_view
 from backend.state.runtime_record import RuntimeRecord, write_record
 from backend.state.state_dir import StateDir
@@ -65,14 +74,84 @@ async def test_supervisor_keeps_the_cache_warm(home: Path) -> None:
     try:
         await engine.create_machine(spec("vm"))
         await engine.transition("vm", Verb.BOOTING)
-        entries = orjson.loads((engine.dirs.machines / CACHE_NAME).read_bytes())["entries"]
+        entries = _read_entries(str(engine.dirs.machines / CACHE_NAME))
         assert entries["vm"]["sigs"] == _sigs(engine.dirs, "vm")
         assert entries["vm"]["supervised"]["state"] == "booting"
         assert list_views(engine.dirs, supervised=True) == full(engine.dirs, True)
         await engine.transition("vm", Verb.STOPPING)
         await engine.transition("vm", Verb.STOPPED)
         await engine.delete_machine("vm")
-        entries = orjson.loads((engine.dirs.machines / CACHE_NAME).read_bytes())["entries"]
+        entries = _read_entries(str(engine.dirs.machines / CACHE_NAME))
         assert "vm" not in entries
     finally:
         await engine.close()
+
+
+def test_a_change_to_one_machine_is_journalled_not_rewritten(dirs: StateDir) -> None:
+    """The supervisor's refresh after one machine's change appends that machine's entry
+    (an exec does this twice); the cache of every machine is left as it is."""
+    store = MachineStore(dirs)
+    for name in ("a", "b"):
+        store.create(spec(name))
+    list_views(dirs, supervised=True)
+    cache = dirs.machines / CACHE_NAME
+    before = cache.stat()
+    write_record(dirs.record_path("a"), RuntimeRecord(state=InstanceState.READY,
+                                                      persisted=PersistedState.RUNNING))
+    refresh(dirs, ["a"])
+    after = cache.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    journal = (dirs.machines / JOURNAL_NAME).read_bytes().splitlines()
+    assert [orjson.loads(line)["name"] for line in journal] == ["a"]
+    assert _read_entries(str(cache))["a"]["sigs"] == _sigs(dirs, "a")
+    views = list_views(dirs, supervised=True)
+    assert views == full(dirs, True)
+    assert cache.stat().st_ino == before.st_ino  # a hit: nothing to write
+    # a torn last line (a writer killed mid-append) is skipped, the rest still applies
+    with open(dirs.machines / JOURNAL_NAME, "ab") as fh:
+        fh.write(b'{"version": 2, "name": "b", "entry": {"si')
+    assert _read_entries(str(cache))["a"]["sigs"] == _sigs(dirs, "a")
+    assert list_views(dirs, supervised=True) == full(dirs, True)
+    # a deleted machine's entry goes from the journal at once
+    store.delete("b")
+    refresh(dirs, ["b"])
+    assert "b" not in _read_entries(str(cache))
+
+
+def test_the_journal_is_folded_in_once_it_grows(dirs: StateDir,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing_cache, "JOURNAL_MIN_LIMIT", 4096)
+    store = MachineStore(dirs)
+    store.create(spec("a"))
+    list_views(dirs, supervised=True)
+    journal = dirs.machines / JOURNAL_NAME
+    sizes = []
+    for n in range(12):
+        write_record(dirs.record_path("a"), RuntimeRecord(
+            state=InstanceState.READY if n % 2 else InstanceState.BUSY,
+            persisted=PersistedState.RUNNING))
+        refresh(dirs, ["a"])
+        sizes.append(journal.stat().st_size)
+    assert 0 in sizes  # folded in (and emptied) at least once
+    assert max(sizes) <= 4096 + 2 * sizes[0]
+    entries = orjson.loads((dirs.machines / CACHE_NAME).read_bytes())["entries"]
+    assert set(entries) == {"a"}
+    assert _read_entries(str(dirs.machines / CACHE_NAME))["a"]["sigs"] == _sigs(dirs, "a")
+    assert list_views(dirs, supervised=True) == full(dirs, True)
+
+
+def test_a_stale_journal_line_only_costs_a_validation(dirs: StateDir) -> None:
+    """A line older than the files (lost race with a fold) never shows a stale view."""
+    store = MachineStore(dirs)
+    store.create(spec("a"))
+    list_views(dirs, supervised=True)
+    refresh(dirs, ["a"])
+    stale = (dirs.machines / JOURNAL_NAME).read_bytes()
+    write_record(dirs.record_path("a"), RuntimeRecord(state=InstanceState.READY,
+                                                      persisted=PersistedState.RUNNING))
+    refresh(dirs, ["a"])
+    with open(dirs.machines / JOURNAL_NAME, "ab") as fh:
+        fh.write(stale)  # now the last word on "a", and out of date
+    views = list_views(dirs, supervised=True)
+    assert views == full(dirs, True)
+    assert views[0]["state"] == "ready"

@@ -47,11 +47,13 @@ def _fsync_opened(path: Path, flags: int) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600, *,
-                       durable: bool = True) -> None:
+                       durable: bool = True, sync_dir: bool = True) -> None:
     """Replace `path` with `data`, which gets exactly `mode` whatever the umask (a key's
     mode is part of its meaning); on any failure the old file stays and no temp is left.
     `durable=False` skips the fsyncs, for derived data that a power cut may cost but
-    never corrupt unnoticed (a reader must then tolerate an old or empty file)."""
+    never corrupt unnoticed (a reader must then tolerate an old or empty file).
+    `sync_dir=False` keeps the data's fsync but not the directory's: after a power cut
+    the file is the old one or the new one, never empty, but the new one may be lost."""
     directory = path.parent
     # not `secrets.token_hex`: the same bytes, without its imports on the `ls` path
     tmp = directory / f"{TEMP_MARKER}{path.name}.{os.urandom(4).hex()}"
@@ -73,7 +75,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600, *,
     except BaseException:  # interrupted (Ctrl-C, a cancelled thread's caller): no temp left
         _discard(tmp)
         raise
-    if not durable:
+    if not (durable and sync_dir):
         return
     try:
         fsync_dir(directory)
@@ -86,8 +88,9 @@ def _discard(tmp: Path) -> None:
         tmp.unlink()
 
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), mode)
+def atomic_write_text(path: Path, text: str, mode: int = 0o600, *,
+                      sync_dir: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode, sync_dir=sync_dir)
 
 
 def remove_leftover_temps(directory: Path) -> list[Path]:

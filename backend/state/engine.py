@@ -32,6 +32,14 @@ from backend.state.supervisor_lock import SupervisorLock
 
 RecordUpdate = Callable[[RuntimeRecord], None]
 
+#: steps that only say whether commands are in flight, two for every exec: a command does
+#: not survive its supervisor, and a machine recorded as running is probed and re-adopted
+#: (as ready) after any crash, so neither needs to outlive a power cut. They are written
+#: (readers see them) but not synced: no fsync of the log (the next durable append syncs
+#: them with it; a lost tail is cut at start-up), nor of the directory after `state.json`
+#: is renamed (its data is synced: the file is the old or the new one, never empty).
+_TRANSIENT = frozenset({Verb.BUSY, Verb.IDLE})
+
 
 class Engine:
     def __init__(
@@ -138,14 +146,15 @@ class Engine:
                 message=message, reason=reason, extra=extra,
             )
             self.projection.check(event)
-            await asyncio.to_thread(self._log.append, event)
+            durable = verb not in _TRANSIENT
+            await asyncio.to_thread(self._log.append, event, durable=durable)
             self.projection.apply(event)
             target = TARGET[verb]
             # a broken machine's files are never rewritten: the user may want to fix them
             if target not in (None, InstanceState.BROKEN) and self.store.exists(name):
                 await asyncio.to_thread(
                     self.store.update_record, name,
-                    _record_updater(target, verb, reason, update),
+                    _record_updater(target, verb, reason, update), sync_dir=durable,
                 )
             self.bus.publish(event)
             # derived data, stat-checked when read: subscribers need not wait for it

@@ -179,8 +179,9 @@ class EventLog:
         events, self._initial = self._initial, []
         return events
 
-    def append(self, event: CloudEvent) -> None:
-        """Append durably. On failure (e.g. disk full) nothing partial stays in the log."""
+    def append(self, event: CloudEvent, *, durable: bool = True) -> None:
+        """Append durably (`durable=False`: written, not synced; the next durable append
+        syncs it too). On failure (e.g. disk full) nothing partial stays in the log."""
         record = encode_record(event)
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -190,7 +191,8 @@ class EventLog:
                     view = memoryview(record)
                     while view:
                         view = view[os.write(fd, view):]
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 except OSError as exc:
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, start)

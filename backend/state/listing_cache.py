@@ -6,6 +6,16 @@ used only when both files' stat signatures (inode, size, mtime, ctime) still mat
 atomic rewrite changes the inode and a hand edit changes the mtime, so a stale view is
 never shown. Anything else goes through the full pydantic load and refreshes the entry.
 
+The supervisor changes one machine at a time (every exec marks it busy, then ready), so
+it does not rewrite the whole cache for that: it appends the machine's new entry to a
+journal beside it, one line in one `write` on an O_APPEND descriptor, so a reader sees
+the line whole or not at all (a torn last line is skipped). Readers apply the journal
+over the cache, later lines winning. Once the journal has grown to a quarter of the
+cache (so a listing never reads much more than the cache itself), it is folded in: the
+cache is rewritten with every entry and the journal emptied. A line lost in a race with that
+(appended just before the journal is emptied) leaves an older entry, whose signatures no
+longer match: that machine is validated afresh, so a race costs time, never truth.
+
 The cache is derived data: losing it, or failing to write it, only costs time. This
 module therefore imports nothing heavy; the full load (pydantic) is imported on a miss.
 """
@@ -28,6 +38,9 @@ from backend.state.state_dir import StateDir
 #: 2: a supervised view of a running machine no longer needs recovery
 CACHE_VERSION = 2
 CACHE_NAME = ".ls-cache.json"
+JOURNAL_NAME = ".ls-cache.journal"
+#: the journal is folded into the cache once it holds this much, or a quarter of the cache
+JOURNAL_MIN_LIMIT = 64 * 1024
 Signature = list[int] | None
 View = dict[str, Any]
 
@@ -49,15 +62,41 @@ def _names(dirs: StateDir) -> list[str]:
 
 
 def _read_entries(cache_path: str) -> dict[str, Any]:
+    """The cache's entries with the journal's applied over them."""
     try:
         with open(cache_path, "rb") as fh:
             cache = orjson.loads(fh.read())
     except (OSError, orjson.JSONDecodeError):
-        return {}
-    if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:
-        return {}
-    entries = cache.get("entries", {})
-    return entries if isinstance(entries, dict) else {}
+        cache = None
+    found = cache.get("entries") if isinstance(cache, dict) and \
+        cache.get("version") == CACHE_VERSION else None
+    entries: dict[str, Any] = found if isinstance(found, dict) else {}
+    _apply_journal(entries, _journal_path(cache_path))
+    return entries
+
+
+def _journal_path(cache_path: str) -> str:
+    return os.path.join(os.path.dirname(cache_path), JOURNAL_NAME)
+
+
+def _apply_journal(entries: dict[str, Any], journal_path: str) -> None:
+    try:
+        with open(journal_path, "rb") as fh:
+            lines = fh.read().split(b"\n")[:-1]  # the part after the last newline is torn
+    except OSError:
+        return
+    for line in lines:
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(item, dict) or item.get("version") != CACHE_VERSION:
+            continue
+        name, entry = item.get("name"), item.get("entry")
+        if isinstance(name, str) and isinstance(entry, dict):
+            entries[name] = entry
+        elif isinstance(name, str):
+            entries.pop(name, None)  # the machine is gone
 
 
 def _sigs(dirs: StateDir, name: str) -> list[Signature]:
@@ -107,27 +146,62 @@ def _live(view: View) -> View:
 
 
 def refresh(dirs: StateDir, names: list[str]) -> None:
-    """Re-validate `names` and store their views, so the next `ls` stays on the fast path.
+    """Re-validate `names` and journal their views, so the next `ls` stays on the fast
+    path without the whole cache being rewritten.
 
     The supervisor calls this after it writes a machine's files. An entry is stored only
-    if the files did not change while they were being read; otherwise it is dropped and
-    `ls` validates that machine itself.
+    if the files did not change while they were being read; otherwise (and for a machine
+    deleted) the journal says the machine has no entry, and `ls` validates it itself.
     """
     cache_path = os.path.join(dirs.machines, CACHE_NAME)
-    entries = _read_entries(cache_path)
+    lines: list[bytes] = []
     for name in names:
-        entries.pop(name, None)
-        before = _sigs(dirs, name)
-        if before == [None, None]:
-            continue  # deleted
-        try:
-            views = _validated_views(dirs, name)
-        except BoxuiError:
-            continue
-        if _sigs(dirs, name) == before:
-            entries[name] = {"sigs": before, "supervised": views[True],
-                             "unsupervised": views[False]}
-    _write(dirs, cache_path, entries)
+        entry = _fresh_entry(dirs, name)
+        lines.append(orjson.dumps({"version": CACHE_VERSION, "name": name, "entry": entry})
+                     + b"\n")
+    size = _append(_journal_path(cache_path), b"".join(lines))
+    if size is not None and size > max(JOURNAL_MIN_LIMIT, _size(cache_path) // 4):
+        _write(dirs, cache_path, _read_entries(cache_path))
+
+
+def _fresh_entry(dirs: StateDir, name: str) -> dict[str, Any] | None:
+    before = _sigs(dirs, name)
+    if before == [None, None]:
+        return None  # deleted
+    try:
+        views = _validated_views(dirs, name)
+    except BoxuiError:
+        return None
+    if _sigs(dirs, name) != before:
+        return None  # changed while read: `ls` validates it
+    return {"sigs": before, "supervised": views[True], "unsupervised": views[False]}
+
+
+def _append(journal_path: str, data: bytes) -> int | None:
+    """Append `data` in one write (whole for readers); the journal's size after it, or
+    None when it could not be written (only time is lost)."""
+    try:
+        fd = os.open(journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+    except OSError:
+        return None
+    try:
+        end = os.fstat(fd).st_size
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            data = b"\n" + data  # after a torn line: ours must not be glued to it
+        os.write(fd, data)
+        return os.fstat(fd).st_size
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _validated_views(dirs: StateDir, name: str) -> dict[bool, View]:
@@ -145,10 +219,17 @@ def _validated_views(dirs: StateDir, name: str) -> dict[bool, View]:
 
 
 def _write(dirs: StateDir, cache_path: str, entries: dict[str, Any]) -> None:
+    """Replace the cache with `entries` (which include the journal's) and empty the
+    journal; a machine's entry is kept only while its directory exists."""
     # not durable: the supervisor refreshes this after every event, and two fsyncs each
     # time were most of the cost of re-adopting machines at start-up; a power cut can
     # only leave an old or unreadable cache, which is stat-checked or ignored
+    live = set(_names(dirs))
+    kept = {name: entry for name, entry in entries.items() if name in live}
     with contextlib.suppress(StorageError, OSError):
         atomic_write_bytes(Path(cache_path),
-                           orjson.dumps({"version": CACHE_VERSION, "entries": entries}),
+                           orjson.dumps({"version": CACHE_VERSION, "entries": kept}),
                            durable=False)
+        # emptied only once the cache holds its entries; one appended meanwhile is lost,
+        # which only costs its machine a validation
+        os.truncate(_journal_path(cache_path), 0)

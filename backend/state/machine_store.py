@@ -175,7 +175,7 @@ class MachineStore:
         return read_record(self.dirs.record_path(name))
 
     def update_record(
-        self, name: str, mutate: Callable[[RuntimeRecord], None]
+        self, name: str, mutate: Callable[[RuntimeRecord], None], *, sync_dir: bool = True
     ) -> RuntimeRecord:
         """Load, mutate and write `state.json` in one step under the machine's lock, so
         concurrent writers serialise instead of losing each other's changes."""
@@ -185,7 +185,7 @@ class MachineStore:
             mutate(record)
             record.updated_at = now_utc()
             record = RuntimeRecord.model_validate(record.model_dump())
-            write_record(path, record)
+            write_record(path, record, sync_dir=sync_dir)
             return record
 
     def replace_record(self, name: str, record: RuntimeRecord) -> None:

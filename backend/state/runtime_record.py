@@ -78,5 +78,6 @@ def read_record(path: Path) -> RuntimeRecord:
         raise SpecError(path, describe_validation_error(exc)) from None
 
 
-def write_record(path: Path, record: RuntimeRecord) -> None:
-    atomic_write_text(path, record.model_dump_json(indent=2) + "\n", mode=0o600)
+def write_record(path: Path, record: RuntimeRecord, *, sync_dir: bool = True) -> None:
+    atomic_write_text(path, record.model_dump_json(indent=2) + "\n", mode=0o600,
+                      sync_dir=sync_dir)

@@ -6,11 +6,8 @@ another user could write to: a group- or world-writable dir, or one owned by som
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import StateDirError
@@ -28,11 +25,37 @@ def default_home() -> Path:
     return base / "boxui"
 
 
-@dataclass(frozen=True)
 class StateDir:
-    """The resolved layout of one state dir; building a path never touches the disk."""
+    """The resolved layout of one state dir; building a path never touches the disk.
 
+    Immutable and compared by its root, as a frozen dataclass would be, but written out:
+    `boxui exec` builds one first thing, and `dataclasses` imports `inspect` and `ast`,
+    which cost that command more than its whole request to the daemon.
+    """
+
+    __slots__ = ("root",)
     root: Path
+
+    def __init__(self, root: Path) -> None:
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a StateDir is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, StateDir)
+        return self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash((self.root,))
+
+    def __repr__(self) -> str:
+        return f"StateDir(root={self.root!r})"
+
+    def __reduce__(self) -> tuple[type[StateDir], tuple[Path]]:
+        return StateDir, (self.root,)  # pickled and copied through __init__
 
     @property
     def machines(self) -> Path:
@@ -72,6 +95,11 @@ class StateDir:
         return self._fallback_base() / "api.sock"
 
     def _fallback_base(self) -> Path:
+        # imported here: `boxui exec` resolves the socket path first thing, and these two
+        # (tempfile brings shutil and random) are only for a state dir deep in the tree
+        import hashlib
+        import tempfile
+
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"boxui-{os.geteuid()}" / digest
 

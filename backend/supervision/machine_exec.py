@@ -76,6 +76,8 @@ class MachineExec:
             port = self._reachable_port(name)
             record = self.registry.begin(name, command[:200],
                                          len(command) + len(stdin or b""))
+            # busy before the command starts, so that whoever sees it running (a scale-down
+            # choosing what to drain) sees the machine busy; the mark is cheap (not synced)
             if self.engine.projection.state_of(name) is InstanceState.READY:
                 await self._mark(name, Verb.BUSY, "command in flight")
         output: ExecOutput | None = None
@@ -97,8 +99,7 @@ class MachineExec:
                         self.engine.projection.state_of(name) is InstanceState.BUSY:
                     await self._mark(name, Verb.IDLE, "no command in flight")
         assert output is not None
-        done = next((r for r in self.registry.commands(name) if r.id == record.id), record)
-        return done, output
+        return record.model_copy(), output  # finished in place by the registry
 
     async def ssh_runner(self, engine: Engine, name: str, port: int, argv: list[str],
                          stdin: bytes | None, timeout: float | None) -> ExecOutput:

@@ -1,81 +1,38 @@
-"""The `boxui` command line.
+"""The `boxui` entry point.
 
-Every error a user can cause is a `BoxuiError` and is printed as one line; only a bug
-prints more, and only with BOXUI_DEBUG=1.
+`boxui exec NAME -- CMD` is timed by people in loops, and importing click with every
+command module costs more than the daemon takes to run a command; so exec is parsed by
+hand first (`boxui.cli.fast_exec`) and the full command line is imported only when that
+parser leaves the command to click (help, anything it does not understand, or no
+daemon running yet), which keeps behaviour and errors identical.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-import click
+TYPE_CHECKING = False  # typing's own costs an import; mypy reads this one as True
+if TYPE_CHECKING:
+    from typing import Any
 
-from backend.errors import BoxuiError
-from boxui.cli import daemon_cmds, doctor, listing, machine_access, machines, run_modes
-from boxui.cli.services import service_group
-from boxui.cli.templates import template_group
-
-
-@click.group(invoke_without_command=True)
-@click.version_option(package_name="boxui")
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    """boxui: a terminal manager for local microVMs."""
-    if ctx.invoked_subcommand is None:
-        from boxui.tui.run import run_app  # the app loads Textual: only when it opens
-
-        run_app()
-
-
-for _command in (*listing.COMMANDS, *machines.COMMANDS, *machine_access.COMMANDS,
-                 *run_modes.COMMANDS, *daemon_cmds.COMMANDS, doctor.doctor_cmd, service_group,
-                 template_group):
-    cli.add_command(_command)
+    from boxui.cli.root import cli as cli
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.UsageError as exc:
-        where = f"boxui {exc.ctx.command_path.split(' ', 1)[-1]}" if exc.ctx else "boxui"
-        if exc.ctx and exc.ctx.command_path == "boxui":
-            where = "boxui"
-        click.echo(f"{where}: {exc.format_message()} (see --help)", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        click.echo(f"boxui: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except BoxuiError as exc:
-        click.echo(f"boxui: {exc}", err=True)
-        sys.exit(1)
-    except BaseExceptionGroup as group:  # raised through a supervisor's task group
-        leaf = _first_leaf(group)
-        if isinstance(leaf, BoxuiError):
-            click.echo(f"boxui: {leaf}", err=True)
-            sys.exit(1)
-        if isinstance(leaf, KeyboardInterrupt):
-            sys.exit(130)
-        if os.environ.get("BOXUI_DEBUG"):
-            raise
-        click.echo(f"boxui: internal error: {type(leaf).__name__}: {leaf} "
-                   "(BOXUI_DEBUG=1 shows details)", err=True)
-        sys.exit(70)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # a bug: still one line unless asked for detail
-        if os.environ.get("BOXUI_DEBUG"):
-            raise
-        click.echo(
-            f"boxui: internal error: {type(exc).__name__}: {exc} (BOXUI_DEBUG=1 shows details)",
-            err=True,
-        )
-        sys.exit(70)
+    if sys.argv[1:2] == ["exec"]:
+        from boxui.cli.fast_exec import fast_exec
+
+        fast_exec(sys.argv[2:])  # exits when it ran the command; else click takes over
+    from boxui.cli.root import main as click_main
+
+    click_main()
 
 
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+def __getattr__(name: str) -> Any:
+    """`cli`, the click group, for callers that import it from here (tests, tools):
+    loaded on use, so that the entry point itself stays free of click."""
+    if name == "cli":
+        from boxui.cli.root import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
