@@ -155,7 +155,7 @@ def test_cli_prints_one_line_per_check_and_exits_by_fitness(
     out = CliRunner().invoke(cli, ["doctor"])
     assert out.exit_code == code, out.output
     lines = out.output.splitlines()
-    assert len(lines) == 11 and lines[0] == f"ok    qemu        {QEMU_LINE} " \
+    assert len(lines) == 12 and lines[0] == f"ok    qemu        {QEMU_LINE} " \
         "(/usr/bin/qemu-system-x86_64)"
     assert lines[1].startswith("warn  accel       TCG: ")
     assert ("FAIL  cpio        not found" in out.output) == bool(missing)
@@ -164,7 +164,7 @@ def test_cli_prints_one_line_per_check_and_exits_by_fitness(
     assert [line.split()[1] for line in quiet.output.splitlines()] == \
         ["accel", *(["cpio"] if missing else [])]
     data = json.loads(CliRunner().invoke(cli, ["doctor", "--json"]).output)
-    assert data["ok"] is (code == 0) and len(data["checks"]) == 11
+    assert data["ok"] is (code == 0) and len(data["checks"]) == 12
     cpio = next(c for c in data["checks"] if c["name"] == "cpio")
     assert cpio["fix"] == ("sudo apt-get install cpio" if missing else None)
 

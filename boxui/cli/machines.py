@@ -103,8 +103,11 @@ def start_cmd(name: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Kill at once instead of powering off.")
 @json_flag
 def stop_cmd(name: str, force: bool, as_json: bool) -> None:
-    """Power a machine off (ACPI, then quit, then kill)."""
+    """Power a machine off: ACPI, then QMP quit, then SIGTERM, then SIGKILL, each on the
+    machine's [stop] deadline; says which one ended it."""
     _report(name, as_json, call("POST", f"/v1/machines/{name}/stop", params={"force": force}))
+    if not as_json:
+        _say_how_it_ended(name)
 
 
 @click.command("restart")
@@ -122,6 +125,14 @@ def rm_cmd(name: str, force: bool) -> None:
     """Delete a machine, its disk state and its SSH keys."""
     call("DELETE", f"/v1/machines/{name}", params={"force": force})
     click.echo(f"deleted {name}")
+
+
+def _say_how_it_ended(name: str) -> None:
+    """The message of the machine's last event, when it says how its process ended."""
+    events = call("GET", "/v1/events/recent", params={"machine": name, "limit": 1})
+    message = events[-1].get("data", {}).get("message", "") if events else ""
+    if isinstance(message, str) and message.startswith(("stopped: ", "leftover QEMU")):
+        click.echo(f"  {message}")
 
 
 def _report(name: str, as_json: bool, view: dict[str, Any]) -> None:

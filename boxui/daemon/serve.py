@@ -26,6 +26,7 @@ from backend.state.supervisor_lock import SupervisorLock
 from backend.supervision.autostart import autostart_machines
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import ExecRunner, MachineExec
+from backend.supervision.orphan_gc import report_orphans
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.idle import is_idle, wait_until_idle
 from boxui.daemon.start_lock import try_start_lock
@@ -63,6 +64,7 @@ async def run_daemon(
             supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
             ctx = ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
             supervisor.spawn(_log_events(subscription), "log-events")
+            await report_orphans(supervisor)  # after recovery: what it did not adopt
             await autostart_machines(supervisor)  # after recovery; each boots in its task
             await ctx.services.start()
             await _serve(ctx, stop, on_listening, idle_timeout, leaving)
