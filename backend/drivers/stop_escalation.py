@@ -90,17 +90,23 @@ async def kill_now(watch: PidWatch, timeout: float) -> None:
 
 async def _attempt(watch: PidWatch, action: Action, limit: float) -> bool:
     """Send one gentle request and give the process `limit` seconds (sending included:
-    a hung QMP never answers) to exit."""
+    a hung QMP never answers) to exit; an exit (a `stop --force` under this stop, say)
+    ends the wait at once, even while the request is still unanswered."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
+    sending = asyncio.ensure_future(action())
+    exited = asyncio.ensure_future(watch.wait())
     try:
-        async with asyncio.timeout_at(deadline):
-            await action()
-    except TimeoutError:
-        return watch.exited
-    except Exception:
-        deadline = min(deadline, loop.time() + FAILED_ACTION_GRACE)
-    return await _exits_within(watch, deadline - loop.time())
+        await asyncio.wait({sending, exited}, timeout=limit,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if exited.done() or not sending.done():
+            return watch.exited
+        if sending.exception() is not None:  # QMP closed or refused: the exit may be
+            deadline = min(deadline, loop.time() + FAILED_ACTION_GRACE)  # under way
+        return await _exits_within(watch, deadline - loop.time())
+    finally:
+        sending.cancel()
+        exited.cancel()
 
 
 async def _exits_within(watch: PidWatch, seconds: float) -> bool:
