@@ -8,6 +8,7 @@ it, and `boxui gc` lists then kills it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,10 +46,8 @@ def home(home: Path) -> Iterator[Path]:
     yield home
     for proc in psutil.process_iter(["cmdline"]):
         if any(str(home) in arg for arg in proc.info["cmdline"] or []):
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGCONT)
-            except psutil.Error:
-                pass
     kill_stand_ins(home)
 
 

@@ -66,10 +66,10 @@ def gone(pid: int) -> bool:
         return True
 
 
-async def timed_stop(sup: Supervisor, name: str, **kw: bool) -> float:
+async def timed_stop(sup: Supervisor, name: str, *, force: bool = False) -> float:
     started = time.monotonic()
     async with asyncio.timeout(DEADLINE + 5):
-        await sup.stop_machine(name, **kw)
+        await sup.stop_machine(name, force=force)
     return time.monotonic() - started
 
 
