@@ -90,7 +90,7 @@ def sigstop_at(home: Path, phase: str) -> tuple[int, subprocess.Popen[str] | Non
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         return pid, starting
-    out = boxui(home, "start", NAME)
+    out = boxui(home, "start", NAME, timeout=300)
     assert out.returncode == 0, out.stderr
     pid = int(info(home, NAME)["record"]["pid"])
     if phase == "ready":
