@@ -141,7 +141,7 @@ def test_run_checks_covers_every_check_and_fails_only_on_needed(tmp_path: Path) 
     checks = run_checks(tmp_path / "home", fake(("mmdebstrap",), accel=TCG))
     assert [c.name for c in checks] == [
         "qemu", "accel", "apt-get", "apt-cache", "dpkg-deb", "cpio", "mmdebstrap", "ssh",
-        "disk", "state dir", "key files"]
+        "disk", "state dir", "key files", "orphans"]
     assert host_is_fit(checks)
     assert not host_is_fit(run_checks(tmp_path / "home", fake(("apt-get",))))
 
