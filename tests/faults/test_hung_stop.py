@@ -160,7 +160,7 @@ async def test_force_overtakes_a_graceful_stop_in_progress(
         async with asyncio.timeout(5):
             await graceful  # ends too, without an error
         fault.cycle()
-        assert took < 6, took
+        assert took < DEADLINE, took  # far below the graceful stop's 60 s ACPI wait
         assert gone(pid)
     assert messages(engine, "vm", "stopped") == [
         "stopped: killed (SIGKILL): stop --force overtook the graceful stop"]
