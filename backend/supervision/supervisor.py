@@ -57,6 +57,10 @@ from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, p
 log = logging.getLogger("boxui.supervisor")
 
 DEFAULT_BOOT_TIMEOUT = 120.0
+#: resting states whose QEMU may still live: one boxui could not re-adopt (its QMP hung),
+#: or gave up on. A machine boxui stopped itself saw its process exit (its pidfd said so)
+#: and is not scanned for again (a scan of /proc costs ms; `boxui gc` finds the rest).
+MAY_LINGER = frozenset({InstanceState.CRASHED, InstanceState.FAILED, InstanceState.BROKEN})
 
 #: what a supervisor runs once it owns its task group and before it yields: crash
 #: recovery, which re-adopts the machines a previous boxui left running
@@ -510,7 +514,8 @@ class Supervisor:
             if state is None:
                 raise MachineNotFoundError(name)
             if state not in ACTIVE_STATES:
-                await self._kill_leftovers(name, f"{name} is {state.value}")
+                if state in MAY_LINGER:
+                    await self._kill_leftovers(name, f"{name} is {state.value}")
                 return
             handle = self.handles.get(name)
             if handle is None:
@@ -598,7 +603,7 @@ class Supervisor:
             await self.stop_machine(name, force=True)
         self._cancel_restart(name)
         async with self._locks[name]:
-            left = await self.leftovers(name)
+            left = await self.leftovers(name) if state in MAY_LINGER else []
             if left and not force:
                 pids = ", ".join(str(pid) for pid in left)
                 raise MachineBusyError(f"a QEMU of {name} still runs (pid {pids}); "

@@ -193,21 +193,29 @@ async def wait_started(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.fault("14. nothing orphaned: rm, daemon start, gc (test double)")
 async def test_rm_refuses_while_a_qemu_of_the_machine_lives_and_force_kills_it(
-        engine: Engine, driver: FakeDriver, fault: FaultRecorder,
-        stray: list[subprocess.Popen[bytes]]) -> None:
+        engine: Engine, driver: FakeDriver, fault: FaultRecorder) -> None:
     await engine.create_machine(spec("vm", stop=FAST))
-    leftover = fake_hypervisor(engine, "vm")
-    stray.append(leftover)
-    await wait_started(leftover)
-    os.kill(leftover.pid, signal.SIGSTOP)
     async with supervisor(engine, driver).running(recover=recover_machines) as sup:
-        with pytest.raises(MachineBusyError, match=f"pid {leftover.pid}"):
+        await sup.start_machine("vm")
+        pid = sup.handles["vm"].pid
+        await sup.detach()  # boxui goes away; the VM runs on, and hangs
+    os.kill(pid, signal.SIGSTOP)
+
+    def unprovable(record: RuntimeRecord) -> None:
+        assert record.process_start_time is not None
+        record.process_start_time -= 100  # recovery cannot prove it: not adopted
+
+    await engine.update_record("vm", unprovable)
+    async with supervisor(engine, driver).running(recover=recover_machines) as sup:
+        assert engine.projection.state_of("vm") is InstanceState.CRASHED
+        with pytest.raises(MachineBusyError, match=f"pid {pid}"):
             await sup.delete_machine("vm")
-        assert leftover.poll() is None and engine.store.exists("vm")
+        assert not gone(pid) and engine.store.exists("vm")
         await sup.delete_machine("vm", force=True)
         fault.cycle()
-    assert leftover.wait(5) == -signal.SIGKILL
+    assert gone(pid)
     assert not engine.store.exists("vm")
+    fault.lost(len(driver.alive()))
 
 
 @pytest.mark.fault("14. nothing orphaned: rm, daemon start, gc (test double)")
