@@ -38,6 +38,7 @@ from backend.drivers.base import (
     HypervisorDriver,
     LaunchSpec,
     ProbeResult,
+    StopTimeouts,
     VmHandle,
 )
 from backend.supervision.health import HealthSample, HealthSampler
@@ -101,7 +102,7 @@ class BenchDriver(HypervisorDriver):
     async def wait_exit(self, handle: VmHandle) -> ExitInfo:
         raise NotImplementedError
 
-    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+    async def stop(self, handle: VmHandle, timeouts: StopTimeouts) -> ExitInfo:
         raise NotImplementedError
 
     async def kill(self, handle: VmHandle) -> None:

@@ -71,6 +71,7 @@ from backend.drivers.base import (
     HypervisorDriver,
     LaunchSpec,
     ProbeResult,
+    StopTimeouts,
     VmHandle,
 )
 from backend.state import listing_cache
@@ -115,7 +116,7 @@ class BenchDriver(HypervisorDriver):
     async def wait_ready(self, handle: VmHandle, timeout: float) -> None:
         raise NotImplementedError
 
-    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+    async def stop(self, handle: VmHandle, timeouts: StopTimeouts) -> ExitInfo:
         raise NotImplementedError
 
     async def kill(self, handle: VmHandle) -> None:

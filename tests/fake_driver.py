@@ -16,6 +16,7 @@ from backend.drivers.base import (
     ExitInfo,
     GuestMemory,
     LaunchSpec,
+    StopTimeouts,
     VmHandle,
 )
 from backend.drivers.qemu.accel import AccelChoice
@@ -51,9 +52,9 @@ class FakeDriver(StandInDriver):
         self.calls.append(("wait_ready", handle.name))
         await super().wait_ready(handle, timeout)
 
-    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+    async def stop(self, handle: VmHandle, timeouts: StopTimeouts) -> ExitInfo:
         self.calls.append(("stop", handle.name))
-        return await super().stop(handle, timeout)
+        return await super().stop(handle, timeouts)
 
     async def kill(self, handle: VmHandle) -> None:
         self.calls.append(("kill", handle.name))

@@ -30,7 +30,7 @@ def test_cli_mutations_go_through_a_running_daemon(home: Path) -> None:
         assert json.loads(created.stdout)["state"] == "ready"
         hello = boxui(home, "exec", "vm", "--", "sh", "-c", "echo hello; echo oops >&2; exit 3")
         assert (hello.returncode, hello.stdout, hello.stderr) == (3, "hello\n", "oops\n")
-        assert boxui(home, "stop", "vm").stdout.strip() == "vm: stopped"
+        assert boxui(home, "stop", "vm").stdout.strip() == "vm: stopped: powered off (ACPI)"
         assert boxui(home, "start", "vm", "--json").returncode == 0
         restarted = boxui(home, "restart", "vm", "--json")
         assert json.loads(restarted.stdout)["state"] == "ready"

@@ -141,7 +141,7 @@ def test_run_checks_covers_every_check_and_fails_only_on_needed(tmp_path: Path) 
     checks = run_checks(tmp_path / "home", fake(("mmdebstrap",), accel=TCG))
     assert [c.name for c in checks] == [
         "qemu", "accel", "apt-get", "apt-cache", "dpkg-deb", "cpio", "mmdebstrap", "ssh",
-        "disk", "state dir", "key files"]
+        "disk", "state dir", "key files", "orphans"]
     assert host_is_fit(checks)
     assert not host_is_fit(run_checks(tmp_path / "home", fake(("apt-get",))))
 
@@ -155,7 +155,7 @@ def test_cli_prints_one_line_per_check_and_exits_by_fitness(
     out = CliRunner().invoke(cli, ["doctor"])
     assert out.exit_code == code, out.output
     lines = out.output.splitlines()
-    assert len(lines) == 11 and lines[0] == f"ok    qemu        {QEMU_LINE} " \
+    assert len(lines) == 12 and lines[0] == f"ok    qemu        {QEMU_LINE} " \
         "(/usr/bin/qemu-system-x86_64)"
     assert lines[1].startswith("warn  accel       TCG: ")
     assert ("FAIL  cpio        not found" in out.output) == bool(missing)
@@ -164,7 +164,7 @@ def test_cli_prints_one_line_per_check_and_exits_by_fitness(
     assert [line.split()[1] for line in quiet.output.splitlines()] == \
         ["accel", *(["cpio"] if missing else [])]
     data = json.loads(CliRunner().invoke(cli, ["doctor", "--json"]).output)
-    assert data["ok"] is (code == 0) and len(data["checks"]) == 11
+    assert data["ok"] is (code == 0) and len(data["checks"]) == 12
     cpio = next(c for c in data["checks"] if c["name"] == "cpio")
     assert cpio["fix"] == ("sudo apt-get install cpio" if missing else None)
 

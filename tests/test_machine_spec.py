@@ -39,6 +39,11 @@ def test_round_trip(tmp_path: Path) -> None:
         ('name = "web"\nautostart = "no"\n', "key 'autostart'"),
         ('name = "web"\nautostart = 1\n', "key 'autostart'"),
         ('name = "web"\ncmdline = "a\\nb"\n', "key 'cmdline'"),
+        ('name = "web"\n[stop]\nacpi_timeout = 0\n', "key 'stop.acpi_timeout'"),
+        ('name = "web"\n[stop]\nacpi_timeout = "30"\n', "key 'stop.acpi_timeout'"),
+        ('name = "web"\n[stop]\nsigkill_timeout = 86400\n', "key 'stop.sigkill_timeout'"),
+        ('name = "web"\n[stop]\nacpi_timout = 5\n', "unknown key 'stop.acpi_timout'"),
+        ('name = "web"\nstop = 5\n', "key 'stop'"),
         ('name = "web\n', "invalid TOML"),
         ("name = 'web'\n[x\n", "invalid TOML"),
     ],
@@ -62,6 +67,15 @@ def test_corrupt_bytes(tmp_path: Path, data: bytes, expected: str) -> None:
     with pytest.raises(SpecError, match=expected):
         read_spec(path)
     assert path.read_bytes() == data
+
+
+def test_stop_table_is_read_and_written_only_when_set() -> None:
+    spec = parse_spec('name = "web"\n[stop]\nacpi_timeout = 2\nquit_timeout = 0.5\n', P)
+    assert (spec.stop.acpi_timeout, spec.stop.quit_timeout) == (2.0, 0.5)
+    assert spec.stop.sigterm_timeout == 5.0 and spec.stop.sigkill_timeout == 5.0
+    assert parse_spec(render_spec(spec), P) == spec
+    plain = parse_spec('name = "web"\n', P)
+    assert plain.stop.acpi_timeout == 30.0 and "[stop]" not in render_spec(plain)
 
 
 def test_render_is_valid_toml_with_comment() -> None:

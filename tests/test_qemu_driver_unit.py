@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -10,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from backend.drivers.base import StopTimeouts
 from backend.drivers.errors import DriverError
-from backend.drivers.process_identity import cmdline_of, verify_identity
+from backend.drivers.process_identity import PidWatch, cmdline_of, verify_identity
+from backend.drivers.qemu import qmp_ops
 from backend.drivers.qemu.driver import (
     QemuDriver,
     _prepare_ram_file,
     _remove_stale_socket,
     identity_args,
 )
+from backend.drivers.qemu.qmp_ops import QMP_TIMEOUT
+from backend.drivers.stop_escalation import escalate
 from backend.state.process_liveness import start_time_of
 
 
@@ -87,3 +93,42 @@ def test_a_restore_ram_file_must_be_whole(tmp_path: Path) -> None:
         f.truncate(64 << 20)
     _prepare_ram_file(ram, False, 64 << 20)
     assert ram.stat().st_size == 64 << 20
+
+
+class _HungQmp:
+    """A QMP client whose QEMU never answers (deadlocked, SIGSTOPped)."""
+
+    async def execute(self, command: str, arguments: object = None) -> object:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_every_qmp_command_has_a_deadline() -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await qmp_ops.execute(_HungQmp(), "query-status", timeout=0.2)  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(QMP_TIMEOUT + 2):  # fails the test if it never returns
+            await qmp_ops.request_powerdown(_HungQmp())  # type: ignore[arg-type]
+    assert time.monotonic() - started < QMP_TIMEOUT + 2
+
+
+async def test_escalation_ends_a_process_that_ignores_everything_but_sigkill() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                             "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, "
+                             "flush=True); time.sleep(600)"], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"1\n"
+        watch = PidWatch(proc.pid)
+        hung = _HungQmp()
+        ending = await escalate(watch, StopTimeouts(acpi=0.2, quit=0.2, term=0.3, kill=5),
+                                powerdown=lambda: hung.execute("system_powerdown"),
+                                quit=lambda: hung.execute("quit"))
+        watch.close()
+        assert ending.describe(True) == "killed (SIGKILL) after SIGTERM timeout (0.3 s)"
+        assert ending.describe(False) == "process exited (not by boxui)"
+        assert proc.wait(5) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)

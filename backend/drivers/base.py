@@ -127,6 +127,21 @@ class AdoptRequest:
 
 
 @dataclass(frozen=True)
+class StopTimeouts:
+    """How long each step of a graceful stop may take before the next, harsher one: a
+    hung hypervisor answers none of the gentle ones, and a stop must still end."""
+
+    acpi: float = 30.0
+    quit: float = 5.0
+    term: float = 5.0
+    kill: float = 5.0
+
+    @property
+    def total(self) -> float:
+        return self.acpi + self.quit + self.term + self.kill
+
+
+@dataclass(frozen=True)
 class ExitInfo:
     """How a VM's process ended, as far as the driver could tell."""
 
@@ -192,12 +207,15 @@ class HypervisorDriver(abc.ABC):
         polling (within about a second)."""
 
     @abc.abstractmethod
-    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
-        """Graceful stop: ask the guest to power off, then force it, then kill."""
+    async def stop(self, handle: VmHandle, timeouts: StopTimeouts) -> ExitInfo:
+        """Graceful stop: ACPI power-off, then QMP `quit`, then SIGTERM, then SIGKILL,
+        each given its timeout; `detail` says which of them ended the VM (see
+        `stop_escalation`)."""
 
     @abc.abstractmethod
     async def kill(self, handle: VmHandle) -> None:
-        """Kill the process at once (only if it is still the VM we started)."""
+        """Kill the process at once (only if it is still the VM we started) and return
+        once it is gone, or raise `DriverError` if it outlives SIGKILL's timeout."""
 
     @abc.abstractmethod
     async def probe(self, handle: VmHandle) -> ProbeResult: ...

@@ -43,6 +43,27 @@ def verify_identity(
     return None
 
 
+def watch_proven(pid: int, start_time: float,
+                 required_args: Sequence[str]) -> PidWatch | str:
+    """A pidfd for `pid` only if it is provably the process we recorded -- pid, start
+    time and a command line with every one of `required_args` (the machine's name and
+    its state dir's QMP socket) -- else the reason it is not. Checked again once the
+    pidfd pins the process, so a pid reused in between is caught; every signal boxui
+    sends goes through such a pidfd."""
+    problem = verify_identity(pid, start_time, required_args)
+    if problem is not None:
+        return problem
+    try:
+        watch = PidWatch(pid)
+    except ProcessLookupError:
+        return "process gone while boxui was down"
+    problem = verify_identity(pid, start_time, required_args)
+    if problem is not None:
+        watch.close()
+        return problem
+    return watch
+
+
 class PidWatch:
     """A pidfd for one process: race-free signals and an awaitable exit."""
 
@@ -82,5 +103,5 @@ class PidWatch:
 
 __all__ = [
     "START_TIME_TOLERANCE", "PidWatch", "cmdline_of", "same_process", "start_time_of",
-    "verify_identity",
+    "verify_identity", "watch_proven",
 ]

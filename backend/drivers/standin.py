@@ -5,7 +5,9 @@ in place of `QemuDriver`, the way httpx's `MockTransport` stands in for a real t
 
 Each machine gets a real, tiny stand-in process whose command line carries the identity
 arguments QEMU's would, so pids, start times, pidfds, adoption checks, CPU and RSS
-health, signals and "the process died" are all real; only the guest is pretend. Per
+health, signals and "the process died" are all real; only the guest is pretend. So is a
+hang: a stand-in SIGSTOPped by a test answers neither its pretend power button nor its
+pretend QMP, never gets ready, and only SIGKILL ends it, as a hung QEMU. Per
 machine, a `GuestPlan` scripts that guest: how long it boots, whether the boot fails,
 whether its process dies by itself, how such an exit is told, whether its memory
 statistics answer.
@@ -36,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+import psutil
+
 from backend.drivers.base import (
     AdoptRefusal,
     AdoptRequest,
@@ -46,6 +50,7 @@ from backend.drivers.base import (
     HypervisorDriver,
     LaunchSpec,
     ProbeResult,
+    StopTimeouts,
     VmHandle,
 )
 from backend.drivers.errors import DriverError
@@ -53,9 +58,10 @@ from backend.drivers.process_identity import (
     PidWatch,
     same_process,
     start_time_of,
-    verify_identity,
+    watch_proven,
 )
-from backend.drivers.qemu.driver import identity_args, qmp_socket_path
+from backend.drivers.qemu.driver import KILL_TIMEOUT, identity_args, qmp_socket_path
+from backend.drivers.stop_escalation import Ending, escalate, kill_now
 from backend.state.accelerator import Accel
 
 #: memory of a guest the driver did not start (adopted): its spec is not at hand
@@ -106,6 +112,8 @@ class GuestPlan:
     exit_kind: ExitKind = "vanished"
     #: whether reading the guest's memory statistics answers, never returns, or fails
     memory: Literal["answers", "hangs", "fails"] = "answers"
+    #: whether the guest powers off when its (pretend) ACPI power button is pressed
+    acpi: Literal["answers", "ignored"] = "answers"
 
 
 @dataclass
@@ -118,6 +126,8 @@ class _Guest:
     console_log: Path
     ready: bool = False
     stopping: bool = False
+    #: the gentle stop step that ended the process ("acpi" or "quit"), if one did
+    ended_by: str | None = None
 
 
 class StandInDriver(HypervisorDriver):
@@ -216,7 +226,9 @@ class StandInDriver(HypervisorDriver):
             await self._console(guest, ["[    2.718281] Kernel panic - not syncing: "
                                         f"{plan.fail_boot}"])
             raise DriverError(plan.fail_boot)
-        if boot > timeout:
+        if boot > timeout or is_stopped(guest.watch.pid):
+            # a SIGSTOPped guest never answers: out of time, like a hung QEMU's boot
+            await _exits_within(guest.watch, max(0.0, timeout - boot))
             raise DriverError(f"{handle.name}: not ready after {timeout:.0f} s")
         guest.ready = True
         await self._console(guest, [f"{handle.name} login: (demo guest ready)"])
@@ -234,27 +246,44 @@ class StandInDriver(HypervisorDriver):
             return ExitInfo("host-stop", "stopped by boxui")
         return ExitInfo(self.plan(handle.name).exit_kind, "the stand-in process exited")
 
-    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
-        """A pretend ACPI power-off that takes `stop_seconds`, so `stopping` is seen."""
+    async def stop(self, handle: VmHandle, timeouts: StopTimeouts) -> ExitInfo:
+        """The same escalation as QEMU's: a pretend ACPI power-off that takes
+        `stop_seconds` (so `stopping` is seen), a pretend QMP `quit`, then signals."""
         guest = self._guests.get(handle.pid)
         if guest is None:
             return ExitInfo("vanished", "not a stand-in this driver knows")
         guest.stopping = True
-        await self._console(guest, ["[  OK  ] Reached target Power-Off (demo)."])
-        await _exits_within(guest.watch, min(self.stop_seconds / self.speed, timeout))
-        guest.watch.send(signal.SIGTERM)
-        await guest.watch.wait()
+        ending = await escalate(guest.watch, timeouts,
+                                powerdown=lambda: self._powerdown(guest),
+                                quit=lambda: self._quit(guest))
         if guest.proc is not None:
             await guest.proc.wait()
-        return ExitInfo("host-stop", "powered off")
+        return ExitInfo("host-stop", ending.describe(_confirmed(guest, ending)))
+
+    async def _powerdown(self, guest: _Guest) -> None:
+        await _answer_unless_hung(guest)
+        if self.plan(guest.name).acpi == "ignored":
+            return
+        await self._console(guest, ["[  OK  ] Reached target Power-Off (demo)."])
+
+        def power_off() -> None:
+            if not guest.watch.exited and not is_stopped(guest.watch.pid):
+                guest.ended_by = "acpi"
+                guest.watch.send(signal.SIGTERM)
+
+        asyncio.get_running_loop().call_later(self.stop_seconds / self.speed, power_off)
+
+    async def _quit(self, guest: _Guest) -> None:
+        await _answer_unless_hung(guest)
+        guest.ended_by = "quit"
+        guest.watch.send(signal.SIGTERM)
 
     async def kill(self, handle: VmHandle) -> None:
         guest = self._guests.get(handle.pid)
         if guest is None:
             return
         guest.stopping = True
-        guest.watch.send(signal.SIGKILL)
-        await guest.watch.wait()
+        await kill_now(guest.watch, KILL_TIMEOUT)
 
     async def close(self, handle: VmHandle) -> None:
         """Keep the pidfd: `shutdown` and `kill_all`, which run once the supervisor has
@@ -265,18 +294,16 @@ class StandInDriver(HypervisorDriver):
     async def probe(self, handle: VmHandle) -> ProbeResult:
         guest = self._guests.get(handle.pid)
         alive = guest is not None and not guest.watch.exited
+        if alive and is_stopped(handle.pid):
+            return ProbeResult(True, False, "QMP: not answering (process stopped)")
         return ProbeResult(alive, alive, "running" if alive else "exited")
 
     async def adopt(self, request: AdoptRequest) -> VmHandle | AdoptRefusal:
         pid = request.pid
-        problem = verify_identity(pid, request.start_time,
-                                  identity_args(request.name, request.run_dir))
-        if problem is not None:
-            return AdoptRefusal(problem)
-        try:
-            watch = PidWatch(pid)
-        except ProcessLookupError:
-            return AdoptRefusal("process gone while boxui was down")
+        watch = watch_proven(pid, request.start_time,
+                             identity_args(request.name, request.run_dir))
+        if isinstance(watch, str):
+            return AdoptRefusal(watch)
         earlier = self._guests.pop(pid, None)
         if earlier is not None:
             earlier.watch.close()
@@ -290,7 +317,7 @@ class StandInDriver(HypervisorDriver):
 
     async def guest_memory(self, handle: VmHandle) -> GuestMemory:
         plan = self.plans.get(handle.name)
-        if plan is not None and plan.memory == "hangs":
+        if (plan is not None and plan.memory == "hangs") or is_stopped(handle.pid):
             await asyncio.Event().wait()  # a QMP that never answers
         if plan is not None and plan.memory == "fails":
             raise ConnectionResetError("the stand-in's memory statistics went away")
@@ -359,6 +386,30 @@ class StandInDriver(HypervisorDriver):
                 fh.writelines(f"{line}\n" for line in lines)
 
         await asyncio.to_thread(write)
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP, a debugger): it runs no code at all."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED,
+                                                psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
+async def _answer_unless_hung(guest: _Guest) -> None:
+    """What a pretend QMP command does first: never answer while the process is stopped
+    (the escalation's deadline ends the wait, as for a hung QEMU)."""
+    if is_stopped(guest.watch.pid):
+        await asyncio.Event().wait()
+
+
+def _confirmed(guest: _Guest, ending: Ending) -> bool:
+    """A pretend power-off or quit is credited only if it is what ended the process; a
+    signal boxui sent is its own proof."""
+    if ending.step in ("acpi", "quit"):
+        return guest.ended_by == ending.step
+    return ending.step is not None
 
 
 async def _exits_within(watch: PidWatch, seconds: float) -> bool:

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     ValidationError,
     field_validator,
 )
@@ -32,8 +33,8 @@ from backend.state.names import validate_name
 from backend.state.port_mapping import PortMapping
 from backend.state.validation_text import describe_validation_error
 
-__all__ = ["MAX_DISK_GIB", "MAX_MEMORY_MIB", "MAX_VCPUS", "MachineSpec", "read_spec",
-           "render_spec", "write_spec"]
+__all__ = ["MAX_DISK_GIB", "MAX_MEMORY_MIB", "MAX_VCPUS", "MachineSpec", "StopSettings",
+           "read_spec", "render_spec", "write_spec"]
 
 SPEC_SCHEMA_VERSION = 1
 MAX_ENV = 128
@@ -41,6 +42,21 @@ MAX_PORTS = 16
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 RestartPolicy = Literal["never", "on-failure", "always"]
+#: no stop step may wait longer than an hour (a typo of 30000 would wedge a stop)
+MAX_STOP_STEP_SECONDS = 3600
+
+
+class StopSettings(BaseModel):
+    """`[stop]`: how long each step of a graceful stop may take before the next, harsher
+    one (ACPI power-off, QMP quit, SIGTERM, SIGKILL). A guest that needs longer to shut
+    down its services gets a longer `acpi_timeout`; a hung one is killed regardless."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    acpi_timeout: StrictFloat = Field(default=30.0, gt=0, le=MAX_STOP_STEP_SECONDS)
+    quit_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
+    sigterm_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
+    sigkill_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
 TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:[a-z0-9][a-z0-9-]{0,62}")
 
 
@@ -69,6 +85,7 @@ class MachineSpec(BaseModel):
     service: str | None = None
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV)
     ports: list[PortMapping] = Field(default_factory=list, max_length=MAX_PORTS)
+    stop: StopSettings = Field(default_factory=StopSettings)
     #: "<template_id>:<role>" this machine was made from, and the revision it restores
     template: str | None = None
     template_revision: str | None = None
@@ -166,6 +183,8 @@ def render_spec(spec: MachineSpec) -> str:
     for key in ("env", "ports"):  # a plain machine's file stays as it was
         if not data[key]:
             del data[key]
+    if spec.stop == StopSettings():
+        del data["stop"]
     for key, value in list(data.items()):
         if isinstance(value, Path):
             data[key] = str(value)

@@ -23,9 +23,12 @@ from typing import Literal
 
 from backend.drivers.qemu.accel import AccelChoice, detect_accel
 from backend.drivers.qemu.cmdline import QEMU_BINARY
+from backend.errors import BoxuiError
 from backend.guest.machine_seed import CLIENT_KEY_FILE, HOST_KEY_FILE
 from backend.guest.tools import TOOL_PACKAGES
-from backend.state.state_dir import default_home
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import default_home, open_state_dir
+from backend.supervision.orphans import find_orphans, recorded_owner, scan
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -215,6 +218,24 @@ def check_key_files(root: Path) -> Check:
                  f"chmod 600 {' '.join(str(k) for k in bad)}")
 
 
+def check_orphans(root: Path) -> Check:
+    """QEMU processes of this state dir that no machine's current run owns (by the
+    machines' records: doctor runs without a supervisor)."""
+    if not root.is_dir():
+        return Check("orphans", "ok", "no state dir yet")
+    try:
+        dirs = open_state_dir(root, create=False)
+        orphans = find_orphans(scan(dirs), recorded_owner(MachineStore(dirs)))
+    except (BoxuiError, OSError) as exc:
+        return Check("orphans", "warn", f"cannot look for orphaned QEMU processes: {exc}")
+    if not orphans:
+        return Check("orphans", "ok", "no orphaned QEMU processes")
+    shown = "; ".join(f"pid {o.process.pid} ({o.reason})" for o in orphans[:3])
+    more = f" (and {len(orphans) - 3} more)" if len(orphans) > 3 else ""
+    return Check("orphans", "warn", f"{len(orphans)} orphaned QEMU processes: {shown}{more}",
+                 "boxui gc --dry-run, then boxui gc")
+
+
 def run_checks(root: Path | None = None, probes: HostProbes | None = None) -> list[Check]:
     """Every check, in the order a newcomer should fix them."""
     probes = probes or HostProbes()
@@ -228,6 +249,7 @@ def run_checks(root: Path | None = None, probes: HostProbes | None = None) -> li
         check_disk(probes, root),
         check_state_dir(probes, root),
         check_key_files(root),
+        check_orphans(root),
     ]
 
 

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from backend.drivers.base import ExitInfo, HypervisorDriver, VmHandle
+from backend.drivers.base import ExitInfo, HypervisorDriver, StopTimeouts, VmHandle
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state.accelerator import AccelRequest
@@ -42,6 +42,13 @@ from backend.supervision.boot_plan import (
     process_record,
 )
 from backend.supervision.health import HealthSampler
+from backend.supervision.orphans import (
+    ORPHAN_KILLED_TYPE,
+    Orphan,
+    kill_process,
+    orphan_event,
+    scan,
+)
 from backend.supervision.ports import pick_free_port, start_on_free_port
 from backend.supervision.restart_policy import RestartTracker, should_restart
 from backend.supervision.restore_agent import AGENT_SOCKET, freshen_guest
@@ -50,7 +57,10 @@ from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, p
 log = logging.getLogger("boxui.supervisor")
 
 DEFAULT_BOOT_TIMEOUT = 120.0
-DEFAULT_STOP_TIMEOUT = 20.0
+#: resting states whose QEMU may still live: one boxui could not re-adopt (its QMP hung),
+#: or gave up on. A machine boxui stopped itself saw its process exit (its pidfd said so)
+#: and is not scanned for again (a scan of /proc costs ms; `boxui gc` finds the rest).
+MAY_LINGER = frozenset({InstanceState.CRASHED, InstanceState.FAILED, InstanceState.BROKEN})
 
 #: what a supervisor runs once it owns its task group and before it yields: crash
 #: recovery, which re-adopts the machines a previous boxui left running
@@ -70,14 +80,12 @@ class Supervisor:
         *,
         accel_for: Callable[[AccelRequest], AccelChoice] | None = None,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
-        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.driver = driver
         self.boot_files = boot_files
         self.boot_timeout = boot_timeout
-        self.stop_timeout = stop_timeout
         self._accel_for = accel_for or _detect_accel
         self._clock = clock
         self.handles: dict[str, VmHandle] = {}
@@ -90,6 +98,10 @@ class Supervisor:
         self._boot_outcomes: dict[str, asyncio.Future[None]] = {}
         self._aborting: set[str] = set()
         self._stopping: set[str] = set()
+        #: graceful stops in progress, each resolved once its `stopped` is recorded: a
+        #: `stop --force` kills under them and waits for that (see `_overtake`)
+        self._graceful: dict[str, asyncio.Future[None]] = {}
+        self._overtaken: set[str] = set()
         self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.health = HealthSampler(driver, lambda: self.handles)
@@ -485,17 +497,25 @@ class Supervisor:
 
     async def stop_machine(self, name: str, *, force: bool = False,
                            note: str | None = None) -> None:
+        """Stop `name` and return once its process is gone: a graceful stop escalates on
+        the machine's `[stop]` deadlines; `force` kills at once, also under a graceful
+        stop already in progress, which then ends as killed."""
         self._cancel_restart(name)
         if name in self._booting:
             self._aborting.add(name)
             handle = self.handles.get(name)
             if handle is not None:
                 await self.driver.kill(handle)
+        if force and name in self._graceful:
+            await self._overtake(name)
+            return
         async with self._locks[name]:
             state = self.engine.projection.state_of(name)
             if state is None:
                 raise MachineNotFoundError(name)
             if state not in ACTIVE_STATES:
+                if state in MAY_LINGER:
+                    await self._kill_leftovers(name, f"{name} is {state.value}")
                 return
             handle = self.handles.get(name)
             if handle is None:
@@ -507,20 +527,67 @@ class Supervisor:
                 how = "killing" if force else "powering off"
                 await self.engine.transition(name, Verb.STOPPING,
                                              message=f"{note}; {how}" if note else how)
+            done = asyncio.get_running_loop().create_future()
+            if not force:
+                self._graceful[name] = done
             self._stopping.add(name)
             try:
-                if force:
-                    await self.driver.kill(handle)
-                    info = ExitInfo("host-stop", "killed")
-                else:
-                    info = await self.driver.stop(handle, self.stop_timeout)
+                info = await self._end_process(name, handle, force)
+                self.handles.pop(name, None)
+                self.tracker(name).machine_down()
+                await self.engine.transition(name, Verb.STOPPED, update=clear_process,
+                                             message=f"stopped: {info.detail}")
             finally:
                 self._stopping.discard(name)
-            self.handles.pop(name, None)
-            self.tracker(name).machine_down()
+                self._overtaken.discard(name)
+                if self._graceful.get(name) is done:
+                    del self._graceful[name]
+                done.set_result(None)
 
-            await self.engine.transition(name, Verb.STOPPED, update=clear_process,
-                                         message=f"stopped: {info.detail}")
+    async def _end_process(self, name: str, handle: VmHandle, force: bool) -> ExitInfo:
+        if force:
+            await self.driver.kill(handle)
+            return ExitInfo("host-stop", "killed (SIGKILL, stop --force)")
+        info = await self.driver.stop(handle, self.stop_timeouts(name))
+        if name in self._overtaken:
+            return ExitInfo("host-stop", "killed (SIGKILL): stop --force overtook the "
+                            "graceful stop")
+        return info
+
+    async def _overtake(self, name: str) -> None:
+        """`stop --force` during a graceful stop: kill now, and return once that stop has
+        recorded the machine stopped (one `stopped` event, saying it was killed)."""
+        done = self._graceful[name]
+        self._overtaken.add(name)
+        handle = self.handles.get(name)
+        if handle is not None:
+            await self.driver.kill(handle)
+        await asyncio.shield(done)
+
+    def stop_timeouts(self, name: str) -> StopTimeouts:
+        """The machine's `[stop]` deadlines (the defaults if its spec cannot be read: a
+        stop must never fail for that)."""
+        try:
+            stop = self.engine.store.load_spec(name).stop
+        except BoxuiError:
+            return StopTimeouts()
+        return StopTimeouts(acpi=stop.acpi_timeout, quit=stop.quit_timeout,
+                            term=stop.sigterm_timeout, kill=stop.sigkill_timeout)
+
+    async def _kill_leftovers(self, name: str, why: str) -> None:
+        """Kill (proven identity only) every hypervisor of `name` still alive although
+        boxui holds none: one whose QMP hung so it was not re-adopted, say."""
+        for process in await asyncio.to_thread(scan, self.engine.dirs, name):
+            orphan = Orphan(process, why)
+            what = await kill_process(self.engine.dirs, process)
+            await self.engine.record_event(orphan_event(
+                ORPHAN_KILLED_TYPE, orphan, f"leftover QEMU pid {process.pid} ({why}): {what}"))
+
+    async def leftovers(self, name: str) -> list[int]:
+        """Pids of live hypervisors of `name` that boxui does not hold."""
+        held = self.handles.get(name)
+        return [p.pid for p in await asyncio.to_thread(scan, self.engine.dirs, name)
+                if held is None or p.pid != held.pid]
 
     async def restart_machine(self, name: str, *, progress: ProgressFn | None = None) -> None:
         await self.stop_machine(name)
@@ -536,6 +603,15 @@ class Supervisor:
             await self.stop_machine(name, force=True)
         self._cancel_restart(name)
         async with self._locks[name]:
+            left = await self.leftovers(name) if state in MAY_LINGER else []
+            if left and not force:
+                pids = ", ".join(str(pid) for pid in left)
+                raise MachineBusyError(f"a QEMU of {name} still runs (pid {pids}); "
+                                       f"`boxui rm --force {name}` kills it first")
+            if left:
+                await self._kill_leftovers(name, "deleted with --force")
+                if await self.leftovers(name):
+                    raise MachineBusyError(f"a QEMU of {name} outlived SIGKILL; not deleted")
             await self.engine.delete_machine(name)
             self._trackers.pop(name, None)
             run_dir = self.engine.dirs.machine_run_dir(name)

@@ -103,8 +103,10 @@ def start_cmd(name: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Kill at once instead of powering off.")
 @json_flag
 def stop_cmd(name: str, force: bool, as_json: bool) -> None:
-    """Power a machine off (ACPI, then quit, then kill)."""
-    _report(name, as_json, call("POST", f"/v1/machines/{name}/stop", params={"force": force}))
+    """Power a machine off: ACPI, then QMP quit, then SIGTERM, then SIGKILL, each on the
+    machine's [stop] deadline; says which one ended it."""
+    view = call("POST", f"/v1/machines/{name}/stop", params={"force": force})
+    _report(name, as_json, view, how=None if as_json else _how_it_ended(name))
 
 
 @click.command("restart")
@@ -124,7 +126,18 @@ def rm_cmd(name: str, force: bool) -> None:
     click.echo(f"deleted {name}")
 
 
-def _report(name: str, as_json: bool, view: dict[str, Any]) -> None:
+def _how_it_ended(name: str) -> str | None:
+    """What the machine's last event says ended its process, if it says so."""
+    events = call("GET", "/v1/events/recent", params={"machine": name, "limit": 1})
+    message = events[-1].get("data", {}).get("message", "") if events else ""
+    if isinstance(message, str) and message.startswith("stopped: "):
+        return message.removeprefix("stopped: ")
+    if isinstance(message, str) and message.startswith("leftover QEMU"):
+        return message
+    return None
+
+
+def _report(name: str, as_json: bool, view: dict[str, Any], *, how: str | None = None) -> None:
     """Print a machine as the daemon answered."""
     from backend.state.machine_store import LoadedMachine, machine_view
 
@@ -138,7 +151,8 @@ def _report(name: str, as_json: bool, view: dict[str, Any]) -> None:
     port = f", ssh on 127.0.0.1:{record.ssh_port}" if record and record.ssh_port and \
         machine.state.value in ("ready", "busy", "booting") else ""
     reason = f" ({machine.reason})" if machine.reason else ""
-    click.echo(f"{name}: {machine.state.value}{reason}{port}")
+    said = f": {how}" if how else ""
+    click.echo(f"{name}: {machine.state.value}{reason}{port}{said}")
 
 
 COMMANDS = [create_cmd, start_cmd, stop_cmd, restart_cmd, rm_cmd]

@@ -30,6 +30,7 @@ from backend.state.state_dir import open_state_dir
 from backend.state.supervisor_lock import SupervisorLock
 from backend.supervision.autostart import autostart_machines
 from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.orphan_gc import report_orphans
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.idle import is_idle, wait_until_idle
 from boxui.daemon.start_lock import try_start_lock
@@ -104,6 +105,7 @@ async def _supervise(engine: Engine, sock: socket.socket,
             _log_recovered(supervisor)
             ctx = _api_context(supervisor, exec_runner)
             supervisor.spawn(_log_events(subscription), "log-events")
+            await report_orphans(supervisor)  # after recovery: what it did not adopt
             await autostart_machines(supervisor)  # after recovery; each boots in its task
             await ctx.services.start()
             await _serve(ctx, sock, stop, idle_timeout, leaving)

@@ -30,7 +30,7 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
-           "doctor", "service ls", "template ls"}
+           "doctor", "gc", "service ls", "template ls"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -45,7 +45,8 @@ BAD_OPTIONS = [
     ["daemon", "status", "extra"], ["daemon", "stop", "--bogus"],
     ["daemon", "install", "extra"], ["daemon", "install", "--bogus"],
     ["daemon", "uninstall", "extra"], ["daemon", "uninstall", "--bogus"],
-    ["doctor", "extra"], ["doctor", "--bogus"],
+    ["doctor", "extra"], ["doctor", "--bogus"], ["gc", "extra"], ["gc", "--bogus"],
+    ["gc", "--dry-run=maybe"],
     ["demo", "--home", "FILE"], ["info"], ["start"], ["exec", "ok"], ["frobnicate"],
     *(["service", "create", "ok", "--no-wait", opt, n] for opt in ("--replicas", "--max")
       for n in ("-1", str(10**30), "x")),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import time
 from collections.abc import Awaitable
@@ -29,26 +28,39 @@ from backend.drivers.base import (
     PendingRestore,
     ProbeResult,
     SnapshotSaved,
+    StopTimeouts,
     VmHandle,
 )
 from backend.drivers.console_watch import ConsoleTail, wait_for_line
 from backend.drivers.errors import DriverError, PortInUseError
-from backend.drivers.process_identity import PidWatch, start_time_of, verify_identity
+from backend.drivers.process_identity import PidWatch, start_time_of, watch_proven
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu, kernel_append
 from backend.drivers.qemu.qmp_ops import (
     enable_balloon_stats,
     load_snapshot_and_resume,
     read_balloon_stats,
     request_powerdown,
+    request_quit,
     save_snapshot_to,
 )
 from backend.drivers.qemu.readiness import scan_console
 from backend.drivers.ssh_probe import ssh_banner
+from backend.drivers.stop_escalation import Ending, Step, escalate, kill_now
 from backend.guest.errors import GuestImageError
 
 QMP_SOCKET = "qmp.sock"
 PIDFILE = "qemu.pid"
-QUIT_GRACE_SECONDS = 3.0
+#: how long a process SIGKILLed outside a stop's escalation may take to be gone
+KILL_TIMEOUT = 5.0
+#: a memory snapshot of the largest guest to a slow disk finishes well within this
+SNAPSHOT_TIMEOUT = 600.0
+#: how long dropping a QMP connection may take (a hung QEMU never reads its socket)
+DISCONNECT_TIMEOUT = 2.0
+#: how long a SHUTDOWN event may trail the exit it announced (both arrive on the loop)
+SHUTDOWN_EVENT_GRACE = 0.5
+#: the SHUTDOWN reason each step of a stop leaves (SIGKILL leaves none: QEMU is gone)
+_STEP_REASON: dict[Step, str] = {"acpi": "guest-shutdown", "quit": "host-qmp-quit",
+                                 "term": "host-signal"}
 #: QMP run states of a VM whose guest has not run since QEMU started: a restore that
 #: was never loaded ("inmigrate") or never resumed ("paused", "postmigrate")
 _NEVER_RAN = ("inmigrate", "paused", "postmigrate", "prelaunch")
@@ -108,6 +120,9 @@ class QemuDriver(HypervisorDriver):
             if snapshot_fd is not None:
                 os.close(snapshot_fd)  # QEMU keeps its own copy, under the same number
         pid, started = _launched_process(spec, pidfile)
+        watch = watch_proven(pid, started, identity_args(spec.name, spec.run_dir))
+        if isinstance(watch, str):
+            raise DriverError(f"qemu for {spec.name} is not the process it started: {watch}")
         restore = None
         if spec.restore_from is not None and snapshot_fd is not None:
             restore = PendingRestore(spec.restore_from, snapshot_fd)
@@ -116,7 +131,7 @@ class QemuDriver(HypervisorDriver):
                           console_log=spec.console_log, qmp_socket=qmp_path,
                           kernel_cmdline=kernel_append(config), ram_file=spec.ram_file,
                           restore=restore)
-        await self._hold(handle)
+        await self._hold(handle, watch)
         return handle
 
     async def _daemonize(self, spec: LaunchSpec, config: QemuConfig,
@@ -142,8 +157,7 @@ class QemuDriver(HypervisorDriver):
             raise PortInUseError(f"a port of 127.0.0.1:{ports} is in use: {message}")
         raise DriverError(f"qemu failed to start {spec.name}: {message}")
 
-    async def _hold(self, handle: VmHandle) -> None:
-        watch = PidWatch(handle.pid)
+    async def _hold(self, handle: VmHandle, watch: PidWatch) -> None:
         shutdown = EventListener(("SHUTDOWN",))
         self._live[handle.pid] = _Live(watch, await _connect_qmp(handle, shutdown), shutdown)
 
@@ -218,7 +232,13 @@ class QemuDriver(HypervisorDriver):
         ram_file = ram.path if ram is not None and ram.shared else None
         started = time.monotonic()
         try:
-            memory = await save_snapshot_to(live.qmp, target, ram_in_file=ram_file is not None)
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+                memory = await save_snapshot_to(live.qmp, target,
+                                                ram_in_file=ram_file is not None)
+        except TimeoutError:
+            await asyncio.to_thread(target.unlink, missing_ok=True)
+            raise DriverError(f"{handle.name}: saving a snapshot took over "
+                              f"{SNAPSHOT_TIMEOUT:.0f} s; QEMU is not answering") from None
         except Exception as exc:
             await asyncio.to_thread(target.unlink, missing_ok=True)
             raise DriverError(f"{handle.name}: saving a snapshot failed: {exc}") from None
@@ -261,37 +281,42 @@ class QemuDriver(HypervisorDriver):
             return ExitInfo("vanished", f"qemu exited ({reason})")
         return ExitInfo("vanished", "qemu process exited unexpectedly")
 
-    async def stop(self, handle: VmHandle, timeout: float) -> ExitInfo:
+    async def stop(self, handle: VmHandle, timeouts: StopTimeouts) -> ExitInfo:
         live = self._live.get(handle.pid)
         if live is None:
             raise DriverError(f"{handle.name}: not held by this driver")
         live.stopping = True
-        how = "powered off (ACPI)"
-        if live.qmp is not None:
-            with contextlib.suppress(Exception):
-                await request_powerdown(live.qmp)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(live.watch.wait(), timeout)
-            if not live.watch.exited:
-                how = f"no power-off within {timeout:.0f} s; QEMU told to quit"
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(live.qmp.execute("quit"), 2)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(live.watch.wait(), QUIT_GRACE_SECONDS)
-        if not live.watch.exited:
-            how = "killed (QEMU did not quit)"
-            live.watch.send(signal.SIGKILL)
-            await live.watch.wait()
+        qmp = live.qmp
+        ending = await escalate(
+            live.watch, timeouts,
+            powerdown=None if qmp is None else (lambda: request_powerdown(qmp)),
+            quit=None if qmp is None else (lambda: request_quit(qmp)))
+        confirmed = await self._confirm(live, ending)
         await self.wait_exit(handle)
-        return ExitInfo("host-stop", how)
+        return ExitInfo("host-stop", ending.describe(confirmed))
+
+    async def _confirm(self, live: _Live, ending: Ending) -> bool:
+        """Whether QEMU's own SHUTDOWN reason agrees that `ending.step` ended it: a guest
+        killed by hand while its power-off hung must not read as powered off."""
+        if ending.step is None or ending.step == "kill":
+            return ending.step == "kill"
+        if live.shutdown is None or live.qmp is None:
+            return False
+        if not live.shutdown.history:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(live.shutdown.get(), SHUTDOWN_EVENT_GRACE)
+        if not live.shutdown.history:
+            return False
+        data = live.shutdown.history[-1].get("data", {})
+        reason = data.get("reason") if isinstance(data, dict) else None
+        return bool(reason == _STEP_REASON[ending.step])
 
     async def kill(self, handle: VmHandle) -> None:
         live = self._live.get(handle.pid)
         if live is None:
             return
         live.stopping = True
-        live.watch.send(signal.SIGKILL)
-        await live.watch.wait()
+        await kill_now(live.watch, KILL_TIMEOUT)
 
     async def _release(self, handle: VmHandle) -> None:
         """Let go of a VM that has exited, and of its QMP socket unless a QEMU (a later
@@ -314,7 +339,7 @@ class QemuDriver(HypervisorDriver):
         live.watch.close()
         if live.qmp is not None:
             with contextlib.suppress(Exception):
-                await live.qmp.disconnect()
+                await asyncio.wait_for(live.qmp.disconnect(), DISCONNECT_TIMEOUT)
         return True
 
     # --- probe, adopt, health --------------------------------------------------------
@@ -334,24 +359,14 @@ class QemuDriver(HypervisorDriver):
 
     async def adopt(self, request: AdoptRequest) -> VmHandle | AdoptRefusal:
         pid, start_time = request.pid, request.start_time
-        required = identity_args(request.name, request.run_dir)
-        problem = verify_identity(pid, start_time, required)
-        if problem is not None:
-            return AdoptRefusal(problem)
-        try:
-            watch = PidWatch(pid)
-        except ProcessLookupError:
-            return AdoptRefusal("process gone while boxui was down")
-        # the pidfd pins the process; re-check so a pid reused in between is caught
-        problem = verify_identity(pid, start_time, required)
-        watch.close()
-        if problem is not None:
-            return AdoptRefusal(problem)
+        watch = watch_proven(pid, start_time, identity_args(request.name, request.run_dir))
+        if isinstance(watch, str):
+            return AdoptRefusal(watch)
         handle = VmHandle(name=request.name, pid=pid, start_time=start_time,
                           ssh_port=request.ssh_port, boot_id=request.boot_id,
                           accel=request.accel, console_log=request.console_log,
                           qmp_socket=qmp_socket_path(request.run_dir))
-        await self._hold(handle)
+        await self._hold(handle, watch)
         probe = await self.probe(handle)
         if not probe.responsive:
             await self.close(handle)

@@ -8,10 +8,15 @@
 - Graceful stop: `system_powerdown` = ACPI power button; the guest powers off and QEMU
   exits by itself (no `quit` needed).
 - Memory snapshots: see the section below.
+
+Every command here has a deadline (`QMP_TIMEOUT`): a hung QEMU (deadlocked, on a stalled
+disk, SIGSTOPped) accepts the command on its socket and never answers, and no lifecycle
+step may wait on it for ever. A migration's progress is bounded by its caller's deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -20,24 +25,41 @@ from qemu.qmp import EventListener, QMPClient
 
 from backend.drivers.qemu.cmdline import BALLOON_QOM_PATH
 
+#: seconds any one QMP command may take to answer (they answer in milliseconds)
+QMP_TIMEOUT = 5.0
+
+
+async def execute(client: QMPClient, command: str, arguments: dict[str, Any] | None = None,
+                  *, timeout: float = QMP_TIMEOUT) -> object:
+    """One QMP command; raises TimeoutError when QEMU does not answer within `timeout`."""
+    async with asyncio.timeout(timeout):
+        return await client.execute(command, arguments)
+
 
 async def enable_balloon_stats(client: QMPClient, interval_s: int = 2) -> None:
     """Ask the guest's balloon driver to report memory stats every `interval_s` seconds."""
-    await client.execute(
-        "qom-set",
+    await execute(
+        client, "qom-set",
         {"path": BALLOON_QOM_PATH, "property": "guest-stats-polling-interval", "value": interval_s},
     )
 
 
 async def read_balloon_stats(client: QMPClient) -> dict[str, Any]:
     """The latest `guest-stats` (`stats` maps e.g. `stat-free-memory` to bytes)."""
-    result = await client.execute("qom-get", {"path": BALLOON_QOM_PATH, "property": "guest-stats"})
+    result = await execute(client, "qom-get",
+                           {"path": BALLOON_QOM_PATH, "property": "guest-stats"})
     return cast(dict[str, Any], result)
 
 
 async def request_powerdown(client: QMPClient) -> None:
     """Press the (ACPI) power button; the guest shuts down cleanly and QEMU exits."""
-    await client.execute("system_powerdown")
+    await execute(client, "system_powerdown")
+
+
+async def request_quit(client: QMPClient) -> None:
+    """Tell QEMU to exit now (the guest is not asked: its SHUTDOWN reason is
+    `host-qmp-quit`)."""
+    await execute(client, "quit")
 
 
 # --- memory snapshots ---------------------------------------------------------------
@@ -62,7 +84,7 @@ async def _migration_with_events(client: QMPClient, ram_in_file: bool) -> EventL
     caps = [{"capability": "events", "state": True}]
     if ram_in_file:
         caps.append({"capability": "x-ignore-shared", "state": True})
-    await client.execute("migrate-set-capabilities", {"capabilities": caps})
+    await execute(client, "migrate-set-capabilities", {"capabilities": caps})
     listener = EventListener(("MIGRATION",))
     client.register_listener(listener)
     return listener
@@ -70,7 +92,7 @@ async def _migration_with_events(client: QMPClient, ram_in_file: bool) -> EventL
 
 async def _send_fd(client: QMPClient, fd: int) -> None:
     client.send_fd_scm(fd)
-    await client.execute("getfd", {"fdname": SNAPSHOT_FD_NAME})
+    await execute(client, "getfd", {"fdname": SNAPSHOT_FD_NAME})
 
 
 async def _wait_migration(client: QMPClient, listener: EventListener) -> dict[str, Any]:
@@ -83,7 +105,7 @@ async def _wait_migration(client: QMPClient, listener: EventListener) -> dict[st
                 break
     finally:
         client.remove_listener(listener)
-    info = cast(dict[str, Any], await client.execute("query-migrate"))
+    info = cast(dict[str, Any], await execute(client, "query-migrate"))
     if status != "completed":
         detail = info.get("error-desc") or status
         raise RuntimeError(f"migration {status}: {detail}")
@@ -93,14 +115,14 @@ async def _wait_migration(client: QMPClient, listener: EventListener) -> dict[st
 async def save_snapshot_to(client: QMPClient, target: Path, *, ram_in_file: bool) -> int:
     """Pause the VM and write its state to `target` (and its RAM, unless `ram_in_file`);
     return the guest RAM written into `target`."""
-    await client.execute("stop")
+    await execute(client, "stop")
     listener = await _migration_with_events(client, ram_in_file)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         await _send_fd(client, fd)
     finally:
         os.close(fd)  # QEMU holds its own copy now
-    await client.execute("migrate", {"uri": f"fd:{SNAPSHOT_FD_NAME}"})
+    await execute(client, "migrate", {"uri": f"fd:{SNAPSHOT_FD_NAME}"})
     info = await _wait_migration(client, listener)
     return int(info.get("ram", {}).get("total", 0))
 
@@ -111,13 +133,13 @@ async def load_snapshot_and_resume(client: QMPClient, fd_number: int, *,
     `-incoming defer`, then let it run."""
     listener = await _migration_with_events(client, ram_in_file)
     try:
-        await client.execute("migrate-incoming", {"uri": f"fd:{fd_number}"})
+        await execute(client, "migrate-incoming", {"uri": f"fd:{fd_number}"})
     except BaseException:
         client.remove_listener(listener)
         raise
     await _wait_migration(client, listener)
-    status = await client.execute("query-status")
+    status = await execute(client, "query-status")
     state = status.get("status") if isinstance(status, dict) else None
     if state != "paused":
         raise RuntimeError(f"snapshot loaded but the VM is {state}, not paused")
-    await client.execute("cont")
+    await execute(client, "cont")
