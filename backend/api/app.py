@@ -17,7 +17,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from backend.api import event_routes, machine_routes, service_routes, template_routes
+from backend.api import (
+    disk_routes,
+    event_routes,
+    machine_routes,
+    service_routes,
+    template_routes,
+)
 from backend.api.activity import CountRequests
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -80,6 +86,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.add_middleware(Idempotency)  # inside the count: a repeat waiting counts too
     app.add_middleware(CountRequests)
     app.include_router(machine_routes.router)
+    app.include_router(disk_routes.router)
     app.include_router(service_routes.router)
     app.include_router(event_routes.router)
     app.include_router(template_routes.router)
