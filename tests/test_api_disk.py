@@ -10,7 +10,7 @@ import pytest
 from backend.state.engine import Engine
 from backend.supervision.machine_disk import DISK_FILE, disk_usage, ensure_disk
 from tests.api_helpers import Api
-from tests.disk_helpers import MIB, fake_image
+from tests.disk_helpers import fake_image
 from tests.test_api_machines import error_of
 
 
