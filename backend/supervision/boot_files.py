@@ -100,6 +100,8 @@ class DefaultBootFiles(BootFilesProvider):
                 raise BootFilesError(str(exc)) from None
         size = requested_size(spec.disk, os_image.size_bytes)
         disk = await asyncio.to_thread(ensure_disk, machine_dir, os_image.rootfs, size)
+        await _write_record(machine_dir, image, initrd, {
+            "os_image": os_image.name, "os_image_hash": os_image.hash, "disk": str(disk)})
         append = " ".join(filter(None, [DEBIAN_KERNEL_ARGS, spec.cmdline]))
         return BootFiles(image.kernel, initrd, append, disk)
 
@@ -125,11 +127,17 @@ class DefaultBootFiles(BootFilesProvider):
                                                  keys, spec.env)
             except GuestImageError as exc:
                 raise BootFilesError(str(exc)) from None
-        record = {"kernel": str(image.kernel), "initrd": str(initrd),
-                  "image_hash": image.content_hash, "kernel_version": image.kernel_version}
-        await asyncio.to_thread(atomic_write_text, machine_dir / BOOT_RECORD,
-                                json.dumps(record, indent=2) + "\n")
+        await _write_record(machine_dir, image, initrd)
         return BootFiles(image.kernel, initrd, spec.cmdline)
+
+
+async def _write_record(machine_dir: Path, image: GuestImage, initrd: Path,
+                        extra: dict[str, str] | None = None) -> None:
+    record = {"kernel": str(image.kernel), "initrd": str(initrd),
+              "image_hash": image.content_hash, "kernel_version": image.kernel_version,
+              **(extra or {})}
+    await asyncio.to_thread(atomic_write_text, machine_dir / BOOT_RECORD,
+                            json.dumps(record, indent=2) + "\n")
 
 
 def boot_record(machine_dir: Path) -> dict[str, str] | None:
