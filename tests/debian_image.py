@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -21,13 +22,19 @@ import time
 from pathlib import Path
 
 IMAGE_NAME = "debian-12-mini"
-PACKAGES = ["systemd-sysv", "udev", "openssh-server", "iproute2", "kmod", "e2fsprogs"]
+#: dbus: without it systemd-logind does not run, and nothing turns the ACPI power button
+#: (`boxui stop`) into a poweroff
+PACKAGES = ["systemd-sysv", "udev", "dbus", "openssh-server", "iproute2", "kmod", "e2fsprogs"]
 #: units a test machine does not need; what the real recipes mask is the builder's call
 MASKED = ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
           "e2scrub_reap.service", "fstrim.timer", "systemd-timesyncd.service",
           "getty@tty1.service", "systemd-journal-flush.service", "man-db.timer",
           "dpkg-db-backup.timer", "systemd-update-utmp.service",
-          "systemd-update-utmp-runlevel.service", "systemd-tmpfiles-clean.timer"]
+          "systemd-update-utmp-runlevel.service", "systemd-tmpfiles-clean.timer",
+          "serial-getty@ttyS0.service", "modprobe@dm_mod.service", "modprobe@efi_pstore.service",
+          "sys-kernel-debug.mount", "sys-kernel-tracing.mount"]
+#: a change to what goes in gives a new build
+INPUTS_HASH = hashlib.sha256(repr((PACKAGES, MASKED)).encode()).hexdigest()[:16]
 
 
 def _kernel_deb(cache: Path) -> Path:
@@ -56,15 +63,22 @@ def _trim(root: Path) -> None:
         link.symlink_to("/dev/null")
 
 
+def _current(target: Path) -> bool:
+    try:
+        return bool(json.loads((target / "image.json").read_text())["hash"] == INPUTS_HASH)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def build_image(cache: Path, name: str = IMAGE_NAME) -> Path:
     """`cache/os/<name>/` with rootfs.ext4 and image.json; built once, under a lock."""
     target = cache / "os" / name
-    if (target / "image.json").is_file():
+    if _current(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with (cache / "os" / ".test-build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "image.json").is_file():
+        if _current(target):
             return target
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="bx-img-") as tmp:
             root, scratch = Path(tmp) / "root", Path(tmp) / "k"
@@ -78,7 +92,7 @@ def build_image(cache: Path, name: str = IMAGE_NAME) -> Path:
             rootfs = target / "rootfs.ext4"
             subprocess.run(["mkfs.ext4", "-q", "-d", str(root), str(rootfs), "1G"],
                            check=True)
-            meta = {"name": name, "recipe": "tests", "hash": "0" * 16,
+            meta = {"name": name, "recipe": "tests", "hash": INPUTS_HASH,
                     "built_at": time.time(), "size_bytes": rootfs.stat().st_size,
                     "kernel_version": version, "packages": {}}
             tmp_meta = target / "image.json.tmp"
