@@ -15,7 +15,7 @@ mounts) and this machine's secrets. `/init` then:
 - installs the host key (OpenSSH format, 0600; every other host key is removed so the
   guest can only present this machine's identity), the user's authorized key (0600),
   the hostname, /etc/hosts and a resolver, and the unit that prints the ready marker
-  once sshd listens;
+  once sshd listens (sshd and that unit start without waiting for sysinit.target);
 - configures eth0 for QEMU's user-mode network (kept across `switch_root`; with
   `net.ifnames=0` udev leaves its name alone), then `switch_root`s to systemd.
 Every step that leaves the guest unable to become ready prints `BOXUI-FAILED <why>` and
@@ -101,6 +101,8 @@ chmod 700 $R/root $R/root/.ssh
 cp -p /{_SEED}/authorized_keys $R/root/.ssh/authorized_keys
 cp -p /{_SEED}/ready $R/etc/boxui/ready
 cp -p /{_SEED}/boxui-ready.service $R/etc/systemd/system/boxui-ready.service
+mkdir -p $R/etc/systemd/system/ssh.service.d
+cp -p /{_SEED}/ssh-early.conf $R/etc/systemd/system/ssh.service.d/boxui-early.conf
 ln -sf /etc/systemd/system/boxui-ready.service \\
   $R/etc/systemd/system/multi-user.target.wants/boxui-ready.service
 echo "$boot_id" > $R/etc/boxui/boot-id
@@ -134,8 +136,18 @@ done
 echo "{READY_MARKER} $(cat /etc/boxui/boot-id)" > /dev/console
 """
 
+# Both start as soon as systemd runs instead of after sysinit.target: sshd needs none of
+# it (the network is up from the initramfs, /run is mounted by PID 1 itself), and under
+# TCG sysinit (udev's coldplug above all) took over half of the boot to ready.
+_SSH_EARLY = """[Unit]
+DefaultDependencies=no
+Conflicts=shutdown.target
+Before=shutdown.target
+"""
+
 _READY_UNIT = """[Unit]
 Description=boxui: tell the host that SSH is ready
+DefaultDependencies=no
 After=ssh.service
 Wants=ssh.service
 
@@ -196,6 +208,7 @@ def debian_seed_archive(keys: MachineKeys, modules: dict[str, bytes]) -> bytes:
         Entry(f"{_SEED}/random-seed", regular | 0o600, os.urandom(512)),
         Entry(f"{_SEED}/ready", regular | 0o755, _READY.encode()),
         Entry(f"{_SEED}/boxui-ready.service", regular | 0o644, _READY_UNIT.encode()),
+        Entry(f"{_SEED}/ssh-early.conf", regular | 0o644, _SSH_EARLY.encode()),
     ]
     return write_archive(entries)
 
