@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from backend.api import (
+    disk_routes,
     event_routes,
     machine_routes,
     orphan_routes,
@@ -86,6 +87,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.add_middleware(Idempotency)  # inside the count: a repeat waiting counts too
     app.add_middleware(CountRequests)
     app.include_router(machine_routes.router)
+    app.include_router(disk_routes.router)
     app.include_router(service_routes.router)
     app.include_router(event_routes.router)
     app.include_router(template_routes.router)

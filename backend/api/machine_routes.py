@@ -19,6 +19,7 @@ from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
 from backend.state.names import validate_name
 from backend.supervision.inflight_commands import CommandRecord
+from backend.supervision.machine_disk import check_disk_request
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"], responses=ERROR_RESPONSES)
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -57,6 +58,8 @@ async def create_machine(spec: MachineSpec, ctx: Ctx,
                          start: Annotated[bool, Query()] = False) -> LoadedMachine:
     # a snapshot that cannot serve this machine is refused before the machine exists
     await asyncio.to_thread(ctx.supervisor.restore_plan, spec)
+    if spec.image is not None:  # an unknown image or a too-small disk, before it exists
+        await asyncio.to_thread(check_disk_request, ctx.engine.dirs.images, spec)
     await ctx.engine.create_machine(spec)
     if start:
         await ctx.supervisor.start_machine(spec.name)

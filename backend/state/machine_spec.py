@@ -22,11 +22,13 @@ from pydantic import (
     StrictFloat,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from backend.errors import InvalidNameError, SpecError
 from backend.state.accelerator import AccelRequest
 from backend.state.atomic_write import atomic_write_text
+from backend.state.disk_size import parse_size
 from backend.state.events import now_utc
 from backend.state.machine_limits import MAX_DISK_GIB, MAX_MEMORY_MIB, MAX_VCPUS
 from backend.state.names import validate_name
@@ -72,6 +74,10 @@ class MachineSpec(BaseModel):
     kernel: Path | None = None
     initrd: Path | None = None
     disk_image: Path | None = None
+    #: an OS image from the image store (`boxui image ls`): the machine boots it from its
+    #: own copy-on-write disk, `disk.qcow2` in its directory, sized `disk` (e.g. "20G")
+    image: str | None = None
+    disk: str | None = None
     cmdline: str = ""
     distro: str = "boxui-busybox"
     ssh_key: Path | None = None
@@ -103,6 +109,26 @@ class MachineSpec(BaseModel):
     @classmethod
     def _valid_service(cls, value: str | None) -> str | None:
         return None if value is None else cls._valid_name(value)
+
+    @field_validator("image")
+    @classmethod
+    def _valid_image(cls, value: str | None) -> str | None:
+        return None if value is None else cls._valid_name(value)
+
+    @field_validator("disk")
+    @classmethod
+    def _valid_disk(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    @model_validator(mode="after")
+    def _disk_needs_image(self) -> MachineSpec:
+        if self.disk is not None and self.image is None:
+            raise ValueError("disk: needs an image (set image too)")
+        if self.image is not None and (self.kernel or self.initrd or self.disk_image):
+            raise ValueError("image: cannot be combined with kernel, initrd or disk_image")
+        return self
 
     @field_validator("env")
     @classmethod

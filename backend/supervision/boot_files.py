@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import BoxuiError
+from backend.guest.debian_initrd import DEBIAN_KERNEL_ARGS, image_modules, write_debian_initrd
 from backend.guest.errors import GuestImageError
-from backend.guest.image_builder import build_default_image, load_current_image
+from backend.guest.image_builder import GuestImage, build_default_image, load_current_image
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.images.store import find_image_in
 from backend.state.atomic_write import atomic_write_text
 from backend.state.machine_spec import MachineSpec
+from backend.supervision.machine_disk import ensure_disk, requested_size
 
 ProgressFn = Callable[[str, str], None]
 BOOT_RECORD = "boot.json"
@@ -68,12 +71,48 @@ class DefaultBootFiles(BootFilesProvider):
         self.images_dir = images_dir
         self._lock = asyncio.Lock()
 
+    async def _default_image(self, progress: ProgressFn | None) -> GuestImage:
+        # the last built image, without asking apt (2-3 s); build only if none
+        image = await asyncio.to_thread(load_current_image, self.images_dir)
+        return image if image is not None else await build_default_image(self.images_dir,
+                                                                          progress)
+
+    async def _prepare_disk_machine(self, spec: MachineSpec, machine_dir: Path,
+                                    progress: ProgressFn | None) -> BootFiles:
+        """The default kernel, the machine's Debian initrd and its own disk (made at its
+        first boot)."""
+        assert spec.image is not None
+        os_image = await asyncio.to_thread(find_image_in, self.images_dir, spec.image)
+        async with self._lock:
+            try:
+                image = await self._default_image(progress)
+                if image.kernel_version != os_image.kernel_version:
+                    raise BootFilesError(
+                        f"{spec.name}: image {spec.image} has modules for kernel "
+                        f"{os_image.kernel_version}, the guest kernel is "
+                        f"{image.kernel_version}; rebuild the image")
+                keys = await asyncio.to_thread(create_machine_keys, machine_dir)
+                modules = await asyncio.to_thread(image_modules, os_image.rootfs,
+                                                  os_image.kernel_version)
+                initrd = await asyncio.to_thread(write_debian_initrd, image.initrd,
+                                                 machine_dir, keys, modules)
+            except GuestImageError as exc:
+                raise BootFilesError(str(exc)) from None
+        size = requested_size(spec.disk, os_image.size_bytes)
+        disk = await asyncio.to_thread(ensure_disk, machine_dir, os_image.rootfs, size)
+        await _write_record(machine_dir, image, initrd, {
+            "os_image": os_image.name, "os_image_hash": os_image.hash, "disk": str(disk)})
+        append = " ".join(filter(None, [DEBIAN_KERNEL_ARGS, spec.cmdline]))
+        return BootFiles(image.kernel, initrd, append, disk)
+
     async def prepare(
         self, spec: MachineSpec, machine_dir: Path, progress: ProgressFn | None = None
     ) -> BootFiles:
         own = user_boot_files(spec)
         if own is not None:
             return own
+        if spec.image is not None:
+            return await self._prepare_disk_machine(spec, machine_dir, progress)
         if spec.disk_image is not None:
             raise BootFilesError(
                 f"{spec.name}: disk_image needs a kernel and initrd that mount it; "
@@ -81,21 +120,24 @@ class DefaultBootFiles(BootFilesProvider):
             )
         async with self._lock:  # one image build at a time, whatever starts at once
             try:
-                # the last built image, without asking apt (2-3 s); build only if none
-                image = await asyncio.to_thread(load_current_image, self.images_dir)
-                if image is None:
-                    image = await build_default_image(self.images_dir, progress)
+                image = await self._default_image(progress)
                 keys = await asyncio.to_thread(create_machine_keys, machine_dir)
                 # rewritten on every cold boot: it carries a fresh RNG seed for the guest
                 initrd = await asyncio.to_thread(write_machine_initrd, image, machine_dir,
                                                  keys, spec.env)
             except GuestImageError as exc:
                 raise BootFilesError(str(exc)) from None
-        record = {"kernel": str(image.kernel), "initrd": str(initrd),
-                  "image_hash": image.content_hash, "kernel_version": image.kernel_version}
-        await asyncio.to_thread(atomic_write_text, machine_dir / BOOT_RECORD,
-                                json.dumps(record, indent=2) + "\n")
+        await _write_record(machine_dir, image, initrd)
         return BootFiles(image.kernel, initrd, spec.cmdline)
+
+
+async def _write_record(machine_dir: Path, image: GuestImage, initrd: Path,
+                        extra: dict[str, str] | None = None) -> None:
+    record = {"kernel": str(image.kernel), "initrd": str(initrd),
+              "image_hash": image.content_hash, "kernel_version": image.kernel_version,
+              **(extra or {})}
+    await asyncio.to_thread(atomic_write_text, machine_dir / BOOT_RECORD,
+                            json.dumps(record, indent=2) + "\n")
 
 
 def boot_record(machine_dir: Path) -> dict[str, str] | None:

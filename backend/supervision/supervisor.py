@@ -166,6 +166,11 @@ class Supervisor:
 
     # --- start -----------------------------------------------------------------------
 
+    def machine_lock(self, name: str) -> asyncio.Lock:
+        """Held by every start, stop and delete of `name`: a change that needs the
+        machine stopped (growing its disk) holds it too, so no boot begins halfway."""
+        return self._locks[name]
+
     async def start_machine(
         self, name: str, *, progress: ProgressFn | None = None, automatic: bool = False
     ) -> None:

@@ -15,6 +15,7 @@ import click
 from boxui.cli.params import name_arg
 
 if TYPE_CHECKING:
+    from backend.state.machine_spec import MachineSpec
     from backend.state.state_dir import StateDir
 
 
@@ -65,12 +66,37 @@ def info_cmd(name: str, as_json: bool) -> None:
         from backend.templates.restore_plan import shared_state_note
 
         running = machine.record is not None and machine.record.persisted.value == "running"
-        emit_json(machine_view(machine) | {"supervisor_pid": holder,
+        emit_json(machine_view(machine) | {"disk": _disk_json(dirs, machine.spec),
+                                           "supervisor_pid": holder,
                                            "supervised_by": holder if running else None,
                                            "shared_state": shared_state_note(
                                                machine.spec, machine.record)})
         return
-    click.echo("\n".join(info_lines(machine, holder)))
+    click.echo("\n".join(info_lines(machine, holder) + _disk_lines(dirs, machine.spec)))
+
+
+def _disk_json(dirs: StateDir, spec: MachineSpec | None) -> dict[str, object] | None:
+    """A disk machine's disk as `qemu-img info` would size it (read from its header)."""
+    if spec is None or spec.image is None:
+        return None
+    from backend.supervision.machine_disk import disk_usage
+
+    usage = disk_usage(dirs.machine_dir(spec.name))
+    return {"image": spec.image, "size": spec.disk,
+            "usage": usage.as_json() if usage else None}
+
+
+def _disk_lines(dirs: StateDir, spec: MachineSpec | None) -> list[str]:
+    disk = _disk_json(dirs, spec)
+    if disk is None:
+        return []
+    from backend.state.disk_size import format_size
+
+    usage = disk["usage"]
+    if not isinstance(usage, dict):
+        return [f"{'disk usage:':<16}none yet (made at the first start)"]
+    return [f"{'disk usage:':<16}{format_size(usage['virtual_bytes'])} virtual, "
+            f"{format_size(usage['allocated_bytes'])} allocated ({usage['path']})"]
 
 
 @click.command("events")

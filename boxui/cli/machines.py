@@ -18,7 +18,7 @@ import click
 from backend.state.accelerator import ACCEL_REQUESTS, AccelRequest
 from backend.state.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
 from boxui.cli.dispatch import call
-from boxui.cli.params import json_flag, machine_name, template_ref
+from boxui.cli.params import disk_size, json_flag, machine_name, name_arg, template_ref
 
 if TYPE_CHECKING:
     from backend.state.machine_spec import MachineSpec, RestartPolicy
@@ -30,15 +30,19 @@ if TYPE_CHECKING:
               help="vCPUs [default: 1, or the template variant's].")
 @click.option("--memory", "memory_mib", type=click.IntRange(64, MAX_MEMORY_MIB),
               default=None, help="Memory in MiB [default: 256, or the template variant's].")
-@click.option("--image", type=click.Choice(["default"]), default="default",
-              help="Guest image (boxui's own busybox + dropbear guest).")
+@click.option("--image", default="default", callback=name_arg, show_default=True,
+              help="Guest image: `default` (boxui's busybox + dropbear guest, in RAM) or "
+              "an OS image from `boxui image ls`, booted from the machine's own disk.")
+@click.option("--disk", "disk", metavar="SIZE", callback=disk_size,
+              help="With an OS --image: the machine's disk size, e.g. 20G "
+              "[default: the image's size].")
 @click.option("--template", "template_ref", metavar="ID[:ROLE]", callback=template_ref,
               help="Make it from a template: restore its snapshot, or cold-boot its "
               "image. ROLE may be left out if the template has one.")
 @click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Boot your own kernel (with --initrd) instead of the image.")
 @click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--disk", "disk_image",
+@click.option("--disk-image", "disk_image",
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Attach a disk image as /dev/vda (raw, or qcow2 by suffix); "
               "needs --kernel and --initrd that mount it.")
@@ -53,15 +57,30 @@ if TYPE_CHECKING:
               help="Start it whenever the boxui daemon starts (see `boxui daemon install`).")
 @json_flag
 def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
-               template_ref: str | None, kernel: Path | None, initrd: Path | None,
+               disk: str | None, template_ref: str | None, kernel: Path | None, initrd: Path | None,
                disk_image: Path | None, accel: AccelRequest, restart_policy: RestartPolicy,
                start: bool, autostart: bool, as_json: bool) -> None:
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
                          accel, restart_policy)
+    _with_image(spec, image, disk, template_ref, memory_given=memory_mib is not None)
     spec.autostart = autostart
     _report(name, as_json, call("POST", "/v1/machines", params={"start": start},
                                 json=spec.model_dump(mode="json", exclude_none=True)))
+
+
+def _with_image(spec: MachineSpec, image: str, disk: str | None,
+                template_ref: str | None, *, memory_given: bool) -> None:
+    """An OS image gives the machine a disk of its own; the daemon checks the image."""
+    if image == "default":
+        if disk is not None:
+            raise click.UsageError("--disk needs an OS --image (see `boxui image ls`)")
+        return
+    if template_ref is not None or spec.kernel is not None:
+        raise click.UsageError("--image cannot be combined with --template or --kernel")
+    spec.image, spec.disk = image, disk
+    if not memory_given:
+        spec.memory_mib = 512  # systemd and apt want more than the busybox guest
 
 
 def _machine_spec(name: str, vcpus: int | None, memory_mib: int | None,
@@ -72,7 +91,7 @@ def _machine_spec(name: str, vcpus: int | None, memory_mib: int | None,
     if (kernel is None) != (initrd is None):
         raise click.UsageError("--kernel and --initrd go together")
     if disk_image is not None and kernel is None:
-        raise click.UsageError("--disk needs --kernel and --initrd that mount it")
+        raise click.UsageError("--disk-image needs --kernel and --initrd that mount it")
     if template_ref is not None and kernel is not None:
         raise click.UsageError("--template cannot be combined with --kernel/--initrd")
     if template_ref is not None:

@@ -36,3 +36,17 @@ machine_name = click.argument("name", callback=name_arg)
 
 #: `--json` on commands that change things (the read-only ones say "Print JSON.")
 json_flag = click.option("--json", "as_json", is_flag=True)
+
+
+def disk_size(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A disk size such as 20G, checked while parsing (the minimum, the image's own size,
+    is checked by the daemon, which knows the image)."""
+    if value is None:
+        return None
+    from backend.state.disk_size import parse_size
+
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value

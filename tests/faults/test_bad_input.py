@@ -26,7 +26,7 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "ssh": ([], []), "ssh-config": ([], []), "exec": ([], ["true"]),
     "service create": (["--no-wait"], []), "service scale": (["--no-wait"], ["1"]),
     "service rm": ([], []), "template build": ([], []), "template revisions": ([], []),
-    "template rm": ([], []),
+    "template rm": ([], []), "disk show": ([], []), "disk resize": ([], ["1G"]),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
@@ -36,7 +36,12 @@ BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
     *(["create", "ok", "--memory", n] for n in ("0", "-1", str(10**30), "63", "")),
     ["create", "ok", "--kernel", "/nonexistent/vmlinuz", "--initrd", "/nonexistent/i"],
-    ["create", "ok", "--disk", "/nonexistent/disk.img"],
+    ["create", "ok", "--disk-image", "/nonexistent/disk.img"],
+    *(["create", "ok", "--image", "deb", "--disk", d] for d in ("/nonexistent/disk.img",
+                                                                 "20X", "0", "-1G", "")),
+    ["create", "ok", "--disk", "20G"], ["create", "ok", "--image", "../x"],
+    *(["disk", "resize", "ok", d] for d in ("20X", "0", "", "99999T")),
+    ["disk", "resize", "ok"], ["disk", "frobnicate"],
     ["create", "ok", "--accel", "fast"],
     ["create", "ok", "--restart", "sometimes"],
     ["events", "-n", "-1"], ["events", "-n", "many"],

@@ -64,6 +64,9 @@ CASES: dict[tuple[str, str], list[Request]] = {
                                                       {"sigkill_timeout": 10**6}, 5)),
         ({}, {}, {**MACHINE, "kernel": "/nonexistent/vmlinuz",
                   "initrd": "/nonexistent/initrd"}),
+        *(({}, {}, {**MACHINE, "image": i}) for i in ("no-such", "../x", "")),
+        *(({}, {}, {**MACHINE, "image": "no-such", "disk": d}) for d in ("20X", "", 5)),
+        ({}, {}, {**MACHINE, "disk": "20G"}),
     ],
     ("DELETE", "/v1/machines/{name}"): [*_name_cases(), ({"name": "ok"}, {"force": "x"}, None)],
     ("GET", "/v1/machines/{name}"): _name_cases(),
@@ -72,6 +75,13 @@ CASES: dict[tuple[str, str], list[Request]] = {
         *(({"name": n}, {}, {"argv": ["true"]}) for n in BAD_NAMES),
         ({"name": "ok"}, {}, {"argv": []}), ({"name": "ok"}, {}, {"argv": "true"}),
         ({"name": "ok"}, {}, {}), ({"name": "ok"}, {}, {"argv": [1]}),
+    ],
+    ("GET", "/v1/machines/{name}/disk"): [*_name_cases(), ({"name": "ok"}, {}, None)],
+    ("POST", "/v1/machines/{name}/disk/resize"): [
+        *(({"name": n}, {}, {"size": "2G"}) for n in BAD_NAMES),
+        *(({"name": "ok"}, {}, {"size": s}) for s in ("", "20X", "0", "-1G", "99999T", 5)),
+        ({"name": "ok"}, {}, {}), ({"name": "ok"}, {}, {"size": "2G", "bogus": 1}),
+        ({"name": "ok"}, {}, {"size": "2G"}),  # "ok" has no disk: refused, not made
     ],
     ("POST", "/v1/machines/{name}/restart"): _name_cases(),
     ("POST", "/v1/machines/{name}/start"): _name_cases(),

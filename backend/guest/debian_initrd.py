@@ -1,0 +1,223 @@
+"""The per-machine initramfs that boots a Debian image from the machine's own disk.
+
+Why an initramfs of boxui's and not Debian's: the image has no kernel or initramfs of its
+own (`initramfs-tools` would make every build slower and every boot wait on its scripts).
+The default guest's initrd already has busybox and the virtio modules for this kernel;
+appended to it (see `machine_seed`) goes an archive with a different `/init`, the
+block and ext4 modules (read out of the image's own `/lib/modules` with `debugfs`, no
+mounts) and this machine's secrets. `/init` then:
+- loads the modules in the order found to work (virtio, virtio_blk, crc16, mbcache,
+  jbd2, crc32c_generic, ext4, then the default guest's: net, console, balloon, rng,
+  the ACPI power button), mounts /dev/vda read-write;
+- grows the filesystem to the disk when the disk's size differs from the one it last
+  grew to (online `resize2fs` in the mounted root, so no binary of its own is needed;
+  the size is remembered in `/etc/boxui/grown-sectors`, so later boots skip it);
+- installs the host key (OpenSSH format, 0600; every other host key is removed so the
+  guest can only present this machine's identity), the user's authorized key (0600),
+  the hostname, /etc/hosts and a resolver, and the unit that prints the ready marker
+  once sshd listens (sshd and that unit start without waiting for sysinit.target);
+- configures eth0 for QEMU's user-mode network (kept across `switch_root`; with
+  `net.ifnames=0` udev leaves its name alone), then `switch_root`s to systemd.
+Every step that leaves the guest unable to become ready prints `BOXUI-FAILED <why>` and
+powers off, so the host fails the boot at once instead of waiting out its timeout.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backend.guest.errors import GuestImageError
+from backend.guest.guest_files import FAILED_MARKER, GUEST_MODULE_DIR, MODULES, READY_MARKER
+from backend.guest.machine_seed import MachineKeys, concatenate_initrd
+from backend.guest.newc import Entry, write_archive
+from backend.guest.tools import require_tool
+from backend.state.atomic_write import atomic_write_bytes
+
+DEBIAN_INITRD_FILE = "initrd-debian.img"
+#: what the kernel needs besides the defaults: no root= (the initramfs mounts it), eth0
+#: keeps its name, systemd's status lines stay off the (slow, TCG) serial console
+DEBIAN_KERNEL_ARGS = "net.ifnames=0 systemd.show_status=false"
+#: modules the default initrd lacks, as (name, path under kernel/), in load order
+DISK_MODULES: tuple[tuple[str, str], ...] = (
+    ("virtio_blk", "drivers/block/virtio_blk.ko"),
+    ("crc16", "lib/crc16.ko"),
+    ("mbcache", "fs/mbcache.ko"),
+    ("jbd2", "fs/jbd2/jbd2.ko"),
+    ("crc32c_generic", "crypto/crc32c_generic.ko"),
+    ("ext4", "fs/ext4/ext4.ko"),
+)
+LOAD_ORDER = [name for name, _ in (*MODULES[:3], *DISK_MODULES, *MODULES[3:])]
+_SEED = "boxui"  # where the secrets wait in the initramfs until /init copies them
+
+_INIT = f"""#!/bin/sh
+# boxui Debian-guest /init: mount the machine's disk, install its identity, hand over.
+/bin/busybox --install -s
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+fail() {{ echo "{FAILED_MARKER} $1" > /dev/console; sleep 1; poweroff -f; }}
+for m in {' '.join(LOAD_ORDER)}; do
+  insmod /{GUEST_MODULE_DIR}/$m.ko || fail "insmod-$m"
+done
+name=boxui
+boot_id=unknown
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    boxui.name=*) name="${{arg#boxui.name=}}" ;;
+    boxui.boot_id=*) boot_id="${{arg#boxui.boot_id=}}" ;;
+  esac
+done
+cat /{_SEED}/random-seed > /dev/urandom
+i=0
+while [ ! -b /dev/vda ]; do
+  i=$((i + 1)); [ "$i" -gt 500 ] && fail no-disk; usleep 10000
+done
+R=/newroot
+mkdir -p $R
+mount -t ext4 -o rw,noatime /dev/vda $R || fail mount-root
+mkdir -p $R/etc/boxui $R/etc/ssh $R/root/.ssh $R/etc/systemd/system/multi-user.target.wants
+sectors=$(cat /sys/block/vda/size)
+if [ "$(cat $R/etc/boxui/grown-sectors 2>/dev/null)" != "$sectors" ]; then
+  mount --bind /dev $R/dev && mount -t proc proc $R/proc
+  if chroot $R resize2fs /dev/vda > /dev/null 2>&1; then
+    echo "$sectors" > $R/etc/boxui/grown-sectors
+  else
+    echo "boxui: growing the root filesystem failed; it keeps its size" > /dev/console
+  fi
+  umount $R/proc; umount $R/dev
+fi
+rm -f $R/etc/ssh/ssh_host_*
+cp -p /{_SEED}/ssh_host_ed25519_key /{_SEED}/ssh_host_ed25519_key.pub $R/etc/ssh/
+chmod 700 $R/root $R/root/.ssh
+cp -p /{_SEED}/authorized_keys $R/root/.ssh/authorized_keys
+cp -p /{_SEED}/ready $R/etc/boxui/ready
+cp -p /{_SEED}/boxui-ready.service $R/etc/systemd/system/boxui-ready.service
+mkdir -p $R/etc/systemd/system/ssh.service.d
+cp -p /{_SEED}/ssh-early.conf $R/etc/systemd/system/ssh.service.d/boxui-early.conf
+ln -sf /etc/systemd/system/boxui-ready.service \\
+  $R/etc/systemd/system/multi-user.target.wants/boxui-ready.service
+echo "$boot_id" > $R/etc/boxui/boot-id
+echo "$name" > $R/etc/hostname
+printf '127.0.0.1 localhost\\n127.0.1.1 %s\\n::1 localhost ip6-localhost\\n' "$name" \\
+  > $R/etc/hosts
+[ -L $R/etc/resolv.conf ] || echo "nameserver 10.0.2.3" > $R/etc/resolv.conf
+hostname "$name"
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0 || fail no-eth0
+ip link set eth0 up
+ip route add default via 10.0.2.2
+mount --move /dev $R/dev
+mount --move /proc $R/proc
+mount --move /sys $R/sys
+exec switch_root $R /sbin/init
+"""
+
+# sshd listening on 22 (v4 or v6), then the marker the host waits for, with this boot's id
+_READY = f"""#!/bin/sh
+i=0
+while ! cat /proc/net/tcp /proc/net/tcp6 2>/dev/null \\
+    | awk '$2 ~ /:0016$/ && $4 == "0A" {{ f = 1 }} END {{ exit !f }}'; do
+  i=$((i + 1))
+  if [ "$i" -gt 3000 ]; then
+    echo "{FAILED_MARKER} sshd-not-listening" > /dev/console
+    exit 1
+  fi
+  sleep 0.02
+done
+echo "{READY_MARKER} $(cat /etc/boxui/boot-id)" > /dev/console
+"""
+
+# Both start as soon as systemd runs instead of after sysinit.target: sshd needs none of
+# it (the network is up from the initramfs, /run is mounted by PID 1 itself), and under
+# TCG sysinit (udev's coldplug above all) took over half of the boot to ready.
+_SSH_EARLY = """[Unit]
+DefaultDependencies=no
+Conflicts=shutdown.target
+Before=shutdown.target
+"""
+
+_READY_UNIT = """[Unit]
+Description=boxui: tell the host that SSH is ready
+DefaultDependencies=no
+After=ssh.service
+Wants=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/etc/boxui/ready
+"""
+
+
+def openssh_host_key(keys: MachineKeys) -> bytes:
+    """The machine's host key (kept in dropbear's format) as OpenSSH's sshd reads it:
+    the same key, so known_hosts entries and fingerprints do not change."""
+    blob = keys.host_key.read_bytes()
+    offset = 4 + int.from_bytes(blob[:4], "big")  # skip the string "ssh-ed25519"
+    seed = blob[offset + 4: offset + 36]
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+
+
+def image_modules(rootfs: Path, kernel_version: str) -> dict[str, bytes]:
+    """DISK_MODULES read out of the image with `debugfs` (no mount), decompressed."""
+    debugfs = require_tool("debugfs")
+    found: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="boxui-mods-") as tmp:
+        commands = []
+        for name, relative in DISK_MODULES:
+            for suffix in ("", ".xz"):
+                source = f"/usr/lib/modules/{kernel_version}/kernel/{relative}{suffix}"
+                commands.append(f'dump "{source}" "{tmp}/{name}.ko{suffix}"\n')
+        subprocess.run([debugfs, "-f", "-", str(rootfs)], input="".join(commands),
+                       capture_output=True, text=True, timeout=60, check=False)
+        for name, _ in DISK_MODULES:
+            plain, packed = Path(tmp, f"{name}.ko"), Path(tmp, f"{name}.ko.xz")
+            if packed.is_file() and packed.stat().st_size:
+                found[name] = lzma.decompress(packed.read_bytes())
+            elif plain.is_file() and plain.stat().st_size:
+                found[name] = plain.read_bytes()
+            else:
+                raise GuestImageError(f"image {rootfs.parent.name}: kernel module {name} "
+                                      f"for {kernel_version} not found in its /lib/modules")
+    return found
+
+
+def debian_seed_archive(keys: MachineKeys, modules: dict[str, bytes]) -> bytes:
+    """`/init`, the disk modules and this machine's secrets, as one newc archive."""
+    directory, regular = stat.S_IFDIR, stat.S_IFREG
+    entries = [Entry("init", regular | 0o755, _INIT.encode()),
+               Entry(GUEST_MODULE_DIR, directory | 0o755)]
+    entries += [Entry(f"{GUEST_MODULE_DIR}/{name}.ko", regular | 0o644, blob)
+                for name, blob in modules.items()]
+    entries += [
+        Entry(_SEED, directory | 0o700),
+        Entry(f"{_SEED}/ssh_host_ed25519_key", regular | 0o600, openssh_host_key(keys)),
+        Entry(f"{_SEED}/ssh_host_ed25519_key.pub", regular | 0o644,
+              keys.host_public.read_bytes()),
+        Entry(f"{_SEED}/authorized_keys", regular | 0o600, keys.client_public.read_bytes()),
+        Entry(f"{_SEED}/random-seed", regular | 0o600, os.urandom(512)),
+        Entry(f"{_SEED}/ready", regular | 0o755, _READY.encode()),
+        Entry(f"{_SEED}/boxui-ready.service", regular | 0o644, _READY_UNIT.encode()),
+        Entry(f"{_SEED}/ssh-early.conf", regular | 0o644, _SSH_EARLY.encode()),
+    ]
+    return write_archive(entries)
+
+
+def write_debian_initrd(base_initrd: Path, machine_dir: Path, keys: MachineKeys,
+                        modules: dict[str, bytes]) -> Path:
+    """`machine_dir/initrd-debian.img`: the default initrd plus the archive above,
+    rewritten at every cold boot (it carries a fresh RNG seed)."""
+    target = machine_dir / DEBIAN_INITRD_FILE
+    data = concatenate_initrd(base_initrd.read_bytes(), debian_seed_archive(keys, modules))
+    atomic_write_bytes(target, data, 0o600)
+    return target

@@ -1,0 +1,1 @@
+"""Operating-system images (Debian root filesystems) that disk machines boot from."""

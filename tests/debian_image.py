@@ -1,0 +1,108 @@
+"""A small Debian image for disk-machine tests, in the image store's on-disk format.
+
+Why the tests build their own: the real recipes (`debian-12`, ...) are built by the image
+builder; these tests only need *an* image of the agreed shape, built once per host and
+kept under the shared guest cache (`tests/conftest.IMAGE_CACHE/os/<name>/`). It follows
+`shared/notes/debian-guest.md`: mmdebstrap minbase, the default guest kernel's modules
+copied in (the rootfs has none of its own), `mkfs.ext4 -d`, no mounts, no SSH host keys.
+`image.json` is written last, so a half-built directory is never taken for an image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+IMAGE_NAME = "debian-12-mini"
+#: dbus: without it systemd-logind does not run, and nothing turns the ACPI power button
+#: (`boxui stop`) into a poweroff
+PACKAGES = ["systemd-sysv", "udev", "dbus", "openssh-server", "iproute2", "kmod", "e2fsprogs"]
+#: units a test machine does not need; what the real recipes mask is the builder's call
+MASKED = ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+          "e2scrub_reap.service", "fstrim.timer", "systemd-timesyncd.service",
+          "getty@tty1.service", "systemd-journal-flush.service", "man-db.timer",
+          "dpkg-db-backup.timer", "systemd-update-utmp.service",
+          "systemd-update-utmp-runlevel.service", "systemd-tmpfiles-clean.timer",
+          "serial-getty@ttyS0.service", "modprobe@dm_mod.service", "modprobe@efi_pstore.service",
+          "sys-kernel-debug.mount", "sys-kernel-tracing.mount"]
+#: a change to what goes in gives a new build
+INPUTS_HASH = hashlib.sha256(repr((PACKAGES, MASKED)).encode()).hexdigest()[:16]
+
+
+def _kernel_deb(cache: Path) -> Path:
+    debs = sorted((cache / "debs").glob("linux-image-*.deb"))
+    if not debs:
+        raise RuntimeError(f"no kernel package under {cache}/debs: build the default image")
+    return debs[-1]
+
+
+def _install_modules(root: Path, deb: Path, scratch: Path) -> str:
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(scratch)], check=True)
+    (version,) = [p.name for p in (scratch / "lib/modules").iterdir()]
+    target = root / "usr/lib/modules" / version
+    shutil.copytree(scratch / "lib/modules" / version, target, symlinks=True)
+    subprocess.run(["chroot", str(root), "depmod", "-a", version], check=True)
+    return version
+
+
+def _trim(root: Path) -> None:
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    for unit in MASKED:
+        link = root / "etc/systemd/system" / unit
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to("/dev/null")
+
+
+def _current(target: Path) -> bool:
+    try:
+        return bool(json.loads((target / "image.json").read_text())["hash"] == INPUTS_HASH)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def build_image(cache: Path, name: str = IMAGE_NAME) -> Path:
+    """`cache/os/<name>/` with rootfs.ext4 and image.json; built once, under a lock."""
+    target = cache / "os" / name
+    if _current(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (cache / "os" / ".test-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _current(target):
+            return target
+        with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="bx-img-") as tmp:
+            root, scratch = Path(tmp) / "root", Path(tmp) / "k"
+            subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase",
+                            "--include=" + ",".join(PACKAGES), "bookworm", str(root)],
+                           check=True, stdin=subprocess.DEVNULL)
+            version = _install_modules(root, _kernel_deb(cache), scratch)
+            _trim(root)
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            rootfs = target / "rootfs.ext4"
+            subprocess.run(["mkfs.ext4", "-q", "-d", str(root), str(rootfs), "1G"],
+                           check=True)
+            meta = {"name": name, "recipe": "tests", "hash": INPUTS_HASH,
+                    "built_at": time.time(), "size_bytes": rootfs.stat().st_size,
+                    "kernel_version": version, "packages": {}}
+            tmp_meta = target / "image.json.tmp"
+            tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+            os.rename(tmp_meta, target / "image.json")
+    return target
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_image(Path(sys.argv[1]) if len(sys.argv) > 1 else
+                      Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))))

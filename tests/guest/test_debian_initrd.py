@@ -1,0 +1,93 @@
+"""The Debian guest's per-machine initramfs: the same host key for sshd, the modules read
+out of the image without mounting it, and the order /init loads them in."""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from backend.guest.debian_initrd import (
+    DISK_MODULES,
+    LOAD_ORDER,
+    debian_seed_archive,
+    image_modules,
+    openssh_host_key,
+    write_debian_initrd,
+)
+from backend.guest.errors import GuestImageError
+from backend.guest.machine_seed import create_machine_keys, host_public_key
+from backend.guest.newc import read_archive
+
+VERSION = "6.1.0-test"
+needs_e2fsprogs = pytest.mark.skipif(
+    shutil.which("debugfs") is None or shutil.which("mkfs.ext4") is None,
+    reason="e2fsprogs (debugfs, mkfs.ext4) is not installed")
+
+
+def test_sshd_gets_the_machine_host_key(tmp_path: Path) -> None:
+    keys = create_machine_keys(tmp_path / "m")
+    key = asyncssh.import_private_key(openssh_host_key(keys))
+    line = key.export_public_key("openssh").decode().split()[:2]
+    assert line == host_public_key(keys).split()[:2]  # known_hosts stays valid
+
+
+def test_load_order_puts_the_disk_before_the_rest() -> None:
+    assert LOAD_ORDER[:3] == ["virtio_ring", "virtio", "virtio_mmio"]
+    assert LOAD_ORDER[3:9] == ["virtio_blk", "crc16", "mbcache", "jbd2", "crc32c_generic",
+                               "ext4"]
+    assert "virtio_net" in LOAD_ORDER[9:] and "evdev" in LOAD_ORDER[9:]
+
+
+def test_seed_archive_carries_init_modules_and_private_keys(tmp_path: Path) -> None:
+    keys = create_machine_keys(tmp_path / "m")
+    entries = {e.name: e for e in read_archive(debian_seed_archive(keys, {"ext4": b"ko"}))}
+    init = entries["init"].data.decode()
+    assert "insmod /lib/boxui-modules/$m.ko" in init and "switch_root" in init
+    assert "resize2fs /dev/vda" in init
+    assert entries["lib/boxui-modules/ext4.ko"].data == b"ko"
+    for secret in ("boxui/ssh_host_ed25519_key", "boxui/authorized_keys", "boxui/random-seed"):
+        assert stat.S_IMODE(entries[secret].mode) == 0o600
+    assert stat.S_IMODE(entries["boxui"].mode) == 0o700
+    assert entries["boxui/authorized_keys"].data == keys.client_public.read_bytes()
+
+
+def test_initrd_is_the_base_then_the_seed(tmp_path: Path) -> None:
+    keys = create_machine_keys(tmp_path / "m")
+    base = tmp_path / "initrd.img"
+    base.write_bytes(b"\x1f\x8b" + b"b" * 1000)
+    target = write_debian_initrd(base, tmp_path / "m", keys, {})
+    blob = target.read_bytes()
+    assert blob.startswith(base.read_bytes()) and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert read_archive(blob[1024:])[0].name == "init"
+
+
+def _ext4_with_modules(tmp_path: Path, skip: str | None = None) -> Path:
+    tree = tmp_path / "tree"
+    for name, relative in DISK_MODULES:
+        if name == skip:
+            continue
+        path = tree / "usr/lib/modules" / VERSION / "kernel" / f"{relative}.xz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(lzma.compress(f"module {name}".encode()))
+    (tree / "lib").symlink_to("usr/lib")
+    image = tmp_path / "rootfs.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(image), "8M"], check=True)
+    return image
+
+
+@needs_e2fsprogs
+def test_modules_are_read_out_of_the_image_unmounted(tmp_path: Path) -> None:
+    found = image_modules(_ext4_with_modules(tmp_path), VERSION)
+    assert found == {name: f"module {name}".encode() for name, _ in DISK_MODULES}
+
+
+@needs_e2fsprogs
+def test_a_missing_module_is_named(tmp_path: Path) -> None:
+    with pytest.raises(GuestImageError, match=r"kernel module jbd2 for 6\.1\.0-test"):
+        image_modules(_ext4_with_modules(tmp_path, skip="jbd2"), VERSION)
