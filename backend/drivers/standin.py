@@ -151,6 +151,8 @@ class StandInDriver(HypervisorDriver):
         self.guest_memory_reply = guest_memory_reply
         self._rng = rng or random.Random()
         self._guests: dict[int, _Guest] = {}
+        #: machines whose QMP never answers (see `hang_qmp`)
+        self.qmp_hung: set[str] = set()
         #: every stand-in started or adopted and not yet reaped, pid -> start time, for
         #: the final sweep
         self.spawned: dict[int, float] = {}
@@ -262,7 +264,17 @@ class StandInDriver(HypervisorDriver):
 
     # --- probe, adopt, health --------------------------------------------------------
 
+    def hang_qmp(self, name: str, hung: bool = True) -> None:
+        """Make machine `name`'s QMP stop answering, as a hung or SIGSTOPped QEMU's does
+        (probes and memory statistics never return), or (`hung=False`) answer again."""
+        if hung:
+            self.qmp_hung.add(name)
+        else:
+            self.qmp_hung.discard(name)
+
     async def probe(self, handle: VmHandle) -> ProbeResult:
+        if handle.name in self.qmp_hung:
+            await asyncio.Event().wait()  # a QMP that never answers
         guest = self._guests.get(handle.pid)
         alive = guest is not None and not guest.watch.exited
         return ProbeResult(alive, alive, "running" if alive else "exited")
@@ -290,7 +302,7 @@ class StandInDriver(HypervisorDriver):
 
     async def guest_memory(self, handle: VmHandle) -> GuestMemory:
         plan = self.plans.get(handle.name)
-        if plan is not None and plan.memory == "hangs":
+        if handle.name in self.qmp_hung or (plan is not None and plan.memory == "hangs"):
             await asyncio.Event().wait()  # a QMP that never answers
         if plan is not None and plan.memory == "fails":
             raise ConnectionResetError("the stand-in's memory statistics went away")

@@ -87,16 +87,7 @@ class Heartbeat:
         if self._pids.get(name) != handle.pid:  # a new process starts with a clean slate
             self._pids[name] = handle.pid
             self.missed.pop(name, None)
-        try:
-            async with asyncio.timeout(self.timeout):
-                probe = await self.driver.probe(handle)
-        except TimeoutError:
-            return Beat(name, handle, f"QMP did not answer within {self.timeout:g} s")
-        except Exception as exc:  # a broken connection is as silent as a hung one
-            return Beat(name, handle, f"QMP failed: {exc}")
-        if probe.alive and not probe.responsive:
-            return Beat(name, handle, f"QMP does not answer ({probe.status})")
-        return Beat(name, handle, None)  # answered, or exited (its exit watcher reports)
+        return Beat(name, handle, await qmp_problem(self.driver, handle, self.timeout))
 
     async def _report(self, beat: Beat) -> None:
         if beat.problem is None:
@@ -106,3 +97,18 @@ class Heartbeat:
         self.missed[beat.name] = self.missed.get(beat.name, 0) + 1
         if self.missed[beat.name] >= self.misses:
             await self.on_silent(beat)
+
+
+async def qmp_problem(driver: HypervisorDriver, handle: VmHandle, timeout: float) -> str | None:
+    """Why `handle`'s QMP did not answer within `timeout`; None if it answered (or the
+    process has exited: its exit watcher reports that)."""
+    try:
+        async with asyncio.timeout(timeout):
+            probe = await driver.probe(handle)
+    except TimeoutError:
+        return f"QMP did not answer within {timeout:g} s"
+    except Exception as exc:  # a broken connection is as silent as a hung one
+        return f"QMP failed: {exc}"
+    if probe.alive and not probe.responsive:
+        return f"QMP does not answer ({probe.status})"
+    return None
