@@ -65,6 +65,8 @@ class LivenessProbes:
         self.on_outcome = on_outcome
         self.runner: ExecRunner | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        #: waits out each interval (a test runs the probes' schedule faster)
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def run(self) -> None:
         """Follow the machines' events for as long as the supervisor runs."""
@@ -125,7 +127,7 @@ class LivenessProbes:
                 return  # deleted, or its file went bad (reported as broken elsewhere)
             if spec is None:
                 return  # the probe was taken out of machine.toml
-            await asyncio.sleep(spec.interval)
+            await self.sleep(spec.interval)
             handle = self.handles().get(name)
             if handle is None:
                 return
@@ -162,7 +164,8 @@ class LivenessProbes:
     async def _port(self, name: str, handle: VmHandle, guest_port: int,
                     timeout: float) -> str | None:
         if guest_port == 22:  # SSH speaks first: a wedged sshd accepts but never greets
-            if await ssh_banner(handle.ssh_port, timeout=timeout) is None:
+            # (the probe's own deadline, around this, ends a silent one first)
+            if await ssh_banner(handle.ssh_port, timeout=timeout + 1) is None:
                 return "liveness probe port 22: no SSH greeting"
             return None
         record = await asyncio.to_thread(self.engine.store.load_record, name)
