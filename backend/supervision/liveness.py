@@ -55,7 +55,8 @@ OnOutcome = Callable[[ProbeOutcome], Awaitable[None]]
 
 class LivenessProbes:
     """`runner` runs exec probes (the daemon's `MachineExec.runner`, so they share its
-    kept SSH connections); without one, exec probes report that they cannot run."""
+    kept SSH connections); without one (a supervisor that runs no commands), exec probes
+    are skipped: a probe boxui cannot run says nothing about the guest."""
 
     def __init__(self, engine: Engine, handles: Callable[[], Mapping[str, VmHandle]],
                  spawn: Callable[..., asyncio.Task[None]], on_outcome: OnOutcome) -> None:
@@ -131,6 +132,8 @@ class LivenessProbes:
             handle = self.handles().get(name)
             if handle is None:
                 return
+            if spec.exec is not None and self.runner is None:
+                continue
             error = await self.probe_once(name, handle, spec)
             failures = 0 if error is None else failures + 1
             await self.on_outcome(ProbeOutcome(name, handle, error, failures, spec))
@@ -148,7 +151,7 @@ class LivenessProbes:
 
     async def _exec(self, name: str, handle: VmHandle, command: str,
                     timeout: float) -> str | None:
-        if self.runner is None:
+        if self.runner is None:  # (the probe loop skips these)
             return "liveness probe cannot run: no SSH exec in this supervisor"
         try:
             out = await self.runner(self.engine, name, handle.ssh_port, ["sh", "-c", command],

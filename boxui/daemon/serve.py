@@ -60,6 +60,7 @@ async def run_daemon(
         supervisor = supervisor_factory(engine)
         async with supervisor.running(recover=recover_machines, sample_health=True):
             machine_exec = MachineExec(engine, exec_runner)
+            supervisor.liveness.runner = machine_exec.runner  # probes share its connections
             supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
             ctx = ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
             supervisor.spawn(_log_events(subscription), "log-events")
