@@ -29,7 +29,8 @@ from backend.state.lifecycle import ACTIVE_STATES, InstanceState, PersistedState
 from backend.state.machine_store import MachineStore
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.heartbeat import qmp_problem
-from backend.supervision.supervisor import HEARTBEAT_STATES, Supervisor
+from backend.supervision.interruptions import HEARTBEAT_STATES
+from backend.supervision.supervisor import Supervisor
 
 GONE = "process gone while boxui was down"
 #: how long a hypervisor found mid-start may take to name its daemon in its pidfile

@@ -28,7 +28,7 @@ from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state.accelerator import AccelRequest
 from backend.state.engine import Engine
-from backend.state.lifecycle import ACTIVE_STATES, INTERRUPTED_STATES, InstanceState, Verb
+from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
@@ -42,10 +42,11 @@ from backend.supervision.boot_plan import (
     process_record,
 )
 from backend.supervision.health import HealthSampler
-from backend.supervision.heartbeat import Beat, Heartbeat
-from backend.supervision.liveness import LivenessProbes, ProbeOutcome
+from backend.supervision.heartbeat import Heartbeat
+from backend.supervision.interruptions import UNRESPONSIVE_GRACE, Interruptions
+from backend.supervision.liveness import LivenessProbes
 from backend.supervision.ports import pick_free_port, start_on_free_port
-from backend.supervision.restart_policy import RestartTracker, acts_on_hang, should_restart
+from backend.supervision.restart_policy import RestartTracker, should_restart
 from backend.supervision.restore_agent import AGENT_SOCKET, freshen_guest
 from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, plan_restore
 
@@ -53,14 +54,6 @@ log = logging.getLogger("boxui.supervisor")
 
 DEFAULT_BOOT_TIMEOUT = 120.0
 DEFAULT_STOP_TIMEOUT = 20.0
-#: how long a machine stays unresponsive before its restart policy kills it: a QEMU
-#: paused by hand (SIGSTOP, a debugger) that is let go again within it just recovers
-UNRESPONSIVE_GRACE = 4.0
-#: a SIGKILL of a proven process ends it at once; this only bounds a kernel that cannot
-HUNG_KILL_TIMEOUT = 10.0
-#: states in which the heartbeat checks a machine's QMP (a boot or stop has deadlines)
-HEARTBEAT_STATES = frozenset({InstanceState.READY, InstanceState.BUSY, InstanceState.DRAINING,
-                              *INTERRUPTED_STATES})
 
 #: what a supervisor runs once it owns its task group and before it yields: crash
 #: recovery, which re-adopts the machines a previous boxui left running
@@ -71,7 +64,7 @@ class MachineBusyError(BoxuiError):
     code = "busy"
 
 
-class Supervisor:
+class Supervisor(Interruptions):
     def __init__(
         self,
         engine: Engine,
@@ -108,8 +101,8 @@ class Supervisor:
         #: guest liveness probes; whoever runs `exec` sets `liveness.runner` to share it
         self.liveness = LivenessProbes(engine, lambda: self.handles, self.spawn, self._probed)
         self.unresponsive_grace = UNRESPONSIVE_GRACE
-        self._silent_since: dict[str, float] = {}
-        self._killing_hung: set[str] = set()
+        self._silent_since = {}
+        self._killing_hung = set()
 
     # --- task ownership --------------------------------------------------------------
 
@@ -477,86 +470,6 @@ class Supervisor:
         await self.engine.transition(name, Verb.UNRESPONSIVE, reason=problem,
                                      message=f"re-adopted pid {handle.pid}, but it does not "
                                      f"answer: {problem}")
-
-    # --- hung hypervisors and unhealthy guests ---------------------------------------
-
-    def _heartbeat_watches(self, name: str) -> bool:
-        return self.engine.projection.state_of(name) in HEARTBEAT_STATES
-
-    def _owns(self, name: str, handle: VmHandle) -> bool:
-        """True if nothing else (a start, stop or exit) is handling the machine now, so
-        that an interruption may be recorded without waiting for the machine's lock."""
-        return not self._locks[name].locked() and self.handles.get(name) is handle
-
-    async def _qmp_silent(self, beat: Beat) -> None:
-        name, problem = beat.name, beat.problem or "QMP does not answer"
-        if not self._owns(name, beat.handle):
-            return
-        if self.engine.projection.state_of(name) is not InstanceState.UNRESPONSIVE:
-            async with self._locks[name]:
-                self._silent_since[name] = self._clock()
-                await self.engine.transition(
-                    name, Verb.UNRESPONSIVE, reason=problem,
-                    message=f"hypervisor pid {beat.handle.pid} does not answer: {problem}")
-        elif self._clock() - self._silent_since.setdefault(name, self._clock()) >= \
-                self.unresponsive_grace:
-            self._kill_hung_by_policy(name, beat.handle, problem)
-
-    async def _qmp_answered(self, beat: Beat) -> None:
-        name = beat.name
-        if self.engine.projection.state_of(name) is InstanceState.UNRESPONSIVE and \
-                self._owns(name, beat.handle):
-            async with self._locks[name]:
-                self._silent_since.pop(name, None)
-                await self.engine.transition(name, Verb.RECOVERED,
-                                             message="the hypervisor answers again")
-
-    async def _probed(self, outcome: ProbeOutcome) -> None:
-        name, state = outcome.name, self.engine.projection.state_of(outcome.name)
-        if not self._owns(name, outcome.handle):
-            return
-        if outcome.error is None:
-            if state is InstanceState.UNHEALTHY:
-                async with self._locks[name]:
-                    await self.engine.transition(name, Verb.RECOVERED,
-                                                 message="the liveness probe passes again")
-            return
-        if outcome.failures >= outcome.spec.failures and \
-                state in (InstanceState.READY, InstanceState.BUSY):
-            async with self._locks[name]:
-                await self.engine.transition(
-                    name, Verb.UNHEALTHY, reason=outcome.error,
-                    message=f"{outcome.failures} liveness probes failed in a row: "
-                    f"{outcome.error}")
-            self._kill_hung_by_policy(name, outcome.handle, outcome.error)
-
-    def _kill_hung_by_policy(self, name: str, handle: VmHandle, problem: str) -> None:
-        """Kill an unresponsive or unhealthy machine if its restart policy says so; the
-        kill is recorded as a crash, whose policy then restarts it with back-off."""
-        try:
-            policy = self.engine.store.load_spec(name).restart
-        except BoxuiError:
-            return
-        if acts_on_hang(policy) and name not in self._killing_hung:
-            self._killing_hung.add(name)
-            self.spawn(self._kill_hung(name, handle, problem), f"kill-hung-{name}")
-
-    async def _kill_hung(self, name: str, handle: VmHandle, problem: str) -> None:
-        try:
-            async with self._locks[name]:
-                if self.handles.get(name) is not handle or \
-                        self.engine.projection.state_of(name) not in INTERRUPTED_STATES:
-                    return  # recovered, stopped or gone meanwhile
-                self._stopping.add(name)  # this exit is ours, not the watcher's
-                try:
-                    async with asyncio.timeout(HUNG_KILL_TIMEOUT):
-                        await self.driver.kill(handle)
-                finally:
-                    self._stopping.discard(name)
-                self._silent_since.pop(name, None)
-                await self._unexpected_exit(name, ExitInfo("hung", f"killed: {problem}"))
-        finally:
-            self._killing_hung.discard(name)
 
     # --- restart policy --------------------------------------------------------------
 
