@@ -75,7 +75,7 @@ class Interruptions:
                 self._silent_since[name] = self._clock()
                 await self.engine.transition(
                     name, Verb.UNRESPONSIVE, reason=problem,
-                    message=f"hypervisor pid {beat.handle.pid} does not answer: {problem}")
+                    message=f"hypervisor pid {beat.handle.pid} does not answer")
         elif self._clock() - self._silent_since.setdefault(name, self._clock()) >= \
                 self.unresponsive_grace:
             self._kill_hung_by_policy(name, beat.handle, problem)
@@ -104,8 +104,7 @@ class Interruptions:
             async with self._locks[name]:
                 await self.engine.transition(
                     name, Verb.UNHEALTHY, reason=outcome.error,
-                    message=f"{outcome.failures} liveness probes failed in a row: "
-                    f"{outcome.error}")
+                    message=f"{outcome.failures} liveness probes failed in a row")
             self._kill_hung_by_policy(name, outcome.handle, outcome.error)
 
     def _kill_hung_by_policy(self, name: str, handle: VmHandle, problem: str) -> None:

@@ -468,8 +468,8 @@ class Supervisor(Interruptions):
         await self.adopt_running(name, handle)
         self._silent_since[name] = self._clock()
         await self.engine.transition(name, Verb.UNRESPONSIVE, reason=problem,
-                                     message=f"re-adopted pid {handle.pid}, but it does not "
-                                     f"answer: {problem}")
+                                     message=f"re-adopted pid {handle.pid}, which does not "
+                                     "answer")
 
     # --- restart policy --------------------------------------------------------------
 
