@@ -64,7 +64,7 @@ async def test_hung_qmp_becomes_unresponsive_and_recovers(engine: Engine,
         pid = sup.handles["vm"].pid
         driver.hang_qmp("vm")
         await wait_state(engine, "vm", S.UNRESPONSIVE, timeout=5)
-        assert "QMP did not answer" in (engine.machine("vm").reason or "")
+        assert "QMP did not answer" in (engine.projection.get("vm").reason or "")  # type: ignore[union-attr]
         await asyncio.sleep(0.5)  # beyond the grace: with no restart policy it stays
         assert engine.projection.state_of("vm") is S.UNRESPONSIVE
         assert sup.handles["vm"].pid == pid and not gone(pid)
@@ -205,8 +205,9 @@ async def test_failing_liveness_probe_makes_unhealthy_then_ready(engine: Engine,
         assert engine.projection.state_of("vm") is S.READY
         runner.healthy = False
         await wait_state(engine, "vm", S.UNHEALTHY, timeout=5)
-        assert engine.machine("vm").reason == \
-            "liveness probe `pidof dropbear` exited 1: sshd: not running"
+        machine = engine.projection.get("vm")
+        assert machine is not None and \
+            machine.reason == "liveness probe `pidof dropbear` exited 1: sshd: not running"
         data = last_event_data(engine, "vm", "unhealthy")
         assert str(data["message"]).startswith("3 liveness probes failed in a row")
         runner.healthy = True
