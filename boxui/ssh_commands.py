@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 5.0
 _MAX_HEADER = 64 * 1024
 
-REACHABLE = ("ready", "busy", "draining")
+#: unhealthy too: reaching a guest that fails its liveness probe is how it is debugged
+REACHABLE = ("ready", "busy", "draining", "unhealthy")
 
 
 class Target:

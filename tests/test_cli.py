@@ -152,3 +152,16 @@ def test_broken_machine_is_listed(home: Path) -> None:
     data = {m["name"]: m for m in json.loads(run(home, "ls", "--json").stdout)}
     assert data["bad"]["state"] == "broken" and "invalid TOML" in data["bad"]["reason"]
     assert data["ok"]["state"] == "stopped"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--liveness-port", "80"], "liveness.port 80 is not a published port"),
+    (["--liveness-exec", "true", "--liveness-port", "22"], "do not go together"),
+    (["--liveness-port", "0"], "--liveness-port"),
+])
+def test_bad_liveness_options_are_usage_errors_before_any_daemon(
+        home: Path, args: list[str], expected: str) -> None:
+    out = run(home, "create", "web", *args)
+    assert out.returncode == 2, out
+    assert expected in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (home / "machines" / "web").exists() and not (home / "run").exists()

@@ -121,3 +121,32 @@ def test_fuzzed_toml_documents_only_give_typed_errors(doc: dict[str, object]) ->
         parse_spec(text, P)
     except SpecError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('liveness = { }', "key 'liveness': value error, give exactly one of exec"),
+        ('liveness = { exec = "true", port = 22 }', "give exactly one of exec"),
+        ('liveness = { exec = "true", intervall = 3 }', "unknown key 'liveness.intervall'"),
+        ('liveness = { exec = "true", failures = 0 }', "key 'liveness.failures'"),
+        ('liveness = { exec = "true", interval = 0.5 }', "key 'liveness.interval'"),
+        ('liveness = { exec = "true", timeout = 0 }', "key 'liveness.timeout'"),
+        ('liveness = { port = 8080 }', "liveness.port 8080 is not a published port"),
+        ('liveness = "true"', "key 'liveness'"),
+    ],
+)
+def test_bad_liveness_names_the_field(text: str, expected: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(f'name = "web"\n{text}\n', P)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_liveness_round_trips(tmp_path: Path) -> None:
+    spec = MachineSpec.model_validate({
+        "name": "web", "ports": [{"guest": 80}],
+        "liveness": {"port": 80, "interval": 5, "timeout": 2, "failures": 2}})
+    write_spec(tmp_path / "machine.toml", spec)
+    assert read_spec(tmp_path / "machine.toml") == spec
+    probe = parse_spec('name = "web"\nliveness = { exec = "true" }\n', P).liveness
+    assert probe is not None and (probe.interval, probe.timeout, probe.failures) == (10, 5, 3)

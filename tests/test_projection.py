@@ -128,3 +128,56 @@ def test_shuffled_events_never_reach_an_unknown_state(
     assert snap.applied + snap.rejected == len(events)
     for machine in snap.machines.values():
         assert machine.state in set(InstanceState)
+
+
+# --- interruptions: unresponsive and unhealthy (issue 19) ---------------------------------
+
+
+def running(p: Projection, name: str, *then: Verb) -> None:
+    for verb in (Verb.CREATING, Verb.CREATED, Verb.BOOTING, Verb.READY, *then):
+        p.apply(ev(name, verb))
+
+
+@pytest.mark.parametrize(("before", "interruptions", "after"), [
+    ((), (Verb.UNRESPONSIVE,), InstanceState.READY),
+    ((Verb.BUSY,), (Verb.UNRESPONSIVE,), InstanceState.READY),  # its commands may be over
+    ((Verb.DRAINING,), (Verb.UNRESPONSIVE,), InstanceState.DRAINING),
+    ((), (Verb.UNHEALTHY,), InstanceState.READY),
+    ((Verb.BUSY,), (Verb.UNHEALTHY, Verb.UNRESPONSIVE), InstanceState.READY),
+])
+def test_recovered_resumes_where_the_interruption_found_it(
+        before: tuple[Verb, ...], interruptions: tuple[Verb, ...], after: InstanceState) -> None:
+    p = Projection()
+    running(p, "vm", *before)
+    events = []
+    for verb in interruptions:
+        events.append(ev("vm", verb, reason="QMP did not answer"))
+        p.apply(events[-1])
+    assert p.state_of("vm") is TARGET[interruptions[-1]]
+    assert p.get("vm").reason == "QMP did not answer"  # type: ignore[union-attr]
+    p.apply(ev("vm", Verb.RECOVERED))
+    assert p.state_of("vm") is after
+    assert p.get("vm").reason is None  # type: ignore[union-attr]
+
+
+def test_replay_resumes_to_the_same_state() -> None:
+    p = Projection()
+    log = [ev("vm", v) for v in (Verb.CREATING, Verb.CREATED, Verb.BOOTING, Verb.READY,
+                                 Verb.DRAINING, Verb.UNRESPONSIVE, Verb.RECOVERED)]
+    for event in log:
+        p.apply(event)
+    assert Projection.replay(log).snapshot().machines == p.snapshot().machines
+    assert p.state_of("vm") is InstanceState.DRAINING
+
+
+def test_interrupted_machine_can_stop_crash_or_fail_but_not_drain() -> None:
+    for verb in (Verb.STOPPING, Verb.CRASHED, Verb.FAILED):
+        for interruption in (Verb.UNRESPONSIVE, Verb.UNHEALTHY):
+            p = Projection()
+            running(p, "vm", interruption)
+            assert p.apply(ev("vm", verb))
+    p = Projection()
+    running(p, "vm", Verb.UNRESPONSIVE)
+    for verb in (Verb.DRAINING, Verb.BUSY, Verb.UNHEALTHY, Verb.READY):
+        with pytest.raises(IllegalTransitionError):
+            p.apply(ev("vm", verb))

@@ -97,7 +97,7 @@ def family(colour: str) -> str:
 EXPECTED_FAMILY = {
     "creating": "blue", "booting": "blue", "ready": "green", "busy": "amber",
     "draining": "amber", "stopping": "grey", "stopped": "grey", "failed": "red",
-    "crashed": "red", "broken": "magenta",
+    "crashed": "red", "broken": "magenta", "unresponsive": "magenta", "unhealthy": "amber",
 }
 
 

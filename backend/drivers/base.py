@@ -17,7 +17,9 @@ from typing import Literal
 from backend.drivers.errors import DriverError
 from backend.state.accelerator import Accel
 
-ExitKind = Literal["guest-shutdown", "guest-reset", "guest-panic", "host-stop", "vanished"]
+#: "hung": killed by boxui because it stopped answering (its QMP, or its guest's probe)
+ExitKind = Literal["guest-shutdown", "guest-reset", "guest-panic", "host-stop", "vanished",
+                   "hung"]
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,8 @@ class StandInDriver(HypervisorDriver):
         self.guest_memory_reply = guest_memory_reply
         self._rng = rng or random.Random()
         self._guests: dict[int, _Guest] = {}
+        #: pids of the stand-ins whose QMP never answers (see `hang_qmp`)
+        self.qmp_hung: set[int] = set()
         #: every stand-in started or adopted and not yet reaped, pid -> start time, for
         #: the final sweep
         self.spawned: dict[int, float] = {}
@@ -291,7 +293,20 @@ class StandInDriver(HypervisorDriver):
 
     # --- probe, adopt, health --------------------------------------------------------
 
+    def hang_qmp(self, name: str, hung: bool = True) -> None:
+        """Make the QMP of machine `name`'s running stand-in stop answering, as a hung or
+        SIGSTOPped QEMU's does (probes and memory statistics never return), or
+        (`hung=False`) answer again. Its process, like a SIGSTOP, only: a restart runs a
+        fresh one that answers."""
+        pids = {pid for pid, g in self._guests.items() if g.name == name and not g.watch.exited}
+        if hung:
+            self.qmp_hung |= pids
+        else:
+            self.qmp_hung -= pids
+
     async def probe(self, handle: VmHandle) -> ProbeResult:
+        if handle.pid in self.qmp_hung:
+            await asyncio.Event().wait()  # a QMP that never answers
         guest = self._guests.get(handle.pid)
         alive = guest is not None and not guest.watch.exited
         if alive and is_stopped(handle.pid):
@@ -317,7 +332,8 @@ class StandInDriver(HypervisorDriver):
 
     async def guest_memory(self, handle: VmHandle) -> GuestMemory:
         plan = self.plans.get(handle.name)
-        if (plan is not None and plan.memory == "hangs") or is_stopped(handle.pid):
+        if (handle.pid in self.qmp_hung or (plan is not None and plan.memory == "hangs")
+                or is_stopped(handle.pid)):
             await asyncio.Event().wait()  # a QMP that never answers
         if plan is not None and plan.memory == "fails":
             raise ConnectionResetError("the stand-in's memory statistics went away")

@@ -22,7 +22,7 @@ from backend.state.disk_reconcile import LogStep, Reconciliation, plan_reconcili
 from backend.state.event_bus import DEFAULT_QUEUE_SIZE, EventBus, Subscription
 from backend.state.event_log import EventLog, LogReport
 from backend.state.events import CloudEvent, new_instance_event, now_utc
-from backend.state.lifecycle import TARGET, InstanceState, Verb, persisted_state
+from backend.state.lifecycle import STATES_WITH_REASON, InstanceState, Verb, persisted_state
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine, MachineStore, trashed_name
 from backend.state.projection import Projection
@@ -149,7 +149,8 @@ class Engine:
             durable = verb not in _TRANSIENT
             await asyncio.to_thread(self._log.append, event, durable=durable)
             self.projection.apply(event)
-            target = TARGET[verb]
+            # the projection's, not TARGET's: `recovered` resumes where it was interrupted
+            target = self.projection.state_of(name)
             # a broken machine's files are never rewritten: the user may want to fix them
             if target not in (None, InstanceState.BROKEN) and self.store.exists(name):
                 await asyncio.to_thread(
@@ -227,9 +228,7 @@ def _record_updater(
         if target is InstanceState.STOPPED and verb is Verb.STOPPED:
             record.stopped_at = now_utc()
         record.persisted = persisted_state(target, ever_started=record.ever_started)
-        record.reason = reason if target in (
-            InstanceState.FAILED, InstanceState.CRASHED, InstanceState.BROKEN
-        ) else None
+        record.reason = reason if target in STATES_WITH_REASON else None
         if update is not None:
             update(record)
 

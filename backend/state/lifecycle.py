@@ -2,9 +2,14 @@
 
 Eight states follow a machine through its own life (creating ... failed); two more say
 what happened to it from outside: `broken` (its files on disk cannot be read) and
-`crashed` (its process died unexpectedly, or vanished while boxui was down). Keeping the
-legal moves in one table lets the reducer reject a nonsensical event with a precise
-error instead of drifting into a made-up state.
+`crashed` (its process died unexpectedly, or vanished while boxui was down). Two say that
+a running machine stopped answering: `unresponsive` (its hypervisor's QMP is silent: a
+hung or SIGSTOPped QEMU) and `unhealthy` (its guest fails its liveness probe). They are
+states rather than a note on `ready` because they are what a user reading `ls` must see:
+the process still runs and holds its ports, but nothing in it answers. Both are
+interruptions: `recovered` returns the machine to where it was (see the projection).
+Keeping the legal moves in one table lets the reducer reject a nonsensical event with a
+precise error instead of drifting into a made-up state.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class InstanceState(StrEnum):
     FAILED = "failed"
     BROKEN = "broken"
     CRASHED = "crashed"
+    UNRESPONSIVE = "unresponsive"
+    UNHEALTHY = "unhealthy"
 
 
 class PersistedState(StrEnum):
@@ -44,7 +51,14 @@ class PersistedState(StrEnum):
 S = InstanceState
 
 #: states in which a hypervisor process may exist
-ACTIVE_STATES = frozenset({S.BOOTING, S.READY, S.BUSY, S.DRAINING, S.STOPPING})
+ACTIVE_STATES = frozenset({S.BOOTING, S.READY, S.BUSY, S.DRAINING, S.STOPPING,
+                           S.UNRESPONSIVE, S.UNHEALTHY})
+
+#: a running machine that stopped answering; `recovered` ends the interruption
+INTERRUPTED_STATES = frozenset({S.UNRESPONSIVE, S.UNHEALTHY})
+
+#: states whose reason (an error) is worth showing to a user
+STATES_WITH_REASON = frozenset({S.FAILED, S.CRASHED, S.BROKEN, S.UNRESPONSIVE, S.UNHEALTHY})
 
 
 def persisted_state(state: InstanceState, *, ever_started: bool) -> PersistedState:
@@ -73,6 +87,9 @@ class Verb(StrEnum):
     REPAIRED = "repaired"
     ADOPTED = "adopted"
     DELETED = "deleted"
+    UNRESPONSIVE = "unresponsive"
+    UNHEALTHY = "unhealthy"
+    RECOVERED = "recovered"
 
 
 #: the state each verb leads to (None: the machine leaves the projection)
@@ -92,6 +109,10 @@ TARGET: dict[Verb, InstanceState | None] = {
     Verb.REPAIRED: S.STOPPED,
     Verb.ADOPTED: S.READY,
     Verb.DELETED: None,
+    Verb.UNRESPONSIVE: S.UNRESPONSIVE,
+    Verb.UNHEALTHY: S.UNHEALTHY,
+    # back to where the interruption found it: ready, or draining (see `resume_state`)
+    Verb.RECOVERED: S.READY,
 }
 
 _ANY_KNOWN = frozenset(S)
@@ -107,17 +128,30 @@ ALLOWED_FROM: dict[Verb, frozenset[InstanceState | None]] = {
     Verb.BUSY: frozenset({S.READY}),
     Verb.IDLE: frozenset({S.BUSY}),
     Verb.DRAINING: frozenset({S.READY, S.BUSY}),
-    Verb.STOPPING: frozenset({S.BOOTING, S.READY, S.BUSY, S.DRAINING}),
+    Verb.STOPPING: frozenset({S.BOOTING, S.READY, S.BUSY, S.DRAINING, *INTERRUPTED_STATES}),
     Verb.STOPPED: frozenset({S.STOPPING}),
     Verb.FAILED: frozenset({S.CREATING, S.BOOTING, S.READY, S.BUSY, S.DRAINING, S.STOPPING,
-                            S.CRASHED}),
+                            S.CRASHED, *INTERRUPTED_STATES}),
     Verb.CRASHED: ACTIVE_STATES,
     Verb.BROKEN: _ANY_KNOWN - {S.BROKEN},
     Verb.REPAIRED: frozenset({S.BROKEN}),
     # re-adoption after a supervisor restart: the process was confirmed alive
     Verb.ADOPTED: ACTIVE_STATES,
     Verb.DELETED: _RESTING | {S.CREATING},
+    # a hypervisor whose QMP went silent; an unhealthy guest's QEMU may hang too
+    Verb.UNRESPONSIVE: frozenset({S.READY, S.BUSY, S.DRAINING, S.UNHEALTHY}),
+    # a draining instance is on its way out: its guest's liveness no longer matters
+    Verb.UNHEALTHY: frozenset({S.READY, S.BUSY}),
+    Verb.RECOVERED: INTERRUPTED_STATES,
 }
+
+
+def resume_state(before: InstanceState) -> InstanceState:
+    """Where `recovered` returns a machine interrupted in `before`. Busy comes back as
+    ready: the commands in flight then may have ended meanwhile (nothing marks a machine
+    idle while it is interrupted), and a later command marks it busy again."""
+    return S.DRAINING if before is S.DRAINING else S.READY
+
 
 
 def is_allowed(verb: Verb, current: InstanceState | None) -> bool:

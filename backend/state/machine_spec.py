@@ -35,8 +35,8 @@ from backend.state.names import validate_name
 from backend.state.port_mapping import PortMapping
 from backend.state.validation_text import describe_validation_error
 
-__all__ = ["MAX_DISK_GIB", "MAX_MEMORY_MIB", "MAX_VCPUS", "MachineSpec", "StopSettings",
-           "read_spec", "render_spec", "write_spec"]
+__all__ = ["MAX_DISK_GIB", "MAX_MEMORY_MIB", "MAX_VCPUS", "LivenessSpec", "MachineSpec",
+           "StopSettings", "read_spec", "render_spec", "write_spec"]
 
 SPEC_SCHEMA_VERSION = 1
 MAX_ENV = 128
@@ -60,6 +60,33 @@ class StopSettings(BaseModel):
     sigterm_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
     sigkill_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
 TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:[a-z0-9][a-z0-9-]{0,62}")
+
+
+class LivenessSpec(BaseModel):
+    """A guest liveness probe: `exec`, a command run over SSH that must exit 0, or
+    `port`, a guest port that must answer on its forwarded host port; every `interval`
+    seconds, each within `timeout`; after `failures` in a row the machine is unhealthy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exec: str | None = Field(default=None, min_length=1, max_length=4096)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    interval: float = Field(default=10, ge=1, le=3600)
+    timeout: float = Field(default=5, gt=0, le=600)
+    failures: int = Field(default=3, ge=1, le=100)
+
+    @field_validator("exec")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ch in value for ch in "\n\r\0"):
+            raise ValueError("must be a single line without NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> LivenessSpec:
+        if (self.exec is None) == (self.port is None):
+            raise ValueError("give exactly one of exec (a command) or port (a guest port)")
+        return self
 
 
 class MachineSpec(BaseModel):
@@ -95,6 +122,8 @@ class MachineSpec(BaseModel):
     #: "<template_id>:<role>" this machine was made from, and the revision it restores
     template: str | None = None
     template_revision: str | None = None
+    #: a guest liveness probe (None: only the hypervisor's heartbeat is checked)
+    liveness: LivenessSpec | None = None
     created_at: datetime = Field(default_factory=now_utc)
 
     @field_validator("name")
@@ -144,6 +173,15 @@ class MachineSpec(BaseModel):
                 f"({SPEC_SCHEMA_VERSION}); upgrade boxui"
             )
         return value
+
+    @model_validator(mode="after")
+    def _probed_port_is_forwarded(self) -> MachineSpec:
+        probe = self.liveness
+        if probe is not None and probe.port is not None and probe.port != 22 and \
+                probe.port not in {p.guest for p in self.ports}:
+            raise ValueError(f"liveness.port {probe.port} is not a published port "
+                             "(22, or a guest port in ports)")
+        return self
 
     @field_validator("template")
     @classmethod

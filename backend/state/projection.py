@@ -19,11 +19,14 @@ from pydantic import BaseModel
 
 from backend.errors import IllegalTransitionError
 from backend.state.events import CloudEvent, verb_of
-from backend.state.lifecycle import TARGET, InstanceState, Verb, is_allowed
-
-#: states whose reason (an error) is worth showing to a user
-_STATES_WITH_REASON = frozenset(
-    {InstanceState.FAILED, InstanceState.CRASHED, InstanceState.BROKEN}
+from backend.state.lifecycle import (
+    INTERRUPTED_STATES,
+    STATES_WITH_REASON,
+    TARGET,
+    InstanceState,
+    Verb,
+    is_allowed,
+    resume_state,
 )
 
 
@@ -36,6 +39,8 @@ class MachineProjection(BaseModel):
     last_event_type: str
     events_applied: int = 0
     ever_started: bool = False
+    #: while unresponsive or unhealthy: the state `recovered` returns it to
+    resumes_to: InstanceState | None = None
 
 
 class ProjectionSnapshot(BaseModel):
@@ -109,8 +114,9 @@ class Projection:
             del self._machines[name]
             return True
         previous = self._machines.get(name)
+        target, resumes_to = _interruption(verb, target, previous)
         reason: str | None = None
-        if target in _STATES_WITH_REASON:
+        if target in STATES_WITH_REASON:
             raw = event.data.get("reason") or event.data.get("message") or None
             reason = str(raw) if raw is not None else None
         self._machines[name] = MachineProjection(
@@ -123,6 +129,7 @@ class Projection:
             events_applied=(previous.events_applied if previous else 0) + 1,
             ever_started=(previous.ever_started if previous else False)
             or verb is Verb.BOOTING,
+            resumes_to=resumes_to,
         )
         return True
 
@@ -135,3 +142,17 @@ class Projection:
             ignored=self.ignored,
             rejected=self.rejected,
         )
+
+
+def _interruption(verb: Verb, target: InstanceState, previous: MachineProjection | None
+                  ) -> tuple[InstanceState, InstanceState | None]:
+    """The state an event leads to, and where a machine it interrupts resumes: derived
+    here from the events alone, so a replay of the log resumes to the same state."""
+    if previous is None:
+        return target, None
+    before = previous.resumes_to if previous.state in INTERRUPTED_STATES else None
+    if verb is Verb.RECOVERED:
+        return before or InstanceState.READY, None
+    if target in INTERRUPTED_STATES:
+        return target, before or resume_state(previous.state)
+    return target, None

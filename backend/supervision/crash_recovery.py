@@ -2,12 +2,15 @@
 
 For every machine recorded as running, the new supervisor re-adopts the hypervisor only
 when it is provably the same process: the pid is alive, its start time equals the one
-recorded, its command line names this machine and this state dir, and QMP answers.
-Anything else marks the machine crashed with the reason, and its restart policy applies.
-What was in progress is finished: a boot goes on to ready (or failed), a stop to stopped.
-A process that merely reuses the pid is never signalled, and no machine is started twice:
-recovery runs before any start (`supervisor.running(recover=recover_machines)` runs it
-before it yields), and a start of an adopted machine finds it active.
+recorded, and its command line names this machine and this state dir. A proven process
+whose QMP does not answer (a hung or SIGSTOPped QEMU) is ours all the same: it is adopted
+as `unresponsive`, so that stop and rm can kill it and its restart policy applies
+(leaving it running unadopted would orphan it). Anything else marks the machine crashed
+with the reason, and its restart policy applies. What was in progress is finished: a
+boot goes on to ready (or failed), a stop to stopped. A process that merely reuses the
+pid is never signalled, and no machine is started twice: recovery runs before any start
+(`supervisor.running(recover=recover_machines)` runs it before it yields), and a start
+of an adopted machine finds it active.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from backend.state.engine import Engine
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, PersistedState
 from backend.state.machine_store import MachineStore
 from backend.state.runtime_record import RuntimeRecord
+from backend.supervision.heartbeat import qmp_problem
+from backend.supervision.interruptions import HEARTBEAT_STATES
 from backend.supervision.supervisor import Supervisor
 
 GONE = "process gone while boxui was down"
 #: how long a hypervisor found mid-start may take to name its daemon in its pidfile
 ORPHAN_SETTLE_SECONDS = 10.0
+#: how long an adopted hypervisor's QMP gets to answer before it counts as unresponsive
+QMP_ANSWER_SECONDS = 2.0
 
 
 async def recover_machines(supervisor: Supervisor) -> None:
@@ -88,6 +95,9 @@ async def recover_one(
         await supervisor.adopt_booting(name, result)
     elif state is InstanceState.STOPPING and not await _is_service_instance(engine, name):
         await supervisor.adopt_stopping(name, result)
+    elif state in HEARTBEAT_STATES and \
+            (problem := await qmp_problem(supervisor.driver, result, QMP_ANSWER_SECONDS)):
+        await supervisor.adopt_unresponsive(name, result, problem)
     else:
         await supervisor.adopt_running(name, result)
 

@@ -75,3 +75,11 @@ def should_restart(policy: str, failure: bool) -> bool:
     if policy == "on-failure":
         return failure
     return False
+
+
+def acts_on_hang(policy: str) -> bool:
+    """Whether boxui kills and restarts a machine that stopped answering (a hung
+    hypervisor, a guest failing its liveness probe): handled like a crash, because a
+    machine nothing in can answer is as good as dead, except that its process must be
+    killed first. With `never` it stays as it is, for a user to look at and stop."""
+    return should_restart(policy, failure=True)

@@ -42,6 +42,9 @@ from backend.supervision.boot_plan import (
     process_record,
 )
 from backend.supervision.health import HealthSampler
+from backend.supervision.heartbeat import Heartbeat
+from backend.supervision.interruptions import UNRESPONSIVE_GRACE, Interruptions
+from backend.supervision.liveness import LivenessProbes
 from backend.supervision.orphans import (
     ORPHAN_KILLED_TYPE,
     Orphan,
@@ -71,7 +74,7 @@ class MachineBusyError(BoxuiError):
     code = "busy"
 
 
-class Supervisor:
+class Supervisor(Interruptions):
     def __init__(
         self,
         engine: Engine,
@@ -105,6 +108,13 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.health = HealthSampler(driver, lambda: self.handles)
+        self.heartbeat = Heartbeat(driver, lambda: self.handles, self._heartbeat_watches,
+                                   self._qmp_silent, self._qmp_answered)
+        #: guest liveness probes; whoever runs `exec` sets `liveness.runner` to share it
+        self.liveness = LivenessProbes(engine, lambda: self.handles, self.spawn, self._probed)
+        self.unresponsive_grace = UNRESPONSIVE_GRACE
+        self._silent_since = {}
+        self._killing_hung = set()
 
     # --- task ownership --------------------------------------------------------------
 
@@ -124,6 +134,8 @@ class Supervisor:
             try:
                 if recover is not None:
                     await recover(self)
+                self.spawn(self.heartbeat.run(), "heartbeat")
+                self.spawn(self.liveness.run(), "liveness")
                 if sample_health:
                     self.spawn(self.health.run(), "health")
                 yield self
@@ -466,6 +478,15 @@ class Supervisor:
             await self.engine.transition(name, Verb.READY,
                                          message=f"re-adopted pid {handle.pid}; ready")
             self.tracker(name).machine_up()
+
+    async def adopt_unresponsive(self, name: str, handle: VmHandle, problem: str) -> None:
+        """Like `adopt_running`, for a proven hypervisor whose QMP does not answer: it is
+        ours (stop, `stop --force` and rm can kill it), and its policy applies."""
+        await self.adopt_running(name, handle)
+        self._silent_since[name] = self._clock()
+        await self.engine.transition(name, Verb.UNRESPONSIVE, reason=problem,
+                                     message=f"re-adopted pid {handle.pid}, which does not "
+                                     "answer")
 
     # --- restart policy --------------------------------------------------------------
 

@@ -76,7 +76,8 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
 
         choice = resolve_accel(m.spec.accel)
         in_use = m.record.accel if m.record and m.record.accel else None
-        if in_use and m.state.value in ("booting", "ready", "busy", "draining", "stopping"):
+        if in_use and m.state.value in ("booting", "ready", "busy", "draining", "stopping",
+                                         "unresponsive", "unhealthy"):
             out.append(f"{'accel:':<16}{in_use} (running)")
         else:
             out.append(f"{'accel:':<16}{choice.accel} at next start ({choice.reason})")

@@ -137,6 +137,7 @@ def _api_context(supervisor: Supervisor, exec_runner: ExecRunner | None) -> ApiC
     from backend.supervision.machine_exec import MachineExec
 
     machine_exec = MachineExec(supervisor.engine, exec_runner)
+    supervisor.liveness.runner = machine_exec.runner  # probes share its connections
     supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
     return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
 

@@ -69,7 +69,7 @@ from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import COLUMNS, MachineTable, row_cells
 from boxui.tui.widgets.status_header import StatusHeader, header_markup
 
-ACTIVE = {"booting", "ready", "busy", "draining", "stopping"}
+ACTIVE = {"booting", "ready", "busy", "draining", "stopping", "unresponsive", "unhealthy"}
 
 
 P = ParamSpec("P")

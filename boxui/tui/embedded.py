@@ -204,6 +204,7 @@ class EmbeddedBackend:
 
 def _api_context(supervisor: Supervisor) -> ApiContext:
     machine_exec = MachineExec(supervisor.engine)
+    supervisor.liveness.runner = machine_exec.runner  # probes share its connections
     supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
     return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
 

@@ -55,6 +55,8 @@ FALLBACK_STATE_COLOURS: dict[str, str] = {
     "failed": "#E06C75",
     "broken": "#C678DD",
     "crashed": "#F44747",
+    "unresponsive": "#E85FC0",
+    "unhealthy": "#D8D04A",
 }
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -127,6 +129,9 @@ class StateColours(BaseModel):
     failed: ColourStr
     broken: ColourStr
     crashed: ColourStr
+    #: newer states: optional, so that a theme written before them still loads
+    unresponsive: ColourStr | None = None
+    unhealthy: ColourStr | None = None
 
 
 class ThemeFile(BaseModel):
@@ -154,7 +159,8 @@ class ThemeFile(BaseModel):
     )
 
     def state_colours(self) -> dict[str, str]:
-        return {state: getattr(self.states, state) for state in STATES}
+        return {state: getattr(self.states, state) or FALLBACK_STATE_COLOURS[state]
+                for state in STATES}
 
     def to_theme(self) -> Theme:
         variables = dict(self.variables)
@@ -245,6 +251,8 @@ _FALLBACK_DEFAULT = ThemeFile(
         failed="#FF6B6B",
         broken="#D98BFF",
         crashed="#FF4F7B",
+        unresponsive="#FF6FD2",
+        unhealthy="#E3DC4F",
     ),
     variables={"footer-key-foreground": "#5AA9FF", "block-cursor-text-style": "bold"},
 )

@@ -348,6 +348,9 @@ class QemuDriver(HypervisorDriver):
         live = self._live.get(handle.pid)
         if live is None or live.watch.exited:
             return ProbeResult(alive=False, responsive=False, status="exited")
+        if live.qmp is None:  # silent when held; it may answer again (SIGCONT)
+            live.shutdown = live.shutdown or EventListener(("SHUTDOWN",))
+            live.qmp = await _connect_qmp(handle, live.shutdown, timeout=1)
         if live.qmp is None:
             return ProbeResult(alive=True, responsive=False, status="no QMP connection")
         try:
@@ -366,12 +369,9 @@ class QemuDriver(HypervisorDriver):
                           ssh_port=request.ssh_port, boot_id=request.boot_id,
                           accel=request.accel, console_log=request.console_log,
                           qmp_socket=qmp_socket_path(request.run_dir))
+        # proven ours even if its QMP is silent (a hung or stopped QEMU): the caller
+        # probes it and adopts it as unresponsive, so that stop and rm can still kill it
         await self._hold(handle, watch)
-        probe = await self.probe(handle)
-        if not probe.responsive:
-            await self.close(handle)
-            return AdoptRefusal(f"QEMU pid {pid} is alive but QMP does not answer "
-                                f"({probe.status}); left running, not adopted")
         return handle
 
     async def guest_memory(self, handle: VmHandle) -> GuestMemory:
@@ -391,12 +391,13 @@ class QemuDriver(HypervisorDriver):
         )
 
 
-async def _connect_qmp(handle: VmHandle, shutdown: EventListener) -> QMPClient | None:
+async def _connect_qmp(handle: VmHandle, shutdown: EventListener,
+                       timeout: float = 5) -> QMPClient | None:
     """A QMP connection told of SHUTDOWN events, or None when QMP does not answer (the
     VM is still held: its pidfd alone tells when it exits)."""
     qmp = QMPClient(f"boxui-{handle.name}")
     try:
-        await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), 5)
+        await asyncio.wait_for(qmp.connect(str(handle.qmp_socket)), timeout)
         qmp.register_listener(shutdown)
     except Exception:
         return None

@@ -43,7 +43,8 @@ class DetailPane(Vertical):
         if record is not None:
             if record.pid:
                 lines.append(f"pid    {record.pid}")
-            if record.ssh_port and machine.state.value in ("ready", "busy", "draining"):
+            if record.ssh_port and machine.state.value in ("ready", "busy", "draining",
+                                                                     "unhealthy"):
                 lines.append(f"ssh    127.0.0.1:{record.ssh_port}")
         self._set_text("\n".join(lines))
         if history is None:

@@ -88,7 +88,8 @@ def row_cells(
 ) -> dict[str, str]:
     spec, record = machine.spec, machine.record
     state = machine.state.value
-    running = state in ("booting", "ready", "busy", "draining", "stopping")
+    running = state in ("booting", "ready", "busy", "draining", "stopping", "unresponsive",
+                       "unhealthy")
     if busy:
         state = f"{SPINNER[frame % len(SPINNER)]} {busy}"
     uptime = None

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 
 from textual.widgets import Static
 
-ORDER = ("ready", "busy", "booting", "creating", "draining", "stopping", "stopped",
-         "failed", "crashed", "broken")
+ORDER = ("ready", "busy", "booting", "creating", "draining", "unhealthy", "unresponsive",
+         "stopping", "stopped", "failed", "crashed", "broken")
 
 
 def header_markup(states: Iterable[str], accel: str, accel_reason: str,
