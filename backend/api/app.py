@@ -17,7 +17,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from backend.api import event_routes, machine_routes, service_routes, template_routes
+from backend.api import (
+    event_routes,
+    image_routes,
+    machine_routes,
+    service_routes,
+    template_routes,
+)
 from backend.api.activity import CountRequests
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -83,6 +89,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.include_router(service_routes.router)
     app.include_router(event_routes.router)
     app.include_router(template_routes.router)
+    app.include_router(image_routes.router)
     app.include_router(misc)
     return app
 

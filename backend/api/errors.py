@@ -35,6 +35,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_name": 422,
     "invalid_spec": 422,
     "invalid_request": 422,
+    "invalid_recipe": 422,
 }
 
 

@@ -1,0 +1,43 @@
+"""Errors of image recipes and builds, one line each, naming what the user can fix."""
+
+from __future__ import annotations
+
+from backend.errors import BoxuiError
+
+
+class RecipeError(BoxuiError):
+    """A recipe that is missing or invalid: the message names the file and the field."""
+
+    code = "invalid_recipe"
+
+
+class ImageNotFoundError(BoxuiError):
+    code = "not_found"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no image named {name!r}")
+
+
+class ImageInUseError(BoxuiError):
+    code = "busy"
+
+    def __init__(self, name: str, users: list[str]) -> None:
+        self.name = name
+        self.users = users
+        shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+        super().__init__(f"image {name!r} is used by machine(s) {shown}; remove them first")
+
+
+class ImageBuildError(BoxuiError):
+    """A build that failed: which step, and the package when one is to blame."""
+
+    code = "build_failed"
+
+    def __init__(self, step: str, reason: str, package: str | None = None) -> None:
+        self.step = step
+        self.package = package
+        self.reason = " ".join(reason.split())
+        where = f"{step} {package}" if package else step
+        super().__init__(f"image build failed while {where}: {self.reason}; "
+                         "no image was written")
