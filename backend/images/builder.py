@@ -24,8 +24,14 @@ from pathlib import Path
 
 from backend.images import mmdebstrap
 from backend.images.cache_key import cache_key, index_digests
-from backend.images.errors import ImageBuildError, ImageInUseError
-from backend.images.kernel import KernelModules, KernelSource, default_kernel, modules_tree
+from backend.images.errors import ImageBuildError, ImageInUseError, disk_full
+from backend.images.kernel import (
+    KernelModules,
+    KernelSource,
+    default_kernel,
+    modules_tree,
+    prune_modules,
+)
 from backend.images.progress import ImageProgress
 from backend.images.recipe import Recipe, load_recipe
 from backend.images.store import (
@@ -164,7 +170,11 @@ async def _stage_inputs(recipe: Recipe, kernel: KernelModules, work: Path, overl
     tree = await modules_tree(kernel, work)
     target = overlay / "usr" / "lib" / "modules" / kernel.version
     target.parent.mkdir(parents=True)
-    await asyncio.to_thread(shutil.copytree, tree, target, symlinks=True)
+    if tree.is_relative_to(work):  # unpacked for this build: moved, not copied (~390 MB)
+        tree.rename(target)
+    else:
+        await asyncio.to_thread(shutil.copytree, tree, target, symlinks=True)
+    await asyncio.to_thread(prune_modules, target)
     for index, item in enumerate(recipe.files):
         (files_dir / str(index)).write_text(item.content, encoding="utf-8")
 
@@ -176,7 +186,7 @@ async def _pack(recipe: Recipe, key: str, kernel: KernelModules, work: Path, tar
     report(ImageProgress(step="packing", message="unpacking the root filesystem"))
     await _run([_tool(tools.tar), "--extract", "--preserve-permissions", "--numeric-owner",
                 "--xattrs", "--xattrs-include=*", "--file", str(tar), "--directory",
-                str(root)], "packing (unpacking the root filesystem)")
+                str(root)], "packing (unpacking the root filesystem)", work)
     report(ImageProgress(step="packing", message="trimming systemd for a fast boot"))
     content, inodes, packages = await asyncio.to_thread(_prepare_root, tar, root)
     size_mib = (content + content // 5 + SLACK_BYTES + (1 << 20) - 1) >> 20
@@ -184,7 +194,7 @@ async def _pack(recipe: Recipe, key: str, kernel: KernelModules, work: Path, tar
     rootfs = out / ROOTFS_FILE
     await _run([_tool(tools.mkfs), "-q", "-F", "-t", "ext4", "-L", "boxui-root",
                 "-N", str(max(inodes * 2, 32768)), "-d", str(root), str(rootfs),
-                f"{size_mib}M"], "packing (mkfs.ext4)")
+                f"{size_mib}M"], "packing (mkfs.ext4)", work)
     await asyncio.to_thread(shutil.rmtree, root, True)
     return await asyncio.to_thread(_describe, recipe, key, kernel, out, packages)
 
@@ -226,7 +236,7 @@ def _count_packages(root: Path) -> int:
     return status.count("Status: install ok installed")
 
 
-async def _run(args: list[str], step: str) -> None:
+async def _run(args: list[str], step: str, where: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
@@ -239,7 +249,8 @@ async def _run(args: list[str], step: str) -> None:
         raise
     if proc.returncode != 0:
         text = output.decode(errors="replace")
-        reason = ("no space left on device" if "No space left" in text
+        reason = (f"no space left on device under {where}"
+                  if "No space left" in text or disk_full(where)
                   else " ".join(text.split())[-300:] or "no output")
         raise ImageBuildError(step, f"{reason} (exit {proc.returncode})")
 

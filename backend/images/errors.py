@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from backend.errors import BoxuiError
 
 
@@ -41,3 +44,13 @@ class ImageBuildError(BoxuiError):
         where = f"{step} {package}" if package else step
         super().__init__(f"image build failed while {where}: {self.reason}; "
                          "no image was written")
+
+
+def disk_full(path: Path) -> bool:
+    """Tools report a full disk in their own words (tar: "Wrote only N of M bytes"), so
+    a failure is also put down to one when under 1 MiB is left where the build writes."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < (1 << 20)

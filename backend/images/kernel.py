@@ -32,6 +32,16 @@ class KernelModules:
     tree: Path | None = None
 
 
+#: Drivers for hardware a microvm never has: ~60 % of the modules' 390 MB, left out of
+#: every image (virtio, filesystems, netfilter, crypto and the rest stay).
+NO_SUCH_HARDWARE: tuple[str, ...] = (
+    "sound", "drivers/gpu", "drivers/media", "drivers/net/wireless", "drivers/net/ethernet",
+    "drivers/infiniband", "drivers/staging", "drivers/bluetooth", "drivers/isdn",
+    "drivers/iio", "drivers/usb", "drivers/hwmon", "drivers/mtd", "drivers/thunderbolt",
+    "drivers/firewire", "drivers/input/touchscreen", "drivers/nfc", "net/bluetooth",
+    "net/wireless", "net/mac80211", "net/nfc",
+)
+
 KernelSource = Callable[[StateDir, ProgressFn], Awaitable[KernelModules]]
 
 
@@ -55,6 +65,11 @@ async def default_kernel(dirs: StateDir, report: ProgressFn) -> KernelModules:
                               "(`boxui image build default`)",
                               package=f"linux-image-{image.kernel_version}")
     return KernelModules(version=image.kernel_version, deb=debs[-1])
+
+
+def prune_modules(tree: Path) -> None:
+    for part in NO_SUCH_HARDWARE:
+        shutil.rmtree(tree / "kernel" / part, ignore_errors=True)
 
 
 async def modules_tree(kernel: KernelModules, work: Path) -> Path:

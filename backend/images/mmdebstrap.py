@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from backend.images.errors import ImageBuildError
+from backend.images.errors import ImageBuildError, disk_full
 from backend.images.progress import ImageProgress, ProgressParser
 from backend.images.recipe import Recipe
 
@@ -82,6 +82,6 @@ async def run_mmdebstrap(args: list[str], tmpdir: Path,
         raise
     if code != 0:
         step, package, reason = parser.failure()
-        if no_space:
+        if no_space or disk_full(tmpdir):
             reason = f"no space left on device under {tmpdir.parent}"
         raise ImageBuildError(step, f"{reason} (mmdebstrap exit {code})", package=package)

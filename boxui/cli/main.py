@@ -13,6 +13,7 @@ import click
 
 from backend.errors import BoxuiError
 from boxui.cli import daemon_cmds, doctor, listing, machine_access, machines, run_modes
+from boxui.cli.images import image_group
 from boxui.cli.services import service_group
 from boxui.cli.templates import template_group
 
@@ -30,7 +31,7 @@ def cli(ctx: click.Context) -> None:
 
 for _command in (*listing.COMMANDS, *machines.COMMANDS, *machine_access.COMMANDS,
                  *run_modes.COMMANDS, *daemon_cmds.COMMANDS, doctor.doctor_cmd, service_group,
-                 template_group):
+                 template_group, image_group):
     cli.add_command(_command)
 
 
