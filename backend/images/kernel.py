@@ -48,20 +48,25 @@ KernelSource = Callable[[StateDir, ProgressFn], Awaitable[KernelModules]]
 async def default_kernel(dirs: StateDir, report: ProgressFn) -> KernelModules:
     """The kernel machines boot now (`load_current_image`, as boot_files does), built
     first if there is none yet."""
-    image = await asyncio.to_thread(load_current_image, dirs.images)
+    return await kernel_from_cache(dirs.images, report)
+
+
+async def kernel_from_cache(cache_root: Path, report: ProgressFn) -> KernelModules:
+    """The current default guest's kernel in the guest image cache `cache_root`."""
+    image = await asyncio.to_thread(load_current_image, cache_root)
     if image is None:
         report(ImageProgress(step="resolving", message="building the default guest first "
                              "(its kernel boots every image)"))
         try:
-            image = await build_default_image(dirs.images, lambda _phase, message: report(
+            image = await build_default_image(cache_root, lambda _phase, message: report(
                 ImageProgress(step="resolving", message=f"default guest: {message}")))
         except GuestImageError as exc:
             raise ImageBuildError("resolving the kernel", str(exc)) from None
     pattern = f"linux-image-{image.kernel_version}_*.deb"
-    debs = sorted((dirs.images / DEBS_DIR).glob(pattern))
+    debs = sorted((cache_root / DEBS_DIR).glob(pattern))
     if not debs:
         raise ImageBuildError("resolving the kernel", f"no {pattern} in "
-                              f"{dirs.images / DEBS_DIR}: rebuild the default guest "
+                              f"{cache_root / DEBS_DIR}: rebuild the default guest "
                               "(`boxui image build default`)",
                               package=f"linux-image-{image.kernel_version}")
     return KernelModules(version=image.kernel_version, deb=debs[-1])
