@@ -130,7 +130,7 @@ async def build_image(dirs: StateDir, name: str, progress: ProgressFn | None = N
             report(ImageProgress(step="done", message=f"image {name} is up to date "
                                  f"({key[:12]}, cache hit)"))
             return BuildResult(old, cache_hit=True)
-        if old is not None and (using := users(name)):
+        if old is not None and (using := await asyncio.to_thread(users, name)):
             raise ImageInUseError(name, using)
         work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"{BUILD_PREFIX}{name}-",
                                             dir=os_dir))

@@ -48,18 +48,18 @@ def default_listing(image: GuestImage | None) -> ImageListing:
         "size_bytes": stat.st_size + image.kernel.stat().st_size})
 
 
-def built_listing(info: ImageInfo, machines: list[LoadedMachine]) -> ImageListing:
+def built_listing(info: ImageInfo, machines: list[LoadedMachine],
+                  description: str = "") -> ImageListing:
     return ImageListing(name=info.name, kind="rootfs", built=True, recipe=info.recipe,
-                        description=_description(None, info.recipe), hash=info.hash,
+                        description=description, hash=info.hash,
                         built_at=info.built_at, size_bytes=info.size_bytes,
                         kernel_version=info.kernel_version, packages=info.packages,
                         used_by=users_of(machines, info.name))
 
 
-def _description(dirs: StateDir | None, name: str) -> str:
+def _description(dirs: StateDir, name: str) -> str:
     with contextlib.suppress(RecipeError):
-        if dirs is not None:
-            return load_recipe(dirs, name).description
+        return load_recipe(dirs, name).description
     return ""
 
 
@@ -69,8 +69,7 @@ def catalog(dirs: StateDir, machines: Iterable[LoadedMachine]) -> list[ImageList
     built = {info.name: info for info in list_images(dirs)}
     for name in sorted({*built, *shipped_names(), *user_names(dirs)} - {DEFAULT_NAME}):
         if name in built:
-            entry = built_listing(built[name], loaded)
-            entries.append(entry.model_copy(update={"description": _description(dirs, name)}))
+            entries.append(built_listing(built[name], loaded, _description(dirs, name)))
         else:
             entries.append(ImageListing(name=name, kind="rootfs", built=False, recipe=name,
                                         description=_description(dirs, name),
