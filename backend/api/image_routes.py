@@ -30,7 +30,7 @@ from backend.guest.errors import GuestImageError
 from backend.guest.image_builder import build_default_image
 from backend.images.builder import BuildResult, build_image
 from backend.images.catalog import DEFAULT_NAME, built_listing, catalog, default_listing
-from backend.images.progress import ImageProgress
+from backend.images.progress import ImageProgress, Step
 from backend.images.recipe import check_image_name, load_recipe
 from backend.images.store import remove_image, users_of
 
@@ -39,6 +39,9 @@ router = APIRouter(prefix="/v1", tags=["images"])
 Ctx = Annotated[ApiContext, Depends(context)]
 NDJSON = "application/x-ndjson"
 ImageName = Annotated[str, Path(max_length=63)]
+#: the default guest's build phases, as image build steps
+_DEFAULT_STEPS: dict[str, Step] = {"download": "downloading", "extract": "unpacking",
+                                   "pack": "packing"}
 
 
 def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
@@ -109,8 +112,8 @@ async def _run(ctx: ApiContext, name: str, lines: asyncio.Queue[ImageBuildLine])
     dirs = ctx.engine.dirs
     try:
         if name == DEFAULT_NAME:
-            image = await build_default_image(dirs.images, lambda _phase, message: progress(
-                ImageProgress(step="packing", message=message)))
+            image = await build_default_image(dirs.images, lambda phase, message: progress(
+                ImageProgress(step=_DEFAULT_STEPS.get(phase, "packing"), message=message)))
             result = ImageBuildResult(image=default_listing(image), cache_hit=image.cache_hit)
         else:
             built: BuildResult = await build_image(
