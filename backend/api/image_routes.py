@@ -60,7 +60,7 @@ _BUILD_DOC: dict[int | str, dict[str, Any]] = {
           "per line (a 200 says the build started, not that it succeeded)",
           "content": {NDJSON: {"schema": _inlined(_LINE_SCHEMA,
                                                   _LINE_SCHEMA.get("$defs", {}))}}},
-    **{status: ERROR_RESPONSES[status] for status in (404, 422, 500)},
+    **{status: ERROR_RESPONSES[status] for status in (400, 404, 422, 500)},
 }
 
 
