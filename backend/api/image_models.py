@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from backend.images.catalog import ImageListing
 from backend.images.progress import Step
@@ -13,6 +13,8 @@ __all__ = ["ImageBuildLine", "ImageBuildRequest", "ImageBuildResult", "ImageList
 
 
 class ImageBuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(description="the recipe to build (`default`: boxui's own guest)",
                       max_length=63)
 
