@@ -138,10 +138,19 @@ async def build_image(dirs: StateDir, name: str, progress: ProgressFn | None = N
             info = await _build(recipe, key, kernel, work, tools, report)
             await asyncio.to_thread(_publish, work / "image", os_dir / name)
         finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            await _remove_dir(work)
     report(ImageProgress(step="done", message=f"image {name} built ({key[:12]}, "
                          f"{info.size_bytes >> 20} MiB, {info.packages} packages)"))
     return BuildResult(info.model_copy(update={"path": os_dir / name}), cache_hit=False)
+
+
+async def _remove_dir(path: Path) -> None:
+    """Remove a build's temp dir even when cancelled twice (a client that leaves cancels
+    the build, and the server tearing its stream down may cancel again): the thread's job
+    is shielded, as `to_thread` would drop a job still queued when its await is cancelled.
+    """
+    job = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, path, True)
+    await asyncio.shield(job)
 
 
 async def _build(recipe: Recipe, key: str, kernel: KernelModules, work: Path,
