@@ -94,7 +94,7 @@ def build_image(cache: Path, name: str = IMAGE_NAME) -> Path:
                            check=True)
             meta = {"name": name, "recipe": "tests", "hash": INPUTS_HASH,
                     "built_at": time.time(), "size_bytes": rootfs.stat().st_size,
-                    "kernel_version": version, "packages": {}}
+                    "kernel_version": version, "packages": 0}
             tmp_meta = target / "image.json.tmp"
             tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
             os.rename(tmp_meta, target / "image.json")

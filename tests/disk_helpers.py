@@ -15,6 +15,6 @@ def fake_image(images_dir: Path, name: str = "deb", size: int = 64 * MIB) -> Pat
     with (directory / "rootfs.ext4").open("wb") as handle:
         handle.truncate(size)
     meta = {"name": name, "recipe": "test", "hash": "ab" * 8, "built_at": 0.0,
-            "size_bytes": size, "kernel_version": "6.1.0-test", "packages": {}}
+            "size_bytes": size, "kernel_version": "6.1.0-test", "packages": 0}
     (directory / "image.json").write_text(json.dumps(meta))
     return directory

@@ -19,7 +19,7 @@ async def test_unknown_image_or_small_disk_is_refused_before_anything_exists(
     fake_image(engine.dirs.images, "deb")
     c = api.client
     r = await c.post("/v1/machines", json={"name": "b", "image": "nope"})
-    assert error_of(r) == (404, "image_not_found")
+    assert error_of(r) == (404, "not_found")
     assert r.json()["message"] == "no image 'nope'; images: deb"
     r = await c.post("/v1/machines", json={"name": "b", "image": "deb", "disk": "32M"})
     assert error_of(r) == (422, "invalid_disk") and "smaller than the image" in r.text

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from backend.errors import SpecError
-from backend.images.store import ImageNotFoundError, find_image_in, list_images_in
+from backend.images.errors import ImageNotFoundError
+from backend.images.store import find_image_in, list_images_in
 from backend.state.disk_size import format_size, parse_size
 from backend.state.machine_spec import MachineSpec, parse_spec
 from backend.supervision.machine_disk import (

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query
 from backend.api import (
     disk_routes,
     event_routes,
+    image_routes,
     machine_routes,
     orphan_routes,
     service_routes,
@@ -92,6 +93,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.include_router(event_routes.router)
     app.include_router(template_routes.router)
     app.include_router(orphan_routes.router)
+    app.include_router(image_routes.router)
     app.include_router(misc)
     return app
 

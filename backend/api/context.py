@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from backend.images.builder import BuildTools
 from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.supervision.machine_exec import MachineExec
@@ -27,6 +28,8 @@ class ApiContext:
     open_requests: int = 0
     #: set whenever a request starts or ends, for whoever waits for the API to go quiet
     activity: asyncio.Event = field(default_factory=asyncio.Event)
+    #: what image builds run (None: the real tools; tests give stand-ins)
+    image_tools: BuildTools | None = None
 
     @property
     def engine(self) -> Engine:

@@ -23,7 +23,6 @@ log = logging.getLogger("boxui.api")
 STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "template_not_found": 404,
-    "image_not_found": 404,
     "no_such_endpoint": 404,
     "method_not_allowed": 405,
     "exists": 409,
@@ -37,6 +36,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_spec": 422,
     "invalid_request": 422,
     "invalid_disk": 422,
+    "invalid_recipe": 422,
 }
 
 

@@ -1,1 +1,6 @@
-"""Operating-system images (Debian root filesystems) that disk machines boot from."""
+"""OS images: Debian root filesystems built from recipes, shared read-only by the disk
+machines that boot from them.
+
+An image is `<state>/images/os/<name>/` with `rootfs.ext4` and, written last,
+`image.json`; a directory without `image.json` is a build in progress or one that died.
+"""

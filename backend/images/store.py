@@ -1,78 +1,147 @@
-"""Reading the image store: `<state>/images/os/<name>/` with `rootfs.ext4` and `image.json`.
+"""Built images on disk: `<state>/images/os/<name>/{rootfs.ext4,image.json}`.
 
-`image.json` is written last by a build, so a directory without it (a build in progress
-or cut short) is not an image. Only reading lives here; building is the image builder's.
+`image.json` is written last, atomically, and the directory is renamed into place whole,
+so a directory without a valid `image.json` is never an image (a build in progress, or
+one that was killed); it is invisible here and removed by the next build.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.errors import BoxuiError
+from backend.images.errors import ImageInUseError, ImageNotFoundError
+from backend.images.recipe import check_image_name
+from backend.state.atomic_write import fsync_dir
+from backend.state.machine_store import LoadedMachine
+from backend.state.names import is_valid_name
 from backend.state.state_dir import StateDir
 
-OS_IMAGES_DIR = "os"
 ROOTFS_FILE = "rootfs.ext4"
-META_FILE = "image.json"
+INFO_FILE = "image.json"
+#: names of directories that are not images: builds, and images on their way out
+BUILD_PREFIX = ".build-"
+TRASH_PREFIX = ".old-"
 
 
-class ImageNotFoundError(BoxuiError):
-    code = "image_not_found"
+class ImageInfo(BaseModel):
+    """What `image.json` says (the contract with machines that boot from an image)."""
 
-
-class OsImage(BaseModel):
-    """One built image; `rootfs` is the raw ext4 base every machine's disk is layered on."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True)
 
     name: str
     recipe: str
     hash: str
-    built_at: float
-    size_bytes: int
+    built_at: datetime
+    size_bytes: int = Field(ge=0)
     kernel_version: str
-    packages: dict[str, str] = {}
-    rootfs: Path = Path()
+    packages: int = Field(ge=0)
+    #: the image's directory; not stored, filled in when read
+    path: Path = Field(default=Path(), exclude=True)
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / ROOTFS_FILE
 
 
-def images_root(dirs: StateDir) -> Path:
-    return dirs.images / OS_IMAGES_DIR
+def os_images_dir(dirs: StateDir) -> Path:
+    return dirs.images / "os"
 
 
-def _load(directory: Path) -> OsImage | None:
+def image_dir(dirs: StateDir, name: str) -> Path:
+    return os_images_dir(dirs) / check_image_name(name)
+
+
+def read_info(directory: Path) -> ImageInfo | None:
+    """The image in `directory`, or None if it is not a whole one."""
     try:
-        meta = json.loads((directory / META_FILE).read_text())
-        image = OsImage.model_validate({**meta, "rootfs": directory / ROOTFS_FILE})
-    except (OSError, ValueError, ValidationError):
+        info = ImageInfo.model_validate_json((directory / INFO_FILE).read_bytes())
+    except (OSError, ValidationError):
         return None
-    return image if image.rootfs.is_file() else None
+    if info.name != directory.name or not (directory / ROOTFS_FILE).is_file():
+        return None
+    return info.model_copy(update={"path": directory})
 
 
-def list_images(dirs: StateDir) -> list[OsImage]:
-    return list_images_in(dirs.images)
+def find_image(dirs: StateDir, name: str) -> ImageInfo | None:
+    """The built image `name`, or None (never built, being built, or a build that died).
+    `default`, the busybox guest every machine without an image boots, is not a root
+    filesystem and is never returned here."""
+    if not is_valid_name(name):
+        return None
+    return read_info(os_images_dir(dirs) / name)
 
 
-def list_images_in(images_dir: Path) -> list[OsImage]:
-    root = images_dir / OS_IMAGES_DIR
-    if not root.is_dir():
+def list_images(dirs: StateDir) -> list[ImageInfo]:
+    try:
+        entries = sorted(os_images_dir(dirs).iterdir())
+    except OSError:
         return []
-    found = (_load(entry) for entry in sorted(root.iterdir()) if not entry.name.startswith("."))
-    return [image for image in found if image is not None]
+    found = (read_info(entry) for entry in entries if is_valid_name(entry.name))
+    return [info for info in found if info is not None]
 
 
-def find_image(dirs: StateDir, name: str) -> OsImage:
-    """The built image `name`, or an error naming the images there are."""
-    return find_image_in(dirs.images, name)
+def remove_image(dirs: StateDir, name: str, users: list[str]) -> ImageInfo:
+    """Delete image `name` unless a machine (`users`) boots from it: its overlay names
+    the base by path, and a base changed under it would corrupt its disk."""
+    info = find_image(dirs, check_image_name(name))
+    if info is None:
+        raise ImageNotFoundError(name)
+    if users:
+        raise ImageInUseError(name, sorted(users))
+    discard_dir(info.path)
+    return info
 
 
-def find_image_in(images_dir: Path, name: str) -> OsImage:
-    root = images_dir / OS_IMAGES_DIR
-    image = _load(root / name) if "/" not in name and name[:1] != "." else None
-    if image is not None:
-        return image
-    names = ", ".join(i.name for i in list_images_in(images_dir)) or \
-        "none (build one: boxui image build)"
-    raise ImageNotFoundError(f"no image {name!r}; images: {names}")
+def discard_dir(directory: Path) -> None:
+    """Remove `directory` so that no crash leaves a half-deleted image behind: it is
+    renamed out of the image namespace first (one atomic step), then deleted."""
+    trash = directory.with_name(f"{TRASH_PREFIX}{directory.name}.{os.urandom(4).hex()}")
+    try:
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        return
+    fsync_dir(directory.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(dirs: StateDir) -> list[Path]:
+    """Delete what killed builds and removals left; only under the build lock."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os_images_dir(dirs).iterdir():
+            if entry.name.startswith((BUILD_PREFIX, TRASH_PREFIX)) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def users_of(machines: Iterable[LoadedMachine], name: str) -> list[str]:
+    """Machines whose spec names image `name` (`image = "..."` in machine.toml)."""
+    return sorted(m.name for m in machines
+                  if m.spec is not None and getattr(m.spec, "image", None) == name)
+
+
+def list_images_in(images_dir: Path) -> list[ImageInfo]:
+    """`list_images` for code that holds the images directory rather than a StateDir."""
+    try:
+        entries = sorted((images_dir / "os").iterdir())
+    except OSError:
+        return []
+    found = (read_info(entry) for entry in entries if is_valid_name(entry.name))
+    return [info for info in found if info is not None]
+
+
+def find_image_in(images_dir: Path, name: str) -> ImageInfo:
+    """The built image `name` a machine boots from, or an error naming those there are:
+    a machine whose image is missing cannot boot, and the user needs the choices."""
+    info = read_info(images_dir / "os" / name) if is_valid_name(name) else None
+    if info is None:
+        raise ImageNotFoundError(name, [i.name for i in list_images_in(images_dir)])
+    return info

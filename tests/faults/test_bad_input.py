@@ -27,10 +27,11 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "service create": (["--no-wait"], []), "service scale": (["--no-wait"], ["1"]),
     "service rm": ([], []), "template build": ([], []), "template revisions": ([], []),
     "template rm": ([], []), "disk show": ([], []), "disk resize": ([], ["1G"]),
+    "image build": ([], []), "image rm": ([], []),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
-           "doctor", "gc", "service ls", "template ls"}
+           "doctor", "gc", "service ls", "template ls", "image ls"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -67,6 +68,7 @@ BAD_OPTIONS = [
     ["service", "scale", "ok"], ["service", "ls", "extra"], ["service", "frobnicate"],
     ["template", "build", "/nonexistent/template.toml"], ["template", "build", "FILE/"],
     ["template", "ls", "extra"], ["template", "frobnicate"],
+    ["image", "ls", "extra"], ["image", "build"], ["image", "frobnicate"],
 ]
 CASES = [
     *([*cmd.split(), *opts, name, *args] for cmd, (opts, args) in NAMED.items()

@@ -117,6 +117,14 @@ CASES: dict[tuple[str, str], list[Request]] = {
     ],
     ("DELETE", "/v1/services/{name}"): _name_cases(),
     ("GET", "/v1/services/{name}"): _name_cases(),
+    ("GET", "/v1/images"): [],
+    ("POST", "/v1/images/builds"): [
+        *(({}, {}, {"name": n}) for n in [*BAD_NAMES, "", ".", "no-such"]),
+        ({}, {}, {}), ({}, {}, {"name": 1}), ({}, {}, {"name": "debian-12", "x": 1}),
+        ({}, {}, "not json"), ({}, {}, ["debian-12"]),
+    ],
+    ("DELETE", "/v1/images/{name}"): [*_name_cases(), ({"name": "no-such"}, {}, None),
+                                      ({"name": "default"}, {}, None)],
 }
 
 
