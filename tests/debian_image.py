@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from backend.images.store import read_info
+
 IMAGE_NAME = "debian-12-mini"
 #: dbus: without it systemd-logind does not run, and nothing turns the ACPI power button
 #: (`boxui stop`) into a poweroff
@@ -64,10 +66,9 @@ def _trim(root: Path) -> None:
 
 
 def _current(target: Path) -> bool:
-    try:
-        return bool(json.loads((target / "image.json").read_text())["hash"] == INPUTS_HASH)
-    except (OSError, ValueError, KeyError):
-        return False
+    """Built from these inputs, and readable by the image store (an older format is not)."""
+    info = read_info(target)
+    return info is not None and info.hash == INPUTS_HASH
 
 
 def build_image(cache: Path, name: str = IMAGE_NAME) -> Path:
