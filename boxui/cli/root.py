@@ -7,20 +7,56 @@ line; only a bug prints more, and only with BOXUI_DEBUG=1.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
 from backend.errors import BoxuiError
-from boxui.cli import daemon_cmds, doctor, gc, listing, machine_access, machines, run_modes
-from boxui.cli.disks import disk_group
-from boxui.cli.images import image_group
-from boxui.cli.services import service_group
-from boxui.cli.templates import template_group
+
+#: every command, by the module that defines it: a command imports only its own module
+#: (and what that needs), which keeps `boxui daemon` and every other command quick to start
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ls": ("listing", "ls_cmd"), "info": ("listing", "info_cmd"),
+    "events": ("listing", "events_cmd"),
+    "create": ("machines", "create_cmd"), "start": ("machines", "start_cmd"),
+    "stop": ("machines", "stop_cmd"), "restart": ("machines", "restart_cmd"),
+    "rm": ("machines", "rm_cmd"),
+    "logs": ("machine_access", "logs_cmd"), "ssh": ("machine_access", "ssh_cmd"),
+    "ssh-config": ("machine_access", "ssh_config_cmd"),
+    "exec": ("machine_access", "exec_cmd"),
+    "demo": ("run_modes", "demo_cmd"), "daemon": ("daemon_cmds", "daemon_group"),
+    "doctor": ("doctor", "doctor_cmd"), "gc": ("gc", "gc_cmd"),
+    "disk": ("disks", "disk_group"), "image": ("images", "image_group"),
+    "service": ("services", "service_group"), "template": ("templates", "template_group"),
+}
 
 
-@click.group(invoke_without_command=True)
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs or is listed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        module = importlib.import_module(f"boxui.cli.{where[0]}")
+        command = getattr(module, where[1])
+        assert isinstance(command, click.Command)
+        return command
+
+    @property
+    def all_commands(self) -> dict[str, click.Command]:
+        """Every command, loaded (for tests and help that walk them all)."""
+        ctx = click.Context(self)
+        return {name: cmd for name in COMMANDS
+                if (cmd := self.get_command(ctx, name)) is not None}
+
+
+@click.group(cls=LazyGroup, invoke_without_command=True)
 @click.version_option(package_name="boxui")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -29,12 +65,6 @@ def cli(ctx: click.Context) -> None:
         from boxui.tui.run import run_app  # the app loads Textual: only when it opens
 
         run_app()
-
-
-for _command in (*listing.COMMANDS, *machines.COMMANDS, *machine_access.COMMANDS,
-                 *run_modes.COMMANDS, *daemon_cmds.COMMANDS, doctor.doctor_cmd, gc.gc_cmd,
-                 disk_group, image_group, service_group, template_group):
-    cli.add_command(_command)
 
 
 def main() -> None:

@@ -128,7 +128,7 @@ def test_every_command_rejects_bad_input(sandbox: Path, monkeypatch: pytest.Monk
     assert not any(p.startswith("state/home/machines/") for p in created), created
     covered = set(NAMED) | UNNAMED
     commands = set()
-    for name, command in cli.commands.items():
+    for name, command in cli.all_commands.items():
         if isinstance(command, click.Group):
             commands |= {f"{name} {sub}" for sub in command.commands}
         else:
