@@ -60,6 +60,9 @@ from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, p
 log = logging.getLogger("boxui.supervisor")
 
 DEFAULT_BOOT_TIMEOUT = 120.0
+#: a Debian image boots systemd under TCG: about a minute on an idle host here, several
+#: on a busy one; failing a boot that would have finished helps no one
+OS_IMAGE_BOOT_TIMEOUT = 600.0
 #: resting states whose QEMU may still live: one boxui could not re-adopt (its QMP hung),
 #: or gave up on. A machine boxui stopped itself saw its process exit (its pidfd said so)
 #: and is not scanned for again (a scan of /proc costs ms; `boxui gc` finds the rest).
@@ -327,6 +330,18 @@ class Supervisor(Interruptions):
             self.driver, lambda port: boot.launch_spec(self.engine.dirs, files, run_dir, port),
             boot.ssh_port, avoid=self._ports_in_use, moved=moved)
 
+    def _spec_or_none(self, name: str) -> MachineSpec | None:
+        try:
+            return self.engine.store.load_spec(name)
+        except (BoxuiError, OSError):
+            return None
+
+    def boot_timeout_of(self, spec: MachineSpec | None) -> float:
+        """How long a boot may take to ready: longer for a machine that boots an OS image."""
+        if spec is not None and spec.image is not None:
+            return max(self.boot_timeout, OS_IMAGE_BOOT_TIMEOUT)
+        return self.boot_timeout
+
     async def _until_ready(self, boot: BootPlan, handle: VmHandle, run_dir: Path,
                            progress: ProgressFn | None) -> str:
         """Wait for the guest to answer SSH; returns what the ready event adds (how a
@@ -334,7 +349,7 @@ class Supervisor(Interruptions):
         if progress is not None:
             progress("boot", f"pid {handle.pid}, waiting for the guest and SSH")
         if boot.restore is None:
-            await self.driver.wait_ready(handle, self.boot_timeout)
+            await self.driver.wait_ready(handle, self.boot_timeout_of(boot.spec))
             return ""
         # the agent answers as soon as the restored guest runs, while its first SSH
         # answer waits on code TCG must translate afresh: overlap them
@@ -465,7 +480,8 @@ class Supervisor(Interruptions):
                 self._aborting.discard(name)
                 return
             try:
-                await self.driver.wait_ready(handle, self.boot_timeout)
+                spec = await asyncio.to_thread(self._spec_or_none, name)
+                await self.driver.wait_ready(handle, self.boot_timeout_of(spec))
             except (BoxuiError, OSError) as exc:
                 if self.handles.get(name) is handle:  # else its exit was handled already
                     await self._boot_failed(name, handle, exc)
