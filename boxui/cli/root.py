@@ -13,7 +13,7 @@ import sys
 import click
 
 from backend.errors import BoxuiError
-from boxui.cli import daemon_cmds, doctor, gc, listing, machine_access, machines, run_modes
+from boxui.cli import copy, daemon_cmds, doctor, gc, listing, machine_access, machines, run_modes
 from boxui.cli.disks import disk_group
 from boxui.cli.images import image_group
 from boxui.cli.services import service_group
@@ -31,7 +31,7 @@ def cli(ctx: click.Context) -> None:
         run_app()
 
 
-for _command in (*listing.COMMANDS, *machines.COMMANDS, *machine_access.COMMANDS,
+for _command in (*listing.COMMANDS, *machines.COMMANDS, *machine_access.COMMANDS, *copy.COMMANDS,
                  *run_modes.COMMANDS, *daemon_cmds.COMMANDS, doctor.doctor_cmd, gc.gc_cmd,
                  disk_group, image_group, service_group, template_group):
     cli.add_command(_command)
