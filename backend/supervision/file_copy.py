@@ -101,7 +101,7 @@ def plan(src: Endpoint, dst: Endpoint) -> tuple[Local, Remote] | tuple[Remote, L
 
 def _local_kind(path: str) -> Kind:
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(path.rstrip("/") or "/").st_mode  # `check` judges a trailing /
     except FileNotFoundError:
         return None
     except NotADirectoryError as exc:
