@@ -70,15 +70,36 @@ def _current(target: Path) -> bool:
         return False
 
 
+def _readable(target: Path) -> bool:
+    """Whether the image store reads this image.json: one written before its format
+    changed (`packages` was a dict) names an image the store does not see."""
+    try:
+        meta = json.loads((target / "image.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta.get("packages"), int)
+
+
+def _refresh_meta(target: Path) -> None:
+    """Rewrite an old image.json in today's format; the root filesystem is unchanged."""
+    meta = json.loads((target / "image.json").read_text())
+    meta["packages"] = 0
+    tmp_meta = target / "image.json.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    os.rename(tmp_meta, target / "image.json")
+
+
 def build_image(cache: Path, name: str = IMAGE_NAME) -> Path:
     """`cache/os/<name>/` with rootfs.ext4 and image.json; built once, under a lock."""
     target = cache / "os" / name
-    if _current(target):
+    if _current(target) and _readable(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with (cache / "os" / ".test-build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _current(target):
+            if not _readable(target):
+                _refresh_meta(target)
             return target
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="bx-img-") as tmp:
             root, scratch = Path(tmp) / "root", Path(tmp) / "k"
