@@ -261,9 +261,14 @@ def test_a_guest_without_sftp_says_why(guest: Guest, local: Path,
     (local / "f").write_text("f\n")
     code, err = cp(["f", "bare:/f"], monkeypatch, capsys)
     assert code == 1 and len(err.splitlines()) == 1
-    assert err.startswith("boxui: bare has no SFTP server (")
-    assert "the default guest (busybox and dropbear) has no SFTP server" in err
+    assert err.startswith("boxui: bare has no SFTP server: ")
+    assert "the default guest (busybox and dropbear) has none" in err
     assert "--image debian-12" in err
+    # an image machine should have one: the line says what is missing, not to use an image
+    guest.call(guest.start("img", sftp=False, image="debian-12"))
+    code, err = cp(["f", "img:/f"], monkeypatch, capsys)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("boxui: img has no SFTP server (") and "openssh-sftp-server" in err
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 #: (file being copied, bytes done, bytes in the file)
 Progress = Callable[[str, int, int], None]
 Kind = Literal["file", "dir"] | None
-NO_SFTP_HINT = ("the default guest (busybox and dropbear) has no SFTP server; "
-                "copy files with a machine made from a Debian image (--image debian-12)")
+NO_SFTP_HINT = ("the default guest (busybox and dropbear) has none; copy files with a "
+                "machine made from a Debian image (--image debian-12)")
 
 
 class CopyError(BoxuiError):
@@ -160,10 +160,8 @@ async def copy_files(port: int, keys: MachineKeys, machine_dir: Path,
     async with conn:
         try:
             sftp = await conn.start_sftp_client()
-        except (OSError, asyncssh.Error) as exc:
-            hint = NO_SFTP_HINT if default_guest else "is openssh-sftp-server installed?"
-            raise CopyError(f"{remote.machine} has no SFTP server ({_reason(exc)}): {hint}"
-                            ) from exc
+        except (OSError, EOFError, asyncssh.Error) as exc:
+            raise _no_sftp(remote.machine, exc, default_guest) from exc
         async with sftp:
             if isinstance(source, Local):
                 assert isinstance(target, Remote)
@@ -171,6 +169,16 @@ async def copy_files(port: int, keys: MachineKeys, machine_dir: Path,
             else:
                 assert isinstance(target, Local)
                 await _download(sftp, source, target, recursive, progress)
+
+
+def _no_sftp(machine: str, exc: BaseException, default_guest: bool) -> CopyError:
+    """The default guest's dropbear runs a `sftp-server` that is not there, so the session
+    just ends: say why rather than how (asyncio's "0 bytes read" tells nobody anything)."""
+    if default_guest:
+        return CopyError(f"{machine} has no SFTP server: {NO_SFTP_HINT}")
+    cause = ("the session closed at once" if isinstance(exc, EOFError) else _reason(exc))
+    return CopyError(f"{machine} has no SFTP server ({cause}); is openssh-sftp-server "
+                     "installed in it?")
 
 
 async def _upload(sftp: asyncssh.SFTPClient, local: Local, remote: Remote,
