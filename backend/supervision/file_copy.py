@@ -206,9 +206,10 @@ async def _download(sftp: asyncssh.SFTPClient, remote: Remote, local: Local,
 
 @dataclass
 class _Failure:
-    """Names the file an error is about: asyncssh reports every level of a recursive
-    copy to the error handler, innermost first, then overwrites the paths on the way
-    out, so only the first call knows the file."""
+    """The error handler, so a line names the file an error is about: asyncssh calls it
+    where the file failed, then, left to itself, re-tags the error with each enclosing
+    directory on the way out. A `CopyError`, which asyncssh does not catch, stops the
+    copy right there with the file's own path."""
 
     local_label: Callable[[str], str]
     remote_label: Callable[[str], str]
