@@ -71,6 +71,11 @@ def _target(name: str) -> Target:
     return Target(machine_dir, keys, record.ssh_port)
 
 
+def machine_target(name: str) -> Target:
+    """Port, keys and dir of a running machine, its host key pinned (`boxui cp` too)."""
+    return _target(name)
+
+
 def ssh_exec_argv(name: str, command: list[str] | None) -> list[str]:
     from backend.supervision.ssh_access import find_ssh, ssh_argv
 

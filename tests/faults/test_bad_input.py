@@ -31,7 +31,7 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
-           "doctor", "gc", "service ls", "template ls", "image ls"}
+           "doctor", "gc", "service ls", "template ls", "image ls", "cp"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -69,6 +69,12 @@ BAD_OPTIONS = [
     ["template", "build", "/nonexistent/template.toml"], ["template", "build", "FILE/"],
     ["template", "ls", "extra"], ["template", "frobnicate"],
     ["image", "ls", "extra"], ["image", "build"], ["image", "frobnicate"],
+    # cp: NAME:PATH on exactly one side, NAME valid (a name with a bad character is a
+    # local path only when a '/' comes before the colon, as scp reads it)
+    ["cp"], ["cp", "a"], ["cp", "a", "b", "c"], ["cp", "a", "FILE"], ["cp", "x:a", "y:b"],
+    ["cp", "--bogus", "a", "ok:b"], ["cp", "", "ok:b"], ["cp", "a", "ok:b\0"],
+    *(["cp", "a", f"{n}:b"] for n in ("UPPER", "héllo", "a b", "a\0b", "x" * 300, ".", "")),
+    ["cp", "-r=yes", "a", "ok:b"],
 ]
 CASES = [
     *([*cmd.split(), *opts, name, *args] for cmd, (opts, args) in NAMED.items()
