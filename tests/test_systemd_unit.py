@@ -74,7 +74,7 @@ def test_the_command_is_the_boxui_that_was_run(tmp_path: Path,
     monkeypatch.setattr(sys, "argv", ["boxui"])
     assert su.boxui_command() == [str(script)]
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "boxui" / "__main__.py")])
-    assert su.boxui_command() == [os.path.abspath(sys.executable), "-m", "boxui"]
+    assert su.boxui_command() == [os.path.abspath(sys.executable), "-P", "-m", "boxui"]
 
 
 def test_idle_timeout_zero_only_if_the_daemon_takes_it(home: Path, config: Path) -> None:

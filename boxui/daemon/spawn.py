@@ -36,7 +36,8 @@ from boxui.daemon.start_lock import start_lock
 READY_TIMEOUT = 60.0
 READY_LINE = b"ready\n"
 LOG_TAIL_LINES = 3
-DAEMON_COMMAND = (sys.executable, "-m", "boxui", "daemon")
+#: -P: the daemon runs this install's boxui, never a `boxui/` in the caller's directory
+DAEMON_COMMAND = (sys.executable, "-P", "-m", "boxui", "daemon")
 #: states of a machine whose hypervisor runs (what a handed-over daemon supervises)
 RUNNING_STATES = frozenset({"booting", "ready", "busy", "draining", "stopping"})
 

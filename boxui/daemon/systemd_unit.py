@@ -72,7 +72,7 @@ def boxui_command() -> list[str]:
     found = argv0 if os.sep in argv0 else shutil.which(argv0)
     if found and not found.endswith(".py") and os.access(found, os.X_OK):
         return [os.path.abspath(found)]
-    return [os.path.abspath(sys.executable), "-m", "boxui"]
+    return [os.path.abspath(sys.executable), "-P", "-m", "boxui"]
 
 
 def render_unit(command: list[str], home: Path, *, system: bool,
