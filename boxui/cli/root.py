@@ -16,6 +16,7 @@ from backend.errors import BoxuiError
 from boxui.cli import daemon_cmds, doctor, gc, listing, machine_access, machines, run_modes
 from boxui.cli.disks import disk_group
 from boxui.cli.images import image_group
+from boxui.cli.provision_cmd import provision_cmd
 from boxui.cli.services import service_group
 from boxui.cli.templates import template_group
 
@@ -33,7 +34,7 @@ def cli(ctx: click.Context) -> None:
 
 for _command in (*listing.COMMANDS, *machines.COMMANDS, *machine_access.COMMANDS,
                  *run_modes.COMMANDS, *daemon_cmds.COMMANDS, doctor.doctor_cmd, gc.gc_cmd,
-                 disk_group, image_group, service_group, template_group):
+                 disk_group, image_group, service_group, template_group, provision_cmd):
     cli.add_command(_command)
 
 
