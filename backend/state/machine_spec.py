@@ -256,7 +256,7 @@ def read_spec(path: Path) -> MachineSpec:
 
 def render_spec(spec: MachineSpec) -> str:
     data = spec.model_dump(mode="python", exclude_none=True)
-    for key in ("env", "ports"):  # a plain machine's file stays as it was
+    for key in ("env", "ports", "provision"):  # a plain machine's file stays as it was
         if not data[key]:
             del data[key]
     if spec.stop == StopSettings():
@@ -264,6 +264,8 @@ def render_spec(spec: MachineSpec) -> str:
     for key, value in list(data.items()):
         if isinstance(value, Path):
             data[key] = str(value)
+    if "provision" in data:
+        data["provision"] = [str(path) for path in data["provision"]]
     header = "# boxui machine spec: edit freely; boxui reloads it and refuses invalid keys.\n"
     return header + tomli_w.dumps(data)
 

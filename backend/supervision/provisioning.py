@@ -39,6 +39,7 @@ from backend.state.engine import Engine
 from backend.state.event_bus import Missed
 from backend.state.events import SOURCE, CloudEvent, now_utc, verb_of
 from backend.state.lifecycle import InstanceState, Verb
+from backend.supervision.machine_exec import MachineNotRunningError
 from backend.supervision.ssh_access import ByteSink
 from backend.supervision.ssh_pool import SshPool
 from backend.supervision.supervisor import Supervisor
@@ -63,6 +64,10 @@ FailMachine = Callable[[str, str], Awaitable[None]]
 
 class ProvisionError(BoxuiError):
     code = "provision_failed"
+
+
+class NoProvisionScriptsError(BoxuiError):
+    code = "no_scripts"
 
 
 class ProvisionRecord(BaseModel):
@@ -207,7 +212,7 @@ class Provisioner:
             record = await asyncio.to_thread(self._install_from_spec, name)
         if record is None or not record.scripts:
             if again:
-                raise ProvisionError(f"{name} has no provision scripts")
+                raise NoProvisionScriptsError(f"{name} has no provision scripts")
             return ProvisionRecord(status="done", scripts=[])
         if record.status == "running":  # a supervisor died while a script ran
             return await self._failed(name, record, None, "interrupted: boxui stopped while "
@@ -217,7 +222,8 @@ class Provisioner:
             return record
         if self.engine.projection.state_of(name) not in (InstanceState.READY,
                                                           InstanceState.BUSY):
-            raise ProvisionError(f"{name} is not running; start it first")
+            raise MachineNotRunningError(f"{name} is not running; start it first: "
+                                         f"boxui start {name}")
         record = record.model_copy(update={"status": "running", "exit_code": None,
                                            "reason": None})
         await asyncio.to_thread(write_record, machine_dir, record)
