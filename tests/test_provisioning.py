@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from backend.state.engine import Engine
@@ -78,7 +79,7 @@ def provision_events(engine: Engine, name: str) -> list[dict[str, object]]:
             if e.subject == name and e.type.startswith(PROVISION_TYPE_PREFIX)]
 
 
-async def create(api: Api, name: str, scripts: list[str], start: bool = True) -> object:
+async def create(api: Api, name: str, scripts: list[str], start: bool = True) -> httpx.Response:
     return await api.client.post("/v1/machines", params={"start": start},
                                  json={"name": name, "provision": scripts})
 
@@ -89,8 +90,8 @@ async def test_scripts_run_once_in_order_from_their_copies(papi: Api, engine: En
     first = script(tmp_path, "one.sh", "echo one >> order\necho hello from one\n")
     second = script(tmp_path, "two.sh", "echo two >> order\nprintf 'no newline'\n")
     created = await create(papi, "vm", [first, second])
-    assert created.status_code == 201, created.text  # type: ignore[attr-defined]
-    assert created.json()["state"] == "ready"  # type: ignore[attr-defined]
+    assert created.status_code == 201, created.text
+    assert created.json()["state"] == "ready"
     assert (workdir / "order").read_text() == "one\ntwo\n"
     record = read_record(engine.dirs.machine_dir("vm"))
     assert record is not None and record.status == "done"
@@ -122,8 +123,8 @@ async def test_failing_script_leaves_machine_failed_with_its_last_lines(
                  "test -e fixed || exit 3\necho fixed run\n")
     never = script(tmp_path, "never.sh", "echo ran >> never\n")
     created = await create(papi, "vm", [bad, never])
-    assert created.status_code == 409, created.text  # type: ignore[attr-defined]
-    body = created.json()  # type: ignore[attr-defined]
+    assert created.status_code == 409, created.text
+    body = created.json()
     assert body["code"] == "provision_failed" and "E: no such package" in body["message"]
     machine = engine.machine("vm")
     assert machine.state is InstanceState.FAILED
@@ -148,7 +149,7 @@ async def test_failing_script_leaves_machine_failed_with_its_last_lines(
 async def test_a_run_cut_short_by_boxui_is_failed_interrupted_not_repeated(
         papi: Api, engine: Engine, tmp_path: Path, host_sh: HostSh) -> None:
     once = script(tmp_path, "once.sh", "echo once\n")
-    assert (await create(papi, "vm", [once], start=False)).status_code == 201  # type: ignore[attr-defined]
+    assert (await create(papi, "vm", [once], start=False)).status_code == 201
     directory = engine.dirs.machine_dir("vm")
     record = read_record(directory)
     assert record is not None and record.status == "pending"
@@ -165,10 +166,10 @@ async def test_a_run_cut_short_by_boxui_is_failed_interrupted_not_repeated(
 
 async def test_bad_requests(papi: Api, engine: Engine, tmp_path: Path) -> None:
     missing = await create(papi, "vm", [str(tmp_path / "nope.sh")])
-    assert missing.status_code == 409  # type: ignore[attr-defined]
-    assert "nope.sh" in missing.json()["message"]  # type: ignore[attr-defined]
+    assert missing.status_code == 409
+    assert "nope.sh" in missing.json()["message"]
     assert not engine.store.exists("vm")
-    assert (await create(papi, "plain", [])).status_code == 201  # type: ignore[attr-defined]
+    assert (await create(papi, "plain", [])).status_code == 201
     none = await papi.client.post("/v1/machines/plain/provision")
     assert none.status_code == 409 and none.json()["code"] == "no_scripts"
     ok = script(tmp_path, "ok.sh", "true\n")
