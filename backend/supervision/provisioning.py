@@ -24,6 +24,8 @@ import collections
 import contextlib
 import functools
 import logging
+import os
+import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -53,6 +55,8 @@ PROVISION_TYPE_PREFIX = "dev.boxui.provision.v1."
 #: lines of output that make a failed machine's reason
 REASON_LINES = 5
 MAX_LINE = 500
+#: a script is a script, not a payload (`boxui cp` is for files)
+MAX_SCRIPT_BYTES = 1 << 20
 
 Status = Literal["pending", "running", "done", "failed"]
 
@@ -87,7 +91,14 @@ def read_scripts(paths: list[Path]) -> list[tuple[str, bytes]]:
     scripts = []
     for path in paths:
         try:
-            scripts.append((path.name, path.read_bytes()))
+            with path.open("rb") as fh:
+                info = os.fstat(fh.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise ProvisionError(f"provision: {path} is not a regular file")
+                if info.st_size > MAX_SCRIPT_BYTES:
+                    raise ProvisionError(f"provision: {path} is larger than "
+                                         f"{MAX_SCRIPT_BYTES >> 20} MiB")
+                scripts.append((path.name, fh.read(MAX_SCRIPT_BYTES + 1)))
         except OSError as exc:
             raise ProvisionError(f"provision: cannot read {path}: "
                                  f"{exc.strerror or exc}") from None
