@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,14 +17,18 @@ import pytest
 from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState
+from backend.state.machine_store import MachineStore
+from backend.state.state_dir import open_state_dir
 from backend.supervision.provisioning import (
     PROVISION_TYPE_PREFIX,
     ProvisionRecord,
+    install_scripts,
     read_record,
     write_record,
 )
 from backend.supervision.ssh_access import ByteSink
 from tests.api_helpers import Api, running_api
+from tests.conftest import BOXUI, cli_env, spec
 from tests.fake_driver import FakeDriver
 from tests.fake_exec import GatedRunner
 
@@ -178,3 +183,33 @@ async def test_bad_requests(papi: Api, engine: Engine, tmp_path: Path) -> None:
     assert stopped.status_code == 409 and stopped.json()["code"] == "not_running"
     text = (engine.dirs.machine_dir("idle") / "machine.toml").read_text()
     assert json.dumps(ok) in text  # the host path is recorded; the copy is what runs
+
+
+async def test_chatty_output_costs_few_events_and_loses_no_line(
+        papi: Api, engine: Engine, tmp_path: Path) -> None:
+    chatty = script(tmp_path, "chatty.sh", "i=0; while [ $i -lt 500 ]; do echo line $i; "
+                    "i=$((i+1)); done\n")
+    assert (await create(papi, "vm", [chatty])).status_code == 201
+    outputs = [e for e in provision_events(engine, "vm") if e["kind"] == "output"]
+    lines = "\n".join(str(e["message"]) for e in outputs).splitlines()
+    assert lines == [f"line {i}" for i in range(500)]
+    assert sum(int(str(e["lines"])) for e in outputs) == 500
+    assert len(outputs) < 100  # batched while the previous event is written
+
+
+def test_logs_provision_prints_the_output_log(home: Path, tmp_path: Path) -> None:
+    def logs(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BOXUI, "logs", name, "--provision"], capture_output=True,
+                              text=True, env=cli_env(home), timeout=60)
+
+    dirs = open_state_dir(home)
+    store = MachineStore(dirs)
+    store.create(spec("plain"))
+    assert logs("plain").returncode == 1
+    assert logs("plain").stderr == "boxui: plain has no provision scripts\n"
+    store.create(spec("vm"))
+    install_scripts(dirs.machine_dir("vm"), [("a.sh", b"echo hi\n")])
+    assert "has no provision output yet" in logs("vm").stderr
+    (dirs.machine_dir("vm") / "provision" / "output.log").write_text("==> a.sh\nhi\n")
+    shown = logs("vm")
+    assert shown.returncode == 0 and shown.stdout == "==> a.sh\nhi\n"

@@ -168,6 +168,35 @@ class _Output:
         self._emit(text)
 
 
+class _LineEvents:
+    """A script's output lines as `output` events, in order, without holding up the
+    output (a sink must not block): lines that arrive while one event is being written
+    go out together in the next, so a chatty `apt-get` costs a few log writes, not one
+    fsync a line."""
+
+    def __init__(self, engine: Engine, name: str, script: str) -> None:
+        self._engine, self._name, self._script = engine, name, script
+        self._lines: list[str] = []
+        self._task: asyncio.Future[None] | None = None
+
+    def add(self, text: str) -> None:
+        self._lines.append(text)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        while self._lines:
+            lines, self._lines = self._lines, []
+            await self._engine.record_event(provision_event(
+                "output", self._name, "\n".join(lines), script=self._script,
+                lines=len(lines)))
+
+    async def settle(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+
 class Provisioner:
     """Runs each machine's pending scripts once it is ready; one run per machine at a
     time, shared by whoever asks (the event watch, `create`, `boxui provision`)."""
@@ -177,7 +206,6 @@ class Provisioner:
         self.runner = runner
         self.fail = fail
         self._runs: dict[str, asyncio.Task[ProvisionRecord]] = {}
-        self._pending_events: set[asyncio.Task[None]] = set()
 
     async def watch(self) -> None:
         """Provision machines as they become ready; first those already ready (re-adopted
@@ -260,7 +288,8 @@ class Provisioner:
                 log_file.write(f"==> {what}\n".encode())
                 await self.engine.record_event(provision_event(
                     "provisioning", name, f"running {what}", script=script))
-                output = _Output(log_file, functools.partial(self._line, name, script))
+                lines = _LineEvents(self.engine, name, script)
+                output = _Output(log_file, lines.add)
                 started = time.monotonic()
                 try:
                     code = await self.runner(name, port or 0, data, output) if port else -1
@@ -271,7 +300,7 @@ class Provisioner:
                 seconds = round(time.monotonic() - started, 3)
                 log_file.write(f"==> {script} exited {code} after {seconds} s\n".encode())
                 await asyncio.to_thread(fsync_file, log_path)
-                await self._settle_lines()
+                await lines.settle()
                 await self.engine.record_event(provision_event(
                     "provisioned", name, f"{script} exited {code} after {seconds} s",
                     script=script, exit_code=code, duration_seconds=seconds))
@@ -294,28 +323,6 @@ class Provisioner:
         except BoxuiError as exc:  # stopped or deleted meanwhile: the record says it
             log.warning("could not mark %s failed: %s", name, exc)
         return failed
-
-    def _line(self, name: str, script: str, text: str) -> None:
-        """One event per line of output, recorded in order without holding up the
-        script's output (a sink must not block)."""
-        previous = list(self._pending_events)
-
-        async def record() -> None:
-            for task in previous:
-                with contextlib.suppress(Exception):
-                    await task
-            await self.engine.record_event(provision_event("output", name, text,
-                                                           script=script))
-
-        task = asyncio.ensure_future(record())
-        self._pending_events.add(task)
-        task.add_done_callback(self._pending_events.discard)
-
-    async def _settle_lines(self) -> None:
-        for task in list(self._pending_events):
-            with contextlib.suppress(Exception):
-                await task
-
 
 
 def _log_failure(name: str, task: asyncio.Task[ProvisionRecord]) -> None:
