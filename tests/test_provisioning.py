@@ -162,7 +162,7 @@ async def test_a_run_cut_short_by_boxui_is_failed_interrupted_not_repeated(
     write_record(directory, ProvisionRecord(status="running", scripts=record.scripts))
     await papi.client.post("/v1/machines/vm/start")
     async with asyncio.timeout(10):
-        while engine.projection.state_of("vm") is not InstanceState.FAILED:
+        while engine.machine("vm").state is not InstanceState.FAILED:
             await asyncio.sleep(0.02)
     assert host_sh.runs == []
     assert "interrupted" in (engine.machine("vm").reason or "")
