@@ -167,6 +167,10 @@ async def test_a_run_cut_short_by_boxui_is_failed_interrupted_not_repeated(
     assert host_sh.runs == []
     assert "interrupted" in (engine.machine("vm").reason or "")
     assert "vm" not in papi.ctx.supervisor.handles
+    # never by itself again; only when asked
+    assert (await papi.client.post("/v1/machines/vm/start")).json()["state"] == "ready"
+    assert (await papi.client.post("/v1/machines/vm/provision")).status_code == 200
+    assert len(host_sh.runs) == 1
 
 
 async def test_bad_requests(papi: Api, engine: Engine, tmp_path: Path) -> None:

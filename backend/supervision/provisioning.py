@@ -119,11 +119,14 @@ def install_scripts(machine_dir: Path, scripts: list[tuple[str, bytes]]) -> None
 
 
 def read_record(machine_dir: Path) -> ProvisionRecord | None:
+    path = provision_dir(machine_dir) / STATE_FILE
     try:
-        text = (provision_dir(machine_dir) / STATE_FILE).read_text()
+        return ProvisionRecord.model_validate_json(path.read_bytes())
     except FileNotFoundError:
         return None
-    return ProvisionRecord.model_validate_json(text)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ProvisionError(f"{path}: unreadable or invalid ({str(exc).splitlines()[0]}); "
+                             "fix or remove it") from None
 
 
 def write_record(machine_dir: Path, record: ProvisionRecord) -> None:
@@ -212,18 +215,21 @@ class Provisioner:
         before this began), whose record says whether anything is left to do."""
         subscription = self.engine.subscribe()
         try:
-            for name in self.engine.projection.names():
-                if self.engine.projection.state_of(name) is InstanceState.READY:
-                    self.ensure(name)
+            self._ensure_ready()
             async for event in subscription:
-                if isinstance(event, Missed):
-                    continue
-                if event.subject and verb_of(event.type) in (Verb.READY, Verb.ADOPTED):
+                if isinstance(event, Missed):  # a `ready` may be among them
+                    self._ensure_ready()
+                elif event.subject and verb_of(event.type) in (Verb.READY, Verb.ADOPTED):
                     self.ensure(event.subject)
         finally:
             subscription.close()
             for task in self._runs.values():  # left `running`: the next one says so
                 task.cancel()
+
+    def _ensure_ready(self) -> None:
+        for name in self.engine.projection.names():
+            if self.engine.projection.state_of(name) is InstanceState.READY:
+                self.ensure(name)
 
     def ensure(self, name: str) -> asyncio.Task[ProvisionRecord]:
         """The run of `name`'s pending scripts (a finished no-op if none are pending)."""
@@ -253,7 +259,7 @@ class Provisioner:
             if again:
                 raise NoProvisionScriptsError(f"{name} has no provision scripts")
             return ProvisionRecord(status="done", scripts=[])
-        if record.status == "running":  # a supervisor died while a script ran
+        if record.status == "running" and not again:  # a supervisor died while it ran
             return await self._failed(name, record, None, "interrupted: boxui stopped while "
                                       "a provision script ran; re-run with: boxui provision "
                                       f"{name}")
