@@ -173,6 +173,18 @@ async def test_a_run_cut_short_by_boxui_is_failed_interrupted_not_repeated(
     assert len(host_sh.runs) == 1
 
 
+async def test_first_start_returns_after_the_scripts(papi: Api, engine: Engine,
+                                                     tmp_path: Path, workdir: Path) -> None:
+    slow = script(tmp_path, "slow.sh", "sleep 0.3\necho done > slow\n")
+    assert (await create(papi, "vm", [slow], start=False)).status_code == 201
+    assert not (workdir / "slow").exists()
+    started = await papi.client.post("/v1/machines/vm/start")
+    assert started.json()["state"] == "ready"
+    assert (workdir / "slow").read_text() == "done\n"  # ran before start returned
+    record = read_record(engine.dirs.machine_dir("vm"))
+    assert record is not None and record.status == "done"
+
+
 async def test_bad_requests(papi: Api, engine: Engine, tmp_path: Path) -> None:
     missing = await create(papi, "vm", [str(tmp_path / "nope.sh")])
     assert missing.status_code == 409

@@ -13,7 +13,11 @@ from fastapi import APIRouter, Depends, Query, Response
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES
 from backend.api.models import ExecRequest, ExecResponse
-from backend.api.provision_routes import create_with_scripts, first_provisioning
+from backend.api.provision_routes import (
+    create_with_scripts,
+    first_provisioning,
+    provisioning_pending,
+)
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state import listing_cache
 from backend.state.machine_spec import MachineSpec
@@ -70,7 +74,10 @@ async def create_machine(spec: MachineSpec, ctx: Ctx,
 
 @router.post("/{name}/start", summary="Boot a machine and wait until it is ready")
 async def start_machine(name: str, ctx: Ctx) -> LoadedMachine:
-    await ctx.supervisor.start_machine(_known(ctx, name))
+    pending = await provisioning_pending(ctx, _known(ctx, name))
+    await ctx.supervisor.start_machine(name)
+    if pending:
+        await first_provisioning(ctx, name)
     return await _load(ctx, name)
 
 

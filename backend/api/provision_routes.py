@@ -18,6 +18,7 @@ from backend.supervision.provisioning import (
     ProvisionError,
     ProvisionRecord,
     install_scripts,
+    read_record,
     read_scripts,
 )
 
@@ -54,6 +55,25 @@ async def create_with_scripts(ctx: ApiContext, spec: MachineSpec) -> None:
             await ctx.engine.delete_machine(spec.name, message="provision scripts not copied")
         raise ProvisionError(f"provision: cannot copy the scripts into {spec.name}: "
                              f"{exc.strerror or exc}") from None
+
+
+async def provisioning_pending(ctx: ApiContext, name: str) -> bool:
+    """Whether a start of `name` is its first ready since its scripts were copied (or
+    listed by hand), so the start returns after them, as `create` does."""
+    if ctx.provisioner is None:
+        return False
+    directory = ctx.engine.dirs.machine_dir(name)
+    try:
+        record = await asyncio.to_thread(read_record, directory)
+    except ProvisionError:
+        return False
+    if record is None:
+        try:
+            spec = await asyncio.to_thread(ctx.engine.store.load_spec, name)
+        except BoxuiError:  # a broken machine: its start says so
+            return False
+        return bool(spec.provision)
+    return record.status == "pending"
 
 
 async def first_provisioning(ctx: ApiContext, name: str) -> None:
