@@ -6,11 +6,14 @@ failed and powered off. One boot for the whole module (`vm`)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import IMAGE_CACHE
+from tests.debian_image import IMAGE_NAME, build_image
 from tests.vm_helpers import VM_MARKS, boxui, info, qemu_pids, start_daemon
 
 pytestmark = VM_MARKS
@@ -71,3 +74,22 @@ def test_provision_scripts_on_a_real_guest(vm_home: Path, tmp_path: Path) -> Non
         assert boxui(home, "rm", "vm").returncode == 0
     finally:
         stop_daemon(daemon)
+
+
+@pytest.mark.skipif(shutil.which("mmdebstrap") is None or shutil.which("qemu-img") is None,
+                    reason="needs mmdebstrap and qemu-img (bin/setup installs them)")
+def test_provision_a_debian_disk_machine_once(vm_home: Path, tmp_path: Path) -> None:
+    """On a machine with a disk, a second run would show: what the script wrote survives
+    stop and start, and is there once."""
+    build_image(IMAGE_CACHE)  # built once per host, shared with test_disk_vm
+    setup = tmp_path / "setup.sh"
+    setup.write_text("set -e\n. /etc/os-release\necho \"$ID $(id -un)\" >> /root/provisioned\n"
+                     "sync\n")
+    created = boxui(vm_home, "create", "deb", "--image", IMAGE_NAME, "--disk", "2G",
+                    "--provision", str(setup))
+    assert created.returncode == 0, created.stderr
+    assert boxui(vm_home, "stop", "deb").returncode == 0
+    assert boxui(vm_home, "start", "deb").returncode == 0
+    out = boxui(vm_home, "exec", "deb", "--", "cat", "/root/provisioned")
+    assert out.returncode == 0 and out.stdout == "debian root\n", out.stderr
+    assert boxui(vm_home, "rm", "--force", "deb").returncode == 0
