@@ -18,6 +18,7 @@ from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.machine_exec import ExecRunner, MachineExec
+from backend.supervision.provisioning import ScriptRunner, start_provisioning
 from backend.supervision.supervisor import Supervisor
 from tests.fake_driver import FakeBootFiles, FakeDriver
 
@@ -27,9 +28,11 @@ def fake_supervisor(engine: Engine, driver: FakeDriver) -> Supervisor:
                       accel_for=lambda requested: AccelChoice(accel="tcg", reason="test"))
 
 
-def api_context(sup: Supervisor, runner: ExecRunner) -> ApiContext:
+def api_context(sup: Supervisor, runner: ExecRunner,
+                script_runner: ScriptRunner | None = None) -> ApiContext:
     machine_exec = MachineExec(sup.engine, runner)
-    return ApiContext(sup, machine_exec, ServiceManager(sup, machine_exec))
+    return ApiContext(sup, machine_exec, ServiceManager(sup, machine_exec),
+                      provisioner=start_provisioning(sup, machine_exec.pool, script_runner))
 
 
 @dataclass
@@ -46,9 +49,9 @@ def uds_client(engine: Engine, timeout: float = 30) -> httpx.AsyncClient:
 
 @asynccontextmanager
 async def running_api(engine: Engine, driver: FakeDriver, runner: ExecRunner,
-                      ) -> AsyncIterator[Api]:
+                      script_runner: ScriptRunner | None = None) -> AsyncIterator[Api]:
     async with fake_supervisor(engine, driver).running(recover=recover_machines) as sup:
-        ctx = api_context(sup, runner)
+        ctx = api_context(sup, runner, script_runner)
         await ctx.services.start()
         stop = asyncio.Event()
         listening = asyncio.Event()

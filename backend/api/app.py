@@ -23,6 +23,7 @@ from backend.api import (
     image_routes,
     machine_routes,
     orphan_routes,
+    provision_routes,
     service_routes,
     template_routes,
 )
@@ -94,6 +95,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.include_router(template_routes.router)
     app.include_router(orphan_routes.router)
     app.include_router(image_routes.router)
+    app.include_router(provision_routes.router)
     app.include_router(misc)
     return app
 

@@ -12,6 +12,7 @@ from backend.images.builder import BuildTools
 from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.supervision.machine_exec import MachineExec
+from backend.supervision.provisioning import Provisioner
 from backend.supervision.supervisor import Supervisor
 
 
@@ -30,6 +31,8 @@ class ApiContext:
     activity: asyncio.Event = field(default_factory=asyncio.Event)
     #: what image builds run (None: the real tools; tests give stand-ins)
     image_tools: BuildTools | None = None
+    #: runs machines' provision scripts (None: provisioning is off, as in some tests)
+    provisioner: Provisioner | None = None
 
     @property
     def engine(self) -> Engine:

@@ -32,6 +32,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "illegal_transition": 409,
     "at_capacity": 409,
     "snapshot_mismatch": 409,
+    "provision_failed": 409,
+    "no_scripts": 409,
     "invalid_name": 422,
     "invalid_spec": 422,
     "invalid_request": 422,

@@ -13,6 +13,11 @@ from fastapi import APIRouter, Depends, Query, Response
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES
 from backend.api.models import ExecRequest, ExecResponse
+from backend.api.provision_routes import (
+    create_with_scripts,
+    first_provisioning,
+    provisioning_pending,
+)
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state import listing_cache
 from backend.state.machine_spec import MachineSpec
@@ -60,15 +65,19 @@ async def create_machine(spec: MachineSpec, ctx: Ctx,
     await asyncio.to_thread(ctx.supervisor.restore_plan, spec)
     if spec.image is not None:  # an unknown image or a too-small disk, before it exists
         await asyncio.to_thread(check_disk_request, ctx.engine.dirs.images, spec)
-    await ctx.engine.create_machine(spec)
+    await create_with_scripts(ctx, spec)
     if start:
         await ctx.supervisor.start_machine(spec.name)
+        await first_provisioning(ctx, spec.name)
     return await _load(ctx, spec.name)
 
 
 @router.post("/{name}/start", summary="Boot a machine and wait until it is ready")
 async def start_machine(name: str, ctx: Ctx) -> LoadedMachine:
-    await ctx.supervisor.start_machine(_known(ctx, name))
+    pending = await provisioning_pending(ctx, _known(ctx, name))
+    await ctx.supervisor.start_machine(name)
+    if pending:
+        await first_provisioning(ctx, name)
     return await _load(ctx, name)
 
 

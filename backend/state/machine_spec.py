@@ -59,6 +59,7 @@ class StopSettings(BaseModel):
     quit_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
     sigterm_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
     sigkill_timeout: StrictFloat = Field(default=5.0, gt=0, le=MAX_STOP_STEP_SECONDS)
+MAX_PROVISION_SCRIPTS = 32
 TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:[a-z0-9][a-z0-9-]{0,62}")
 
 
@@ -124,6 +125,9 @@ class MachineSpec(BaseModel):
     template_revision: str | None = None
     #: a guest liveness probe (None: only the hypervisor's heartbeat is checked)
     liveness: LivenessSpec | None = None
+    #: scripts (absolute host paths) run once as root after the first boot; their
+    #: contents are copied into the machine when it is created (`provision/`)
+    provision: list[Path] = Field(default_factory=list, max_length=MAX_PROVISION_SCRIPTS)
     created_at: datetime = Field(default_factory=now_utc)
 
     @field_validator("name")
@@ -182,6 +186,14 @@ class MachineSpec(BaseModel):
             raise ValueError(f"liveness.port {probe.port} is not a published port "
                              "(22, or a guest port in ports)")
         return self
+
+    @field_validator("provision")
+    @classmethod
+    def _absolute_scripts(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute() or "\0" in str(path):
+                raise ValueError(f"{path}: must be an absolute path")
+        return value
 
     @field_validator("template")
     @classmethod
@@ -244,7 +256,7 @@ def read_spec(path: Path) -> MachineSpec:
 
 def render_spec(spec: MachineSpec) -> str:
     data = spec.model_dump(mode="python", exclude_none=True)
-    for key in ("env", "ports"):  # a plain machine's file stays as it was
+    for key in ("env", "ports", "provision"):  # a plain machine's file stays as it was
         if not data[key]:
             del data[key]
     if spec.stop == StopSettings():
@@ -252,6 +264,8 @@ def render_spec(spec: MachineSpec) -> str:
     for key, value in list(data.items()):
         if isinstance(value, Path):
             data[key] = str(value)
+    if "provision" in data:
+        data["provision"] = [str(path) for path in data["provision"]]
     header = "# boxui machine spec: edit freely; boxui reloads it and refuses invalid keys.\n"
     return header + tomli_w.dumps(data)
 

@@ -538,10 +538,11 @@ class Supervisor(Interruptions):
     # --- stop, restart, delete -------------------------------------------------------
 
     async def stop_machine(self, name: str, *, force: bool = False,
-                           note: str | None = None) -> None:
+                           note: str | None = None, fail_reason: str | None = None) -> None:
         """Stop `name` and return once its process is gone: a graceful stop escalates on
         the machine's `[stop]` deadlines; `force` kills at once, also under a graceful
-        stop already in progress, which then ends as killed."""
+        stop already in progress, which then ends as killed. With `fail_reason` (a
+        provision script failed) it ends `failed` with that reason, not `stopped`."""
         self._cancel_restart(name)
         if name in self._booting:
             self._aborting.add(name)
@@ -577,8 +578,13 @@ class Supervisor(Interruptions):
                 info = await self._end_process(name, handle, force)
                 self.handles.pop(name, None)
                 self.tracker(name).machine_down()
-                await self.engine.transition(name, Verb.STOPPED, update=clear_process,
-                                             message=f"stopped: {info.detail}")
+                if fail_reason is not None:
+                    await self.engine.transition(name, Verb.FAILED, reason=fail_reason,
+                                                 update=clear_process,
+                                                 message=f"stopped: {info.detail}")
+                else:
+                    await self.engine.transition(name, Verb.STOPPED, update=clear_process,
+                                                 message=f"stopped: {info.detail}")
             finally:
                 self._stopping.discard(name)
                 self._overtaken.discard(name)

@@ -20,12 +20,14 @@ from boxui.cli.params import machine_name
 @click.command("logs")
 @machine_name
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new console output.")
-def logs_cmd(name: str, follow: bool) -> None:
+@click.option("--provision", is_flag=True,
+              help="The output of its provision scripts instead of the console.")
+def logs_cmd(name: str, follow: bool, provision: bool) -> None:
     """Print a machine's serial console log."""
     from boxui.cli.follow_console import print_console
 
     with contextlib.suppress(KeyboardInterrupt):
-        run(print_console(name, follow=follow))
+        run(print_console(name, follow=follow, provision=provision))
 
 
 @click.command("ssh")

@@ -60,17 +60,22 @@ if TYPE_CHECKING:
               "each, unhealthy after 3 failures; tune in machine.toml).")
 @click.option("--liveness-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Guest liveness probe: PORT (22, or a published port) must answer.")
+@click.option("--provision", "provision", multiple=True, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A script run once as root after the first boot (repeatable, in order); "
+              "its contents are copied into the machine now.")
 @json_flag
 def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
                disk: str | None, template_ref: str | None, kernel: Path | None, initrd: Path | None,
                disk_image: Path | None, accel: AccelRequest, restart_policy: RestartPolicy,
                start: bool, autostart: bool, liveness_exec: str | None,
-               liveness_port: int | None, as_json: bool) -> None:
+               liveness_port: int | None, provision: tuple[Path, ...], as_json: bool) -> None:
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
                          accel, restart_policy)
     _with_image(spec, image, disk, template_ref, memory_given=memory_mib is not None)
     spec.autostart = autostart
+    spec.provision = [path.absolute() for path in provision]
     if liveness_exec is not None or liveness_port is not None:
         _set_liveness(spec, liveness_exec, liveness_port)
     _report(name, as_json, call("POST", "/v1/machines", params={"start": start},

@@ -135,11 +135,13 @@ def _api_context(supervisor: Supervisor, exec_runner: ExecRunner | None) -> ApiC
     from backend.api.context import ApiContext
     from backend.services.manager import ServiceManager
     from backend.supervision.machine_exec import MachineExec
+    from backend.supervision.provisioning import start_provisioning
 
     machine_exec = MachineExec(supervisor.engine, exec_runner)
     supervisor.liveness.runner = machine_exec.runner  # probes share its connections
     supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
-    return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
+    return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec),
+                      provisioner=start_provisioning(supervisor, machine_exec.pool))
 
 
 async def _serve(ctx: ApiContext, sock: socket.socket, stop: asyncio.Event,

@@ -39,6 +39,7 @@ from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.machine_exec import MachineExec
+from backend.supervision.provisioning import start_provisioning
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.spawn import hand_over
 from boxui.daemon.start_lock import try_start_lock
@@ -206,7 +207,8 @@ def _api_context(supervisor: Supervisor) -> ApiContext:
     machine_exec = MachineExec(supervisor.engine)
     supervisor.liveness.runner = machine_exec.runner  # probes share its connections
     supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
-    return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec))
+    return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec),
+                      provisioner=start_provisioning(supervisor, machine_exec.pool))
 
 
 async def _serve_api(ctx: ApiContext) -> None:

@@ -27,7 +27,7 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "service create": (["--no-wait"], []), "service scale": (["--no-wait"], ["1"]),
     "service rm": ([], []), "template build": ([], []), "template revisions": ([], []),
     "template rm": ([], []), "disk show": ([], []), "disk resize": ([], ["1G"]),
-    "image build": ([], []), "image rm": ([], []),
+    "image build": ([], []), "image rm": ([], []), "provision": ([], []),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
@@ -44,6 +44,8 @@ BAD_OPTIONS = [
     *(["disk", "resize", "ok", d] for d in ("20X", "0", "", "99999T")),
     ["disk", "resize", "ok"], ["disk", "frobnicate"],
     ["create", "ok", "--accel", "fast"],
+    ["create", "ok", "--provision", "/nonexistent/setup.sh"], ["create", "ok", "--provision"],
+    ["create", "ok", "--provision", "/"],
     ["create", "ok", "--restart", "sometimes"],
     ["events", "-n", "-1"], ["events", "-n", "many"],
     ["ls", "extra"], ["ls", "--bogus"], ["daemon", "extra"], ["daemon", "--bogus"],

@@ -67,6 +67,9 @@ CASES: dict[tuple[str, str], list[Request]] = {
         *(({}, {}, {**MACHINE, "image": i}) for i in ("no-such", "../x", "")),
         *(({}, {}, {**MACHINE, "image": "no-such", "disk": d}) for d in ("20X", "", 5)),
         ({}, {}, {**MACHINE, "disk": "20G"}),
+        *(({}, {}, {**MACHINE, "provision": p}) for p in (["x.sh"], ["/nonexistent/x.sh"],
+                                                          ["/"], ["/dev/zero"], "/x.sh", [1],
+                                                          ["/a"] * 33)),
     ],
     ("DELETE", "/v1/machines/{name}"): [*_name_cases(), ({"name": "ok"}, {"force": "x"}, None)],
     ("GET", "/v1/machines/{name}"): _name_cases(),
@@ -83,6 +86,8 @@ CASES: dict[tuple[str, str], list[Request]] = {
         ({"name": "ok"}, {}, {}), ({"name": "ok"}, {}, {"size": "2G", "bogus": 1}),
         ({"name": "ok"}, {}, {"size": "2G"}),  # "ok" has no disk: refused, not made
     ],
+    ("POST", "/v1/machines/{name}/provision"): [*_name_cases(), ({"name": "ok"}, {}, None),
+                                                ({"name": "ghost"}, {}, None)],
     ("POST", "/v1/machines/{name}/restart"): _name_cases(),
     ("POST", "/v1/machines/{name}/start"): _name_cases(),
     ("POST", "/v1/machines/{name}/stop"): [*_name_cases(),
