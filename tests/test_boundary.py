@@ -35,3 +35,21 @@ def test_no_shell_strings_in_code() -> None:
             if needle in text:
                 offenders.append(f"{path.relative_to(root)}: {needle}")
     assert offenders == []
+
+
+RECOVERY_PATH = """
+import sys
+import boxui.cli.daemon_cmds, boxui.daemon.serve
+import backend.supervision.supervisor, backend.supervision.crash_recovery
+import backend.drivers.qemu.driver
+print(",".join(sorted(m for m in ("asyncssh", "fastapi", "uvicorn", "textual")
+                      if m in sys.modules)))
+"""
+
+
+def test_daemon_recovers_before_loading_ssh_and_the_web_stack() -> None:
+    """A daemon re-adopts machines before it imports asyncssh or the API (half a second of
+    imports): every module on the way to crash recovery keeps them out."""
+    out = subprocess.run([sys.executable, "-c", RECOVERY_PATH], capture_output=True,
+                         text=True, check=True, cwd=Path(backend.__file__).parent.parent)
+    assert out.stdout.strip() == ""

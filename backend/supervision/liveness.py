@@ -28,7 +28,11 @@ from backend.state.event_bus import Missed
 from backend.state.events import verb_of
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import LivenessSpec
-from backend.supervision.machine_exec import ExecRunner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # at run time the daemon hands a runner in: asyncssh loads with the API,
+    # after crash recovery, not before it
+    from backend.supervision.machine_exec import ExecRunner
 
 #: after these a machine is (again) running and answering: probe it if it asks to be
 _START_ON = frozenset({Verb.READY, Verb.ADOPTED})
