@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Request
@@ -25,6 +25,7 @@ from backend.api.image_models import (
     ImageBuildResult,
     ImageListing,
 )
+from backend.api.ndjson_doc import NDJSON, build_responses
 from backend.errors import BoxuiError, InvalidNameError
 from backend.guest.errors import GuestImageError
 from backend.guest.image_builder import build_default_image
@@ -37,31 +38,13 @@ from backend.images.store import remove_image, users_of
 log = logging.getLogger("boxui.api")
 router = APIRouter(prefix="/v1", tags=["images"])
 Ctx = Annotated[ApiContext, Depends(context)]
-NDJSON = "application/x-ndjson"
 ImageName = Annotated[str, Path(max_length=63)]
 #: the default guest's build phases, as image build steps
 _DEFAULT_STEPS: dict[str, Step] = {"download": "downloading", "extract": "unpacking",
                                    "pack": "packing"}
 
 
-def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
-    if isinstance(schema, dict):
-        if "$ref" in schema:
-            return _inlined(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
-        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
-    if isinstance(schema, list):
-        return [_inlined(item, defs) for item in schema]
-    return schema
-
-
-_LINE_SCHEMA = ImageBuildLine.model_json_schema(mode="serialization")
-_BUILD_DOC: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the build's progress, then its result or error, one JSON object "
-          "per line (a 200 says the build started, not that it succeeded)",
-          "content": {NDJSON: {"schema": _inlined(_LINE_SCHEMA,
-                                                  _LINE_SCHEMA.get("$defs", {}))}}},
-    **{status: ERROR_RESPONSES[status] for status in (400, 404, 422, 500)},
-}
+_BUILD_DOC = build_responses(ImageBuildLine)
 
 
 class _Refused(BoxuiError):

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from backend.api.context import ApiContext, context
-from backend.api.errors import ERROR_RESPONSES
+from backend.api.ndjson_doc import NDJSON, build_responses
 from backend.api.template_models import (
     TemplateBuildLine,
     TemplateBuildRequest,
@@ -39,33 +39,13 @@ from backend.template_builds.runs import (
 
 router = APIRouter(prefix="/v1", tags=["templates"])
 Ctx = Annotated[ApiContext, Depends(context)]
-NDJSON = "application/x-ndjson"
 SHUTTING_DOWN = BuildFailed("shutting_down", "the boxui daemon is shutting down; the "
                             "template build was cancelled and nothing was published")
 
 
 
 
-def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
-    """`schema` with its `$defs` references replaced by what they name: a schema under a
-    media type other than JSON cannot add to the document's components."""
-    if isinstance(schema, dict):
-        if "$ref" in schema:
-            return _inlined(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
-        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
-    if isinstance(schema, list):
-        return [_inlined(item, defs) for item in schema]
-    return schema
-
-
-_LINE_SCHEMA = TemplateBuildLine.model_json_schema(mode="serialization")
-_BUILD_DOC: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the build's progress, then its result or error, one JSON "
-          "object per line (a 200 says the build started, not that it succeeded)",
-          "content": {NDJSON: {"schema": _inlined(_LINE_SCHEMA,
-                                                  _LINE_SCHEMA.get("$defs", {}))}}},
-    **{status: ERROR_RESPONSES[status] for status in (400, 404, 422, 500)},
-}
+_BUILD_DOC = build_responses(TemplateBuildLine)
 
 
 def _source(dirs: StateDir, body: TemplateBuildRequest) -> BuildSource:

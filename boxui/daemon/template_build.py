@@ -13,22 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-from pydantic import ValidationError
-
 from backend.api.template_models import TemplateBuildLine
-from backend.errors import BoxuiError
 from backend.state.state_dir import open_state_dir
 from backend.template_builds.from_source import read_source
 from backend.template_builds.runs import BuildSource, checked, stored_source
-from boxui.daemon.client import (
-    BASE_URL,
-    TIMEOUT,
-    ApiCallError,
-    DaemonClient,
-    read_answer,
-    unreachable,
-)
+from boxui.daemon.build_stream import stream_build
+from boxui.daemon.client import DaemonClient
 
 BUILDS_PATH = "/v1/templates/builds"
 
@@ -57,35 +47,11 @@ def build_via_api(client: DaemonClient, source: str, *, snapshot: bool,
     is refused raises its one-line error."""
     body = build_request(source, snapshot=snapshot)
     check_request(source, body)
-    transport = httpx.HTTPTransport(uds=str(client.socket_path))
-    try:
-        with httpx.Client(transport=transport, base_url=BASE_URL, timeout=TIMEOUT) as http, \
-                http.stream("POST", BUILDS_PATH, json=body) as response:
-            if response.status_code >= 400:
-                response.read()
-                read_answer(response)  # raises the daemon's error
-            for raw in response.iter_lines():
-                if raw.strip() and (result := _follow(raw, progress)) is not None:
-                    return result
-    except httpx.ConnectError as exc:
-        raise unreachable(client.pid, client.socket_path, exc) from None
-    except httpx.TransportError as exc:
-        raise BoxuiError(f"the boxui daemon (pid {client.pid}) broke off the template "
-                         f"build: {exc}") from None
-    raise BoxuiError(f"the boxui daemon (pid {client.pid}) ended the template build "
-                     "without a result; see its log")
+    return stream_build(client, BUILDS_PATH, body, "template", TemplateBuildLine, _result,
+                        lambda line: None if line.message is None else progress(line.message))
 
 
-def _follow(raw: str, progress: Callable[[str], None]) -> dict[str, Any] | None:
-    try:
-        line = TemplateBuildLine.model_validate_json(raw)
-    except ValidationError:
-        raise BoxuiError(f"the boxui daemon sent a build line this boxui cannot read: "
-                         f"{raw[:200]}") from None
+def _result(line: TemplateBuildLine) -> dict[str, Any] | None:
     if line.type == "result" and line.result is not None:
         return line.result.model_dump(mode="json")
-    if line.type == "error":
-        raise ApiCallError(line.code or "error", line.message or "the template build failed")
-    if line.message is not None:
-        progress(line.message)
     return None
