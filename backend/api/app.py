@@ -23,6 +23,7 @@ from backend.api import (
     image_routes,
     machine_routes,
     orphan_routes,
+    port_routes,
     provision_routes,
     service_routes,
     template_routes,
@@ -90,6 +91,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.add_middleware(CountRequests)
     app.include_router(machine_routes.router)
     app.include_router(disk_routes.router)
+    app.include_router(port_routes.router)
     app.include_router(service_routes.router)
     app.include_router(event_routes.router)
     app.include_router(template_routes.router)

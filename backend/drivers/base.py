@@ -16,6 +16,7 @@ from typing import Literal
 
 from backend.drivers.errors import DriverError
 from backend.state.accelerator import Accel
+from backend.state.port_mapping import Protocol
 
 #: "hung": killed by boxui because it stopped answering (its QMP, or its guest's probe)
 ExitKind = Literal["guest-shutdown", "guest-reset", "guest-panic", "host-stop", "vanished",
@@ -66,6 +67,8 @@ class LaunchSpec:
     disk_image: Path | None = None
     #: extra (host port, guest port) TCP forwards on 127.0.0.1, beside SSH's
     port_forwards: tuple[tuple[int, int], ...] = ()
+    #: the same for UDP
+    udp_forwards: tuple[tuple[int, int], ...] = ()
     #: restore this memory snapshot instead of booting (see `save_snapshot`)
     restore_from: Path | None = None
     #: the whole kernel command line, verbatim: a restore must repeat the snapshot's
@@ -234,6 +237,19 @@ class HypervisorDriver(abc.ABC):
         the VM runs with a shared RAM file (which then holds it); the VM stays paused.
         Only drivers whose capabilities say `snapshots` implement it."""
         raise DriverError(f"the {self.capabilities().name} driver cannot save snapshots")
+
+    async def add_forward(self, handle: VmHandle, protocol: Protocol, host: int,
+                          guest: int) -> None:
+        """Forward 127.0.0.1:`host` to the guest's `guest` port on the running VM, with no
+        restart; `PortInUseError` if the hypervisor cannot bind the host port."""
+        raise DriverError(f"the {self.capabilities().name} driver cannot change port "
+                          "forwards of a running machine")
+
+    async def remove_forward(self, handle: VmHandle, protocol: Protocol, host: int) -> None:
+        """Drop the running VM's forward of 127.0.0.1:`host` (no error if it has none:
+        the goal, no such forward, holds)."""
+        raise DriverError(f"the {self.capabilities().name} driver cannot change port "
+                          "forwards of a running machine")
 
     async def close(self, handle: VmHandle) -> None:  # noqa: B027 - optional hook
         """Drop any connection to the VM without affecting it (boxui is going away)."""

@@ -34,7 +34,7 @@ import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -53,7 +53,7 @@ from backend.drivers.base import (
     StopTimeouts,
     VmHandle,
 )
-from backend.drivers.errors import DriverError
+from backend.drivers.errors import DriverError, PortInUseError
 from backend.drivers.process_identity import (
     PidWatch,
     same_process,
@@ -63,6 +63,7 @@ from backend.drivers.process_identity import (
 from backend.drivers.qemu.driver import KILL_TIMEOUT, identity_args, qmp_socket_path
 from backend.drivers.stop_escalation import Ending, escalate, kill_now
 from backend.state.accelerator import Accel
+from backend.state.port_mapping import Protocol
 
 #: memory of a guest the driver did not start (adopted): its spec is not at hand
 ADOPTED_MEMORY_MIB = 256
@@ -128,6 +129,8 @@ class _Guest:
     stopping: bool = False
     #: the gentle stop step that ended the process ("acpi" or "quit"), if one did
     ended_by: str | None = None
+    #: (protocol, host port) -> guest port, as QEMU's user network would hold them
+    forwards: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class StandInDriver(HypervisorDriver):
@@ -193,6 +196,8 @@ class StandInDriver(HypervisorDriver):
         if die_after is not None:
             asyncio.get_running_loop().call_later(die_after / self.speed, self._die, guest)
         await self._console(guest, _boot_lines(spec.name)[:1], fresh=True)
+        guest.forwards = {("tcp", h): g for h, g in spec.port_forwards}
+        guest.forwards.update({("udp", h): g for h, g in spec.udp_forwards})
         return VmHandle(name=spec.name, pid=proc.pid, start_time=started,
                         ssh_port=spec.ssh_port, boot_id=spec.boot_id, accel=spec.accel,
                         console_log=spec.console_log, qmp_socket=qmp_socket_path(spec.run_dir))
@@ -290,6 +295,36 @@ class StandInDriver(HypervisorDriver):
     async def close(self, handle: VmHandle) -> None:
         """Keep the pidfd: `shutdown` and `kill_all`, which run once the supervisor has
         let go (so the kills are not recorded as crashes), still end the stand-in."""
+
+    # --- port forwards ---------------------------------------------------------------
+
+    def forwards(self, name: str) -> dict[tuple[str, int], int]:
+        """The forwards machine `name`'s running stand-in holds (empty if none runs)."""
+        for guest in self._guests.values():
+            if guest.name == name and not guest.watch.exited:
+                return dict(guest.forwards)
+        return {}
+
+    def _running(self, handle: VmHandle) -> _Guest:
+        guest = self._guests.get(handle.pid)
+        if guest is None or guest.watch.exited:
+            raise DriverError(f"{handle.name}: its stand-in is not running")
+        if guest.watch.pid in self.qmp_hung:
+            raise DriverError(f"{handle.name}: QMP: timed out")
+        return guest
+
+    async def add_forward(self, handle: VmHandle, protocol: Protocol, host: int,
+                          guest: int) -> None:
+        """Refused, as QEMU refuses it, when any running stand-in holds the host port."""
+        running = self._running(handle)
+        if any((protocol, host) in g.forwards for g in self._guests.values()
+               if not g.watch.exited):
+            raise PortInUseError(f"QEMU refused to forward 127.0.0.1:{host}/{protocol} to "
+                                 f"guest port {guest}: Could not set up host forwarding rule")
+        running.forwards[(protocol, host)] = guest
+
+    async def remove_forward(self, handle: VmHandle, protocol: Protocol, host: int) -> None:
+        self._running(handle).forwards.pop((protocol, host), None)
 
     # --- probe, adopt, health --------------------------------------------------------
 

@@ -187,6 +187,13 @@ class MachineSpec(BaseModel):
                              "(22, or a guest port in ports)")
         return self
 
+    @field_validator("ports")
+    @classmethod
+    def _distinct_ports(cls, value: list[PortMapping]) -> list[PortMapping]:
+        """One forward per guest port and per fixed host port (of each protocol): the
+        runtime record names a forward by its guest port."""
+        return check_distinct_ports(value)
+
     @field_validator("provision")
     @classmethod
     def _absolute_scripts(cls, value: list[Path]) -> list[Path]:
@@ -215,6 +222,20 @@ class MachineSpec(BaseModel):
         if any(ch in value for ch in "\n\r\0"):
             raise ValueError("must be a single line without NUL")
         return value
+
+
+def check_distinct_ports(ports: list[PortMapping]) -> list[PortMapping]:
+    guests: set[str] = set()
+    hosts: set[tuple[int, str]] = set()
+    for mapping in ports:
+        if mapping.key in guests:
+            raise ValueError(f"guest port {mapping.key} is forwarded twice")
+        guests.add(mapping.key)
+        if mapping.host is not None:
+            if (mapping.host, mapping.protocol) in hosts:
+                raise ValueError(f"host port {mapping.host}/{mapping.protocol} is used twice")
+            hosts.add((mapping.host, mapping.protocol))
+    return ports
 
 
 def check_env(env: dict[str, str]) -> dict[str, str]:

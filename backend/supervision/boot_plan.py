@@ -15,6 +15,7 @@ from pathlib import Path
 from backend.drivers.base import GuestRamFile, LaunchSpec, VmHandle
 from backend.drivers.qemu.accel import AccelChoice
 from backend.state.machine_spec import MachineSpec
+from backend.state.port_mapping import Protocol, forward_key
 from backend.state.runtime_record import RuntimeRecord
 from backend.state.state_dir import StateDir
 from backend.supervision.boot_files import BootFiles
@@ -22,7 +23,7 @@ from backend.supervision.restore_agent import AGENT_SOCKET
 from backend.templates.restore_plan import RestorePlan
 
 RecordUpdate = Callable[[RuntimeRecord], None]
-Forwards = tuple[tuple[int, int], ...]  # (host port, guest port) pairs
+Forwards = tuple[tuple[int, int, Protocol], ...]  # (host port, guest port, protocol)
 
 
 @dataclass
@@ -46,7 +47,9 @@ class BootPlan:
             accel=self.choice.accel, ssh_port=port, boot_id=self.boot_id,
             machine_dir=dirs.machine_dir(spec.name), run_dir=run_dir,
             console_log=dirs.console_log(spec.name), tsc_khz=self.choice.tsc_khz,
-            disk_image=files.disk_image, port_forwards=self.forwards,
+            disk_image=files.disk_image,
+            port_forwards=tuple((h, g) for h, g, proto in self.forwards if proto == "tcp"),
+            udp_forwards=tuple((h, g) for h, g, proto in self.forwards if proto == "udp"),
             restore_from=restore.snapshot_file if restore else None,
             kernel_cmdline=restore.snapshot.boot_args if restore else None,
             agent_socket=run_dir / AGENT_SOCKET if restore else None,
@@ -61,7 +64,7 @@ class BootPlan:
             record.boot_id, record.ssh_port = self.boot_id, self.ssh_port
             record.accel = self.choice.accel
             record.pid = record.process_start_time = None
-            record.ports = {str(guest): host for host, guest in self.forwards}
+            record.ports = forwards_record(self.forwards)
             record.restored_from = self.restore.label if self.restore else None
             record.rng_reseeded = record.rng_note = None
             record.clock_set = record.clock_note = None
@@ -73,9 +76,14 @@ class BootPlan:
 def ports_record(ssh_port: int, forwards: Forwards) -> RecordUpdate:
     def apply(record: RuntimeRecord) -> None:
         record.ssh_port = ssh_port
-        record.ports = {str(guest): host for host, guest in forwards}
+        record.ports = forwards_record(forwards)
 
     return apply
+
+
+def forwards_record(forwards: Forwards) -> dict[str, int]:
+    """The record's `ports`: guest port (`80`, `53/udp`) -> host port."""
+    return {forward_key(guest, proto): host for host, guest, proto in forwards}
 
 
 def process_record(handle: VmHandle) -> RecordUpdate:

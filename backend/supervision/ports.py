@@ -12,14 +12,16 @@ from collections.abc import Awaitable, Callable
 
 from backend.drivers.base import HypervisorDriver, LaunchSpec, VmHandle
 from backend.drivers.errors import DriverError, PortInUseError
+from backend.state.port_mapping import Protocol
 
 PORT_ATTEMPTS = 5
 
 
-def pick_free_port(avoid: set[int] | None = None) -> int:
+def pick_free_port(avoid: set[int] | None = None, protocol: Protocol = "tcp") -> int:
     """A port on 127.0.0.1 that is free now (see the module docstring for the race)."""
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with socket.socket(socket.AF_INET, kind) as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
         if not avoid or port not in avoid:
@@ -50,3 +52,17 @@ async def start_on_free_port(
         if moved is not None:
             await moved(port)
     raise ValueError(f"attempts must be at least 1, not {attempts}")
+
+
+def port_is_free(port: int, protocol: Protocol = "tcp") -> bool:
+    """Whether 127.0.0.1:`port` can be bound now, as the hypervisor will bind it."""
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            # as QEMU's own listening socket: a port left in TIME_WAIT is free to it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

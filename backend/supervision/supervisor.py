@@ -669,14 +669,14 @@ class Supervisor(Interruptions):
         return {h.ssh_port for h in self.handles.values()}
 
     def _forwards(self, spec: MachineSpec, taken: set[int]) -> Forwards:
-        """(host, guest) pairs for the spec's published ports; a port without a fixed
+        """(host, guest, protocol) triples for the spec's published ports; a port without a fixed
         host port gets a free one at each boot."""
         pairs = []
         avoid = self._ports_in_use() | taken
         for mapping in spec.ports:
-            host = mapping.host or pick_free_port(avoid)
+            host = mapping.host or pick_free_port(avoid, mapping.protocol)
             avoid.add(host)
-            pairs.append((host, mapping.guest))
+            pairs.append((host, mapping.guest, mapping.protocol))
         return tuple(pairs)
 
 

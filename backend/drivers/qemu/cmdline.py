@@ -68,6 +68,8 @@ class QemuConfig:
     tsc_khz: int | None = None  # host TSC kHz; TCG boots hang without it (see accel.py)
     #: extra (host port, guest port) TCP forwards on 127.0.0.1 (a service's ports)
     port_forwards: tuple[tuple[int, int], ...] = ()
+    #: the same for UDP
+    udp_forwards: tuple[tuple[int, int], ...] = ()
     #: the whole kernel command line, used verbatim (a snapshot restore repeats its own)
     kernel_cmdline: str | None = None
     #: host end (unix socket) of the virtio-serial port a snapshot's RNG agent listens on
@@ -123,7 +125,7 @@ def validate(config: QemuConfig) -> None:
         raise GuestImageError(f"implausible TSC frequency {config.tsc_khz} kHz")
     if not 1 <= config.ssh_port <= 65535:
         raise GuestImageError(f"invalid ssh port {config.ssh_port}")
-    for host, guest in config.port_forwards:
+    for host, guest in config.port_forwards + config.udp_forwards:
         if not (1 <= host <= 65535 and 1 <= guest <= 65535):
             raise GuestImageError(f"invalid port forward {host}:{guest}")
     if any(ch in kernel_append(config) for ch in "\n\r\0"):
@@ -153,7 +155,9 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-append", kernel_append(config),
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22"
                    + "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
-                             for host, guest in config.port_forwards),
+                             for host, guest in config.port_forwards)
+                   + "".join(f",hostfwd=udp:127.0.0.1:{host}-:{guest}"
+                             for host, guest in config.udp_forwards),
         "-device", "virtio-net-device,netdev=n0,id=net0",
         "-device", f"virtio-balloon-device,id={BALLOON_ID}",
         "-device", "virtio-rng-device,id=rng0",

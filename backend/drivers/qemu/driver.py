@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-from qemu.qmp import EventListener, QMPClient
+from qemu.qmp import EventListener, QMPClient, QMPError
 
 from backend.drivers.base import (
     AdoptRefusal,
@@ -36,7 +36,10 @@ from backend.drivers.errors import DriverError, PortInUseError
 from backend.drivers.process_identity import PidWatch, start_time_of, watch_proven
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu, kernel_append
 from backend.drivers.qemu.qmp_ops import (
+    ForwardRefused,
     enable_balloon_stats,
+    hostfwd_add,
+    hostfwd_remove,
     load_snapshot_and_resume,
     read_balloon_stats,
     request_powerdown,
@@ -47,6 +50,7 @@ from backend.drivers.qemu.readiness import scan_console
 from backend.drivers.ssh_probe import ssh_banner
 from backend.drivers.stop_escalation import Ending, Step, escalate, kill_now
 from backend.guest.errors import GuestImageError
+from backend.state.port_mapping import Protocol
 
 QMP_SOCKET = "qmp.sock"
 PIDFILE = "qemu.pid"
@@ -153,7 +157,8 @@ class QemuDriver(HypervisorDriver):
         message = _last_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
         if "hostfwd" in message or "host forwarding" in message:
             ports = ", ".join(str(p) for p in (spec.ssh_port,
-                                              *(h for h, _ in spec.port_forwards)))
+                                              *(h for h, _ in spec.port_forwards),
+                                              *(h for h, _ in spec.udp_forwards)))
             raise PortInUseError(f"a port of 127.0.0.1:{ports} is in use: {message}")
         raise DriverError(f"qemu failed to start {spec.name}: {message}")
 
@@ -342,6 +347,35 @@ class QemuDriver(HypervisorDriver):
                 await asyncio.wait_for(live.qmp.disconnect(), DISCONNECT_TIMEOUT)
         return True
 
+    # --- port forwards ---------------------------------------------------------------
+
+    def _qmp_of(self, handle: VmHandle) -> QMPClient:
+        live = self._live.get(handle.pid)
+        if live is None or live.watch.exited:
+            raise DriverError(f"{handle.name}: its QEMU is not running")
+        if live.qmp is None:
+            raise DriverError(f"{handle.name}: its QEMU does not answer on QMP")
+        return live.qmp
+
+    async def add_forward(self, handle: VmHandle, protocol: Protocol, host: int,
+                          guest: int) -> None:
+        try:
+            await hostfwd_add(self._qmp_of(handle), protocol, host, guest)
+        except ForwardRefused as exc:
+            raise PortInUseError(f"QEMU refused to forward 127.0.0.1:{host}/{protocol} to "
+                                 f"guest port {guest}: {exc}") from None
+        except (TimeoutError, QMPError, OSError) as exc:
+            raise DriverError(f"{handle.name}: QMP: {exc or type(exc).__name__}") from None
+
+    async def remove_forward(self, handle: VmHandle, protocol: Protocol, host: int) -> None:
+        try:
+            await hostfwd_remove(self._qmp_of(handle), protocol, host)
+        except ForwardRefused as exc:
+            raise DriverError(f"QEMU did not remove the forward of 127.0.0.1:{host}/"
+                              f"{protocol}: {exc}") from None
+        except (TimeoutError, QMPError, OSError) as exc:
+            raise DriverError(f"{handle.name}: QMP: {exc or type(exc).__name__}") from None
+
     # --- probe, adopt, health --------------------------------------------------------
 
     async def probe(self, handle: VmHandle) -> ProbeResult:
@@ -443,6 +477,7 @@ def _qemu_config(spec: LaunchSpec, qmp_path: Path, pidfile: Path, *,
         ssh_port=spec.ssh_port, console_log=spec.console_log, qmp_socket=qmp_path,
         pidfile=pidfile, boot_id=spec.boot_id, append=spec.append, tsc_khz=spec.tsc_khz,
         disk_image=spec.disk_image, port_forwards=spec.port_forwards,
+        udp_forwards=spec.udp_forwards,
         kernel_cmdline=spec.kernel_cmdline, incoming=incoming,
         agent_socket=spec.agent_socket,
         ram_file=spec.ram_file.path if spec.ram_file else None,

@@ -143,3 +143,41 @@ async def load_snapshot_and_resume(client: QMPClient, fd_number: int, *,
     if state != "paused":
         raise RuntimeError(f"snapshot loaded but the VM is {state}, not paused")
     await execute(client, "cont")
+
+
+# --- port forwards on a running VM ---------------------------------------------------
+#
+# Checked on QEMU 7.2: user networking's forwards change through HMP (`hostfwd_add`,
+# `hostfwd_remove`; QMP has no command of its own), carried by `human-monitor-command`.
+# HMP answers in text: `hostfwd_add` prints nothing when it worked and "Could not set
+# up host forwarding rule '...'" when the host port cannot be bound; `hostfwd_remove`
+# prints "host forwarding rule for PROTO:ADDR:PORT removed" (or "not found").
+
+#: the user-mode netdev's id on the command line (`-netdev user,id=n0`)
+NETDEV_ID = "n0"
+
+
+class ForwardRefused(Exception):
+    """QEMU's own words for a forward it did not set up."""
+
+
+async def hostfwd_add(client: QMPClient, protocol: str, host: int, guest: int) -> None:
+    rule = f"{protocol}:127.0.0.1:{host}-:{guest}"
+    answer = await execute(client, "human-monitor-command",
+                           {"command-line": f"hostfwd_add {NETDEV_ID} {rule}"})
+    text = str(answer or "").strip()
+    if text:
+        raise ForwardRefused(text)
+
+
+async def hostfwd_remove(client: QMPClient, protocol: str, host: int) -> bool:
+    """Whether QEMU had the forward (and now has not)."""
+    rule = f"{protocol}:127.0.0.1:{host}"
+    answer = await execute(client, "human-monitor-command",
+                           {"command-line": f"hostfwd_remove {NETDEV_ID} {rule}"})
+    text = str(answer or "").strip()
+    if text.endswith("removed"):
+        return True
+    if text.endswith("not found"):
+        return False
+    raise ForwardRefused(text or "no answer")
