@@ -11,13 +11,9 @@ from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES
 from backend.errors import MachineNotFoundError
 from backend.state.names import validate_name
+from backend.state.port_forward_view import ForwardView, forward_views
 from backend.state.port_mapping import PortMapping, Protocol
-from backend.supervision.port_forwards import (
-    ForwardView,
-    add_forward,
-    forward_views,
-    remove_forward,
-)
+from backend.supervision.port_forwards import add_forward, remove_forward
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"], responses=ERROR_RESPONSES)
 Ctx = Annotated[ApiContext, Depends(context)]

@@ -18,15 +18,13 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
-from pydantic import BaseModel
-
 from backend.drivers.base import VmHandle
 from backend.drivers.errors import PortInUseError
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state.events import SOURCE, CloudEvent, now_utc
 from backend.state.lifecycle import ACTIVE_STATES
 from backend.state.machine_spec import MAX_PORTS, MachineSpec
-from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import ForwardView
 from backend.state.port_mapping import PortMapping, Protocol, forward_key
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.ports import pick_free_port, port_is_free
@@ -43,32 +41,6 @@ class NoSuchForwardError(BoxuiError):
 
 class ForwardExistsError(BoxuiError):
     code = "forward_exists"
-
-
-class ForwardView(BaseModel):
-    """One forward: `host` as the spec asks (None: picked at each start), `live_host`
-    the host port the running machine forwards now (None while it is not running)."""
-
-    guest: int
-    protocol: Protocol
-    host: int | None
-    live_host: int | None
-
-
-def forward_views(machine: LoadedMachine) -> list[ForwardView]:
-    """The spec's forwards, with what the running hypervisor forwards now; a live one the
-    spec no longer names (edited by hand) is listed too, until the machine stops."""
-    running = machine.state in ACTIVE_STATES and machine.record is not None
-    live = dict(machine.record.ports) if running and machine.record else {}
-    views = []
-    for mapping in machine.spec.ports if machine.spec else []:
-        views.append(ForwardView(guest=mapping.guest, protocol=mapping.protocol,
-                                 host=mapping.host, live_host=live.pop(mapping.key, None)))
-    for key, host in live.items():
-        guest, _, proto = key.partition("/")
-        views.append(ForwardView(guest=int(guest), protocol="udp" if proto == "udp" else "tcp",
-                                 host=None, live_host=host))
-    return views
 
 
 async def add_forward(sup: Supervisor, name: str, mapping: PortMapping) -> ForwardView:

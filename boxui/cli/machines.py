@@ -18,10 +18,18 @@ import click
 from backend.state.accelerator import ACCEL_REQUESTS, AccelRequest
 from backend.state.machine_limits import MAX_MEMORY_MIB, MAX_VCPUS
 from boxui.cli.dispatch import call
-from boxui.cli.params import disk_size, json_flag, machine_name, name_arg, template_ref
+from boxui.cli.params import (
+    disk_size,
+    json_flag,
+    machine_name,
+    name_arg,
+    port_mappings,
+    template_ref,
+)
 
 if TYPE_CHECKING:
     from backend.state.machine_spec import MachineSpec, RestartPolicy
+    from backend.state.port_mapping import PortMapping
 
 
 @click.command("create")
@@ -64,18 +72,24 @@ if TYPE_CHECKING:
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A script run once as root after the first boot (repeatable, in order); "
               "its contents are copied into the machine now.")
+@click.option("--port", "ports", multiple=True, metavar="[HOST:]GUEST[/udp]",
+              callback=port_mappings,
+              help="Forward 127.0.0.1:HOST to the guest's port GUEST (repeatable); without "
+              "HOST a free port is picked at each start (`boxui port ls` shows it).")
 @json_flag
 def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
                disk: str | None, template_ref: str | None, kernel: Path | None, initrd: Path | None,
                disk_image: Path | None, accel: AccelRequest, restart_policy: RestartPolicy,
                start: bool, autostart: bool, liveness_exec: str | None,
-               liveness_port: int | None, provision: tuple[Path, ...], as_json: bool) -> None:
+               liveness_port: int | None, provision: tuple[Path, ...],
+               ports: list[PortMapping], as_json: bool) -> None:
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
                          accel, restart_policy)
     _with_image(spec, image, disk, template_ref, memory_given=memory_mib is not None)
     spec.autostart = autostart
     spec.provision = [path.absolute() for path in provision]
+    _set_ports(spec, ports)
     if liveness_exec is not None or liveness_port is not None:
         _set_liveness(spec, liveness_exec, liveness_port)
     _report(name, as_json, call("POST", "/v1/machines", params={"start": start},
@@ -94,6 +108,15 @@ def _with_image(spec: MachineSpec, image: str, disk: str | None,
     spec.image, spec.disk = image, disk
     if not memory_given:
         spec.memory_mib = 512  # systemd and apt want more than the busybox guest
+
+
+def _set_ports(spec: MachineSpec, ports: list[PortMapping]) -> None:
+    from backend.state.machine_spec import check_distinct_ports
+
+    try:
+        spec.ports = check_distinct_ports(ports)
+    except ValueError as exc:
+        raise click.UsageError(f"--port: {exc}") from None
 
 
 def _set_liveness(spec: MachineSpec, command: str | None, port: int | None) -> None:

@@ -83,6 +83,8 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
             out.append(f"{'accel:':<16}{choice.accel} at next start ({choice.reason})")
         spec = m.spec.model_dump(mode="json", exclude_none=True)
         for key, value in spec.items():
+            if key == "ports":
+                value = ", ".join(str(mapping) for mapping in m.spec.ports)
             if key not in ("name", "accel"):
                 out.append(f"{key + ':':<16}{value}")
         out.append(f"{'accel setting:':<16}{m.spec.accel}")
@@ -92,6 +94,10 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
             value = getattr(rec, key)
             if value not in (None, 0):
                 out.append(f"{key + ':':<16}{value}")
+        if rec.ports and m.state.value in ("booting", "ready", "busy", "draining",
+                                           "stopping", "unresponsive", "unhealthy"):
+            live = ", ".join(f"127.0.0.1:{host} -> {guest}" for guest, host in rec.ports.items())
+            out.append(f"{'forwards:':<16}{live}")
         out.append(f"{'updated_at:':<16}{rec.updated_at.isoformat()}")
     from backend.templates.restore_plan import shared_state_note
 

@@ -50,3 +50,14 @@ def disk_size(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     return value
+
+
+def port_mappings(ctx: click.Context, param: click.Parameter,
+                  value: tuple[str, ...]) -> list[object]:
+    """`[HOST:]GUEST[/udp]`, each checked while parsing (`--port`, `boxui port add`)."""
+    from backend.state.port_mapping import PortMapping
+
+    try:
+        return [PortMapping.parse(text) for text in value]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None

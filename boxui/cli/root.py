@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("run_modes", "demo_cmd"), "daemon": ("daemon_cmds", "daemon_group"),
     "doctor": ("doctor", "doctor_cmd"), "gc": ("gc", "gc_cmd"),
     "disk": ("disks", "disk_group"), "image": ("images", "image_group"),
+    "port": ("ports", "port_group"),
     "service": ("services", "service_group"), "template": ("templates", "template_group"),
 }
 
