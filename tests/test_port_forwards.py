@@ -15,6 +15,7 @@ import pytest
 from backend.drivers.errors import PortInUseError
 from backend.drivers.qemu.cmdline import build_argv
 from backend.state.engine import Engine
+from backend.state.lifecycle import InstanceState
 from backend.state.machine_spec import MachineSpec
 from backend.state.port_mapping import PortMapping
 from backend.supervision.ports import pick_free_port
@@ -173,7 +174,7 @@ async def test_a_readopted_machine_keeps_its_live_forwards(
         live = r.json()["live_host"]
     # the supervisor went away, the machine ran on; the next one re-adopts it
     async with running_api(engine, driver, runner) as api:
-        assert engine.projection.state_of("m").value == "ready"
+        assert engine.projection.state_of("m") is InstanceState.READY
         listed = (await api.client.get("/v1/machines/m/ports")).json()
         assert listed == [{"guest": 80, "protocol": "tcp", "host": None, "live_host": live}]
         r = await api.client.delete("/v1/machines/m/ports/80")
