@@ -90,6 +90,23 @@ def ssh_config_text(name: str) -> str:
     return ssh_config_block(name, target.machine_dir, target.keys, target.port)
 
 
+def install_ssh_config() -> str:
+    """Write the Host entries and include them from ~/.ssh/config; what was done."""
+    from backend.state.machine_store import MachineStore
+    from backend.state.supervisor_lock import lock_holder
+    from backend.supervision.ssh_config_file import install
+
+    dirs = open_state_dir()
+    supervised = lock_holder(dirs.lock_file) is not None
+    machines = MachineStore(dirs).load_all(supervised=supervised)
+    done = install(dirs, machines, Path.home())
+    how = "added an Include line to" if done.include_added else "already included by"
+    names = [m.name for m in machines]
+    example = f"; e.g. ssh {names[0]}.boxui" if names else ""
+    return (f"wrote {done.config} ({len(names)} machines as NAME.boxui, kept current by "
+            f"boxui); {how} {done.user_config}{example}")
+
+
 # --- exec through the daemon ------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ from backend.supervision.orphans import (
 from backend.supervision.ports import pick_free_port, start_on_free_port
 from backend.supervision.restart_policy import RestartTracker, should_restart
 from backend.supervision.restore_agent import AGENT_SOCKET, freshen_guest
+from backend.supervision.ssh_config_file import keep_current as keep_ssh_config_current
 from backend.templates.restore_plan import RestorePlan, install_snapshot_keys, plan_restore
 
 log = logging.getLogger("boxui.supervisor")
@@ -139,6 +140,7 @@ class Supervisor(Interruptions):
                     await recover(self)
                 self.spawn(self.heartbeat.run(), "heartbeat")
                 self.spawn(self.liveness.run(), "liveness")
+                self.spawn(keep_ssh_config_current(self.engine), "ssh-config")
                 if sample_health:
                     self.spawn(self.health.run(), "health")
                 yield self

@@ -14,7 +14,7 @@ import sys
 import click
 
 from boxui.cli.dispatch import run
-from boxui.cli.params import machine_name
+from boxui.cli.params import machine_name, name_arg
 
 
 @click.command("logs")
@@ -43,11 +43,22 @@ def ssh_cmd(name: str, command: tuple[str, ...]) -> None:
 
 
 @click.command("ssh-config")
-@machine_name
-def ssh_config_cmd(name: str) -> None:
-    """Print a Host block for ~/.ssh/config."""
+@click.argument("name", required=False, callback=name_arg)
+@click.option("--install", is_flag=True,
+              help="Write a Host entry per machine (`ssh NAME.boxui`) into a file boxui "
+              "keeps current, and include it from ~/.ssh/config (once).")
+def ssh_config_cmd(name: str | None, install: bool) -> None:
+    """Print a Host block for ~/.ssh/config, or (--install) include every machine."""
+    if install == (name is not None):
+        raise click.UsageError("give a machine NAME, or --install for every machine")
+    if install:
+        from boxui.ssh_commands import install_ssh_config
+
+        click.echo(install_ssh_config())
+        return
     from boxui.ssh_commands import ssh_config_text
 
+    assert name is not None
     click.echo(ssh_config_text(name), nl=False)
 
 
