@@ -58,7 +58,11 @@ def rm_cmd(name: str, mappings: list[PortMapping], as_json: bool) -> None:
         _show(name, views, as_json)
         return
     for view in views:
-        click.echo(_describe(name, view).replace(" -> ", " -/-> ", 1) + " removed")
+        guest = f"guest {view['guest']}/{view['protocol']}"
+        if view.get("live_host") is not None:
+            click.echo(f"{name}: removed 127.0.0.1:{view['live_host']} -> {guest}")
+        else:
+            click.echo(f"{name}: removed the forward of {guest}")
 
 
 @port_group.command("ls")
