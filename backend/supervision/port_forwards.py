@@ -15,6 +15,7 @@ begins halfway through one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 
@@ -68,7 +69,8 @@ async def add_forward(sup: Supervisor, name: str, mapping: PortMapping) -> Forwa
                 await sup.engine.update_record(name, _set_live(mapping.key, host))
         except BaseException:
             if handle is not None and host is not None:  # as it was, or as near as can be
-                await sup.driver.remove_forward(handle, mapping.protocol, host)
+                with contextlib.suppress(Exception):  # the first error is the one to tell
+                    await sup.driver.remove_forward(handle, mapping.protocol, host)
             raise
         live = host if handle is not None else None
         view = ForwardView(guest=mapping.guest, protocol=mapping.protocol,

@@ -28,6 +28,7 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "service rm": ([], []), "template build": ([], []), "template revisions": ([], []),
     "template rm": ([], []), "disk show": ([], []), "disk resize": ([], ["1G"]),
     "image build": ([], []), "image rm": ([], []), "provision": ([], []),
+    "port add": ([], ["80"]), "port rm": ([], ["80"]), "port ls": ([], []),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
@@ -77,6 +78,12 @@ BAD_OPTIONS = [
     ["cp", "--bogus", "a", "ok:b"], ["cp", "", "ok:b"], ["cp", "a", "ok:b\0"],
     *(["cp", "a", f"{n}:b"] for n in ("UPPER", "héllo", "a b", "a\0b", "x" * 300, ".", "")),
     ["cp", "-r=yes", "a", "ok:b"],
+    *(["port", cmd, "ok", p] for cmd in ("add", "rm")
+      for p in ("0", "99999", "a:b", "1:2:3", "-5", "80/sctp", "80:80", "")),
+    ["port", "add", "ok"], ["port", "ls", "ok", "extra"], ["port", "frobnicate"],
+    *(["create", "ok", "--port", p] for p in ("0", "80/icmp", "1023:80", "")),
+    ["create", "ok", "--port", "80", "--port", "8080:80"],
+    ["ssh-config"], ["ssh-config", "ok", "--install"], ["ssh-config", "--install=maybe"],
 ]
 CASES = [
     *([*cmd.split(), *opts, name, *args] for cmd, (opts, args) in NAMED.items()

@@ -86,6 +86,23 @@ CASES: dict[tuple[str, str], list[Request]] = {
         ({"name": "ok"}, {}, {}), ({"name": "ok"}, {}, {"size": "2G", "bogus": 1}),
         ({"name": "ok"}, {}, {"size": "2G"}),  # "ok" has no disk: refused, not made
     ],
+    ("GET", "/v1/machines/{name}/ports"): [*_name_cases(), ({"name": "ghost"}, {}, None)],
+    ("POST", "/v1/machines/{name}/ports"): [
+        *(({"name": n}, {}, {"guest": 80}) for n in BAD_NAMES),
+        ({"name": "ghost"}, {}, {"guest": 80}),
+        *(({"name": "ok"}, {}, {"guest": g}) for g in BAD_NUMBERS),
+        *(({"name": "ok"}, {}, {"guest": 80, "host": h}) for h in [0, -1, 10**30, "x", 1.5, 80]),
+        ({"name": "ok"}, {}, {"guest": 80, "protocol": "sctp"}), ({"name": "ok"}, {}, {}),
+        ({"name": "ok"}, {}, {"guest": 80, "bogus": 1}), ({"name": "ok"}, {}, "not json"),
+        ({"name": "ok"}, {}, [{"guest": 80}]),
+    ],
+    ("DELETE", "/v1/machines/{name}/ports/{guest}"): [
+        *(({"name": n, "guest": "80"}, {}, None) for n in BAD_NAMES),
+        *(({"name": "ok", "guest": g}, {}, None) for g in ("0", "-1", "x", "99999", "1.5")),
+        ({"name": "ok", "guest": "80"}, {"protocol": "sctp"}, None),
+        ({"name": "ok", "guest": "80"}, {}, None),  # not forwarded: nothing to remove
+        ({"name": "ghost", "guest": "80"}, {}, None),
+    ],
     ("POST", "/v1/machines/{name}/provision"): [*_name_cases(), ({"name": "ok"}, {}, None),
                                                 ({"name": "ghost"}, {}, None)],
     ("POST", "/v1/machines/{name}/restart"): _name_cases(),
