@@ -16,6 +16,7 @@ from typing import Literal
 
 from backend.drivers.errors import DriverError
 from backend.state.accelerator import Accel
+from backend.state.mount_spec import MountSpec
 
 #: "hung": killed by boxui because it stopped answering (its QMP, or its guest's probe)
 ExitKind = Literal["guest-shutdown", "guest-reset", "guest-panic", "host-stop", "vanished",
@@ -75,6 +76,8 @@ class LaunchSpec:
     agent_socket: Path | None = None
     #: guest RAM in a file (see `GuestRamFile`); None: anonymous memory
     ram_file: GuestRamFile | None = None
+    #: host folders shared with the guest (virtio-9p), in the spec's order
+    mounts: tuple[MountSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from boxui.cli.params import disk_size, json_flag, machine_name, name_arg, templ
 
 if TYPE_CHECKING:
     from backend.state.machine_spec import MachineSpec, RestartPolicy
+    from backend.state.mount_spec import MountSpec
 
 
 @click.command("create")
@@ -64,18 +65,25 @@ if TYPE_CHECKING:
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A script run once as root after the first boot (repeatable, in order); "
               "its contents are copied into the machine now.")
+@click.option("--mount", "mounts", multiple=True, metavar="HOST_DIR[:GUEST_DIR][:ro]",
+              callback=lambda ctx, param, value: _parse_mounts(value),
+              help="Share a host folder with the guest (virtio-9p), mounted at boot at "
+              "GUEST_DIR [default: the same path as HOST_DIR]; repeatable.")
 @json_flag
 def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
                disk: str | None, template_ref: str | None, kernel: Path | None, initrd: Path | None,
                disk_image: Path | None, accel: AccelRequest, restart_policy: RestartPolicy,
                start: bool, autostart: bool, liveness_exec: str | None,
-               liveness_port: int | None, provision: tuple[Path, ...], as_json: bool) -> None:
+               liveness_port: int | None, provision: tuple[Path, ...],
+               mounts: list[MountSpec], as_json: bool) -> None:
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
                          accel, restart_policy)
     _with_image(spec, image, disk, template_ref, memory_given=memory_mib is not None)
     spec.autostart = autostart
     spec.provision = [path.absolute() for path in provision]
+    if mounts:
+        _set_mounts(spec, mounts)
     if liveness_exec is not None or liveness_port is not None:
         _set_liveness(spec, liveness_exec, liveness_port)
     _report(name, as_json, call("POST", "/v1/machines", params={"start": start},
@@ -94,6 +102,26 @@ def _with_image(spec: MachineSpec, image: str, disk: str | None,
     spec.image, spec.disk = image, disk
     if not memory_given:
         spec.memory_mib = 512  # systemd and apt want more than the busybox guest
+
+
+def _parse_mounts(values: tuple[str, ...]) -> list[MountSpec]:
+    from backend.state.mount_spec import MountError, parse_mount
+
+    try:
+        return [parse_mount(value, Path.cwd()) for value in values]
+    except MountError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _set_mounts(spec: MachineSpec, mounts: list[MountSpec]) -> None:
+    from pydantic import ValidationError
+
+    from backend.state.validation_text import describe_validation_error
+
+    try:
+        spec.mounts = mounts
+    except ValidationError as exc:
+        raise click.UsageError(describe_validation_error(exc)) from None
 
 
 def _set_liveness(spec: MachineSpec, command: str | None, port: int | None) -> None:

@@ -83,7 +83,9 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
             out.append(f"{'accel:':<16}{choice.accel} at next start ({choice.reason})")
         spec = m.spec.model_dump(mode="json", exclude_none=True)
         for key, value in spec.items():
-            if key not in ("name", "accel"):
+            if key == "mounts":  # one line each, as `--mount` says it
+                out += [f"{'mount:':<16}{mount.describe()}" for mount in m.spec.mounts]
+            elif key not in ("name", "accel"):
                 out.append(f"{key + ':':<16}{value}")
         out.append(f"{'accel setting:':<16}{m.spec.accel}")
     if m.record:
