@@ -54,7 +54,7 @@ class MountSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = Field(min_length=1, max_length=4096)
-    guest: str = Field(max_length=4096)  # left out: the same path as `host`
+    guest: str = Field(default="", max_length=4096)  # left out: the same path as `host`
     readonly: StrictBool = False
 
     @model_validator(mode="before")
