@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import IMAGE_CACHE, stop_background_daemons
 from tests.debian_image import IMAGE_NAME, build_image
-from tests.vm_helpers import VM_MARKS, boxui, info
+from tests.vm_helpers import VM_MARKS, boxui, info, start_daemon
 
 pytestmark = VM_MARKS
+
+
+def stop_daemon(daemon: subprocess.Popen[str]) -> None:
+    daemon.terminate()
+    try:
+        daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait(10)
 
 
 def _shares(tmp_path: Path) -> tuple[Path, Path]:
@@ -31,7 +41,10 @@ def _shares(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _check_shares(home: Path, name: str, rw: Path, ro: Path) -> None:
-    read = boxui(home, "exec", name, "--", "cat", f"{rw}/in.txt", "/ro/r.txt")
+    # dd, not cat: busybox cat's sendfile from a 9p file into a pipe now and then dies
+    # of SIGPIPE in the default guest (see README, Shared folders)
+    read = boxui(home, "exec", name, "--", "sh", "-c",
+                 f"dd if={rw}/in.txt 2>/dev/null && dd if=/ro/r.txt 2>/dev/null")
     assert read.returncode == 0 and read.stdout == "from the host\nread only\n", read.stderr
     wrote = boxui(home, "exec", name, "--", "sh", "-c",
                   f"echo from the guest > {rw}/out.txt && chmod 751 {rw}/out.txt")
@@ -57,10 +70,14 @@ def _run(home: Path, name: str, rw: Path, ro: Path, *create_args: str) -> None:
     assert boxui(home, "stop", name).returncode == 0
     assert boxui(home, "start", name).returncode == 0
     _check_shares(home, name, rw, ro)
-    stop_background_daemons(home)  # VMs keep running; the next command's daemon adopts
-    assert info(home, name)["state"] == "ready"
-    _check_shares(home, name, rw, ro)
-    assert boxui(home, "rm", "--force", name).returncode == 0
+    stop_background_daemons(home)  # the VM keeps running; a new daemon re-adopts it
+    daemon = start_daemon(home)
+    try:
+        assert info(home, name)["state"] == "ready"
+        _check_shares(home, name, rw, ro)
+        assert boxui(home, "rm", "--force", name).returncode == 0
+    finally:
+        stop_daemon(daemon)
     assert (rw / "in.txt").is_file()  # the host's folder is never the machine's to delete
 
 
@@ -86,6 +103,6 @@ def test_shared_folders_in_a_debian_guest(vm_home: Path, tmp_path: Path) -> None
 def test_a_missing_host_dir_is_refused_before_boot(vm_home: Path, tmp_path: Path) -> None:
     refused = boxui(vm_home, "create", "share3", "--mount", str(tmp_path / "gone"))
     assert refused.returncode == 1, refused.stderr
-    assert refused.stderr == (f"boxui: share3: mount {tmp_path / 'gone'}: no such directory "
-                              "on this host\n")
+    assert refused.stderr.splitlines()[-1] == (  # after "started boxui daemon, pid N"
+        f"boxui: share3: mount {tmp_path / 'gone'}: no such directory on this host")
     assert not (vm_home / "machines" / "share3").exists()
