@@ -41,6 +41,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_spec": 422,
     "invalid_request": 422,
     "invalid_disk": 422,
+    "invalid_mount": 422,
     "invalid_recipe": 422,
 }
 

@@ -22,6 +22,7 @@ from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state import listing_cache
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.mount_spec import check_mount_sources
 from backend.state.names import validate_name
 from backend.supervision.inflight_commands import CommandRecord
 from backend.supervision.machine_disk import check_disk_request
@@ -65,6 +66,7 @@ async def create_machine(spec: MachineSpec, ctx: Ctx,
     await asyncio.to_thread(ctx.supervisor.restore_plan, spec)
     if spec.image is not None:  # an unknown image or a too-small disk, before it exists
         await asyncio.to_thread(check_disk_request, ctx.engine.dirs.images, spec)
+    await asyncio.to_thread(check_mount_sources, spec.name, spec.mounts)  # as a boot does
     await create_with_scripts(ctx, spec)
     if start:
         await ctx.supervisor.start_machine(spec.name)

@@ -16,6 +16,7 @@ from typing import Literal
 
 from backend.drivers.errors import DriverError
 from backend.state.accelerator import Accel
+from backend.state.mount_spec import MountSpec
 from backend.state.port_mapping import Protocol
 
 #: "hung": killed by boxui because it stopped answering (its QMP, or its guest's probe)
@@ -78,6 +79,8 @@ class LaunchSpec:
     agent_socket: Path | None = None
     #: guest RAM in a file (see `GuestRamFile`); None: anonymous memory
     ram_file: GuestRamFile | None = None
+    #: host folders shared with the guest (virtio-9p), in the spec's order
+    mounts: tuple[MountSpec, ...] = ()
 
 
 @dataclass(frozen=True)

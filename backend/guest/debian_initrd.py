@@ -16,6 +16,8 @@ mounts) and this machine's secrets. `/init` then:
   guest can only present this machine's identity), the user's authorized key (0600),
   the hostname, /etc/hosts and a resolver, and the unit that prints the ready marker
   once sshd listens (sshd and that unit start without waiting for sysinit.target);
+- mounts the machine's shared folders under the new root, if it has any
+  (`shared_folders`: their script and 9p modules come in the same archive);
 - configures eth0 for QEMU's user-mode network (kept across `switch_root`; with
   `net.ifnames=0` udev leaves its name alone), then `switch_root`s to systemd.
 Every step that leaves the guest unable to become ready prints `BOXUI-FAILED <why>` and
@@ -56,6 +58,7 @@ DISK_MODULES: tuple[tuple[str, str], ...] = (
 )
 LOAD_ORDER = [name for name, _ in (*MODULES[:3], *DISK_MODULES, *MODULES[3:])]
 _SEED = "boxui"  # where the secrets wait in the initramfs until /init copies them
+DEBIAN_MOUNT_SCRIPT = f"{_SEED}/mounts"  # the shared folders' (`shared_folders`)
 
 _INIT = f"""#!/bin/sh
 # boxui Debian-guest /init: mount the machine's disk, install its identity, hand over.
@@ -115,6 +118,7 @@ ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0 || fail no-eth0
 ip link set eth0 up
 ip route add default via 10.0.2.2
+[ -x /{DEBIAN_MOUNT_SCRIPT} ] && /{DEBIAN_MOUNT_SCRIPT} $R
 mount --move /dev $R/dev
 mount --move /proc $R/proc
 mount --move /sys $R/sys
@@ -168,19 +172,20 @@ def openssh_host_key(keys: MachineKeys) -> bytes:
                              serialization.NoEncryption())
 
 
-def image_modules(rootfs: Path, kernel_version: str) -> dict[str, bytes]:
-    """DISK_MODULES read out of the image with `debugfs` (no mount), decompressed."""
+def image_modules(rootfs: Path, kernel_version: str,
+                  wanted: tuple[tuple[str, str], ...] = DISK_MODULES) -> dict[str, bytes]:
+    """`wanted` modules read out of the image with `debugfs` (no mount), decompressed."""
     debugfs = require_tool("debugfs")
     found: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="boxui-mods-") as tmp:
         commands = []
-        for name, relative in DISK_MODULES:
+        for name, relative in wanted:
             for suffix in ("", ".xz"):
                 source = f"/usr/lib/modules/{kernel_version}/kernel/{relative}{suffix}"
                 commands.append(f'dump "{source}" "{tmp}/{name}.ko{suffix}"\n')
         subprocess.run([debugfs, "-f", "-", str(rootfs)], input="".join(commands),
                        capture_output=True, text=True, timeout=60, check=False)
-        for name, _ in DISK_MODULES:
+        for name, _ in wanted:
             plain, packed = Path(tmp, f"{name}.ko"), Path(tmp, f"{name}.ko.xz")
             if packed.is_file() and packed.stat().st_size:
                 found[name] = lzma.decompress(packed.read_bytes())
@@ -192,8 +197,10 @@ def image_modules(rootfs: Path, kernel_version: str) -> dict[str, bytes]:
     return found
 
 
-def debian_seed_archive(keys: MachineKeys, modules: dict[str, bytes]) -> bytes:
-    """`/init`, the disk modules and this machine's secrets, as one newc archive."""
+def debian_seed_archive(keys: MachineKeys, modules: dict[str, bytes],
+                        extra: list[Entry] | None = None) -> bytes:
+    """`/init`, the disk modules and this machine's secrets, as one newc archive;
+    `extra`: its shared folders' modules and mount script (`/boxui/mounts`)."""
     directory, regular = stat.S_IFDIR, stat.S_IFREG
     entries = [Entry("init", regular | 0o755, _INIT.encode()),
                Entry(GUEST_MODULE_DIR, directory | 0o755)]
@@ -210,14 +217,15 @@ def debian_seed_archive(keys: MachineKeys, modules: dict[str, bytes]) -> bytes:
         Entry(f"{_SEED}/boxui-ready.service", regular | 0o644, _READY_UNIT.encode()),
         Entry(f"{_SEED}/ssh-early.conf", regular | 0o644, _SSH_EARLY.encode()),
     ]
-    return write_archive(entries)
+    return write_archive(entries + (extra or []))
 
 
 def write_debian_initrd(base_initrd: Path, machine_dir: Path, keys: MachineKeys,
-                        modules: dict[str, bytes]) -> Path:
+                        modules: dict[str, bytes], extra: list[Entry] | None = None) -> Path:
     """`machine_dir/initrd-debian.img`: the default initrd plus the archive above,
     rewritten at every cold boot (it carries a fresh RNG seed)."""
     target = machine_dir / DEBIAN_INITRD_FILE
-    data = concatenate_initrd(base_initrd.read_bytes(), debian_seed_archive(keys, modules))
+    data = concatenate_initrd(base_initrd.read_bytes(),
+                              debian_seed_archive(keys, modules, extra))
     atomic_write_bytes(target, data, 0o600)
     return target

@@ -169,9 +169,10 @@ def env_file_text(env: dict[str, str]) -> str:
 
 
 def seed_archive(keys: MachineKeys, random_seed: bytes | None = None,
-                 env: dict[str, str] | None = None) -> bytes:
+                 env: dict[str, str] | None = None, extra: list[Entry] | None = None) -> bytes:
     """The uncompressed newc archive with this machine's keys, a fresh RNG seed and, for
-    a service instance, the service's environment in /etc/boxui/env."""
+    a service instance, the service's environment in /etc/boxui/env; `extra`: files of
+    its own (its shared folders' modules and mount script)."""
     entropy = os.urandom(RANDOM_SEED_BYTES) if random_seed is None else random_seed
     directory, regular = stat.S_IFDIR, stat.S_IFREG
     entries = [
@@ -186,7 +187,7 @@ def seed_archive(keys: MachineKeys, random_seed: bytes | None = None,
     ]
     if env:
         entries.append(Entry(GUEST_ENV_FILE, regular | 0o600, env_file_text(env).encode()))
-    return write_archive(entries)
+    return write_archive(entries + (extra or []))
 
 
 def concatenate_initrd(base: bytes, seed: bytes) -> bytes:
@@ -195,12 +196,13 @@ def concatenate_initrd(base: bytes, seed: bytes) -> bytes:
 
 
 def write_machine_initrd(base: GuestImage, machine_dir: Path, keys: MachineKeys,
-                         env: dict[str, str] | None = None) -> Path:
+                         env: dict[str, str] | None = None,
+                         extra: list[Entry] | None = None) -> Path:
     """Write `machine_dir/initrd.img` = base initrd + this machine's seed archive.
 
     Call it before every cold boot: the RNG seed in it is new each time.
     """
     target = machine_dir / MACHINE_INITRD_FILE
-    data = concatenate_initrd(base.initrd.read_bytes(), seed_archive(keys, env=env))
+    data = concatenate_initrd(base.initrd.read_bytes(), seed_archive(keys, env=env, extra=extra))
     atomic_write_bytes(target, data, 0o600)
     return target

@@ -31,6 +31,7 @@ from backend.state.atomic_write import atomic_write_text
 from backend.state.disk_size import parse_size
 from backend.state.events import now_utc
 from backend.state.machine_limits import MAX_DISK_GIB, MAX_MEMORY_MIB, MAX_VCPUS
+from backend.state.mount_spec import MAX_MOUNTS, MountSpec, check_mount_list
 from backend.state.names import validate_name
 from backend.state.port_mapping import PortMapping
 from backend.state.validation_text import describe_validation_error
@@ -128,6 +129,8 @@ class MachineSpec(BaseModel):
     #: scripts (absolute host paths) run once as root after the first boot; their
     #: contents are copied into the machine when it is created (`provision/`)
     provision: list[Path] = Field(default_factory=list, max_length=MAX_PROVISION_SCRIPTS)
+    #: host folders shared with the guest through virtio-9p (see `mount_spec`)
+    mounts: list[MountSpec] = Field(default_factory=list, max_length=MAX_MOUNTS)
     created_at: datetime = Field(default_factory=now_utc)
 
     @field_validator("name")
@@ -201,6 +204,19 @@ class MachineSpec(BaseModel):
             if not path.is_absolute() or "\0" in str(path):
                 raise ValueError(f"{path}: must be an absolute path")
         return value
+
+    @field_validator("mounts")
+    @classmethod
+    def _distinct_mounts(cls, value: list[MountSpec]) -> list[MountSpec]:
+        return check_mount_list(value)
+
+    @model_validator(mode="after")
+    def _mounts_need_cold_boot(self) -> MachineSpec:
+        # a snapshot's guest was saved without these devices: it cannot be given them
+        if self.mounts and self.template is not None:
+            raise ValueError("mounts: a machine made from a template restores a snapshot, "
+                             "which cannot be given shared folders")
+        return self
 
     @field_validator("template")
     @classmethod
@@ -277,9 +293,11 @@ def read_spec(path: Path) -> MachineSpec:
 
 def render_spec(spec: MachineSpec) -> str:
     data = spec.model_dump(mode="python", exclude_none=True)
-    for key in ("env", "ports", "provision"):  # a plain machine's file stays as it was
+    for key in ("env", "ports", "provision", "mounts"):  # a plain machine's file stays
         if not data[key]:
             del data[key]
+    if spec.mounts:  # `guest = ""` and `readonly = false` say nothing
+        data["mounts"] = [mount.model_dump(exclude_defaults=True) for mount in spec.mounts]
     if spec.stop == StopSettings():
         del data["stop"]
     for key, value in list(data.items()):

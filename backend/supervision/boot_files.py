@@ -15,10 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import BoxuiError
-from backend.guest.debian_initrd import DEBIAN_KERNEL_ARGS, image_modules, write_debian_initrd
+from backend.guest.debian_initrd import (
+    DEBIAN_KERNEL_ARGS,
+    DEBIAN_MOUNT_SCRIPT,
+    image_modules,
+    write_debian_initrd,
+)
 from backend.guest.errors import GuestImageError
 from backend.guest.image_builder import GuestImage, build_default_image, load_current_image
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.guest.newc import Entry
+from backend.guest.shared_folders import (
+    SHARE_MODULES,
+    default_guest_share_entries,
+    kernel_share_modules,
+    share_entries,
+)
 from backend.images.store import find_image_in
 from backend.state.atomic_write import atomic_write_text
 from backend.state.machine_spec import MachineSpec
@@ -94,8 +106,13 @@ class DefaultBootFiles(BootFilesProvider):
                 keys = await asyncio.to_thread(create_machine_keys, machine_dir)
                 modules = await asyncio.to_thread(image_modules, os_image.rootfs,
                                                   os_image.kernel_version)
+                shares: list[Entry] = []
+                if spec.mounts:  # the 9p modules come out of the image, as the disk's
+                    found = await asyncio.to_thread(image_modules, os_image.rootfs,
+                                                    os_image.kernel_version, SHARE_MODULES)
+                    shares = share_entries(spec.mounts, found, DEBIAN_MOUNT_SCRIPT)
                 initrd = await asyncio.to_thread(write_debian_initrd, image.initrd,
-                                                 machine_dir, keys, modules)
+                                                 machine_dir, keys, modules, shares)
             except GuestImageError as exc:
                 raise BootFilesError(str(exc)) from None
         size = requested_size(spec.disk, os_image.size_bytes)
@@ -104,6 +121,14 @@ class DefaultBootFiles(BootFilesProvider):
             "os_image": os_image.name, "os_image_hash": os_image.hash, "disk": str(disk)})
         append = " ".join(filter(None, [DEBIAN_KERNEL_ARGS, spec.cmdline]))
         return BootFiles(image.kernel, initrd, append, disk)
+
+    async def _default_guest_shares(self, spec: MachineSpec,
+                                    image: GuestImage) -> list[Entry]:
+        if not spec.mounts:
+            return []
+        modules = await asyncio.to_thread(kernel_share_modules, self.images_dir,
+                                          image.kernel_version)
+        return default_guest_share_entries(spec.mounts, modules)
 
     async def prepare(
         self, spec: MachineSpec, machine_dir: Path, progress: ProgressFn | None = None
@@ -122,9 +147,10 @@ class DefaultBootFiles(BootFilesProvider):
             try:
                 image = await self._default_image(progress)
                 keys = await asyncio.to_thread(create_machine_keys, machine_dir)
+                shares = await self._default_guest_shares(spec, image)
                 # rewritten on every cold boot: it carries a fresh RNG seed for the guest
                 initrd = await asyncio.to_thread(write_machine_initrd, image, machine_dir,
-                                                 keys, spec.env)
+                                                 keys, spec.env, shares)
             except GuestImageError as exc:
                 raise BootFilesError(str(exc)) from None
         await _write_record(machine_dir, image, initrd)

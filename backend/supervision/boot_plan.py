@@ -55,6 +55,7 @@ class BootPlan:
             agent_socket=run_dir / AGENT_SOCKET if restore else None,
             ram_file=GuestRamFile(restore.ram_file, shared=False)
             if restore and restore.ram_file else None,
+            mounts=tuple(spec.mounts),
         )
 
     def booting_record(self) -> RecordUpdate:

@@ -30,6 +30,7 @@ from backend.state.accelerator import AccelRequest
 from backend.state.engine import Engine
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
+from backend.state.mount_spec import check_mount_sources
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.supervision.boot_plan import (
@@ -293,6 +294,7 @@ class Supervisor(Interruptions):
         """Everything decided before any state changes, so that a mismatched snapshot
         is refused rather than half-started."""
         choice = self._accel_for(spec.accel)
+        await asyncio.to_thread(check_mount_sources, spec.name, spec.mounts)
         restore = None
         if spec.template is not None:
             restore = await asyncio.to_thread(self.restore_plan, spec)

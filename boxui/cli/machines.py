@@ -29,6 +29,7 @@ from boxui.cli.params import (
 
 if TYPE_CHECKING:
     from backend.state.machine_spec import MachineSpec, RestartPolicy
+    from backend.state.mount_spec import MountSpec
     from backend.state.port_mapping import PortMapping
 
 
@@ -76,13 +77,18 @@ if TYPE_CHECKING:
               callback=port_mappings,
               help="Forward 127.0.0.1:HOST to the guest's port GUEST (repeatable); without "
               "HOST a free port is picked at each start (`boxui port ls` shows it).")
+@click.option("--mount", "mounts", multiple=True, metavar="HOST_DIR[:GUEST_DIR][:ro]",
+              callback=lambda ctx, param, value: _parse_mounts(value),
+              help="Share a host folder with the guest (virtio-9p), mounted at boot at "
+              "GUEST_DIR [default: the same path as HOST_DIR]; repeatable.")
 @json_flag
 def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
                disk: str | None, template_ref: str | None, kernel: Path | None, initrd: Path | None,
                disk_image: Path | None, accel: AccelRequest, restart_policy: RestartPolicy,
                start: bool, autostart: bool, liveness_exec: str | None,
                liveness_port: int | None, provision: tuple[Path, ...],
-               ports: list[PortMapping], as_json: bool) -> None:
+               ports: list[PortMapping], mounts: list[MountSpec],
+               as_json: bool) -> None:
     """Create a machine (and boot it unless --no-start)."""
     spec = _machine_spec(name, vcpus, memory_mib, template_ref, kernel, initrd, disk_image,
                          accel, restart_policy)
@@ -90,6 +96,8 @@ def create_cmd(name: str, vcpus: int | None, memory_mib: int | None, image: str,
     spec.autostart = autostart
     spec.provision = [path.absolute() for path in provision]
     _set_ports(spec, ports)
+    if mounts:
+        _set_mounts(spec, mounts)
     if liveness_exec is not None or liveness_port is not None:
         _set_liveness(spec, liveness_exec, liveness_port)
     _report(name, as_json, call("POST", "/v1/machines", params={"start": start},
@@ -117,6 +125,26 @@ def _set_ports(spec: MachineSpec, ports: list[PortMapping]) -> None:
         spec.ports = check_distinct_ports(ports)
     except ValueError as exc:
         raise click.UsageError(f"--port: {exc}") from None
+
+
+def _parse_mounts(values: tuple[str, ...]) -> list[MountSpec]:
+    from backend.state.mount_spec import MountError, parse_mount
+
+    try:
+        return [parse_mount(value, Path.cwd()) for value in values]
+    except MountError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _set_mounts(spec: MachineSpec, mounts: list[MountSpec]) -> None:
+    from pydantic import ValidationError
+
+    from backend.state.validation_text import describe_validation_error
+
+    try:
+        spec.mounts = mounts
+    except ValidationError as exc:
+        raise click.UsageError(describe_validation_error(exc)) from None
 
 
 def _set_liveness(spec: MachineSpec, command: str | None, port: int | None) -> None:

@@ -85,7 +85,9 @@ def info_lines(m: LoadedMachine, supervisor_pid: int | None) -> list[str]:
         for key, value in spec.items():
             if key == "ports":
                 value = ", ".join(str(mapping) for mapping in m.spec.ports)
-            if key not in ("name", "accel"):
+            if key == "mounts":  # one line each, as `--mount` says it
+                out += [f"{'mount:':<16}{mount.describe()}" for mount in m.spec.mounts]
+            elif key not in ("name", "accel"):
                 out.append(f"{key + ':':<16}{value}")
         out.append(f"{'accel setting:':<16}{m.spec.accel}")
     if m.record:

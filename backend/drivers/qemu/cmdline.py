@@ -20,6 +20,12 @@ Choices worth knowing:
   its memory being read in, and never writes to the template's file.
 - A restore starts with `-incoming defer`: migration capabilities (which have no
   command-line form in QEMU 7.2) are set over QMP before the load is started there.
+- Shared folders are `-fsdev local,security_model=none` + `virtio-9p-device` (the mmio
+  transport microvm has), tagged `boxui0`, `boxui1`, ... QEMU runs as the user who runs
+  boxui, so every file the guest creates is that user's on the host; `none` (as Lima
+  uses) keeps the modes the guest sets and needs nothing of the host filesystem, where
+  `mapped-xattr` would write the guest's owner and mode into xattrs (not on every
+  filesystem) and leave host files 0600. `readonly=on` makes `:ro` QEMU's to enforce.
 - `-name boxui-NAME,process=boxui-NAME`: the pid's cmdline names the machine (the
   thread name, limited by Linux to 15 bytes, is only a hint).
 """
@@ -33,6 +39,7 @@ from pathlib import Path
 from backend.guest.errors import GuestImageError
 from backend.guest.tools import require_tool
 from backend.state.accelerator import Accel
+from backend.state.mount_spec import MountSpec, mount_tag
 
 BALLOON_ID = "balloon0"
 AGENT_PORT_NAME = "boxui.agent"  # the guest finds its RNG agent's port by this name
@@ -78,6 +85,8 @@ class QemuConfig:
     #: mapped copy-on-write (see `backend.drivers.base.GuestRamFile`)
     ram_file: Path | None = None
     ram_file_shared: bool = False
+    #: host folders shared through virtio-9p, tagged by their index (`mount_tag`)
+    mounts: tuple[MountSpec, ...] = ()
 
 
 def _opt(value: Path | str) -> str:
@@ -185,11 +194,24 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
                       f"file={_opt(config.disk_image)}",
             "-device", "virtio-blk-device,drive=disk0",
         ]  # fmt: skip
+    argv += _share_args(config.mounts)
     if config.incoming:
         # MIGRATION events from the start, so the end of the load is told, not polled
         argv += ["-global", "migration.x-events=on", "-incoming", "defer"]
     if config.daemonize:
         argv.append("-daemonize")
+    return argv
+
+
+def _share_args(mounts: tuple[MountSpec, ...]) -> list[str]:
+    argv: list[str] = []
+    for index, mount in enumerate(mounts):
+        tag, readonly = mount_tag(index), ",readonly=on" if mount.readonly else ""
+        argv += [
+            "-fsdev", f"local,id=fs{index},path={_opt(mount.host)},security_model=none"
+                      + readonly,
+            "-device", f"virtio-9p-device,fsdev=fs{index},mount_tag={tag},id={tag}",
+        ]  # fmt: skip
     return argv
 
 

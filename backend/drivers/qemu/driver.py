@@ -482,6 +482,7 @@ def _qemu_config(spec: LaunchSpec, qmp_path: Path, pidfile: Path, *,
         agent_socket=spec.agent_socket,
         ram_file=spec.ram_file.path if spec.ram_file else None,
         ram_file_shared=spec.ram_file.shared if spec.ram_file else False,
+        mounts=spec.mounts,
     )
 
 
