@@ -304,15 +304,21 @@ async def run_on(
     *,
     stdin: bytes | None = None,
     timeout: float | None = None,
+    marker: str | None = None,
 ) -> int:
     """Run `argv` on a channel of its own over `conn` and return its exit status.
 
     The command line is `shlex.join(argv)` because SSH carries one string that the
     guest's /bin/sh re-splits; joining quotes each word so it arrives as one argument.
+    `marker` (a command id, `[0-9a-f]+`) is put in the command's environment as
+    BOXUI_COMMAND, which its every process inherits: what `kill_marked_argv` finds.
     """
     if not argv:
         raise SshError("no command to run over ssh")
     command = shlex.join(argv)
+    if marker is not None:
+        # exec'd, not forked: one process fewer, and the shell itself carries the mark
+        command = f"exec env {MARKER_VAR}={marker} sh -c {shlex.quote(command)}"
     try:
         async with asyncio.timeout(timeout):
             status = await _run(conn, command, stdout, stderr, stdin, where)
@@ -323,6 +329,21 @@ async def run_on(
     if status is None:
         raise SshError(f"ssh to {where}: the guest closed the session without an exit status")
     return status
+
+
+#: the environment variable that marks the processes of one command (see `run_on`)
+MARKER_VAR = "BOXUI_COMMAND"
+
+
+def kill_marked_argv(marker: str) -> list[str]:
+    """A command that SIGKILLs every process whose environment carries `marker`, and
+    prints how many: how a deadline reaches a command's whole tree in the guest. The
+    channel's own `signal` request would not do: dropbear signals only the session's
+    first process, so a pipeline's or a script's children would live on."""
+    script = (f'n=0; for d in /proc/[0-9]*; do p=${{d#/proc/}}; '
+              f'if tr "\\0" "\\n" <"$d/environ" | grep -qx "{MARKER_VAR}={marker}"; '
+              f'then kill -KILL "$p" && n=$((n+1)); fi; done 2>/dev/null; echo $n')
+    return ["sh", "-c", script]
 
 
 def _where(machine_dir: Path, port: int) -> str:
