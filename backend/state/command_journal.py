@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import tomllib
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from backend.errors import StorageError
+from backend.errors import BoxuiError, StorageError
 from backend.state.atomic_write import atomic_write_bytes
 from backend.state.command_record import CommandRecord
 from backend.state.events import now_utc
@@ -57,6 +58,32 @@ class Retention:
         if self.keep is not None and len(finished) > self.keep:
             dropped |= {r.id for r in finished[:len(finished) - self.keep]}
         return [r for r in records if r.id not in dropped]
+
+
+#: the daemon's settings file in the state dir; `[commands]` holds the retention
+CONFIG_NAME = "daemon.toml"
+
+
+def load_retention(root: Path) -> Retention:
+    """`[commands]` of `daemon.toml` under the state dir: `keep` (finished commands per
+    machine) and `keep_days`; 0 means no limit of that kind. No file: the defaults."""
+    path = root / CONFIG_NAME
+    try:
+        with path.open("rb") as file:
+            section = tomllib.load(file).get("commands", {})
+    except FileNotFoundError:
+        return Retention()
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BoxuiError(f"{path}: {exc}") from None
+    unknown = set(section) - {"keep", "keep_days"} if isinstance(section, dict) else {"?"}
+    if unknown:
+        raise BoxuiError(f"{path}: [commands] has unknown keys: {', '.join(sorted(unknown))}")
+    keep, days = section.get("keep", 1000), section.get("keep_days", 30)
+    for key, value in (("keep", keep), ("keep_days", days)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise BoxuiError(f"{path}: [commands] {key} must be a number >= 0")
+    return Retention(keep=int(keep) or None,
+                     max_age=timedelta(days=days) if days else None)
 
 
 def encode_line(record: CommandRecord, revision: int) -> bytes:

@@ -32,7 +32,7 @@ from backend.state.command_record import (
 )
 from backend.state.events import now_utc
 
-__all__ = ["CommandRecord", "CommandRegistry", "CommandState", "LEASE"]
+__all__ = ["LEASE", "CommandRecord", "CommandRegistry", "CommandState"]
 
 #: a dispatched command's lease; its owner renews it at a third of this while it runs
 LEASE = timedelta(seconds=30)
@@ -78,11 +78,12 @@ class CommandRegistry:
         self._write(record)
         return record
 
-    def dispatch(self, command_id: str) -> CommandRecord:
+    def dispatch(self, command_id: str, *, service: str | None = None) -> CommandRecord:
         """It goes on a channel now: synced to disk first, with a lease."""
         now = now_utc()
         return self._step(command_id, CommandState.DISPATCHED, sync=True, dispatched_at=now,
-                          lease_expires_at=now + self.lease, owner_pid=os.getpid())
+                          lease_expires_at=now + self.lease, owner_pid=os.getpid(),
+                          service=service)
 
     async def keep_lease(self, command_id: str) -> None:
         """Renew the command's lease until cancelled (by its owner, when it ends): a
