@@ -137,8 +137,9 @@ class CommandJournal:
     def path(self, machine: str) -> Path:
         return self.directory / f"{machine}{_SUFFIX}"
 
-    def load(self) -> list[CommandRecord]:
-        """Every kept record, each machine's oldest first; compacts what needs it."""
+    def load(self, *, compact: bool = True) -> list[CommandRecord]:
+        """Every kept record, each machine's oldest first; compacts what needs it, unless
+        `compact` is off (a reader that does not hold the state dir's lock writes nothing)."""
         if not self.directory.is_dir():
             return []
         loaded: list[CommandRecord] = []
@@ -146,6 +147,9 @@ class CommandJournal:
             machine = path.name.removesuffix(_SUFFIX)
             records, lines, damaged = self._read(path)
             self._journals[machine] = _Journal(lines)
+            if not compact:
+                loaded.extend(records)
+                continue
             if damaged:
                 self._keep_broken_copy(path)
             if damaged or lines > 2 * len(records) + _SLACK or \

@@ -85,11 +85,11 @@ def advance(record: CommandRecord, to: CommandState, **changes: Any) -> CommandR
         raise IllegalCommandTransitionError(
             f"command {record.id} on {record.machine}: cannot go from {record.state.value} "
             f"to {to.value}")
+    if to is CommandState.PENDING and not record.idempotent:
+        raise IllegalCommandTransitionError(
+            f"command {record.id} on {record.machine}: not idempotent, never run again")
     if to is CommandState.PENDING and record.attempt >= record.max_attempts:
         raise IllegalCommandTransitionError(
             f"command {record.id} on {record.machine}: attempt {record.attempt} of "
             f"{record.max_attempts} was the last")
-    if to is CommandState.PENDING and not record.idempotent:
-        raise IllegalCommandTransitionError(
-            f"command {record.id} on {record.machine}: not idempotent, never run again")
     return record.model_copy(update={"state": to, **changes})
