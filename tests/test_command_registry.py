@@ -80,10 +80,12 @@ def test_only_an_idempotent_command_with_attempts_left_goes_round_again(
     registry.dispatch(safe.id)
     with pytest.raises(IllegalCommandTransitionError, match="attempt 2 of 2 was the last"):
         registry.requeue(safe.id, "supervisor died")
-    # pending -> succeeded skips the dispatch: refused
+    # pending -> succeeded skips the dispatch: refused; one that could not be
+    # dispatched (it never ran) fails
     fresh = registry.begin("vm", ["true"])
     with pytest.raises(IllegalCommandTransitionError):
         advance(fresh, CommandState.SUCCEEDED)
+    assert advance(fresh, CommandState.FAILED).state is CommandState.FAILED
 
 
 def test_max_attempts_needs_idempotent_and_kept_input(tmp_path: Path) -> None:

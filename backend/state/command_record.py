@@ -30,11 +30,12 @@ class CommandState(StrEnum):
 FINISHED = frozenset({CommandState.SUCCEEDED, CommandState.FAILED, CommandState.EXPIRED,
                       CommandState.CANCELLED})
 
-#: every step a command may take; dispatched -> dispatched is a lease renewal, and
-#: dispatched -> pending a re-dispatch after its lease expired (attempt + 1)
+#: every step a command may take; dispatched -> dispatched is a lease renewal,
+#: dispatched -> pending a re-dispatch after its lease expired (attempt + 1), and
+#: pending -> failed a command that could not be dispatched (it never ran)
 _NEXT: dict[CommandState, frozenset[CommandState]] = {
-    CommandState.PENDING: frozenset({CommandState.DISPATCHED, CommandState.EXPIRED,
-                                     CommandState.CANCELLED}),
+    CommandState.PENDING: frozenset({CommandState.DISPATCHED, CommandState.FAILED,
+                                     CommandState.EXPIRED, CommandState.CANCELLED}),
     CommandState.DISPATCHED: frozenset({CommandState.DISPATCHED, CommandState.PENDING,
                                         *FINISHED}),
 }

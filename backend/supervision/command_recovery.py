@@ -107,6 +107,7 @@ async def _dispatch_again(machine_exec: MachineExec, record: CommandRecord) -> N
             record.id, error="no SSH port to dispatch it again on" if port is None
             else "its deadline passed meanwhile", state=CommandState.EXPIRED)
         return
+    await machine_exec.mark_busy(record.machine)
     try:
         await machine_exec.carry(record, port, stdin, timeout)
     except BoxuiError as exc:  # recorded by `carry`; no caller to tell

@@ -94,11 +94,14 @@ class MachineExec:
             record = self.registry.begin(name, argv, stdin=stdin, deadline=deadline,
                                          idempotent=idempotent, max_attempts=max_attempts,
                                          origin=origin)
-            # busy before the command starts, so that whoever sees it running (a scale-down
-            # choosing what to drain) sees the machine busy; the mark is cheap (not synced)
-            if self.engine.projection.state_of(name) is InstanceState.READY:
-                await self._mark(name, Verb.BUSY, "command in flight")
+            await self.mark_busy(name)
         return await self.carry(record, port, stdin, timeout)
+
+    async def mark_busy(self, name: str) -> None:
+        """Busy before a command starts, so that whoever sees it running (a scale-down
+        choosing what to drain) sees the machine busy; the mark is cheap (not synced)."""
+        if self.engine.projection.state_of(name) is InstanceState.READY:
+            await self._mark(name, Verb.BUSY, "command in flight")
 
     async def carry(self, record: CommandRecord, port: int, stdin: bytes | None,
                     timeout: float | None) -> tuple[CommandRecord, ExecOutput]:
