@@ -4,6 +4,10 @@ retention setting, and exec recording every command in it."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import sys
+import textwrap
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from backend.state.events import now_utc
 from backend.state.lifecycle import InstanceState, Verb
 from backend.supervision.inflight_commands import CommandRegistry
 from backend.supervision.machine_exec import ExecOutput, MachineExec
-from backend.supervision.ssh_access import SshTimeoutError
+from backend.supervision.ssh_access import SshTimeoutError, kill_marked_argv
 from tests.conftest import spec
 
 
@@ -262,3 +266,38 @@ async def test_a_caller_that_goes_away_cancels_and_kills_the_command(engine: Eng
         while len(seen) < 2:
             await asyncio.sleep(0.01)
     assert seen[1][:2] == ["sh", "-c"] and record.id in seen[1][2]  # the kill, by its mark
+
+
+# --- the kill in the guest ---------------------------------------------------------------
+
+_KILL_PROBE = textwrap.dedent("""
+    import subprocess, sys, time
+    kill = sys.argv[1:]
+    mark = "BOXUI_COMMAND=" + "ab12"
+    tree = subprocess.Popen(["sh", "-c", f"export {mark}; sleep 101 | cat & "
+                             "while true; do sleep 1; done"])
+    near = subprocess.Popen(["sh", "-c", f"export {mark}3; sleep 102"])
+    other = subprocess.Popen(["sh", "-c", "b=1; sleep 103"])
+    time.sleep(0.5)
+    done = subprocess.run(kill, capture_output=True, text=True, timeout=10)
+    time.sleep(0.3)
+    print(done.stdout.strip(), tree.poll(), near.poll(), other.poll())
+""")
+
+
+def test_the_kill_script_kills_exactly_the_marked_command_s_tree() -> None:
+    """Run where it can do no harm: a PID namespace of its own, whose /proc shows only
+    the probe's processes (the script kills by what it finds in /proc)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not installed")
+    probe = [unshare, "--pid", "--fork", "--mount-proc", "--kill-child"]
+    if subprocess.run([*probe, "true"], capture_output=True, timeout=10).returncode != 0:
+        pytest.skip("no PID namespace for this user")
+    out = subprocess.run([*probe, sys.executable, "-c", _KILL_PROBE,
+                          *kill_marked_argv("ab12")],
+                         capture_output=True, text=True, timeout=30)
+    # the shell, the background sleep and cat (and the loop's sleep, if it was between
+    # two); not the one marked ab123 (a longer id), nor one whose command line has a `;`
+    killed, tree, near, other = out.stdout.split()
+    assert killed in ("3", "4") and (tree, near, other) == ("-9", "None", "None"), out

@@ -86,17 +86,20 @@ class FakeGuest:
     killed: list[str] = field(default_factory=list)
 
 
-_KILL_MARKED = re.compile(r'grep -qx "BOXUI_COMMAND=([0-9a-f]+)"')
+_MARKED = re.compile(r"export BOXUI_COMMAND=([0-9a-f]+); (.*)", re.DOTALL)
+_KILL_MARKED = re.compile(r"m=BOXUI_COMMAND=; m=\$\{m\}([0-9a-f]+);")
 
 
 async def _handle(guest: FakeGuest, process: asyncssh.SSHServerProcess[bytes]) -> None:
-    """What a guest's shell would do with a few commands; a marked one (`exec env
-    BOXUI_COMMAND=ID sh -c CMD`) runs CMD and can be killed by `kill_marked_argv`."""
+    """What a guest's shell would do with a few commands; a marked one (`export
+    BOXUI_COMMAND=ID; CMD`) runs CMD and can be killed by `kill_marked_argv`."""
     command = process.command or ""
     guest.commands.append(command)
-    match shlex.split(command):
-        case ["exec", "env", mark, "sh", "-c", inner] if mark.startswith("BOXUI_COMMAND="):
-            marker = mark.removeprefix("BOXUI_COMMAND=")
+    marked = _MARKED.fullmatch(command)
+    match shlex.split(command) if marked is None else ["marked"]:
+        case ["marked"]:
+            assert marked is not None
+            marker, inner = marked[1], marked[2]
             task = asyncio.current_task()
             assert task is not None
             guest.marked[marker] = task

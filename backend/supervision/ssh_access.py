@@ -310,15 +310,16 @@ async def run_on(
 
     The command line is `shlex.join(argv)` because SSH carries one string that the
     guest's /bin/sh re-splits; joining quotes each word so it arrives as one argument.
-    `marker` (a command id, `[0-9a-f]+`) is put in the command's environment as
-    BOXUI_COMMAND, which its every process inherits: what `kill_marked_argv` finds.
+    `marker` (a command id, `[0-9a-f]+`) is exported as BOXUI_COMMAND first, so every
+    process the command starts inherits it: what `kill_marked_argv` finds.
     """
     if not argv:
         raise SshError("no command to run over ssh")
     command = shlex.join(argv)
     if marker is not None:
-        # exec'd, not forked: one process fewer, and the shell itself carries the mark
-        command = f"exec env {MARKER_VAR}={marker} sh -c {shlex.quote(command)}"
+        # no process of its own (an exec costs tens of ms under TCG): the session's shell
+        # carries the mark in its command line, everything it starts in its environment
+        command = f"export {MARKER_VAR}={marker}; {command}"
     try:
         async with asyncio.timeout(timeout):
             status = await _run(conn, command, stdout, stderr, stdin, where)
@@ -336,13 +337,17 @@ MARKER_VAR = "BOXUI_COMMAND"
 
 
 def kill_marked_argv(marker: str) -> list[str]:
-    """A command that SIGKILLs every process whose environment carries `marker`, and
-    prints how many: how a deadline reaches a command's whole tree in the guest. The
-    channel's own `signal` request would not do: dropbear signals only the session's
-    first process, so a pipeline's or a script's children would live on."""
-    script = (f'n=0; for d in /proc/[0-9]*; do p=${{d#/proc/}}; '
-              f'if tr "\\0" "\\n" <"$d/environ" | grep -qx "{MARKER_VAR}={marker}"; '
-              f'then kill -KILL "$p" && n=$((n+1)); fi; done 2>/dev/null; echo $n')
+    """A command that SIGKILLs every process of the command marked `marker` and prints
+    how many: the session's shell (the mark is in its command line) and whatever it
+    started (in their environment). How a deadline reaches a command's whole tree: the
+    channel's own `signal` request would not do, as dropbear signals only the session's
+    first process, so a pipeline's or a script's children would live on. The pattern is
+    put together at run time, so this script's own command line never matches it."""
+    script = (f"m={MARKER_VAR}=; m=${{m}}{marker}; n=0; for d in /proc/[0-9]*; do "
+              'p=${d#/proc/}; [ "$p" = "$$" ] && continue; '
+              'if tr "\\0" "\\n" <"$d/environ" | grep -qx "$m" || '
+              'tr "\\0" " " <"$d/cmdline" | grep -q "$m;"; '
+              'then kill -KILL "$p" && n=$((n+1)); fi; done 2>/dev/null; echo $n')
     return ["sh", "-c", script]
 
 
