@@ -278,7 +278,7 @@ _KILL_PROBE = textwrap.dedent("""
                              "while true; do sleep 1; done"])
     near = subprocess.Popen(["sh", "-c", f"export {mark}3; sleep 102"])
     other = subprocess.Popen(["sh", "-c", "b=1; sleep 103"])
-    time.sleep(0.5)
+    time.sleep(1.5)  # every process of the three started, even on a loaded host
     done = subprocess.run(kill, capture_output=True, text=True, timeout=10)
     time.sleep(0.3)
     print(done.stdout.strip(), tree.poll(), near.poll(), other.poll())

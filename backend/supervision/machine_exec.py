@@ -33,7 +33,7 @@ from backend.supervision.ssh_pool import SshPool
 #: the registry command the current task is carrying (read by the product runner)
 _COMMAND: ContextVar[str | None] = ContextVar("boxui_command", default=None)
 #: seconds allowed for killing a command in the guest
-KILL_TIMEOUT = 10.0
+KILL_TIMEOUT = 30.0
 
 
 class MachineNotRunningError(BoxuiError):

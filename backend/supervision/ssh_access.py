@@ -345,6 +345,10 @@ def kill_marked_argv(marker: str) -> list[str]:
     put together at run time, so this script's own command line never matches it."""
     script = (f"m={MARKER_VAR}=; m=${{m}}{marker}; n=0; for d in /proc/[0-9]*; do "
               'p=${d#/proc/}; [ "$p" = "$$" ] && continue; '
+              # no process for kernel threads (PF_KTHREAD in stat's flags), nor for this
+              # script's own children: a fork costs milliseconds under TCG
+              'read -r s <"$d/stat" || continue; set -- ${s##*) }; '
+              '[ $(($7 & 2097152)) = 0 ] && [ "$2" != "$$" ] || continue; '
               'if tr "\\0" "\\n" <"$d/environ" | grep -qx "$m" || '
               'tr "\\0" " " <"$d/cmdline" | grep -q "$m;"; '
               'then kill -KILL "$p" && n=$((n+1)); fi; done 2>/dev/null; echo $n')
