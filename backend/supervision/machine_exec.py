@@ -44,6 +44,14 @@ class MachineDrainingError(BoxuiError):
     code = "draining"
 
 
+class DeadlineKillError(SshTimeoutError):
+    """A command past its deadline, and what killing it in the guest did."""
+
+    def __init__(self, message: str, kill_note: str) -> None:
+        super().__init__(message)
+        self.kill_note = kill_note
+
+
 @dataclass(frozen=True)
 class ExecOutput:
     exit_code: int
@@ -123,7 +131,9 @@ class MachineExec:
             finally:
                 _COMMAND.reset(token)
         except SshTimeoutError as exc:
-            ended, error = CommandState.EXPIRED, f"deadline passed: {exc}"
+            ended = CommandState.EXPIRED
+            error = f"deadline of {timeout:g} s passed; {exc.kill_note}" \
+                if isinstance(exc, DeadlineKillError) else f"deadline passed: {exc}"
             raise
         except BoxuiError as exc:
             error = str(exc)
@@ -188,8 +198,8 @@ class MachineExec:
         except SshTimeoutError as exc:
             if marker is None:
                 raise
-            raise SshTimeoutError(f"{exc}; {await self.kill_in_guest(name, port, marker)}"
-                                  ) from None
+            note = await self.kill_in_guest(name, port, marker)
+            raise DeadlineKillError(f"{exc}; {note}", note) from None
         return ExecOutput(code, out.getvalue(), err.getvalue())
 
     async def keep_connections(self) -> None:
