@@ -45,6 +45,8 @@ async def recover_commands(machine_exec: MachineExec) -> None:
     """Finish or dispatch again every command left unfinished; one at a time per
     command, each re-dispatch in its own task (they may run long)."""
     registry = machine_exec.registry
+    for note in registry.journal.notes if registry.journal is not None else []:
+        log.warning("%s", note)  # what loading the journals found damaged
     redispatched: list[asyncio.Task[None]] = []
     for record in registry.unfinished():
         try:
