@@ -18,7 +18,7 @@ import sys
 
 from backend.state.names import NAME_PATTERN
 
-#: click's help option; exec has no other option of its own
+#: click's help option
 _HELP = "--help"
 #: exec's own options, which the hand parser leaves to click
 _OWN_OPTIONS = frozenset({"--timeout", "--idempotent", "--attempts"})
