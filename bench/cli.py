@@ -14,7 +14,9 @@ then times whole CLI processes as a user would see them (interpreter start-up in
   daemon's kept connection, ssh's master), so both measure a command on a live connection.
 Where exec's time goes: the same request from a warm in-process client (no process to
 start, nothing to import), and of that, the daemon's time from dispatching the command to
-its completion (the SSH channel to the guest, from the command's own record).
+its completion (the SSH channel to the guest, from the command's own record), and what
+the command registry's journal costs each command (its three lines, the dispatched one
+synced) on the state dir's disk.
 It also prints the floor every CLI command pays: the interpreter starting, importing what
 `exec` imports (its hand parser and stdlib request, before click), and importing the
 whole click command line (every other command). Runs alternate exec and ssh so that load
@@ -47,6 +49,7 @@ from backend.guest.machine_seed import load_machine_keys
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import MachineStore
 from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.inflight_commands import CommandRegistry
 from backend.supervision.ssh_access import find_ssh, ssh_argv, write_known_hosts
 
 LS_TARGET_MS = 300.0
@@ -125,6 +128,24 @@ def daemon_side(dirs: StateDir, runs: int) -> tuple[list[float], list[float]]:
     return trips, channel
 
 
+def registry_cost(dirs: StateDir, runs: int) -> list[float]:
+    """Milliseconds of one command's registry writes (pending, dispatched and synced,
+    succeeded) in a journal on the state dir's file system, as exec pays them."""
+    async def measure() -> list[float]:
+        times: list[float] = []
+        with tempfile.TemporaryDirectory(dir=dirs.root) as scratch:
+            registry = CommandRegistry.open(scratch)
+            for _ in range(max(runs, 50)):
+                started = time.perf_counter()
+                record = registry.begin("vm", ["true"])
+                registry.dispatch(record.id)
+                await registry.finish(record.id, exit_code=0, response_size=0)
+                times.append((time.perf_counter() - started) * 1000)
+        return times
+
+    return asyncio.run(measure())
+
+
 def row(label: str, times: list[float], target: str = "-") -> None:
     print(f"{label:<34} {statistics.median(times):>7.1f} {percentile(times, 0.95):>7.1f} "
           f"{min(times):>7.1f} {max(times):>7.1f}  {target}")
@@ -180,6 +201,7 @@ def measure(args: argparse.Namespace, dirs: StateDir, env: dict[str, str],
     report(args, boot, [floor, exec_imports, imports], ls, start, exec_times, ssh_times)
     row("  exec request, in-process client", trips)
     row("  of it: dispatched -> completed", channel)
+    row("  of it: the registry's writes", registry_cost(dirs, args.runs))
 
 
 def report(args: argparse.Namespace, boot: float, floors: list[list[float]],

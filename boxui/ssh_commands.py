@@ -110,10 +110,11 @@ def install_ssh_config() -> str:
 # --- exec through the daemon ------------------------------------------------------------
 
 
-def exec_through_daemon(name: str, command: list[str], dirs: StateDir | None = None
-                        ) -> int | None:
+def exec_through_daemon(name: str, command: list[str], dirs: StateDir | None = None, *,
+                        options: dict[str, object] | None = None) -> int | None:
     """Run `command` in `name` through the daemon serving the state dir, writing its
     output to ours; its exit status, or None when no daemon answers on the socket.
+    `options`: more fields of the exec request (timeout, idempotent, max_attempts).
 
     The daemon counts the command as in-flight work (scale-down waits for it) and runs
     it over the machine's kept SSH connection.
@@ -122,7 +123,7 @@ def exec_through_daemon(name: str, command: list[str], dirs: StateDir | None = N
     sock = _connect(socket_path)
     if sock is None:
         return None
-    body = json.dumps({"argv": command}).encode()
+    body = json.dumps({"argv": command, **(options or {})}).encode()
     request = (f"POST /v1/machines/{validate_name(name)}/exec HTTP/1.1\r\n"
                "Host: boxui\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -80,11 +81,47 @@ class FakeGuest:
     port: int
     commands: list[str] = field(default_factory=list)
     second_written_at: float | None = None
+    #: commands marked by the registry (`run_on(marker=...)`) while they run
+    marked: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    killed: list[str] = field(default_factory=list)
+
+
+_MARKED = re.compile(r"export BOXUI_COMMAND=([0-9a-f]+); (.*)", re.DOTALL)
+_KILL_MARKED = re.compile(r"m=BOXUI_COMMAND=; m=\$\{m\}([0-9a-f]+);")
 
 
 async def _handle(guest: FakeGuest, process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """What a guest's shell would do with a few commands; a marked one (`export
+    BOXUI_COMMAND=ID; CMD`) runs CMD and can be killed by `kill_marked_argv`."""
     command = process.command or ""
     guest.commands.append(command)
+    marked = _MARKED.fullmatch(command)
+    match shlex.split(command) if marked is None else ["marked"]:
+        case ["marked"]:
+            assert marked is not None
+            marker, inner = marked[1], marked[2]
+            task = asyncio.current_task()
+            assert task is not None
+            guest.marked[marker] = task
+            try:
+                await _shell(guest, process, inner)
+            except asyncio.CancelledError:
+                process.exit_with_signal("KILL")
+            finally:
+                guest.marked.pop(marker, None)
+        case ["sh", "-c", script] if (found := _KILL_MARKED.search(script)):
+            victim = guest.marked.get(found[1])
+            if victim is not None:
+                victim.cancel()
+                guest.killed.append(found[1])
+            process.stdout.write(b"1\n" if victim is not None else b"0\n")
+            process.exit(0)
+        case _:
+            await _shell(guest, process, command)
+
+
+async def _shell(guest: FakeGuest, process: asyncssh.SSHServerProcess[bytes],
+                 command: str) -> None:
     out, err = process.stdout, process.stderr
     match shlex.split(command):
         case ["echo", *words]:

@@ -18,7 +18,7 @@ from backend.guest.machine_seed import MachineKeys, create_machine_keys
 from backend.state.engine import Engine
 from backend.state.lifecycle import Verb
 from backend.state.runtime_record import RuntimeRecord
-from backend.supervision.machine_exec import MachineExec
+from backend.supervision.machine_exec import DeadlineKillError, MachineExec
 from backend.supervision.ssh_access import SshError
 from backend.supervision.ssh_pool import SshPool
 from tests.conftest import spec
@@ -231,6 +231,32 @@ async def test_machine_exec_reuses_and_closes_on_stop(engine: Engine, tmp_path: 
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(keeper, 10)
+        await server.stop()
+
+
+async def test_a_deadline_kills_the_marked_command_on_a_second_channel(
+        engine: Engine) -> None:
+    """The product runner: the command goes out marked with its id, and at its deadline
+    the kill script for that id runs on a channel of its own; the record says expired."""
+    await engine.create_machine(spec("web"))
+    server = Sshd(create_machine_keys(engine.dirs.machine_dir("web")))
+    await server.start()
+    machine_exec = MachineExec(engine)
+    try:
+        await engine.transition("web", Verb.BOOTING,
+                                update=lambda r: setattr(r, "ssh_port", server.port))
+        await engine.transition("web", Verb.READY)
+        with pytest.raises(DeadlineKillError, match="killed in the guest"):
+            await machine_exec.run("web", ["sleep", "30"], timeout=0.5)
+        [record] = machine_exec.registry.commands("web")
+        assert server.guest.killed == [record.id] and not server.guest.marked
+        assert record.state == "expired"
+        assert record.error == "deadline of 0.5 s passed; killed in the guest (1 processes)"
+        assert server.guest.commands[0] == f"export BOXUI_COMMAND={record.id}; sleep 30"
+        _, output = await machine_exec.run("web", ["echo", "after"], timeout=5)
+        assert output.stdout == b"after\n"  # the connection still serves
+    finally:
+        await machine_exec.pool.aclose()
         await server.stop()
 
 

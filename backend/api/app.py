@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from backend.api import (
+    command_routes,
     disk_routes,
     event_routes,
     image_routes,
@@ -94,6 +95,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.include_router(port_routes.router)
     app.include_router(service_routes.router)
     app.include_router(event_routes.router)
+    app.include_router(command_routes.router)
     app.include_router(template_routes.router)
     app.include_router(orphan_routes.router)
     app.include_router(image_routes.router)

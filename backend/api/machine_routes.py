@@ -113,12 +113,14 @@ async def exec_in_machine(name: str, body: ExecRequest, ctx: Ctx) -> ExecRespons
         except (binascii.Error, ValueError):
             raise InvalidRequestError("stdin_b64: not valid base64") from None
     record, output = await ctx.exec.run(_known(ctx, name), body.argv, stdin=stdin,
-                                        timeout=body.timeout)
+                                        timeout=body.timeout, idempotent=body.idempotent,
+                                        max_attempts=body.max_attempts)
     return ExecResponse(command=record, exit_code=output.exit_code,
                         stdout_b64=base64.b64encode(output.stdout).decode(),
                         stderr_b64=base64.b64encode(output.stderr).decode())
 
 
-@router.get("/{name}/commands", summary="Commands in flight in a machine, then recent ones")
+@router.get("/{name}/commands",
+            summary="A machine's commands not finished first, then finished ones, newest first")
 async def machine_commands(name: str, ctx: Ctx) -> list[CommandRecord]:
     return ctx.exec.registry.commands(_known(ctx, name))

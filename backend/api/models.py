@@ -8,13 +8,20 @@ from pydantic import BaseModel, Field
 from backend.supervision.inflight_commands import CommandRecord
 
 MAX_EXEC_TIMEOUT = 24 * 3600.0
+MAX_ATTEMPTS = 10
 
 
 class ExecRequest(BaseModel):
     argv: list[str] = Field(min_length=1, description="the command and its arguments")
     stdin_b64: str | None = Field(default=None, description="bytes for stdin, base64")
     timeout: float | None = Field(default=None, gt=0, le=MAX_EXEC_TIMEOUT,
-                                  description="seconds before the command is abandoned")
+                                  description="its deadline, in seconds: past it the "
+                                              "command is killed in the guest (expired)")
+    idempotent: bool = Field(default=False, description="safe to run again if the "
+                             "supervisor dies while it runs")
+    max_attempts: int = Field(default=1, ge=1, le=MAX_ATTEMPTS,
+                              description="attempts at most, counting re-dispatches "
+                                          "after a supervisor died (idempotent only)")
 
 
 class ExecResponse(BaseModel):

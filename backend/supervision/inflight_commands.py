@@ -1,85 +1,164 @@
-"""The registry of commands run in machines: the one source of truth for in-flight work.
+"""The registry of commands run in machines: the one source of truth for their work.
 
-Scale-down drains an instance by waiting until nothing is in flight in it, so every exec
-that goes through boxui is registered here first (the alien-commands registry: id, state,
-attempt, deadline, dispatched/completed times, request/response sizes, error). Finished
-commands are kept in a bounded history for `GET .../commands`; nothing here is persisted,
-because a command cannot survive the supervisor that carried it.
+Every command that goes through boxui is recorded here first (the alien-commands
+registry: id, state, attempt, deadline, lease, dispatched/completed times, sizes, error),
+on disk in `commands/<machine>.jsonl` (`backend.state.command_journal`), so the next
+supervisor knows what a dead one left running. Scale-down drains an instance by waiting
+until nothing is in flight in it.
+
+The interface the rest of boxui uses (exec, `boxui run` cells, recovery):
+`begin` -> `dispatch` -> `keep_lease` while it runs -> `finish` (with `state=` for
+expired or cancelled);
+`requeue` sends an interrupted idempotent command round again; `commands` and
+`in_flight` read; `wait_idle` waits for a machine to have nothing in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import shlex
 import uuid
-from collections import deque
-from datetime import datetime
-from enum import StrEnum
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
 
-from pydantic import BaseModel, Field
-
+from backend.state.command_journal import CommandJournal, Retention
+from backend.state.command_record import (
+    CommandRecord,
+    CommandState,
+    advance,
+)
 from backend.state.events import now_utc
 
-HISTORY = 256
+__all__ = ["LEASE", "CommandRecord", "CommandRegistry", "CommandState"]
 
-
-class CommandState(StrEnum):
-    DISPATCHED = "dispatched"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-class CommandRecord(BaseModel):
-    id: str
-    machine: str
-    command: str = Field(description="the command line, shortened for display")
-    state: CommandState = CommandState.DISPATCHED
-    attempt: int = Field(default=1, ge=1)
-    deadline: datetime | None = None
-    created_at: datetime
-    dispatched_at: datetime | None = None
-    completed_at: datetime | None = None
-    request_size_bytes: int = Field(default=0, ge=0)
-    response_size_bytes: int | None = Field(default=None, ge=0)
-    exit_code: int | None = None
-    error: str | None = None
+#: a dispatched command's lease; its owner renews it at a third of this while it runs
+LEASE = timedelta(seconds=30)
+#: stdin up to this size is kept with an idempotent command, to dispatch it again
+KEEP_STDIN = 64 * 1024
 
 
 class CommandRegistry:
-    def __init__(self, history: int = HISTORY) -> None:
-        self._active: dict[str, CommandRecord] = {}
-        self._done: deque[CommandRecord] = deque(maxlen=history)
+    def __init__(self, journal: CommandJournal | None = None, *,
+                 lease: timedelta = LEASE) -> None:
+        """Without a journal nothing is written (tests of other parts, and the demo)."""
+        self.journal = journal
+        self.lease = lease
+        self._records: dict[str, CommandRecord] = {}
         self._changed = asyncio.Condition()
+        if journal is not None:
+            for record in journal.load():
+                self._records[record.id] = record
 
-    def begin(self, machine: str, command: str, request_size: int,
-              deadline: datetime | None = None) -> CommandRecord:
-        now = now_utc()
-        record = CommandRecord(id=str(uuid.uuid4()), machine=machine, command=command,
-                               deadline=deadline, created_at=now, dispatched_at=now,
-                               request_size_bytes=request_size)
-        self._active[record.id] = record
+    @classmethod
+    def open(cls, root: os.PathLike[str] | str, retention: Retention | None = None,
+             ) -> CommandRegistry:
+        """The registry of the state dir at `root` (its `commands/` journals)."""
+        return cls(CommandJournal(Path(root) / "commands", retention))
+
+    # --- steps ------------------------------------------------------------------------
+
+    def begin(self, machine: str, argv: list[str], *, stdin: bytes | None = None,
+              deadline: datetime | None = None, idempotent: bool = False,
+              max_attempts: int = 1, origin: str = "exec",
+              service: str | None = None) -> CommandRecord:
+        """Record a new command, `pending`. `max_attempts` above 1 needs `idempotent`."""
+        command = shlex.join(argv)
+        keep = idempotent and stdin is not None and len(stdin) <= KEEP_STDIN
+        record = CommandRecord(
+            id=uuid.uuid4().hex, machine=machine, argv=list(argv), command=command[:200],
+            origin=origin, service=service, idempotent=idempotent,
+            max_attempts=max_attempts if idempotent else 1, deadline=deadline,
+            created_at=now_utc(), request_size_bytes=len(command) + len(stdin or b""),
+            stdin_b64=base64.b64encode(stdin).decode() if keep and stdin else None)
+        if idempotent and stdin and not keep:  # its input is not kept: one attempt only
+            record.max_attempts = 1
+        self._write(record)
         return record
 
+    def dispatch(self, command_id: str, *, service: str | None = None) -> CommandRecord:
+        """It goes on a channel now: synced to disk first, with a lease."""
+        now = now_utc()
+        return self._step(command_id, CommandState.DISPATCHED, sync=True, dispatched_at=now,
+                          lease_expires_at=now + self.lease, owner_pid=os.getpid(),
+                          service=service)
+
+    async def keep_lease(self, command_id: str) -> None:
+        """Renew the command's lease until cancelled (by its owner, when it ends): a
+        timer here, never a question to the guest."""
+        interval = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            record = self._records.get(command_id)
+            if record is None or record.state is not CommandState.DISPATCHED:
+                return
+            self._step(command_id, CommandState.DISPATCHED,
+                       lease_expires_at=now_utc() + self.lease)
+
     async def finish(self, command_id: str, *, exit_code: int | None = None,
-                     response_size: int | None = None, error: str | None = None) -> None:
-        record = self._active.pop(command_id, None)
-        if record is None:
-            return
-        record.completed_at = now_utc()
-        record.exit_code = exit_code
-        record.response_size_bytes = response_size
-        record.error = error
-        record.state = CommandState.FAILED if error is not None else CommandState.SUCCEEDED
-        self._done.append(record)
+                     response_size: int | None = None, error: str | None = None,
+                     state: CommandState | None = None) -> CommandRecord:
+        """Its end: succeeded on exit 0, failed otherwise, or `state` (expired, cancelled)."""
+        if state is None:
+            state = CommandState.SUCCEEDED if error is None and exit_code == 0 \
+                else CommandState.FAILED
+        record = self._step(command_id, state, completed_at=now_utc(), exit_code=exit_code,
+                            response_size_bytes=response_size, error=error,
+                            lease_expires_at=None)
         async with self._changed:
             self._changed.notify_all()
+        return record
+
+    def requeue(self, command_id: str, reason: str) -> CommandRecord:
+        """Its lease expired with its supervisor: `pending` again, attempt + 1 (only an
+        idempotent command with attempts left; anything else is refused)."""
+        record = self._records[command_id]
+        return self._step(command_id, CommandState.PENDING, attempt=record.attempt + 1,
+                          lease_expires_at=None, error=reason)
+
+    def _step(self, command_id: str, to: CommandState, *, sync: bool = False,
+              **changes: object) -> CommandRecord:
+        record = advance(self._records[command_id], to, **changes)
+        self._write(record, sync=sync)
+        return record
+
+    def _write(self, record: CommandRecord, *, sync: bool = False) -> None:
+        if self.journal is not None:
+            self.journal.append(record, sync=sync)
+        self._records[record.id] = record
+        if record.finished:
+            self._compact_if_due(record.machine)
+
+    def _compact_if_due(self, machine: str) -> None:
+        if self.journal is None:
+            return
+        mine = [r for r in self._records.values() if r.machine == machine]
+        if not self.journal.needs_compaction(machine, len(mine)):
+            return
+        kept = {r.id for r in self.journal.compact(machine, mine)}
+        for record in mine:
+            if record.id not in kept:
+                del self._records[record.id]
+
+    # --- reading ----------------------------------------------------------------------
+
+    def get(self, command_id: str) -> CommandRecord | None:
+        return self._records.get(command_id)
 
     def in_flight(self, machine: str) -> int:
-        return sum(1 for r in self._active.values() if r.machine == machine)
+        return sum(1 for r in self._records.values()
+                   if r.machine == machine and not r.finished)
+
+    def unfinished(self) -> list[CommandRecord]:
+        return [r for r in self._records.values() if not r.finished]
 
     def commands(self, machine: str | None = None) -> list[CommandRecord]:
-        """In-flight commands first, then the most recent finished ones."""
-        every = [*self._active.values(), *reversed(self._done)]
-        return [r.model_copy() for r in every if machine is None or r.machine == machine]
+        """Commands not finished first, then finished ones, newest first."""
+        chosen: Iterable[CommandRecord] = (
+            r for r in self._records.values() if machine is None or r.machine == machine)
+        return sorted(chosen, key=lambda r: (r.finished, -r.created_at.timestamp()))
 
     async def wait_idle(self, machine: str, timeout: float) -> bool:
         """Wait until `machine` has nothing in flight; False if `timeout` passed first.

@@ -11,20 +11,29 @@ import asyncio
 import contextlib
 import functools
 import io
-import shlex
 from collections import defaultdict
+from collections.abc import Coroutine
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 from backend.errors import BoxuiError, IllegalTransitionError, MachineNotFoundError
 from backend.guest.errors import GuestImageError
 from backend.guest.machine_seed import load_machine_keys
+from backend.state.command_journal import load_retention
 from backend.state.engine import Engine
 from backend.state.event_bus import Missed
-from backend.state.events import INSTANCE_TYPE_PREFIX
+from backend.state.events import INSTANCE_TYPE_PREFIX, now_utc
 from backend.state.lifecycle import InstanceState, Verb
-from backend.supervision.inflight_commands import CommandRecord, CommandRegistry
+from backend.supervision.inflight_commands import CommandRecord, CommandRegistry, CommandState
+from backend.supervision.ssh_access import SshTimeoutError, kill_marked_argv
 from backend.supervision.ssh_pool import SshPool
+
+#: the registry command the current task is carrying (read by the product runner)
+_COMMAND: ContextVar[str | None] = ContextVar("boxui_command", default=None)
+#: seconds allowed for killing a command in the guest
+KILL_TIMEOUT = 30.0
 
 
 class MachineNotRunningError(BoxuiError):
@@ -33,6 +42,14 @@ class MachineNotRunningError(BoxuiError):
 
 class MachineDrainingError(BoxuiError):
     code = "draining"
+
+
+class DeadlineKillError(SshTimeoutError):
+    """A command past its deadline, and what killing it in the guest did."""
+
+    def __init__(self, message: str, kill_note: str) -> None:
+        super().__init__(message)
+        self.kill_note = kill_note
 
 
 @dataclass(frozen=True)
@@ -66,53 +83,123 @@ class MachineExec:
         self.engine = engine
         self.pool = SshPool()
         self.runner: ExecRunner = runner or self.ssh_runner
-        self.registry = registry or CommandRegistry()
+        self.registry = registry or CommandRegistry.open(
+            engine.dirs.root, load_retention(engine.dirs.root))
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._background: set[asyncio.Task[object]] = set()
 
     async def run(self, name: str, argv: list[str], *, stdin: bytes | None = None,
-                  timeout: float | None = None) -> tuple[CommandRecord, ExecOutput]:
-        command = shlex.join(argv)
+                  timeout: float | None = None, idempotent: bool = False,
+                  max_attempts: int = 1, origin: str = "exec",
+                  ) -> tuple[CommandRecord, ExecOutput]:
+        """Run `argv` in `name`, recorded in the registry from before it is dispatched
+        until it ends. `timeout` is its deadline: past it the command is killed in the
+        guest and recorded `expired`. `idempotent` (with `max_attempts`) lets the next
+        supervisor dispatch it again if this one dies while it runs."""
+        deadline = now_utc() + timedelta(seconds=timeout) if timeout else None
         async with self._locks[name]:
             port = self._reachable_port(name)
-            record = self.registry.begin(name, command[:200],
-                                         len(command) + len(stdin or b""))
-            # busy before the command starts, so that whoever sees it running (a scale-down
-            # choosing what to drain) sees the machine busy; the mark is cheap (not synced)
-            if self.engine.projection.state_of(name) is InstanceState.READY:
-                await self._mark(name, Verb.BUSY, "command in flight")
+            record = self.registry.begin(name, argv, stdin=stdin, deadline=deadline,
+                                         idempotent=idempotent, max_attempts=max_attempts,
+                                         origin=origin)
+            await self.mark_busy(name)
+        return await self.carry(record, port, stdin, timeout)
+
+    async def mark_busy(self, name: str) -> None:
+        """Busy before a command starts, so that whoever sees it running (a scale-down
+        choosing what to drain) sees the machine busy; the mark is cheap (not synced)."""
+        if self.engine.projection.state_of(name) is InstanceState.READY:
+            await self._mark(name, Verb.BUSY, "command in flight")
+
+    async def carry(self, record: CommandRecord, port: int, stdin: bytes | None,
+                    timeout: float | None) -> tuple[CommandRecord, ExecOutput]:
+        """Dispatch a `pending` command and record how it ends (also what recovery
+        calls to dispatch an interrupted idempotent command again)."""
+        name = record.machine
         output: ExecOutput | None = None
         error: str | None = None
+        ended: CommandState | None = None
+        lease: asyncio.Task[None] | None = None
         try:
-            env = (await asyncio.to_thread(self.engine.store.load_spec, name)).env
-            output = await self.runner(self.engine, name, port, argv_with_env(argv, env),
-                                       stdin, timeout)
+            spec = await asyncio.to_thread(self.engine.store.load_spec, name)
+            self.registry.dispatch(record.id, service=spec.service)
+            lease = asyncio.create_task(self.registry.keep_lease(record.id))
+            token = _COMMAND.set(record.id)
+            try:
+                output = await self.runner(self.engine, name, port,
+                                           argv_with_env(record.argv, spec.env), stdin, timeout)
+            finally:
+                _COMMAND.reset(token)
+        except SshTimeoutError as exc:
+            ended = CommandState.EXPIRED
+            error = f"deadline of {timeout:g} s passed; {exc.kill_note}" \
+                if isinstance(exc, DeadlineKillError) else f"deadline passed: {exc}"
+            raise
         except BoxuiError as exc:
             error = str(exc)
             raise
+        except asyncio.CancelledError:
+            ended, error = CommandState.CANCELLED, "its caller went away; killed in the guest"
+            self._in_background(self.kill_in_guest(name, port, record.id))
+            raise
         finally:
+            if lease is not None:
+                lease.cancel()
             async with self._locks[name]:
                 size = len(output.stdout) + len(output.stderr) if output else None
                 code = output.exit_code if output else None
-                await self.registry.finish(record.id, exit_code=code, response_size=size,
-                                           error=error)
-                if self.registry.in_flight(name) == 0 and \
-                        self.engine.projection.state_of(name) is InstanceState.BUSY:
-                    await self._mark(name, Verb.IDLE, "no command in flight")
+                record = await self.registry.finish(record.id, exit_code=code,
+                                                    response_size=size, error=error,
+                                                    state=ended)
+                await self.settle(name)
         assert output is not None
-        return record.model_copy(), output  # finished in place by the registry
+        return record, output
+
+    async def settle(self, name: str) -> None:
+        """`ready` again once nothing is in flight in a `busy` machine."""
+        if self.registry.in_flight(name) == 0 and \
+                self.engine.projection.state_of(name) is InstanceState.BUSY:
+            await self._mark(name, Verb.IDLE, "no command in flight")
+
+    async def kill_in_guest(self, name: str, port: int, command_id: str) -> str:
+        """Kill every process of the command in the guest, on a channel of its own;
+        says what it did (for the record's error), never raises."""
+        token = _COMMAND.set(None)  # the kill is not the command: unmarked
+        try:
+            output = await self.runner(self.engine, name, port, kill_marked_argv(command_id),
+                                       None, KILL_TIMEOUT)
+        except BoxuiError as exc:
+            return f"could not kill it in the guest: {exc}"
+        finally:
+            _COMMAND.reset(token)
+        count = output.stdout.decode(errors="replace").strip() or "?"
+        return f"killed in the guest ({count} processes)"
+
+    def _in_background(self, work: Coroutine[object, object, object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def ssh_runner(self, engine: Engine, name: str, port: int, argv: list[str],
                          stdin: bytes | None, timeout: float | None) -> ExecOutput:
         """The product runner: a channel on the machine's kept SSH connection, made with
-        the machine's own keys and pinned host key."""
+        the machine's own keys and pinned host key. A registry command is marked in the
+        guest, and killed there (its whole tree) when its deadline passes."""
         machine_dir = engine.dirs.machine_dir(name)
         out, err = io.BytesIO(), io.BytesIO()
+        marker = _COMMAND.get()
         try:
             code = await self.pool.exec(name, port, machine_dir,
                                         functools.partial(load_machine_keys, machine_dir),
-                                        argv, out, err, stdin=stdin, timeout=timeout)
+                                        argv, out, err, stdin=stdin, timeout=timeout,
+                                        marker=marker)
         except GuestImageError as exc:
             raise BoxuiError(f"{name} has no SSH keys boxui made ({exc})") from None
+        except SshTimeoutError as exc:
+            if marker is None:
+                raise
+            note = await self.kill_in_guest(name, port, marker)
+            raise DeadlineKillError(f"{exc}; {note}", note) from None
         return ExecOutput(code, out.getvalue(), err.getvalue())
 
     async def keep_connections(self) -> None:

@@ -304,15 +304,22 @@ async def run_on(
     *,
     stdin: bytes | None = None,
     timeout: float | None = None,
+    marker: str | None = None,
 ) -> int:
     """Run `argv` on a channel of its own over `conn` and return its exit status.
 
     The command line is `shlex.join(argv)` because SSH carries one string that the
     guest's /bin/sh re-splits; joining quotes each word so it arrives as one argument.
+    `marker` (a command id, `[0-9a-f]+`) is exported as BOXUI_COMMAND first, so every
+    process the command starts inherits it: what `kill_marked_argv` finds.
     """
     if not argv:
         raise SshError("no command to run over ssh")
     command = shlex.join(argv)
+    if marker is not None:
+        # no process of its own (an exec costs tens of ms under TCG): the session's shell
+        # carries the mark in its command line, everything it starts in its environment
+        command = f"export {MARKER_VAR}={marker}; {command}"
     try:
         async with asyncio.timeout(timeout):
             status = await _run(conn, command, stdout, stderr, stdin, where)
@@ -323,6 +330,29 @@ async def run_on(
     if status is None:
         raise SshError(f"ssh to {where}: the guest closed the session without an exit status")
     return status
+
+
+#: the environment variable that marks the processes of one command (see `run_on`)
+MARKER_VAR = "BOXUI_COMMAND"
+
+
+def kill_marked_argv(marker: str) -> list[str]:
+    """A command that SIGKILLs every process of the command marked `marker` and prints
+    how many: the session's shell (the mark is in its command line) and whatever it
+    started (in their environment). How a deadline reaches a command's whole tree: the
+    channel's own `signal` request would not do, as dropbear signals only the session's
+    first process, so a pipeline's or a script's children would live on. The pattern is
+    put together at run time, so this script's own command line never matches it."""
+    script = (f"m={MARKER_VAR}=; m=${{m}}{marker}; n=0; for d in /proc/[0-9]*; do "
+              'p=${d#/proc/}; [ "$p" = "$$" ] && continue; '
+              # no process for kernel threads (PF_KTHREAD in stat's flags), nor for this
+              # script's own children: a fork costs milliseconds under TCG
+              'read -r s <"$d/stat" || continue; set -- ${s##*) }; '
+              '[ $(($7 & 2097152)) = 0 ] && [ "$2" != "$$" ] || continue; '
+              'if tr "\\0" "\\n" <"$d/environ" | grep -qx "$m" || '
+              'tr "\\0" " " <"$d/cmdline" | grep -q "$m;"; '
+              'then kill -KILL "$p" && n=$((n+1)); fi; done 2>/dev/null; echo $n')
+    return ["sh", "-c", script]
 
 
 def _where(machine_dir: Path, port: int) -> str:

@@ -76,10 +76,12 @@ class SshPool:
 
     async def exec(self, name: str, port: int, machine_dir: Path, keys: KeyLoader,
                    argv: list[str], stdout: ByteSink, stderr: ByteSink, *,
-                   stdin: bytes | None = None, timeout: float | None = None) -> int:
+                   stdin: bytes | None = None, timeout: float | None = None,
+                   marker: str | None = None) -> int:
         """Run `argv` in machine `name` on a channel of the machine's kept connection.
 
-        `keys` is called only when a connection must be made (it reads files).
+        `keys` is called only when a connection must be made (it reads files); `marker`:
+        see `run_on`.
         """
         where = f"machine {name} at 127.0.0.1:{port}"
         for attempt in (1, 2):
@@ -87,7 +89,7 @@ class SshPool:
             async with pooled.channels:
                 try:
                     return await run_on(pooled.conn, where, argv, stdout, stderr,
-                                        stdin=stdin, timeout=timeout)
+                                        stdin=stdin, timeout=timeout, marker=marker)
                 except SshChannelError:
                     self._drop(name, pooled.conn)
                     if attempt == 2:

@@ -18,8 +18,10 @@ import sys
 
 from backend.state.names import NAME_PATTERN
 
-#: click's help option; exec has no other option of its own
+#: click's help option
 _HELP = "--help"
+#: exec's own options, which the hand parser leaves to click
+_OWN_OPTIONS = frozenset({"--timeout", "--idempotent", "--attempts"})
 #: set by a shell asking click for completions
 _COMPLETE_VAR = "_BOXUI_COMPLETE"
 
@@ -31,6 +33,8 @@ def parse_exec_args(args: list[str]) -> tuple[str, list[str]] | None:
     before, after = args[:end], args[end + 1:]
     if any(arg == _HELP or arg.startswith(_HELP + "=") for arg in before):
         return None
+    if any(arg.split("=", 1)[0] in _OWN_OPTIONS for arg in before):
+        return None  # exec's own options (a deadline, attempts): click parses them
     positional = before + after
     if len(positional) < 2 or not NAME_PATTERN.fullmatch(positional[0]):
         return None

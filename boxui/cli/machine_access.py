@@ -65,17 +65,34 @@ def ssh_config_cmd(name: str | None, install: bool) -> None:
 @click.command("exec", context_settings={"ignore_unknown_options": True})
 @machine_name
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_cmd(name: str, command: tuple[str, ...]) -> None:
-    """Run a command in a machine over SSH; exits with its exit code."""
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=24 * 3600),
+              default=None, metavar="S",
+              help="Deadline: after S seconds the command is killed in the guest.")
+@click.option("--idempotent", is_flag=True,
+              help="Safe to run again if the daemon dies while it runs.")
+@click.option("--attempts", type=click.IntRange(1, 10), default=None, metavar="N",
+              help="With --idempotent: at most N attempts in all (default 3).")
+def exec_cmd(name: str, command: tuple[str, ...], timeout: float | None, idempotent: bool,
+             attempts: int | None) -> None:
+    """Run a command in a machine over SSH; exits with its exit code. Every command is
+    recorded (`boxui commands`); options go before NAME or `--`."""
     from boxui.ssh_commands import exec_through_daemon
 
+    if attempts is not None and not idempotent:
+        raise click.UsageError("--attempts needs --idempotent")
+    options: dict[str, object] = {}
+    if timeout is not None:
+        options["timeout"] = timeout
+    if idempotent:
+        options |= {"idempotent": True, "max_attempts": attempts or 3}
     # the daemon runs it over the machine's kept SSH connection, as counted in-flight work
     # (scale-down waits for it); the stdlib request keeps this command's start-up small
-    code = exec_through_daemon(name, list(command))
+    code = exec_through_daemon(name, list(command), options=options)
     if code is None:  # no daemon serves the state dir yet: start one, then ask it
         from boxui.cli.dispatch import call
 
-        result = call("POST", f"/v1/machines/{name}/exec", json={"argv": list(command)})
+        result = call("POST", f"/v1/machines/{name}/exec",
+                      json={"argv": list(command), **options})
         sys.stdout.buffer.write(base64.b64decode(result["stdout_b64"]))
         sys.stdout.flush()
         sys.stderr.buffer.write(base64.b64decode(result["stderr_b64"]))

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("machine_access", "logs_cmd"), "ssh": ("machine_access", "ssh_cmd"),
     "ssh-config": ("machine_access", "ssh_config_cmd"),
     "exec": ("machine_access", "exec_cmd"), "cp": ("copy", "cp_cmd"),
+    "commands": ("commands_cmd", "commands_cmd"),
     "provision": ("provision_cmd", "provision_cmd"),
     "demo": ("run_modes", "demo_cmd"), "daemon": ("daemon_cmds", "daemon_group"),
     "doctor": ("doctor", "doctor_cmd"), "gc": ("gc", "gc_cmd"),

@@ -134,12 +134,14 @@ def _api_context(supervisor: Supervisor, exec_runner: ExecRunner | None) -> ApiC
     already wait in the socket's backlog."""
     from backend.api.context import ApiContext
     from backend.services.manager import ServiceManager
+    from backend.supervision.command_recovery import recover_commands
     from backend.supervision.machine_exec import MachineExec
     from backend.supervision.provisioning import start_provisioning
 
     machine_exec = MachineExec(supervisor.engine, exec_runner)
     supervisor.liveness.runner = machine_exec.runner  # probes share its connections
     supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
+    supervisor.spawn(recover_commands(machine_exec), "command-recovery")
     return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec),
                       provisioner=start_provisioning(supervisor, machine_exec.pool))
 

@@ -36,6 +36,7 @@ from backend.state.machine_store import LoadedMachine
 from backend.state.state_dir import StateDir, default_home, open_state_dir
 from backend.state.supervisor_lock import SupervisorLock
 from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
+from backend.supervision.command_recovery import recover_commands
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.machine_exec import MachineExec
@@ -207,6 +208,7 @@ def _api_context(supervisor: Supervisor) -> ApiContext:
     machine_exec = MachineExec(supervisor.engine)
     supervisor.liveness.runner = machine_exec.runner  # probes share its connections
     supervisor.spawn(machine_exec.keep_connections(), "ssh-connections")
+    supervisor.spawn(recover_commands(machine_exec), "command-recovery")
     return ApiContext(supervisor, machine_exec, ServiceManager(supervisor, machine_exec),
                       provisioner=start_provisioning(supervisor, machine_exec.pool))
 

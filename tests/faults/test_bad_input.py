@@ -29,6 +29,7 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "template rm": ([], []), "disk show": ([], []), "disk resize": ([], ["1G"]),
     "image build": ([], []), "image rm": ([], []), "provision": ([], []),
     "port add": ([], ["80"]), "port rm": ([], ["80"]), "port ls": ([], []),
+    "commands": ([], []),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
@@ -57,6 +58,10 @@ BAD_OPTIONS = [
     ["doctor", "extra"], ["doctor", "--bogus"], ["gc", "extra"], ["gc", "--bogus"],
     ["gc", "--dry-run=maybe"],
     ["demo", "--home", "FILE"], ["info"], ["start"], ["exec", "ok"], ["frobnicate"],
+    ["exec", "--timeout", "0", "ok", "true"], ["exec", "--timeout", "soon", "ok", "true"],
+    ["exec", "--attempts", "2", "ok", "true"],
+    ["exec", "--idempotent", "--attempts", "0", "ok", "true"],
+    ["commands", "-n", "0"], ["commands", "ok", "extra"], ["commands", "--bogus"],
     *(["service", "create", "ok", "--no-wait", opt, n] for opt in ("--replicas", "--max")
       for n in ("-1", str(10**30), "x")),
     *(["service", "create", "ok", "--no-wait", "--vcpus", n] for n in ("0", "-1", "x")),

@@ -46,6 +46,7 @@ MACHINE = {"name": "ok", "vcpus": 1, "memory_mib": 256}
 SERVICE = {"name": "svc", "replicas": 1}
 CASES: dict[tuple[str, str], list[Request]] = {
     ("GET", "/v1/events"): _query("machine", [*BAD_NAMES, "", "."]),
+    ("GET", "/v1/commands"): _query("machine", [*BAD_NAMES, "", "."]),
     ("GET", "/v1/events/recent"): [*_query("machine", [*BAD_NAMES, "", "."]),
                                    *_query("limit", [0, -1, 10**30, "x"])],
     ("GET", "/v1/health"): [],
@@ -78,6 +79,10 @@ CASES: dict[tuple[str, str], list[Request]] = {
         *(({"name": n}, {}, {"argv": ["true"]}) for n in BAD_NAMES),
         ({"name": "ok"}, {}, {"argv": []}), ({"name": "ok"}, {}, {"argv": "true"}),
         ({"name": "ok"}, {}, {}), ({"name": "ok"}, {}, {"argv": [1]}),
+        *(({"name": "ok"}, {}, {"argv": ["true"], "timeout": t}) for t in (0, -1, 10**30)),
+        *(({"name": "ok"}, {}, {"argv": ["true"], "idempotent": True, "max_attempts": n})
+          for n in BAD_NUMBERS if n not in (None,)),
+        ({"name": "ok"}, {}, {"argv": ["true"], "idempotent": "maybe"}),
     ],
     ("GET", "/v1/machines/{name}/disk"): [*_name_cases(), ({"name": "ok"}, {}, None)],
     ("POST", "/v1/machines/{name}/disk/resize"): [
