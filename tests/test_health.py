@@ -231,3 +231,22 @@ async def test_stopped_machine_is_forgotten(procs: dict[str, subprocess.Popen[by
     del handles["busy"]
     assert {s.machine for s in await sampler.sample_once()} == {"idle", "idle2"}
     assert sampler.history.latest("busy") is None and sampler.history.latest("idle")
+
+
+async def test_a_large_console_log_is_rotated_keeping_one_previous(
+    procs: dict[str, subprocess.Popen[bytes]], tmp_path: Path,
+) -> None:
+    log = tmp_path / "console.log"
+    vm = handle("busy", procs["busy"])
+    vm.console_log = log
+    sampler = HealthSampler(standin(), lambda: {"busy": vm}, ssh_every=1)
+    sampler.console_limit = 1000
+    log.write_bytes(b"boot\n" * 100)  # 500 bytes: under the limit
+    await sampler.sample_once()
+    assert log.stat().st_size == 500 and not (tmp_path / "console.log.1").exists()
+    with log.open("ab", buffering=0) as fh:  # as QEMU's chardev with append=on writes
+        fh.write(b"x" * 1000)
+        await sampler.sample_once()
+        fh.write(b"after\n")
+    assert (tmp_path / "console.log.1").read_bytes() == b"boot\n" * 100 + b"x" * 1000
+    assert log.read_bytes() == b"after\n"  # written at the new end, no hole before it

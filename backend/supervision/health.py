@@ -3,11 +3,12 @@
 Health is sampled by nature (CPU use and guest memory change continuously, nothing
 notifies), so this is the one place boxui polls. It stays cheap: psutil reads a couple of
 /proc files per VM, guest memory is one QMP round trip, and SSH is checked only every few
-rounds, as a command on the machine's kept SSH connection (`ssh_check`, set by whoever
-runs commands): a fresh TCP connection per check would make the guest's sshd log a
-"connection from ... / exit before auth" pair to its console every few seconds. Subscribers get the same
-bounded-queue treatment as the event bus, except that a full queue drops its *oldest*
-sample: for health only the latest matters, and the sampler must never wait on a reader.
+rounds (the console log's size with it: see console_rotation.py), as a command on the
+machine's kept SSH connection (`ssh_check`, set by whoever runs commands): a fresh TCP
+connection per check would make the guest's sshd log "connection from ... / exit before
+auth" to its console every few seconds. Subscribers get the same bounded-queue treatment
+as the event bus, except that a full queue drops its *oldest* sample: for health only
+the latest matters, and the sampler must never wait on a reader.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import psutil
 
 from backend.drivers.base import GuestMemory, HypervisorDriver, VmHandle
 from backend.state.process_liveness import START_TIME_TOLERANCE
+from backend.supervision.console_rotation import CONSOLE_LOG_LIMIT, rotate_if_large
 
 #: does the machine's SSH answer? None: could not tell (nothing to check it with)
 SshCheck = Callable[[VmHandle, float], Awaitable[bool | None]]
@@ -196,6 +198,7 @@ class HealthSampler:
         self.interval = interval
         self.ssh_every = ssh_every
         self.timeout = timeout
+        self.console_limit = CONSOLE_LOG_LIMIT
         #: without one, `ssh_ok` stays None: no probe that the guest would log
         self.ssh_check = ssh_check
         self.feed = HealthFeed(history)
@@ -236,8 +239,11 @@ class HealthSampler:
             self._next_offset = (self._next_offset + 1) % self.ssh_every
         now = time.time()
         cpu, rss = tracked.read()
-        check_ssh = tracked.round % self.ssh_every == 0 and self.ssh_check is not None
+        due = tracked.round % self.ssh_every == 0
+        check_ssh = due and self.ssh_check is not None
         tracked.round += 1
+        if due:  # the console log's size too: one stat, staggered like the SSH checks
+            await self._rotate_console(handle)
         if check_ssh:
             memory, ssh_ok = await asyncio.gather(self._guest_memory(handle), self._ssh(handle))
         else:
@@ -251,6 +257,14 @@ class HealthSampler:
                 return await self.driver.guest_memory(handle)
         except Exception:  # a hung or broken QMP is "unknown", never a failed round
             return GuestMemory(None, None)
+
+    async def _rotate_console(self, handle: VmHandle) -> None:
+        try:
+            if handle.console_log.stat().st_size > self.console_limit:
+                await asyncio.to_thread(rotate_if_large, handle.console_log,
+                                        self.console_limit)
+        except OSError:
+            pass  # gone with its machine, or unreadable: nothing to rotate
 
     async def _ssh(self, handle: VmHandle) -> bool | None:
         check = self.ssh_check
