@@ -176,7 +176,7 @@ async def test_ssh_checked_every_nth_round_staggered(
 
     async def kept_connection(vm: VmHandle, timeout: float) -> bool | None:
         asked.append((vm.name, timeout))
-        return vm.ssh_port == port
+        return bool(vm.ssh_port == port)
 
     sampler = HealthSampler(standin(), lambda: handles, ssh_every=3,
                             ssh_check=kept_connection)
