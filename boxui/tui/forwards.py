@@ -3,8 +3,9 @@
 separated by spaces, checked as the user types.
 
 `apply_forwards` puts them into the spec's `mounts` (`{host, guest, read_only}`) and
-`ports` (the strings) fields. A boxui whose spec has no such field yet refuses the
-request in one line rather than drop what the user asked for.
+`ports` fields: as the text itself, or parsed by `PortMapping` where the spec holds those
+(as services' instances do). A spec that cannot hold what was asked (no `mounts` field
+yet, no UDP forwards yet) refuses it in one line rather than drop it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from backend.errors import BoxuiError
 from backend.state.machine_spec import MachineSpec
+from backend.state.port_mapping import PortMapping
 
 _PORT = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(/udp|/tcp)?$")
 #: where a mount goes when the text names no guest dir
@@ -96,4 +100,21 @@ def apply_forwards(spec: MachineSpec, mounts: list[str], ports: list[str]) -> Ma
             "without them")
     if not update:
         return spec
-    return MachineSpec.model_validate({**spec.model_dump(), **update})
+    base = spec.model_dump()
+    try:
+        return MachineSpec.model_validate({**base, **update})
+    except ValidationError:
+        if not ports:
+            raise
+    try:  # a spec whose ports are PortMappings: parse the text the way services do
+        update["ports"] = [PortMapping.parse(p).model_dump() for p in ports]
+        return MachineSpec.model_validate({**base, **update})
+    except (ValueError, ValidationError) as exc:
+        raise ForwardsUnsupportedError(
+            f"ports {' '.join(ports)}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return str(exc.errors()[0].get("msg", exc))
+    return str(exc)

@@ -172,10 +172,10 @@ class NewMachineScreen(ModalScreen[NewMachine | None]):
                     yield Label("Disk (OS image)")
                     yield Input(placeholder="image's size", id="disk", disabled=True)
                     yield Static("", id="disk-error", classes="field-error")
-            yield Label("Mounts  [dim]HOST_DIR[:GUEST_DIR][:ro] ...[/dim]")
+            yield Label(r"Mounts  [dim]HOST_DIR\[:GUEST_DIR]\[:ro] ...[/dim]")
             yield Input(placeholder="e.g. ~/src:/src", id="mounts")
             yield Static("", id="mounts-error", classes="field-error")
-            yield Label("Ports  [dim][HOST:]GUEST[/udp] ...[/dim]")
+            yield Label(r"Ports  [dim]\[HOST:]GUEST\[/udp] ...[/dim]")
             yield Input(placeholder="e.g. 8080:80 5353/udp", id="ports")
             yield Static("", id="ports-error", classes="field-error")
             with Horizontal(classes="buttons"):
