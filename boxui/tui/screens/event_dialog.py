@@ -25,13 +25,14 @@ class EventDialog(ModalScreen[None]):
     def __init__(self, event: CloudEvent) -> None:
         super().__init__()
         self.event = event
+        self.text = event_json(event)
 
     def compose(self) -> ComposeResult:
         verb = self.event.type.rsplit(".", 1)[-1]
         with Vertical(id="dialog", classes="event-dialog"):
             yield Static(f"[b]{self.event.subject or '-'}: {verb}[/b]", classes="dialog-title")
             with VerticalScroll(id="event-json"):
-                yield Static(Syntax(event_json(self.event), "json", theme="ansi_dark",
+                yield Static(Syntax(self.text, "json", theme="ansi_dark",
                                     word_wrap=True, background_color="default"))
             yield Static("[dim]esc or enter closes[/dim]")
 
