@@ -85,3 +85,27 @@ def _saturation(hex_colour: str) -> int:
     """0 for a pure grey; the export's default text colour (#c5c8c6) is nearly one."""
     channels = [int(hex_colour[i:i + 2], 16) for i in (0, 2, 4)]
     return max(channels) - min(channels)
+
+
+async def test_event_pane_stays_bounded_and_follows_the_newest(home: Path,
+                                                               make_app: MakeApp) -> None:
+    from datetime import UTC, datetime
+
+    from backend.state.events import CloudEvent
+    from boxui.tui.widgets.event_stream import HISTORY, TRIM
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        events = app.query_one(EventStream)
+        for i in range(HISTORY + TRIM + 50):
+            events.add(CloudEvent(id=str(i), source="/t", type="dev.boxui.instance.v1.ready",
+                                  time=datetime.now(UTC), subject=f"m{i}",
+                                  data={"message": f"event {i}"}), "green")
+        await pilot.pause(0.1)
+        assert HISTORY <= events.option_count <= HISTORY + TRIM
+        assert events.option_count == len(events._shown)
+        assert events.highlighted is None  # following: the newest in view
+        assert events.scroll_y == events.max_scroll_y > 0
+        last = events._shown[-1][0]
+        assert last is not None and last.id == str(HISTORY + TRIM + 49)
