@@ -32,6 +32,7 @@ from watchfiles import Change, awatch
 from backend.errors import BoxuiError, SpecError
 from backend.images.catalog import ImageListing
 from backend.state.event_bus import Missed
+from backend.state.lifecycle import InstanceState
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
 from backend.supervision.boot_files import ProgressFn
@@ -154,6 +155,8 @@ class BoxuiApp(App[None]):
         self._filter = ""
         self._mounted = False
         self._images: list[ImageListing] | None = None  # None: not read yet
+        #: machines asked for whose OS image is built first: shown before they exist
+        self._pending: dict[str, LoadedMachine] = {}
         self.actions_done: list[tuple[str, str]] = []
         self.suspended_events: list[str] = []
         self._home = backend.home
@@ -364,7 +367,8 @@ class BoxuiApp(App[None]):
 
     def _visible(self) -> Iterable[LoadedMachine]:
         needle = self._filter.lower()
-        for machine in self._machines.values():
+        for machine in [*self._machines.values(),
+                        *(m for n, m in self._pending.items() if n not in self._machines)]:
             if not needle or needle in machine.name or needle in machine.state.value:
                 yield machine
 
@@ -384,7 +388,7 @@ class BoxuiApp(App[None]):
     async def _load_images(self) -> None:
         try:
             self._images = await self.backend.images()
-        except BoxuiError:
+        except (BoxuiError, OSError):
             self._images = []
         self._update_empty_hint()
 
@@ -392,7 +396,7 @@ class BoxuiApp(App[None]):
     def _update_empty_hint(self) -> None:
         """No machines at all: say what to do instead of showing an empty table."""
         hint = self.query_one("#empty-hint", Static)
-        empty = not self._machines and self.backend.ready.is_set()
+        empty = not self._machines and not self._pending and self.backend.ready.is_set()
         hint.set_class(empty, "-shown")
         if empty:
             accel = self.backend.accel()
@@ -422,7 +426,7 @@ class BoxuiApp(App[None]):
         events = self.query_one(EventStream)
         if events.only is not None:
             events.focus_on(name)
-        if name is not None:
+        if name is not None and name in self._machines:  # not one still waiting to exist
             pane = self.query_one(ConsolePane)
             self.run_worker(pane.follow(self.backend.console_log(name)), group="console",
                             exclusive=True, exit_on_error=False)
@@ -501,7 +505,15 @@ class BoxuiApp(App[None]):
     async def _create(self, request: NewMachine, progress: ProgressFn) -> None:
         """An OS image not built yet is built first, its steps shown in the row."""
         if request.build_image is not None:
-            await self.backend.build_image(request.build_image, progress)
+            name = request.spec.name
+            self._pending[name] = LoadedMachine(
+                name=name, spec=request.spec, state=InstanceState.CREATING,
+                reason=f"its image {request.build_image} is built first")
+            self._reconcile()
+            try:
+                await self.backend.build_image(request.build_image, progress)
+            finally:
+                self._pending.pop(name, None)
             self._load_images()
         await self.backend.create(request.spec, progress=progress, mounts=request.mounts,
                                   ports=request.ports)

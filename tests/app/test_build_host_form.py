@@ -113,9 +113,13 @@ async def test_an_image_not_built_is_built_first_with_progress_in_the_row(
         form.query_one("#disk", Input).value = "1G"
         await pilot.click("#create")
         await until(pilot, lambda: "downloading" in app._busy.get("build1", ""))
-        assert "build1" not in rows(app)  # nothing exists until the image does
+        # shown in the table while its image builds, though it does not exist yet
+        await until(pilot, lambda: "downloading" in cell(app, "build1", "state"))
+        assert cell(app, "build1", "image") == "debian-12"
+        assert "build1" not in {m.name for m in backend.machines()}
         gate.set()
-        await until(pilot, lambda: "build1" in rows(app))
+        await until(pilot, lambda: "build1" in {m.name for m in backend.machines()}
+                    and "build1" in rows(app) and "build1" not in app._busy)
         assert built == ["debian-12"]
         spec = backend.machine("build1").spec
         assert spec is not None and spec.image == "debian-12" and spec.disk == "1G"

@@ -17,6 +17,7 @@ import itertools
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -205,7 +206,7 @@ def test_empty_first_screen(home: Path, driver: FakeDriver, frozen: None,
 def test_event_dialog(home: Path, driver: FakeDriver, frozen: None,
                       monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
     ids = itertools.count(1)
-    monkeypatch.setattr(backend_events.uuid, "uuid4",
+    monkeypatch.setattr(uuid, "uuid4",
                         lambda: f"00000000-0000-4000-8000-{next(ids):012d}")
     fleet(home)
 

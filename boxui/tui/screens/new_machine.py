@@ -120,7 +120,7 @@ class NewMachineScreen(ModalScreen[NewMachine | None]):
         if self.load_images is not None:
             try:
                 found = await self.load_images()
-            except BoxuiError as exc:
+            except (BoxuiError, OSError) as exc:
                 self.notify(f"could not list the images: {exc}", severity="warning")
                 found = []
             self.images = {image.name: image for image in found}
