@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import itertools
 import os
 import shlex
 import time
@@ -315,6 +316,8 @@ class BoxuiApp(App[None]):
         self._reconcile()
         if name == self.selected:
             self._show_detail()
+            if self.query_one(ConsolePane).path is None and name in self._machines:
+                self._selection_changed()  # it was shown before it existed: follow it now
 
     @_while_shown
     def on_events_missed(self, message: EventsMissed) -> None:
@@ -367,8 +370,8 @@ class BoxuiApp(App[None]):
 
     def _visible(self) -> Iterable[LoadedMachine]:
         needle = self._filter.lower()
-        for machine in [*self._machines.values(),
-                        *(m for n, m in self._pending.items() if n not in self._machines)]:
+        pending = (m for n, m in self._pending.items() if n not in self._machines)
+        for machine in itertools.chain(self._machines.values(), pending):
             if not needle or needle in machine.name or needle in machine.state.value:
                 yield machine
 
@@ -426,10 +429,15 @@ class BoxuiApp(App[None]):
         events = self.query_one(EventStream)
         if events.only is not None:
             events.focus_on(name)
-        if name is not None and name in self._machines:  # not one still waiting to exist
-            pane = self.query_one(ConsolePane)
+        pane = self.query_one(ConsolePane)
+        if name is not None and name in self._machines:
             self.run_worker(pane.follow(self.backend.console_log(name)), group="console",
                             exclusive=True, exit_on_error=False)
+        elif pane.path is not None:  # none, or one still waiting to exist (no dir yet)
+            self.workers.cancel_group(self, "console")
+            pane.path = None
+            pane.clear()
+            pane.border_title = "console"
 
     def _show_detail(self) -> None:
         name = self.selected
@@ -499,7 +507,7 @@ class BoxuiApp(App[None]):
                 self._long(request.spec.name, "creating",
                            lambda p: self._create(request, p))
 
-        self.push_screen(NewMachineScreen(set(self._machines), self.backend.home,
+        self.push_screen(NewMachineScreen({*self._machines, *self._pending}, self.backend.home,
                                           self.backend.images), created)
 
     async def _create(self, request: NewMachine, progress: ProgressFn) -> None:

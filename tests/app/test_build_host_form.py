@@ -17,6 +17,7 @@ from backend.supervision.boot_files import ProgressFn
 from boxui.tui.forwards import ForwardsUnsupportedError, apply_forwards, parse_mount, port_error
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.tui.screens.new_machine import NewMachineScreen
+from boxui.tui.widgets.console_pane import ConsolePane
 from tests.app.conftest import MakeApp, embedded
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.disk_helpers import MIB, fake_image
@@ -117,6 +118,8 @@ async def test_an_image_not_built_is_built_first_with_progress_in_the_row(
         await until(pilot, lambda: "downloading" in cell(app, "build1", "state"))
         assert cell(app, "build1", "image") == "debian-12"
         assert "build1" not in {m.name for m in backend.machines()}
+        assert app.query_one(ConsolePane).path is None  # nothing to follow yet, no dir made
+        assert not backend.engine.dirs.machine_dir("build1").exists()
         gate.set()
         await until(pilot, lambda: "build1" in {m.name for m in backend.machines()}
                     and "build1" in rows(app) and "build1" not in app._busy)
@@ -124,6 +127,8 @@ async def test_an_image_not_built_is_built_first_with_progress_in_the_row(
         spec = backend.machine("build1").spec
         assert spec is not None and spec.image == "debian-12" and spec.disk == "1G"
         assert cell(app, "build1", "image") == "debian-12"
+        console = backend.engine.dirs.console_log("build1")
+        await until(pilot, lambda: app.query_one(ConsolePane).path == console)
 
 
 async def test_delete_names_the_disk_and_its_size(home: Path, make_app: MakeApp) -> None:
