@@ -160,16 +160,26 @@ async def test_dead_or_foreign_process_reads_as_unknown(
 async def test_ssh_checked_every_nth_round_staggered(
     procs: dict[str, subprocess.Popen[bytes]],
 ) -> None:
-    async def banner(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    connections: list[int] = []
+
+    async def sshd(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)  # a guest's sshd would log each of these to its console
         writer.write(b"SSH-2.0-fake\r\n")
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    server = await asyncio.start_server(sshd, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     handles = {n: handle(n, p, ssh_port=port if n != "idle2" else None)
                for n, p in procs.items()}
-    sampler = HealthSampler(standin(), lambda: handles, ssh_every=3)
+    asked: list[tuple[str, float]] = []
+
+    async def kept_connection(vm: VmHandle, timeout: float) -> bool | None:
+        asked.append((vm.name, timeout))
+        return bool(vm.ssh_port == port)
+
+    sampler = HealthSampler(standin(), lambda: handles, ssh_every=3,
+                            ssh_check=kept_connection)
     async with server:
         rounds = [by_name(await sampler.sample_once()) for _ in range(6)]
     checked = {n: [i for i, r in enumerate(rounds) if r[n].ssh_ok is not None] for n in handles}
@@ -177,6 +187,41 @@ async def test_ssh_checked_every_nth_round_staggered(
     assert all(c[1] - c[0] == 3 and len(c) == 2 for c in checked.values())
     assert rounds[checked["busy"][0]]["busy"].ssh_ok is True
     assert rounds[checked["idle2"][0]]["idle2"].ssh_ok is False
+    assert len(asked) == 6 and connections == []  # never a connection of its own
+
+
+async def test_without_an_ssh_check_nothing_reaches_the_guest(
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    connections: list[int] = []
+
+    async def sshd(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(sshd, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    handles = {n: handle(n, p, ssh_port=port) for n, p in procs.items()}
+    sampler = HealthSampler(standin(), lambda: handles, ssh_every=1)
+    async with server:
+        rounds = [by_name(await sampler.sample_once()) for _ in range(3)]
+    assert all(s.ssh_ok is None for r in rounds for s in r.values())
+    assert connections == []
+
+
+async def test_a_silent_ssh_check_counts_as_no_answer(
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> None:
+    async def wedged(_vm: VmHandle, _timeout: float) -> bool | None:
+        await asyncio.sleep(30)
+        return True
+
+    handles = {"busy": handle("busy", procs["busy"])}
+    sampler = HealthSampler(standin(), lambda: handles, ssh_every=1, timeout=0.1,
+                            ssh_check=wedged)
+    async with asyncio.timeout(5):
+        sample = by_name(await sampler.sample_once())["busy"]
+    assert sample.ssh_ok is False
 
 
 async def test_stopped_machine_is_forgotten(procs: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -186,3 +231,22 @@ async def test_stopped_machine_is_forgotten(procs: dict[str, subprocess.Popen[by
     del handles["busy"]
     assert {s.machine for s in await sampler.sample_once()} == {"idle", "idle2"}
     assert sampler.history.latest("busy") is None and sampler.history.latest("idle")
+
+
+async def test_a_large_console_log_is_rotated_keeping_one_previous(
+    procs: dict[str, subprocess.Popen[bytes]], tmp_path: Path,
+) -> None:
+    log = tmp_path / "console.log"
+    vm = handle("busy", procs["busy"])
+    vm.console_log = log
+    sampler = HealthSampler(standin(), lambda: {"busy": vm}, ssh_every=1)
+    sampler.console_limit = 1000
+    log.write_bytes(b"boot\n" * 100)  # 500 bytes: under the limit
+    await sampler.sample_once()
+    assert log.stat().st_size == 500 and not (tmp_path / "console.log.1").exists()
+    with log.open("ab", buffering=0) as fh:  # as QEMU's chardev with append=on writes
+        fh.write(b"x" * 1000)
+        await sampler.sample_once()
+        fh.write(b"after\n")
+    assert (tmp_path / "console.log.1").read_bytes() == b"boot\n" * 100 + b"x" * 1000
+    assert log.read_bytes() == b"after\n"  # written at the new end, no hole before it

@@ -288,3 +288,23 @@ async def test_port_probe_reads_the_ssh_greeting(engine: Engine) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_health_checks_ssh_on_the_kept_connection(engine: Engine,
+                                                        driver: FakeDriver) -> None:
+    """The sampler's SSH check is a command on the exec runner's kept connection (one
+    handshake per boot), never a connection of its own that the guest's sshd logs."""
+    runner = ProbeRunner()
+    await engine.create_machine(spec("vm"))
+    sup = make_supervisor(engine, driver)
+    async with sup.running(recover=recover_machines):
+        await sup.start_machine("vm")
+        handle = sup.handles["vm"]
+        assert sup.health.ssh_check is not None
+        assert await sup.health.ssh_check(handle, 1.0) is None  # nothing to run it with
+        sup.liveness.runner = runner
+        assert await sup.health.ssh_check(handle, 1.0) is True
+        runner.healthy = False
+        assert await sup.health.ssh_check(handle, 1.0) is False
+        assert runner.calls == [["true"], ["true"]]
+        await sup.stop_machine("vm")

@@ -29,7 +29,7 @@ from boxui.tui.themes import (
     watch_user_themes,
 )
 
-BUILTINS = ("boxui-dark", "boxui-light", "boxui-nord")
+BUILTINS = ("boxui-dark", "boxui-light", "boxui-nord", "boxui-high-contrast")
 
 GOOD = """\
 name = "{name}"
@@ -137,9 +137,20 @@ def test_builtin_states_are_readable_and_distinguishable(name: str) -> None:
             assert contrast(colour, backdrop) >= 3.0, (state, colour, backdrop)
 
 
+def test_high_contrast_theme_meets_seven_to_one() -> None:
+    """WCAG AAA for every state colour and the text, on every backdrop it is drawn on."""
+    theme_file = load_theme_file(BUILTIN_THEMES_DIR / "boxui-high-contrast.toml")
+    for colour in [*theme_file.state_colours().values(), theme_file.foreground,
+                   theme_file.primary]:
+        assert colour is not None
+        for backdrop in (theme_file.background, theme_file.surface, theme_file.panel):
+            assert backdrop is not None
+            assert contrast(colour, backdrop) >= 7.0, (colour, backdrop)
+
+
 def test_builtin_names_are_distinct_and_catalog_has_them() -> None:
     names = [load_theme_file(BUILTIN_THEMES_DIR / f"{n}.toml").name for n in BUILTINS]
-    assert len(set(names)) == 3
+    assert len(set(names)) == len(BUILTINS)
     themes, problems = ThemeCatalog(user_dir=Path("/nonexistent/boxui-themes")).load()
     assert problems == []
     assert set(BUILTINS) <= set(themes)

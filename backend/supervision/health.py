@@ -3,9 +3,12 @@
 Health is sampled by nature (CPU use and guest memory change continuously, nothing
 notifies), so this is the one place boxui polls. It stays cheap: psutil reads a couple of
 /proc files per VM, guest memory is one QMP round trip, and SSH is checked only every few
-rounds because each check costs the guest a connection. Subscribers get the same
-bounded-queue treatment as the event bus, except that a full queue drops its *oldest*
-sample: for health only the latest matters, and the sampler must never wait on a reader.
+rounds (the console log's size with it: see console_rotation.py), as a command on the
+machine's kept SSH connection (`ssh_check`, set by whoever runs commands): a fresh TCP
+connection per check would make the guest's sshd log "connection from ... / exit before
+auth" to its console every few seconds. Subscribers get the same bounded-queue treatment
+as the event bus, except that a full queue drops its *oldest* sample: for health only
+the latest matters, and the sampler must never wait on a reader.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import psutil
 
 from backend.drivers.base import GuestMemory, HypervisorDriver, VmHandle
-from backend.drivers.ssh_probe import ssh_banner
 from backend.state.process_liveness import START_TIME_TOLERANCE
+from backend.supervision.console_rotation import CONSOLE_LOG_LIMIT, rotate_if_large
+
+#: does the machine's SSH answer? None: could not tell (nothing to check it with)
+SshCheck = Callable[[VmHandle, float], Awaitable[bool | None]]
 
 SeriesField = Literal["cpu_percent", "rss_bytes", "guest_total_bytes", "guest_free_bytes",
                       "guest_used_bytes", "ssh_ok"]
@@ -183,7 +189,7 @@ class HealthSampler:
     def __init__(
         self, driver: HypervisorDriver, handles: Callable[[], Mapping[str, VmHandle]],
         interval: float = 1.0, ssh_every: int = 5, timeout: float = 0.8,
-        history: HealthHistory | None = None,
+        history: HealthHistory | None = None, ssh_check: SshCheck | None = None,
     ) -> None:
         if ssh_every < 1:
             raise ValueError("ssh_every must be at least 1")
@@ -192,6 +198,9 @@ class HealthSampler:
         self.interval = interval
         self.ssh_every = ssh_every
         self.timeout = timeout
+        self.console_limit = CONSOLE_LOG_LIMIT
+        #: without one, `ssh_ok` stays None: no probe that the guest would log
+        self.ssh_check = ssh_check
         self.feed = HealthFeed(history)
         self.history = self.feed.history
         self._tracked: dict[str, _Tracked] = {}
@@ -230,8 +239,11 @@ class HealthSampler:
             self._next_offset = (self._next_offset + 1) % self.ssh_every
         now = time.time()
         cpu, rss = tracked.read()
-        check_ssh = tracked.round % self.ssh_every == 0
+        due = tracked.round % self.ssh_every == 0
+        check_ssh = due and self.ssh_check is not None
         tracked.round += 1
+        if due:  # the console log's size too: one stat, staggered like the SSH checks
+            await self._rotate_console(handle)
         if check_ssh:
             memory, ssh_ok = await asyncio.gather(self._guest_memory(handle), self._ssh(handle))
         else:
@@ -246,8 +258,22 @@ class HealthSampler:
         except Exception:  # a hung or broken QMP is "unknown", never a failed round
             return GuestMemory(None, None)
 
-    async def _ssh(self, handle: VmHandle) -> bool | None:
+    async def _rotate_console(self, handle: VmHandle) -> None:
         try:
-            return await ssh_banner(handle.ssh_port, timeout=self.timeout) is not None
+            if handle.console_log.stat().st_size > self.console_limit:
+                await asyncio.to_thread(rotate_if_large, handle.console_log,
+                                        self.console_limit)
+        except OSError:
+            pass  # gone with its machine, or unreadable: nothing to rotate
+
+    async def _ssh(self, handle: VmHandle) -> bool | None:
+        check = self.ssh_check
+        if check is None:
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await check(handle, self.timeout)
+        except TimeoutError:
+            return False  # as a silent sshd would answer a banner probe
         except Exception:
             return None

@@ -142,6 +142,18 @@ class LivenessProbes:
             failures = 0 if error is None else failures + 1
             await self.on_outcome(ProbeOutcome(name, handle, error, failures, spec))
 
+    async def ssh_answers(self, handle: VmHandle, timeout: float) -> bool | None:
+        """The health sampler's SSH check: `true` on the kept connection, which the
+        guest's sshd logs once per boot, not once per check. None without a runner."""
+        if self.runner is None:
+            return None
+        try:
+            out = await self.runner(self.engine, handle.name, handle.ssh_port, ["true"],
+                                    None, timeout)
+        except (BoxuiError, OSError):
+            return False
+        return out.exit_code == 0
+
     async def probe_once(self, name: str, handle: VmHandle, spec: LivenessSpec) -> str | None:
         """One probe; None if it passed, else what went wrong in one line."""
         try:

@@ -117,6 +117,7 @@ class Supervisor(Interruptions):
                                    self._qmp_silent, self._qmp_answered)
         #: guest liveness probes; whoever runs `exec` sets `liveness.runner` to share it
         self.liveness = LivenessProbes(engine, lambda: self.handles, self.spawn, self._probed)
+        self.health.ssh_check = self.liveness.ssh_answers  # kept connection: no console noise
         self.unresponsive_grace = UNRESPONSIVE_GRACE
         self._silent_since = {}
         self._killing_hung = set()

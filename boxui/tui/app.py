@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import itertools
 import os
 import shlex
 import time
@@ -25,12 +26,14 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 from watchfiles import Change, awatch
 
 from backend.errors import BoxuiError, SpecError
+from backend.images.catalog import ImageListing
 from backend.state.event_bus import Missed
+from backend.state.lifecycle import InstanceState
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
 from backend.supervision.boot_files import ProgressFn
@@ -47,9 +50,10 @@ from boxui.tui.messages import (
     WorkProgressed,
 )
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
+from boxui.tui.screens.event_dialog import EventDialog
 from boxui.tui.screens.help import HelpScreen
 from boxui.tui.screens.logs import LogsScreen
-from boxui.tui.screens.new_machine import NewMachineScreen
+from boxui.tui.screens.new_machine import NewMachine, NewMachineScreen
 from boxui.tui.screens.services import ServicesScreen
 from boxui.tui.themes import (
     DEFAULT_THEME,
@@ -85,6 +89,31 @@ def _while_shown(handler: Callable[P, None]) -> Callable[P, None]:
             handler(*args, **kwargs)
 
     return run
+
+
+def empty_hint(images: list[ImageListing] | None, accel: str, reason: str) -> str:
+    """The first screen's text: what to do, what there is to run, and how fast it runs."""
+    if images is None:
+        offered = "reading…"
+    else:
+        offered = ", ".join(
+            f"{i.name}{'' if i.built or i.kind == 'default' else ' (not built yet)'}"
+            for i in images) or "default"
+    accel_line = (f"[b]{accel.upper()}[/b]: {_markup_escape(reason)}" if reason
+                  else f"[b]{accel.upper()}[/b]")
+    return "\n".join([
+        "[b]No machines yet.[/b]",
+        "",
+        "  [b]n[/b]           create a machine: name, size, image, mounts, ports",
+        f"  images      {_markup_escape(offered)}",
+        "  [b]boxui demo[/b]  look around: sample machines act out every state",
+        f"  machines    run under {accel_line}",
+        "              ([b]boxui doctor[/b] checks the host)",
+    ])
+
+
+def _markup_escape(text: str) -> str:
+    return text.replace("[", r"\[")
 
 
 class BoxuiApp(App[None]):
@@ -126,6 +155,9 @@ class BoxuiApp(App[None]):
         self._frame = 0
         self._filter = ""
         self._mounted = False
+        self._images: list[ImageListing] | None = None  # None: not read yet
+        #: machines asked for whose OS image is built first: shown before they exist
+        self._pending: dict[str, LoadedMachine] = {}
         self.actions_done: list[tuple[str, str]] = []
         self.suspended_events: list[str] = []
         self._home = backend.home
@@ -177,6 +209,7 @@ class BoxuiApp(App[None]):
         yield Input(placeholder="filter by name or state", id="filter", disabled=True)
         with Horizontal(id="body"):
             with Vertical(id="left"):
+                yield Static(id="empty-hint")
                 yield MachineTable(self.state_colour, id="machines")
                 with Horizontal(id="bottom"):
                     yield EventStream(id="events")
@@ -220,6 +253,7 @@ class BoxuiApp(App[None]):
         self._watch_specs()
         self._selection_changed()
         self._watch_themes()
+        self._load_images()
         # everything loaded so far lives as long as the app: keep it out of the cyclic
         # GC's full passes, which otherwise stall a frame now and then with 1,000 machines
         gc.collect()
@@ -282,6 +316,8 @@ class BoxuiApp(App[None]):
         self._reconcile()
         if name == self.selected:
             self._show_detail()
+            if self.query_one(ConsolePane).path is None and name in self._machines:
+                self._selection_changed()  # it was shown before it existed: follow it now
 
     @_while_shown
     def on_events_missed(self, message: EventsMissed) -> None:
@@ -334,7 +370,8 @@ class BoxuiApp(App[None]):
 
     def _visible(self) -> Iterable[LoadedMachine]:
         needle = self._filter.lower()
-        for machine in self._machines.values():
+        pending = (m for n, m in self._pending.items() if n not in self._machines)
+        for machine in itertools.chain(self._machines.values(), pending):
             if not needle or needle in machine.name or needle in machine.state.value:
                 yield machine
 
@@ -348,6 +385,25 @@ class BoxuiApp(App[None]):
     def _reconcile(self) -> None:
         self.query_one(MachineTable).reconcile(self._rows(self._visible()))
         self._update_header()
+        self._update_empty_hint()
+
+    @work(group="images", exclusive=True, exit_on_error=False)
+    async def _load_images(self) -> None:
+        try:
+            self._images = await self.backend.images()
+        except (BoxuiError, OSError):
+            self._images = []
+        self._update_empty_hint()
+
+    @_while_shown
+    def _update_empty_hint(self) -> None:
+        """No machines at all: say what to do instead of showing an empty table."""
+        hint = self.query_one("#empty-hint", Static)
+        empty = not self._machines and not self._pending and self.backend.ready.is_set()
+        hint.set_class(empty, "-shown")
+        if empty:
+            accel = self.backend.accel()
+            hint.update(empty_hint(self._images, accel.accel, accel.reason))
 
     def _update_header(self) -> None:
         accel = self.backend.accel()
@@ -373,10 +429,15 @@ class BoxuiApp(App[None]):
         events = self.query_one(EventStream)
         if events.only is not None:
             events.focus_on(name)
-        if name is not None:
-            pane = self.query_one(ConsolePane)
+        pane = self.query_one(ConsolePane)
+        if name is not None and name in self._machines:
             self.run_worker(pane.follow(self.backend.console_log(name)), group="console",
                             exclusive=True, exit_on_error=False)
+        elif pane.path is not None:  # none, or one still waiting to exist (no dir yet)
+            self.workers.cancel_group(self, "console")
+            pane.path = None
+            pane.clear()
+            pane.border_title = "console"
 
     def _show_detail(self) -> None:
         name = self.selected
@@ -441,11 +502,29 @@ class BoxuiApp(App[None]):
         self.run_worker(run(), name=f"{label} {name}", group="actions", exit_on_error=False)
 
     def action_new_machine(self) -> None:
-        def created(spec: MachineSpec | None) -> None:
-            if spec is not None:
-                self._long(spec.name, "creating", lambda p: self.backend.create(spec, progress=p))
+        def created(request: NewMachine | None) -> None:
+            if request is not None:
+                self._long(request.spec.name, "creating",
+                           lambda p: self._create(request, p))
 
-        self.push_screen(NewMachineScreen(set(self._machines), self.backend.home), created)
+        self.push_screen(NewMachineScreen({*self._machines, *self._pending}, self.backend.home,
+                                          self.backend.images), created)
+
+    async def _create(self, request: NewMachine, progress: ProgressFn) -> None:
+        """An OS image not built yet is built first, its steps shown in the row."""
+        if request.build_image is not None:
+            name = request.spec.name
+            self._pending[name] = LoadedMachine(
+                name=name, spec=request.spec, state=InstanceState.CREATING,
+                reason=f"its image {request.build_image} is built first")
+            self._reconcile()
+            try:
+                await self.backend.build_image(request.build_image, progress)
+            finally:
+                self._pending.pop(name, None)
+            self._load_images()
+        await self.backend.create(request.spec, progress=progress, mounts=request.mounts,
+                                  ports=request.ports)
 
     def action_start(self) -> None:
         if (name := self._need_selection()) is not None:
@@ -464,12 +543,16 @@ class BoxuiApp(App[None]):
         if name is None:
             return
         running = self._machines[name].state.value in ACTIVE if name in self._machines else False
+        try:
+            disk = self.backend.disk_usage(name)
+        except (BoxuiError, OSError):
+            disk = None
 
         def confirmed(yes: bool | None) -> None:
             if yes:
                 self._long(name, "deleting", lambda _p: self.backend.delete(name))
 
-        self.push_screen(ConfirmDeleteScreen(name, running), confirmed)
+        self.push_screen(ConfirmDeleteScreen(name, running, disk), confirmed)
 
     async def action_edit(self) -> None:
         name = self._need_selection()
@@ -513,6 +596,9 @@ class BoxuiApp(App[None]):
 
     def action_services(self) -> None:
         self.push_screen(ServicesScreen(self.backend.services, self.state_colour))
+
+    def on_event_stream_opened(self, message: EventStream.Opened) -> None:
+        self.push_screen(EventDialog(message.event))
 
     def action_toggle_events(self) -> None:
         events = self.query_one(EventStream)

@@ -11,13 +11,15 @@ time. Tests inject the embedded one over the fake driver, the demo over its stan
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from backend.drivers.base import HypervisorDriver
 from backend.drivers.qemu.accel import AccelChoice
+from backend.images.catalog import ImageListing
+from backend.images.progress import ImageProgress
 from backend.services.scale_models import ServiceView
 from backend.state.accelerator import AccelRequest
 from backend.state.event_bus import Subscription
@@ -26,6 +28,7 @@ from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
 from backend.supervision.boot_files import BootFilesProvider, ProgressFn
 from backend.supervision.health import HealthHistory, HealthSubscription
+from backend.supervision.machine_disk import DiskUsage
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,12 @@ class BackendOptions:
     #: what runs the daemon the app hands its running machines to
     #: (`boxui daemon`; tests give one over the stand-in driver)
     daemon_command: list[str] | None = None
+
+
+def image_progress_text(event: ImageProgress) -> str:
+    """`downloading 12/80: curl`, as the row and the detail pane show a build's step."""
+    count = f" {event.done}/{event.total}" if event.total else ""
+    return f"{event.step}{count}: {event.package or event.message}"
 
 
 class AppBackend(Protocol):
@@ -101,10 +110,21 @@ class AppBackend(Protocol):
 
     async def services(self) -> list[ServiceView]: ...
 
+    async def images(self) -> list[ImageListing]:
+        """`default`, every built image and every recipe not built yet."""
+
+    def disk_usage(self, name: str) -> DiskUsage | None:
+        """The machine's own disk (None: it has none); read from the state dir."""
+
     # --- changing --------------------------------------------------------------------
 
     async def create(self, spec: MachineSpec, *, start: bool = True,
-                     progress: ProgressFn | None = None) -> None: ...
+                     progress: ProgressFn | None = None, mounts: Sequence[str] = (),
+                     ports: Sequence[str] = ()) -> None:
+        """`mounts` and `ports` as the CLI's `--mount` and `--port` take them."""
+
+    async def build_image(self, name: str, progress: ProgressFn | None = None) -> None:
+        """Build OS image `name` from its recipe (a cache hit when built already)."""
 
     async def start(self, name: str, *, progress: ProgressFn | None = None) -> None: ...
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from backend.api.context import ApiContext
@@ -24,6 +25,10 @@ from backend.drivers.base import HypervisorDriver
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.drivers.qemu.driver import QemuDriver
 from backend.errors import BoxuiError
+from backend.images.builder import build_image
+from backend.images.catalog import ImageListing, catalog
+from backend.images.progress import ImageProgress
+from backend.images.store import users_of
 from backend.services.manager import ServiceManager
 from backend.services.scale_models import ServiceView
 from backend.state.engine import Engine
@@ -39,12 +44,14 @@ from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
 from backend.supervision.command_recovery import recover_commands
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.health import HealthHistory, HealthSubscription
+from backend.supervision.machine_disk import DiskUsage, check_disk_request, disk_usage
 from backend.supervision.machine_exec import MachineExec
 from backend.supervision.provisioning import start_provisioning
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.spawn import hand_over
 from boxui.daemon.start_lock import try_start_lock
-from boxui.tui.backend import BackendOptions
+from boxui.tui.backend import BackendOptions, image_progress_text
+from boxui.tui.forwards import apply_forwards
 
 
 class EmbeddedBackend:
@@ -182,8 +189,19 @@ class EmbeddedBackend:
 
     # --- changing --------------------------------------------------------------------
 
+    async def images(self) -> list[ImageListing]:
+        engine = self.engine
+        return await asyncio.to_thread(lambda: catalog(engine.dirs, engine.machines()))
+
+    def disk_usage(self, name: str) -> DiskUsage | None:
+        return disk_usage(self.engine.dirs.machine_dir(name))
+
     async def create(self, spec: MachineSpec, *, start: bool = True,
-                     progress: ProgressFn | None = None) -> None:
+                     progress: ProgressFn | None = None, mounts: Sequence[str] = (),
+                     ports: Sequence[str] = ()) -> None:
+        spec = apply_forwards(spec, list(mounts), list(ports))
+        if spec.image is not None:  # as the API does: refused before the machine exists
+            await asyncio.to_thread(check_disk_request, self.engine.dirs.images, spec)
         await self.engine.create_machine(spec)
         if start:
             await self.supervisor.start_machine(spec.name, progress=progress)
@@ -202,6 +220,17 @@ class EmbeddedBackend:
 
     async def services(self) -> list[ServiceView]:
         return await self._services.views() if self._services is not None else []
+
+    async def build_image(self, name: str, progress: ProgressFn | None = None) -> None:
+        engine = self.engine
+
+        def report(event: ImageProgress) -> None:
+            if progress is not None:
+                progress(event.step, image_progress_text(event))
+
+        await build_image(engine.dirs, name, report,
+                          users=lambda image: users_of(engine.machines(), image))
+
 
 
 def _api_context(supervisor: Supervisor) -> ApiContext:

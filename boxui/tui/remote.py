@@ -12,15 +12,18 @@ the state dir, as the embedded backend does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
 import orjson
 from pydantic import TypeAdapter
 
+from backend.api.image_models import ImageBuildLine
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
+from backend.images.catalog import ImageListing
+from backend.images.progress import ImageProgress
 from backend.services.scale_models import ServiceView
 from backend.state.event_bus import EventBus, Subscription
 from backend.state.events import CloudEvent
@@ -34,6 +37,7 @@ from backend.supervision.health import (
     HealthSample,
     HealthSubscription,
 )
+from backend.supervision.machine_disk import DiskUsage, disk_usage
 from boxui.daemon.client import (
     BASE_URL,
     TIMEOUT,
@@ -43,7 +47,8 @@ from boxui.daemon.client import (
     serving_daemon,
     unreachable,
 )
-from boxui.tui.backend import BackendOptions
+from boxui.tui.backend import BackendOptions, image_progress_text
+from boxui.tui.forwards import apply_forwards
 
 STREAM_PREFIX = "dev.boxui.stream.v1."
 
@@ -52,6 +57,7 @@ _EVENTS = TypeAdapter(list[CloudEvent])
 _SAMPLE = TypeAdapter(HealthSample)
 _SAMPLES = TypeAdapter(list[HealthSample])
 _SERVICES = TypeAdapter(list[ServiceView])
+_IMAGES = TypeAdapter(list[ImageListing])
 
 
 class RemoteBackend:
@@ -205,8 +211,39 @@ class RemoteBackend:
 
     # --- what the app changes --------------------------------------------------------
 
+    async def images(self) -> list[ImageListing]:
+        return _IMAGES.validate_python(await self._call("GET", "/v1/images"))
+
+    def disk_usage(self, name: str) -> DiskUsage | None:
+        return disk_usage(self.dirs.machine_dir(name))
+
+    async def build_image(self, name: str, progress: ProgressFn | None = None) -> None:
+        """The daemon builds it; its NDJSON progress lines become `progress` calls."""
+        if self._http is None:
+            raise BoxuiError("not connected to the boxui daemon")
+        async with self._http.stream("POST", "/v1/images/builds", json={"name": name},
+                                     timeout=None) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                read_answer(response)  # raises the daemon's one-line error
+            async for raw in response.aiter_lines():
+                if not raw.strip():
+                    continue
+                line = ImageBuildLine.model_validate_json(raw)
+                if line.type == "result":
+                    return
+                if line.type == "error":
+                    raise ApiCallError(line.code or "error", line.message or "build failed")
+                if progress is not None and line.step is not None:
+                    progress(line.step, image_progress_text(ImageProgress(
+                        step=line.step, message=line.message or "", done=line.done,
+                        total=line.total, package=line.package)))
+        raise BoxuiError(f"the boxui daemon ended the build of {name} without a result")
+
     async def create(self, spec: MachineSpec, *, start: bool = True,
-                     progress: ProgressFn | None = None) -> None:
+                     progress: ProgressFn | None = None, mounts: Sequence[str] = (),
+                     ports: Sequence[str] = ()) -> None:
+        spec = apply_forwards(spec, list(mounts), list(ports))
         await self._call("POST", "/v1/machines", params={"start": start},
                          json=spec.model_dump(mode="json", exclude_none=True))
 

@@ -12,7 +12,7 @@ from boxui.tui.widgets.machine_table import MachineTable
 
 SIZE = (150, 45)
 #: the built-in themes, each pictured by the snapshot tests and in screenshots/
-THEMES = ("boxui-dark", "boxui-light", "boxui-nord")
+THEMES = ("boxui-dark", "boxui-light", "boxui-nord", "boxui-high-contrast")
 
 
 async def until(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 10) -> None:

@@ -53,3 +53,45 @@ async def test_app_drives_a_running_daemon(home: Path) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         driver.kill_all()
+
+
+async def test_images_disk_and_forwards_over_the_daemon(home: Path) -> None:
+    from backend.errors import BoxuiError
+    from backend.state.machine_spec import MachineSpec
+
+    driver = FakeDriver()
+    daemon = EmbeddedBackend(BackendOptions(
+        home=home, driver_factory=lambda: driver,
+        boot_files_factory=lambda _images: FakeBootFiles(), accel_for=fixed_accel,
+        sample_health=False))
+    task = asyncio.create_task(daemon.run())
+    try:
+        await daemon.ready.wait()
+        async with asyncio.timeout(10):
+            while not daemon.engine.dirs.api_socket.exists():
+                await asyncio.sleep(0.02)
+        remote = find_daemon_backend(BackendOptions(home=home, accel_for=fixed_accel))
+        assert isinstance(remote, RemoteBackend)
+        follow = asyncio.create_task(remote.run())
+        try:
+            async with asyncio.timeout(10):
+                await remote.ready.wait()
+                names = {i.name: i.built for i in await remote.images()}
+                assert names["debian-12"] is False and "default" in names
+                try:
+                    await remote.build_image("no-such-recipe")
+                except BoxuiError as exc:
+                    assert "no-such-recipe" in str(exc)
+                else:
+                    raise AssertionError("an unknown recipe must be refused")
+                await remote.create(MachineSpec(name="web"), start=False, ports=["8080:80"])
+                spec = daemon.engine.store.load_spec("web")
+                assert [str(p) for p in spec.ports] == ["8080:80"]
+                assert remote.disk_usage("web") is None  # the default guest has no disk
+        finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        driver.kill_all()

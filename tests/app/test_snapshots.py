@@ -1,5 +1,6 @@
 """Screens as pictures: the main screen in every built-in theme, the new-machine form
-with an error, the delete dialog and the help screen.
+with errors, the delete dialog, the help screen, the empty first screen and an event
+opened whole.
 
 Deterministic by construction: the app's clock and the backend's `now` are frozen, SSH
 ports are handed out in order, the fake driver boots in a fixed order, health sampling is
@@ -16,6 +17,7 @@ import itertools
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -33,6 +35,7 @@ from boxui.tui.app import BoxuiApp
 from boxui.tui.backend import BackendOptions
 from boxui.tui.embedded import EmbeddedBackend
 from boxui.tui.themes import save_chosen_theme
+from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import MachineTable
 from tests.app.conftest import FIXED_TIME
 from tests.app.pilot_helpers import THEMES
@@ -155,6 +158,9 @@ def test_new_machine_form_with_an_error(home: Path, driver: FakeDriver, frozen: 
             field.cursor_blink = False
         await pilot.press(*"Build/1")
         await pilot.press("tab", "backspace", "0")
+        screen = pilot.app.screen
+        screen.query_one("#mounts", Input).value = "/nonexistent-boxui:/src"
+        screen.query_one("#ports", Input).value = "8080:80 70000"
         await pilot.pause(0.2)
 
     assert snap_compare(build_app(home, driver), terminal_size=SIZE, run_before=run_before)
@@ -181,5 +187,40 @@ def test_help_screen(home: Path, driver: FakeDriver, frozen: None,
         await bring_up(driver)(pilot)
         await pilot.press("question_mark")
         await pilot.pause(0.2)
+
+    assert snap_compare(build_app(home, driver), terminal_size=SIZE, run_before=run_before)
+
+
+def test_empty_first_screen(home: Path, driver: FakeDriver, frozen: None,
+                            snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, BoxuiApp)
+        await settle(pilot, lambda: app.backend.ready.is_set() and app._images is not None)
+        app.clear_notifications()
+        await pilot.pause(0.2)
+
+    assert snap_compare(build_app(home, driver), terminal_size=SIZE, run_before=run_before)
+
+
+def test_event_dialog(home: Path, driver: FakeDriver, frozen: None,
+                      monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
+    ids = itertools.count(1)
+    monkeypatch.setattr(uuid, "uuid4",
+                        lambda: f"00000000-0000-4000-8000-{next(ids):012d}")
+    fleet(home)
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await bring_up(driver)(pilot)
+        events = pilot.app.query_one(EventStream)
+        events.focus()
+        await pilot.press("end")
+        # the failed boot: its reason is longer than the pane is wide
+        failed = max(i for i, (event, _) in enumerate(events._shown)
+                     if event is not None and event.type.endswith(".failed"))
+        events.highlighted = failed
+        await pilot.pause(0.2)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
 
     assert snap_compare(build_app(home, driver), terminal_size=SIZE, run_before=run_before)

@@ -80,7 +80,7 @@ def test_required_devices_and_plumbing(tmp_path: Path) -> None:
     assert any(d.startswith("virtio-rng-device") for d in devices)
     assert value_after(argv, "-qmp") == [f"unix:{cfg.qmp_socket},server=on,wait=off"]
     assert value_after(argv, "-pidfile") == [str(cfg.pidfile)]
-    assert value_after(argv, "-chardev") == [f"file,id=con0,path={cfg.console_log}"]
+    assert value_after(argv, "-chardev") == [f"file,id=con0,path={cfg.console_log},append=on"]
     for flag in ("-nodefaults", "-no-user-config", "-daemonize", "-no-reboot"):
         assert flag in argv
     assert value_after(argv, "-display") == ["none"]
@@ -110,7 +110,8 @@ def test_guest_ram_in_a_file_backs_the_machine_memory(tmp_path: Path) -> None:
 def test_commas_in_paths_are_escaped_for_qemu_options(tmp_path: Path) -> None:
     odd = tmp_path / "a,b"
     argv = build_argv(config(tmp_path, console_log=odd / "console.log", qmp_socket=odd / "q.sock"))
-    assert value_after(argv, "-chardev") == [f"file,id=con0,path={tmp_path}/a,,b/console.log"]
+    assert value_after(argv, "-chardev") == [
+        f"file,id=con0,path={tmp_path}/a,,b/console.log,append=on"]
     assert value_after(argv, "-qmp") == [f"unix:{tmp_path}/a,,b/q.sock,server=on,wait=off"]
 
 

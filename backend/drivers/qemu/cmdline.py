@@ -157,7 +157,8 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-no-user-config",
         "-display", "none",
         "-no-reboot",
-        "-chardev", f"file,id=con0,path={_opt(config.console_log)}",
+        # append: a rotation truncates the file in place (supervision/console_rotation.py)
+        "-chardev", f"file,id=con0,path={_opt(config.console_log)},append=on",
         "-serial", "chardev:con0",
         "-kernel", str(config.kernel),
         "-initrd", str(config.initrd),

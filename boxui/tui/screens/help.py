@@ -18,6 +18,8 @@ KEYS = [
     ("l", "full-screen console log"),
     ("v", "services, with their instances"),
     ("a", "events: all machines / selected machine"),
+    ("tab", "to the events: the highlighted one drawn whole"),
+    ("enter", "(events) the event as its JSON CloudEvent; esc follows"),
     ("/", "filter by name or state (esc clears)"),
     ("o", "sort by the next column (or click a header)"),
     ("t", "next theme"),

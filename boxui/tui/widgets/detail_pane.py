@@ -9,6 +9,7 @@ from textual.widgets import Label, Sparkline, Static
 
 from backend.state.machine_store import LoadedMachine
 from backend.supervision.health import HealthHistory
+from boxui.tui.widgets.machine_table import image_of
 
 SPARK_SECONDS = 300.0
 
@@ -39,7 +40,9 @@ class DetailPane(Vertical):
         if spec is not None:
             lines.append(f"vcpus  {spec.vcpus}   memory {spec.memory_mib} MiB")
             lines.append(f"accel  {spec.accel}   restart {spec.restart}")
-            lines.append(f"image  {_escape(str(spec.kernel)) if spec.kernel else 'default'}")
+            image = str(spec.kernel) if spec.kernel and not spec.image else image_of(machine)
+            disk = f"   disk {spec.disk}" if spec.disk else ""
+            lines.append(f"image  {_escape(image)}{disk}")
         if record is not None:
             if record.pid:
                 lines.append(f"pid    {record.pid}")

@@ -42,6 +42,7 @@ class Column:
 COLUMNS = (
     Column("name", "NAME", 18),
     Column("state", "STATE", 12),
+    Column("image", "IMAGE", 12),
     Column("accel", "ACCEL", 5),
     Column("vcpus", "CPUS", 4, numeric=True),
     Column("memory", "MEMORY", 8, numeric=True),
@@ -79,6 +80,19 @@ def human_age(seconds: float | None) -> str:
     return f"{s}s"
 
 
+def image_of(machine: LoadedMachine) -> str:
+    """What the machine boots: an OS image, a template, a kernel of its own, or boxui's
+    default guest."""
+    spec = machine.spec
+    if spec is None:
+        return "-"
+    if spec.image:
+        return spec.image
+    if spec.template:
+        return spec.template
+    return "own kernel" if spec.kernel else "default"
+
+
 def row_cells(
     machine: LoadedMachine,
     sample: HealthSample | None,
@@ -98,6 +112,7 @@ def row_cells(
     return {
         "name": machine.name,
         "state": state,
+        "image": image_of(machine),
         "accel": (record.accel if record and record.accel else "-") if running else "-",
         "vcpus": str(spec.vcpus) if spec else "-",
         "memory": f"{spec.memory_mib}M" if spec else "-",
