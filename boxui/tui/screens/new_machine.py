@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -198,7 +199,7 @@ class NewMachineScreen(ModalScreen[NewMachine | None]):
             if touched is not None and field_id not in touched:
                 continue
             widget = self.query_one(f"#{field_id}-error", Static)
-            widget.update(errors.get(field_id, ""))
+            widget.update(Text(errors.get(field_id, "")))  # never markup: errors quote input
             self.query_one(f"#{field_id}", Input).set_class(field_id in errors, "-invalid")
 
     @on(Input.Changed)
