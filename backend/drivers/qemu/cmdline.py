@@ -22,6 +22,12 @@ Choices worth knowing:
   command-line form in QEMU 7.2) are set over QMP before the load is started there.
 - `-name boxui-NAME,process=boxui-NAME`: the pid's cmdline names the machine (the
   thread name, limited by Linux to 15 bytes, is only a hint).
+- `-accel tcg,tb-size=TCG_TB_SIZE_MIB`: QEMU 7.2 sizes TCG's translation buffer from
+  host RAM (up to 1 GiB), and an idle default guest fills ~52 MiB of it, resident for
+  good. A capped buffer is flushed and refilled when full: too small and that happens
+  during boot and every SSH login (see TCG_TB_SIZE_MIB). Under KVM there is no buffer.
+  Neither this nor THP (`host_memory`) changes the guest's RAM layout or device state,
+  so snapshots taken before them restore as before.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 #: the accelerators QEMU itself runs under (not "demo", which only stand-ins take)
 QEMU_ACCELS: tuple[Accel, ...] = ("kvm", "tcg")
 _BOOT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: TCG's translation buffer, MiB (bench/memory.py, README "Memory per machine"): 16 made
+#: a loaded host's boots and SSH logins several times slower (constant re-translation)
+TCG_TB_SIZE_MIB = 32
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,11 @@ def validate(config: QemuConfig) -> None:
         raise GuestImageError("kernel append must be one line")
 
 
+def accel_option(accel: Accel) -> str:
+    """`-accel`'s value: TCG with its translation buffer capped, KVM as it is."""
+    return f"tcg,tb-size={TCG_TB_SIZE_MIB}" if accel == "tcg" else accel
+
+
 def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
     """The full argv (binary first) that launches `config` as a microVM."""
     validate(config)
@@ -138,7 +152,7 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         qemu_binary,
         "-name", f"{label},process={label}",
         "-M", "microvm,acpi=on" + (",memory-backend=ram0" if config.ram_file else ""),
-        "-accel", config.accel,
+        "-accel", accel_option(config.accel),
         *(["-cpu", "host"] if config.accel == "kvm" else []),  # TCG: QEMU's default model
         "-m", str(config.memory_mib),
         "-smp", str(config.vcpus),
