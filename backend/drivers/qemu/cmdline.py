@@ -22,10 +22,10 @@ Choices worth knowing:
   command-line form in QEMU 7.2) are set over QMP before the load is started there.
 - `-name boxui-NAME,process=boxui-NAME`: the pid's cmdline names the machine (the
   thread name, limited by Linux to 15 bytes, is only a hint).
-- `-accel tcg,tb-size=TCG_TB_SIZE_MIB`: QEMU 7.2 sizes TCG's translation buffer from
-  host RAM (up to 1 GiB), and an idle default guest fills ~52 MiB of it, resident for
-  good. A capped buffer is flushed and refilled when full: too small and that happens
-  during boot and every SSH login (see TCG_TB_SIZE_MIB). Under KVM there is no buffer.
+- `-accel tcg,tb-size=TCG_TB_SIZE_MIB`: QEMU 7.2 gives TCG's translation buffer 1 GiB
+  of address space, and every page of it the guest's code has filled stays resident. A
+  capped buffer is flushed and refilled when full: too small and that happens during
+  boot and SSH logins (see TCG_TB_SIZE_MIB). Under KVM there is no buffer.
   Neither this nor THP (`host_memory`) changes the guest's RAM layout or device state,
   so snapshots taken before them restore as before.
 """
@@ -48,9 +48,12 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 #: the accelerators QEMU itself runs under (not "demo", which only stand-ins take)
 QEMU_ACCELS: tuple[Accel, ...] = ("kvm", "tcg")
 _BOOT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-#: TCG's translation buffer, MiB (bench/memory.py, README "Memory per machine"): 16 made
-#: a loaded host's boots and SSH logins several times slower (constant re-translation)
-TCG_TB_SIZE_MIB = 32
+#: TCG's translation buffer, MiB. A boot fills ~52 MiB of it and three SSH logins ~67:
+#: at 64 a boot never flushes it (QEMU CPU to ready as with the default), at 32 it
+#: flushed twice and the boot took 20-30 % more CPU, at 16 a loaded host's boot never
+#: got to answer SSH. Its point is the ceiling: uncapped, a busy guest's buffer grows
+#: towards 1 GiB resident, and nothing gives those pages back.
+TCG_TB_SIZE_MIB = 64
 
 
 @dataclass(frozen=True)
