@@ -13,7 +13,9 @@ From one run, each through boxui's supervisor (`Supervisor.start_machine`):
   /proc/PID/smaps_rollup; then they are stopped;
 - the same for --count machines restored from one template snapshot (built first,
   outside the figures);
-- pooled: warm pools are not built yet, so that row says so instead of a figure.
+- pooled: warm pools are not built yet, so that row says so instead of a figure;
+- with --before, --count more cold boots launched as before the memory options (plain
+  `-accel tcg`, THP allowed), for the difference in the same run.
 PSS splits each shared page among the processes mapping it: the guest image is a private
 copy made for this run, so only this run's machines share its kernel file; the QEMU
 binary and its libraries are shared with any other QEMU on the host (a few MiB).
@@ -37,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import backend.drivers.qemu.cmdline as cmdline
+import backend.drivers.qemu.driver as qemu_driver
 from backend.drivers.qemu.accel import resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.driver import QemuDriver
@@ -102,6 +106,18 @@ def private_image_copy(cache: Path, images: Path) -> None:
             (images / entry.name).symlink_to(entry)
 
 
+@contextlib.contextmanager
+def memory_options_off() -> Iterator[None]:
+    """The driver launches QEMU as before the memory options: plain `-accel tcg`, THP."""
+    saved = vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"]
+    vars(cmdline)["accel_option"] = lambda accel: accel
+    vars(qemu_driver)["preexec_for"] = lambda accel: None
+    try:
+        yield
+    finally:
+        vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"] = saved
+
+
 async def idle_group(sup: Supervisor, label: str, specs: list[MachineSpec],
                      idle: float) -> Group:
     """Start the machines one after another, let them all idle, sample, stop them."""
@@ -122,7 +138,8 @@ async def measure_groups(args: argparse.Namespace, home: Path) -> list[Group]:
     engine = await Engine.open(home)
     private_image_copy(args.cache, engine.dirs.images)
     driver = QemuDriver()
-    sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images))
+    # a shared host under load can take minutes to boot ten TCG guests in a row
+    sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images), boot_timeout=600)
     try:
         async with sup.running(recover=None):
             dirs = engine.dirs
@@ -136,7 +153,12 @@ async def measure_groups(args: argparse.Namespace, home: Path) -> list[Group]:
                 MachineSpec(name=f"cold{i}", memory_mib=args.memory) for i in n], args.idle)
             restored = await idle_group(sup, "restored from a template", [
                 spec_from_template(dirs, f"clone{i}", "bench") for i in n], args.idle)
-            return [cold, restored]
+            if not args.before:
+                return [cold, restored]
+            with memory_options_off():
+                before = await idle_group(sup, "cold-booted, before (--before)", [
+                    MachineSpec(name=f"old{i}", memory_mib=args.memory) for i in n], args.idle)
+            return [cold, restored, before]
     finally:
         await engine.close()
 
@@ -233,6 +255,8 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=256)
     parser.add_argument("--idle", type=float, default=10.0)
     parser.add_argument("--boot-runs", type=int, default=3)
+    parser.add_argument("--before", action="store_true",
+                        help="also --count cold boots without the memory options")
     parser.add_argument("--cache", type=Path, default=Path(
         os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
     args = parser.parse_args()
