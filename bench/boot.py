@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from backend.drivers.qemu.accel import resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.driver import QemuDriver
+from backend.drivers.qemu.host_memory import preexec_for
 from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import build_default_image
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
@@ -61,7 +62,8 @@ async def bare_boot(cache: Path, work: Path, index: int) -> float:
     )
     argv = build_argv(config, find_qemu())
     started = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+    proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True,
+                                                preexec_fn=preexec_for(config.accel))
     await proc.wait()
     await wait_for_ready(config.console_log, boot_id, timeout=120)
     elapsed = time.perf_counter() - started

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
+from backend.drivers.qemu.host_memory import preexec_for
 from backend.drivers.qemu.qmp_ops import (
     enable_balloon_stats,
     read_balloon_stats,
@@ -101,7 +102,8 @@ async def main(cache: Path, accel_request: AccelRequest, memory: int, keep: bool
         print(f"machine dir: {tmp}/bench")
         config = _machine(image, accel, memory, Path(tmp) / "bench")
         t0 = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(*build_argv(config, find_qemu()))
+        proc = await asyncio.create_subprocess_exec(*build_argv(config, find_qemu()),
+                                                    preexec_fn=preexec_for(config.accel))
         if await proc.wait() != 0:
             print("qemu failed to start")
             return 1

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from backend.drivers.qemu.cmdline import BALLOON_QOM_PATH, QemuConfig, build_argv, kernel_append
+from backend.drivers.qemu.cmdline import (
+    BALLOON_QOM_PATH,
+    TCG_TB_SIZE_MIB,
+    QemuConfig,
+    build_argv,
+    kernel_append,
+)
 from backend.guest.errors import GuestImageError
 
 
@@ -62,6 +68,12 @@ def test_append_carries_identity_console_and_tsc(tmp_path: Path) -> None:
                  "tsc_early_khz=2445404", "tsc=reliable"):  # fmt: skip
         assert word in words
     assert words[-1] == "loglevel=7"  # user extras come last so they win
+
+
+def test_tcg_caps_its_translation_buffer(tmp_path: Path) -> None:
+    argv = build_argv(config(tmp_path))
+    assert value_after(argv, "-accel") == [f"tcg,tb-size={TCG_TB_SIZE_MIB}"]
+    assert 16 <= TCG_TB_SIZE_MIB <= 256  # a MiB figure, not bytes or a default of 0
 
 
 def test_kvm_gets_host_cpu_and_no_tsc_hint(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from backend.drivers.console_watch import ConsoleTail, wait_for_line
 from backend.drivers.errors import DriverError, PortInUseError
 from backend.drivers.process_identity import PidWatch, start_time_of, watch_proven
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu, kernel_append
+from backend.drivers.qemu.host_memory import preexec_for
 from backend.drivers.qemu.qmp_ops import (
     ForwardRefused,
     enable_balloon_stats,
@@ -148,6 +149,7 @@ class QemuDriver(HypervisorDriver):
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
                 pass_fds=() if snapshot_fd is None else (snapshot_fd,),
+                preexec_fn=preexec_for(config.accel),  # no THP under TCG (host_memory)
             )
             _, err = await proc.communicate()
         except GuestImageError as exc:

@@ -1,0 +1,277 @@
+"""Host memory of idle guests, per VM (issue 16), and what the memory options cost cold boot.
+
+Targets: an idle default guest costs at most 64 MiB PSS on the host; ten idle cold-booted
+ones at most 640 MiB together; cold boot no more than 5 % slower than without the
+memory options.
+
+    .venv/bin/python bench/memory.py [--count 10] [--memory 256] [--idle 10]
+                                     [--boot-runs 3] [--cache DIR]
+
+From one run, each through boxui's supervisor (`Supervisor.start_machine`):
+- --count default machines cold-booted one after another, left idle for --idle seconds
+  with all of them running, then PSS and RSS of each QEMU process read from
+  /proc/PID/smaps_rollup; then they are stopped;
+- the same for --count machines restored from one template snapshot (built first,
+  outside the figures);
+- pooled: warm pools are not built yet, so that row says so instead of a figure;
+- with --before, --count more cold boots launched as before the memory options (plain
+  `-accel tcg`, THP allowed), for the difference in the same run.
+PSS splits each shared page among the processes mapping it: the guest image is a private
+copy made for this run, so only this run's machines share its kernel file; the QEMU
+binary and its libraries are shared with any other QEMU on the host (a few MiB).
+
+Cold boot before/after: bare QEMU boots of the same guest to its ready marker, alternating
+boxui's argv as it is now ("after") with the same argv minus the memory options
+("before": no `tb-size`, THP allowed), --boot-runs each, medians compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import backend.drivers.qemu.cmdline as cmdline
+import backend.drivers.qemu.driver as qemu_driver
+from backend.drivers.qemu.accel import resolve_accel
+from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
+from backend.drivers.qemu.driver import QemuDriver
+from backend.drivers.qemu.host_memory import preexec_for
+from backend.drivers.qemu.readiness import wait_for_ready
+from backend.guest.image_builder import CURRENT_FILE, build_default_image, load_current_image
+from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.state.engine import Engine
+from backend.state.machine_spec import MachineSpec
+from backend.supervision.boot_files import DefaultBootFiles
+from backend.supervision.ports import pick_free_port
+from backend.supervision.supervisor import Supervisor
+from backend.template_builds.from_source import build_from_source
+from backend.templates.machine_from_template import spec_from_template
+
+PER_VM_TARGET_MIB = 64
+BOOT_SLOWDOWN_TARGET = 1.05
+
+
+@dataclass
+class Sample:
+    pss_mib: float
+    rss_mib: float
+
+
+@dataclass
+class Group:
+    label: str
+    samples: list[Sample]
+    start_seconds: list[float]
+
+
+def smaps_rollup(pid: int) -> Sample:
+    """PSS and RSS of one process, as the kernel sums them over all its mappings."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        fields[key] = int(value.split()[0])  # kB
+    return Sample(fields["Pss"] / 1024, fields["Rss"] / 1024)
+
+
+def private_image_copy(cache: Path, images: Path) -> None:
+    """The state dir's images: the current guest image copied (its kernel file then is
+    this run's alone, so its PSS is not split with other users of the cache), the rest
+    linked."""
+    images.mkdir()
+    current = load_current_image(cache)
+    assert current is not None, "build_default_image ran first"
+    for entry in cache.iterdir():
+        if entry == current.kernel.parent:
+            shutil.copytree(entry, images / entry.name)
+        elif entry.name == CURRENT_FILE:
+            shutil.copy2(entry, images / entry.name)
+        elif not entry.name.startswith("."):
+            (images / entry.name).symlink_to(entry)
+
+
+@contextlib.contextmanager
+def memory_options_off() -> Iterator[None]:
+    """The driver launches QEMU as before the memory options: plain `-accel tcg`, THP."""
+    saved = vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"]
+    vars(cmdline)["accel_option"] = lambda accel: accel
+    vars(qemu_driver)["preexec_for"] = lambda accel: None
+    try:
+        yield
+    finally:
+        vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"] = saved
+
+
+async def idle_group(sup: Supervisor, label: str, specs: list[MachineSpec],
+                     idle: float) -> Group:
+    """Start the machines one after another, let them all idle, sample, stop them."""
+    times = []
+    for spec in specs:
+        await sup.engine.create_machine(spec)
+        started = time.perf_counter()
+        await sup.start_machine(spec.name)
+        times.append(time.perf_counter() - started)
+    await asyncio.sleep(idle)
+    samples = [smaps_rollup(sup.handles[spec.name].pid) for spec in specs]
+    for spec in specs:
+        await sup.stop_machine(spec.name, force=True)
+    return Group(label, samples, times)
+
+
+async def measure_groups(args: argparse.Namespace, home: Path) -> list[Group]:
+    engine = await Engine.open(home)
+    private_image_copy(args.cache, engine.dirs.images)
+    driver = QemuDriver()
+    # a shared host under load can take minutes to boot ten TCG guests in a row
+    sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images), boot_timeout=600)
+    try:
+        async with sup.running(recover=None):
+            dirs = engine.dirs
+            source = dirs.root / "bench.toml"
+            source.write_text(f'template_id = "bench"\n[[variants]]\nrole = "worker"\n'
+                              f"vcpus = 1\nmemory_mib = {args.memory}\n")
+            await build_from_source(dirs, str(source), snapshot=True, driver=driver,
+                                    accel=resolve_accel("auto"))
+            n = range(1, args.count + 1)
+            cold = await idle_group(sup, "cold-booted", [
+                MachineSpec(name=f"cold{i}", memory_mib=args.memory) for i in n], args.idle)
+            restored = await idle_group(sup, "restored from a template", [
+                spec_from_template(dirs, f"clone{i}", "bench") for i in n], args.idle)
+            if not args.before:
+                return [cold, restored]
+            with memory_options_off():
+                before = await idle_group(sup, "cold-booted, before (--before)", [
+                    MachineSpec(name=f"old{i}", memory_mib=args.memory) for i in n], args.idle)
+            return [cold, restored, before]
+    finally:
+        await engine.close()
+
+
+async def bare_boot(image_dir: Path, work: Path, index: int, memory: int,
+                    before: bool) -> float:
+    """Seconds from launching QEMU to the guest's ready marker, with boxui's argv as it
+    is now, or (`before`) without the memory options."""
+    image = load_current_image(image_dir)
+    assert image is not None
+    accel = resolve_accel("auto")
+    machine_dir = work / f"bare{index}"
+    machine_dir.mkdir(mode=0o700)
+    initrd = write_machine_initrd(image, machine_dir, create_machine_keys(machine_dir))
+    config = QemuConfig(
+        name=f"bare{index}", vcpus=1, memory_mib=memory, kernel=image.kernel, initrd=initrd,
+        accel=accel.accel, ssh_port=pick_free_port(), console_log=machine_dir / "console.log",
+        qmp_socket=machine_dir / "qmp.sock", pidfile=machine_dir / "qemu.pid",
+        boot_id=secrets.token_hex(6), tsc_khz=accel.tsc_khz)
+    argv = build_argv(config, find_qemu())
+    preexec: Callable[[], None] | None = None
+    if before:
+        argv = without_memory_options(argv)
+    else:
+        preexec = preexec_for(config.accel)
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, preexec_fn=preexec)  # returns once daemonized
+    try:
+        await wait_for_ready(config.console_log, config.boot_id, timeout=300)
+        return time.perf_counter() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError, OSError, ValueError):
+            os.kill(int(config.pidfile.read_text()), signal.SIGKILL)
+
+
+async def boot_times(args: argparse.Namespace, home: Path) -> tuple[list[float], list[float]]:
+    before: list[float] = []
+    after: list[float] = []
+    work = home / "bare"
+    work.mkdir()
+    for i in range(args.boot_runs):  # alternating: load on the host hits both alike
+        before.append(await bare_boot(home / "images", work, 2 * i, args.memory, True))
+        after.append(await bare_boot(home / "images", work, 2 * i + 1, args.memory, False))
+    return before, after
+
+
+def without_memory_options(argv: list[str]) -> list[str]:
+    """boxui's argv as it was before the memory options: plain `-accel tcg`."""
+    at = argv.index("-accel") + 1
+    return [*argv[:at], argv[at].split(",")[0], *argv[at + 1:]]
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+def report(args: argparse.Namespace, groups: list[Group],
+           before: list[float], after: list[float]) -> None:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"memory of idle default guests ({args.memory} MiB, 1 vCPU, accel "
+          f"{resolve_accel('auto').accel}), idle {args.idle:.0f} s; "
+          f"host load average {load}")
+    print()
+    print(f"{args.count} machines {'':<26}{'PSS/VM':>9}{'RSS/VM':>9}{'PSS max':>9}"
+          f"{'PSS sum':>9}   target")
+    for group in groups:
+        pss = [s.pss_mib for s in group.samples]
+        rss = [s.rss_mib for s in group.samples]
+        total = sum(pss)
+        ok = max(pss) <= PER_VM_TARGET_MIB and total <= PER_VM_TARGET_MIB * args.count
+        print(f"{group.label:<37}{statistics.mean(pss):>8.0f}M{statistics.mean(rss):>8.0f}M"
+              f"{max(pss):>8.0f}M{total:>8.0f}M   <= {PER_VM_TARGET_MIB} MiB each, "
+              f"<= {PER_VM_TARGET_MIB * args.count} MiB sum: {verdict(ok)}")
+    print(f"{'pooled':<37}{'not built yet (no warm pools in boxui so far)':>44}")
+    print()
+    for group in groups:
+        print(f"{group.label}, per machine (MiB PSS / RSS; start to ready s):")
+        print("  " + "  ".join(f"{s.pss_mib:.0f}/{s.rss_mib:.0f}" for s in group.samples))
+        print("  " + "  ".join(f"{t:.1f}" for t in group.start_seconds))
+    print()
+    mb, ma = statistics.median(before), statistics.median(after)
+    print(f"cold boot to the ready marker, bare QEMU, {args.boot_runs} runs each (alternating)")
+    print("  before (no memory options): " + " ".join(f"{t:.2f}" for t in before)
+          + f"  median {mb:.2f} s")
+    print("  after  (boxui's argv now):  " + " ".join(f"{t:.2f}" for t in after)
+          + f"  median {ma:.2f} s")
+    print(f"  after / before {ma / mb:.3f}   target <= {BOOT_SLOWDOWN_TARGET}: "
+          f"{verdict(ma / mb <= BOOT_SLOWDOWN_TARGET)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--memory", type=int, default=256)
+    parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--boot-runs", type=int, default=3)
+    parser.add_argument("--before", action="store_true",
+                        help="also --count cold boots without the memory options")
+    parser.add_argument("--cache", type=Path, default=Path(
+        os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
+    args = parser.parse_args()
+    asyncio.run(build_default_image(args.cache))  # build once, outside the figures
+    home = Path(tempfile.mkdtemp(prefix="bxm-", dir="/tmp"))  # short: QMP socket paths
+    try:
+        groups = asyncio.run(measure_groups(args, home))
+        before, after = asyncio.run(boot_times(args, home))
+        report(args, groups, before, after)
+    finally:
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(home) in arg for arg in proc.info["cmdline"] or []):
+                proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
