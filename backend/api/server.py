@@ -13,6 +13,7 @@ import uvicorn
 
 from backend.api.app import create_app
 from backend.api.context import ApiContext
+from backend.api.exec_socket import serve_exec_socket
 from backend.api.listen_socket import listen_on_api_socket
 
 log = logging.getLogger("boxui.api")
@@ -47,6 +48,8 @@ async def serve_api(ctx: ApiContext, stop: asyncio.Event,
     if listening is not None:
         listening.set()
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="api-server")
+    exec_stop = asyncio.Event()
+    exec_serving = asyncio.create_task(serve_exec_socket(ctx, exec_stop), name="exec-socket")
     waiting = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -56,6 +59,9 @@ async def serve_api(ctx: ApiContext, stop: asyncio.Event,
     finally:
         waiting.cancel()
         ctx.closing.set()
+        exec_stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await exec_serving
         if not serving.done():
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
