@@ -23,6 +23,7 @@ import contextlib
 import logging
 import socket
 import struct
+from pathlib import Path
 
 from backend.api.context import ApiContext
 from backend.api.listen_socket import bind_api_socket
@@ -111,16 +112,19 @@ async def _handle(ctx: ApiContext, reader: asyncio.StreamReader,
         ctx.activity.set()
 
 
-async def serve_exec_socket(ctx: ApiContext, stop: asyncio.Event) -> None:
-    """Serve the exec socket until `stop` is set, then let commands in flight finish for
-    a moment (as the API does), and remove it. No socket is left behind on any exit; a
-    path too long for a socket just means no exec socket (clients then use the API)."""
-    path = ctx.engine.dirs.exec_socket
+def bind_exec_socket(path: Path) -> socket.socket | None:
+    """The exec socket, bound and listening; None when it cannot be (a path too long for
+    a socket, say): then clients find none and exec goes through the API."""
     try:
-        sock: socket.socket = await asyncio.to_thread(bind_api_socket, path)
+        return bind_api_socket(path)
     except OSError as exc:
         log.warning("no exec socket at %s: %s; exec goes through the API", path, exc)
-        return
+        return None
+
+
+async def serve_exec_socket(ctx: ApiContext, sock: socket.socket, stop: asyncio.Event) -> None:
+    """Serve the exec socket until `stop` is set, then let commands in flight finish for
+    a moment (as the API does), and remove it: no socket is left behind on any exit."""
     handlers: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -144,4 +148,4 @@ async def serve_exec_socket(ctx: ApiContext, stop: asyncio.Event) -> None:
     finally:
         sock.close()
         with contextlib.suppress(OSError):
-            path.unlink()
+            ctx.engine.dirs.exec_socket.unlink()

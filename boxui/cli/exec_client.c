@@ -173,8 +173,10 @@ static void on_interrupt(int sig) {
 static void relay(int fd) {
     static char chunk[1 << 16];
     unsigned char head[5];
-    for (;;) {
-        if (!read_all(fd, head, 5)) unreachable("the connection closed before an answer");
+    for (int started = 0;; started = 1) {
+        if (!read_all(fd, head, 5))
+            unreachable(started ? "the connection closed in the middle of the answer"
+                                : "the connection closed before an answer");
         uint32_t left = get_u32(head + 1);
         if (head[0] == 'x' || head[0] == '!') {
             char *payload = malloc(left + 1);
