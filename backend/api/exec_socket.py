@@ -23,12 +23,14 @@ import contextlib
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from backend.api.context import ApiContext
 from backend.api.listen_socket import bind_api_socket
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state.names import validate_name
+from backend.supervision.machine_exec import ExecOutput
 
 log = logging.getLogger("boxui.api")
 
@@ -76,35 +78,56 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, list[str]]:
     return strings[0], strings[1:]
 
 
-async def answer(ctx: ApiContext, name: str, argv: list[str]) -> bytes:
-    """The frames answering one command, which runs as the HTTP route runs it."""
+def output_frames(output: ExecOutput) -> bytes:
+    return (frame(b"o", output.stdout) + frame(b"e", output.stderr)
+            + frame(b"x", _I32.pack(output.exit_code)))
+
+
+async def run_command(ctx: ApiContext, name: str, argv: list[str],
+                      send: Callable[[bytes], None]) -> None:
+    """Run one command as the HTTP route runs it and `send` its answer: the output as
+    soon as the command ends (the idle mark is written after), or the one-line error."""
+    sent = False
+
+    def send_output(output: ExecOutput) -> None:
+        nonlocal sent
+        sent = True
+        send(output_frames(output))
+
     try:
         validate_name(name)
         if ctx.engine.projection.state_of(name) is None and not ctx.engine.store.exists(name):
             raise MachineNotFoundError(name)
-        _record, output = await ctx.exec.run(name, argv)
+        await ctx.exec.run(name, argv, on_output=send_output)
     except BoxuiError as exc:
-        return frame(b"!", str(exc).encode())
-    return (frame(b"o", output.stdout) + frame(b"e", output.stderr)
-            + frame(b"x", _I32.pack(output.exit_code)))
+        if not sent:
+            send(frame(b"!", str(exc).encode()))
+        else:  # after the answer (the bookkeeping): the client has its output
+            log.warning("exec in %s: %s", name, exc)
 
 
 async def _handle(ctx: ApiContext, reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter) -> None:
     ctx.open_requests += 1  # a waiting client keeps an idle daemon, as a request does
     ctx.activity.set()
+    sent: list[bytes] = []
+
+    def send(frames: bytes) -> None:
+        sent.append(frames)
+        writer.write(frames)  # buffered by the transport if the client reads slowly
+
     try:
         try:
             name, argv = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
-            frames = await answer(ctx, name, argv)
+            await run_command(ctx, name, argv, send)
         except (BadRequestError, TimeoutError) as exc:
-            frames = frame(b"!", f"the boxui daemon cannot read the request: {exc}".encode())
+            send(frame(b"!", f"the boxui daemon cannot read the request: {exc}".encode()))
         except Exception as exc:  # a bug: the client gets one line, the log the details
             log.exception("exec on the exec socket failed")
-            frames = frame(b"!", f"the boxui daemon failed: {type(exc).__name__}: {exc}"
-                           .encode())
+            if not sent:
+                send(frame(b"!", f"the boxui daemon failed: {type(exc).__name__}: {exc}"
+                           .encode()))
         with contextlib.suppress(ConnectionError):  # a client gone: nothing to tell
-            writer.write(frames)
             await writer.drain()
     finally:
         writer.close()

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import functools
 import io
+import os
 import shlex
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,28 +70,40 @@ class MachineExec:
         self.runner: ExecRunner = runner or self.ssh_runner
         self.registry = registry or CommandRegistry()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._envs: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
 
     async def run(self, name: str, argv: list[str], *, stdin: bytes | None = None,
-                  timeout: float | None = None) -> tuple[CommandRecord, ExecOutput]:
+                  timeout: float | None = None,
+                  on_output: Callable[[ExecOutput], None] | None = None,
+                  ) -> tuple[CommandRecord, ExecOutput]:
+        """Run `argv` in `name` as counted work: registered in flight, the machine marked
+        busy while it runs and ready after. `on_output` is told the output the moment the
+        command ends, before the idle mark is written: a client waiting only for the
+        output (`boxui exec`) need not wait for the bookkeeping too."""
         command = shlex.join(argv)
         async with self._locks[name]:
             port = self._reachable_port(name)
             record = self.registry.begin(name, command[:200],
                                          len(command) + len(stdin or b""))
-            # busy before the command starts, so that whoever sees it running (a scale-down
-            # choosing what to drain) sees the machine busy; the mark is cheap (not synced)
-            if self.engine.projection.state_of(name) is InstanceState.READY:
-                await self._mark(name, Verb.BUSY, "command in flight")
+            # in flight in the registry at once (what scale-down counts and drains by);
+            # the busy mark is written while the command starts, not before it: its
+            # thread hops and fsync would otherwise add to every command's time
+            busy = asyncio.ensure_future(self._mark(name, Verb.BUSY, "command in flight")) \
+                if self.engine.projection.state_of(name) is InstanceState.READY else None
         output: ExecOutput | None = None
         error: str | None = None
         try:
-            env = (await asyncio.to_thread(self.engine.store.load_spec, name)).env
+            env = await self._env(name)
             output = await self.runner(self.engine, name, port, argv_with_env(argv, env),
                                        stdin, timeout)
+            if on_output is not None:
+                on_output(output)
         except BoxuiError as exc:
             error = str(exc)
             raise
         finally:
+            if busy is not None:
+                await asyncio.shield(busy)  # busy is logged before idle, whatever happens
             async with self._locks[name]:
                 size = len(output.stdout) + len(output.stderr) if output else None
                 code = output.exit_code if output else None
@@ -100,6 +114,24 @@ class MachineExec:
                     await self._mark(name, Verb.IDLE, "no command in flight")
         assert output is not None
         return record.model_copy(), output  # finished in place by the registry
+
+    async def _env(self, name: str) -> dict[str, str]:
+        """The machine's environment (from `machine.toml`, which a user may edit at any
+        time): parsed again only when the file changed, so that a command does not pay a
+        thread hop and a TOML parse each time."""
+        path = self.engine.dirs.spec_path(name)
+        try:
+            st = os.stat(path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        cached = self._envs.get(name)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        env = (await asyncio.to_thread(self.engine.store.load_spec, name)).env
+        if key is not None:
+            self._envs[name] = (key, env)
+        return env
 
     async def ssh_runner(self, engine: Engine, name: str, port: int, argv: list[str],
                          stdin: bytes | None, timeout: float | None) -> ExecOutput:
@@ -129,6 +161,7 @@ class MachineExec:
                     self._forget_stopped()
                 elif event.subject and _verb(event.type) in _CLOSE_CONNECTION_ON:
                     self.pool.forget(event.subject)
+                    self._envs.pop(event.subject, None)
         finally:
             subscription.close()
             await self.pool.aclose()
