@@ -169,3 +169,13 @@ async def test_a_bad_request_is_answered_with_one_error(api: Api, engine: Engine
 async def test_the_socket_goes_with_the_api(engine: Engine, api: Api) -> None:
     assert engine.dirs.exec_socket.exists()
     assert engine.dirs.exec_socket.stat().st_mode & 0o777 == 0o600
+
+
+def test_setup_installs_the_native_client() -> None:
+    """bin/setup (which made this venv) built the client as `boxui`, the Python entry
+    point beside it; without a C compiler `boxui` stays the Python entry point."""
+    entry = Path(sys.executable).with_name("boxui")
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: bin/setup keeps the Python entry point")
+    assert entry.read_bytes()[:4] == b"\x7fELF"
+    assert entry.with_name("boxui-py").read_text().startswith(f"#!{entry.parent}/python\n")
