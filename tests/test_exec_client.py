@@ -18,6 +18,7 @@ import pytest
 
 from backend.api.exec_socket import frame
 from backend.state.engine import Engine
+from backend.state.state_dir import open_state_dir
 from tests.api_helpers import Api
 
 SOURCE = Path(__file__).resolve().parent.parent / "boxui" / "cli" / "exec_client.c"
@@ -179,3 +180,12 @@ def test_setup_installs_the_native_client() -> None:
         pytest.skip("no C compiler: bin/setup keeps the Python entry point")
     assert entry.read_bytes()[:4] == b"\x7fELF"
     assert entry.with_name("boxui-py").read_text().startswith(f"#!{entry.parent}/python\n")
+
+
+async def test_a_socket_left_by_a_killed_daemon_is_pythons(home: Path, client_dir: Path) -> None:
+    dirs = open_state_dir(home)
+    dirs.ensure_api_socket_dir()
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(dirs.exec_socket))  # nobody listens: connecting is refused
+        result = await run([str(client_dir / "boxui"), "exec", "vm", "--", "true"], home)
+    assert handed_over(result) == ["exec", "vm", "--", "true"]
