@@ -85,11 +85,10 @@ class MachineExec:
             port = self._reachable_port(name)
             record = self.registry.begin(name, command[:200],
                                          len(command) + len(stdin or b""))
-            # in flight in the registry at once (what scale-down counts and drains by);
-            # the busy mark is written while the command starts, not before it: its
-            # thread hops and fsync would otherwise add to every command's time
-            busy = asyncio.ensure_future(self._mark(name, Verb.BUSY, "command in flight")) \
-                if self.engine.projection.state_of(name) is InstanceState.READY else None
+            # busy before the command starts, so that whoever sees it running (a scale-down
+            # choosing what to drain) sees the machine busy; the mark is cheap (not synced)
+            if self.engine.projection.state_of(name) is InstanceState.READY:
+                await self._mark(name, Verb.BUSY, "command in flight")
         output: ExecOutput | None = None
         error: str | None = None
         try:
@@ -102,8 +101,6 @@ class MachineExec:
             error = str(exc)
             raise
         finally:
-            if busy is not None:
-                await asyncio.shield(busy)  # busy is logged before idle, whatever happens
             async with self._locks[name]:
                 size = len(output.stdout) + len(output.stderr) if output else None
                 code = output.exit_code if output else None
