@@ -12,15 +12,20 @@ then times whole CLI processes as a user would see them (interpreter start-up in
   ControlPath=... -o ControlPersist=60`, the machine's own key and known_hosts). Target:
   exec p95 no slower than that ssh's p95, and under 150 ms. Both are warmed first (the
   daemon's kept connection, ssh's master), so both measure a command on a live connection.
-Where exec's time goes: the same request from a warm in-process client (no process to
-start, nothing to import), and of that, the daemon's time from dispatching the command to
-its completion (the SSH channel to the guest, from the command's own record), and what
-the command registry's journal costs each command (its three lines, the dispatched one
-synced) on the state dir's disk.
-It also prints the floor every CLI command pays: the interpreter starting, importing what
-`exec` imports (its hand parser and stdlib request, before click), and importing the
-whole click command line (every other command). Runs alternate exec and ssh so that load
-on the host hits both alike. Then it stops the guest and the daemon.
+  `boxui` is what a user runs: after bin/setup, the native exec client
+  (boxui/cli/exec_client.c) on the daemon's exec socket; the header says which it is.
+- the same exec through Python (`boxui-py`, what a pipx install runs: the API's exec
+  route over stdlib HTTP), when the native client is installed.
+Where exec's time goes: the request on the exec socket from a warm in-process client (no
+process to start, nothing to import), the same on the HTTP route, and of that, the
+daemon's time from dispatching the command to its completion (the SSH channel to the
+guest, from the command's own record), and what the command registry's journal costs each
+command (its three lines, the dispatched one synced) on the state dir's disk.
+It also prints the floor every Python CLI command pays: the interpreter starting,
+importing what the Python `exec` imports (its hand parser and stdlib request, before
+click), and importing the whole click command line (every other command). Runs alternate
+exec and ssh so that load on the host hits both alike. Then it stops the guest and the
+daemon.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +62,8 @@ from backend.supervision.ssh_access import find_ssh, ssh_argv, write_known_hosts
 LS_TARGET_MS = 300.0
 EXEC_TARGET_MS = 150.0
 BOXUI = [str(Path(sys.executable).with_name("boxui"))]
+#: the Python entry point beside the native client (bin/setup writes both)
+BOXUI_PY = Path(sys.executable).with_name("boxui-py")
 #: what `boxui exec` imports before it sends its request
 EXEC_IMPORTS = "import boxui.cli.main, boxui.cli.fast_exec, boxui.ssh_commands"
 
@@ -146,6 +155,33 @@ def registry_cost(dirs: StateDir, runs: int) -> list[float]:
     return asyncio.run(measure())
 
 
+def native_client() -> bool:
+    with open(BOXUI[0], "rb") as entry:
+        return entry.read(4) == b"\x7fELF"
+
+
+def exec_socket_trips(dirs: StateDir, runs: int) -> list[float]:
+    """Milliseconds of `true` on the exec socket from a warm client: the daemon's part of
+    what the native client waits for."""
+    request = b"BXE1" + struct.pack(">I", 2) + b"".join(
+        struct.pack(">I", len(word)) + word for word in (b"vm", b"true"))
+    trips = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(60)
+            sock.connect(str(dirs.exec_socket))
+            sock.sendall(request)
+            answer = b""
+            while not answer.endswith(b"x" + struct.pack(">I", 4) + struct.pack(">i", 0)):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise SystemExit(f"the exec socket answered {answer[:200]!r}")
+                answer += chunk
+        trips.append((time.perf_counter() - started) * 1000)
+    return trips
+
+
 def row(label: str, times: list[float], target: str = "-") -> None:
     print(f"{label:<34} {statistics.median(times):>7.1f} {percentile(times, 0.95):>7.1f} "
           f"{min(times):>7.1f} {max(times):>7.1f}  {target}")
@@ -197,9 +233,16 @@ def measure(args: argparse.Namespace, dirs: StateDir, env: dict[str, str],
             ssh_times.append(timed(ssh, env))
     finally:
         subprocess.run([*ssh[:-3], "-O", "exit", ssh[-3]], capture_output=True, timeout=30)
+    native = native_client()
+    python_exec = [timed([str(BOXUI_PY), *exec_argv[1:]], env) for _ in range(args.runs)] \
+        if native else []
+    socket_trips = exec_socket_trips(dirs, args.runs)
     trips, channel = daemon_side(dirs, args.runs)
     report(args, boot, [floor, exec_imports, imports], ls, start, exec_times, ssh_times)
-    row("  exec request, in-process client", trips)
+    if python_exec:
+        row(f"boxui-py exec (Python path, {args.runs})", python_exec)
+    row("  exec socket request, warm client", socket_trips)
+    row("  HTTP exec request, warm client", trips)
     row("  of it: dispatched -> completed", channel)
     row("  of it: the registry's writes", registry_cost(dirs, args.runs))
 
@@ -210,10 +253,13 @@ def report(args: argparse.Namespace, boot: float, floors: list[list[float]],
     load = os.getloadavg()[0]
     print(f"boxui CLI with a daemon, {args.machines + 1} machines, one real guest "
           f"(booted in {boot:.1f} s), {os.cpu_count()} CPUs, load average {load:.1f}")
+    entry = "the native exec client (exec_client.c)" if native_client() else \
+        "the Python entry point"
+    print(f"{BOXUI[0]} is {entry}")
     print(f"{'ms per process':<34} {'median':>7} {'p95':>7} {'min':>7} {'max':>7}  target")
     floor, exec_imports, imports = floors
     row("python -c pass (floor)", floor)
-    row("python: exec's imports", exec_imports)
+    row("python: Python exec's imports", exec_imports)
     row("python -c 'import boxui.cli.root'", imports)
     ls_ok = statistics.median(ls) < LS_TARGET_MS
     row(f"boxui ls ({args.machines + 1} machines)", ls,

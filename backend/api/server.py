@@ -13,6 +13,7 @@ import uvicorn
 
 from backend.api.app import create_app
 from backend.api.context import ApiContext
+from backend.api.exec_socket import bind_exec_socket, serve_exec_socket
 from backend.api.listen_socket import listen_on_api_socket
 
 log = logging.getLogger("boxui.api")
@@ -43,10 +44,14 @@ async def serve_api(ctx: ApiContext, stop: asyncio.Event,
     config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False,
                             lifespan="off", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
     server = _Server(config)
+    exec_sock = await asyncio.to_thread(bind_exec_socket, ctx.engine.dirs.exec_socket)
     log.info("API listening on %s", path)
     if listening is not None:
         listening.set()
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="api-server")
+    exec_stop = asyncio.Event()
+    exec_serving = None if exec_sock is None else asyncio.create_task(
+        serve_exec_socket(ctx, exec_sock, exec_stop), name="exec-socket")
     waiting = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -56,6 +61,10 @@ async def serve_api(ctx: ApiContext, stop: asyncio.Event,
     finally:
         waiting.cancel()
         ctx.closing.set()
+        exec_stop.set()
+        if exec_serving is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await exec_serving
         if not serving.done():
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -94,6 +94,11 @@ class StateDir:
             return preferred
         return self._fallback_base() / "api.sock"
 
+    @property
+    def exec_socket(self) -> Path:
+        """`boxui exec`'s framed socket (`backend.api.exec_socket`), beside the API's."""
+        return self.api_socket.with_name("exec.sock")
+
     def _fallback_base(self) -> Path:
         # imported here: `boxui exec` resolves the socket path first thing, and these two
         # (tempfile brings shutil and random) are only for a state dir deep in the tree

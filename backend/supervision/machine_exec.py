@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import functools
 import io
+import os
 from collections import defaultdict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ from backend.state.engine import Engine
 from backend.state.event_bus import Missed
 from backend.state.events import INSTANCE_TYPE_PREFIX, now_utc
 from backend.state.lifecycle import InstanceState, Verb
+from backend.state.machine_spec import MachineSpec
 from backend.supervision.inflight_commands import CommandRecord, CommandRegistry, CommandState
 from backend.supervision.ssh_access import SshTimeoutError, kill_marked_argv
 from backend.supervision.ssh_pool import SshPool
@@ -87,15 +89,20 @@ class MachineExec:
             engine.dirs.root, load_retention(engine.dirs.root))
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[object]] = set()
+        self._specs: dict[str, tuple[tuple[int, int, int], MachineSpec]] = {}
 
     async def run(self, name: str, argv: list[str], *, stdin: bytes | None = None,
                   timeout: float | None = None, idempotent: bool = False,
                   max_attempts: int = 1, origin: str = "exec",
+                  on_output: Callable[[ExecOutput], None] | None = None,
                   ) -> tuple[CommandRecord, ExecOutput]:
         """Run `argv` in `name`, recorded in the registry from before it is dispatched
         until it ends. `timeout` is its deadline: past it the command is killed in the
         guest and recorded `expired`. `idempotent` (with `max_attempts`) lets the next
-        supervisor dispatch it again if this one dies while it runs."""
+        supervisor dispatch it again if this one dies while it runs. `on_output` is told
+        the output the moment the command ends, before the record and the idle mark are
+        written: a client waiting only for the output (`boxui exec`) need not wait for the
+        bookkeeping too."""
         deadline = now_utc() + timedelta(seconds=timeout) if timeout else None
         async with self._locks[name]:
             port = self._reachable_port(name)
@@ -103,7 +110,7 @@ class MachineExec:
                                          idempotent=idempotent, max_attempts=max_attempts,
                                          origin=origin)
             await self.mark_busy(name)
-        return await self.carry(record, port, stdin, timeout)
+        return await self.carry(record, port, stdin, timeout, on_output)
 
     async def mark_busy(self, name: str) -> None:
         """Busy before a command starts, so that whoever sees it running (a scale-down
@@ -112,7 +119,9 @@ class MachineExec:
             await self._mark(name, Verb.BUSY, "command in flight")
 
     async def carry(self, record: CommandRecord, port: int, stdin: bytes | None,
-                    timeout: float | None) -> tuple[CommandRecord, ExecOutput]:
+                    timeout: float | None,
+                    on_output: Callable[[ExecOutput], None] | None = None,
+                    ) -> tuple[CommandRecord, ExecOutput]:
         """Dispatch a `pending` command and record how it ends (also what recovery
         calls to dispatch an interrupted idempotent command again)."""
         name = record.machine
@@ -121,13 +130,15 @@ class MachineExec:
         ended: CommandState | None = None
         lease: asyncio.Task[None] | None = None
         try:
-            spec = await asyncio.to_thread(self.engine.store.load_spec, name)
+            spec = await self._spec(name)
             self.registry.dispatch(record.id, service=spec.service)
             lease = asyncio.create_task(self.registry.keep_lease(record.id))
             token = _COMMAND.set(record.id)
             try:
                 output = await self.runner(self.engine, name, port,
                                            argv_with_env(record.argv, spec.env), stdin, timeout)
+                if on_output is not None:
+                    on_output(output)
             finally:
                 _COMMAND.reset(token)
         except SshTimeoutError as exc:
@@ -180,6 +191,24 @@ class MachineExec:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _spec(self, name: str) -> MachineSpec:
+        """The machine's spec (its environment and service; `machine.toml` may be edited
+        at any time): parsed again only when the file changed, so that a command does not
+        pay a thread hop and a TOML parse each time."""
+        path = self.engine.dirs.spec_path(name)
+        try:
+            st = os.stat(path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        cached = self._specs.get(name)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        spec = await asyncio.to_thread(self.engine.store.load_spec, name)
+        if key is not None:
+            self._specs[name] = (key, spec)
+        return spec
+
     async def ssh_runner(self, engine: Engine, name: str, port: int, argv: list[str],
                          stdin: bytes | None, timeout: float | None) -> ExecOutput:
         """The product runner: a channel on the machine's kept SSH connection, made with
@@ -216,6 +245,7 @@ class MachineExec:
                     self._forget_stopped()
                 elif event.subject and _verb(event.type) in _CLOSE_CONNECTION_ON:
                     self.pool.forget(event.subject)
+                    self._specs.pop(event.subject, None)
         finally:
             subscription.close()
             await self.pool.aclose()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,11 @@ from backend.supervision.ssh_access import (
 MAX_CHANNELS = 32
 
 KeyLoader = Callable[[], MachineKeys]
+
+# asyncssh logs five INFO lines for every channel (open, command, exit status, close):
+# thousands of lines in the daemon's log for a loop of execs, each paid for in the
+# command's time. Its warnings and errors still show.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
 @dataclass

@@ -8,7 +8,10 @@ unknown options and passes them on in place (`exec vm ls -la`), drops the first 
 only, and takes NAME as the first argument either side of it.
 
 Only the standard library and the stdlib request in `boxui.ssh_commands` are imported
-here: this is the path whose start-up `bench/cli.py` times.
+here: this is the path whose start-up `bench/cli.py` times. Where bin/setup built the
+native client (`exec_client.c`, then `.venv/bin/boxui`), an exec reaches this path only
+when that client handed it over (no daemon yet, or a command line it does not claim);
+a pipx install has no native client and always comes here.
 """
 
 from __future__ import annotations

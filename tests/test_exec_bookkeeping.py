@@ -1,0 +1,62 @@
+"""What `MachineExec.run` does around a command: the output handed on before the idle
+mark is written (busy from before the command started), and the machine's environment
+read again whenever `machine.toml` changes (parsed once per change, not per command)."""
+
+from __future__ import annotations
+
+from backend.state.engine import Engine
+from backend.state.event_bus import Subscription
+from backend.state.events import CloudEvent
+from backend.state.lifecycle import InstanceState, Verb
+from backend.supervision.machine_exec import ExecOutput, MachineExec
+from tests.conftest import spec
+
+
+async def _ready_vm(engine: Engine, **kw: object) -> None:
+    await engine.create_machine(spec("vm", **kw))
+    await engine.transition("vm", Verb.BOOTING)
+    await engine.transition("vm", Verb.READY, update=lambda r: setattr(r, "ssh_port", 2222))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    async def __call__(self, engine: Engine, name: str, port: int, argv: list[str],
+                       stdin: bytes | None, timeout: float | None) -> ExecOutput:
+        self.argvs.append(argv)
+        return ExecOutput(7, b"out", b"err")
+
+
+def _verbs(subscription: Subscription) -> list[str]:
+    verbs = []
+    while (event := subscription.get_nowait()) is not None:
+        if isinstance(event, CloudEvent):
+            verbs.append(event.type.rsplit(".", 1)[-1])
+    return verbs
+
+
+async def test_the_output_is_handed_on_before_the_idle_mark(engine: Engine) -> None:
+    await _ready_vm(engine)
+    machine_exec = MachineExec(engine, runner=Recorder())
+    subscription = engine.subscribe(machine="vm")
+    seen: list[tuple[int, list[str]]] = []
+    _record, output = await machine_exec.run(
+        "vm", ["true"], on_output=lambda out: seen.append((out.exit_code, _verbs(subscription))))
+    assert seen[0] == (7, ["busy"])  # busy from before the command started, not yet idle
+    assert output.stdout == b"out"
+    assert engine.projection.state_of("vm") is InstanceState.READY
+    assert seen[0][1] + _verbs(subscription) == ["busy", "idle"]
+    subscription.close()
+
+
+async def test_an_edited_environment_is_used_by_the_next_command(engine: Engine) -> None:
+    await _ready_vm(engine, env={"A": "1"})
+    runner = Recorder()
+    machine_exec = MachineExec(engine, runner=runner)
+    await machine_exec.run("vm", ["true"])
+    await machine_exec.run("vm", ["true"])
+    engine.store.save_spec(spec("vm", env={"A": "2", "B": "x"}))
+    await machine_exec.run("vm", ["true"])
+    assert runner.argvs == [["env", "A=1", "true"], ["env", "A=1", "true"],
+                            ["env", "A=2", "B=x", "true"]]
