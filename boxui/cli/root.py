@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "doctor_cmd"), "gc": ("gc", "gc_cmd"),
     "disk": ("disks", "disk_group"), "image": ("images", "image_group"),
     "service": ("services", "service_group"), "template": ("templates", "template_group"),
+    "run": ("cells", "run_cmd"), "cells": ("cells", "cells_cmd"),
 }
 
 
