@@ -50,10 +50,11 @@ async def cancel_cell(cell_id: str, ctx: Ctx) -> dict[str, str]:
 
 
 async def _lines(run: CellRun, ctx: ApiContext, request: Request) -> AsyncIterator[bytes]:
-    """Each line until the last; the cell is cancelled if the client goes first. A
-    daemon shutting down ends the stream and leaves the cell to its successor."""
+    """Each line until the last; the cell is cancelled if the stream ends any other way
+    than by the daemon shutting down (which leaves the cell to its successor)."""
     gone = asyncio.ensure_future(_disconnected(request))
     closing = asyncio.ensure_future(ctx.closing.wait())
+    finished = False
     try:
         while True:
             line = asyncio.ensure_future(run.lines.get())
@@ -61,14 +62,17 @@ async def _lines(run: CellRun, ctx: ApiContext, request: Request) -> AsyncIterat
                                          return_when=asyncio.FIRST_COMPLETED)
             if line not in done:
                 line.cancel()
-                if gone in done:
-                    run.cancel()
                 return
             item = line.result()
-            yield orjson.dumps(item.model_dump(mode="json", exclude_none=True)) + b"\n"
+            # the line's unset fields are left out; the cell's own nulls (exit_code) stay
+            fields = {k: v for k, v in item.model_dump(mode="json").items() if v is not None}
+            yield orjson.dumps(fields) + b"\n"
             if item.type in ("result", "error"):
+                finished = True
                 return
     finally:
+        if not finished and not closing.done():
+            run.cancel()  # the client went (Starlette may cancel us before `gone` says so)
         for waiter in (gone, closing):
             waiter.cancel()
 

@@ -63,6 +63,7 @@ class CellService:
     async def record(self, cell_id: str, name: str, verb: CellVerb, **data: Any) -> CellView:
         """Check, log, then apply one cell step: the log is the commit point."""
         projection = await self.projection()
+        data.setdefault("message", _describe(verb, name, data))
         event = new_cell_event(cell_id, name, verb, **data)
         projection.check(event)
         await self.supervisor.engine.record_event(event)
@@ -83,8 +84,10 @@ class CellService:
         self.runs[cell_id] = run
 
         async def record(verb: CellVerb, **data: Any) -> CellView:
+            data["message"] = _describe(verb, name, data)
             view = await self.record(cell_id, name, verb, **data)
-            run.lines.put_nowait(_step_line(verb, view, data))
+            run.lines.put_nowait(CellLine(type="step", step=verb.value,
+                                          message=data["message"]))
             return view
 
         run.task = self.supervisor.spawn(CellSteps(run, self.supervisor, self.exec, record)(),
@@ -157,16 +160,20 @@ def _check_files(request: CellRequest) -> None:
                                    "not a writable directory")
 
 
-def _step_line(verb: CellVerb, view: CellView, data: dict[str, Any]) -> CellLine:
-    said = {CellVerb.STARTED: f"cell {view.name}: starting ({view.source})",
-            CellVerb.MATERIALIZED: f"machine {view.name} ready by {data.get('how')} "
+def _describe(verb: CellVerb, name: str, data: dict[str, Any]) -> str:
+    """The step in words, for `boxui events`, the daemon's log and `boxui run`."""
+    said = {CellVerb.STARTED: f"cell {name}: starting ({data.get('source')})",
+            CellVerb.MATERIALIZED: f"machine {name} ready by {data.get('how')} "
                                    f"in {data.get('seconds')} s",
             CellVerb.INPUTS_COPIED: f"{len(data.get('files') or [])} input(s) copied in",
-            CellVerb.COMMAND_COMPLETED: f"command exited {data.get('exit_code')}",
+            CellVerb.COMMAND_COMPLETED: f"command exited {data.get('exit_code')} "
+                                        f"after {data.get('seconds')} s",
             CellVerb.EXPORTED: "; ".join(f"exported {a['guest_path']} -> {a['host_path']} "
                                          f"({a['size_bytes']} bytes, sha256 {a['sha256']})"
                                          for a in data.get("artifacts") or []),
-            CellVerb.DESTROYED: f"machine {view.name} "
+            CellVerb.DESTROYED: f"machine {name} "
                                 + ("kept" if data.get("kept") else "destroyed")}
     message = said.get(verb) or f"{verb.value}: {data.get('reason')}"
-    return CellLine(type="step", step=verb.value, message=message)
+    if verb is CellVerb.DESTROYED and data.get("reason"):
+        message += f" ({data['reason']})"
+    return message
