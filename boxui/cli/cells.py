@@ -91,9 +91,9 @@ def run_cmd(template: str | None, image: str | None, name: str | None,
     from boxui.daemon.cell_stream import CellInterrupted, run_cell
     from boxui.daemon.spawn import ensure_daemon
 
-    body: dict[str, object] = {"argv": list(command), "name": name, "template": template, "image": image,
-            "timeout": timeout, "env": env, "inputs": inputs, "exports": exports,
-            "keep": keep}
+    body: dict[str, object] = {
+        "argv": list(command), "name": name, "template": template, "image": image,
+        "timeout": timeout, "env": env, "inputs": inputs, "exports": exports, "keep": keep}
     chatty = sys.stderr.isatty()
     with ensure_daemon() as client:
         try:
