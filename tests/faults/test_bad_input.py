@@ -28,10 +28,11 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "service rm": ([], []), "template build": ([], []), "template revisions": ([], []),
     "template rm": ([], []), "disk show": ([], []), "disk resize": ([], ["1G"]),
     "image build": ([], []), "image rm": ([], []), "provision": ([], []),
+    "run": (["--name"], ["--", "true"]),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
-           "doctor", "gc", "service ls", "template ls", "image ls", "cp"}
+           "doctor", "gc", "service ls", "template ls", "image ls", "cp", "cells"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -77,6 +78,15 @@ BAD_OPTIONS = [
     ["cp", "--bogus", "a", "ok:b"], ["cp", "", "ok:b"], ["cp", "a", "ok:b\0"],
     *(["cp", "a", f"{n}:b"] for n in ("UPPER", "héllo", "a b", "a\0b", "x" * 300, ".", "")),
     ["cp", "-r=yes", "a", "ok:b"],
+    # run: a command is needed; files, env, timeout and the machine's source are checked
+    ["run"], ["run", "--keep"], ["cells", "extra"], ["cells", "--bogus"],
+    *(["run", "--timeout", t, "--", "true"] for t in ("0", "-1", "soon")),
+    *(["run", "--input", i, "--", "true"] for i in ("/nonexistent:/x", "FILE", "FILE:rel",
+                                                   ":/x")),
+    *(["run", "--export", e, "--", "true"] for e in ("rel", "/x:/nonexistent", "/x:FILE")),
+    *(["run", "--env", e, "--", "true"] for e in ("NOEQUALS", "1X=y", "=v")),
+    *(["run", "--template", t, "--", "true"] for t in ("../x", "a:B", ":")),
+    ["run", "--image", "../x", "--", "true"], ["run", "--template", "t", "--image", "i", "true"],
 ]
 CASES = [
     *([*cmd.split(), *opts, name, *args] for cmd, (opts, args) in NAMED.items()
