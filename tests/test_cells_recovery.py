@@ -114,8 +114,11 @@ def test_daemon_killed_at_each_step_leaks_no_machine(
         assert machines(home) == {}
         [cell] = cells(home)
         assert cell["stage"] == "destroyed"
+        during = {"identity": "identity", "inputs": "copying its inputs",
+                  "command": "its command", "export": "export", "destroy": "destroy"}[step]
         if cell["outcome"] == "interrupted":  # "destroy" may have finished before the kill
-            assert cell["reason"].startswith("interrupted: the supervisor died during")
+            assert cell["reason"].startswith("interrupted: the supervisor died during "
+                                             + during), cell["reason"]
         else:
             assert step == "destroy"
     finally:

@@ -133,18 +133,21 @@ class CellService:
                 engine.projection.state_of(cell.name) is not None
             if exists and not cell.keep:
                 await self.supervisor.delete_machine(cell.name, force=True)
-            reason = f"interrupted: the supervisor died during {_during(cell.stage)}"
+            reason = f"interrupted: the supervisor died during {_during(cell)}"
             await self.record(cell.id, cell.name, CellVerb.DESTROYED, reason=reason,
                               outcome="interrupted", kept=bool(exists and cell.keep))
             notes.append(f"cell {cell.name}: {reason}")
         return notes
 
 
-def _during(stage: CellStage) -> str:
+def _during(cell: CellView) -> str:
+    """The step a cell was in, from the last one it finished."""
+    if cell.stage is CellStage.IDENTITY_READY:
+        return "copying its inputs" if cell.inputs else "its command"
     return {CellStage.STARTED: "identity (making its machine)",
-            CellStage.IDENTITY_READY: "its inputs or command",
             CellStage.INPUTS_COPIED: "its command",
-            CellStage.COMMAND_COMPLETED: "export"}.get(stage, "destroy")
+            CellStage.COMMAND_COMPLETED: "export" if cell.exports else "destroy"
+            }.get(cell.stage, "destroy")
 
 
 def _check_files(request: CellRequest) -> None:

@@ -95,6 +95,9 @@ class CellView(BaseModel):
     source: str = Field(description="how its machine is made: default, image NAME or "
                         "template ID:ROLE")
     keep: bool = False
+    #: guest paths of its inputs and exports
+    inputs: list[str] = Field(default_factory=list)
+    exports: list[str] = Field(default_factory=list)
     stage: CellStage
     #: the cell's story in one word: running, succeeded, failed, interrupted, cancelled
     outcome: str
@@ -199,9 +202,9 @@ class CellProjection:
 
 def _first(event: CloudEvent, cell_id: str) -> CellView:
     data = event.data
-    argv = data.get("argv")
     return CellView(id=cell_id, name=str(data.get("name") or event.subject or ""),
-                    argv=[str(a) for a in argv] if isinstance(argv, list) else [],
+                    argv=_strings(data.get("argv")), inputs=_strings(data.get("inputs")),
+                    exports=_strings(data.get("exports")),
                     source=str(data.get("source") or "default"), keep=bool(data.get("keep")),
                     stage=CellStage.STARTED, outcome="running", started_at=event.time,
                     last_event_id=event.id)
@@ -230,3 +233,7 @@ def _step(cell: CellView, verb: CellVerb, event: CloudEvent) -> None:
             cell.outcome = str(data.get("outcome") or "interrupted")
         elif cell.outcome == "running":
             cell.outcome = "succeeded"
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
