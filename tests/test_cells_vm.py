@@ -57,7 +57,8 @@ def test_a_daemon_killed_during_the_command_leaks_no_guest(vm_home: Path) -> Non
                             "echo started; sleep 600"], env=cli_env(vm_home), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert run.stdout is not None
-    assert run.stdout.readline() == "started\n"
+    first = run.stdout.readline()
+    assert first == "started\n", (first, run.communicate(timeout=60))
     assert len(qemu_pids(vm_home)) == 1
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(30)
