@@ -124,7 +124,7 @@ class CellService:
         """Finish every cell a dead supervisor left unfinished: its machine is deleted
         (unless the cell keeps it) and the cell marked destroyed with the step it was cut
         off in. Runs after crash recovery, so the machine is known (re-adopted or not)."""
-        notes = []
+        notes: list[str] = []
         for cell in (await self.projection()).unfinished():
             if cell.id in self.runs:
                 continue
@@ -132,7 +132,12 @@ class CellService:
             exists = engine.store.exists(cell.name) or \
                 engine.projection.state_of(cell.name) is not None
             if exists and not cell.keep:
-                await self.supervisor.delete_machine(cell.name, force=True)
+                try:
+                    await self.supervisor.delete_machine(cell.name, force=True)
+                except BoxuiError as exc:  # left open: the next start tries again
+                    notes.append(f"cell {cell.name}: its machine could not be deleted "
+                                 f"({exc}); the next start tries again")
+                    continue
             reason = f"interrupted: the supervisor died during {_during(cell)}"
             await self.record(cell.id, cell.name, CellVerb.DESTROYED, reason=reason,
                               outcome="interrupted", kept=bool(exists and cell.keep))
