@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from backend.state.cell_projection import CellView
-from backend.state.machine_spec import MAX_ENV
+from backend.state.machine_spec import MAX_ENV, check_env
 
 
 def _absolute_guest_path(value: str) -> str:
@@ -45,6 +45,8 @@ class CellRequest(BaseModel):
     inputs: list[CellInput] = Field(default_factory=list, max_length=256)
     exports: list[CellExport] = Field(default_factory=list, max_length=256)
     keep: bool = Field(default=False, description="leave the machine when the cell ends")
+
+    _env = field_validator("env")(check_env)
 
     @model_validator(mode="after")
     def _one_source(self) -> CellRequest:

@@ -75,7 +75,7 @@ class CellService:
     async def start(self, request: CellRequest) -> CellRun:
         """Refuse what cannot run (before any event), then run the cell in a task."""
         cell_id = uuid.uuid4().hex
-        name = validate_name(request.name or f"cell-{cell_id[:8]}")
+        name = validate_name(f"cell-{cell_id[:8]}" if request.name is None else request.name)
         await self._name_free(name)
         spec = await asyncio.to_thread(self._spec, name, request)
         restores = await asyncio.to_thread(self.supervisor.restore_plan, spec) is not None
@@ -113,7 +113,7 @@ class CellService:
         if request.template is not None:
             spec = spec_from_template(dirs, name, request.template)
         elif request.image is not None:
-            spec = MachineSpec(name=name, image=request.image, memory_mib=512)
+            spec = MachineSpec(name=name, image=validate_name(request.image), memory_mib=512)
             check_disk_request(dirs.images, spec)
         else:
             spec = MachineSpec(name=name)
