@@ -64,8 +64,10 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 # the endless NDJSON streams are tested on their own (test_api_machines, the app over a
-# daemon); a fuzzer would wait on them forever
-@schema.exclude(path="/v1/events").exclude(path="/v1/health/samples").parametrize()
+# daemon); a fuzzer would wait on them forever. A cell writes its exports into host
+# directories the request names (as root here, `/` would do): tested in test_cells_api
+@schema.exclude(path="/v1/events").exclude(path="/v1/health/samples") \
+    .exclude(method="POST", path="/v1/cells").parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi_document(case: Any) -> None:
     case.call_and_validate(checks=CHECKS)

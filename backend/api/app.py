@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from backend.api import (
+    cell_routes,
     command_routes,
     disk_routes,
     event_routes,
@@ -100,6 +101,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.include_router(orphan_routes.router)
     app.include_router(image_routes.router)
     app.include_router(provision_routes.router)
+    app.include_router(cell_routes.router)
     app.include_router(misc)
     return app
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from backend.cells.service import CellService
 from backend.images.builder import BuildTools
 from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
@@ -33,6 +34,13 @@ class ApiContext:
     image_tools: BuildTools | None = None
     #: runs machines' provision scripts (None: provisioning is off, as in some tests)
     provisioner: Provisioner | None = None
+
+    #: `boxui run`'s cells, made with the context so that every supervisor serving the
+    #: API has them (and finishes what a dead one left: `cells.recover`)
+    cells: CellService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cells = CellService(self.supervisor, self.exec)
 
     @property
     def engine(self) -> Engine:

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "disk": ("disks", "disk_group"), "image": ("images", "image_group"),
     "port": ("ports", "port_group"),
     "service": ("services", "service_group"), "template": ("templates", "template_group"),
+    "run": ("cells", "run_cmd"), "cells": ("cells", "cells_cmd"),
 }
 
 

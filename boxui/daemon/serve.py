@@ -108,6 +108,8 @@ async def _supervise(engine: Engine, sock: socket.socket,
             await report_orphans(supervisor)  # after recovery: what it did not adopt
             await autostart_machines(supervisor)  # after recovery; each boots in its task
             await ctx.services.start()
+            for note in await ctx.cells.recover():  # after recovery: machines are known
+                log.warning(note)
             await _serve(ctx, sock, stop, idle_timeout, leaving)
             log.info("shutting down; machines keep running")
     finally:

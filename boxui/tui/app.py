@@ -32,10 +32,12 @@ from watchfiles import Change, awatch
 
 from backend.errors import BoxuiError, SpecError
 from backend.images.catalog import ImageListing
+from backend.state.cell_projection import CELL_TYPE_PREFIX
 from backend.state.event_bus import Missed
 from backend.state.lifecycle import InstanceState
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.state_dir import open_state_dir
 from backend.supervision.boot_files import ProgressFn
 from backend.supervision.health import HealthSample
 from boxui.ssh_commands import ssh_exec_argv
@@ -49,6 +51,7 @@ from boxui.tui.messages import (
     SpecReloaded,
     WorkProgressed,
 )
+from boxui.tui.screens.cells import CellsScreen
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.tui.screens.event_dialog import EventDialog
 from boxui.tui.screens.help import HelpScreen
@@ -129,6 +132,7 @@ class BoxuiApp(App[None]):
         Binding("S", "ssh", "SSH"),
         Binding("l", "logs", "Logs"),
         Binding("v", "services", "Services"),
+        Binding("c", "cells", "Cells", show=False),
         Binding("a", "toggle_events", "Events", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("o", "sort_next", "Sort", show=False),
@@ -304,6 +308,8 @@ class BoxuiApp(App[None]):
         name = event.subject or ""
         self.query_one(EventStream).add(event, self.state_colour(str(event.data.get("to"))))
         if isinstance(self.screen, ServicesScreen):
+            self.screen.reload()
+        if isinstance(self.screen, CellsScreen) and event.type.startswith(CELL_TYPE_PREFIX):
             self.screen.reload()
         if event.type.endswith(".deleted"):
             self._machines.pop(name, None)
@@ -600,6 +606,9 @@ class BoxuiApp(App[None]):
     def on_event_stream_opened(self, message: EventStream.Opened) -> None:
         self.push_screen(EventDialog(message.event))
 
+    def action_cells(self) -> None:
+        self.push_screen(CellsScreen(open_state_dir(self.backend.home).event_log))
+
     def action_toggle_events(self) -> None:
         events = self.query_one(EventStream)
         events.focus_on(None if events.only is not None else self.selected)
@@ -662,6 +671,7 @@ class BoxuiApp(App[None]):
             ("SSH into machine", "Interactive shell in the selected machine", self.action_ssh),
             ("Console log", "Full-screen serial console", self.action_logs),
             ("Services", "Services with their instances", self.action_services),
+            ("Cells", "Commands run in throwaway machines (boxui run)", self.action_cells),
             ("Filter machines", "Filter by name or state", self.action_filter),
             ("Toggle event scope", "All machines or the selected one",
              self.action_toggle_events),

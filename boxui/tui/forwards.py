@@ -30,7 +30,7 @@ def mount_error(text: str) -> str | None:
         check_mount_sources("this machine", mounts)
         check_mount_list(mounts)
     except (MountError, ValueError) as exc:
-        return str(exc).removeprefix("--mount ")
+        return str(exc).removeprefix("--mount ").removeprefix("this machine: ")
     return None
 
 

@@ -30,10 +30,11 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "image build": ([], []), "image rm": ([], []), "provision": ([], []),
     "port add": ([], ["80"]), "port rm": ([], ["80"]), "port ls": ([], []),
     "commands": ([], []),
+    "run": (["--name"], ["--", "true"]),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
-           "doctor", "gc", "service ls", "template ls", "image ls", "cp"}
+           "doctor", "gc", "service ls", "template ls", "image ls", "cp", "cells"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -89,6 +90,15 @@ BAD_OPTIONS = [
     *(["create", "ok", "--port", p] for p in ("0", "80/icmp", "1023:80", "")),
     ["create", "ok", "--port", "80", "--port", "8080:80"],
     ["ssh-config"], ["ssh-config", "ok", "--install"], ["ssh-config", "--install=maybe"],
+    # run: a command is needed; files, env, timeout and the machine's source are checked
+    ["run"], ["run", "--keep"], ["cells", "extra"], ["cells", "--bogus"],
+    *(["run", "--timeout", t, "--", "true"] for t in ("0", "-1", "soon")),
+    *(["run", "--input", i, "--", "true"] for i in ("/nonexistent:/x", "FILE", "FILE:rel",
+                                                   ":/x")),
+    *(["run", "--export", e, "--", "true"] for e in ("rel", "/x:/nonexistent", "/x:FILE")),
+    *(["run", "--env", e, "--", "true"] for e in ("NOEQUALS", "1X=y", "=v")),
+    *(["run", "--template", t, "--", "true"] for t in ("../x", "a:B", ":")),
+    ["run", "--image", "../x", "--", "true"], ["run", "--template", "t", "--image", "i", "true"],
 ]
 CASES = [
     *([*cmd.split(), *opts, name, *args] for cmd, (opts, args) in NAMED.items()

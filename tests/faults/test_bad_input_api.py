@@ -43,6 +43,7 @@ def _query(key: str, values: list[Any]) -> list[Request]:
 
 
 MACHINE = {"name": "ok", "vcpus": 1, "memory_mib": 256}
+CELL = {"argv": ["true"]}
 SERVICE = {"name": "svc", "replicas": 1}
 CASES: dict[tuple[str, str], list[Request]] = {
     ("GET", "/v1/events"): _query("machine", [*BAD_NAMES, "", "."]),
@@ -150,6 +151,23 @@ CASES: dict[tuple[str, str], list[Request]] = {
         ({}, {}, {}), ({}, {}, {"name": 1}), ({}, {}, {"name": "debian-12", "x": 1}),
         ({}, {}, "not json"), ({}, {}, ["debian-12"]),
     ],
+    ("GET", "/v1/cells"): [],
+    ("POST", "/v1/cells"): [
+        *(({}, {}, {**CELL, "name": n}) for n in [*BAD_NAMES, "", ".", "ok"]),
+        *(({}, {}, {**CELL, "argv": a}) for a in ([], "true", [1], None)),
+        *(({}, {}, {**CELL, "timeout": t}) for t in (0, -1, "x")),
+        *(({}, {}, {**CELL, key: v}) for key, v in (
+            ("env", {"1X": "y"}), ("env", ["K=V"]), ("template", "../x"),
+            ("template", "no-such"), ("image", "no-such"), ("image", "../x"),
+            ("inputs", [{"host_path": "/nonexistent", "guest_path": "/x"}]),
+            ("inputs", [{"host_path": "/dev/null", "guest_path": "rel"}]),
+            ("exports", [{"guest_path": "/x", "host_dir": "/nonexistent"}]),
+            ("exports", [{"guest_path": "/x/", "host_dir": "/tmp"}]), ("keep", "maybe"))),
+        ({}, {}, {**CELL, "template": "t", "image": "i"}), ({}, {}, {}),
+        ({}, {}, "not json"), ({}, {}, [CELL]),
+    ],
+    ("POST", "/v1/cells/{cell_id}/cancel"): [({"cell_id": c}, {}, None)
+                                             for c in ("no-such", *BAD_NAMES)],
     ("DELETE", "/v1/images/{name}"): [*_name_cases(), ({"name": "no-such"}, {}, None),
                                       ({"name": "default"}, {}, None)],
 }

@@ -1,0 +1,1 @@
+"""Cells: one command run in a throwaway machine of its own (`boxui run`)."""
