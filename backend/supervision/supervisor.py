@@ -45,6 +45,7 @@ from backend.supervision.health import HealthSampler
 from backend.supervision.heartbeat import Heartbeat
 from backend.supervision.interruptions import UNRESPONSIVE_GRACE, Interruptions
 from backend.supervision.liveness import LivenessProbes
+from backend.supervision.machine_disk import ensure_disk
 from backend.supervision.orphans import (
     ORPHAN_KILLED_TYPE,
     Orphan,
@@ -319,7 +320,11 @@ class Supervisor(Interruptions):
         if boot.restore is None:
             return await self.boot_files.prepare(boot.spec, directory, progress)
         await asyncio.to_thread(install_snapshot_keys, boot.restore, directory)
-        return BootFiles(boot.restore.kernel, boot.restore.initrd, "")
+        disk = None
+        if boot.restore.disk is not None:  # an overlay of its own on the frozen disk
+            disk = await asyncio.to_thread(ensure_disk, directory, boot.restore.disk, None,
+                                           "qcow2")
+        return BootFiles(boot.restore.kernel, boot.restore.initrd, "", disk)
 
     async def _launch(self, boot: BootPlan, files: BootFiles, run_dir: Path) -> VmHandle:
         async def moved(port: int) -> None:
