@@ -101,5 +101,7 @@ async def build_from_text(
     else:
         result = await build_template(
             dirs, config, text, image_hash=image_hash, kind="image",
-            accel=accel.accel, producer=image_producer(os_image), progress=progress)
+            accel=accel.accel,
+            producer=image_producer(os_image) if os_image else image_producer(),
+            progress=progress)
     return result, notes

@@ -78,6 +78,8 @@ async def test_build_writes_a_trimmed_image_and_its_record(dirs: StateDir, stand
     assert "boxui-powerkey" in debugfs(info.rootfs,
                                        "ls /etc/systemd/system/multi-user.target.wants")
     assert "10.0.2.3" in debugfs(info.rootfs, "cat /etc/resolv.conf")
+    assert "After=boxui-ready.service" in debugfs(
+        info.rootfs, "cat /etc/systemd/system/systemd-udevd.service.d/boxui-after-ready.conf")
     assert debugfs(info.rootfs, "cat /etc/machine-id").strip() == ""
     steps = [e.step for e in events]
     for step in ("resolving", "downloading", "unpacking", "configuring", "packing", "done"):
