@@ -55,7 +55,7 @@ def test_the_disk_variant_is_checked_with_the_debian_kernel_args(dirs: StateDir)
 
 def test_a_missing_frozen_disk_is_an_error(dirs: StateDir) -> None:
     disk_variant(dirs, DEBIAN_KERNEL_ARGS).unlink()
-    with pytest.raises(TemplateError, match="disk.qcow2"):
+    with pytest.raises(TemplateError, match=r"disk\.qcow2"):
         plan_restore(dirs, spec_from_template(dirs, "c1", "web:worker"), TCG, QEMU_LIKE)
 
 
