@@ -64,6 +64,10 @@ BOOT_TIMEOUT = 600.0
 SETTLE_SECONDS = 5.0
 
 
+def say(what: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 async def ensure_image(home: Path, name: str) -> None:
     dirs = StateDir(home)
     if find_image(dirs, name) is None:
@@ -134,6 +138,7 @@ async def clone_restore(sup: Supervisor, image: str, memory: int) -> tuple[float
 
 async def measure(args: argparse.Namespace, work: Path) -> dict[str, float]:
     images = args.home / "images"
+    say("bare qemu boot")
     figures = {"bare": await bare_boot(images, work, args.image, args.memory)}
     home = work / "h"
     engine = await Engine.open(home)
@@ -142,10 +147,13 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, float]:
     try:
         async with sup.running(recover=None):
             spec = MachineSpec(name="deb", image=args.image, memory_mib=args.memory)
+            say(f"bare: {figures['bare']:.2f} s; boxui boot")
             figures["boxui"] = await start_timed(sup, spec)
+            say(f"boxui: {figures['boxui']:.2f} s; waiting for systemd, then PSS")
             figures["pss"] = await idle_pss(sup, "deb")
             await sup.stop_machine("deb", force=True)
             if args.template:
+                say("template build, then a clone")
                 figures["template_build"], figures["clone"] = await clone_restore(
                     sup, args.image, args.memory)
     finally:
