@@ -44,7 +44,7 @@ from backend.drivers.qemu.qmp_ops import (
     save_snapshot_to,
 )
 from backend.drivers.qemu.readiness import scan_console
-from backend.drivers.ssh_probe import ssh_banner
+from backend.drivers.ssh_probe import wait_for_banner
 from backend.drivers.stop_escalation import Ending, Step, escalate, kill_now
 from backend.guest.errors import GuestImageError
 
@@ -192,16 +192,8 @@ class QemuDriver(HypervisorDriver):
                     if verdict is False:
                         raise DriverError(f"{handle.name}: guest failed to boot; "
                                           f"see {handle.console_log}")
-                # each try waits longer: OpenSSH forks and re-execs itself for every
-                # connection, which takes seconds on a loaded TCG guest; a try given up
-                # after 1 s left it one more child to start, and then MaxStartups
-                # dropped the rest: it never answered (a refused try still ends at once)
-                probe_timeout = 1.0
-                while await ssh_banner(handle.ssh_port, timeout=probe_timeout) is None:
-                    if live.watch.exited:
-                        raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
-                    probe_timeout = min(probe_timeout * 2, 30.0)
-                    await asyncio.sleep(0.05)
+                if not await wait_for_banner(handle.ssh_port, lambda: live.watch.exited):
+                    raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
         except TimeoutError:
             raise DriverError(f"{handle.name}: not ready after {timeout:.0f} s; "
                               f"see {handle.console_log}") from None
