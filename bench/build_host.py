@@ -10,7 +10,8 @@ builds stay outside the timings. Every machine lives in a throw-away state dir w
 `images` is a link to that store. Rows:
 - bare qemu: the same kernel, the same per-machine initrd and a fresh qcow2 overlay on
   the same image (made before the clock starts), launched by `qemu-system-x86_64` with
-  boxui's argv; the clock stops when `BOXUI-READY <boot_id>` is on the serial console;
+  boxui's argv; the clock stops at the same point as boxui's: `BOXUI-READY <boot_id>`
+  on the serial console, then an SSH banner on the forwarded port;
 - boxui: `Supervisor.start_machine` on a machine just created, which also writes its
   initrd and makes its disk, writes the events and state, and waits for the marker and
   an SSH banner; target: ratio to bare <= 1.05, and under 8 s;
@@ -47,6 +48,7 @@ from backend.drivers.qemu.accel import resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.driver import QemuDriver
 from backend.drivers.qemu.readiness import wait_for_ready
+from backend.drivers.ssh_probe import wait_for_banner
 from backend.guest.machine_seed import load_machine_keys
 from backend.images.builder import build_image
 from backend.images.store import find_image
@@ -96,6 +98,7 @@ async def bare_boot(images: Path, work: Path, image: str, memory: int) -> float:
     pid = int(config.pidfile.read_text())
     try:
         await wait_for_ready(config.console_log, boot_id, timeout=BOOT_TIMEOUT)
+        await wait_for_banner(config.ssh_port, lambda: False)  # ready: SSH answers
         return time.perf_counter() - started
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -109,7 +112,7 @@ async def idle_pss(sup: Supervisor, name: str) -> float:
     out = io.BytesIO()
     await exec_command(handle.ssh_port, load_machine_keys(machine_dir), machine_dir,
                        ["systemctl", "is-system-running", "--wait"], out, out,
-                       timeout=BOOT_TIMEOUT)
+                       timeout=BOOT_TIMEOUT, connect_timeout=BOOT_TIMEOUT)
     await asyncio.sleep(SETTLE_SECONDS)
     return float(psutil.Process(handle.pid).memory_full_info().pss) / 2**20
 
