@@ -360,8 +360,8 @@ class Supervisor(Interruptions):
         # answer waits on code TCG must translate afresh: overlap them
         freshening = asyncio.ensure_future(
             self._freshen(boot.spec.name, run_dir / AGENT_SOCKET, boot.restore))
-        try:
-            await self.driver.wait_ready(handle, self.boot_timeout)
+        try:  # a restored OS image answers SSH by forking a cold sshd: as slow as a boot
+            await self.driver.wait_ready(handle, self.boot_timeout_of(boot.spec))
             return await freshening
         finally:
             freshening.cancel()
