@@ -42,7 +42,12 @@ def as_json(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def run(home: Path, name: str, script: str) -> str:
-    out = boxui(home, "exec", name, "--", "sh", "-c", script)
+    """`boxui exec`, tried again when the SSH handshake itself timed out (10 s): a
+    restored OpenSSH guest under TCG on a loaded host can take longer than that."""
+    for _ in range(5):
+        out = boxui(home, "exec", name, "--", "sh", "-c", script)
+        if "timed out after" not in out.stderr:
+            break
     assert out.returncode == 0, out.stderr
     return out.stdout
 
