@@ -82,7 +82,7 @@ def test_debian_template_clones_share_the_frozen_disk_and_keep_their_writes(
     assert hashlib.sha256(frozen.read_bytes()).hexdigest() == frozen_before
 
     # a clone's disk is an overlay on the frozen one, in its own directory
-    overlay = subprocess.run(["qemu-img", "info", "--output=json",
+    overlay = subprocess.run(["qemu-img", "info", "-U", "--output=json",  # QEMU holds it
                               str(vm_home / "machines/c1/disk.qcow2")],
                              capture_output=True, text=True, check=True)
     assert json.loads(overlay.stdout)["backing-filename"] == str(frozen.resolve())
