@@ -4,13 +4,13 @@ Why the tests build their own: the real recipes (`debian-12`, ...) are built by 
 builder; these tests only need *an* image of the agreed shape, built once per host and
 kept under the shared guest cache (`tests/conftest.IMAGE_CACHE/os/<name>/`). It follows
 `shared/notes/debian-guest.md`: mmdebstrap minbase, the default guest kernel's modules
-copied in (the rootfs has none of its own), `mkfs.ext4 -d`, no mounts, no SSH host keys.
+copied in (the rootfs has none of its own), boxui's own trim (`backend.images.trim`: the
+boot tests boot what users boot), `mkfs.ext4 -d`, no mounts, no SSH host keys.
 `image.json` is written last, so a half-built directory is never taken for an image.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -22,21 +22,14 @@ import time
 from pathlib import Path
 
 from backend.images.store import read_info
+from backend.images.trim import trim, trim_digest
 
-IMAGE_NAME = "debian-12-mini"
-#: dbus: without it systemd-logind does not run, and nothing turns the ACPI power button
-#: (`boxui stop`) into a poweroff
-PACKAGES = ["systemd-sysv", "udev", "dbus", "openssh-server", "iproute2", "kmod", "e2fsprogs"]
-#: units a test machine does not need; what the real recipes mask is the builder's call
-MASKED = ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
-          "e2scrub_reap.service", "fstrim.timer", "systemd-timesyncd.service",
-          "getty@tty1.service", "systemd-journal-flush.service", "man-db.timer",
-          "dpkg-db-backup.timer", "systemd-update-utmp.service",
-          "systemd-update-utmp-runlevel.service", "systemd-tmpfiles-clean.timer",
-          "serial-getty@ttyS0.service", "modprobe@dm_mod.service", "modprobe@efi_pstore.service",
-          "sys-kernel-debug.mount", "sys-kernel-tracing.mount"]
-#: a change to what goes in gives a new build
-INPUTS_HASH = hashlib.sha256(repr((PACKAGES, MASKED)).encode()).hexdigest()[:16]
+#: not the older "debian-12-mini" (its own masks, not the trim), which other checkouts may
+#: still share in the same cache
+IMAGE_NAME = "debian-12-trimmed"
+PACKAGES = ["systemd-sysv", "udev", "openssh-server", "iproute2", "kmod", "e2fsprogs"]
+#: a change to what goes in (the trim too) gives a new build
+INPUTS_HASH = hashlib.sha256(repr((PACKAGES, trim_digest())).encode()).hexdigest()[:16]
 
 
 def _kernel_deb(cache: Path) -> Path:
@@ -53,16 +46,6 @@ def _install_modules(root: Path, deb: Path, scratch: Path) -> str:
     shutil.copytree(scratch / "lib/modules" / version, target, symlinks=True)
     subprocess.run(["chroot", str(root), "depmod", "-a", version], check=True)
     return version
-
-
-def _trim(root: Path) -> None:
-    for key in (root / "etc/ssh").glob("ssh_host_*"):
-        key.unlink()
-    for unit in MASKED:
-        link = root / "etc/systemd/system" / unit
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        link.symlink_to("/dev/null")
 
 
 def _current(target: Path) -> bool:
@@ -87,7 +70,7 @@ def build_image(cache: Path, name: str = IMAGE_NAME) -> Path:
                             "--include=" + ",".join(PACKAGES), "bookworm", str(root)],
                            check=True, stdin=subprocess.DEVNULL)
             version = _install_modules(root, _kernel_deb(cache), scratch)
-            _trim(root)
+            trim(root)
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
             rootfs = target / "rootfs.ext4"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 async def ssh_banner(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> str | None:
@@ -26,3 +27,19 @@ async def ssh_banner(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -
                 await writer.wait_closed()
     text = line.decode(errors="replace").strip()
     return text if text.startswith("SSH-") else None
+
+
+async def wait_for_banner(port: int, gone: Callable[[], bool], host: str = "127.0.0.1",
+                          first_timeout: float = 1.0, max_timeout: float = 30.0) -> bool:
+    """Until the banner comes (True) or `gone()` (False). Each try waits twice as long as
+    the last: OpenSSH forks and re-execs itself for every connection, which takes
+    seconds on a loaded TCG guest; tries given up after 1 s each left it one more child
+    to start, until MaxStartups dropped the rest and it never answered. A refused or
+    closed connection (nothing listening yet) still ends its try at once."""
+    timeout = first_timeout
+    while await ssh_banner(port, host, timeout) is None:
+        if gone():
+            return False
+        timeout = min(timeout * 2, max_timeout)
+        await asyncio.sleep(0.05)
+    return True

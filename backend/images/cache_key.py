@@ -21,6 +21,7 @@ import httpx
 
 from backend.images.errors import ImageBuildError
 from backend.images.recipe import Recipe
+from backend.images.trim import trim_digest
 
 #: Bump whenever the way an image is assembled changes (not its inputs).
 BUILDER_VERSION = "boxui-os-image/1"
@@ -54,10 +55,11 @@ async def _fetch(client: httpx.AsyncClient, url: str) -> bytes:
 
 
 def cache_key(recipe: Recipe, digests: dict[str, str], kernel_version: str) -> str:
-    """Stable across processes and key order: only what changes the image goes in."""
+    """Stable across processes and key order: only what changes the image goes in
+    (the trim too: it is data of its own, not the recipe's)."""
     outer = hashlib.sha256()
     parts = [BUILDER_VERSION, recipe.model_dump_json(exclude={"name", "description"}),
-             kernel_version, *(f"{s}\0{digests[s]}" for s in sorted(digests))]
+             trim_digest(), kernel_version, *(f"{s}\0{digests[s]}" for s in sorted(digests))]
     for part in parts:
         data = part.encode()
         outer.update(b"%d\0" % len(data) + data)

@@ -93,15 +93,18 @@ def _qemu_img(args: list[str], what: str) -> str:
     return done.stdout
 
 
-def ensure_disk(machine_dir: Path, base: Path, size: int) -> Path:
-    """The machine's disk, made now if it has none (temp name, then rename)."""
+def ensure_disk(machine_dir: Path, base: Path, size: int | None,
+                base_format: str = "raw") -> Path:
+    """The machine's disk, made now if it has none (temp name, then rename). A template
+    clone's base is the template's frozen qcow2 disk, and its size (None) is that disk's."""
     target = disk_path(machine_dir)
     if target.exists():
         return target
     temp = machine_dir / f".{DISK_FILE}.{os.getpid()}.tmp"
     try:
-        _qemu_img(["create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F", "raw",
-                   str(temp), str(size)], f"creating the disk of {machine_dir.name}")
+        _qemu_img(["create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F",
+                   base_format, str(temp), *([] if size is None else [str(size)])],
+                  f"creating the disk of {machine_dir.name}")
         os.chmod(temp, 0o600)
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())

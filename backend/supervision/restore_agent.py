@@ -62,7 +62,9 @@ async def stage_agent(port: int, keys: MachineKeys, machine_dir: Path) -> None:
     """Start the agent in a build VM, to be saved with it (raises BoxuiError)."""
     out = io.BytesIO()
     status = await exec_command(port, keys, machine_dir, ["sh", "-c", _STAGE], out, out,
-                                stdin=agent_program(), timeout=60)
+                                stdin=agent_program(), timeout=60,
+                                connect_timeout=60)  # a build can wait out a slow guest's
+                                                     # key exchange (OpenSSH under TCG)
     if status != 0:
         said = out.getvalue().decode(errors="replace").strip()[:200]
         raise BoxuiError(f"could not start the restore agent in the guest (exit {status}): {said}")

@@ -46,6 +46,7 @@ from backend.supervision.health import HealthSampler
 from backend.supervision.heartbeat import Heartbeat
 from backend.supervision.interruptions import UNRESPONSIVE_GRACE, Interruptions
 from backend.supervision.liveness import LivenessProbes
+from backend.supervision.machine_disk import ensure_disk
 from backend.supervision.orphans import (
     ORPHAN_KILLED_TYPE,
     Orphan,
@@ -324,7 +325,11 @@ class Supervisor(Interruptions):
         if boot.restore is None:
             return await self.boot_files.prepare(boot.spec, directory, progress)
         await asyncio.to_thread(install_snapshot_keys, boot.restore, directory)
-        return BootFiles(boot.restore.kernel, boot.restore.initrd, "")
+        disk = None
+        if boot.restore.disk is not None:  # an overlay of its own on the frozen disk
+            disk = await asyncio.to_thread(ensure_disk, directory, boot.restore.disk, None,
+                                           "qcow2")
+        return BootFiles(boot.restore.kernel, boot.restore.initrd, "", disk)
 
     async def _launch(self, boot: BootPlan, files: BootFiles, run_dir: Path) -> VmHandle:
         async def moved(port: int) -> None:
@@ -360,8 +365,8 @@ class Supervisor(Interruptions):
         # answer waits on code TCG must translate afresh: overlap them
         freshening = asyncio.ensure_future(
             self._freshen(boot.spec.name, run_dir / AGENT_SOCKET, boot.restore))
-        try:
-            await self.driver.wait_ready(handle, self.boot_timeout)
+        try:  # a restored OS image answers SSH by forking a cold sshd: as slow as a boot
+            await self.driver.wait_ready(handle, self.boot_timeout_of(boot.spec))
             return await freshening
         finally:
             freshening.cancel()

@@ -14,6 +14,7 @@ from backend.drivers.base import HypervisorDriver
 from backend.drivers.qemu.accel import AccelChoice
 from backend.guest.errors import GuestImageError
 from backend.guest.image_builder import build_default_image, load_current_image
+from backend.images.store import find_image
 from backend.state.names import is_valid_name
 from backend.state.state_dir import StateDir
 from backend.template_builds.snapshot import image_producer, snapshot_producer
@@ -78,18 +79,29 @@ async def build_from_text(
             image = await build_default_image(dirs.images, lambda _p, m: say(m))
     except GuestImageError as exc:
         raise TemplateError(str(exc)) from None
+    image_hash, os_image = image.content_hash, config.os_image
+    if os_image is not None:
+        info = find_image(dirs, os_image)
+        if info is None:
+            raise TemplateError(f"{path}: image {os_image!r} is not built; build it with "
+                                f"`boxui image build {os_image}`")
+        image_hash = f"{image_hash}+{info.hash}"  # a rebuilt OS image is a new revision
     can_snapshot = driver.capabilities().snapshots
     if snapshot and not can_snapshot:
         notes.append(f"the {driver.capabilities().name} driver cannot save snapshots; "
                      "built an image template (machines cold-boot)")
     if snapshot and can_snapshot:
         result = await build_template(
-            dirs, config, text, image_hash=image.content_hash, kind="snapshot",
+            dirs, config, text, image_hash=image_hash, kind="snapshot",
             accel=accel.accel,
-            producer=snapshot_producer(driver, image, accel, avoid_ports=avoid_ports),
+            producer=snapshot_producer(
+                driver, image, accel, avoid_ports=avoid_ports,
+                os_image=(dirs.images, os_image) if os_image else None),
             progress=progress)
     else:
         result = await build_template(
-            dirs, config, text, image_hash=image.content_hash, kind="image",
-            accel=accel.accel, producer=image_producer(), progress=progress)
+            dirs, config, text, image_hash=image_hash, kind="image",
+            accel=accel.accel,
+            producer=image_producer(os_image) if os_image else image_producer(),
+            progress=progress)
     return result, notes

@@ -7,6 +7,11 @@ RAM: the build VM runs with its memory in that file, so saving never copies it) 
 `snapshot.bin` (device state). Once the revision is published `ram.bin` is never
 written again: restored machines map it copy-on-write, and a change to it would show
 through in every one of them.
+A variant of an OS image (`image = "debian-12"`) boots like a disk machine (the
+Debian initrd, a qcow2 overlay on the image: `disk.qcow2`); the snapshot saves the
+guest's memory with that disk as it was at that moment, and the disk is then frozen
+(mode 0444, never written again): each clone boots on an overlay of its own on it, so
+the filesystem under the restored page cache is exactly the one the guest saw.
 Every machine restored from it shares that host key and the RNG state of that one boot;
 the agent started just before saving (`restore_agent`) gives each restored guest
 fresh kernel RNG state and the host's time; the host key stays shared.
@@ -25,6 +30,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from backend.drivers.base import (
@@ -37,9 +43,16 @@ from backend.drivers.base import (
 from backend.drivers.qemu.accel import AccelChoice
 from backend.errors import BoxuiError
 from backend.guest.image_builder import GuestImage
-from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.guest.machine_seed import (
+    MachineKeys,
+    create_machine_keys,
+    load_machine_keys,
+    write_machine_initrd,
+)
 from backend.guest.restore_agent_elf import AGENT_PROTOCOL
 from backend.state.events import now_utc
+from backend.state.machine_spec import MachineSpec
+from backend.supervision.boot_files import DefaultBootFiles
 from backend.supervision.ports import pick_free_port, start_on_free_port
 from backend.supervision.restore_agent import AGENT_SOCKET, stage_agent
 from backend.templates.errors import TemplateError
@@ -50,6 +63,8 @@ from backend.templates.revision_store import kill_build_vms
 SNAPSHOT_FILE = "snapshot.bin"
 RAM_FILE = "ram.bin"
 BUILD_BOOT_TIMEOUT = 180.0
+#: a Debian variant boots systemd from its disk: as long as a disk machine may take
+OS_BUILD_BOOT_TIMEOUT = 600.0
 
 
 def _artifacts(job: VariantJob, **files: object) -> VariantArtifacts:
@@ -61,11 +76,12 @@ def _artifacts(job: VariantJob, **files: object) -> VariantArtifacts:
     })
 
 
-def image_producer() -> Producer:
-    """An image template: nothing to produce beyond the record; machines cold-boot."""
+def image_producer(os_image: str | None = None) -> Producer:
+    """An image template: nothing to produce beyond the record; machines cold-boot
+    (from a disk of their own when the template names an OS image)."""
 
     async def produce(job: VariantJob) -> VariantArtifacts:
-        return _artifacts(job)
+        return _artifacts(job, os_image=os_image)
 
     return produce
 
@@ -77,24 +93,58 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+@dataclass(frozen=True)
+class VariantBoot:
+    kernel: Path
+    initrd: Path
+    keys: MachineKeys
+    append: str = ""
+    disk: Path | None = None
+
+
+async def _default_boot(image: GuestImage, job: VariantJob) -> VariantBoot:
+    kernel = job.directory / image.kernel.name
+    await asyncio.to_thread(_link_or_copy, image.kernel, kernel)
+    keys = await asyncio.to_thread(create_machine_keys, job.directory)
+    initrd = await asyncio.to_thread(write_machine_initrd, image, job.directory, keys)
+    return VariantBoot(kernel, initrd, keys, job.variant.boot_args)
+
+
+async def _disk_boot(images_dir: Path, os_image: str, job: VariantJob) -> VariantBoot:
+    """Boot files as a disk machine of `os_image` gets them, made in the variant's dir."""
+    variant = job.variant
+    spec = MachineSpec(name=job.name, vcpus=variant.vcpus, memory_mib=variant.memory_mib,
+                       cmdline=variant.boot_args, image=os_image)
+    try:
+        files = await DefaultBootFiles(images_dir).prepare(spec, job.directory)
+    except BoxuiError as exc:
+        raise TemplateError(f"building {job.name}: {exc}") from None
+    kernel = job.directory / files.kernel.name
+    await asyncio.to_thread(_link_or_copy, files.kernel, kernel)
+    keys = await asyncio.to_thread(load_machine_keys, job.directory)
+    return VariantBoot(kernel, files.initrd, keys, files.append, files.disk_image)
+
+
 def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelChoice,
                       boot_timeout: float = BUILD_BOOT_TIMEOUT,
-                      avoid_ports: Callable[[], set[int]] = set) -> Producer:
-    """`avoid_ports`: the ports a supervisor's machines hold (or are about to bind)."""
+                      avoid_ports: Callable[[], set[int]] = set,
+                      os_image: tuple[Path, str] | None = None) -> Producer:
+    """`avoid_ports`: the ports a supervisor's machines hold (or are about to bind).
+    `os_image`: (images dir, name) for variants that boot an OS image from a disk."""
+    if os_image is not None:
+        boot_timeout = max(boot_timeout, OS_BUILD_BOOT_TIMEOUT)
 
     async def produce(job: VariantJob) -> VariantArtifacts:
         directory, variant = job.directory, job.variant
-        kernel = directory / image.kernel.name
-        await asyncio.to_thread(_link_or_copy, image.kernel, kernel)
-        keys = await asyncio.to_thread(create_machine_keys, directory)
-        initrd = await asyncio.to_thread(write_machine_initrd, image, directory, keys)
+        boot = await (_disk_boot(*os_image, job) if os_image else _default_boot(image, job))
+        kernel, initrd, keys = boot.kernel, boot.initrd, boot.keys
         run_dir = Path(tempfile.mkdtemp(prefix="boxui-tpl-"))
         boot_id = secrets.token_hex(6)
 
         def launch_on(port: int) -> LaunchSpec:
             return LaunchSpec(
                 name=job.name, vcpus=variant.vcpus, memory_mib=variant.memory_mib,
-                kernel=kernel, initrd=initrd, append=variant.boot_args,
+                kernel=kernel, initrd=initrd, append=boot.append, disk_image=boot.disk,
                 accel=accel.accel, ssh_port=port, boot_id=boot_id,
                 machine_dir=directory, run_dir=run_dir,
                 console_log=directory / "console.log", tsc_khz=accel.tsc_khz,
@@ -123,9 +173,13 @@ def snapshot_producer(driver: HypervisorDriver, image: GuestImage, accel: AccelC
                     await asyncio.shield(asyncio.to_thread(kill_build_vms, directory))
             shutil.rmtree(run_dir, ignore_errors=True)
         info = _snapshot_info(job, accel, boot_id, booted, saved)
+        if boot.disk is not None:  # frozen: the memory just saved expects it as it is
+            await asyncio.to_thread(os.chmod, boot.disk, 0o444)
         return _artifacts(job, kernel=kernel.name, initrd=initrd.name,
                           snapshot_file=SNAPSHOT_FILE, snapshot=info,
-                          ram_file=saved.ram_file.name if saved.ram_file else None)
+                          ram_file=saved.ram_file.name if saved.ram_file else None,
+                          os_image=os_image[1] if os_image else None,
+                          disk_file=boot.disk.name if boot.disk else None)
 
     return produce
 

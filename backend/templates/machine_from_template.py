@@ -37,6 +37,7 @@ def spec_from_template(
         restart=restart,
         template=f"{template_id}:{variant.role}",
         template_revision=revision.revision,
+        image=variant.os_image,  # boots from a disk of its own: an overlay on the template's
     )
 
 

@@ -7,6 +7,11 @@ that asks for something else is refused with every difference named; restoring a
 would corrupt or crash the guest, and cold-booting instead would quietly not be what
 the machine was made for. An image template, or a driver that cannot restore, means a
 cold boot, which is always correct.
+
+A snapshot of an OS image carries a frozen disk: a clone's first start restores onto an
+overlay of its own on that disk. From then on its disk holds what the clone wrote, which
+no snapshot knows: later starts cold-boot from it (restoring again would hand the old
+page cache a filesystem that has moved on).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from backend.drivers.base import DriverCapabilities
 from backend.drivers.qemu.accel import AccelChoice
 from backend.drivers.qemu.cmdline import kernel_cmdline_for
+from backend.guest.debian_initrd import DEBIAN_KERNEL_ARGS
 from backend.guest.machine_seed import (
     CLIENT_KEY_FILE,
     CLIENT_PUB_FILE,
@@ -33,6 +39,9 @@ from backend.templates.revision import SnapshotInfo, TemplateRevision, VariantAr
 from backend.templates.revision_store import load_revision
 
 KEY_FILES = (HOST_KEY_FILE, HOST_PUB_FILE, CLIENT_PUB_FILE, CLIENT_KEY_FILE)
+#: a disk machine's own disk in its directory (as `backend.supervision.machine_disk`
+#: names it; that layer is above this one)
+MACHINE_DISK_FILE = "disk.qcow2"
 
 SHARED_STATE_CAVEAT = (
     "restored from a shared memory snapshot: it shares its SSH host key and the RNG "
@@ -51,6 +60,8 @@ class RestorePlan:
     role_dir: Path
     #: the snapshot's RAM file, or None when its RAM is inside `snapshot_file`
     ram_file: Path | None = None
+    #: the disk frozen with the snapshot (an OS image's variant), or None
+    disk: Path | None = None
 
     @property
     def label(self) -> str:
@@ -106,8 +117,12 @@ def plan_restore(dirs: StateDir, spec: MachineSpec, accel: AccelChoice,
     ref = f"{template_id}:{variant.role}"
     if revision.kind != "snapshot" or variant.snapshot is None or not capabilities.snapshots:
         return None
+    if variant.disk_file and (dirs.machine_dir(spec.name) / MACHINE_DISK_FILE).exists():
+        return None  # restored once: its own disk has moved on from the snapshot
+    cmdline = " ".join(filter(None, [DEBIAN_KERNEL_ARGS, spec.cmdline])) \
+        if variant.disk_file else spec.cmdline
     problems = mismatches(variant.snapshot, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
-                          cmdline=spec.cmdline, accel=accel)
+                          cmdline=cmdline, accel=accel)
     if problems:
         raise SnapshotMismatchError(
             f"{spec.name}: snapshot of template {ref} (revision {revision.revision}) does "
@@ -117,13 +132,14 @@ def plan_restore(dirs: StateDir, spec: MachineSpec, accel: AccelChoice,
     files = [role_dir / str(name) for name in
              (variant.snapshot_file, variant.kernel, variant.initrd, *KEY_FILES)]
     ram_file = role_dir / variant.ram_file if variant.ram_file else None
-    needed = files if ram_file is None else [*files, ram_file]
+    disk = role_dir / variant.disk_file if variant.disk_file else None
+    needed = [*files, *(f for f in (ram_file, disk) if f is not None)]
     missing = [f.name for f in needed if not f.is_file()]
     if missing:
         raise TemplateError(f"template {ref} revision {revision.revision} is missing "
                             f"{', '.join(missing)} in {role_dir}; rebuild it")
     return RestorePlan(ref, revision.revision, variant.snapshot, files[0], files[1], files[2],
-                       role_dir, ram_file)
+                       role_dir, ram_file, disk)
 
 
 def install_snapshot_keys(plan: RestorePlan, machine_dir: Path) -> None:

@@ -72,6 +72,10 @@ class VariantArtifacts(BaseModel):
     #: built before boxui kept RAM in a file (their RAM is inside `snapshot_file`)
     ram_file: str | None = None
     snapshot: SnapshotInfo | None = None
+    #: the OS image the variant boots (None: the default guest) and, in a snapshot, its
+    #: disk as frozen with the memory (a qcow2 overlay on the image, never written again)
+    os_image: str | None = None
+    disk_file: str | None = None
 
 
 class TemplateRevision(BaseModel):

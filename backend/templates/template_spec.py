@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,6 +19,7 @@ from backend.state.names import validate_name
 from backend.state.validation_text import describe_validation_error
 
 TEMPLATE_SCHEMA_VERSION = 1
+DEFAULT_IMAGE = "default"
 
 #: Guest profiles boxui can build. "minimal" is its own busybox + dropbear guest.
 PROFILES: dict[str, str] = {"minimal": "busybox + dropbear, no disk"}
@@ -80,8 +81,10 @@ class TemplateConfig(BaseModel):
 
     schema_version: int = Field(default=TEMPLATE_SCHEMA_VERSION, ge=1)
     template_id: str
-    #: the base image; "default" is the guest boxui builds from Debian packages
-    image: Literal["default"] = "default"
+    #: the base image: "default" is the guest boxui builds from Debian packages; any
+    #: other name is an OS image of the image store (`boxui image ls`), booted from a
+    #: disk that the snapshot freezes with its memory (each clone gets an overlay on it)
+    image: str = DEFAULT_IMAGE
     profile: str = "minimal"
     variants: tuple[TemplateVariant, ...] = Field(min_length=1)
 
@@ -92,6 +95,16 @@ class TemplateConfig(BaseModel):
             raise ValueError(f"schema_version {value} is newer than this boxui understands "
                              f"({TEMPLATE_SCHEMA_VERSION}); upgrade boxui")
         return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return value if value == DEFAULT_IMAGE else _valid_name(value, "image")
+
+    @property
+    def os_image(self) -> str | None:
+        """The OS image the variants boot from their own disk; None for the default."""
+        return None if self.image == DEFAULT_IMAGE else self.image
 
     @field_validator("template_id")
     @classmethod

@@ -91,3 +91,40 @@ def test_modules_are_read_out_of_the_image_unmounted(tmp_path: Path) -> None:
 def test_a_missing_module_is_named(tmp_path: Path) -> None:
     with pytest.raises(GuestImageError, match=r"kernel module jbd2 for 6\.1\.0-test"):
         image_modules(_ext4_with_modules(tmp_path, skip="jbd2"), VERSION)
+
+
+_TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue\n"
+
+
+def _run_ready_script(tmp_path: Path, tcp: str, tcp6: str = "") -> str:
+    """The ready script with its paths moved under tmp_path, run by the host's sh:
+    what it wrote to the console, or "" when it gave up."""
+    from backend.guest.debian_initrd import _READY
+
+    (tmp_path / "tcp").write_text(_TCP_HEADER + tcp)
+    (tmp_path / "tcp6").write_text(_TCP_HEADER + tcp6)
+    (tmp_path / "boot-id").write_text("b00t\n")
+    script = (_READY.replace("/proc/net/tcp6", str(tmp_path / "tcp6"))
+              .replace("/proc/net/tcp ", f"{tmp_path / 'tcp'} ")
+              .replace("/etc/boxui/boot-id", str(tmp_path / "boot-id"))
+              .replace("/dev/console", str(tmp_path / "console"))
+              .replace('-gt 3000', '-gt 2'))
+    subprocess.run(["sh", "-c", script], timeout=30, check=False)
+    console = tmp_path / "console"
+    return console.read_text() if console.exists() else ""
+
+
+def test_ready_marker_waits_for_sshd_listening_on_22(tmp_path: Path) -> None:
+    listening = "   0: 00000000:0016 00000000:0000 0A 00000000:00000000\n"
+    assert _run_ready_script(tmp_path, listening) == "BOXUI-READY b00t\n"
+    v6 = "   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A\n"
+    assert _run_ready_script(tmp_path, "", v6) == "BOXUI-READY b00t\n"
+
+
+@pytest.mark.parametrize("line", [
+    "   0: 00000000:0017 00000000:0000 0A 00000000:00000000\n",  # another port
+    "   0: 0F02000A:0016 0202000A:C350 01 00000000:00000000\n",  # connected, not listening
+    "   0: 0F02000A:9C40 0202000A:0016 0A 00000000:00000000\n",  # 22 as the remote port
+])
+def test_no_marker_without_a_listening_sshd(tmp_path: Path, line: str) -> None:
+    assert "BOXUI-READY" not in _run_ready_script(tmp_path, line)

@@ -59,13 +59,27 @@ async def test_build_writes_a_trimmed_image_and_its_record(dirs: StateDir, stand
     assert info.size_bytes == info.rootfs.stat().st_size
     assert oct(info.rootfs.stat().st_mode & 0o777) == "0o444"
     assert leftovers(dirs) == ["tiny"]
-    # host keys left out, units masked, networking on, machine-id emptied
+    # host keys left out, units and generators masked, sshd first, the power button
+    # handled, machine-id emptied
     assert "ssh_host" not in debugfs(info.rootfs, "ls /etc/ssh")
     assert "sshd_config" in debugfs(info.rootfs, "ls /etc/ssh")
     assert "/dev/null" in debugfs(info.rootfs, "stat /etc/systemd/system/apt-daily.timer")
     assert "apt-daily" not in debugfs(info.rootfs,
                                       "ls /etc/systemd/system/timers.target.wants")
-    assert "DHCP" in debugfs(info.rootfs, "cat /etc/systemd/network/20-boxui.network")
+    for masked in ("systemd-udev-trigger.service", "systemd-networkd.service",
+                   "system-generators/systemd-gpt-auto-generator"):
+        assert "/dev/null" in debugfs(info.rootfs, f"stat /etc/systemd/{masked}"
+                                      if "/" in masked else
+                                      f"stat /etc/systemd/system/{masked}")
+    ssh_unit = debugfs(info.rootfs, "cat /etc/systemd/system/ssh.service")
+    assert "DefaultDependencies=no" in ssh_unit and "network.target" not in ssh_unit
+    assert "ExecStartPre" not in ssh_unit  # no second sshd start to check the config
+    assert "systemctl poweroff" in debugfs(info.rootfs, "cat /usr/local/lib/boxui/powerkey")
+    assert "boxui-powerkey" in debugfs(info.rootfs,
+                                       "ls /etc/systemd/system/multi-user.target.wants")
+    assert "10.0.2.3" in debugfs(info.rootfs, "cat /etc/resolv.conf")
+    assert "After=boxui-ready.service" in debugfs(
+        info.rootfs, "cat /etc/systemd/system/systemd-udevd.service.d/boxui-after-ready.conf")
     assert debugfs(info.rootfs, "cat /etc/machine-id").strip() == ""
     steps = [e.step for e in events]
     for step in ("resolving", "downloading", "unpacking", "configuring", "packing", "done"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.images import trim
 from backend.images.cache_key import cache_key, index_digests, release_url
 from backend.images.errors import ImageBuildError
 from backend.images.progress import ProgressParser
@@ -33,6 +34,14 @@ def test_key_is_stable_and_covers_what_changes_the_image() -> None:
                   {s: DIGESTS[s] for s in SOURCES[:2]}, "6.1.0-1"),
     ]
     assert len({key, *different}) == 6
+
+
+def test_a_changed_trim_is_a_new_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trim is data of its own (not the recipe's): changing it must rebuild."""
+    recipe = Recipe(name="a", packages=["git"])
+    key = cache_key(recipe, DIGESTS, "6.1.0-1")
+    monkeypatch.setattr(trim, "MASKED_UNITS", (*trim.MASKED_UNITS, "cron.service"))
+    assert cache_key(recipe, DIGESTS, "6.1.0-1") != key
 
 
 async def test_index_digests_read_each_sources_inrelease(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from backend.drivers.qemu.qmp_ops import (
     save_snapshot_to,
 )
 from backend.drivers.qemu.readiness import scan_console
-from backend.drivers.ssh_probe import ssh_banner
+from backend.drivers.ssh_probe import wait_for_banner
 from backend.drivers.stop_escalation import Ending, Step, escalate, kill_now
 from backend.guest.errors import GuestImageError
 from backend.state.port_mapping import Protocol
@@ -199,10 +199,8 @@ class QemuDriver(HypervisorDriver):
                     if verdict is False:
                         raise DriverError(f"{handle.name}: guest failed to boot; "
                                           f"see {handle.console_log}")
-                while await ssh_banner(handle.ssh_port) is None:
-                    if live.watch.exited:
-                        raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
-                    await asyncio.sleep(0.05)
+                if not await wait_for_banner(handle.ssh_port, lambda: live.watch.exited):
+                    raise DriverError(f"{handle.name}: QEMU exited before SSH answered")
         except TimeoutError:
             raise DriverError(f"{handle.name}: not ready after {timeout:.0f} s; "
                               f"see {handle.console_log}") from None
