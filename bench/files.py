@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backend.drivers.qemu.accel import resolve_accel
 from tests.debian_image import IMAGE_NAME, build_image
 
 BOXUI = [str(Path(sys.executable).with_name("boxui"))]
@@ -122,7 +123,7 @@ def main() -> None:
                    "--mount", f"{share}:/share")
         baseline = min(run(env, "exec", "vm", "--", "true") for _ in range(3))
         rows = measure(env, scratch, share, size)
-    accel = "KVM" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "TCG (probably)"
+    accel = resolve_accel("auto").accel.upper()  # what boxui will use, as it decides
     print(f"files in and out, {args.mb} MiB, image {image}, {accel}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; boot to ready {boot:.1f} s")
     print(f"{'operation':<16}{'seconds':>9}{'MB/s':>9}   whole command")
