@@ -34,6 +34,7 @@ from backend.images.catalog import DEFAULT_NAME, built_listing, catalog, default
 from backend.images.progress import ImageProgress, Step
 from backend.images.recipe import check_image_name, load_recipe
 from backend.images.store import remove_image, users_of
+from backend.templates.revision_store import image_users
 
 log = logging.getLogger("boxui.api")
 router = APIRouter(prefix="/v1", tags=["images"])
@@ -71,8 +72,8 @@ async def remove(name: ImageName, ctx: Ctx) -> ImageListing:
         raise _Refused("boxui's default guest cannot be removed")
 
     def act() -> ImageListing:
-        machines = ctx.engine.machines()
-        return built_listing(remove_image(ctx.engine.dirs, name, users_of(machines, name)), [])
+        users = users_of(ctx.engine.machines(), name) + image_users(ctx.engine.dirs, name)
+        return built_listing(remove_image(ctx.engine.dirs, name, users), [])
 
     return await asyncio.to_thread(act)
 

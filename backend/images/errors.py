@@ -33,7 +33,8 @@ class ImageInUseError(BoxuiError):
         self.name = name
         self.users = users
         shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
-        super().__init__(f"image {name!r} is used by machine(s) {shown}; remove them first")
+        kind = "" if all(u.startswith("template ") for u in users) else "machine(s) "
+        super().__init__(f"image {name!r} is used by {kind}{shown}; remove them first")
 
 
 class ImageBuildError(BoxuiError):

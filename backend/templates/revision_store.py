@@ -113,6 +113,17 @@ def template_ids(dirs: StateDir) -> list[str]:
         return []
 
 
+def image_users(dirs: StateDir, image: str) -> list[str]:
+    """Template revisions whose variants boot OS image `image`: their frozen disks are
+    overlays on it, so removing the image would break the template and every clone."""
+    users: list[str] = []
+    for template_id in template_ids(dirs):
+        for revision in revisions(TemplateDir.of(dirs, template_id)):
+            if any(v.os_image == image for v in revision.variants.values()):
+                users.append(f"template {template_id} revision {revision.revision}")
+    return users
+
+
 def load_revision(dirs: StateDir, template_id: str,
                   revision: str | None = None) -> TemplateRevision:
     """A revision of a template (its current one unless named)."""

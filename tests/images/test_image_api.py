@@ -136,3 +136,22 @@ def test_users_are_the_machines_that_name_the_image() -> None:
                 for name, image in (("b", "tiny"), ("a", "tiny"), ("c", "other"))]
     machines.append(machine("broken", None))
     assert users_of(machines, "tiny") == ["a", "b"]
+
+
+async def test_an_image_a_template_boots_is_not_removed(api: Api, dirs: StateDir,
+                                                        stand: Stand) -> None:
+    from backend.templates.layout import TemplateDir
+    from backend.templates.revision import TemplateRevision, read_revision, write_revision
+    from tests.templates.helpers import REVISION, fabricate
+
+    await api.client.post(BUILDS, json={"name": "tiny"})
+    fabricate(dirs)
+    revision_dir = TemplateDir.of(dirs, "web").revision_dir(REVISION)
+    record = read_revision(revision_dir)
+    variant = record.variants["worker"].model_copy(update={"os_image": "tiny"})
+    write_revision(revision_dir, TemplateRevision.model_validate(
+        {**record.model_dump(), "variants": {"worker": variant.model_dump()}}))
+    refused = await api.client.delete("/v1/images/tiny")
+    assert refused.json()["code"] == "busy"
+    assert f"template web revision {REVISION}" in refused.json()["message"]
+    assert find_image(dirs, "tiny") is not None  # its frozen disks still have their base
