@@ -92,9 +92,15 @@ async def test_exec_marks_the_machine_busy_while_in_flight(api: Api, engine: Eng
     body = done.json()
     assert body["exit_code"] == 0 and base64.b64decode(body["stdout_b64"]) == b"hi"
     assert body["command"]["state"] == "succeeded" and body["command"]["request_size_bytes"]
+    subscription = engine.subscribe(machine="vm")
     held = asyncio.create_task(c.post("/v1/machines/vm/exec", json={"argv": ["hold", "a"]}))
     async with asyncio.timeout(10):
         await runner.entered["a"].wait()
+        # marked while the channel opens (not before it): busy while it runs
+        async for event in subscription:
+            if getattr(event, "type", "").endswith(".busy"):
+                break
+    subscription.close()
     assert engine.projection.state_of("vm") is InstanceState.BUSY
     commands = (await c.get("/v1/machines/vm/commands")).json()
     assert commands[0]["state"] == "dispatched" and commands[0]["completed_at"] is None

@@ -295,7 +295,9 @@ class ServiceManager:
         if missing > 0 and spec is not None:
             jobs += [self._add_instance(spec) for _ in range(missing)]
         elif missing < 0:
-            victims = sorted(live, key=lambda m: (_DRAIN_ORDER[states[m]],  # type: ignore[index]
+            busy = {m for m in live if self.exec.registry.in_flight(m)}  # marked or not yet
+            victims = sorted(live, key=lambda m: (_DRAIN_ORDER[S.BUSY if m in busy  # type: ignore[index]
+                                                               else states[m]],
                                                   self.exec.registry.in_flight(m),
                                                   -self._born.get(m, 0)))[:-missing]
             timeout = spec.drain_timeout if spec else 30.0

@@ -188,10 +188,10 @@ class CommandJournal:
         with contextlib.suppress(OSError):
             shutil.copy2(path, path.with_name(f"{path.name}.{stamp}.broken"))
 
-    def append(self, record: CommandRecord, *, sync: bool = False) -> None:
-        """Add `record`'s newest version in one write; with `sync` (and the journal's
-        `sync` on) its data is synced too: the caller asks for it on the dispatched line,
-        so a command the guest may have run is on disk before the guest sees it."""
+    def append(self, record: CommandRecord) -> None:
+        """Add `record`'s newest version in one write. Written is enough to outlive this
+        process (the kernel has it); `flush` puts it on disk, which only a crash of the
+        whole host needs."""
         revision = self._revisions.get(record.id, 0) + 1
         line = encode_line(record, revision)
         self.directory.mkdir(mode=0o700, exist_ok=True)
@@ -202,8 +202,6 @@ class CommandJournal:
                 written = os.write(fd, line)
                 if written != len(line):  # a full disk: the torn line fails its CRC
                     raise OSError(28, "short write (disk full?)")
-                if sync and self.sync:
-                    os.fdatasync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -211,6 +209,21 @@ class CommandJournal:
                                f"{exc.strerror or exc}") from exc
         self._revisions[record.id] = revision
         self._journals.setdefault(record.machine, _Journal()).lines += 1
+
+    def flush(self, machine: str) -> None:
+        """Sync `machine`'s journal to disk (with the journal's `sync` on): blocking, so
+        its caller runs it in a thread."""
+        if not self.sync:
+            return
+        try:
+            fd = os.open(self.path(machine), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot sync {self.path(machine)}: "
+                               f"{exc.strerror or exc}") from exc
 
     def needs_compaction(self, machine: str, records: int) -> bool:
         journal = self._journals.get(machine)

@@ -7,8 +7,8 @@ supervisor knows what a dead one left running. Scale-down drains an instance by 
 until nothing is in flight in it.
 
 The interface the rest of boxui uses (exec, `boxui run` cells, recovery):
-`begin` -> `dispatch` -> `keep_lease` while it runs -> `finish` (with `state=` for
-expired or cancelled);
+`begin` -> `dispatch` (then `flush`, while the channel opens) -> `keep_lease` while it
+runs -> `finish` (with `state=` for expired or cancelled);
 `requeue` sends an interrupted idempotent command round again; `commands` and
 `in_flight` read; `wait_idle` waits for a machine to have nothing in flight.
 """
@@ -79,11 +79,20 @@ class CommandRegistry:
         return record
 
     def dispatch(self, command_id: str, *, service: str | None = None) -> CommandRecord:
-        """It goes on a channel now: synced to disk first, with a lease."""
+        """It goes on a channel now: written first (a supervisor killed from here on
+        leaves a `dispatched` record, whose processes recovery kills in the guest), with
+        a lease. Syncing it is `flush`'s, overlapped with the channel opening."""
         now = now_utc()
-        return self._step(command_id, CommandState.DISPATCHED, sync=True, dispatched_at=now,
+        return self._step(command_id, CommandState.DISPATCHED, dispatched_at=now,
                           lease_expires_at=now + self.lease, owner_pid=os.getpid(),
                           service=service)
+
+    async def flush(self, machine: str) -> None:
+        """`machine`'s journal synced to disk, in a thread: what a caller awaits before
+        it answers that a command ran. The line is in the file already; only a crash of
+        the whole host, which takes the guest with it, could lose it before this."""
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.flush, machine)
 
     async def keep_lease(self, command_id: str) -> None:
         """Renew the command's lease until cancelled (by its owner, when it ends): a
@@ -118,15 +127,14 @@ class CommandRegistry:
         return self._step(command_id, CommandState.PENDING, attempt=record.attempt + 1,
                           lease_expires_at=None, error=reason)
 
-    def _step(self, command_id: str, to: CommandState, *, sync: bool = False,
-              **changes: object) -> CommandRecord:
+    def _step(self, command_id: str, to: CommandState, **changes: object) -> CommandRecord:
         record = advance(self._records[command_id], to, **changes)
-        self._write(record, sync=sync)
+        self._write(record)
         return record
 
-    def _write(self, record: CommandRecord, *, sync: bool = False) -> None:
+    def _write(self, record: CommandRecord) -> None:
         if self.journal is not None:
-            self.journal.append(record, sync=sync)
+            self.journal.append(record)
         self._records[record.id] = record
         if record.finished:
             self._compact_if_due(record.machine)

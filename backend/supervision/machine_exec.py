@@ -123,39 +123,49 @@ class MachineExec:
         written: a client waiting only for the output (`boxui exec`) need not wait for the
         bookkeeping too."""
         deadline = now_utc() + timedelta(seconds=timeout) if timeout else None
-        async with self._locks[name]:
-            port = self._reachable_port(name)
-            record = self.registry.begin(name, argv, stdin=stdin, deadline=deadline,
-                                         idempotent=idempotent, max_attempts=max_attempts,
-                                         origin=origin)
-            await self.mark_busy(name)
-        return await self.carry(record, port, stdin, timeout, on_output)
+        port = self._reachable_port(name)  # no await from here to `begin`: no one moves
+        record = self.registry.begin(name, argv, stdin=stdin, deadline=deadline,  # it
+                                     idempotent=idempotent, max_attempts=max_attempts,
+                                     origin=origin)
+        busy = asyncio.ensure_future(self.mark_busy(name))  # while the channel opens
+        return await self.carry(record, port, stdin, timeout, on_output, busy)
 
     async def mark_busy(self, name: str) -> None:
-        """Busy before a command starts, so that whoever sees it running (a scale-down
-        choosing what to drain) sees the machine busy; the mark is cheap (not synced)."""
-        if self.engine.projection.state_of(name) is InstanceState.READY:
-            await self._mark(name, Verb.BUSY, "command in flight")
+        """Busy while a command is in flight: a cue for people and for a scale-down
+        choosing what to drain (which also counts the registry's commands, written before
+        this). Marks are made in order under the machine's lock, each after checking
+        what is in flight then, so a slow mark never leaves a machine in the wrong state."""
+        async with self._locks[name]:
+            if self.registry.in_flight(name) and \
+                    self.engine.projection.state_of(name) is InstanceState.READY:
+                await self._mark(name, Verb.BUSY, "command in flight")
 
     async def carry(self, record: CommandRecord, port: int, stdin: bytes | None,
                     timeout: float | None,
                     on_output: Callable[[ExecOutput], None] | None = None,
+                    busy: asyncio.Future[None] | None = None,
                     ) -> tuple[CommandRecord, ExecOutput]:
         """Dispatch a `pending` command and record how it ends (also what recovery
-        calls to dispatch an interrupted idempotent command again)."""
+        calls to dispatch an interrupted idempotent command again). The dispatched line
+        is synced and the busy mark (`busy`) made while the channel opens and the command
+        runs; both are done before `on_output` hears the answer."""
         name = record.machine
         output: ExecOutput | None = None
         error: str | None = None
         ended: CommandState | None = None
         lease: asyncio.Task[None] | None = None
+        pending = [busy] if busy is not None else []
         try:
             spec = await self._spec(name)
             self.registry.dispatch(record.id, service=spec.service)
+            pending.append(asyncio.ensure_future(self.registry.flush(name)))
             lease = asyncio.create_task(self.registry.keep_lease(record.id))
             token = _COMMAND.set(record.id)
             try:
                 output = await self.runner(self.engine, name, port,
                                            argv_with_env(record.argv, spec.env), stdin, timeout)
+                for step in pending:
+                    await step
                 if on_output is not None:
                     on_output(output)
             finally:
@@ -175,21 +185,21 @@ class MachineExec:
         finally:
             if lease is not None:
                 lease.cancel()
-            async with self._locks[name]:
-                size = len(output.stdout) + len(output.stderr) if output else None
-                code = output.exit_code if output else None
-                record = await self.registry.finish(record.id, exit_code=code,
-                                                    response_size=size, error=error,
-                                                    state=ended)
-                await self.settle(name)
+            await asyncio.gather(*pending, return_exceptions=True)  # retrieved, in order
+            size = len(output.stdout) + len(output.stderr) if output else None
+            code = output.exit_code if output else None
+            record = await self.registry.finish(record.id, exit_code=code, response_size=size,
+                                                error=error, state=ended)
+            await self.settle(name)
         assert output is not None
         return record, output
 
     async def settle(self, name: str) -> None:
         """`ready` again once nothing is in flight in a `busy` machine."""
-        if self.registry.in_flight(name) == 0 and \
-                self.engine.projection.state_of(name) is InstanceState.BUSY:
-            await self._mark(name, Verb.IDLE, "no command in flight")
+        async with self._locks[name]:
+            if self.registry.in_flight(name) == 0 and \
+                    self.engine.projection.state_of(name) is InstanceState.BUSY:
+                await self._mark(name, Verb.IDLE, "no command in flight")
 
     async def kill_in_guest(self, name: str, port: int, command_id: str) -> str:
         """Kill every process of the command in the guest, on a channel of its own;
