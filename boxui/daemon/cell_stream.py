@@ -1,35 +1,33 @@
 """Following a cell the daemon runs (`boxui run`): post it, write its command's output
 through as it streams, and return the finished cell.
 
-Interrupting (Ctrl-C) asks the daemon to cancel the cell, then waits until the daemon has
-destroyed its machine and logged it, so the user is told the outcome, not left guessing;
-a CLI killed outright just drops the connection, which cancels the cell as well.
+Interrupting (Ctrl-C) asks the daemon to cancel the cell and goes on reading the same
+stream, whose last line is then the cell destroyed (its machine gone and logged): the
+user is told the outcome, not left guessing, and nothing is asked again and again. A
+second Ctrl-C, or a daemon slower than `CANCEL_WAIT`, stops waiting; a CLI killed
+outright just drops the connection, which cancels the cell as well.
 """
 
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import httpx
-from pydantic import ValidationError
 
 from backend.cells.models import CellLine
 from backend.errors import BoxuiError
-from backend.state.cell_projection import CellStage, CellView
-from boxui.daemon.client import (
-    BASE_URL,
-    TIMEOUT,
-    ApiCallError,
-    DaemonClient,
-    read_answer,
-    unreachable,
-)
+from backend.state.cell_projection import CellView
+from boxui.daemon.client import ApiCallError, DaemonClient
+from boxui.daemon.ndjson_stream import follow_ndjson
 
 CELLS_PATH = "/v1/cells"
 #: how long a cancelled cell may take to destroy its machine (a stop escalates to SIGKILL)
-CANCEL_WAIT = 60.0
+CANCEL_WAIT = 60
 
 
 class CellInterrupted(BoxuiError):
@@ -40,29 +38,75 @@ class CellInterrupted(BoxuiError):
         super().__init__(message)
 
 
+class _GaveUp(Exception):
+    """The daemon did not confirm the cancelled cell's end in time."""
+
+
 def run_cell(client: DaemonClient, body: dict[str, object],
              output: Callable[[str, bytes], None], step: Callable[[str], None]) -> CellView:
-    transport = httpx.HTTPTransport(uds=str(client.socket_path))
-    cell_id: str | None = None
+    ids: list[str] = []
+    cancelled: list[str] = []  # why the cancel was not asked, or "" once asked
+
+    def started(response: httpx.Response) -> None:
+        if cell_id := response.headers.get("x-boxui-cell"):
+            ids.append(cell_id)
+
+    def cancel() -> None:
+        if cancelled or not ids:  # a second Ctrl-C, or before the cell started
+            raise KeyboardInterrupt
+        try:
+            client.call("POST", f"{CELLS_PATH}/{ids[0]}/cancel", also_ok=(404,))
+        except BoxuiError as exc:
+            cancelled.append(str(exc))
+            raise KeyboardInterrupt from None  # dropping the stream cancels it too
+        cancelled.append("")
+        signal.alarm(CANCEL_WAIT)
+
     try:
-        with httpx.Client(transport=transport, base_url=BASE_URL, timeout=TIMEOUT) as http, \
-                http.stream("POST", CELLS_PATH, json=body) as response:
-            if response.status_code >= 400:
-                response.read()
-                read_answer(response)  # raises the daemon's error
-            cell_id = response.headers.get("x-boxui-cell")
-            for raw in response.iter_lines():
-                if raw.strip() and (cell := _handle(_read(raw), output, step)) is not None:
-                    return cell
+        with _on_interrupt(cancel):
+            cell = follow_ndjson(
+                client, CELLS_PATH, body, "the cell", CellLine,
+                lambda line: _handle(line, output, step), started=started,
+                broken_hint="; its next start finishes the cell (see `boxui cells`)",
+                missing_hint="see `boxui cells` and its log")
     except KeyboardInterrupt:
-        raise _cancelled(client, cell_id) from None
-    except httpx.ConnectError as exc:
-        raise unreachable(client.pid, client.socket_path, exc) from None
-    except httpx.TransportError as exc:
-        raise BoxuiError(f"the boxui daemon (pid {client.pid}) broke off the cell: {exc}; "
-                         "its next start finishes the cell (see `boxui cells`)") from None
-    raise BoxuiError(f"the boxui daemon (pid {client.pid}) ended the cell without a result; "
-                     "see `boxui cells` and its log")
+        if not ids:
+            raise CellInterrupted("interrupted before the cell started", None) from None
+        why = cancelled[0] if cancelled and cancelled[0] else "interrupted again"
+        raise CellInterrupted(f"cell cancelled, but its end was not confirmed: {why}",
+                              None) from None
+    except _GaveUp:
+        raise CellInterrupted("cell cancelled; the daemon is still destroying its machine "
+                              "(see `boxui cells`)", None) from None
+    if cancelled:
+        raise CellInterrupted(f"cell {cell.name} cancelled; its machine was "
+                              + ("kept" if cell.machine_kept else "destroyed"), cell)
+    return cell
+
+
+@contextmanager
+def _on_interrupt(cancel: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C calls `cancel` (which may raise KeyboardInterrupt) instead of stopping the
+    read; its deadline alarm raises `_GaveUp`. Only the main thread gets signals: any
+    other keeps Python's own handling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(_sig: int, _frame: FrameType | None) -> None:
+        cancel()
+
+    def gave_up(_sig: int, _frame: FrameType | None) -> None:
+        raise _GaveUp
+
+    previous = signal.signal(signal.SIGINT, interrupted), \
+        signal.signal(signal.SIGALRM, gave_up)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
 
 
 def _handle(line: CellLine, output: Callable[[str, bytes], None],
@@ -76,31 +120,3 @@ def _handle(line: CellLine, output: Callable[[str, bytes], None],
     elif line.type == "step" and line.message:
         step(line.message)
     return None
-
-
-def _read(raw: str) -> CellLine:
-    try:
-        return CellLine.model_validate_json(raw)
-    except ValidationError:
-        raise BoxuiError(f"the boxui daemon sent a cell line this boxui cannot read: "
-                         f"{raw[:200]}") from None
-
-
-def _cancelled(client: DaemonClient, cell_id: str | None) -> CellInterrupted:
-    """Cancel the cell and wait (bounded) until the daemon logged it destroyed."""
-    if cell_id is None:
-        return CellInterrupted("interrupted before the cell started", None)
-    try:
-        client.call("POST", f"{CELLS_PATH}/{cell_id}/cancel", also_ok=(404,))
-        deadline = time.monotonic() + CANCEL_WAIT
-        while time.monotonic() < deadline:
-            cells = client.call("GET", CELLS_PATH)
-            cell = next((CellView.model_validate(c) for c in cells if c["id"] == cell_id), None)
-            if cell is not None and cell.stage is CellStage.DESTROYED:
-                return CellInterrupted(f"cell {cell.name} cancelled; its machine was "
-                                       + ("kept" if cell.machine_kept else "destroyed"), cell)
-            time.sleep(0.1)
-    except BoxuiError as exc:
-        return CellInterrupted(f"cell cancelled, but its end was not confirmed: {exc}", None)
-    return CellInterrupted("cell cancelled; the daemon is still destroying its machine "
-                           "(see `boxui cells`)", None)
