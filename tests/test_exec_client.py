@@ -76,15 +76,29 @@ async def test_the_same_as_the_python_path(api: Api, engine: Engine, client_dir:
     assert api.ctx.exec.registry.commands("vm")[0].command.startswith(command[0])
 
 
-@pytest.mark.parametrize("options", [["--timeout", "5"], ["--timeout=5"], ["--idempotent"],
-                                     ["--attempts", "2"]])
-async def test_execs_own_options_are_pythons_to_parse(api: Api, engine: Engine,
-                                                      client_dir: Path,
-                                                      options: list[str]) -> None:
+@pytest.mark.parametrize("args", [
+    ["exec", "vm", "--timeout", "5", "--", "true"], ["exec", "vm", "--timeout=5", "--", "true"],
+    ["exec", "--idempotent", "vm", "--", "true"], ["exec", "vm", "--attempts", "2", "--", "true"],
+    ["exec", "vm", "true", "--timeout", "5"],  # click takes it there too (no `--`)
+    ["exec", "vm", "ls", "-la"],  # an option the client cannot tell from exec's own
+    ["exec", "vm", "--some-later-option", "--", "true"],
+])
+async def test_options_before_the_dashes_are_pythons_to_parse(api: Api, engine: Engine,
+                                                              client_dir: Path,
+                                                              args: list[str]) -> None:
     await api.client.post("/v1/machines", params={"start": "true"}, json={"name": "vm"})
-    args = ["exec", "vm", *options, "--", "true"]
     assert handed_over(await run([str(client_dir / "boxui"), *args], engine.dirs.root)) == args
     assert api.ctx.exec.registry.commands("vm") == []  # never sent to the guest as words
+
+
+async def test_options_after_the_dashes_are_the_commands(api: Api, engine: Engine,
+                                                         client_dir: Path) -> None:
+    await api.client.post("/v1/machines", params={"start": "true"}, json={"name": "vm"})
+    code, _out, err = await run([str(client_dir / "boxui"), "exec", "vm", "--", "echo", "-n",
+                                 "--timeout", "-"], engine.dirs.root)
+    assert (code, err) == (0, b"")
+    [record] = api.ctx.exec.registry.commands("vm")
+    assert record.argv == ["echo", "-n", "--timeout", "-"]
 
 
 @pytest.mark.parametrize(("name", "message"), [

@@ -8,7 +8,8 @@
  * socket (backend/api/exec_socket.py has the protocol) and hands everything else to
  * boxui-py unchanged, by execv, before it has done anything: every other command, exec
  * command lines the Python hand parser would not claim (help, a bad name: click's usage
- * errors), and an exec with no daemon answering (Python then starts one). What it prints
+ * errors, any option before `--`: `exec vm -- ls -la` is served here, `exec vm ls -la`
+ * is Python's), and an exec with no daemon answering (Python then starts one). What it prints
  * itself is what the Python path prints: the command's output, its exit status, and the
  * daemon's one-line errors as `boxui: MESSAGE` with exit 1.
  *
@@ -59,15 +60,12 @@ static int valid_name(const char *s) {
     return 1;
 }
 
-static int is_option(const char *arg, const char *option) {
-    size_t len = strlen(option);
-    return strncmp(arg, option, len) == 0 && (arg[len] == '\0' || arg[len] == '=');
-}
-
-/* Help and exec's own options (a deadline, attempts) before `--`: Python's click decides. */
-static int is_python_option(const char *arg) {
-    return is_option(arg, "--help") || is_option(arg, "--timeout") ||
-           is_option(arg, "--idempotent") || is_option(arg, "--attempts");
+/* An option (not `--`, not `-` alone): before `--` it may be one of exec's own (a
+   deadline, attempts), which Python's click parses wherever it stands, or help. Which
+   options exec has is Python's to know (fast_exec, click): this client hands them all
+   over rather than keep a copy of that list. */
+static int is_option(const char *arg) {
+    return arg[0] == '-' && arg[1] != '\0' && strcmp(arg, "--") != 0;
 }
 
 /* A path Python's pathlib would keep as it is: absolute, no empty or `.` parts. */
@@ -217,7 +215,7 @@ int main(int argc, char **argv) {
     if (!strings) python_path(argv);
     for (int i = 2; i < argc; i++) {
         if (!dashes && strcmp(argv[i], "--") == 0) { dashes = 1; continue; }
-        if (!dashes && is_python_option(argv[i])) python_path(argv);
+        if (!dashes && is_option(argv[i])) python_path(argv);
         strings[count++] = argv[i];
     }
     if (count < 2 || !valid_name(strings[0])) python_path(argv);
