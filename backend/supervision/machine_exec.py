@@ -123,8 +123,9 @@ class MachineExec:
         written: a client waiting only for the output (`boxui exec`) need not wait for the
         bookkeeping too."""
         deadline = now_utc() + timedelta(seconds=timeout) if timeout else None
-        port = self._reachable_port(name)  # no await from here to `begin`: no one moves
-        record = self.registry.begin(name, argv, stdin=stdin, deadline=deadline,  # it
+        # no await from the check to `begin`: nothing can drain or stop it in between
+        port = self._reachable_port(name)
+        record = self.registry.begin(name, argv, stdin=stdin, deadline=deadline,
                                      idempotent=idempotent, max_attempts=max_attempts,
                                      origin=origin)
         busy = asyncio.ensure_future(self.mark_busy(name))  # while the channel opens
