@@ -3,6 +3,7 @@ out of the image without mounting it, and the order /init loads them in."""
 
 from __future__ import annotations
 
+import gzip
 import lzma
 import shutil
 import stat
@@ -22,7 +23,7 @@ from backend.guest.debian_initrd import (
 )
 from backend.guest.errors import GuestImageError
 from backend.guest.machine_seed import create_machine_keys, host_public_key
-from backend.guest.newc import read_archive
+from backend.guest.newc import Entry, read_archive, write_archive
 
 VERSION = "6.1.0-test"
 needs_e2fsprogs = pytest.mark.skipif(
@@ -57,14 +58,53 @@ def test_seed_archive_carries_init_modules_and_private_keys(tmp_path: Path) -> N
     assert entries["boxui/authorized_keys"].data == keys.client_public.read_bytes()
 
 
-def test_initrd_is_the_base_then_the_seed(tmp_path: Path) -> None:
+def _default_initrd(path: Path, busybox: bytes) -> None:
+    """A gzip'd default initrd: busybox (any ELF), libc (the host's, a real ELF), dropbear
+    and a library only dropbear needs, a module."""
+    regular, directory, link = stat.S_IFREG | 0o755, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6").read_bytes()
+    path.write_bytes(gzip.compress(write_archive([
+        Entry("init", regular, b"#!/bin/sh\n"), Entry("bin", directory),
+        Entry("bin/busybox", regular, busybox), Entry("lib", directory),
+        Entry("lib/x86_64-linux-gnu", directory),
+        Entry("lib/x86_64-linux-gnu/libc.so.6", regular, libc),
+        Entry("lib/x86_64-linux-gnu/libgmp.so.10", regular, b"only dropbear's"),
+        Entry("lib64", directory),
+        Entry("lib64/ld-linux-x86-64.so.2", link, b"/lib/x86_64-linux-gnu/ld.so"),
+        Entry("lib/boxui-modules", directory),
+        Entry("lib/boxui-modules/virtio.ko", regular, b"ko"),
+        Entry("usr", directory), Entry("usr/sbin", directory),
+        Entry("usr/sbin/dropbear", regular, b"ELF"), Entry("etc", directory),
+        Entry("etc/dropbear", directory)])))
+
+
+def test_initrd_is_the_plain_base_without_dropbear_then_the_seed(tmp_path: Path) -> None:
+    """Uncompressed (the guest's gunzip under TCG cost 1.6 s), busybox and its libraries
+    and the modules kept, dropbear and what only it needs left out."""
+    keys = create_machine_keys(tmp_path / "m")
+    base = tmp_path / "initrd.img"
+    _default_initrd(base, Path("/bin/true").read_bytes())  # NEEDED: libc.so.6
+    target = write_debian_initrd(base, tmp_path / "m", keys, {})
+    blob = target.read_bytes()
+    assert blob.startswith(b"070701") and stat.S_IMODE(target.stat().st_mode) == 0o600
+    names = [e.name for e in read_archive(blob)]
+    assert {"bin/busybox", "lib/x86_64-linux-gnu/libc.so.6", "lib64/ld-linux-x86-64.so.2",
+            "lib/boxui-modules/virtio.ko"} <= set(names)
+    assert not {"usr/sbin/dropbear", "etc/dropbear",
+                "lib/x86_64-linux-gnu/libgmp.so.10"} & set(names)
+    seed = blob[(len(write_archive([])) + blob.index(b"TRAILER!!!") + 511) // 512 * 512:]
+    assert read_archive(seed)[0].name == "init"
+
+
+def test_a_base_initrd_that_is_not_one_is_refused(tmp_path: Path) -> None:
     keys = create_machine_keys(tmp_path / "m")
     base = tmp_path / "initrd.img"
     base.write_bytes(b"\x1f\x8b" + b"b" * 1000)
-    target = write_debian_initrd(base, tmp_path / "m", keys, {})
-    blob = target.read_bytes()
-    assert blob.startswith(base.read_bytes()) and stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert read_archive(blob[1024:])[0].name == "init"
+    with pytest.raises(GuestImageError, match="cannot be read"):
+        write_debian_initrd(base, tmp_path / "m", keys, {})
+    _default_initrd(base, b"not an ELF")
+    with pytest.raises(GuestImageError, match="not a 64-bit"):
+        write_debian_initrd(base, tmp_path / "m", keys, {})
 
 
 def _ext4_with_modules(tmp_path: Path, skip: str | None = None) -> Path:
