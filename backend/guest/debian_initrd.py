@@ -15,7 +15,9 @@ mounts) and this machine's secrets. `/init` then:
   the ACPI power button), mounts /dev/vda read-write;
 - grows the filesystem to the disk when the disk's size differs from the one it last
   grew to (online `resize2fs` in the mounted root, so no binary of its own is needed;
-  the size is remembered in `/etc/boxui/grown-sectors`, so later boots skip it);
+  the size is remembered in `/etc/boxui/grown-sectors`, so later boots skip it); a
+  disk of the image's own size (the default) is seen to fit from the superblock, as
+  `resize2fs` finding nothing to do still cost its start under TCG on every first boot;
 - installs the host key (OpenSSH format, 0600; every other host key is removed so the
   guest can only present this machine's identity), the user's authorized key (0600),
   the hostname, /etc/hosts and a resolver, and the unit that prints the ready marker
@@ -98,6 +100,10 @@ mkdir -p $R
 mount -t ext4 -o rw,noatime /dev/vda $R || fail mount-root
 mkdir -p $R/etc/boxui $R/etc/ssh $R/root/.ssh $R/etc/systemd/system/multi-user.target.wants
 sectors=$(cat /sys/block/vda/size)
+# the superblock's s_blocks_count_lo and s_log_block_size (bytes 1028 and 1048)
+set -- $(dd if=/dev/vda bs=4 skip=257 count=6 2>/dev/null | od -An -tu4)
+[ "$#" = 6 ] && [ "$(($1 * (2 << $6)))" = "$sectors" ] \
+  && echo "$sectors" > $R/etc/boxui/grown-sectors
 if [ "$(cat $R/etc/boxui/grown-sectors 2>/dev/null)" != "$sectors" ]; then
   mount --bind /dev $R/dev && mount -t proc proc $R/proc
   if chroot $R resize2fs /dev/vda > /dev/null 2>&1; then
