@@ -71,6 +71,14 @@ LOAD_ORDER = [name for name, _ in (*MODULES[:3], *DISK_MODULES, *MODULES[3:])]
 _SEED = "boxui"  # where the secrets wait in the initramfs until /init copies them
 DEBIAN_MOUNT_SCRIPT = f"{_SEED}/mounts"  # the shared folders' (`shared_folders`)
 
+#: a filesystem that already fills the disk needs no grow: the superblock's
+#: s_blocks_count_lo and s_log_block_size (bytes 1028 and 1048) against the disk's
+#: sectors; the if below then finds the size recorded
+_FITS = """set -- $(dd if=/dev/vda bs=4 skip=257 count=6 2>/dev/null | od -An -tu4)
+[ "$#" = 6 ] && [ "$(($1 * (2 << $6)))" = "$sectors" ] && \\
+  echo "$sectors" > $R/etc/boxui/grown-sectors
+"""
+
 _INIT = f"""#!/bin/sh
 # boxui Debian-guest /init: mount the machine's disk, install its identity, hand over.
 /bin/busybox --install -s
@@ -100,11 +108,7 @@ mkdir -p $R
 mount -t ext4 -o rw,noatime /dev/vda $R || fail mount-root
 mkdir -p $R/etc/boxui $R/etc/ssh $R/root/.ssh $R/etc/systemd/system/multi-user.target.wants
 sectors=$(cat /sys/block/vda/size)
-# the superblock's s_blocks_count_lo and s_log_block_size (bytes 1028 and 1048)
-set -- $(dd if=/dev/vda bs=4 skip=257 count=6 2>/dev/null | od -An -tu4)
-[ "$#" = 6 ] && [ "$(($1 * (2 << $6)))" = "$sectors" ] \
-  && echo "$sectors" > $R/etc/boxui/grown-sectors
-if [ "$(cat $R/etc/boxui/grown-sectors 2>/dev/null)" != "$sectors" ]; then
+{_FITS}if [ "$(cat $R/etc/boxui/grown-sectors 2>/dev/null)" != "$sectors" ]; then
   mount --bind /dev $R/dev && mount -t proc proc $R/proc
   if chroot $R resize2fs /dev/vda > /dev/null 2>&1; then
     echo "$sectors" > $R/etc/boxui/grown-sectors

@@ -14,6 +14,7 @@ import asyncssh
 import pytest
 
 from backend.guest.debian_initrd import (
+    _FITS,
     DISK_MODULES,
     LOAD_ORDER,
     debian_seed_archive,
@@ -56,6 +57,9 @@ def test_seed_archive_carries_init_modules_and_private_keys(tmp_path: Path) -> N
         assert stat.S_IMODE(entries[secret].mode) == 0o600
     assert stat.S_IMODE(entries["boxui"].mode) == 0o700
     assert entries["boxui/authorized_keys"].data == keys.client_public.read_bytes()
+    # each connection a fork of the listener, not a re-exec (slow under TCG, see module)
+    early = entries["boxui/ssh-early.conf"].data.decode()
+    assert "ExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n" in early
 
 
 def _default_initrd(path: Path, busybox: bytes) -> None:
@@ -168,3 +172,22 @@ def test_ready_marker_waits_for_sshd_listening_on_22(tmp_path: Path) -> None:
 ])
 def test_no_marker_without_a_listening_sshd(tmp_path: Path, line: str) -> None:
     assert "BOXUI-READY" not in _run_ready_script(tmp_path, line)
+
+
+@needs_e2fsprogs
+@pytest.mark.parametrize(("disk_mib", "skipped"), [(8, True), (16, False)])
+def test_a_filesystem_that_fills_its_disk_is_not_grown(tmp_path: Path, disk_mib: int,
+                                                       skipped: bool) -> None:
+    """/init's superblock check, run by the host's sh on a real ext4 image: a disk the
+    size of the filesystem is recorded as grown (no resize2fs), a larger one is not."""
+    image = tmp_path / "rootfs.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "8M"], check=True)
+    root = tmp_path / "root"
+    (root / "etc/boxui").mkdir(parents=True)
+    script = _FITS.replace("/dev/vda", str(image))
+    subprocess.run(["sh", "-c", script], check=False, timeout=30,  # /init goes on
+                   env={"R": str(root), "sectors": str(disk_mib * 2048), "PATH": "/usr/bin:/bin"})
+    grown = root / "etc/boxui/grown-sectors"
+    assert grown.is_file() is skipped
+    if skipped:
+        assert grown.read_text() == f"{disk_mib * 2048}\n"
