@@ -20,9 +20,13 @@ _DT_NEEDED = 1
 
 def needed_libraries(path: Path) -> list[str]:
     """Return the sonames `path` (a 64-bit little-endian ELF) lists as DT_NEEDED."""
-    data = path.read_bytes()
+    return needed_sonames(path.read_bytes(), str(path))
+
+
+def needed_sonames(data: bytes, what: str) -> list[str]:
+    """DT_NEEDED of an ELF held in memory (an initramfs member); `what` names it."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise GuestImageError(f"{path} is not a 64-bit little-endian ELF file")
+        raise GuestImageError(f"{what} is not a 64-bit little-endian ELF file")
     shoff = struct.unpack_from("<Q", data, 0x28)[0]
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     sections = [

@@ -3,6 +3,7 @@ out of the image without mounting it, and the order /init loads them in."""
 
 from __future__ import annotations
 
+import gzip
 import lzma
 import shutil
 import stat
@@ -13,6 +14,7 @@ import asyncssh
 import pytest
 
 from backend.guest.debian_initrd import (
+    _FITS,
     DISK_MODULES,
     LOAD_ORDER,
     debian_seed_archive,
@@ -22,7 +24,7 @@ from backend.guest.debian_initrd import (
 )
 from backend.guest.errors import GuestImageError
 from backend.guest.machine_seed import create_machine_keys, host_public_key
-from backend.guest.newc import read_archive
+from backend.guest.newc import Entry, read_archive, write_archive
 
 VERSION = "6.1.0-test"
 needs_e2fsprogs = pytest.mark.skipif(
@@ -55,16 +57,58 @@ def test_seed_archive_carries_init_modules_and_private_keys(tmp_path: Path) -> N
         assert stat.S_IMODE(entries[secret].mode) == 0o600
     assert stat.S_IMODE(entries["boxui"].mode) == 0o700
     assert entries["boxui/authorized_keys"].data == keys.client_public.read_bytes()
+    # each connection a fork of the listener, not a re-exec (slow under TCG, see module)
+    early = entries["boxui/ssh-early.conf"].data.decode()
+    assert "ExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n" in early
 
 
-def test_initrd_is_the_base_then_the_seed(tmp_path: Path) -> None:
+def _default_initrd(path: Path, busybox: bytes) -> None:
+    """A gzip'd default initrd: busybox (any ELF), libc (the host's, a real ELF), dropbear
+    and a library only dropbear needs, a module."""
+    regular, directory, link = stat.S_IFREG | 0o755, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6").read_bytes()
+    path.write_bytes(gzip.compress(write_archive([
+        Entry("init", regular, b"#!/bin/sh\n"), Entry("bin", directory),
+        Entry("bin/busybox", regular, busybox), Entry("lib", directory),
+        Entry("lib/x86_64-linux-gnu", directory),
+        Entry("lib/x86_64-linux-gnu/libc.so.6", regular, libc),
+        Entry("lib/x86_64-linux-gnu/libgmp.so.10", regular, b"only dropbear's"),
+        Entry("lib64", directory),
+        Entry("lib64/ld-linux-x86-64.so.2", link, b"/lib/x86_64-linux-gnu/ld.so"),
+        Entry("lib/boxui-modules", directory),
+        Entry("lib/boxui-modules/virtio.ko", regular, b"ko"),
+        Entry("usr", directory), Entry("usr/sbin", directory),
+        Entry("usr/sbin/dropbear", regular, b"ELF"), Entry("etc", directory),
+        Entry("etc/dropbear", directory)])))
+
+
+def test_initrd_is_the_plain_base_without_dropbear_then_the_seed(tmp_path: Path) -> None:
+    """Uncompressed (the guest's gunzip under TCG cost 1.6 s), busybox and its libraries
+    and the modules kept, dropbear and what only it needs left out."""
+    keys = create_machine_keys(tmp_path / "m")
+    base = tmp_path / "initrd.img"
+    _default_initrd(base, Path("/bin/true").read_bytes())  # NEEDED: libc.so.6
+    target = write_debian_initrd(base, tmp_path / "m", keys, {})
+    blob = target.read_bytes()
+    assert blob.startswith(b"070701") and stat.S_IMODE(target.stat().st_mode) == 0o600
+    names = [e.name for e in read_archive(blob)]
+    assert {"bin/busybox", "lib/x86_64-linux-gnu/libc.so.6", "lib64/ld-linux-x86-64.so.2",
+            "lib/boxui-modules/virtio.ko"} <= set(names)
+    assert not {"usr/sbin/dropbear", "etc/dropbear",
+                "lib/x86_64-linux-gnu/libgmp.so.10"} & set(names)
+    seed = blob[(len(write_archive([])) + blob.index(b"TRAILER!!!") + 511) // 512 * 512:]
+    assert read_archive(seed)[0].name == "init"
+
+
+def test_a_base_initrd_that_is_not_one_is_refused(tmp_path: Path) -> None:
     keys = create_machine_keys(tmp_path / "m")
     base = tmp_path / "initrd.img"
     base.write_bytes(b"\x1f\x8b" + b"b" * 1000)
-    target = write_debian_initrd(base, tmp_path / "m", keys, {})
-    blob = target.read_bytes()
-    assert blob.startswith(base.read_bytes()) and stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert read_archive(blob[1024:])[0].name == "init"
+    with pytest.raises(GuestImageError, match="cannot be read"):
+        write_debian_initrd(base, tmp_path / "m", keys, {})
+    _default_initrd(base, b"not an ELF")
+    with pytest.raises(GuestImageError, match="not a 64-bit"):
+        write_debian_initrd(base, tmp_path / "m", keys, {})
 
 
 def _ext4_with_modules(tmp_path: Path, skip: str | None = None) -> Path:
@@ -128,3 +172,22 @@ def test_ready_marker_waits_for_sshd_listening_on_22(tmp_path: Path) -> None:
 ])
 def test_no_marker_without_a_listening_sshd(tmp_path: Path, line: str) -> None:
     assert "BOXUI-READY" not in _run_ready_script(tmp_path, line)
+
+
+@needs_e2fsprogs
+@pytest.mark.parametrize(("disk_mib", "skipped"), [(8, True), (16, False)])
+def test_a_filesystem_that_fills_its_disk_is_not_grown(tmp_path: Path, disk_mib: int,
+                                                       skipped: bool) -> None:
+    """/init's superblock check, run by the host's sh on a real ext4 image: a disk the
+    size of the filesystem is recorded as grown (no resize2fs), a larger one is not."""
+    image = tmp_path / "rootfs.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), "8M"], check=True)
+    root = tmp_path / "root"
+    (root / "etc/boxui").mkdir(parents=True)
+    script = _FITS.replace("/dev/vda", str(image))
+    subprocess.run(["sh", "-c", script], check=False, timeout=30,  # /init goes on
+                   env={"R": str(root), "sectors": str(disk_mib * 2048), "PATH": "/usr/bin:/bin"})
+    grown = root / "etc/boxui/grown-sectors"
+    assert grown.is_file() is skipped
+    if skipped:
+        assert grown.read_text() == f"{disk_mib * 2048}\n"
