@@ -43,6 +43,10 @@ class ClaimedVm:
         run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.rename(self.run_dir, run_dir)
 
+    def release(self) -> None:
+        """The claim is recorded in the machine's own record: the pool's is done with."""
+        shutil.rmtree(self.member_dir, ignore_errors=True)
+
     def booting_record(self, handle: VmHandle, forwards: Forwards) -> RecordUpdate:
         """The record as the claim begins: the member's process, which is running already,
         so a crash from here on re-adopts it rather than losing it."""

@@ -33,7 +33,6 @@ from backend.state.machine_spec import MachineSpec
 from backend.state.mount_spec import check_mount_sources
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
-from backend.supervision.claimed_vm import ClaimedVm
 from backend.supervision.boot_plan import (
     BootPlan,
     Forwards,
@@ -43,6 +42,7 @@ from backend.supervision.boot_plan import (
     ports_record,
     process_record,
 )
+from backend.supervision.claimed_vm import ClaimedVm
 from backend.supervision.health import HealthSampler
 from backend.supervision.heartbeat import Heartbeat
 from backend.supervision.interruptions import UNRESPONSIVE_GRACE, Interruptions
@@ -316,6 +316,7 @@ class Supervisor(Interruptions):
             await self.engine.transition(
                 name, Verb.BOOTING, update=vm.booting_record(handle, forwards),
                 message=f"claimed warm pool member {vm.member} ({vm.restore.label})")
+            await asyncio.to_thread(vm.release)
             self.handles[name] = handle
             self.spawn(self._watch(name, handle), f"watch-{name}")
             for host, guest, protocol in forwards:
