@@ -44,7 +44,7 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.cells = CellService(self.supervisor, self.exec)
-        self.pools = PoolManager(self.supervisor)
+        self.pools = PoolManager(self.supervisor, ssh=self.exec.pool)
 
     @property
     def engine(self) -> Engine:

@@ -47,14 +47,14 @@ class Member:
 
 async def warm_over_ssh(handle: VmHandle, member_dir: Path) -> None:
     keys = await asyncio.to_thread(load_machine_keys, member_dir)
-    sink = _Discard()
+    sink = Discard()
     status = await exec_command(handle.ssh_port, keys, member_dir, ["true"], sink, sink,
                                 timeout=WARM_TIMEOUT, connect_timeout=WARM_TIMEOUT)
     if status != 0:
         raise PoolError(f"{handle.name}: `true` over SSH exited {status}")
 
 
-class _Discard:
+class Discard:
     def write(self, data: bytes, /) -> object:
         return len(data)
 

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
 from pathlib import Path
 
+from backend.drivers.base import VmHandle
 from backend.errors import BoxuiError
+from backend.guest.machine_seed import load_machine_keys
 from backend.pools.launch import (
+    WARM_TIMEOUT,
+    Discard,
     Member,
     PoolError,
     Warm,
@@ -33,6 +38,7 @@ from backend.pools.views import PoolsReport, report
 from backend.state.machine_spec import MachineSpec
 from backend.state.state_dir import StateDir
 from backend.supervision.claimed_vm import ClaimedVm
+from backend.supervision.ssh_pool import SshPool
 from backend.supervision.supervisor import Supervisor
 from backend.templates.restore_plan import parse_ref, pick_variant
 from backend.templates.revision_store import load_revision
@@ -44,10 +50,14 @@ MAX_BACKOFF = 60.0
 
 
 class PoolManager:
-    def __init__(self, sup: Supervisor, warm: Warm = warm_over_ssh) -> None:
+    def __init__(self, sup: Supervisor, warm: Warm | None = None,
+                 ssh: SshPool | None = None) -> None:
         self.sup = sup
         self.store = MemberStore(sup.engine.dirs)
-        self.warm = warm
+        #: with `ssh` (the exec path's kept connections) the warm-up's connection stays
+        #: open and passes to the claiming machine: its first command skips a handshake
+        self.ssh = ssh
+        self.warm = warm or (self._warm_kept if ssh is not None else warm_over_ssh)
         #: ready members, by name
         self.members: dict[str, Member] = {}
         #: members starting, by variant, and the memory they will hold
@@ -78,6 +88,15 @@ class PoolManager:
             except (BoxuiError, OSError) as exc:
                 log.warning("warm pools: %s", exc)
 
+    async def _warm_kept(self, handle: VmHandle, member_dir: Path) -> None:
+        assert self.ssh is not None
+        sink = Discard()
+        status = await self.ssh.exec(handle.name, handle.ssh_port, member_dir,
+                                     functools.partial(load_machine_keys, member_dir),
+                                     ["true"], sink, sink, timeout=WARM_TIMEOUT)
+        if status != 0:
+            raise PoolError(f"{handle.name}: `true` over SSH exited {status}")
+
     # --- claiming --------------------------------------------------------------------
 
     async def claim(self, spec: MachineSpec) -> ClaimedVm | None:
@@ -99,6 +118,8 @@ class PoolManager:
         self._stop_watching(name)
         chosen.record.state, chosen.record.claimed_by = "claimed", spec.name
         await asyncio.to_thread(self.store.write, chosen.record)
+        if self.ssh is not None:
+            self.ssh.rename(name, spec.name)
         self.poke()
         return ClaimedVm(name, chosen.handle, self.store.member_dir(name),
                          Path(chosen.record.run_dir), chosen.plan)
@@ -200,10 +221,15 @@ class PoolManager:
             return
         del self.members[name]
         self._watches.pop(name, None)
+        self._forget_connection(name)
         await asyncio.to_thread(self.store.remove, name, Path(member.record.run_dir))
         log.warning("warm pool %s: member %s exited: %s", member.record.template, name,
                     info.detail)
         self.poke()
+
+    def _forget_connection(self, name: str) -> None:
+        if self.ssh is not None:
+            self.ssh.forget(name)
 
     def _stop_watching(self, name: str) -> None:
         task = self._watches.pop(name, None)
@@ -214,6 +240,7 @@ class PoolManager:
         name = member.record.member
         self.members.pop(name, None)
         self._stop_watching(name)
+        self._forget_connection(name)
         with contextlib.suppress(BoxuiError, OSError):
             await self.sup.driver.kill(member.handle)
         await asyncio.to_thread(self.store.remove, name, Path(member.record.run_dir))
@@ -265,7 +292,17 @@ class PoolManager:
             log.info("warm pool %s: member %s discarded: %s", record.template, name, why)
             return
         if not isinstance(handle, str):
-            self._adopted(Member(record, handle, plan))
+            member = Member(record, handle, plan)
+            self._adopted(member)
+            if self.ssh is not None:  # this daemon keeps no connection to it yet
+                self.sup.spawn(self._rewarm(member), f"pool-rewarm-{name}")
+
+    async def _rewarm(self, member: Member) -> None:
+        try:
+            await self.warm(member.handle, self.store.member_dir(member.record.member))
+        except (BoxuiError, OSError) as exc:
+            log.info("warm pool %s: member %s does not answer SSH (%s)",
+                     member.record.template, member.record.member, exc)
 
     def _claim_recorded(self, record: MemberRecord) -> bool:
         if record.claimed_by is None:
