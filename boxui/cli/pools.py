@@ -34,8 +34,11 @@ def set_cmd(ref: str, size: int, as_json: bool) -> None:
 
         emit_json(view)
         return
+    if size == 0:
+        click.echo(f"pool {view['template']}: emptied (its members are stopped)")
+        return
     click.echo(f"pool {view['template']}: {size} member{'s' * (size != 1)} "
-               f"({view['ready']} ready now; the rest warm in the background)")
+               f"({min(view['ready'], size)} ready now; the rest warm in the background)")
 
 
 @pool_group.command("ls")
