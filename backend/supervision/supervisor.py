@@ -307,7 +307,11 @@ class Supervisor(Interruptions):
         then the restore's freshening (RNG, clock, hostname) as for any restore."""
         name, dirs, started = spec.name, self.engine.dirs, self._clock()
         run_dir = dirs.machine_run_dir(name)
-        await asyncio.to_thread(vm.move_into, dirs.machine_dir(name), run_dir)
+        try:
+            await asyncio.to_thread(vm.move_into, dirs.machine_dir(name), run_dir)
+        except OSError:
+            await self.driver.kill(vm.handle)  # nothing records it as anyone's now
+            raise
         handle = self.driver.renamed(vm.handle, name, dirs.console_log(name),
                                      run_dir / vm.handle.qmp_socket.name)
         forwards = self._forwards(spec, {handle.ssh_port})
