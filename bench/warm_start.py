@@ -121,7 +121,6 @@ async def run(args: argparse.Namespace, home: Path) -> None:
         async with sup.running(recover=None):
             figures = await measure(args, sup, driver)
             figures.claim_times = await measure_claims(args, sup)
-            await empty_pools(sup)
     finally:
         await engine.close()
     figures.run_times = await asyncio.to_thread(measure_runs, args, home)
@@ -174,7 +173,16 @@ async def measure_claims(args: argparse.Namespace, sup: Supervisor) -> list[floa
     choose_size(sup.engine.dirs, "bench:worker", POOL)
     manager = PoolManager(sup)
     await manager.start()
-    times = []
+    times: list[float] = []
+    try:
+        await claim_each(args, sup, manager, times)
+    finally:
+        await empty_pools(sup, manager)
+    return times
+
+
+async def claim_each(args: argparse.Namespace, sup: Supervisor, manager: PoolManager,
+                     times: list[float]) -> None:
     for i in range(1, args.claims + 1):
         await until_pool_full(manager)
         name = f"claim{i}"
@@ -182,17 +190,16 @@ async def measure_claims(args: argparse.Namespace, sup: Supervisor) -> list[floa
                                                                "bench")))
         assert sup.engine.store.load_record(name).launched_as, f"{name} was not claimed"
         await sup.stop_machine(name, force=True)
-    return times
 
 
-async def empty_pools(sup: Supervisor) -> None:
-    """The members go before the daemon's turn (it re-adopts them otherwise: fine, but
-    then the first run would not wait on a pool of its own making)."""
+async def empty_pools(sup: Supervisor, manager: PoolManager) -> None:
+    """The members go before the daemon's turn (it would re-adopt them: fine, but then
+    its first run would not wait on a pool of its own making)."""
     choose_size(sup.engine.dirs, "bench:worker", 0)
-    for name in os.listdir(sup.engine.dirs.root / "pools" / "members"):
-        record = (sup.engine.dirs.root / "pools" / "members" / name / "member.json")
-        pid = int(json.loads(record.read_text())["pid"])
-        psutil.Process(pid).kill()
+    async with asyncio.timeout(300):
+        while manager.members or manager.starting:
+            await manager.reconcile()
+            await asyncio.sleep(0.2)
 
 
 def boxui(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -246,6 +246,11 @@ class PoolManager:
         await asyncio.to_thread(self.store.remove, name, Path(member.record.run_dir))
         log.info("warm pool %s: member %s discarded: %s", member.record.template, name, why)
 
+    @property
+    def starting(self) -> int:
+        """Members being restored or warmed now."""
+        return sum(self._warming.values())
+
     def memory_used_mib(self) -> int:
         return sum(self._warming_mib.values()) + sum(m.record.memory_mib
                                                      for m in self.members.values())
