@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.context import ApiContext, context
 from backend.api.errors import ERROR_RESPONSES
@@ -17,6 +17,8 @@ Ctx = Annotated[ApiContext, Depends(context)]
 
 
 class PoolSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     size: int = Field(ge=0, le=MAX_POOL, description="members to keep restored and idle")
 
 
