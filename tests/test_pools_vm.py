@@ -39,7 +39,7 @@ def test_a_claimed_member_answers_as_its_new_name(vm_home: Path, tmp_path: Path)
     as_json(boxui(vm_home, "template", "build", str(source), "--snapshot", "--json",
                   timeout=BUILD_TIMEOUT))  # the daemon it starts fills the pool (pool = 1)
     wait_for(vm_home, 1)
-    assert as_json(boxui(vm_home, "ls", "--json")) == [], "members are not machines"
+    assert json.loads(boxui(vm_home, "ls", "--json").stdout) == [], "members are not machines"
 
     created = as_json(boxui(vm_home, "create", "c1", "--template", "warm:worker", "--json"))
     assert created["state"] == "ready" and created["record"]["launched_as"], created
