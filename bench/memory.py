@@ -13,7 +13,8 @@ From one run, each through boxui's supervisor (`Supervisor.start_machine`):
   /proc/PID/smaps_rollup; then they are stopped;
 - the same for --count machines restored from one template snapshot (built first,
   outside the figures);
-- pooled: warm pools are not built yet, so that row says so instead of a figure;
+- pooled: --count warm pool members of that template (restored, each past one SSH
+  login, idle), sampled alike (`pooled_group`);
 - with --before, --count more cold boots launched as before the memory options (plain
   `-accel tcg`, THP allowed), for the difference in the same run.
 PSS splits each shared page among the processes mapping it: the guest image is a private
@@ -134,6 +135,32 @@ async def idle_group(sup: Supervisor, label: str, specs: list[MachineSpec],
     return Group(label, samples, times)
 
 
+async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
+    """--count members of a warm pool, each ready (restored, one SSH login), idle, then
+    sampled; the pool is emptied after. Its times: from the pool's start to each ready."""
+    # imported here, not at the top: this function is the warm pools' whole part of this
+    # file, which another change edits at the same time (one hunk merges cleanly)
+    from backend.pools.manager import PoolManager
+    from backend.pools.settings import choose_size
+
+    (sup.engine.dirs.root / "daemon.toml").write_text(
+        f"[pools]\nmemory_budget_mib = {args.count * args.memory}\n")
+    choose_size(sup.engine.dirs, "bench:worker", args.count)
+    manager, started = PoolManager(sup), time.perf_counter()
+    times: list[float] = []
+    await manager.start()
+    async with asyncio.timeout(600 + 60 * args.count):
+        while len(manager.members) < args.count:
+            times += [time.perf_counter() - started] * (len(manager.members) - len(times))
+            await asyncio.sleep(0.1)
+    times += [time.perf_counter() - started] * (args.count - len(times))
+    await asyncio.sleep(args.idle)
+    samples = [smaps_rollup(m.handle.pid) for m in manager.members.values()]
+    choose_size(sup.engine.dirs, "bench:worker", 0)
+    await manager.reconcile()
+    return Group("pooled (warm pool members)", samples, times)
+
+
 async def measure_groups(args: argparse.Namespace, home: Path) -> list[Group]:
     engine = await Engine.open(home)
     private_image_copy(args.cache, engine.dirs.images)
@@ -153,12 +180,13 @@ async def measure_groups(args: argparse.Namespace, home: Path) -> list[Group]:
                 MachineSpec(name=f"cold{i}", memory_mib=args.memory) for i in n], args.idle)
             restored = await idle_group(sup, "restored from a template", [
                 spec_from_template(dirs, f"clone{i}", "bench") for i in n], args.idle)
+            pooled = await pooled_group(sup, args)
             if not args.before:
-                return [cold, restored]
+                return [cold, restored, pooled]
             with memory_options_off():
                 before = await idle_group(sup, "cold-booted, before (--before)", [
                     MachineSpec(name=f"old{i}", memory_mib=args.memory) for i in n], args.idle)
-            return [cold, restored, before]
+            return [cold, restored, pooled, before]
     finally:
         await engine.close()
 
@@ -232,7 +260,6 @@ def report(args: argparse.Namespace, groups: list[Group],
         print(f"{group.label:<37}{statistics.mean(pss):>8.0f}M{statistics.mean(rss):>8.0f}M"
               f"{max(pss):>8.0f}M{total:>8.0f}M   <= {PER_VM_TARGET_MIB} MiB each, "
               f"<= {PER_VM_TARGET_MIB * args.count} MiB sum: {verdict(ok)}")
-    print(f"{'pooled':<37}{'not built yet (no warm pools in boxui so far)':>44}")
     print()
     for group in groups:
         print(f"{group.label}, per machine (MiB PSS / RSS; start to ready s):")

@@ -25,6 +25,7 @@ from backend.api import (
     image_routes,
     machine_routes,
     orphan_routes,
+    pool_routes,
     port_routes,
     provision_routes,
     service_routes,
@@ -102,6 +103,7 @@ def create_app(ctx: ApiContext | None = None, *, lifespan: Lifespan | None = Non
     app.include_router(image_routes.router)
     app.include_router(provision_routes.router)
     app.include_router(cell_routes.router)
+    app.include_router(pool_routes.router)
     app.include_router(misc)
     return app
 

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from backend.cells.service import CellService
 from backend.images.builder import BuildTools
+from backend.pools.manager import PoolManager
 from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.supervision.machine_exec import MachineExec
@@ -38,9 +39,12 @@ class ApiContext:
     #: `boxui run`'s cells, made with the context so that every supervisor serving the
     #: API has them (and finishes what a dead one left: `cells.recover`)
     cells: CellService = field(init=False)
+    #: warm pools: started with the services (`pools.start`), claimed by every start
+    pools: PoolManager = field(init=False)
 
     def __post_init__(self) -> None:
         self.cells = CellService(self.supervisor, self.exec)
+        self.pools = PoolManager(self.supervisor, ssh=self.exec.pool)
 
     @property
     def engine(self) -> Engine:

@@ -31,6 +31,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_running": 409,
     "illegal_transition": 409,
     "at_capacity": 409,
+    "pool": 409,
     "snapshot_mismatch": 409,
     "provision_failed": 409,
     "no_scripts": 409,

@@ -81,6 +81,7 @@ async def _lines(run: BuildRun, ctx: ApiContext, request: Request) -> AsyncItera
                 return
             yield _line(update.result())
             if isinstance(update.result(), Built | BuildFailed):
+                ctx.pools.poke()  # a new revision: members of the old one are replaced
                 return
     finally:
         run.cancel()

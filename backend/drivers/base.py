@@ -10,7 +10,7 @@ happened; deciding what that means for the machine's state is the supervisor's j
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -132,6 +132,9 @@ class AdoptRequest:
     accel: Accel
     run_dir: Path
     console_log: Path
+    #: the identity arguments to prove, when they are not `name`'s and `run_dir`'s (a
+    #: claimed warm pool member keeps the command line it was launched with)
+    identity: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,12 @@ class HypervisorDriver(abc.ABC):
         the goal, no such forward, holds)."""
         raise DriverError(f"the {self.capabilities().name} driver cannot change port "
                           "forwards of a running machine")
+
+    def renamed(self, handle: VmHandle, name: str, console_log: Path,
+                qmp_socket: Path) -> VmHandle:
+        """The handle of a running VM that a machine of another name took over (a warm
+        pool member claimed): its files moved, its process and connections did not."""
+        return replace(handle, name=name, console_log=console_log, qmp_socket=qmp_socket)
 
     async def close(self, handle: VmHandle) -> None:  # noqa: B027 - optional hook
         """Drop any connection to the VM without affecting it (boxui is going away)."""

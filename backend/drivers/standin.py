@@ -292,6 +292,13 @@ class StandInDriver(HypervisorDriver):
         guest.stopping = True
         await kill_now(guest.watch, KILL_TIMEOUT)
 
+    def renamed(self, handle: VmHandle, name: str, console_log: Path,
+                qmp_socket: Path) -> VmHandle:
+        guest = self._guests.get(handle.pid)
+        if guest is not None:
+            guest.name, guest.console_log = name, console_log
+        return super().renamed(handle, name, console_log, qmp_socket)
+
     async def close(self, handle: VmHandle) -> None:
         """Keep the pidfd: `shutdown` and `kill_all`, which run once the supervisor has
         let go (so the kills are not recorded as crashes), still end the stand-in."""
@@ -350,8 +357,8 @@ class StandInDriver(HypervisorDriver):
 
     async def adopt(self, request: AdoptRequest) -> VmHandle | AdoptRefusal:
         pid = request.pid
-        watch = watch_proven(pid, request.start_time,
-                             identity_args(request.name, request.run_dir))
+        wanted = request.identity or identity_args(request.name, request.run_dir)
+        watch = watch_proven(pid, request.start_time, wanted)
         if isinstance(watch, str):
             return AdoptRefusal(watch)
         earlier = self._guests.pop(pid, None)

@@ -50,6 +50,11 @@ class RuntimeRecord(BaseModel):
     #: machine's name, and if not, why (if not, it has its template's build VM's name)
     hostname_set: bool | None = None
     hostname_note: str | None = None
+    #: set when this process was a warm pool member claimed by the machine: the name and
+    #: run dir its hypervisor was launched under, which its command line still names (so
+    #: re-adoption proves its identity by them); None for a process started as itself
+    launched_as: str | None = None
+    launched_run_dir: str | None = None
     restart_count: int = Field(default=0, ge=0)
     ever_started: bool = False
     started_at: datetime | None = None

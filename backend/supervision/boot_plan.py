@@ -67,6 +67,7 @@ class BootPlan:
             record.pid = record.process_start_time = None
             record.ports = forwards_record(self.forwards)
             record.restored_from = self.restore.label if self.restore else None
+            record.launched_as = record.launched_run_dir = None
             record.rng_reseeded = record.rng_note = None
             record.clock_set = record.clock_note = None
             record.hostname_set = record.hostname_note = None

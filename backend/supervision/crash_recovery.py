@@ -87,7 +87,7 @@ async def recover_one(
     result = await supervisor.driver.adopt(AdoptRequest(
         name=name, pid=pid, start_time=started, ssh_port=record.ssh_port or 0,
         boot_id=record.boot_id or "", accel=record.accel or "tcg", run_dir=run_dir,
-        console_log=dirs.console_log(name),
+        console_log=dirs.console_log(name), identity=_claimed_identity(record),
     ))
     if isinstance(result, AdoptRefusal):
         await supervisor.machine_crashed(name, result.reason)
@@ -111,6 +111,14 @@ async def _is_service_instance(engine: Engine, name: str) -> bool:
     except BoxuiError:
         return False
     return spec.service is not None
+
+
+def _claimed_identity(record: RuntimeRecord) -> tuple[str, ...] | None:
+    """A claimed warm pool member's QEMU still carries the name and QMP socket it was
+    launched with: those are what prove it is this machine's."""
+    if record.launched_as is None or record.launched_run_dir is None:
+        return None
+    return tuple(identity_args(record.launched_as, Path(record.launched_run_dir)))
 
 
 def _find_orphan(name: str, run_dir: Path) -> tuple[int, float] | None:

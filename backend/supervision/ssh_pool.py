@@ -142,11 +142,22 @@ class SshPool:
         return pooled
 
     def _drop(self, name: str, conn: asyncssh.SSHClientConnection) -> None:
-        """Forget `conn` (only if it is still the one kept for `name`) and close it."""
-        pooled = self._pooled.get(name)
-        if pooled is not None and pooled.conn is conn:
-            del self._pooled[name]
+        """Forget `conn` (only if it is still the one kept for `name`, or for the name
+        it was renamed to) and close it."""
+        for kept in (name, *self._pooled):
+            pooled = self._pooled.get(kept)
+            if pooled is not None and pooled.conn is conn:
+                del self._pooled[kept]
+                break
         conn.close()
+
+    def rename(self, old: str, new: str) -> None:
+        """The connection kept for `old` is `new`'s from now on: a warm pool member's,
+        whose handshake its claimer need not pay again (the same guest, keys and port)."""
+        pooled = self._pooled.pop(old, None)
+        if pooled is not None:
+            self.forget(new)
+            self._pooled[new] = pooled
 
     def forget(self, name: str) -> None:
         """Close the machine's connection: it stopped or is gone. Commands still running

@@ -42,6 +42,7 @@ from backend.supervision.boot_plan import (
     ports_record,
     process_record,
 )
+from backend.supervision.claimed_vm import ClaimedVm
 from backend.supervision.health import HealthSampler
 from backend.supervision.heartbeat import Heartbeat
 from backend.supervision.interruptions import UNRESPONSIVE_GRACE, Interruptions
@@ -74,6 +75,9 @@ MAY_LINGER = frozenset({InstanceState.CRASHED, InstanceState.FAILED, InstanceSta
 #: what a supervisor runs once it owns its task group and before it yields: crash
 #: recovery, which re-adopts the machines a previous boxui left running
 Recovery = Callable[["Supervisor"], Awaitable[None]]
+#: a warm pool's claim for a machine about to start: a running guest restored from the
+#: machine's template revision, or None to boot as usual (`backend.pools` sets it)
+Claim = Callable[[MachineSpec], Awaitable[ClaimedVm | None]]
 
 
 class MachineBusyError(BoxuiError):
@@ -122,6 +126,7 @@ class Supervisor(Interruptions):
         self.unresponsive_grace = UNRESPONSIVE_GRACE
         self._silent_since = {}
         self._killing_hung = set()
+        self.claim: Claim | None = None
 
     # --- task ownership --------------------------------------------------------------
 
@@ -218,6 +223,10 @@ class Supervisor(Interruptions):
             spec = self.engine.store.load_spec(name)
             if not automatic:
                 self.tracker(name).reset()
+            claimed = await self.claim(spec) if self.claim and spec.template else None
+            if claimed is not None:
+                await self._take_claimed(spec, claimed)
+                return
             await self._boot(spec, progress)
 
     def _boot_task(self, name: str, body: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
@@ -290,6 +299,41 @@ class Supervisor(Interruptions):
             name, Verb.READY, message=f"ready in {self._clock() - started:.1f} s "
             f"(ssh on 127.0.0.1:{handle.ssh_port}){note}",
         )
+        self.tracker(name).machine_up()
+
+    async def _take_claimed(self, spec: MachineSpec, vm: ClaimedVm) -> None:
+        """Make a claimed warm pool member this machine: its files and sockets moved in,
+        its record and events the machine's own, forwards added through the hypervisor,
+        then the restore's freshening (RNG, clock, hostname) as for any restore."""
+        name, dirs, started = spec.name, self.engine.dirs, self._clock()
+        run_dir = dirs.machine_run_dir(name)
+        try:
+            await asyncio.to_thread(vm.move_into, dirs.machine_dir(name), run_dir)
+        except OSError:
+            await self.driver.kill(vm.handle)  # nothing records it as anyone's now
+            raise
+        handle = self.driver.renamed(vm.handle, name, dirs.console_log(name),
+                                     run_dir / vm.handle.qmp_socket.name)
+        forwards = self._forwards(spec, {handle.ssh_port})
+        self._booting.add(name)
+        try:
+            await self.engine.transition(
+                name, Verb.BOOTING, update=vm.booting_record(handle, forwards),
+                message=f"claimed warm pool member {vm.member} ({vm.restore.label})")
+            await asyncio.to_thread(vm.release)
+            self.handles[name] = handle
+            self.spawn(self._watch(name, handle), f"watch-{name}")
+            for host, guest, protocol in forwards:
+                await self.driver.add_forward(handle, protocol, host, guest)
+            note = await self._freshen(name, run_dir / AGENT_SOCKET, vm.restore)
+        except (BoxuiError, OSError) as exc:
+            await self._boot_failed(name, handle, exc)
+            raise
+        finally:
+            self._booting.discard(name)
+        await self.engine.transition(
+            name, Verb.READY, message=f"ready in {self._clock() - started:.3f} s, claimed "
+            f"from the warm pool (ssh on 127.0.0.1:{handle.ssh_port}){note}")
         self.tracker(name).machine_up()
 
     async def _plan_boot(self, spec: MachineSpec) -> BootPlan:

@@ -38,6 +38,9 @@ def _known_profile(value: str) -> str:
         raise ValueError(f"unknown profile {value!r}; known: {', '.join(sorted(PROFILES))}")
     return value
 
+#: the most machines one variant's warm pool may keep
+MAX_POOL = 32
+
 
 class TemplateVariant(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,6 +55,9 @@ class TemplateVariant(BaseModel):
     data_disk_mib: int = Field(default=0, ge=0, le=0)  # the default guest has no disk yet
     #: extra kernel parameters; part of the snapshot, so a restore must ask for the same
     boot_args: str = ""
+    #: warm pool: machines kept restored and idle for `create`/`run`/scale-up to claim
+    #: (not part of what a build produces: changing it rebuilds nothing)
+    pool: int = Field(default=0, ge=0, le=MAX_POOL)
 
     @field_validator("role")
     @classmethod

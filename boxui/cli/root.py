@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "port": ("ports", "port_group"),
     "service": ("services", "service_group"), "template": ("templates", "template_group"),
     "run": ("cells", "run_cmd"), "cells": ("cells", "cells_cmd"),
+    "pool": ("pools", "pool_group"),
 }
 
 

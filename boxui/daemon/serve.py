@@ -108,6 +108,7 @@ async def _supervise(engine: Engine, sock: socket.socket,
             await report_orphans(supervisor)  # after recovery: what it did not adopt
             await autostart_machines(supervisor)  # after recovery; each boots in its task
             await ctx.services.start()
+            await ctx.pools.start()  # after recovery: members are re-adopted as machines are
             for note in await ctx.cells.recover():  # after recovery: machines are known
                 log.warning(note)
             await _serve(ctx, sock, stop, idle_timeout, leaving)

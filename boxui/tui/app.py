@@ -74,6 +74,7 @@ from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.detail_pane import DetailPane
 from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import COLUMNS, MachineTable, row_cells
+from boxui.tui.widgets.pool_line import PoolLine
 from boxui.tui.widgets.status_header import StatusHeader, header_markup
 
 ACTIVE = {"booting", "ready", "busy", "draining", "stopping", "unresponsive", "unhealthy"}
@@ -210,6 +211,7 @@ class BoxuiApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield StatusHeader("boxui: starting…")
+        yield PoolLine(self.backend.home, id="pools")
         yield Input(placeholder="filter by name or state", id="filter", disabled=True)
         with Horizontal(id="body"):
             with Vertical(id="left"):

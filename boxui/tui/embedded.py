@@ -246,5 +246,6 @@ async def _serve_api(ctx: ApiContext) -> None:
     """The same API (and services) as `boxui daemon`, until the app closes (cancellation
     ends it and removes the socket)."""
     await ctx.services.start()
+    await ctx.pools.start()
     await ctx.cells.recover()  # cells a dead supervisor left: finished, machines deleted
     await serve_api(ctx, asyncio.Event())

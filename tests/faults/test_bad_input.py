@@ -31,10 +31,12 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "port add": ([], ["80"]), "port rm": ([], ["80"]), "port ls": ([], []),
     "commands": ([], []),
     "run": (["--name"], ["--", "true"]),
+    "pool set": ([], ["1"]),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
-           "doctor", "gc", "service ls", "template ls", "image ls", "cp", "cells"}
+           "doctor", "gc", "service ls", "template ls", "image ls", "cp", "cells",
+           "pool ls"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -92,6 +94,8 @@ BAD_OPTIONS = [
     ["ssh-config"], ["ssh-config", "ok", "--install"], ["ssh-config", "--install=maybe"],
     # run: a command is needed; files, env, timeout and the machine's source are checked
     ["run"], ["run", "--keep"], ["cells", "extra"], ["cells", "--bogus"],
+    ["pool", "ls", "extra"], ["pool", "set", "web:worker"], ["pool", "set", "web", "x"],
+    ["pool", "set", "web:worker", "-1"], ["pool", "set", "web:Worker", "1"],
     *(["run", "--timeout", t, "--", "true"] for t in ("0", "-1", "soon")),
     *(["run", "--input", i, "--", "true"] for i in ("/nonexistent:/x", "FILE", "FILE:rel",
                                                    ":/x")),

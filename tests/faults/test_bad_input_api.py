@@ -170,6 +170,14 @@ CASES: dict[tuple[str, str], list[Request]] = {
                                              for c in ("no-such", *BAD_NAMES)],
     ("DELETE", "/v1/images/{name}"): [*_name_cases(), ({"name": "no-such"}, {}, None),
                                       ({"name": "default"}, {}, None)],
+    ("GET", "/v1/pools"): [],
+    ("PUT", "/v1/pools/{ref}"): [
+        *(({"ref": r}, {}, {"size": 1}) for r in [*BAD_NAMES, "no-such", "no-such:x",
+                                                   "ok:../x", ":", "a:b:c"]),
+        *(({"ref": "no-such"}, {}, body) for body in (
+            {"size": -1}, {"size": 33}, {"size": "x"}, {"size": None}, {}, {"size": 1, "x": 1},
+            "not json", [1])),
+    ],
 }
 
 

@@ -396,7 +396,8 @@ class QemuDriver(HypervisorDriver):
 
     async def adopt(self, request: AdoptRequest) -> VmHandle | AdoptRefusal:
         pid, start_time = request.pid, request.start_time
-        watch = watch_proven(pid, start_time, identity_args(request.name, request.run_dir))
+        wanted = request.identity or identity_args(request.name, request.run_dir)
+        watch = watch_proven(pid, start_time, wanted)
         if isinstance(watch, str):
             return AdoptRefusal(watch)
         handle = VmHandle(name=request.name, pid=pid, start_time=start_time,
