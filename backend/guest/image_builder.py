@@ -307,7 +307,8 @@ async def _guest_kernel_files(small: SmallKernel, root: Path, cpio: str) -> dict
     if hashlib.sha256(kernel).hexdigest() != small.sha256:
         raise GuestImageError(f"{small.path} changed since it was built; rebuild it "
                               "(python -m backend.guest.small_kernel)")
-    for module in (root / GUEST_MODULE_DIR).iterdir():
+    modules = root / GUEST_MODULE_DIR
+    for module in modules.iterdir() if modules.is_dir() else ():
         module.unlink()
     (root / "init").write_text(BUILTIN_INIT)
     return {GUEST_KERNEL_FILE: kernel, GUEST_INITRD_FILE: await pack_tree(root, cpio)}

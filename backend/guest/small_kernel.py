@@ -71,6 +71,8 @@ def config_digest(fragment: Path = CONFIG_FRAGMENT) -> str:
 
 def find_small_kernel(cache: Path | None = None) -> SmallKernel | None:
     """The newest built kernel of the current fragment, or None (then Debian's boots)."""
+    if os.environ.get("BOXUI_GUEST_KERNEL") == "debian":
+        return None  # asked for Debian's kernel (bin/setup skips the build too)
     root = kernel_cache_dir() if cache is None else cache
     want, found = config_digest(), []
     for info_file in root.glob(f"*/{INFO_FILE}"):
