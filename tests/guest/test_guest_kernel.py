@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.guest import small_kernel
+from backend.guest.errors import GuestImageError
 from backend.guest.guest_files import BUILTIN_INIT
 from backend.guest.image_builder import build_default_image, load_current_image
 from backend.guest.newc import read_archive
@@ -109,5 +109,5 @@ async def test_a_kernel_changed_after_its_build_is_refused(
     monkeypatch.setenv("BOXUI_KERNEL_CACHE", str(kernels))
     put_kernel(kernels, "1", b"built")
     (kernels / "1" / KERNEL_FILE).write_bytes(b"tampered")
-    with pytest.raises(small_kernel.GuestImageError, match="changed since it was built"):
+    with pytest.raises(GuestImageError, match="changed since it was built"):
         await build_default_image(tmp_path / "cache")
