@@ -125,10 +125,13 @@ def _step(argv: list[str], cwd: Path, what: str, log: Path) -> None:
         raise GuestImageError(f"{what} failed (exit {result.returncode}); see {log}")
 
 
-def _compile(work: Path, jobs: int, log: Path) -> tuple[Path, str]:
-    """Unpack, configure, check the configuration, build; the vmlinux and its version."""
-    _step(["tar", "-xf", str(SOURCE_TARBALL), "-C", str(work)], work, "unpacking the source", log)
-    tree = next(work.glob("linux-source-*"))
+def _compile(work: Path, jobs: int, log: Path, tree: Path | None) -> tuple[Path, str]:
+    """Unpack (unless given a `tree` of this source to build in), configure, check the
+    configuration, build; the vmlinux and its version."""
+    if tree is None:
+        _step(["tar", "-xf", str(SOURCE_TARBALL), "-C", str(work)], work,
+              "unpacking the source", log)
+        tree = next(work.glob("linux-source-*"))
     _step(["make", "-s", "allnoconfig", f"KCONFIG_ALLCONFIG={CONFIG_FRAGMENT}"], tree,
           "configuring", log)
     dropped = dropped_options((tree / ".config").read_text())
@@ -147,7 +150,8 @@ def _compile(work: Path, jobs: int, log: Path) -> tuple[Path, str]:
 
 
 def build_small_kernel(cache: Path, jobs: int, log: Path,
-                       say: Callable[[str], None] = lambda _m: None) -> SmallKernel:
+                       say: Callable[[str], None] = lambda _m: None,
+                       tree: Path | None = None) -> SmallKernel:
     """Build the kernel of the current fragment into `cache` unless it is there."""
     if not SOURCE_TARBALL.is_file():
         raise GuestImageError(f"{SOURCE_TARBALL} missing: apt-get install {SOURCE_PACKAGE}")
@@ -164,7 +168,7 @@ def build_small_kernel(cache: Path, jobs: int, log: Path,
     say(f"building boxui's guest kernel (once per configuration, ~20 min on two cores; "
         f"log: {log})")
     try:
-        vmlinux, version = _compile(work, jobs, log)
+        vmlinux, version = _compile(work, jobs, log, tree)
         out = work / "out"
         out.mkdir()
         data = vmlinux.read_bytes()
@@ -186,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description="build boxui's guest kernel (bin/setup)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--source-tree", type=Path, default=None,
+                        help="build in this unpacked linux-source tree (kept; a rebuild "
+                             "there is incremental) instead of a fresh copy")
     args = parser.parse_args(argv)
     cache = kernel_cache_dir() if args.cache is None else args.cache
     log = Path(tempfile.gettempdir()) / "boxui-kernel-build.log"
@@ -193,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log.write_bytes(b"")
         kernel = build_small_kernel(cache, args.jobs, log,
-                                    lambda line: print(f"boxui: {line}", file=sys.stderr))
+                                    lambda line: print(f"boxui: {line}", file=sys.stderr),
+                                    args.source_tree)
     except (GuestImageError, OSError) as exc:
         print(f"boxui: building the guest kernel failed: {exc}", file=sys.stderr)
         return 1
