@@ -1,11 +1,14 @@
 """Host memory of idle guests, per VM (issue 16), and what the memory options cost cold boot.
 
 Targets: an idle default guest costs at most 64 MiB PSS on the host; ten idle cold-booted
-ones at most 640 MiB together; cold boot no more than 5 % slower than without the
-memory options.
+ones at most 640 MiB together; cold boot no more than 5 % slower than before the
+memory work (Debian's kernel, no memory options).
 
     .venv/bin/python bench/memory.py [--count 10] [--memory 256] [--idle 10]
-                                     [--boot-runs 3] [--cache DIR]
+                                     [--boot-runs 3] [--before] [--debian] [--cache DIR]
+
+The default guest boots boxui's own kernel when bin/setup has built it
+(`backend/guest/small_kernel.py`), else Debian's; the first line says which.
 
 From one run, each through boxui's supervisor (`Supervisor.start_machine`):
 - --count default machines cold-booted one after another, left idle for --idle seconds
@@ -16,14 +19,16 @@ From one run, each through boxui's supervisor (`Supervisor.start_machine`):
 - pooled: --count warm pool members of that template (restored, each past one SSH
   login, idle), sampled alike (`pooled_group`);
 - with --before, --count more cold boots launched as before the memory options (plain
-  `-accel tcg`, THP allowed), for the difference in the same run.
+  `-accel tcg`, THP allowed), for the difference in the same run;
+- with --debian, --count more cold boots of the default guest on Debian's kernel.
 PSS splits each shared page among the processes mapping it: the guest image is a private
 copy made for this run, so only this run's machines share its kernel file; the QEMU
 binary and its libraries are shared with any other QEMU on the host (a few MiB).
 
-Cold boot before/after: bare QEMU boots of the same guest to its ready marker, alternating
-boxui's argv as it is now ("after") with the same argv minus the memory options
-("before": no `tb-size`, THP allowed), --boot-runs each, medians compared.
+Cold boot before/now: bare QEMU boots of the guest to its ready marker, alternating
+Debian's kernel without the memory options ("before": no `tb-size`, THP allowed),
+Debian's kernel with them, and boxui's argv and kernel as they are now, --boot-runs
+each, medians compared (now / before).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -54,8 +60,10 @@ from backend.drivers.qemu.accel import resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.driver import QemuDriver
 from backend.drivers.qemu.host_memory import preexec_for
+from backend.pools.manager import PoolManager
+from backend.pools.settings import choose_size
 from backend.drivers.qemu.readiness import wait_for_ready
-from backend.guest.image_builder import CURRENT_FILE, build_default_image, load_current_image
+from backend.guest.image_builder import CURRENT_FILE, GuestImage, build_default_image
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
 from backend.state.engine import Engine
 from backend.state.machine_spec import MachineSpec
@@ -91,20 +99,27 @@ def smaps_rollup(pid: int) -> Sample:
     return Sample(fields["Pss"] / 1024, fields["Rss"] / 1024)
 
 
-def private_image_copy(cache: Path, images: Path) -> None:
-    """The state dir's images: the current guest image copied (its kernel file then is
-    this run's alone, so its PSS is not split with other users of the cache), the rest
-    linked."""
+def private_image_copy(cache: Path, images: Path, current: GuestImage) -> None:
+    """The state dir's images: `current` copied and made current (its kernel file then
+    is this run's alone, so its PSS is not split with other users of the cache), the
+    rest linked."""
     images.mkdir()
-    current = load_current_image(cache)
-    assert current is not None, "build_default_image ran first"
     for entry in cache.iterdir():
         if entry == current.kernel.parent:
             shutil.copytree(entry, images / entry.name)
-        elif entry.name == CURRENT_FILE:
-            shutil.copy2(entry, images / entry.name)
-        elif not entry.name.startswith("."):
+        elif entry.name != CURRENT_FILE and not entry.name.startswith("."):
             (images / entry.name).symlink_to(entry)
+    (images / CURRENT_FILE).write_text(json.dumps({"content_hash": current.content_hash}))
+
+
+def build_images(cache: Path) -> tuple[GuestImage, GuestImage]:
+    """Debian's kernel's image, then the default one (current: boxui's kernel if built)."""
+    os.environ["BOXUI_GUEST_KERNEL"] = "debian"
+    try:
+        debian = asyncio.run(build_default_image(cache))
+    finally:
+        del os.environ["BOXUI_GUEST_KERNEL"]
+    return debian, asyncio.run(build_default_image(cache))
 
 
 @contextlib.contextmanager
@@ -138,11 +153,6 @@ async def idle_group(sup: Supervisor, label: str, specs: list[MachineSpec],
 async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
     """--count members of a warm pool, each ready (restored, one SSH login), idle, then
     sampled; the pool is emptied after. Its times: from the pool's start to each ready."""
-    # imported here, not at the top: this function is the warm pools' whole part of this
-    # file, which another change edits at the same time (one hunk merges cleanly)
-    from backend.pools.manager import PoolManager
-    from backend.pools.settings import choose_size
-
     (sup.engine.dirs.root / "daemon.toml").write_text(
         f"[pools]\nmemory_budget_mib = {args.count * args.memory}\n")
     choose_size(sup.engine.dirs, "bench:worker", args.count)
@@ -161,9 +171,35 @@ async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
     return Group("pooled (warm pool members)", samples, times)
 
 
-async def measure_groups(args: argparse.Namespace, home: Path) -> list[Group]:
+async def measure_groups(args: argparse.Namespace, home: Path, image: GuestImage,
+                         debian: GuestImage) -> list[Group]:
+    groups = await default_groups(args, home / "default", image)
+    if args.debian:
+        groups += await debian_group(args, home / "debian", debian)
+    return groups
+
+
+async def debian_group(args: argparse.Namespace, home: Path, debian: GuestImage) -> list[Group]:
+    """--count cold boots of the default guest on Debian's kernel, as before boxui's."""
+    home.mkdir()
     engine = await Engine.open(home)
-    private_image_copy(args.cache, engine.dirs.images)
+    private_image_copy(args.cache, engine.dirs.images, debian)
+    sup = Supervisor(engine, QemuDriver(), DefaultBootFiles(engine.dirs.images),
+                     boot_timeout=600)
+    try:
+        async with sup.running(recover=None):
+            return [await idle_group(sup, "cold-booted, Debian's kernel", [
+                MachineSpec(name=f"deb{i}", memory_mib=args.memory)
+                for i in range(1, args.count + 1)], args.idle)]
+    finally:
+        await engine.close()
+
+
+async def default_groups(args: argparse.Namespace, home: Path,
+                         image: GuestImage) -> list[Group]:
+    home.mkdir()
+    engine = await Engine.open(home)
+    private_image_copy(args.cache, engine.dirs.images, image)
     driver = QemuDriver()
     # a shared host under load can take minutes to boot ten TCG guests in a row
     sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images), boot_timeout=600)
@@ -191,12 +227,10 @@ async def measure_groups(args: argparse.Namespace, home: Path) -> list[Group]:
         await engine.close()
 
 
-async def bare_boot(image_dir: Path, work: Path, index: int, memory: int,
+async def bare_boot(image: GuestImage, work: Path, index: int, memory: int,
                     before: bool) -> float:
     """Seconds from launching QEMU to the guest's ready marker, with boxui's argv as it
     is now, or (`before`) without the memory options."""
-    image = load_current_image(image_dir)
-    assert image is not None
     accel = resolve_accel("auto")
     machine_dir = work / f"bare{index}"
     machine_dir.mkdir(mode=0o700)
@@ -222,15 +256,24 @@ async def bare_boot(image_dir: Path, work: Path, index: int, memory: int,
             os.kill(int(config.pidfile.read_text()), signal.SIGKILL)
 
 
-async def boot_times(args: argparse.Namespace, home: Path) -> tuple[list[float], list[float]]:
-    before: list[float] = []
-    after: list[float] = []
+#: (label, Debian's kernel?, without the memory options?); the first is the baseline
+BOOT_VARIANTS = (("before: Debian's kernel, no memory options", True, True),
+                 ("Debian's kernel, memory options", True, False),
+                 ("now: boxui's argv and kernel", False, False))
+
+
+async def boot_times(args: argparse.Namespace, home: Path, image: GuestImage,
+                     debian: GuestImage) -> list[list[float]]:
+    times: list[list[float]] = [[] for _ in BOOT_VARIANTS]
     work = home / "bare"
     work.mkdir()
-    for i in range(args.boot_runs):  # alternating: load on the host hits both alike
-        before.append(await bare_boot(home / "images", work, 2 * i, args.memory, True))
-        after.append(await bare_boot(home / "images", work, 2 * i + 1, args.memory, False))
-    return before, after
+    index = 0
+    for _ in range(args.boot_runs):  # alternating: load on the host hits all alike
+        for runs, (_label, on_debian, before) in zip(times, BOOT_VARIANTS, strict=True):
+            index += 1
+            runs.append(await bare_boot(debian if on_debian else image, work, index,
+                                        args.memory, before))
+    return times
 
 
 def without_memory_options(argv: list[str]) -> list[str]:
@@ -243,12 +286,14 @@ def verdict(ok: bool) -> str:
     return "OK" if ok else "MISSED"
 
 
-def report(args: argparse.Namespace, groups: list[Group],
-           before: list[float], after: list[float]) -> None:
+def report(args: argparse.Namespace, groups: list[Group], image: GuestImage,
+           times: list[list[float]]) -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"memory of idle default guests ({args.memory} MiB, 1 vCPU, accel "
           f"{resolve_accel('auto').accel}), idle {args.idle:.0f} s; "
           f"host load average {load}")
+    print(f"guest kernel {image.kernel_version} ({image.kernel.stat().st_size / 2**20:.1f} "
+          f"MiB file{', built in drivers' if image.builtin_drivers else ''})")
     print()
     print(f"{args.count} machines {'':<26}{'PSS/VM':>9}{'RSS/VM':>9}{'PSS max':>9}"
           f"{'PSS sum':>9}   target")
@@ -266,14 +311,15 @@ def report(args: argparse.Namespace, groups: list[Group],
         print("  " + "  ".join(f"{s.pss_mib:.0f}/{s.rss_mib:.0f}" for s in group.samples))
         print("  " + "  ".join(f"{t:.1f}" for t in group.start_seconds))
     print()
-    mb, ma = statistics.median(before), statistics.median(after)
+    medians = [statistics.median(runs) for runs in times]
     print(f"cold boot to the ready marker, bare QEMU, {args.boot_runs} runs each (alternating)")
-    print("  before (no memory options): " + " ".join(f"{t:.2f}" for t in before)
-          + f"  median {mb:.2f} s")
-    print("  after  (boxui's argv now):  " + " ".join(f"{t:.2f}" for t in after)
-          + f"  median {ma:.2f} s")
-    print(f"  after / before {ma / mb:.3f}   target <= {BOOT_SLOWDOWN_TARGET}: "
-          f"{verdict(ma / mb <= BOOT_SLOWDOWN_TARGET)}")
+    for (label, _debian, _before), runs, median in zip(BOOT_VARIANTS, times, medians,
+                                                      strict=True):
+        print(f"  {label:<44}" + " ".join(f"{t:.2f}" for t in runs)
+              + f"  median {median:.2f} s")
+    ratio = medians[-1] / medians[0]
+    print(f"  now / before {ratio:.3f}   target <= {BOOT_SLOWDOWN_TARGET}: "
+          f"{verdict(ratio <= BOOT_SLOWDOWN_TARGET)}")
 
 
 def main() -> None:
@@ -284,15 +330,17 @@ def main() -> None:
     parser.add_argument("--boot-runs", type=int, default=3)
     parser.add_argument("--before", action="store_true",
                         help="also --count cold boots without the memory options")
+    parser.add_argument("--debian", action="store_true",
+                        help="also --count cold boots on Debian's kernel (boxui's before)")
     parser.add_argument("--cache", type=Path, default=Path(
         os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
     args = parser.parse_args()
-    asyncio.run(build_default_image(args.cache))  # build once, outside the figures
+    debian, image = build_images(args.cache)  # built once, outside the figures
     home = Path(tempfile.mkdtemp(prefix="bxm-", dir="/tmp"))  # short: QMP socket paths
     try:
-        groups = asyncio.run(measure_groups(args, home))
-        before, after = asyncio.run(boot_times(args, home))
-        report(args, groups, before, after)
+        groups = asyncio.run(measure_groups(args, home, image, debian))
+        times = asyncio.run(boot_times(args, home, image, debian))
+        report(args, groups, image, times)
     finally:
         for proc in psutil.process_iter(["cmdline"]):
             if any(str(home) in arg for arg in proc.info["cmdline"] or []):

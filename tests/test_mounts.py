@@ -158,6 +158,15 @@ def test_default_guest_runs_the_script_before_sshd(tmp_path: Path) -> None:
     assert "etc/inittab" not in plain and "lib/boxui-modules/9p.ko" not in plain
 
 
+def test_a_kernel_with_9p_built_in_gets_the_script_alone(tmp_path: Path) -> None:
+    keys = create_machine_keys(tmp_path / "m")
+    extra = default_guest_share_entries([parse_mount("/srv/src")], {})  # boxui's kernel
+    entries = {e.name: e for e in read_archive(seed_archive(keys, extra=extra))}
+    script = entries["etc/boxui/mounts"].data.decode()
+    assert "insmod" not in script and "boxui0 \"$R\"/srv/src" in script
+    assert not [name for name in entries if name.endswith(".ko")]
+
+
 def test_debian_init_mounts_under_the_new_root_before_switch_root(tmp_path: Path) -> None:
     keys = create_machine_keys(tmp_path / "m")
     extra = share_entries([parse_mount("/srv/src")], MODULES, DEBIAN_MOUNT_SCRIPT)

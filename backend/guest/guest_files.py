@@ -43,12 +43,17 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("evdev", "drivers/input/evdev.ko"),
 )
 
-_INSMODS = "\n".join(
-    f'insmod /{GUEST_MODULE_DIR}/{name}.ko || echo "boxui: insmod {name} failed"'
-    for name, _ in MODULES
-)
 
-INIT = f"""#!/bin/sh
+def _insmods(modules: tuple[tuple[str, str], ...]) -> str:
+    return "\n".join(
+        f'insmod /{GUEST_MODULE_DIR}/{name}.ko || echo "boxui: insmod {name} failed"'
+        for name, _ in modules
+    )
+
+
+def init_script(modules: tuple[tuple[str, str], ...]) -> str:
+    """/init, loading `modules` (none for boxui's own kernel, which has them built in)."""
+    return f"""#!/bin/sh
 # boxui guest /init: PID 1 until it execs busybox init.
 /bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -58,7 +63,7 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /run /tmp
 mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-{_INSMODS}
+{_insmods(modules)}
 name=boxui
 boot_id=unknown
 for arg in $(cat /proc/cmdline); do
@@ -81,6 +86,11 @@ ip link set eth0 up
 ip route add default via 10.0.2.2
 exec /sbin/init
 """
+
+
+INIT = init_script(MODULES)
+#: /init of the image's second initrd, booted with boxui's kernel (`small_kernel`)
+BUILTIN_INIT = init_script(())
 
 INITTAB = f"""::respawn:/usr/sbin/dropbear -F -E -s -p 22 -r /{GUEST_HOST_KEY}
 ::respawn:/sbin/acpid -f -c /etc/acpi -l /dev/null

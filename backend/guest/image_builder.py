@@ -7,11 +7,15 @@ every machine; per-machine keys are appended later (see `machine_seed`).
 
 Cache: `cache_root/<sha256>/` holds `vmlinuz` (Debian's bzImage), `vmlinux` (the same
 kernel uncompressed, booted directly by microvm: ~5 s faster under TCG, see
-`kernel_image`), `initrd.img` and `manifest.json`. The key covers the exact .deb
-contents, the text of every generated guest file and `BUILDER_VERSION`, so a new
-kernel in the archive, an edited init script or a changed builder each give a new
-image, and nothing else does. Downloaded .debs are kept in `cache_root/debs/` under
-apt's own file names, so a rebuild only fetches what changed. A build happens in
+`kernel_image`), `initrd.img` and `manifest.json`; when boxui's own kernel has been
+built (`small_kernel`, by bin/setup) also `vmlinux-boxui` and `initrd-boxui.img` (the
+same initramfs without Debian's modules), which default guests then boot, while
+machines booting an OS image keep Debian's kernel and `initrd.img`. The key covers the
+exact .deb contents, the text of every generated guest file, `BUILDER_VERSION` and
+boxui's kernel (its hash), so a new kernel in the archive, a rebuilt own kernel, an
+edited init script or a changed builder each give a new image, and nothing else does.
+Downloaded .debs are kept in `cache_root/debs/` under apt's own file names, so a
+rebuild only fetches what changed. A build happens in
 `cache_root/.build-*` and is renamed into place whole, so an interrupted build never
 leaves a half image; leftovers are removed by the next build (under the build lock).
 Old image directories are not deleted: a running or snapshotted machine may still
@@ -49,9 +53,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from backend.guest import apt
 from backend.guest.errors import GuestImageError
-from backend.guest.guest_files import guest_text_fingerprint
+from backend.guest.guest_files import BUILTIN_INIT, GUEST_MODULE_DIR, guest_text_fingerprint
 from backend.guest.initramfs import assemble_tree, pack_tree
 from backend.guest.kernel_image import extract_vmlinux
+from backend.guest.small_kernel import SmallKernel, find_small_kernel
 from backend.guest.tools import require_tool, run
 from backend.state.atomic_write import atomic_write_bytes, fsync_dir, fsync_tree
 
@@ -75,6 +80,8 @@ ProgressFn = Callable[[str, str], None]
 KERNEL_FILE = "vmlinuz"  # Debian's bzImage, as shipped
 PVH_KERNEL_FILE = "vmlinux"  # its uncompressed ELF, booted when present (kernel_image.py)
 INITRD_FILE = "initrd.img"
+GUEST_KERNEL_FILE = "vmlinux-boxui"  # boxui's own kernel (small_kernel.py), when built
+GUEST_INITRD_FILE = "initrd-boxui.img"  # the same initramfs without modules, for it
 MANIFEST_FILE = "manifest.json"
 DEBS_DIR = "debs"
 BUILD_PREFIX = ".build-"
@@ -92,6 +99,29 @@ class GuestImage(BaseModel):
     content_hash: str
     cache_hit: bool
     kernel_version: str
+    #: with boxui's kernel (kernel/initrd above): Debian's kernel, its version and the
+    #: initrd with its modules, which machines booting an OS image from a disk keep
+    #: using (their modules come out of the image). None: kernel/initrd are Debian's.
+    debian_kernel: Path | None = None
+    debian_initrd: Path | None = None
+    debian_kernel_version: str | None = None
+
+    @property
+    def builtin_drivers(self) -> bool:
+        """The default guest's kernel has every driver built in: no modules to load."""
+        return self.debian_kernel is not None
+
+    @property
+    def os_kernel(self) -> Path:
+        return self.debian_kernel or self.kernel
+
+    @property
+    def os_initrd(self) -> Path:
+        return self.debian_initrd or self.initrd
+
+    @property
+    def os_kernel_version(self) -> str:
+        return self.debian_kernel_version or self.kernel_version
 
 
 class ImageManifest(BaseModel):
@@ -103,6 +133,10 @@ class ImageManifest(BaseModel):
     kernel_file: str
     packages: dict[str, str]
     created_at: float
+    #: boxui's own kernel, what default guests boot when set (small_kernel.py)
+    guest_kernel_file: str | None = None
+    guest_initrd_file: str | None = None
+    guest_kernel_version: str | None = None
 
 
 def compute_content_hash(
@@ -137,13 +171,23 @@ def load_cached_image(cache_root: Path, content_hash: str) -> GuestImage | None:
     kernel, initrd = directory / manifest.kernel_file, directory / INITRD_FILE
     if manifest.content_hash != content_hash or not kernel.is_file() or not initrd.is_file():
         return None
-    return GuestImage(
-        kernel=kernel,
-        initrd=initrd,
-        content_hash=content_hash,
-        cache_hit=True,
-        kernel_version=manifest.kernel_version,
-    )
+    debian = GuestImage(kernel=kernel, initrd=initrd, content_hash=content_hash,
+                        cache_hit=True, kernel_version=manifest.kernel_version)
+    return _with_guest_kernel(debian, directory, manifest)
+
+
+def _with_guest_kernel(debian: GuestImage, directory: Path,
+                       manifest: ImageManifest) -> GuestImage | None:
+    """The image as default guests boot it: boxui's kernel if the image has one."""
+    if manifest.guest_kernel_file is None:
+        return debian
+    kernel, initrd = directory / manifest.guest_kernel_file, directory / GUEST_INITRD_FILE
+    if not kernel.is_file() or not initrd.is_file() or manifest.guest_kernel_version is None:
+        return None
+    return debian.model_copy(update={
+        "kernel": kernel, "initrd": initrd, "kernel_version": manifest.guest_kernel_version,
+        "debian_kernel": debian.kernel, "debian_initrd": debian.initrd,
+        "debian_kernel_version": debian.kernel_version})
 
 
 def load_current_image(cache_root: Path) -> GuestImage | None:
@@ -205,6 +249,7 @@ async def _build(
     debs: dict[str, Path],
     versions: dict[str, str],
     report: ProgressFn,
+    small: SmallKernel | None = None,
 ) -> GuestImage:
     dpkg_deb, cpio = require_tool("dpkg-deb"), require_tool("cpio")
     build_dir = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=cache_root))
@@ -236,19 +281,46 @@ async def _build(
         files = {KERNEL_FILE: bzimage}
         if vmlinux is not None:
             files[PVH_KERNEL_FILE] = vmlinux
-        files |= {INITRD_FILE: initrd, MANIFEST_FILE: manifest.model_dump_json(indent=2).encode()}
+        files[INITRD_FILE] = initrd
+        if small is not None:
+            report("pack", f"adding boxui's kernel {small.version} and its initrd")
+            files |= await _guest_kernel_files(small, root, cpio)
+            manifest.guest_kernel_file, manifest.guest_initrd_file = (GUEST_KERNEL_FILE,
+                                                                      GUEST_INITRD_FILE)
+            manifest.guest_kernel_version = small.version
+        files[MANIFEST_FILE] = manifest.model_dump_json(indent=2).encode()
         await asyncio.to_thread(_write_image, out, cache_root / content_hash, files)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
-    report("pack", f"image {content_hash[:12]} ready (kernel {kernel_version})")
-    final = cache_root / content_hash
-    return GuestImage(
-        kernel=final / manifest.kernel_file,
-        initrd=final / INITRD_FILE,
-        content_hash=content_hash,
-        cache_hit=False,
-        kernel_version=kernel_version,
-    )
+    booted = manifest.guest_kernel_version or kernel_version
+    report("pack", f"image {content_hash[:12]} ready (kernel {booted})")
+    image = load_cached_image(cache_root, content_hash)
+    if image is None:
+        raise GuestImageError(f"image {content_hash[:12]} is incomplete after its build")
+    return image.model_copy(update={"cache_hit": False})
+
+
+async def _guest_kernel_files(small: SmallKernel, root: Path, cpio: str) -> dict[str, bytes]:
+    """boxui's kernel (checked against the hash the cache key took) and the initramfs
+    without Debian's modules, whose /init loads none."""
+    kernel = await asyncio.to_thread(small.path.read_bytes)
+    if hashlib.sha256(kernel).hexdigest() != small.sha256:
+        raise GuestImageError(f"{small.path} changed since it was built; rebuild it "
+                              "(python -m backend.guest.small_kernel)")
+    modules = root / GUEST_MODULE_DIR
+    for module in modules.iterdir() if modules.is_dir() else ():
+        module.unlink()
+    (root / "init").write_text(BUILTIN_INIT)
+    return {GUEST_KERNEL_FILE: kernel, GUEST_INITRD_FILE: await pack_tree(root, cpio)}
+
+
+def guest_fingerprint(small: SmallKernel | None) -> str:
+    """The guest text for the cache key; with boxui's kernel, its identity too (so an
+    image, and every template built on it, is rebuilt when the kernel changes)."""
+    text = guest_text_fingerprint()
+    if small is None:
+        return text
+    return text + f"guest-kernel\0{small.version}\0{small.sha256}\0{BUILTIN_INIT}"
 
 
 async def build_default_image(cache_root: Path, progress: ProgressFn | None = None) -> GuestImage:
@@ -274,14 +346,15 @@ async def build_default_image(cache_root: Path, progress: ProgressFn | None = No
             f"downloaded {', '.join(fetched)}" if fetched else f"all {len(debs)} packages cached",
         )
         apt.prune_debs(cache_root / DEBS_DIR, wanted)
+        small = await asyncio.to_thread(find_small_kernel)
         content_hash = await asyncio.to_thread(
-            compute_content_hash, debs.values(), guest_text_fingerprint()
+            compute_content_hash, debs.values(), guest_fingerprint(small)
         )
         image = load_cached_image(cache_root, content_hash)
         if image is not None:
             report("pack", f"image {content_hash[:12]} already built (cache hit)")
         else:
             versions = {name: cand.version for name, cand in wanted.items()}
-            image = await _build(cache_root, content_hash, debs, versions, report)
+            image = await _build(cache_root, content_hash, debs, versions, report, small)
         await asyncio.to_thread(_set_current, cache_root, content_hash)
         return image

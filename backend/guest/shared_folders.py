@@ -19,6 +19,8 @@ a file edited on the host reads fresh in the guest, and programs that mmap (link
 
 For the default guest the modules come from the kernel package the image was built from
 (`images/debs/`), unpacked once per kernel version into `images/share-modules/`.
+boxui's own guest kernel (`small_kernel`) has 9p built in: its machines get the script
+alone.
 """
 
 from __future__ import annotations
@@ -52,18 +54,20 @@ SHARE_MODULE_CACHE = "share-modules"
 KERNEL_DEBS = "debs"
 
 
-def mount_script(mounts: list[MountSpec]) -> str:
-    """`sh SCRIPT [ROOT]`: load the 9p modules, mount every share under ROOT (default /)."""
+def mount_script(mounts: list[MountSpec], modules: bool = True) -> str:
+    """`sh SCRIPT [ROOT]`: load the 9p modules (unless the kernel has 9p built in, as
+    boxui's own has), mount every share under ROOT (default /)."""
     names = " ".join(name for name, _ in SHARE_MODULES)
     lines = [
         "#!/bin/sh",
         "# boxui: mount this machine's shared folders (virtio-9p) under the root in $1",
         'R="$1"',
         f'fail() {{ echo "{FAILED_MARKER} $1" > /dev/console; sleep 1; poweroff -f; }}',
-        f"for m in {names}; do",
-        f'  insmod /{GUEST_MODULE_DIR}/$m.ko || fail "insmod-$m"',
-        "done",
     ]
+    if modules:
+        lines += [f"for m in {names}; do",
+                  f'  insmod /{GUEST_MODULE_DIR}/$m.ko || fail "insmod-$m"',
+                  "done"]
     for index, mount in enumerate(mounts):
         tag, target = mount_tag(index), shlex.quote(mount.guest_dir)
         options = MOUNT_OPTIONS + (",ro" if mount.readonly else "")
@@ -134,12 +138,15 @@ def kernel_share_modules(images_dir: Path, kernel_version: str) -> dict[str, byt
 
 def share_entries(mounts: list[MountSpec], modules: dict[str, bytes],
                   script: str) -> list[Entry]:
-    """The modules and the mount script (at `script`), for a per-machine archive."""
+    """The modules and the mount script (at `script`), for a per-machine archive; no
+    `modules`: a kernel with 9p built in."""
     directory, regular = stat.S_IFDIR, stat.S_IFREG
-    entries = [Entry("lib", directory | 0o755), Entry(GUEST_MODULE_DIR, directory | 0o755)]
-    entries += [Entry(f"{GUEST_MODULE_DIR}/{name}.ko", regular | 0o644, modules[name])
-                for name, _ in SHARE_MODULES]
-    entries.append(Entry(script, regular | 0o755, mount_script(mounts).encode()))
+    entries = []
+    if modules:
+        entries += [Entry("lib", directory | 0o755), Entry(GUEST_MODULE_DIR, directory | 0o755)]
+        entries += [Entry(f"{GUEST_MODULE_DIR}/{name}.ko", regular | 0o644, modules[name])
+                    for name, _ in SHARE_MODULES]
+    entries.append(Entry(script, regular | 0o755, mount_script(mounts, bool(modules)).encode()))
     return entries
 
 

@@ -62,14 +62,15 @@ async def kernel_from_cache(cache_root: Path, report: ProgressFn) -> KernelModul
                 ImageProgress(step="resolving", message=f"default guest: {message}")))
         except GuestImageError as exc:
             raise ImageBuildError("resolving the kernel", str(exc)) from None
-    pattern = f"linux-image-{image.kernel_version}_*.deb"
+    version = image.os_kernel_version  # OS images boot Debian's kernel, not boxui's
+    pattern = f"linux-image-{version}_*.deb"
     debs = sorted((cache_root / DEBS_DIR).glob(pattern))
     if not debs:
         raise ImageBuildError("resolving the kernel", f"no {pattern} in "
                               f"{cache_root / DEBS_DIR}: rebuild the default guest "
                               "(`boxui image build default`)",
-                              package=f"linux-image-{image.kernel_version}")
-    return KernelModules(version=image.kernel_version, deb=debs[-1])
+                              package=f"linux-image-{version}")
+    return KernelModules(version=version, deb=debs[-1])
 
 
 def prune_modules(tree: Path) -> None:

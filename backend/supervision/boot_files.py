@@ -98,11 +98,11 @@ class DefaultBootFiles(BootFilesProvider):
         async with self._lock:
             try:
                 image = await self._default_image(progress)
-                if image.kernel_version != os_image.kernel_version:
+                if image.os_kernel_version != os_image.kernel_version:
                     raise BootFilesError(
                         f"{spec.name}: image {spec.image} has modules for kernel "
                         f"{os_image.kernel_version}, the guest kernel is "
-                        f"{image.kernel_version}; rebuild the image")
+                        f"{image.os_kernel_version}; rebuild the image")
                 keys = await asyncio.to_thread(create_machine_keys, machine_dir)
                 modules = await asyncio.to_thread(image_modules, os_image.rootfs,
                                                   os_image.kernel_version)
@@ -111,21 +111,24 @@ class DefaultBootFiles(BootFilesProvider):
                     found = await asyncio.to_thread(image_modules, os_image.rootfs,
                                                     os_image.kernel_version, SHARE_MODULES)
                     shares = share_entries(spec.mounts, found, DEBIAN_MOUNT_SCRIPT)
-                initrd = await asyncio.to_thread(write_debian_initrd, image.initrd,
+                initrd = await asyncio.to_thread(write_debian_initrd, image.os_initrd,
                                                  machine_dir, keys, modules, shares)
             except GuestImageError as exc:
                 raise BootFilesError(str(exc)) from None
         size = requested_size(spec.disk, os_image.size_bytes)
         disk = await asyncio.to_thread(ensure_disk, machine_dir, os_image.rootfs, size)
         await _write_record(machine_dir, image, initrd, {
+            "kernel": str(image.os_kernel), "kernel_version": image.os_kernel_version,
             "os_image": os_image.name, "os_image_hash": os_image.hash, "disk": str(disk)})
         append = " ".join(filter(None, [DEBIAN_KERNEL_ARGS, spec.cmdline]))
-        return BootFiles(image.kernel, initrd, append, disk)
+        return BootFiles(image.os_kernel, initrd, append, disk)
 
     async def _default_guest_shares(self, spec: MachineSpec,
                                     image: GuestImage) -> list[Entry]:
         if not spec.mounts:
             return []
+        if image.builtin_drivers:  # boxui's kernel has 9p built in
+            return default_guest_share_entries(spec.mounts, {})
         modules = await asyncio.to_thread(kernel_share_modules, self.images_dir,
                                           image.kernel_version)
         return default_guest_share_entries(spec.mounts, modules)

@@ -52,6 +52,8 @@ class FakeApt:
                 raise GuestImageError("simulated failure half way")
             return "9.9"
 
+        # no kernel of boxui's, whatever this host has built (test_guest_kernel.py has it)
+        monkeypatch.setenv("BOXUI_KERNEL_CACHE", str(tmp_path / "no-kernels"))
         monkeypatch.setattr(apt, "resolve_kernel_package", resolve)
         monkeypatch.setattr(apt, "candidates", candidates)
         monkeypatch.setattr(apt, "ensure_debs", ensure)
