@@ -67,7 +67,8 @@ static int is_option(const char *arg, const char *option) {
 /* Help and exec's own options (a deadline, attempts) before `--`: Python's click decides. */
 static int is_python_option(const char *arg) {
     return is_option(arg, "--help") || is_option(arg, "--timeout") ||
-           is_option(arg, "--idempotent") || is_option(arg, "--attempts");
+           is_option(arg, "--idempotent") || is_option(arg, "--attempts") ||
+           is_option(arg, "--host");
 }
 
 /* A path Python's pathlib would keep as it is: absolute, no empty or `.` parts. */
@@ -223,6 +224,14 @@ int main(int argc, char **argv) {
     if (count < 2 || !valid_name(strings[0])) python_path(argv);
     exec_socket_path = socket_path();
     if (!exec_socket_path) python_path(argv);
+    /* another host chosen (BOXUI_HOST, or `boxui host use`'s current-host file beside
+       run/): Python reaches it through SSH */
+    const char *chosen = getenv("BOXUI_HOST");
+    if (chosen && *chosen && strcmp(chosen, "local") != 0) python_path(argv);
+    char marker[PATH_MAX];
+    snprintf(marker, sizeof marker, "%.*scurrent-host",
+             (int)(strlen(exec_socket_path) - strlen("run/exec.sock")), exec_socket_path);
+    if (access(marker, F_OK) == 0) python_path(argv);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     strcpy(addr.sun_path, exec_socket_path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
