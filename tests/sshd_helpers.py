@@ -92,7 +92,8 @@ def make_sshd(root: Path, remote_home: Path) -> Sshd:
     port = _free_port()
     path = f"{REPO / '.venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
     env = f'environment="BOXUI_HOME={remote_home}",environment="PATH={path}"'
-    (root / "authorized_keys").write_text(f"{env} {(root / 'client' / '.ssh' / 'id_test.pub').read_text()}")
+    public = (client_home / ".ssh" / "id_test.pub").read_text()
+    (root / "authorized_keys").write_text(f"{env} {public}")
     (root / "sshd_config").write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
         f"AuthorizedKeysFile {root / 'authorized_keys'}", "PermitUserEnvironment yes",
