@@ -20,15 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backend.errors import BoxuiError
 from backend.hosts.address import parse_ssh_address
+from backend.hosts.selection import CURRENT_FILE, HOST_ENV, LOCAL
 from backend.state.atomic_write import atomic_write_text
 from backend.state.names import NAME_RULE, is_valid_name
 from backend.state.state_dir import StateDir
 
-LOCAL = "local"
 HOSTS_FILE = "hosts.toml"
-CURRENT_FILE = "current-host"
-#: what selects a host for one command when `--host` is not given
-HOST_ENV = "BOXUI_HOST"
 
 HostKindName = Literal["boxui", "plain", "libvirt"]
 

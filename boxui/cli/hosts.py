@@ -43,7 +43,8 @@ def host_group() -> None:
 def add_cmd(name: str, address: str | None, identity: Path | None, plain: bool,
             libvirt_uri: str | None) -> None:
     """Add a host: NAME ssh://[USER@]HOST[:PORT] [--plain], or NAME --libvirt URI."""
-    from backend.hosts.registry import LOCAL, HostDef, add_host
+    from backend.hosts.registry import HostDef, add_host
+    from backend.hosts.selection import LOCAL
 
     if name == LOCAL:
         raise click.UsageError("'local' is always there")
@@ -84,7 +85,8 @@ def ls_cmd(as_json: bool) -> None:
     """List hosts, each sampled now (reachability, latency, and its kind's figures)."""
     import asyncio
 
-    from backend.hosts.registry import LOCAL, load_hosts, stored_current
+    from backend.hosts.registry import load_hosts, stored_current
+    from backend.hosts.selection import LOCAL
     from boxui.cli.output import emit_json, table
 
     dirs = _dirs()
@@ -146,7 +148,8 @@ def _facts(status: HostStatus) -> str:
 @click.option("--plain", is_flag=True, help="Add them as plain hosts (default: boxui).")
 def import_cmd(config_path: Path | None, take_all: bool, plain: bool) -> None:
     """Offer the Host entries of ~/.ssh/config, one by one."""
-    from backend.hosts.registry import LOCAL, HostDef, add_host, load_hosts
+    from backend.hosts.registry import HostDef, add_host, load_hosts
+    from backend.hosts.selection import LOCAL
     from backend.hosts.ssh_config_import import ssh_config_aliases
     from backend.state.names import is_valid_name
 
@@ -270,10 +273,12 @@ async def _stream(host: HostDef, argv: list[str]) -> int:
 def stored_ssh_host(name: str, command: tuple[str, ...]) -> None:
     """`boxui ssh NAME`: when NAME is a stored SSH host and no machine is called that,
     open a session on the host (this does not return); else do nothing."""
+    dirs = _dirs()
+    if not (dirs.root / "hosts.toml").exists():
+        return
     from backend.hosts.registry import load_hosts
 
-    dirs = _dirs()
-    host = load_hosts(dirs).get(name) if (dirs.root / "hosts.toml").exists() else None
+    host = load_hosts(dirs).get(name)
     if host is None or host.kind == "libvirt" or dirs.machine_dir(name).exists():
         return
     ssh_to_host(host, command)

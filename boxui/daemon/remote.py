@@ -34,13 +34,13 @@ def choose_host(name: str | None) -> None:
 def selected_remote(dirs: StateDir | None = None) -> HostDef | None:
     """The host this command acts on, or None for the local one. Cheap when no host was
     ever added or chosen: no TOML is read unless one is selected."""
-    from backend.hosts.registry import CURRENT_FILE, HOST_ENV, LOCAL, get_host
+    from backend.hosts.selection import CURRENT_FILE, HOST_ENV, LOCAL
 
     if _chosen is None and not os.environ.get(HOST_ENV):
         dirs = dirs or open_state_dir()
         if not (dirs.root / CURRENT_FILE).exists():
             return None
-    from backend.hosts.registry import selected_host
+    from backend.hosts.registry import get_host, selected_host
 
     dirs = dirs or open_state_dir()
     name = selected_host(dirs, _chosen, dict(os.environ))
