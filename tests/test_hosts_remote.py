@@ -51,6 +51,9 @@ def test_machines_on_a_remote_boxui(sshd: Sshd, tmp_path: Path) -> None:
         created = run(sshd, home, "create", "web", "--host", "r1", "--json")
         assert created.returncode == 0, created.stderr
         assert json.loads(created.stdout)["state"] == "ready"
+        # the remote's socket is remembered: the next command checks it, runs no boxui there
+        remembered = (home / "run" / "host-r1.endpoint").read_text().strip()
+        assert remembered == str(sshd.remote_home / "run" / "api.sock")
         listed = run(sshd, home, "ls", "--host", "r1", "--json")
         assert [m["name"] for m in json.loads(listed.stdout)] == ["web"], listed.stderr
         assert run(sshd, home, "ls", "--json").stdout.strip() == "[]"  # nothing local

@@ -12,6 +12,7 @@ own in a thread for as long as the command runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -21,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncssh
+
 from backend.errors import BoxuiError
 from backend.hosts.registry import HostDef
 from backend.hosts.ssh_link import HostUnreachableError, SshLink
+from backend.state.atomic_write import atomic_write_text
 
 T = TypeVar("T")
 
@@ -66,10 +70,14 @@ async def remote_endpoint(link: SshLink) -> Endpoint:
 
 
 class ApiTunnel:
-    """The remote API forwarded to `socket_path` here, until `close`."""
+    """The remote API forwarded to `socket_path` here, until `close`. `remembered`: a
+    file keeping the remote's socket path between commands, so that a command whose
+    remote daemon still serves there costs one SSH connection and no remote boxui run
+    (it is checked first: a channel opened to it, and closed)."""
 
-    def __init__(self, host: HostDef) -> None:
+    def __init__(self, host: HostDef, remembered: Path | None = None) -> None:
         self.host = host
+        self._remembered = remembered
         self._link = SshLink(host)
         self._dir = Path(tempfile.mkdtemp(prefix="boxui-host-"))  # 0700
         self.socket_path = self._dir / "api.sock"
@@ -85,12 +93,38 @@ class ApiTunnel:
 
     def open(self) -> ApiTunnel:
         try:
-            self.endpoint = self._call(remote_endpoint(self._link))
+            self.endpoint = self._call(self._endpoint())
             self._listener = self._call(self._forward(self.endpoint.socket))
         except BaseException:
             self.close()
             raise
         return self
+
+    async def _endpoint(self) -> Endpoint:
+        known = self._read_remembered()
+        if known is not None:
+            conn = await self._link.connection()
+            try:
+                _, writer = await conn.open_unix_connection(known)
+            except (OSError, asyncssh.Error):
+                pass  # no daemon serves there now: the remote boxui starts one
+            else:
+                writer.close()
+                return Endpoint(known, None, False)
+        endpoint = await remote_endpoint(self._link)
+        if self._remembered is not None:
+            with contextlib.suppress(OSError):
+                atomic_write_text(self._remembered, endpoint.socket + "\n")
+        return endpoint
+
+    def _read_remembered(self) -> str | None:
+        if self._remembered is None:
+            return None
+        try:
+            text = self._remembered.read_text().strip()
+        except OSError:
+            return None
+        return text if text.startswith("/") else None
 
     async def _forward(self, remote_socket: str) -> Any:
         conn = await self._link.connection()
@@ -117,10 +151,10 @@ class ApiTunnel:
         await self._link.close()
 
 
-def open_tunnel(host: HostDef) -> ApiTunnel:
+def open_tunnel(host: HostDef, remembered: Path | None = None) -> ApiTunnel:
     """A forwarded API socket for a remote boxui host (its daemon started if need be)."""
     if host.kind != "boxui":
         raise RemoteBoxuiError(f"host {host.name} is a {host.kind} host: it serves no boxui "
                                f"API" + (f" (boxui ssh {host.name} opens a session there)"
                                          if host.kind == "plain" else ""))
-    return ApiTunnel(host).open()
+    return ApiTunnel(host, remembered).open()

@@ -57,7 +57,9 @@ def remote_daemon(host: HostDef) -> DaemonClient:
         from backend.hosts.remote_boxui import open_tunnel
 
         close_tunnel()
-        _tunnel = open_tunnel(host)
+        run_dir = open_state_dir().run
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        _tunnel = open_tunnel(host, run_dir / f"host-{host.name}.endpoint")
         endpoint = _tunnel.endpoint
         if endpoint is not None and endpoint.started:
             sys.stderr.write(f"started boxui daemon on {host.name}, pid {endpoint.pid}\n")
