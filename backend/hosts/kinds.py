@@ -8,6 +8,7 @@ is listed with the reason it cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 from typing import Protocol
@@ -93,3 +94,13 @@ def host_kind(host: HostDef) -> HostKind:
         return UnavailableHost(host, f"the libvirt driver is not available ({exc})")
     kind: HostKind = factory(host)
     return kind
+
+
+async def sample_hosts(hosts: list[HostDef]) -> list[HostStatus]:
+    """Every host's status, sampled at once (what `boxui host ls` prints, and what the
+    app's host switcher will show): one connection each, closed after."""
+    kinds = [host_kind(host) for host in hosts]
+    try:
+        return list(await asyncio.gather(*(kind.status() for kind in kinds)))
+    finally:
+        await asyncio.gather(*(kind.close() for kind in kinds), return_exceptions=True)

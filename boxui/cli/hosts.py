@@ -85,6 +85,7 @@ def ls_cmd(as_json: bool) -> None:
     """List hosts, each sampled now (reachability, latency, and its kind's figures)."""
     import asyncio
 
+    from backend.hosts.kinds import sample_hosts
     from backend.hosts.registry import load_hosts, stored_current
     from backend.hosts.selection import LOCAL
     from boxui.cli.output import emit_json, table
@@ -92,7 +93,7 @@ def ls_cmd(as_json: bool) -> None:
     dirs = _dirs()
     hosts = load_hosts(dirs)
     current = stored_current(dirs)
-    statuses = asyncio.run(_sample(list(hosts.values())))
+    statuses = asyncio.run(sample_hosts(list(hosts.values())))
     if as_json:
         emit_json([{"name": LOCAL, "kind": "local", "current": current == LOCAL}]
                   + [s.as_json() | {"current": s.name == current} for s in statuses])
@@ -105,18 +106,6 @@ def ls_cmd(as_json: bool) -> None:
     click.echo(table(["  NAME", "KIND", "ADDRESS", "UP", "LATENCY", "DETAIL"], rows))
 
 
-async def _sample(hosts: list[HostDef]) -> list[HostStatus]:
-    import asyncio
-
-    from backend.hosts.kinds import host_kind
-
-    kinds = [host_kind(host) for host in hosts]
-    try:
-        return list(await asyncio.gather(*(kind.status() for kind in kinds)))
-    finally:
-        await asyncio.gather(*(kind.close() for kind in kinds), return_exceptions=True)
-
-
 def _facts(status: HostStatus) -> str:
     """One cell: the reason it is down, else its kind's figures in short."""
     from backend.state.disk_size import format_size
@@ -125,14 +114,16 @@ def _facts(status: HostStatus) -> str:
         return status.reason
     facts = status.facts
     if status.kind == "plain":
-        memory, disk = facts.get("memory"), facts.get("disk")
-        parts = ["load " + " ".join(f"{x:.2f}" for x in facts.get("load", []))]  # type: ignore[attr-defined]
+        memory, disk, load = facts.get("memory"), facts.get("disk"), facts.get("load")
+        parts = ["load " + " ".join(f"{x:.2f}" for x in load if isinstance(x, float))
+                 if isinstance(load, list) else "load ?"]
         if isinstance(memory, dict) and memory.get("total"):
             parts.append(f"mem {format_size(memory['used'])}/{format_size(memory['total'])}")
         if isinstance(disk, dict) and disk.get("total"):
             parts.append(f"disk {format_size(disk['used'])}/{format_size(disk['total'])}")
-        users = facts.get("users") or []
-        parts.append("users " + (",".join(users) if users else "none"))  # type: ignore[arg-type]
+        users = facts.get("users")
+        parts.append("users " + (",".join(map(str, users)) if isinstance(users, list) and users
+                                 else "none"))
         return ", ".join(parts)
     daemon = facts.get("daemon")
     if isinstance(daemon, dict):
