@@ -32,9 +32,22 @@ def host_group() -> None:
     """Other hosts: remote boxui over SSH, plain SSH build hosts, libvirt."""
 
 
+def _ssh_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Checked while parsing, so a bad address is a usage error before anything is read."""
+    if value is None:
+        return None
+    from backend.errors import BoxuiError
+    from backend.hosts.address import parse_ssh_address
+
+    try:
+        return str(parse_ssh_address(value))
+    except BoxuiError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @host_group.command("add")
 @click.argument("name", callback=name_arg)
-@click.argument("address", required=False)
+@click.argument("address", required=False, callback=_ssh_address)
 @click.option("--identity", type=click.Path(dir_okay=False, path_type=Path),
               help="The private key to log in with (else ssh's own choice).")
 @click.option("--plain", is_flag=True, help="A build host that runs no boxui.")
@@ -60,7 +73,7 @@ def add_cmd(name: str, address: str | None, identity: Path | None, plain: bool,
 
 
 @host_group.command("rm")
-@click.argument("name")
+@click.argument("name", callback=name_arg)
 def rm_cmd(name: str) -> None:
     """Forget a host (its machines are not touched)."""
     from backend.hosts.registry import remove_host
@@ -70,7 +83,7 @@ def rm_cmd(name: str) -> None:
 
 
 @host_group.command("use")
-@click.argument("name")
+@click.argument("name", callback=name_arg)
 def use_cmd(name: str) -> None:
     """Make NAME the host commands act on (`local` to come back)."""
     from backend.hosts.registry import use_host
@@ -132,7 +145,8 @@ def _facts(status: HostStatus) -> str:
 
 
 @host_group.command("import")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_path",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="The ssh config to read (default ~/.ssh/config).")
 @click.option("--yes", "take_all", is_flag=True,
               help="Take every entry without asking (for scripts and tests).")
