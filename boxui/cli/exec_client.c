@@ -221,6 +221,14 @@ int main(int argc, char **argv) {
     if (count < 2 || !valid_name(strings[0])) python_path(argv);
     exec_socket_path = socket_path();
     if (!exec_socket_path) python_path(argv);
+    /* another host chosen (BOXUI_HOST, or `boxui host use`'s current-host file beside
+       run/): Python reaches it through SSH */
+    const char *chosen = getenv("BOXUI_HOST");
+    if (chosen && *chosen && strcmp(chosen, "local") != 0) python_path(argv);
+    char marker[PATH_MAX];
+    snprintf(marker, sizeof marker, "%.*scurrent-host",
+             (int)(strlen(exec_socket_path) - strlen("run/exec.sock")), exec_socket_path);
+    if (access(marker, F_OK) == 0) python_path(argv);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     strcpy(addr.sun_path, exec_socket_path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -24,7 +24,7 @@ from backend.state.names import NAME_PATTERN
 #: click's help option
 _HELP = "--help"
 #: exec's own options, which the hand parser leaves to click
-_OWN_OPTIONS = frozenset({"--timeout", "--idempotent", "--attempts"})
+_OWN_OPTIONS = frozenset({"--timeout", "--idempotent", "--attempts", "--host"})
 #: set by a shell asking click for completions
 _COMPLETE_VAR = "_BOXUI_COMPLETE"
 
@@ -48,11 +48,17 @@ def fast_exec(args: list[str]) -> None:
     """Run `boxui exec ARGS` through a running daemon and exit with the command's exit
     status; return (having done nothing) when click must handle the command line or no
     daemon runs yet (click's `exec` then starts one, importing the spawn code only then)."""
+    if os.environ.get("BOXUI_HOST", "local") != "local":
+        return  # another host: click's exec reaches it through SSH
     parsed = None if os.environ.get(_COMPLETE_VAR) else parse_exec_args(args)
     if parsed is None:
         return
     from backend.errors import BoxuiError
+    from backend.state.state_dir import open_state_dir
     from boxui.ssh_commands import exec_through_daemon
+
+    if (open_state_dir().root / "current-host").exists():
+        return  # `boxui host use` chose a host: click's exec decides where it runs
 
     try:
         code = exec_through_daemon(*parsed)

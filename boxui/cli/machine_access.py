@@ -34,8 +34,11 @@ def logs_cmd(name: str, follow: bool, provision: bool) -> None:
 @machine_name
 @click.argument("command", nargs=-1)
 def ssh_cmd(name: str, command: tuple[str, ...]) -> None:
-    """Open an interactive shell in a machine (with the system ssh)."""
+    """Open an interactive shell in a machine, or on a host NAME (with the system ssh)."""
+    from boxui.cli.hosts import stored_ssh_host
     from boxui.ssh_commands import ssh_exec_argv
+
+    stored_ssh_host(name, command)  # a host of that name, and no such machine: ssh there
 
     argv = ssh_exec_argv(name, list(command) or None)
     sys.stdout.flush()
@@ -87,7 +90,10 @@ def exec_cmd(name: str, command: tuple[str, ...], timeout: float | None, idempot
         options |= {"idempotent": True, "max_attempts": attempts or 3}
     # the daemon runs it over the machine's kept SSH connection, as counted in-flight work
     # (scale-down waits for it); the stdlib request keeps this command's start-up small
-    code = exec_through_daemon(name, list(command), options=options)
+    from boxui.daemon.remote import selected_remote
+
+    remote = selected_remote() is not None  # a remote host: through its forwarded API
+    code = None if remote else exec_through_daemon(name, list(command), options=options)
     if code is None:  # no daemon serves the state dir yet: start one, then ask it
         from boxui.cli.dispatch import call
 

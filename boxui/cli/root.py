@@ -35,7 +35,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "service": ("services", "service_group"), "template": ("templates", "template_group"),
     "run": ("cells", "run_cmd"), "cells": ("cells", "cells_cmd"),
     "pool": ("pools", "pool_group"),
+    "host": ("hosts", "host_group"),
 }
+#: commands that act on machines take `--host NAME` (else BOXUI_HOST, else `host use`'s);
+#: those that only read the state dir run on a remote host as the remote's own boxui
+HOST_COMMANDS = frozenset({"create", "start", "stop", "restart", "rm", "exec"})
+HOST_READ_COMMANDS = frozenset({"ls", "info", "events", "logs"})
 
 
 class LazyGroup(click.Group):
@@ -51,7 +56,15 @@ class LazyGroup(click.Group):
         module = importlib.import_module(f"boxui.cli.{where[0]}")
         command = getattr(module, where[1])
         assert isinstance(command, click.Command)
+        if cmd_name in HOST_COMMANDS | HOST_READ_COMMANDS:
+            _take_host_option(command, relay=cmd_name in HOST_READ_COMMANDS)
         return command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        global _command_args
+        _command_args = list(args)
+        return super().resolve_command(ctx, args)
 
     @property
     def all_commands(self) -> dict[str, click.Command]:
@@ -59,6 +72,41 @@ class LazyGroup(click.Group):
         ctx = click.Context(self)
         return {name: cmd for name in COMMANDS
                 if (cmd := self.get_command(ctx, name)) is not None}
+
+
+#: the command line of the command being run (a remote host runs it as it is)
+_command_args: list[str] = []
+
+
+def _choose_host(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from boxui.daemon.remote import choose_host
+
+    choose_host(value)
+
+
+def _take_host_option(command: click.Command, *, relay: bool) -> None:
+    """Give `command` its `--host` (once); `relay`: on a remote host it runs there."""
+    if any(p.name == "host" for p in command.params):
+        return
+    command.params.append(click.Option(
+        ["--host"], metavar="NAME", expose_value=False, is_eager=True,
+        callback=_choose_host, help="Act on this host (default: BOXUI_HOST, else "
+        "`boxui host use`'s, else local)."))
+    callback = command.callback
+    if not relay or callback is None:
+        return
+
+    def relayed(*args: object, **kwargs: object) -> object:
+        from boxui.daemon.remote import selected_remote
+
+        remote = selected_remote()
+        if remote is None:
+            return callback(*args, **kwargs)
+        from boxui.cli.hosts import relay_to_remote, strip_host_option
+
+        sys.exit(relay_to_remote(remote, strip_host_option(_command_args)))
+
+    command.callback = relayed
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True)

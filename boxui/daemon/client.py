@@ -39,9 +39,11 @@ class ApiCallError(BoxuiError):
         super().__init__(message)
 
 
-def unreachable(pid: int | None, socket_path: Path, exc: Exception) -> BoxuiError:
-    return BoxuiError(f"the boxui daemon (pid {pid}) does not answer on "
-                      f"{socket_path}: {exc or type(exc).__name__}")
+def unreachable(pid: int | None, socket_path: Path, exc: Exception,
+                where: str | None = None) -> BoxuiError:
+    on = f"on {where} (through SSH)" if where else f"on {socket_path}"
+    return BoxuiError(f"the boxui daemon (pid {pid}) does not answer {on}: "
+                      f"{exc or type(exc).__name__}")
 
 
 def went_away(pid: int | None, exc: Exception) -> BoxuiError:
@@ -69,12 +71,15 @@ def read_answer(response: httpx.Response, also_ok: Sequence[int] = ()) -> Any:
 
 class DaemonClient:
     """`reconnect`: how to reach a daemon again when this one refuses the connection (it
-    was exiting, idle, just then); nothing was sent, so asking the next one is safe."""
+    was exiting, idle, just then); nothing was sent, so asking the next one is safe.
+    `where`: the host, when the socket is a remote daemon's forwarded through SSH."""
 
     def __init__(self, socket_path: Path, pid: int | None,
-                 reconnect: Callable[[], DaemonClient] | None = None) -> None:
+                 reconnect: Callable[[], DaemonClient] | None = None, *,
+                 where: str | None = None) -> None:
         self.socket_path = socket_path
         self.pid = pid
+        self.where = where
         self._reconnect = reconnect
         transport = httpx.HTTPTransport(uds=str(socket_path))
         self._http = httpx.Client(transport=transport, base_url=BASE_URL, timeout=TIMEOUT)
@@ -95,7 +100,7 @@ class DaemonClient:
             response = self._send(method, path, json, params, headers)
         except httpx.ConnectError as exc:
             if self._reconnect is None:
-                raise unreachable(self.pid, self.socket_path, exc) from None
+                raise unreachable(self.pid, self.socket_path, exc, self.where) from None
             with self._reconnect() as other:
                 response = other._send(method, path, json, params, headers)
         return read_answer(response, also_ok)

@@ -48,7 +48,14 @@ def daemon_log_path(dirs: StateDir) -> Path:
 
 def ensure_daemon(dirs: StateDir | None = None) -> DaemonClient:
     """A client for the supervisor serving the state dir, starting a daemon first if
-    none does (saying so once on stderr)."""
+    none does (saying so once on stderr). With no `dirs`, on the host the command acts on
+    (`--host`, BOXUI_HOST, `boxui host use`): a remote boxui's daemon through SSH."""
+    if dirs is None:
+        from boxui.daemon.remote import remote_daemon, selected_remote
+
+        remote = selected_remote()
+        if remote is not None:
+            return remote_daemon(remote)
     dirs = dirs or open_state_dir()
     pid = serving_daemon(dirs)
     if pid is None:

@@ -32,11 +32,12 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
     "commands": ([], []),
     "run": (["--name"], ["--", "true"]),
     "pool set": ([], ["1"]),
+    "host add": ([], ["ssh://h"]), "host rm": ([], []), "host use": ([], []),
 }
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
            "doctor", "gc", "service ls", "template ls", "image ls", "cp", "cells",
-           "pool ls"}
+           "pool ls", "host ls", "host import", "host endpoint"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
@@ -103,6 +104,11 @@ BAD_OPTIONS = [
     *(["run", "--env", e, "--", "true"] for e in ("NOEQUALS", "1X=y", "=v")),
     *(["run", "--template", t, "--", "true"] for t in ("../x", "a:B", ":")),
     ["run", "--image", "../x", "--", "true"], ["run", "--template", "t", "--image", "i", "true"],
+    *(["host", "add", "ok", a] for a in ("ftp://h", "ssh://-oX=y", "ssh://h:0", "h", "")),
+    ["host", "add", "ok"], ["host", "add", "ok", "ssh://h", "--libvirt", "qemu:///system"],
+    ["host", "add", "local", "ssh://h"], ["host", "add", "ok", "--libvirt", "q:///s", "--plain"],
+    ["host", "ls", "extra"], ["host", "import", "--config", "/nonexistent/config"],
+    ["host", "endpoint", "extra"], ["host", "frobnicate"],
 ]
 CASES = [
     *([*cmd.split(), *opts, name, *args] for cmd, (opts, args) in NAMED.items()

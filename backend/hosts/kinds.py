@@ -1,0 +1,106 @@
+"""The kinds of host, behind one small interface the CLI (and later the app) calls.
+
+`boxui` and `plain` hosts are reached over SSH here; a `libvirt` host is acted on by the
+libvirt driver, which plugs in by providing `LIBVIRT_HOST_CLASS` (a class taking the
+`HostDef`, with the methods of `HostKind`). Until that module is there, a libvirt host
+is listed with the reason it cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from typing import Protocol
+
+from backend.errors import BoxuiError
+from backend.hosts.plain_stats import PlainHost
+from backend.hosts.registry import HostDef
+from backend.hosts.remote_boxui import ENDPOINT_TIMEOUT, REMOTE_BOXUI
+from backend.hosts.ssh_link import SshLink
+from backend.hosts.status import HostStatus
+
+#: module and class of the libvirt driver's host (virt's `backend/drivers/libvirt/`)
+LIBVIRT_HOST_CLASS = ("backend.drivers.libvirt.host", "LibvirtHost")
+
+
+class HostKind(Protocol):
+    host: HostDef
+
+    async def status(self) -> HostStatus:
+        """Reachability and the kind's facts; never raises for an unreachable host."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class BoxuiHost:
+    """A remote boxui: reachable when SSH answers; its daemon's machines by state when
+    one runs there (status never starts one)."""
+
+    def __init__(self, host: HostDef) -> None:
+        self.host = host
+        self.link = SshLink(host)
+
+    async def status(self) -> HostStatus:
+        status = HostStatus(self.host.name, self.host.kind, self.host.address, False)
+        try:
+            status.latency_ms = round(await self.link.latency() * 1000, 1)
+            done = await self.link.run([REMOTE_BOXUI, "daemon", "status", "--json"],
+                                       timeout=ENDPOINT_TIMEOUT)
+        except BoxuiError as exc:
+            status.reason = str(exc)
+            return status
+        status.reachable = True
+        if done.exit_status == 127:
+            status.reason = "no boxui on its PATH"
+        elif done.exit_status == 0:
+            try:
+                status.facts = {"daemon": json.loads(done.stdout)}
+            except ValueError:
+                status.reason = "its boxui answered something this boxui cannot read"
+        else:
+            status.facts = {"daemon": None}
+        return status
+
+    async def close(self) -> None:
+        await self.link.close()
+
+
+class UnavailableHost:
+    """A host whose kind has no driver here: listed, with why."""
+
+    def __init__(self, host: HostDef, reason: str) -> None:
+        self.host = host
+        self.reason = reason
+
+    async def status(self) -> HostStatus:
+        return HostStatus(self.host.name, self.host.kind, self.host.address, False,
+                          reason=self.reason)
+
+    async def close(self) -> None:
+        return None
+
+
+def host_kind(host: HostDef) -> HostKind:
+    if host.kind == "plain":
+        return PlainHost(host)
+    if host.kind == "boxui":
+        return BoxuiHost(host)
+    module, name = LIBVIRT_HOST_CLASS
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        return UnavailableHost(host, f"the libvirt driver is not available ({exc})")
+    kind: HostKind = factory(host)
+    return kind
+
+
+async def sample_hosts(hosts: list[HostDef]) -> list[HostStatus]:
+    """Every host's status, sampled at once (what `boxui host ls` prints, and what the
+    app's host switcher will show): one connection each, closed after."""
+    kinds = [host_kind(host) for host in hosts]
+    try:
+        return list(await asyncio.gather(*(kind.status() for kind in kinds)))
+    finally:
+        await asyncio.gather(*(kind.close() for kind in kinds), return_exceptions=True)
