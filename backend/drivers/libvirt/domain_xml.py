@@ -27,6 +27,9 @@ from backend.drivers.qemu.cmdline import NAME_PATTERN, TCG_TB_SIZE_MIB, kernel_c
 BOXUI_NS = "https://boxui.dev/xmlns/libvirt/machine/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 MACHINE_TYPE = "q35"
+#: the NIC libvirt does not know of: a fixed slot on the root bus, far above the slots
+#: libvirt hands its own few devices (it counts up from 1 and would give this one's away)
+NIC_DEVICE = "virtio-net-pci,netdev=n0,id=net0,bus=pcie.0,addr=0x10"
 
 ET.register_namespace("boxui", BOXUI_NS)
 ET.register_namespace("qemu", QEMU_NS)
@@ -121,7 +124,7 @@ def domain_xml(spec: LaunchSpec, uuid: str) -> str:
         _sub(domain, event, "destroy")
     _devices(domain, spec)
     extra = _sub(domain, f"{{{QEMU_NS}}}commandline")
-    for arg in ("-netdev", _netdev(spec), "-device", "virtio-net-pci,netdev=n0,id=net0"):
+    for arg in ("-netdev", _netdev(spec), "-device", NIC_DEVICE):
         _sub(extra, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(domain, encoding="unicode")
 
