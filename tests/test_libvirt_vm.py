@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.drivers.libvirt.host import DomainEvent, LibvirtHost, LibvirtHostError
+from backend.drivers.libvirt.host import DomainEvent, LibvirtEvent, LibvirtHost, LibvirtHostError
 from backend.state.lifecycle import InstanceState as S
 from tests.libvirt_helpers import (
     LibvirtDaemon,
@@ -31,7 +31,7 @@ def libvirtd() -> Iterator[LibvirtDaemon]:
         yield daemon
 
 
-async def _next_state(events: asyncio.Queue[object], name: str, wanted: S | None,
+async def _next_state(events: asyncio.Queue[LibvirtEvent], name: str, wanted: S | None,
                       timeout: float = 60) -> None:
     async with asyncio.timeout(timeout):
         while True:
