@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backend.drivers.libvirt.host import DomainEvent, LibvirtEvent, LibvirtHost, LibvirtHostError
+from backend.drivers.libvirt.host import (
+    DomainEvent,
+    HostLost,
+    LibvirtEvent,
+    LibvirtHost,
+    LibvirtHostError,
+)
 from backend.state.lifecycle import InstanceState as S
 from tests.libvirt_helpers import (
     LibvirtDaemon,
@@ -112,3 +119,18 @@ async def test_an_unreachable_uri_is_one_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("libvirt")
     with pytest.raises(LibvirtHostError, match=r"^libvirt: cannot connect to .*"):
         await LibvirtHost(f"qemu:///system?socket={tmp_path}/none").open()
+
+
+async def test_a_daemon_that_goes_away_is_told_not_found_by_polling() -> None:
+    with running_libvirtd() as daemon:
+        host = LibvirtHost(daemon.uri)
+        await host.open()
+        try:
+            async with host.subscribe() as events:
+                os.kill(daemon.pid, signal.SIGTERM)  # libvirtd stops; its socket closes
+                async with asyncio.timeout(10):
+                    while not isinstance(event := await events.get(), HostLost):
+                        pass
+            assert daemon.uri in event.reason
+        finally:
+            await host.close()
