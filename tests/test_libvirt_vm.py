@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("libvirt")  # before the driver's imports: without it, nothing here runs
+
 from backend.drivers.libvirt.host import (
     DomainEvent,
     HostLost,
@@ -68,6 +70,10 @@ async def test_a_boxui_guest_boots_on_libvirt_runs_an_exec_and_stops(
             (health,) = [h for h in await host.health() if h.name == "lv-guest"]
             assert health.memory_kib and health.memory_kib > 0
             assert "BOXUI-READY" in guest.spec.console_log.read_text(errors="replace")
+            assert await host.restart("lv-guest", 60, ready_timeout=BOOT_TIMEOUT)
+            await _next_state(events, "lv-guest", S.STOPPED)
+            await _next_state(events, "lv-guest", S.READY)
+            assert (await guest_exec(guest, "echo again")).strip() == "again"
             assert await host.stop("lv-guest", timeout=60) is True  # ACPI was enough
             await _next_state(events, "lv-guest", S.STOPPED)
         assert (await host.get("lv-guest")).state is S.STOPPED
