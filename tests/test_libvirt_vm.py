@@ -140,3 +140,14 @@ async def test_a_daemon_that_goes_away_is_told_not_found_by_polling() -> None:
             assert daemon.uri in event.reason
         finally:
             await host.close()
+
+
+async def test_a_boot_that_misses_its_deadline_is_destroyed(
+        libvirtd: LibvirtDaemon, tmp_path: Path) -> None:
+    guest = await default_guest_launch(tmp_path / "m", "lv-late", IMAGE_CACHE)
+    async with LibvirtHost(libvirtd.uri) as host:
+        await host.create(guest.spec)
+        with pytest.raises(LibvirtHostError, match="not ready after 1 s"):
+            await host.start("lv-late", ready_timeout=1)  # TCG needs far longer
+        assert (await host.get("lv-late")).state is S.STOPPED
+        await host.delete("lv-late")

@@ -271,37 +271,41 @@ class LibvirtHost:
     async def start(self, name: str, ready_timeout: float | None = None) -> float | None:
         """Start a domain. With `ready_timeout`, a boxui domain is started paused, its
         console attached, then resumed, and this returns once the guest prints its ready
-        marker: the seconds from resume to ready."""
+        marker: the seconds from resume to ready. A boot that fails or times out is
+        destroyed, as the local driver kills one: nothing is left half-started."""
         domain = await self.get(name)
         if domain.mark is None or ready_timeout is None:
             await self._call("starting", name, "create")
             return None
         self._starting.add(name)
-        console: ConsoleReader | None = None
         try:
-            await self._call("starting", name, "createWithFlags",
-                             libvirt.VIR_DOMAIN_START_PAUSED)
-            console = await open_console(self.conn, await on_libvirt(self._lookup, name))
-            began = time.monotonic()
-            await self._call("resuming", name, "resume")
-            self._starting.discard(name)
-            boot_id = domain.mark.boot_id
-            try:
-                ok = await console.wait_for(lambda line: scan_console(line, boot_id),
-                                            ready_timeout)
-            except TimeoutError:
-                raise LibvirtHostError(
-                    f"{name}: guest not ready after {ready_timeout:.0f} s") from None
-            if not ok:
-                raise LibvirtHostError(f"{name}: guest failed to boot; see its console")
-            elapsed = time.monotonic() - began
+            elapsed = await self._boot_to_ready(name, domain.mark.boot_id, ready_timeout)
+        except BaseException:
+            with contextlib.suppress(LibvirtHostError):
+                await self._call("destroying", name, "destroy")
+            raise
         finally:
             self._starting.discard(name)
-            if console is not None:
-                await console.close()
         self._ready.add(name)
         self._publish(DomainEvent(name, domain.uuid, InstanceState.READY, "", True))
         return elapsed
+
+    async def _boot_to_ready(self, name: str, boot_id: str, timeout: float) -> float:
+        await self._call("starting", name, "createWithFlags", libvirt.VIR_DOMAIN_START_PAUSED)
+        console = await open_console(self.conn, await on_libvirt(self._lookup, name))
+        try:
+            began = time.monotonic()
+            await self._call("resuming", name, "resume")
+            self._starting.discard(name)
+            try:
+                ok = await console.wait_for(lambda line: scan_console(line, boot_id), timeout)
+            except TimeoutError:
+                raise LibvirtHostError(f"{name}: guest not ready after {timeout:.0f} s") from None
+            if not ok:
+                raise LibvirtHostError(f"{name}: guest failed to boot; see its console")
+            return time.monotonic() - began
+        finally:
+            await console.close()
 
     async def stop(self, name: str, timeout: float = 30.0) -> bool:
         """ACPI shutdown, then destroy once `timeout` passes; True if the guest shut down
