@@ -64,9 +64,12 @@ def prepare(root: Path) -> None:
 def main(root: Path) -> int:
     prepare(root)
     log = (root / "daemons.log").open("ab")
-    virtlogd = subprocess.Popen(["virtlogd", "--config", "/etc/libvirt/virtlogd.conf"],
+    # pid files in ROOT too: their default, /run/*.pid, is the host's, not libvirt's dir
+    virtlogd = subprocess.Popen(["virtlogd", "--config", "/etc/libvirt/virtlogd.conf",
+                                 "--pid-file", str(root / "virtlogd.pid")],
                                 stdout=log, stderr=log)
-    libvirtd = subprocess.Popen(["libvirtd", "--config", "/etc/libvirt/libvirtd.conf"],
+    libvirtd = subprocess.Popen(["libvirtd", "--config", "/etc/libvirt/libvirtd.conf",
+                                 "--pid-file", str(root / "libvirtd.pid")],
                                 stdout=log, stderr=log)
 
     def stop(_signum: int, _frame: object) -> None:
