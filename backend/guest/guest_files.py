@@ -29,10 +29,15 @@ GUEST_MODULE_DIR = "lib/boxui-modules"
 #: Kernel modules in dependency order (checked against each .ko's `depends=` at build).
 #: virtio_mmio is the transport of every device on `-M microvm`; button + evdev turn the
 #: ACPI power button (QMP `system_powerdown`) into an input event busybox acpid reads.
+#: virtio_pci (a module in Debian's kernel) is the transport on a PCI machine type, which a
+#: libvirt host needs (libvirt refuses microvm); on microvm it finds no PCI bus and idles.
 MODULES: tuple[tuple[str, str], ...] = (
     ("virtio_ring", "drivers/virtio/virtio_ring.ko"),
     ("virtio", "drivers/virtio/virtio.ko"),
     ("virtio_mmio", "drivers/virtio/virtio_mmio.ko"),
+    ("virtio_pci_legacy_dev", "drivers/virtio/virtio_pci_legacy_dev.ko"),
+    ("virtio_pci_modern_dev", "drivers/virtio/virtio_pci_modern_dev.ko"),
+    ("virtio_pci", "drivers/virtio/virtio_pci.ko"),
     ("failover", "net/core/failover.ko"),
     ("net_failover", "drivers/net/net_failover.ko"),
     ("virtio_net", "drivers/net/virtio_net.ko"),

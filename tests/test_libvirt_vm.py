@@ -1,0 +1,153 @@
+"""The libvirt driver against a real libvirtd (private, started here) and real guests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("libvirt")  # before the driver's imports: without it, nothing here runs
+
+from backend.drivers.libvirt.host import (
+    DomainEvent,
+    HostLost,
+    LibvirtEvent,
+    LibvirtHost,
+    LibvirtHostError,
+)
+from backend.state.lifecycle import InstanceState as S
+from tests.libvirt_helpers import (
+    LibvirtDaemon,
+    default_guest_launch,
+    guest_exec,
+    running_libvirtd,
+    sshd_into,
+)
+
+pytestmark = pytest.mark.vm
+
+IMAGE_CACHE = Path(os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache"))
+BOOT_TIMEOUT = 300.0  # TCG under a loaded 2-core host
+
+
+@pytest.fixture(scope="module")
+def libvirtd() -> Iterator[LibvirtDaemon]:
+    with running_libvirtd() as daemon:
+        yield daemon
+
+
+async def _next_state(events: asyncio.Queue[LibvirtEvent], name: str, wanted: S | None,
+                      timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await events.get()
+            if isinstance(event, DomainEvent) and event.name == name and event.state is wanted:
+                return
+
+
+FOREIGN_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
+<os><type arch='x86_64' machine='q35'>hvm</type></os><devices/></domain>"""
+
+
+async def test_a_boxui_guest_boots_on_libvirt_runs_an_exec_and_stops(
+        libvirtd: LibvirtDaemon, tmp_path: Path) -> None:
+    guest = await default_guest_launch(tmp_path / "m", "lv-guest", IMAGE_CACHE)
+    async with LibvirtHost(libvirtd.uri) as host:
+        created = await host.create(guest.spec)
+        assert created.boxui and created.state is S.STOPPED
+        async with host.subscribe() as events:
+            elapsed = await host.start("lv-guest", ready_timeout=BOOT_TIMEOUT)
+            assert elapsed is not None
+            await _next_state(events, "lv-guest", S.BOOTING)  # told by libvirt's event
+            await _next_state(events, "lv-guest", S.READY)
+            assert (await host.get("lv-guest")).state is S.READY
+            assert (await guest_exec(guest, "hostname")).strip() == "lv-guest"
+            assert "virtio_pci" in await guest_exec(guest, "cat /proc/modules")
+            (health,) = [h for h in await host.health() if h.name == "lv-guest"]
+            assert health.memory_kib and health.memory_kib > 0
+            assert "BOXUI-READY" in guest.spec.console_log.read_text(errors="replace")
+            assert await host.restart("lv-guest", 60, ready_timeout=BOOT_TIMEOUT)
+            await _next_state(events, "lv-guest", S.STOPPED)
+            await _next_state(events, "lv-guest", S.READY)
+            assert (await guest_exec(guest, "echo again")).strip() == "again"
+            assert await host.stop("lv-guest", timeout=60) is True  # ACPI was enough
+            await _next_state(events, "lv-guest", S.STOPPED)
+        assert (await host.get("lv-guest")).state is S.STOPPED
+        await host.delete("lv-guest")
+        assert "lv-guest" not in [d.name for d in await host.domains()]
+
+
+async def test_a_foreign_domain_is_listed_started_stopped_and_kept(
+        libvirtd: LibvirtDaemon) -> None:
+    import libvirt
+
+    conn = libvirt.open(libvirtd.uri)
+    conn.defineXML(FOREIGN_XML.format(name="theirs"))
+    conn.close()
+    async with LibvirtHost(libvirtd.uri) as host:
+        (theirs,) = [d for d in await host.domains() if d.name == "theirs"]
+        assert not theirs.boxui and theirs.state is S.STOPPED
+        async with host.subscribe() as events:
+            await host.start("theirs")
+            await _next_state(events, "theirs", S.READY)  # libvirt's running, as told
+            # nothing in it answers ACPI: destroyed after the timeout
+            assert await host.stop("theirs", timeout=1) is False
+            await _next_state(events, "theirs", S.STOPPED)
+        with pytest.raises(LibvirtHostError, match=r"not created by boxui.*--force"):
+            await host.delete("theirs")
+        assert "theirs" in [d.name for d in await host.domains()]
+        await host.delete("theirs", force=True)
+        assert "theirs" not in [d.name for d in await host.domains()]
+
+
+async def test_the_same_daemon_answers_over_qemu_ssh(libvirtd: LibvirtDaemon) -> None:
+    import libvirt
+
+    conn = libvirt.open(libvirtd.uri)
+    conn.defineXML(FOREIGN_XML.format(name="over-ssh"))
+    conn.close()
+    with sshd_into(libvirtd) as ssh:
+        async with LibvirtHost(ssh.uri()) as host:
+            assert "over-ssh" in [d.name for d in await host.domains()]
+            async with host.subscribe() as events:
+                await host.start("over-ssh")
+                await _next_state(events, "over-ssh", S.READY)
+                await host.stop("over-ssh", timeout=1)
+                await _next_state(events, "over-ssh", S.STOPPED)
+            await host.delete("over-ssh", force=True)
+
+
+async def test_an_unreachable_uri_is_one_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("libvirt")
+    with pytest.raises(LibvirtHostError, match=r"^libvirt: cannot connect to .*"):
+        await LibvirtHost(f"qemu:///system?socket={tmp_path}/none").open()
+
+
+async def test_a_daemon_that_goes_away_is_told_not_found_by_polling() -> None:
+    with running_libvirtd() as daemon:
+        host = LibvirtHost(daemon.uri)
+        await host.open()
+        try:
+            async with host.subscribe() as events:
+                os.kill(daemon.pid, signal.SIGTERM)  # libvirtd stops; its socket closes
+                async with asyncio.timeout(10):
+                    while not isinstance(event := await events.get(), HostLost):
+                        pass
+            assert daemon.uri in event.reason
+        finally:
+            await host.close()
+
+
+async def test_a_boot_that_misses_its_deadline_is_destroyed(
+        libvirtd: LibvirtDaemon, tmp_path: Path) -> None:
+    guest = await default_guest_launch(tmp_path / "m", "lv-late", IMAGE_CACHE)
+    async with LibvirtHost(libvirtd.uri) as host:
+        await host.create(guest.spec)
+        with pytest.raises(LibvirtHostError, match="not ready after 1 s"):
+            await host.start("lv-late", ready_timeout=1)  # TCG needs far longer
+        assert (await host.get("lv-late")).state is S.STOPPED
+        await host.delete("lv-late")
