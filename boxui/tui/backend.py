@@ -21,13 +21,14 @@ from backend.drivers.qemu.accel import AccelChoice
 from backend.images.catalog import ImageListing
 from backend.images.progress import ImageProgress
 from backend.services.scale_models import ServiceView
-from backend.state.port_forward_view import ForwardView
-from backend.state.port_mapping import PortMapping, Protocol as PortProtocol
 from backend.state.accelerator import AccelRequest
 from backend.state.event_bus import Subscription
 from backend.state.events import CloudEvent
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import ForwardView
+from backend.state.port_mapping import PortMapping
+from backend.state.port_mapping import Protocol as PortProtocol
 from backend.supervision.boot_files import BootFilesProvider, ProgressFn
 from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import HealthHistory, HealthSubscription

@@ -36,18 +36,18 @@ from backend.state.event_bus import Subscription
 from backend.state.event_log import read_log
 from backend.state.events import CloudEvent
 from backend.state.lifecycle import ACTIVE_STATES
-from backend.state.port_forward_view import ForwardView
-from backend.state.port_mapping import PortMapping, Protocol
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import ForwardView
+from backend.state.port_mapping import PortMapping, Protocol
 from backend.state.state_dir import StateDir, default_home, open_state_dir
 from backend.state.supervisor_lock import SupervisorLock
 from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
 from backend.supervision.command_recovery import recover_commands
 from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.machine_disk import DiskUsage, check_disk_request, disk_usage
-from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.machine_exec import ExecOutput, MachineExec
 from backend.supervision.port_forwards import add_forward, remove_forward
 from backend.supervision.provisioning import start_provisioning

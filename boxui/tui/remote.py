@@ -35,13 +35,13 @@ from backend.state.port_forward_view import ForwardView
 from backend.state.port_mapping import PortMapping, Protocol
 from backend.state.state_dir import StateDir, open_state_dir
 from backend.supervision.boot_files import ProgressFn
+from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import (
     HealthFeed,
     HealthHistory,
     HealthSample,
     HealthSubscription,
 )
-from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.machine_disk import DiskUsage, disk_usage
 from backend.supervision.machine_exec import ExecOutput
 from boxui.daemon.client import (

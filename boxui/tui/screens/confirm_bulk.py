@@ -15,7 +15,8 @@ WHAT = {"start": "Start", "stop": "Stop", "restart": "Restart", "delete": "Delet
 
 
 def bulk_text(verb: str, names: list[str], running: set[str]) -> str:
-    lines = [f"  {name}{'  (running: killed first)' if verb == 'delete' and name in running else ''}"
+    killed = "  (running: killed first)"
+    lines = [f"  {name}{killed if verb == 'delete' and name in running else ''}"
              for name in names[:SHOWN]]
     if len(names) > SHOWN:
         lines.append(f"  … and {len(names) - SHOWN} more")

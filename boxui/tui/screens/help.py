@@ -42,9 +42,8 @@ class HelpScreen(ModalScreen[None]):
         self.keys, self.commands = keys or [], commands or []
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog", classes="help"):
-            with VerticalScroll():
-                yield Static(help_text(self.keys, self.commands))
+        with Vertical(id="dialog", classes="help"), VerticalScroll():
+            yield Static(help_text(self.keys, self.commands))
 
     def action_close(self) -> None:
         self.dismiss(None)
