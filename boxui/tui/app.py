@@ -26,6 +26,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.keys import key_to_character
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
@@ -876,9 +877,9 @@ class BoxuiApp(App[None]):
 
     # --- `:` the command line ---------------------------------------------------------
 
-    def action_command_line(self) -> None:
+    async def action_command_line(self) -> None:
         while len(self.screen_stack) > 1:  # as in k9s, `:` works from any view
-            self.pop_screen()
+            await self.pop_screen()
         line = self.query_one(CommandLine)
         line.add_class("-shown")
         line.disabled = False
@@ -888,6 +889,7 @@ class BoxuiApp(App[None]):
         line = self.query_one(CommandLine)
         line.value = ""
         line.remove_class("-shown")
+        line.disabled = True
         self.query_one(MachineTable).focus()
 
     def _complete(self, text: str) -> str | None:
@@ -984,8 +986,11 @@ class BoxuiApp(App[None]):
         by_action: dict[str, tuple[list[str], str]] = {}
         for active in self.screen.active_bindings.values():
             binding = active.binding
+            if binding.action.startswith("scroll_"):
+                continue  # the scroll view's own keys: not what a user looks up here
             keys, _ = by_action.setdefault(binding.action, ([], binding.description))
-            display = self.get_key_display(binding)
+            character = key_to_character(binding.key)
+            display = character if character and character.strip() else binding.key
             if display not in keys:
                 keys.append(display)
         return [(" / ".join(keys), what or action) for action, (keys, what)

@@ -153,7 +153,7 @@ class CommandLine(Input):
     def __init__(self, completer: Callable[[str], str | None], *,
                  id: str | None = None) -> None:
         super().__init__(placeholder=":machines  :start NAME  :help", id=id,
-                         suggester=_Completer(completer))
+                         suggester=_Completer(completer), disabled=True)
         self.history: list[str] = []
         self._position = 0
 

@@ -27,7 +27,7 @@ def help_text(keys: list[tuple[str, str]], commands: list[tuple[str, str]]) -> s
             for key, what in [*keys, *PANE_KEYS]]
     cmd_rows = [f"  [b]:{_escape(word):<{width - 1}}[/b]  {_escape(what)}"
                 for word, what in commands]
-    return ("[b]boxui keys[/b] (as bound now; rebind them in ui.toml [keys])\n\n"
+    return ("[b]boxui keys[/b] (as bound now; rebind them in ui.toml \\[keys])\n\n"
             + "\n".join(rows) + "\n\n[b]commands[/b] (`:`, tab completes)\n\n"
             + "\n".join(cmd_rows) + "\n\n[dim]esc or ? closes[/dim]")
 

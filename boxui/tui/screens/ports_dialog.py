@@ -45,7 +45,7 @@ class PortsScreen(ModalScreen[None]):
         with Vertical(id="dialog", classes="ports"):
             yield Static(f"[b]Port forwards of {self.machine}[/b]", classes="dialog-title")
             yield OptionList(id="forwards")
-            yield Static("add [HOST:]GUEST[/udp], enter adds; d or delete removes the "
+            yield Static(r"add \[HOST:]GUEST\[/udp], enter adds; d or delete removes the "
                          "highlighted one", classes="spark-label")
             yield Input(placeholder="8080:80", id="add-port")
             yield Static("", id="ports-error", classes="field-error")

@@ -21,7 +21,9 @@ class FilterBar(Input):
     """
 
     def __init__(self) -> None:
-        super().__init__(placeholder="filter: text, !text (not), ~regex", id="filter-bar")
+        # disabled while hidden: a screen focuses its first enabled widget on mount
+        super().__init__(placeholder="filter: text, !text (not), ~regex", id="filter-bar",
+                         disabled=True)
 
 
 class FilteredScreen(Screen[None]):
@@ -48,6 +50,7 @@ class FilteredScreen(Screen[None]):
     def action_filter(self) -> None:
         bar = self.query_one(FilterBar)
         bar.value = self.filters.get(self.VIEW, "")
+        bar.disabled = False
         bar.add_class("-shown")
         bar.focus()
 
@@ -60,14 +63,20 @@ class FilteredScreen(Screen[None]):
 
     @on(Input.Submitted, "#filter-bar")
     def _submitted(self) -> None:
+        """enter keeps the filter (the view's title shows it) and puts the bar away."""
+        bar = self.query_one(FilterBar)
+        bar.remove_class("-shown")
+        bar.disabled = True
         self.focus_next()
 
     def action_back(self) -> None:
-        """escape: out of the filter bar first (clearing it), then out of the view."""
+        """escape: out of the filter bar first (clearing the filter), then out of the
+        view."""
         bar = self.query_one(FilterBar)
         if bar.has_class("-shown"):
             bar.value = ""
             bar.remove_class("-shown")
+            bar.disabled = True
             self.focus_next()
             return
         self.dismiss(None)
