@@ -153,14 +153,17 @@ async def test_marks_and_bulk_stop_with_one_confirmation(home: Path, make_app: M
         assert "2 marked" in str(table.border_title)
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmBulkScreen))
-        assert app.screen.names == ["a", "c"]
+        bulk = app.screen
+        assert isinstance(bulk, ConfirmBulkScreen) and bulk.names == ["a", "c"]
         await pilot.press("y")
         await until(pilot, lambda: cell(app, "a", "state") == "stopped"
                     and cell(app, "c", "state") == "stopped")
         assert cell(app, "b", "state") == "ready" and table.marked == set()
         await pilot.press("up", "space", "space", "ctrl+d")  # b and c marked: delete both
         await until(pilot, lambda: isinstance(app.screen, ConfirmBulkScreen))
-        assert app.screen.verb == "delete" and app.screen.names == ["b", "c"]
+        bulk = app.screen
+        assert isinstance(bulk, ConfirmBulkScreen)
+        assert bulk.verb == "delete" and bulk.names == ["b", "c"]
         await pilot.press("n")
         assert rows(app) == ["a", "b", "c"]
         await pilot.press("escape")  # clears the marks
@@ -183,7 +186,8 @@ async def test_keymap_from_ui_toml_and_help_shows_it(home: Path, make_app: MakeA
         assert keys["Start"] == "g" and keys["Stop"] == "x"
         await pilot.press("question_mark")
         await until(pilot, lambda: isinstance(app.screen, HelpScreen))
-        assert ("g", "Start") in app.screen.keys
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen) and ("g", "Start") in help_screen.keys
 
 
 async def test_a_bad_ui_toml_is_reported_naming_the_key(home: Path, make_app: MakeApp) -> None:
@@ -245,6 +249,7 @@ async def test_copy_dialog_runs_the_backend_copy_with_progress(
         await pilot.press("c")
         await until(pilot, lambda: isinstance(app.screen, CopyScreen))
         screen = app.screen
+        assert isinstance(screen, CopyScreen)
         screen.query_one("#host-path", Input).value = "./big.tar"
         screen.query_one("#guest-path", Input).value = "/root/"
         await pilot.press("enter")
