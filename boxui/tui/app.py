@@ -26,7 +26,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
-from textual.keys import key_to_character
+from textual.keys import _character_to_key
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
@@ -136,6 +136,10 @@ def empty_hint(images: list[ImageListing] | None, accel: str, reason: str) -> st
         f"  machines    run under {accel_line}",
         "              ([b]boxui doctor[/b] checks the host)",
     ])
+
+
+#: `question_mark` -> `?`: keys shown as typed
+_KEY_CHARACTERS = {_character_to_key(chr(c)): chr(c) for c in range(33, 127)}
 
 
 def _markup_escape(text: str) -> str:
@@ -354,6 +358,7 @@ class BoxuiApp(App[None]):
         if event.type.endswith(".deleted"):
             self._machines.pop(name, None)
             self._health.pop(name, None)
+            self.query_one(MachineTable).marked.discard(name)
         else:
             try:
                 self._remember(self.backend.machine(name))
@@ -650,8 +655,9 @@ class BoxuiApp(App[None]):
             self._update_marks_title()
 
     def _update_marks_title(self) -> None:
+        marked = len(self.query_one(MachineTable).marked_names)
         table = self.query_one(MachineTable)
-        marks = f" ({len(table.marked)} marked)" if table.marked else ""
+        marks = f" ({marked} marked)" if marked else ""
         wanted = TextFilter.parse(self.filters.get("machines", "")).describe()
         table.border_title = f"machines {wanted}".rstrip() + marks
 
@@ -845,7 +851,7 @@ class BoxuiApp(App[None]):
             field.remove_class("-shown")
             field.disabled = True
             self._back_to(self._filter_target)
-        elif self.query_one(MachineTable).marked:
+        elif self.query_one(MachineTable).marked:  # hidden ones too
             self.query_one(MachineTable).clear_marks()
             self._update_marks_title()
 
@@ -982,19 +988,25 @@ class BoxuiApp(App[None]):
         ]))
 
     def keys_in_force(self) -> list[tuple[str, str]]:
-        """Each action once, with every key bound to it now (after the keymap)."""
+        """Each action once, with every key bound to it now (after the keymap): boxui's
+        own in the order of `BINDINGS`, then the focused table's; Textual's built-in
+        ones (focus, copy, scrolling sideways) are left out."""
+        own = [b.action for b in self.BINDINGS if isinstance(b, Binding)]
+        table = self.query_one(MachineTable)
         by_action: dict[str, tuple[list[str], str]] = {}
         for active in self.screen.active_bindings.values():
             binding = active.binding
+            if binding.action not in own and active.node is not table:
+                continue
             if binding.action.startswith("scroll_"):
-                continue  # the scroll view's own keys: not what a user looks up here
+                continue
             keys, _ = by_action.setdefault(binding.action, ([], binding.description))
-            character = key_to_character(binding.key)
-            display = character if character and character.strip() else binding.key
+            display = _KEY_CHARACTERS.get(binding.key, binding.key)
             if display not in keys:
                 keys.append(display)
-        return [(" / ".join(keys), what or action) for action, (keys, what)
-                in by_action.items()]
+        order = {action: i for i, action in enumerate(own)}
+        return [(" / ".join(keys), what or action) for action, (keys, what) in sorted(
+            by_action.items(), key=lambda item: order.get(item[0], len(order)))]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

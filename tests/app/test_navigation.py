@@ -151,6 +151,11 @@ async def test_marks_and_bulk_stop_with_one_confirmation(home: Path, make_app: M
         table = app.query_one(MachineTable)
         assert table.marked_names == ["a", "c"]
         assert "2 marked" in str(table.border_title)
+        await pilot.press("slash", *"~^c", "enter")  # hides a: its mark stays, unused
+        await until(pilot, lambda: rows(app) == ["c"])
+        assert table.marked_names == ["c"] and "1 marked" in str(table.border_title)
+        await pilot.press("escape")  # clears the filter: a is shown marked again
+        await until(pilot, lambda: table.marked_names == ["a", "c"])
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmBulkScreen))
         bulk = app.screen

@@ -17,7 +17,8 @@ COLUMNS = ("NAME", "KIND", "BUILT", "SIZE", "PACKAGES", "USED BY", "DESCRIPTION"
 
 
 def image_row(image: ImageListing) -> tuple[str, ...]:
-    return (image.name, image.kind, "yes" if image.built else "no (recipe)",
+    built = image.built or image.kind == "default"  # the default guest ships with boxui
+    return (image.name, image.kind, "yes" if built else "no (recipe)",
             format_size(image.size_bytes) if image.size_bytes else "-",
             str(image.packages) if image.packages is not None else "-",
             ", ".join(image.used_by) or "-", image.description)

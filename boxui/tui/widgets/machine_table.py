@@ -191,8 +191,7 @@ class MachineTable(ScrollView, can_focus=True):
         added = False
         for name in gone:
             del self._rows[name]
-            self._strips.pop(name, None)
-            self.marked.discard(name)
+            self._strips.pop(name, None)  # a mark stays: a filter may show it again
         for name, row in wanted.items():
             old = self._rows.get(name)
             if old is None:
@@ -277,7 +276,8 @@ class MachineTable(ScrollView, can_focus=True):
 
     @property
     def marked_names(self) -> list[str]:
-        """The marked rows in the order they are shown."""
+        """The marked rows in the order they are shown (marked ones a filter hides are
+        left out: a bulk action acts on what the user sees)."""
         return [name for name in self._order if name in self.marked]
 
     # --- reading -----------------------------------------------------------------------
