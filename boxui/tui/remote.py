@@ -272,11 +272,13 @@ class RemoteBackend:
     async def add_port(self, name: str, mapping: PortMapping) -> ForwardView:
         answer = await self._call("POST", f"/v1/machines/{name}/ports",
                                   json=mapping.model_dump(mode="json"))
+        await self._refresh(name)  # the dialog lists the forwards from `machine` next
         return ForwardView.model_validate(answer)
 
     async def remove_port(self, name: str, guest: int, protocol: Protocol) -> ForwardView:
         answer = await self._call("DELETE", f"/v1/machines/{name}/ports/{guest}",
                                   params={"protocol": protocol})
+        await self._refresh(name)
         return ForwardView.model_validate(answer)
 
     async def exec(self, name: str, argv: list[str], *,
