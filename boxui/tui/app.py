@@ -46,6 +46,7 @@ from backend.supervision.boot_files import ProgressFn
 from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import HealthSample
 from boxui.ssh_commands import ssh_exec_argv
+from boxui.tui import tmux
 from boxui.tui.backend import AppBackend
 from boxui.tui.command_line import (
     MACHINE_COMMANDS,
@@ -682,7 +683,7 @@ class BoxuiApp(App[None]):
         except BoxuiError as exc:
             self.notify(str(exc), severity="error")
             return
-        if os.environ.get("TMUX"):
+        if tmux.inside_tmux():
             await self._ssh_in_tmux(name, argv)
             return
         session = OpenSession(name, "suspended app", datetime.now())
@@ -693,48 +694,21 @@ class BoxuiApp(App[None]):
             self.sessions.remove(session)
 
     async def _ssh_in_tmux(self, name: str, argv: list[str]) -> None:
-        """`tmux new-window` with the argv (no shell); its pane's pid is watched through
-        a pidfd, so the session leaves the sessions view when the window closes."""
-        tmux = ["tmux", "new-window", "-P", "-F", "#{window_id} #{pane_pid}", "-n", name,
-                "--", *argv]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *tmux, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            out, err = await proc.communicate()
-        except OSError as exc:
-            self.notify(f"tmux: {exc}", severity="error")
+            session = await tmux.open_window(name, argv)
+        except BoxuiError as exc:
+            self.notify(str(exc), severity="error")
             return
-        if proc.returncode != 0:
-            self.notify(f"tmux new-window failed: {err.decode(errors='replace').strip()}",
-                        severity="error")
-            return
-        window, _, pid = out.decode().strip().partition(" ")
-        session = OpenSession(name, f"tmux window {window}", datetime.now(),
-                              int(pid) if pid.isdigit() else None)
         self.sessions.append(session)
-        self.actions_done.append((f"ssh {name}", f"tmux {window}"))
-        self.notify(f"ssh {name}: tmux window {window}", timeout=3)
-        if session.pid is not None:
-            self.run_worker(self._forget_when_gone(session), group="sessions",
-                            exit_on_error=False)
+        self.actions_done.append((f"ssh {name}", session.where))
+        self.notify(f"ssh {name}: {session.where}", timeout=3)
 
-    async def _forget_when_gone(self, session: OpenSession) -> None:
-        assert session.pid is not None
-        try:
-            fd = os.pidfd_open(session.pid)
-        except OSError:  # gone already
-            self.sessions.remove(session)
-            return
-        gone = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_reader(fd, gone.set)
-        try:
-            await gone.wait()
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+        async def forget() -> None:
+            await tmux.wait_closed(session)
             if session in self.sessions:
                 self.sessions.remove(session)
+
+        self.run_worker(forget(), group="sessions", exit_on_error=False)
 
     async def _run_suspended(self, argv: list[str], what: str) -> None:
         """Hand the terminal to a program while the backend keeps running: the child is
