@@ -17,7 +17,7 @@ from backend.state.port_mapping import PortMapping
 from backend.supervision.machine_exec import ExecOutput
 from boxui.tui.app import BoxuiApp
 from boxui.tui.command_line import CommandLine
-from boxui.tui.screens.sessions import OpenSession
+from boxui.tui.screens.sessions import OpenSession, SessionsScreen
 from tests.app.test_snapshots import (  # noqa: F401  (fixtures)
     bring_up,
     build_app,
@@ -117,7 +117,7 @@ def test_copy_dialog(home: Path, driver: FakeDriver, frozen: None,  # noqa: F811
 
     async def run_before(pilot: Pilot[None]) -> None:
         await bring_up(driver)(pilot)
-        await pilot.press("down", "down")  # build-2
+        await pilot.press("down", "down", "down")  # db: stopped, so no pid to differ
         await pilot.press("c")
         await pilot.pause(0.2)
         app = pilot.app
@@ -147,7 +147,12 @@ def test_sessions_view(home: Path, driver: FakeDriver, frozen: None,  # noqa: F8
                                         datetime(2026, 11, 22, 11, 57), 4242))
         await pilot.press("colon")
         await pilot.press(*"sessions", "enter")
-        await pilot.pause(0.5)
+        for _ in range(200):  # every running machine answered `who`
+            screen = app.screen
+            if isinstance(screen, SessionsScreen) and len(screen._guest) == 2:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
 
     assert snap_compare(build_app(home, driver), terminal_size=SIZE, run_before=run_before)
 

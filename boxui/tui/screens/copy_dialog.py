@@ -44,7 +44,8 @@ class CopyScreen(ModalScreen[None]):
             yield Input(placeholder="host path, e.g. ./build.tar", id="host-path")
             yield Input(placeholder="guest path, e.g. /root/", id="guest-path")
             yield Checkbox("recursive (directories)", id="recursive")
-            yield ProgressBar(total=None, show_eta=False, id="copy-progress")
+            # a total from the start: an indeterminate bar animates while nothing copies
+            yield ProgressBar(total=1, show_eta=False, id="copy-progress")
             yield Static("", id="copy-status")
             with Horizontal(classes="buttons"):
                 yield Button("Copy", variant="primary", id="copy")

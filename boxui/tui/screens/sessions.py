@@ -18,7 +18,8 @@ from textual.widgets import DataTable, Footer, Static
 from backend.errors import BoxuiError
 from boxui.tui.widgets.filter_bar import FilterBar, FilteredScreen
 
-COLUMNS = ("MACHINE", "FROM", "USER", "WHERE", "SINCE")
+#: fixed widths: rows arrive machine by machine, and columns must not jump as they do
+COLUMNS = (("MACHINE", 18), ("FROM", 8), ("USER", 12), ("WHERE", 26), ("SINCE", 17))
 WHO_TIMEOUT = 10.0
 
 
@@ -71,7 +72,8 @@ class SessionsScreen(FilteredScreen):
 
     def on_mount(self) -> None:
         table: DataTable[str] = self.query_one(DataTable)
-        table.add_columns(*COLUMNS)
+        for label, width in COLUMNS:
+            table.add_column(label, width=width)
         self.refilter()
         self.action_refresh()
 
