@@ -44,14 +44,14 @@ class Target:
         self.machine_dir, self.keys, self.port = machine_dir, keys, port
 
 
-def _target(name: str) -> Target:
+def _target(name: str, home: Path | None = None) -> Target:
     from backend.guest.errors import GuestImageError
     from backend.guest.machine_seed import load_machine_keys
     from backend.state.machine_store import MachineStore
     from backend.state.supervisor_lock import lock_holder
     from backend.supervision.ssh_access import write_known_hosts
 
-    dirs = open_state_dir()
+    dirs = open_state_dir(home)
     supervised = lock_holder(dirs.lock_file) is not None
     machine = MachineStore(dirs).load(name, supervised=supervised)
     record = machine.record
@@ -71,9 +71,10 @@ def _target(name: str) -> Target:
     return Target(machine_dir, keys, record.ssh_port)
 
 
-def machine_target(name: str) -> Target:
-    """Port, keys and dir of a running machine, its host key pinned (`boxui cp` too)."""
-    return _target(name)
+def machine_target(name: str, home: Path | None = None) -> Target:
+    """Port, keys and dir of a running machine, its host key pinned (`boxui cp` too;
+    the app passes its own state dir, which the demo's is not the default)."""
+    return _target(name, home)
 
 
 def ssh_exec_argv(name: str, command: list[str] | None) -> list[str]:

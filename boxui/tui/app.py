@@ -18,6 +18,7 @@ import os
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import ClassVar, ParamSpec
 
 from textual import on, work
@@ -25,7 +26,9 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.keys import _character_to_key
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 from watchfiles import Change, awatch
@@ -37,11 +40,22 @@ from backend.state.event_bus import Missed
 from backend.state.lifecycle import InstanceState
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import forward_views
 from backend.state.state_dir import open_state_dir
 from backend.supervision.boot_files import ProgressFn
+from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import HealthSample
 from boxui.ssh_commands import ssh_exec_argv
+from boxui.tui import tmux
 from boxui.tui.backend import AppBackend
+from boxui.tui.command_line import (
+    MACHINE_COMMANDS,
+    VIEWS,
+    CommandError,
+    CommandLine,
+    complete,
+    parse_command,
+)
 from boxui.tui.messages import (
     BackendStarted,
     EventArrived,
@@ -52,12 +66,18 @@ from boxui.tui.messages import (
     WorkProgressed,
 )
 from boxui.tui.screens.cells import CellsScreen
+from boxui.tui.screens.confirm_bulk import ConfirmBulkScreen
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
+from boxui.tui.screens.copy_dialog import CopyScreen
 from boxui.tui.screens.event_dialog import EventDialog
 from boxui.tui.screens.help import HelpScreen
+from boxui.tui.screens.images import ImagesScreen
 from boxui.tui.screens.logs import LogsScreen
 from boxui.tui.screens.new_machine import NewMachine, NewMachineScreen
+from boxui.tui.screens.ports_dialog import PortsScreen
 from boxui.tui.screens.services import ServicesScreen
+from boxui.tui.screens.sessions import OpenSession, SessionsScreen
+from boxui.tui.text_filter import TextFilter
 from boxui.tui.themes import (
     DEFAULT_THEME,
     ThemeCatalog,
@@ -70,6 +90,7 @@ from boxui.tui.themes import (
     user_themes_dir,
     watch_user_themes,
 )
+from boxui.tui.ui_config import load_ui_file
 from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.detail_pane import DetailPane
 from boxui.tui.widgets.event_stream import EventStream
@@ -78,6 +99,9 @@ from boxui.tui.widgets.pool_line import PoolLine
 from boxui.tui.widgets.status_header import StatusHeader, header_markup
 
 ACTIVE = {"booting", "ready", "busy", "draining", "stopping", "unresponsive", "unhealthy"}
+#: the row's label while a machine verb runs
+LABELS = {"start": "starting", "stop": "stopping", "restart": "restarting",
+          "delete": "deleting"}
 
 
 P = ParamSpec("P")
@@ -116,6 +140,10 @@ def empty_hint(images: list[ImageListing] | None, accel: str, reason: str) -> st
     ])
 
 
+#: `question_mark` -> `?`: keys shown as typed
+_KEY_CHARACTERS = {_character_to_key(chr(c)): chr(c) for c in range(33, 127)}
+
+
 def _markup_escape(text: str) -> str:
     return text.replace("[", r"\[")
 
@@ -123,24 +151,30 @@ def _markup_escape(text: str) -> str:
 class BoxuiApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "boxui"
+    #: every binding has an id (its action): `[keys]` in ui.toml rebinds by it
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("n", "new_machine", "New"),
-        Binding("s", "start", "Start"),
-        Binding("x", "stop", "Stop"),
-        Binding("r", "restart", "Restart"),
-        Binding("ctrl+d", "delete", "Delete"),
-        Binding("e", "edit", "Edit"),
-        Binding("S", "ssh", "SSH"),
-        Binding("l", "logs", "Logs"),
-        Binding("v", "services", "Services"),
-        Binding("c", "cells", "Cells", show=False),
-        Binding("a", "toggle_events", "Events", show=False),
-        Binding("slash", "filter", "Filter"),
-        Binding("o", "sort_next", "Sort", show=False),
-        Binding("t", "next_theme", "Theme"),
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("n", "new_machine", "New", id="new_machine"),
+        Binding("s", "start", "Start", id="start"),
+        Binding("x", "stop", "Stop", id="stop"),
+        Binding("r", "restart", "Restart", id="restart"),
+        Binding("ctrl+d", "delete", "Delete", id="delete"),
+        Binding("e", "edit", "Edit", id="edit"),
+        Binding("S", "ssh", "SSH", id="ssh"),
+        Binding("l", "logs", "Logs", id="logs"),
+        Binding("v", "services", "Services", id="services"),
+        Binding("C", "cells", "Cells", show=False, id="cells"),
+        Binding("f", "ports", "Port forwards", show=False, id="ports"),
+        Binding("c", "copy", "Copy files", show=False, id="copy"),
+        Binding("u", "sessions", "Sessions", show=False, id="sessions"),
+        Binding("space", "mark", "Mark", show=False, id="mark"),
+        Binding("a", "toggle_events", "Events", show=False, id="toggle_events"),
+        Binding("slash", "filter", "Filter", id="filter"),
+        Binding("colon", "command_line", "Command", show=False, id="command_line"),
+        Binding("o", "sort_next", "Sort", show=False, id="sort_next"),
+        Binding("t", "next_theme", "Theme", id="next_theme"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
     ]
 
     def __init__(self, backend: AppBackend, *,
@@ -158,7 +192,11 @@ class BoxuiApp(App[None]):
         self._busy: dict[str, str] = {}
         self._work: dict[str, str] = {}  # the latest progress message of long work
         self._frame = 0
-        self._filter = ""
+        #: what `/` typed, per view, for the session ("machines", "events", "cells", ...)
+        self.filters: dict[str, str] = {}
+        self._filter_target = "machines"
+        #: the SSH sessions `S` opened that are still open
+        self.sessions: list[OpenSession] = []
         self._mounted = False
         self._images: list[ImageListing] | None = None  # None: not read yet
         #: machines asked for whose OS image is built first: shown before they exist
@@ -171,6 +209,8 @@ class BoxuiApp(App[None]):
         self._theme_problems = self._load_themes()
         chosen = load_chosen_theme(self._home)
         self.theme = chosen if chosen in self._theme_names else DEFAULT_THEME
+        self._ui, self._ui_problems = load_ui_file(
+            self._home, [b.id for b in self.BINDINGS if isinstance(b, Binding) and b.id])
 
     # --- themes ----------------------------------------------------------------------
 
@@ -221,6 +261,7 @@ class BoxuiApp(App[None]):
                     yield EventStream(id="events")
                     yield ConsolePane(id="console")
             yield DetailPane(id="detail")
+        yield CommandLine(self._complete, id="command")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -232,6 +273,10 @@ class BoxuiApp(App[None]):
         self._mounted = True
         self.query_one(MachineTable).focus()
         self._report_theme_problems(self._theme_problems)
+        for problem in self._ui_problems:
+            self.notify(problem, title="ui.toml", severity="error", timeout=15)
+        if self._ui.keys:
+            self.set_keymap(dict(self._ui.keys))
         self.run_worker(self.backend.run(), name="backend", group="backend",
                         exit_on_error=False)
         self.run_worker(self._wait_for_backend(), group="backend", exit_on_error=False)
@@ -316,6 +361,7 @@ class BoxuiApp(App[None]):
         if event.type.endswith(".deleted"):
             self._machines.pop(name, None)
             self._health.pop(name, None)
+            self.query_one(MachineTable).marked.discard(name)
         else:
             try:
                 self._remember(self.backend.machine(name))
@@ -377,10 +423,10 @@ class BoxuiApp(App[None]):
     # --- drawing ---------------------------------------------------------------------
 
     def _visible(self) -> Iterable[LoadedMachine]:
-        needle = self._filter.lower()
+        wanted = TextFilter.parse(self.filters.get("machines", ""))
         pending = (m for n, m in self._pending.items() if n not in self._machines)
         for machine in itertools.chain(self._machines.values(), pending):
-            if not needle or needle in machine.name or needle in machine.state.value:
+            if wanted.matches(machine.name, machine.state.value):
                 yield machine
 
     def _rows(self, machines: Iterable[LoadedMachine]) -> Iterable[tuple[str, dict[str, str],
@@ -534,22 +580,63 @@ class BoxuiApp(App[None]):
         await self.backend.create(request.spec, progress=progress, mounts=request.mounts,
                                   ports=request.ports)
 
+    # --- machine verbs: the keys, `:start NAME`, and marked rows -----------------------
+
+    def _targets(self) -> tuple[list[str], bool] | None:
+        """The marked machines (True: from marks), else the selected one."""
+        marked = self.query_one(MachineTable).marked_names
+        if marked:
+            return marked, True
+        name = self._need_selection()
+        return ([name], False) if name is not None else None
+
+    def _verb(self, verb: str) -> None:
+        targets = self._targets()
+        if targets is not None:
+            self.act(verb, *targets)
+
     def action_start(self) -> None:
-        if (name := self._need_selection()) is not None:
-            self._long(name, "starting", lambda p: self.backend.start(name, progress=p))
+        self._verb("start")
 
     def action_stop(self) -> None:
-        if (name := self._need_selection()) is not None:
-            self._long(name, "stopping", lambda _p: self.backend.stop(name))
+        self._verb("stop")
 
     def action_restart(self) -> None:
-        if (name := self._need_selection()) is not None:
-            self._long(name, "restarting", lambda p: self.backend.restart(name, progress=p))
+        self._verb("restart")
 
     def action_delete(self) -> None:
-        name = self._need_selection()
-        if name is None:
+        self._verb("delete")
+
+    def act(self, verb: str, names: list[str], confirm: bool) -> None:
+        """`verb` on every machine in `names`, each with its spinner and progress in its
+        row; several (or marked) ones after one confirmation that names them all."""
+        if not confirm and len(names) == 1:
+            if verb == "delete":
+                self._confirm_delete(names[0])
+            else:
+                self._run_verb(verb, names[0])
             return
+        running = {n for n in names if n in self._machines
+                   and self._machines[n].state.value in ACTIVE}
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                for name in names:
+                    self._run_verb(verb, name)
+                self.query_one(MachineTable).clear_marks()
+
+        self.push_screen(ConfirmBulkScreen(verb, names, running), confirmed)
+
+    def _run_verb(self, verb: str, name: str) -> None:
+        jobs: dict[str, Callable[[ProgressFn], Awaitable[None]]] = {
+            "start": lambda p: self.backend.start(name, progress=p),
+            "stop": lambda _p: self.backend.stop(name),
+            "restart": lambda p: self.backend.restart(name, progress=p),
+            "delete": lambda _p: self.backend.delete(name),
+        }
+        self._long(name, LABELS[verb], jobs[verb])
+
+    def _confirm_delete(self, name: str) -> None:
         running = self._machines[name].state.value in ACTIVE if name in self._machines else False
         try:
             disk = self.backend.disk_usage(name)
@@ -558,9 +645,24 @@ class BoxuiApp(App[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._long(name, "deleting", lambda _p: self.backend.delete(name))
+                self._run_verb("delete", name)
 
         self.push_screen(ConfirmDeleteScreen(name, running, disk), confirmed)
+
+    def action_mark(self) -> None:
+        name = self.selected
+        if name is not None:
+            table = self.query_one(MachineTable)
+            table.toggle_mark(name)
+            table.action_cursor(1)
+            self._update_marks_title()
+
+    def _update_marks_title(self) -> None:
+        marked = len(self.query_one(MachineTable).marked_names)
+        table = self.query_one(MachineTable)
+        marks = f" ({marked} marked)" if marked else ""
+        wanted = TextFilter.parse(self.filters.get("machines", "")).describe()
+        table.border_title = f"machines {wanted}".rstrip() + marks
 
     async def action_edit(self) -> None:
         name = self._need_selection()
@@ -572,14 +674,43 @@ class BoxuiApp(App[None]):
 
     async def action_ssh(self) -> None:
         name = self._need_selection()
-        if name is None:
-            return
+        if name is not None:
+            await self.ssh(name)
+
+    async def ssh(self, name: str) -> None:
+        """Inside tmux, a new window, so the app stays on screen; elsewhere the app
+        steps aside until the shell ends, as it always did."""
         try:
             argv = self._ssh_argv(name)
         except BoxuiError as exc:
             self.notify(str(exc), severity="error")
             return
-        await self._run_suspended(argv, f"ssh {name}")
+        if tmux.inside_tmux():
+            await self._ssh_in_tmux(name, argv)
+            return
+        session = OpenSession(name, "suspended app", datetime.now())
+        self.sessions.append(session)
+        try:
+            await self._run_suspended(argv, f"ssh {name}")
+        finally:
+            self.sessions.remove(session)
+
+    async def _ssh_in_tmux(self, name: str, argv: list[str]) -> None:
+        try:
+            session = await tmux.open_window(name, argv)
+        except BoxuiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.sessions.append(session)
+        self.actions_done.append((f"ssh {name}", session.where))
+        self.notify(f"ssh {name}: {session.where}", timeout=3)
+
+        async def forget() -> None:
+            await tmux.wait_closed(session)
+            if session in self.sessions:
+                self.sessions.remove(session)
+
+        self.run_worker(forget(), group="sessions", exit_on_error=False)
 
     async def _run_suspended(self, argv: list[str], what: str) -> None:
         """Hand the terminal to a program while the backend keeps running: the child is
@@ -600,43 +731,209 @@ class BoxuiApp(App[None]):
 
     def action_logs(self) -> None:
         if (name := self._need_selection()) is not None:
-            self.push_screen(LogsScreen(self.backend.console_log(name)))
+            self.logs(name)
+
+    def logs(self, name: str) -> None:
+        self.push_screen(LogsScreen(self.backend.console_log(name), self.filters))
 
     def action_services(self) -> None:
-        self.push_screen(ServicesScreen(self.backend.services, self.state_colour))
+        self.push_screen(ServicesScreen(self.backend.services, self.state_colour,
+                                        self.filters))
 
     def on_event_stream_opened(self, message: EventStream.Opened) -> None:
         self.push_screen(EventDialog(message.event))
 
     def action_cells(self) -> None:
-        self.push_screen(CellsScreen(open_state_dir(self.backend.home).event_log))
+        self.push_screen(CellsScreen(open_state_dir(self.backend.home).event_log,
+                                     self.filters))
+
+    def action_images(self) -> None:
+        self.push_screen(ImagesScreen(self.backend.images, self.filters))
+
+    def action_sessions(self) -> None:
+        running = [n for n, m in self._machines.items() if m.state.value in ACTIVE]
+
+        async def who(name: str) -> str:
+            output = await self.backend.exec(name, ["who"], timeout=10)
+            return output.stdout.decode(errors="replace")
+
+        self.push_screen(SessionsScreen(lambda: list(self.sessions), running, who,
+                                        self.filters))
+
+    def action_ports(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self.ports(name)
+
+    def ports(self, name: str) -> None:
+        def after(_: None) -> None:
+            self._refresh_machine(name)
+
+        self.push_screen(PortsScreen(
+            name, lambda: forward_views(self.backend.machine(name)),
+            lambda mapping: self.backend.add_port(name, mapping),
+            lambda guest, protocol: self.backend.remove_port(name, guest, protocol)), after)
+
+    def _refresh_machine(self, name: str) -> None:
+        try:
+            self._remember(self.backend.machine(name))
+        except BoxuiError:
+            return
+        if name == self.selected:
+            self._show_detail()
+
+    def action_copy(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self.copy_files(name)
+
+    def copy_files(self, name: str) -> None:
+        async def copy(source: str, target: str, recursive: bool,
+                       progress: CopyProgress) -> None:
+            await self.backend.copy(name, source, target, recursive=recursive,
+                                    progress=progress)
+
+        self.push_screen(CopyScreen(name, copy))
 
     def action_toggle_events(self) -> None:
         events = self.query_one(EventStream)
         events.focus_on(None if events.only is not None else self.selected)
 
+    # --- `/` filters: the machines, or the focused events or console pane ------------
+
+    def _focused_view(self) -> str:
+        focused: Widget | None = self.focused
+        if isinstance(focused, EventStream):
+            return "events"
+        if isinstance(focused, ConsolePane):
+            return "console"
+        return "machines"
+
     def action_filter(self) -> None:
+        self._filter_target = self._focused_view()
         field = self.query_one("#filter", Input)
+        field.placeholder = (f"filter the {self._filter_target}: text, !text (not), ~regex"
+                             f"{' (name or state)' if self._filter_target == 'machines' else ''}")
+        field.value = self.filters.get(self._filter_target, "")
         field.disabled = False
         field.add_class("-shown")
         field.focus()
 
     def action_clear_filter(self) -> None:
         field = self.query_one("#filter", Input)
-        if field.has_class("-shown"):
+        command = self.query_one(CommandLine)
+        if command.has_class("-shown"):
+            self._close_command_line()
+        elif field.has_class("-shown"):
             field.value = ""
             field.remove_class("-shown")
             field.disabled = True
-            self.query_one(MachineTable).focus()
+            self._back_to(self._filter_target)
+        elif self.query_one(MachineTable).marked:  # hidden ones too
+            self.query_one(MachineTable).clear_marks()
+            self._update_marks_title()
+
+    def _back_to(self, view: str) -> None:
+        widget: Widget = (self.query_one(EventStream) if view == "events" else
+                          self.query_one(ConsolePane) if view == "console" else
+                          self.query_one(MachineTable))
+        widget.focus()
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self._filter = event.value.strip()
-        self._reconcile()
+        self.set_filter(self._filter_target, event.value)
+        event.input.set_class(TextFilter.parse(event.value).error is not None, "-invalid")
+
+    def set_filter(self, view: str, typed: str) -> None:
+        """Remember `typed` for `view` and apply it where the view is on screen."""
+        self.filters[view] = typed
+        if view == "events":
+            self.query_one(EventStream).set_filter(typed)
+        elif view == "console":
+            self.query_one(ConsolePane).set_filter(typed)
+        elif view == "machines":
+            self._reconcile()
+            self._update_marks_title()
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
+        self._back_to(self._filter_target)
+
+    # --- `:` the command line ---------------------------------------------------------
+
+    async def action_command_line(self) -> None:
+        while len(self.screen_stack) > 1:  # as in k9s, `:` works from any view
+            await self.pop_screen()
+        line = self.query_one(CommandLine)
+        line.add_class("-shown")
+        line.disabled = False
+        line.focus()
+
+    def _close_command_line(self) -> None:
+        line = self.query_one(CommandLine)
+        line.value = ""
+        line.remove_class("-shown")
+        line.disabled = True
         self.query_one(MachineTable).focus()
+
+    def _complete(self, text: str) -> str | None:
+        return complete(text, self._ui.aliases, self._machines)
+
+    @on(CommandLine.Run)
+    async def _run_command(self, message: CommandLine.Run) -> None:
+        self._close_command_line()
+        try:
+            command = parse_command(message.text, self._ui.aliases)
+        except CommandError as exc:
+            self.notify(str(exc), severity="error", timeout=6)
+            return
+        self.actions_done.append(("command", message.text))
+        if command.kind == "quit":
+            await self.action_quit()
+        elif command.kind == "view":
+            await self._open_view(command.word, command.filter)
+        else:
+            await self._machine_command(command.word, list(command.args))
+
+    async def _open_view(self, view: str, typed: str | None) -> None:
+        if typed is not None:
+            self.filters[view] = typed
+        if view == "machines":
+            if typed is not None:
+                self.set_filter("machines", typed)
+            self.query_one(MachineTable).focus()
+            return
+        if view == "events":
+            events = self.query_one(EventStream)
+            events.focus_on(None)
+            if typed is not None:
+                self.set_filter("events", typed)
+            events.focus()
+            return
+        await self.run_action(VIEWS[view].action)
+
+    async def _machine_command(self, verb: str, names: list[str]) -> None:
+        unknown = [n for n in names if n not in self._machines]
+        if unknown:
+            self.notify(f"no machine named {', '.join(unknown)}", severity="error", timeout=6)
+            return
+        if not names:
+            targets = self._targets()
+            if targets is None:
+                return
+            names, marked = targets
+        else:
+            marked = False
+        if verb in LABELS:
+            self.act(verb, names, confirm=marked or len(names) > 1)
+        elif verb == "mark":
+            for name in names:
+                self.query_one(MachineTable).toggle_mark(name)
+            self._update_marks_title()
+        elif len(names) != 1:
+            self.notify(f":{verb} takes one machine", severity="error", timeout=6)
+        elif verb == "ssh":
+            await self.ssh(names[0])
+        else:
+            {"logs": self.logs, "ports": self.ports, "copy": self.copy_files}[verb](names[0])
 
     def action_sort_next(self) -> None:
         table = self.query_one(MachineTable)
@@ -659,7 +956,33 @@ class BoxuiApp(App[None]):
         await asyncio.to_thread(save_chosen_theme, self._home, theme)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.keys_in_force(), [
+            *((v.name, v.summary) for v in VIEWS.values()),
+            *((f"{word} NAME…", what) for word, (_, what) in MACHINE_COMMANDS.items()),
+            *((f"{alias}", f"= :{target} (ui.toml)") for alias, target
+              in self._ui.aliases.items()),
+        ]))
+
+    def keys_in_force(self) -> list[tuple[str, str]]:
+        """Each action once, with every key bound to it now (after the keymap): boxui's
+        own in the order of `BINDINGS`, then the focused table's; Textual's built-in
+        ones (focus, copy, scrolling sideways) are left out."""
+        own = [b.action for b in self.BINDINGS if isinstance(b, Binding)]
+        table = self.query_one(MachineTable)
+        by_action: dict[str, tuple[list[str], str]] = {}
+        for active in self.screen.active_bindings.values():
+            binding = active.binding
+            if binding.action not in own and active.node is not table:
+                continue
+            if binding.action.startswith("scroll_"):
+                continue
+            keys, _ = by_action.setdefault(binding.action, ([], binding.description))
+            display = _KEY_CHARACTERS.get(binding.key, binding.key)
+            if display not in keys:
+                keys.append(display)
+        order = {action: i for i, action in enumerate(own)}
+        return [(" / ".join(keys), what or action) for action, (keys, what) in sorted(
+            by_action.items(), key=lambda item: order.get(item[0], len(order)))]
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -674,6 +997,12 @@ class BoxuiApp(App[None]):
             ("Console log", "Full-screen serial console", self.action_logs),
             ("Services", "Services with their instances", self.action_services),
             ("Cells", "Commands run in throwaway machines (boxui run)", self.action_cells),
+            ("Images", "OS images and recipes", self.action_images),
+            ("Sessions", "Open SSH sessions and logged-in users", self.action_sessions),
+            ("Port forwards", "Add or remove the selected machine's forwards",
+             self.action_ports),
+            ("Copy files", "Into or out of the selected machine", self.action_copy),
+            ("Command line", ":machines, :start NAME, ...", self.action_command_line),
             ("Filter machines", "Filter by name or state", self.action_filter),
             ("Toggle event scope", "All machines or the selected one",
              self.action_toggle_events),

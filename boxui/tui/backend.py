@@ -26,9 +26,14 @@ from backend.state.event_bus import Subscription
 from backend.state.events import CloudEvent
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import ForwardView
+from backend.state.port_mapping import PortMapping
+from backend.state.port_mapping import Protocol as PortProtocol
 from backend.supervision.boot_files import BootFilesProvider, ProgressFn
+from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.machine_disk import DiskUsage
+from backend.supervision.machine_exec import ExecOutput
 
 
 @dataclass(frozen=True)
@@ -133,3 +138,17 @@ class AppBackend(Protocol):
     async def restart(self, name: str, *, progress: ProgressFn | None = None) -> None: ...
 
     async def delete(self, name: str) -> None: ...
+
+    async def add_port(self, name: str, mapping: PortMapping) -> ForwardView:
+        """Forward now (no restart) and at every start, as `boxui port add`."""
+
+    async def remove_port(self, name: str, guest: int, protocol: PortProtocol) -> ForwardView:
+        ...
+
+    async def exec(self, name: str, argv: list[str], *,
+                   timeout: float | None = None) -> ExecOutput:
+        """Run `argv` in the running machine (recorded in the command registry)."""
+
+    async def copy(self, name: str, source: str, target: str, *, recursive: bool,
+                   progress: CopyProgress | None = None) -> None:
+        """`boxui cp SOURCE TARGET` for machine `name` (`NAME:PATH` on one side)."""

@@ -38,19 +38,24 @@ from backend.state.events import CloudEvent
 from backend.state.lifecycle import ACTIVE_STATES
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import ForwardView
+from backend.state.port_mapping import PortMapping, Protocol
 from backend.state.state_dir import StateDir, default_home, open_state_dir
 from backend.state.supervisor_lock import SupervisorLock
 from backend.supervision.boot_files import DefaultBootFiles, ProgressFn
 from backend.supervision.command_recovery import recover_commands
 from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import HealthHistory, HealthSubscription
 from backend.supervision.machine_disk import DiskUsage, check_disk_request, disk_usage
-from backend.supervision.machine_exec import MachineExec
+from backend.supervision.machine_exec import ExecOutput, MachineExec
+from backend.supervision.port_forwards import add_forward, remove_forward
 from backend.supervision.provisioning import start_provisioning
 from backend.supervision.supervisor import Supervisor
 from boxui.daemon.spawn import hand_over
 from boxui.daemon.start_lock import try_start_lock
 from boxui.tui.backend import BackendOptions, image_progress_text
+from boxui.tui.copying import copy_over_ssh
 from boxui.tui.forwards import apply_forwards
 
 
@@ -61,6 +66,7 @@ class EmbeddedBackend:
         self._engine: Engine | None = None
         self._supervisor: Supervisor | None = None
         self._services: ServiceManager | None = None
+        self._exec: MachineExec | None = None
         #: set when the app closed with machines running: the lock, still held for the
         #: daemon `hand_over` starts, and the start lock, held so that no CLI starts one
         self._handing_over: tuple[StateDir, SupervisorLock, int | None] | None = None
@@ -84,7 +90,7 @@ class EmbeddedBackend:
                 self._engine, self._supervisor = engine, supervisor
                 if opts.serve_api:
                     ctx = _api_context(supervisor)
-                    self._services = ctx.services
+                    self._services, self._exec = ctx.services, ctx.exec
                     supervisor.spawn(_serve_api(ctx), "api")
                 self.ready.set()
                 try:
@@ -93,6 +99,7 @@ class EmbeddedBackend:
                     self._keep_lock_if_running(engine, lock)
         finally:
             self._engine = self._supervisor = None
+            self._exec = None
             if self._handing_over is None:
                 await engine.close()
 
@@ -230,6 +237,26 @@ class EmbeddedBackend:
 
         await build_image(engine.dirs, name, report,
                           users=lambda image: users_of(engine.machines(), image))
+
+    async def add_port(self, name: str, mapping: PortMapping) -> ForwardView:
+        return await add_forward(self.supervisor, name, mapping)
+
+    async def remove_port(self, name: str, guest: int, protocol: Protocol) -> ForwardView:
+        return await remove_forward(self.supervisor, name, guest, protocol)
+
+    async def exec(self, name: str, argv: list[str], *,
+                   timeout: float | None = None) -> ExecOutput:
+        if self._exec is None:  # not serving the API: an exec of its own, made once
+            self._exec = MachineExec(self.engine)
+        _record, output = await self._exec.run(name, argv, timeout=timeout)
+        return output
+
+    async def copy(self, name: str, source: str, target: str, *, recursive: bool,
+                   progress: CopyProgress | None = None) -> None:
+        await copy_over_ssh(self._home, name, source, target, recursive=recursive,
+                            progress=progress)
+
+
 
 
 

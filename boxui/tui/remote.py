@@ -12,6 +12,7 @@ the state dir, as the embedded backend does.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import orjson
 from pydantic import TypeAdapter
 
 from backend.api.image_models import ImageBuildLine
+from backend.api.models import ExecResponse
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.images.catalog import ImageListing
@@ -29,8 +31,11 @@ from backend.state.event_bus import EventBus, Subscription
 from backend.state.events import CloudEvent
 from backend.state.machine_spec import MachineSpec, read_spec
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import ForwardView
+from backend.state.port_mapping import PortMapping, Protocol
 from backend.state.state_dir import StateDir, open_state_dir
 from backend.supervision.boot_files import ProgressFn
+from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import (
     HealthFeed,
     HealthHistory,
@@ -38,6 +43,7 @@ from backend.supervision.health import (
     HealthSubscription,
 )
 from backend.supervision.machine_disk import DiskUsage, disk_usage
+from backend.supervision.machine_exec import ExecOutput
 from boxui.daemon.client import (
     BASE_URL,
     TIMEOUT,
@@ -48,6 +54,7 @@ from boxui.daemon.client import (
     unreachable,
 )
 from boxui.tui.backend import BackendOptions, image_progress_text
+from boxui.tui.copying import copy_over_ssh
 from boxui.tui.forwards import apply_forwards
 
 STREAM_PREFIX = "dev.boxui.stream.v1."
@@ -261,6 +268,31 @@ class RemoteBackend:
 
     async def services(self) -> list[ServiceView]:
         return _SERVICES.validate_python(await self._call("GET", "/v1/services"))
+
+    async def add_port(self, name: str, mapping: PortMapping) -> ForwardView:
+        answer = await self._call("POST", f"/v1/machines/{name}/ports",
+                                  json=mapping.model_dump(mode="json"))
+        await self._refresh(name)  # the dialog lists the forwards from `machine` next
+        return ForwardView.model_validate(answer)
+
+    async def remove_port(self, name: str, guest: int, protocol: Protocol) -> ForwardView:
+        answer = await self._call("DELETE", f"/v1/machines/{name}/ports/{guest}",
+                                  params={"protocol": protocol})
+        await self._refresh(name)
+        return ForwardView.model_validate(answer)
+
+    async def exec(self, name: str, argv: list[str], *,
+                   timeout: float | None = None) -> ExecOutput:
+        answer = ExecResponse.model_validate(await self._call(
+            "POST", f"/v1/machines/{name}/exec", json={"argv": argv, "timeout": timeout}))
+        return ExecOutput(answer.exit_code, base64.b64decode(answer.stdout_b64),
+                          base64.b64decode(answer.stderr_b64))
+
+    async def copy(self, name: str, source: str, target: str, *, recursive: bool,
+                   progress: CopyProgress | None = None) -> None:
+        """Over SSH from here, as `boxui cp` does, not through the daemon."""
+        await copy_over_ssh(self.dirs.root, name, source, target, recursive=recursive,
+                            progress=progress)
 
 
 def find_daemon_backend(options: BackendOptions | None = None) -> RemoteBackend | None:

@@ -14,6 +14,10 @@ from tests.app.pilot_helpers import THEMES
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOTS = Path(__file__).resolve().parent / "__snapshots__" / "test_snapshots"
+NAV_SNAPSHOTS = SNAPSHOTS.with_name("test_nav_snapshots")
+#: navigation pictures the README shows: accepted snapshot -> screenshots/ name
+NAV_SHOTS = {"test_command_line_completing": "command-line",
+             "test_sessions_view": "sessions", "test_marks_and_a_filter": "marks-filter"}
 OUT = ROOT / "screenshots"
 
 
@@ -22,6 +26,12 @@ def copy_main_screens() -> None:
         source = SNAPSHOTS / f"test_main_screen[{theme}].svg"
         shutil.copyfile(source, OUT / f"main-{theme}.svg")
         print(f"screenshots/main-{theme}.svg")
+
+
+def copy_nav_screens() -> None:
+    for snapshot, name in NAV_SHOTS.items():
+        shutil.copyfile(NAV_SNAPSHOTS / f"{snapshot}.svg", OUT / f"{name}.svg")
+        print(f"screenshots/{name}.svg")
 
 
 async def demo_screenshot(seconds: float) -> None:
@@ -42,6 +52,7 @@ async def demo_screenshot(seconds: float) -> None:
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     copy_main_screens()
+    copy_nav_screens()
     asyncio.run(demo_screenshot(float(sys.argv[1]) if len(sys.argv) > 1 else 9.0))
 
 

@@ -88,6 +88,16 @@ async def test_images_disk_and_forwards_over_the_daemon(home: Path) -> None:
                 spec = daemon.engine.store.load_spec("web")
                 assert [str(p) for p in spec.ports] == ["8080:80"]
                 assert remote.disk_usage("web") is None  # the default guest has no disk
+                # the port-forward dialog's calls (`f`), answered from the daemon's spec
+                from backend.state.port_forward_view import forward_views
+                from backend.state.port_mapping import PortMapping
+                await remote.add_port("web", PortMapping.parse("9090:90"))
+                assert [(v.host, v.guest) for v in forward_views(remote.machine("web"))] \
+                    == [(8080, 80), (9090, 90)]
+                await remote.remove_port("web", 80, "tcp")
+                assert [str(p) for p in daemon.engine.store.load_spec("web").ports] \
+                    == ["9090:90"]
+                assert [v.guest for v in forward_views(remote.machine("web"))] == [90]
         finally:
             follow.cancel()
             await asyncio.gather(follow, return_exceptions=True)

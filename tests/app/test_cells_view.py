@@ -28,7 +28,7 @@ async def test_cells_view_lists_cells_and_follows_their_events(home: Path,
         assert engine is not None
         await engine.record_event(new_cell_event("a1", "cell-a", CellVerb.STARTED,
                                                  argv=["make", "test"]))
-        await pilot.press("c")
+        await pilot.press("C")
         await until(pilot, lambda: isinstance(app.screen, CellsScreen))
         await until(pilot, lambda: outcomes(app) == [("cell-a", "-")])
         for verb, data in ((CellVerb.MATERIALIZED, {}),

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from textual import work
 from textual.app import ComposeResult
-from textual.screen import Screen
+from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from backend.state.cell_projection import CellProjection, CellView
 from backend.state.event_log import read_log
+from boxui.tui.widgets.filter_bar import FilterBar, FilteredScreen
 
 COLUMNS = ("NAME", "OUTCOME", "EXIT", "STAGE", "STARTED", "COMMAND", "ARTIFACTS", "REASON")
 OUTCOME_STYLE = {"succeeded": "green", "running": "cyan", "failed": "red",
@@ -34,14 +35,17 @@ def cell_row(cell: CellView) -> tuple[str, ...]:
             str(len(cell.artifacts)), cell.reason or "")
 
 
-class CellsScreen(Screen[None]):
-    BINDINGS = [("escape", "close", "Back"), ("c", "close", "Back"), ("q", "close", "Back")]
+class CellsScreen(FilteredScreen):
+    VIEW = "cells"
+    BINDINGS = [Binding("C", "close", "Back", show=False)]
 
-    def __init__(self, event_log: Path) -> None:
-        super().__init__()
+    def __init__(self, event_log: Path, filters: dict[str, str] | None = None) -> None:
+        super().__init__(filters)
         self._event_log = event_log
+        self._cells: list[CellView] = []
 
     def compose(self) -> ComposeResult:
+        yield FilterBar()
         table: DataTable[str] = DataTable(id="cells", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static("", id="cells-empty")
@@ -55,17 +59,21 @@ class CellsScreen(Screen[None]):
 
     @work(exclusive=True, group="cells", exit_on_error=False)
     async def reload(self) -> None:
-        cells = await asyncio.to_thread(load_cells, self._event_log)
+        self._cells = await asyncio.to_thread(load_cells, self._event_log)
+        self.refilter()
+
+    def refilter(self) -> None:
+        cells, wanted = self._cells, self.filter
         table: DataTable[str] = self.query_one(DataTable)
         table.clear()
         for cell in reversed(cells):
             row = cell_row(cell)
+            if not wanted.matches(" ".join(row)):
+                continue
             style = OUTCOME_STYLE.get(cell.outcome, "")
             table.add_row(row[0], f"[{style}]{row[1]}[/]" if style else row[1], *row[2:],
                           key=cell.id)
         self.query_one("#cells-empty", Static).update(
             "" if cells else "no cells yet: `boxui run -- CMD` runs a command in a "
             "throwaway machine")
-
-    def action_close(self) -> None:
-        self.dismiss(None)
+        table.border_title = f"cells {wanted.describe()}".rstrip()

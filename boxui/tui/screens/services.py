@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.screen import Screen
+from textual.binding import Binding
 from textual.widgets import Footer, Static, Tree
 
 from backend.services.scale_models import InstanceInfo, ServiceView
+from boxui.tui.widgets.filter_bar import FilterBar, FilteredScreen
 
 StateColour = Callable[[str], str]
 
@@ -35,16 +36,19 @@ def instance_label(instance: InstanceInfo, colour: StateColour) -> Text:
     return text
 
 
-class ServicesScreen(Screen[None]):
-    BINDINGS = [("escape", "close", "Back"), ("v", "close", "Back"), ("q", "close", "Back")]
+class ServicesScreen(FilteredScreen):
+    VIEW = "services"
+    BINDINGS = [Binding("v", "close", "Back", show=False)]
 
     def __init__(self, load: Callable[[], Awaitable[list[ServiceView]]],
-                 colour: StateColour) -> None:
-        super().__init__()
+                 colour: StateColour, filters: dict[str, str] | None = None) -> None:
+        super().__init__(filters)
         self._load = load
         self._colour = colour
+        self._views: list[ServiceView] = []
 
     def compose(self) -> ComposeResult:
+        yield FilterBar()
         tree: Tree[str] = Tree("services", id="services")
         tree.show_root = False
         yield tree
@@ -57,8 +61,16 @@ class ServicesScreen(Screen[None]):
 
     @work(exclusive=True, group="services", exit_on_error=False)
     async def reload(self) -> None:
-        views = await self._load()
+        self._views = await self._load()
+        self.refilter()
+
+    def refilter(self) -> None:
+        """A service is kept when its name or any instance (id, state) matches."""
+        wanted = self.filter
+        views = [v for v in self._views if wanted.matches(
+            v.spec.name, *(f"{i.id} {i.state.value}" for i in v.instances))]
         tree = self.query_one(Tree)
+        tree.border_title = f"services {wanted.describe()}".rstrip()
         expanded = {str(node.data) for node in tree.root.children if node.is_expanded}
         fresh = not tree.root.children
         tree.clear()
@@ -68,7 +80,5 @@ class ServicesScreen(Screen[None]):
             for instance in sorted(view.instances, key=lambda i: i.id):
                 node.add_leaf(instance_label(instance, self._colour), data=instance.id)
         self.query_one("#services-empty", Static).update(
-            "" if views else "no services yet: `boxui service create NAME --replicas N`")
-
-    def action_close(self) -> None:
-        self.dismiss(None)
+            "" if views else "no services match" if self._views else
+            "no services yet: `boxui service create NAME --replicas N`")

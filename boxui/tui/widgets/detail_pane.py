@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.widgets import Label, Sparkline, Static
 
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import forward_views
 from backend.supervision.health import HealthHistory
 from boxui.tui.widgets.machine_table import image_of
 
@@ -43,6 +44,10 @@ class DetailPane(Vertical):
             image = str(spec.kernel) if spec.kernel and not spec.image else image_of(machine)
             disk = f"   disk {spec.disk}" if spec.disk else ""
             lines.append(f"image  {_escape(image)}{disk}")
+            if spec.ports:
+                lines.append("ports  " + ", ".join(
+                    f"{v.live_host or v.host or '*'}->{v.guest}/{v.protocol}"
+                    for v in forward_views(machine)))
         if record is not None:
             if record.pid:
                 lines.append(f"pid    {record.pid}")

@@ -26,6 +26,7 @@ from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from backend.state.events import CloudEvent
+from boxui.tui.text_filter import TextFilter
 
 HISTORY = 500
 #: events dropped at once when the pane holds more than HISTORY + TRIM
@@ -71,6 +72,7 @@ class EventStream(OptionList):
         super().__init__(id=id, classes=classes)
         self.history: deque[tuple[CloudEvent | None, Text]] = deque(maxlen=HISTORY)
         self.only: str | None = None
+        self.filter = TextFilter()
         self._shown: list[tuple[CloudEvent | None, Text]] = []
         self._expanded: int | None = None
         self._width = 0
@@ -84,8 +86,7 @@ class EventStream(OptionList):
 
     def _append(self, entry: tuple[CloudEvent | None, Text]) -> None:
         self.history.append(entry)
-        event = entry[0]
-        if self.only is not None and (event is None or event.subject != self.only):
+        if not self._wanted(entry):
             return
         following = self.highlighted is None
         self._shown.append(entry)
@@ -110,14 +111,28 @@ class EventStream(OptionList):
         self.highlighted = None
         self.scroll_end(animate=False, immediate=False)
 
+    def _wanted(self, entry: tuple[CloudEvent | None, Text]) -> bool:
+        event, text = entry
+        if self.only is not None and (event is None or event.subject != self.only):
+            return False
+        return self.filter.matches(text.plain, event.type if event else "")
+
     def focus_on(self, machine: str | None) -> None:
         """Show all machines (None) or one, redrawn from the kept history."""
         self.only = machine
-        self._shown = [(event, text) for event, text in self.history
-                       if machine is None or (event is not None and event.subject == machine)]
+        self._reselect()
+
+    def set_filter(self, typed: str) -> None:
+        """`/` in the pane: only the events whose line (or type) matches."""
+        self.filter = TextFilter.parse(typed)
+        self._reselect()
+
+    def _reselect(self) -> None:
+        self._shown = [entry for entry in self.history if self._wanted(entry)]
         self._expanded = None
         self._redraw(None)
-        self.border_title = f"events: {machine}" if machine else "events: all machines"
+        scope = f"events: {self.only}" if self.only else "events: all machines"
+        self.border_title = f"{scope} {self.filter.describe()}".rstrip()
 
     def _redraw(self, highlighted: int | None) -> None:
         self._expanded = None

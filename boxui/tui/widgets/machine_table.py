@@ -140,7 +140,7 @@ class MachineTable(ScrollView, can_focus=True):
         Binding("end", "last", "Last", show=False),
     ]
     COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "machine-table--header", "machine-table--cursor",
+        "machine-table--header", "machine-table--cursor", "machine-table--marked",
     }
     DEFAULT_CSS = """
     MachineTable { background: $surface; color: $foreground; }
@@ -151,6 +151,7 @@ class MachineTable(ScrollView, can_focus=True):
         background: $block-cursor-blurred-background;
         color: $block-cursor-blurred-foreground;
     }
+    MachineTable > .machine-table--marked { color: $accent; text-style: bold; }
     MachineTable:focus > .machine-table--cursor {
         background: $block-cursor-background; color: $block-cursor-foreground;
         text-style: $block-cursor-text-style;
@@ -173,7 +174,9 @@ class MachineTable(ScrollView, can_focus=True):
         self._index: dict[str, int] = {}
         self._cursor = 0
         self._posted: str | None = ""
-        self._strips: dict[str, tuple[tuple[Row, bool], Strip]] = {}
+        self._strips: dict[str, tuple[tuple[Row, bool, bool], Strip]] = {}
+        #: rows marked with `space`: bulk actions act on them (in table order)
+        self.marked: set[str] = set()
         self.sort_column: str = "name"
         self.sort_reverse = False
         self.updates = 0
@@ -188,7 +191,7 @@ class MachineTable(ScrollView, can_focus=True):
         added = False
         for name in gone:
             del self._rows[name]
-            self._strips.pop(name, None)
+            self._strips.pop(name, None)  # a mark stays: a filter may show it again
         for name, row in wanted.items():
             old = self._rows.get(name)
             if old is None:
@@ -258,6 +261,24 @@ class MachineTable(ScrollView, can_focus=True):
         """Colours come from the theme: drop every cached line after a theme change."""
         self._strips.clear()
         self.refresh()
+
+    def toggle_mark(self, name: str) -> None:
+        if name in self.marked:
+            self.marked.discard(name)
+        elif name in self._rows:
+            self.marked.add(name)
+        if name in self._index:
+            self.refresh_line(self._index[name] + 1)
+
+    def clear_marks(self) -> None:
+        self.marked.clear()
+        self.refresh()
+
+    @property
+    def marked_names(self) -> list[str]:
+        """The marked rows in the order they are shown (marked ones a filter hides are
+        left out: a bulk action acts on what the user sees)."""
+        return [name for name in self._order if name in self.marked]
 
     # --- reading -----------------------------------------------------------------------
 
@@ -365,12 +386,15 @@ class MachineTable(ScrollView, can_focus=True):
 
     def _row_strip(self, name: str, cursor: bool) -> Strip:
         row = self._rows[name]
-        key = (row, cursor)
+        marked = name in self.marked
+        key = (row, cursor, marked)
         cached = self._strips.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
         cells, state = row
         style = self.rich_style
+        if marked:
+            style += self.get_component_rich_style("machine-table--marked")
         if cursor:
             style += self.get_component_rich_style("machine-table--cursor")
         segments = []
@@ -380,7 +404,10 @@ class MachineTable(ScrollView, can_focus=True):
                 colour = self._state_colour(state)
                 if colour:
                     cell_style = style + Style(color=colour)
-            segments.append(Segment(_fit(cells[column.key], column), cell_style))
+            text = cells[column.key]
+            if marked and column.key == "name":
+                text = "+" + text  # k9s' mark: visible without colour too (NO_COLOR)
+            segments.append(Segment(_fit(text, column), cell_style))
         strip = Strip(segments, TABLE_WIDTH)
         self._strips[name] = (key, strip)
         return strip
