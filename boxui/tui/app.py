@@ -49,6 +49,7 @@ from boxui.tui.messages import (
     HealthSampled,
     SpecEditRejected,
     SpecReloaded,
+    TimelineRequested,
     WorkProgressed,
 )
 from boxui.tui.screens.cells import CellsScreen
@@ -58,6 +59,7 @@ from boxui.tui.screens.help import HelpScreen
 from boxui.tui.screens.logs import LogsScreen
 from boxui.tui.screens.new_machine import NewMachine, NewMachineScreen
 from boxui.tui.screens.services import ServicesScreen
+from boxui.tui.screens.timeline import TimelineScreen
 from boxui.tui.themes import (
     DEFAULT_THEME,
     ThemeCatalog,
@@ -133,6 +135,7 @@ class BoxuiApp(App[None]):
         Binding("l", "logs", "Logs"),
         Binding("v", "services", "Services"),
         Binding("c", "cells", "Cells", show=False),
+        Binding("T", "timeline", "Timeline", show=False),
         Binding("a", "toggle_events", "Events", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("o", "sort_next", "Sort", show=False),
@@ -608,6 +611,14 @@ class BoxuiApp(App[None]):
 
     def action_cells(self) -> None:
         self.push_screen(CellsScreen(open_state_dir(self.backend.home).event_log))
+
+    def action_timeline(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self.post_message(TimelineRequested(machine=name))
+
+    def on_timeline_requested(self, message: TimelineRequested) -> None:
+        self.push_screen(TimelineScreen(self.backend, self.state_colour, clock=self.clock,
+                                        machine=message.machine, service=message.service))
 
     def action_toggle_events(self) -> None:
         events = self.query_one(EventStream)

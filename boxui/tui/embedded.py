@@ -187,6 +187,11 @@ class EmbeddedBackend:
     def recent_events(self, limit: int) -> list[CloudEvent]:
         return list(read_log(self.engine.dirs.event_log).events[-limit:])
 
+    async def event_history(self, limit: int) -> list[CloudEvent]:
+        path = self.engine.dirs.event_log
+        scan = await asyncio.to_thread(read_log, path)
+        return list(scan.events[-limit:])
+
     # --- changing --------------------------------------------------------------------
 
     async def images(self) -> list[ImageListing]:

@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, Tree
 
 from backend.services.scale_models import InstanceInfo, ServiceView
+from boxui.tui.messages import TimelineRequested
 
 StateColour = Callable[[str], str]
 
@@ -36,7 +37,8 @@ def instance_label(instance: InstanceInfo, colour: StateColour) -> Text:
 
 
 class ServicesScreen(Screen[None]):
-    BINDINGS = [("escape", "close", "Back"), ("v", "close", "Back"), ("q", "close", "Back")]
+    BINDINGS = [("escape", "close", "Back"), ("v", "close", "Back"), ("q", "close", "Back"),
+                ("T", "timeline", "Timeline")]
 
     def __init__(self, load: Callable[[], Awaitable[list[ServiceView]]],
                  colour: StateColour) -> None:
@@ -69,6 +71,15 @@ class ServicesScreen(Screen[None]):
                 node.add_leaf(instance_label(instance, self._colour), data=instance.id)
         self.query_one("#services-empty", Static).update(
             "" if views else "no services yet: `boxui service create NAME --replicas N`")
+
+    def action_timeline(self) -> None:
+        """A service's row: all its instances, past ones too; an instance's: that one."""
+        node = self.query_one(Tree).cursor_node
+        if node is None or node.data is None:
+            return
+        is_service = node.parent is self.query_one(Tree).root
+        self.app.post_message(TimelineRequested(service=node.data) if is_service
+                              else TimelineRequested(machine=node.data))
 
     def action_close(self) -> None:
         self.dismiss(None)
