@@ -142,6 +142,11 @@ class EmbeddedBackend:
         return self._supervisor
 
     @property
+    def service_manager(self) -> ServiceManager | None:
+        """The services of the API this app serves (None: it serves none)."""
+        return self._services
+
+    @property
     def home(self) -> Path:
         return self._home
 
