@@ -42,18 +42,19 @@ class _Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _check_names(names: list[str]) -> list[str]:
+    for name in names:
+        try:
+            validate_name(name)
+        except BoxuiError as exc:
+            raise ValueError(str(exc)) from None
+    return names
+
+
 class _Named(_Step):
     names: Names
 
-    @field_validator("names")
-    @classmethod
-    def _valid_names(cls, names: list[str]) -> list[str]:
-        for name in names:
-            try:
-                validate_name(name)
-            except BoxuiError as exc:
-                raise ValueError(str(exc)) from None
-        return names
+    _valid_names = field_validator("names")(_check_names)
 
 
 class Create(_Named):
@@ -69,11 +70,22 @@ class Create(_Named):
     fail_boot: str | None = None
 
 
-class Act(_Named):
+class Act(_Step):
     """start / stop / restart / delete, as the keys do; `crash` kills the process
-    (SIGKILL); `recover` starts the ones that are stopped, failed or crashed."""
+    (SIGKILL); `recover` starts the ones that are stopped, failed or crashed. On `names`,
+    or on one running instance of `service` (its names are made up as it scales)."""
 
     do: Literal["start", "stop", "restart", "delete", "crash", "recover"]
+    names: list[str] = Field(default_factory=list, max_length=32)
+    service: str | None = None
+
+    _valid_names = field_validator("names")(_check_names)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Act:
+        if bool(self.names) == (self.service is not None):
+            raise ValueError("give names, or service (one of its running instances)")
+        return self
 
 
 class Service(_Step):
@@ -202,7 +214,8 @@ class ScriptDirector:
             case Create():
                 await self._create(step)
             case Act():
-                await self._each(step.names, self._acts()[step.do])
+                names = step.names or [self._instance_of(step.service or "")]
+                await self._each(names, self._acts()[step.do])
             case Service():
                 await self._services().create(ServiceSpec(
                     name=step.name, replicas=step.replicas, max_replicas=step.max_replicas,
@@ -237,6 +250,14 @@ class ScriptDirector:
                 await self.backend.supervisor.start_machine(name)
 
         await self._each(step.names, one)
+
+    def _instance_of(self, service: str) -> str:
+        projection = self.backend.engine.projection
+        running = sorted(name for name in self._services().instances(service)
+                         if projection.state_of(name) in SERVING)
+        if not running:
+            raise BoxuiError(f"service {service} has no running instance")
+        return running[0]
 
     def _acts(self) -> dict[str, Callable[[str], Awaitable[None]]]:
         return {"start": self._start, "stop": self._stop, "restart": self._restart,

@@ -120,11 +120,13 @@ class ReplayBackend:
             self._services[name] = _count(event.data.get("to"))
 
     def now(self) -> float:
-        """The recording's clock: its start plus the time played (times the speed)."""
+        """The recording's clock: its start plus the time played (times the speed),
+        standing still at the recording's end once it has all played."""
         start = self.recording.header.started.timestamp()
         if self._origin is None:
             return start
-        return start + (asyncio.get_running_loop().time() - self._origin) * self.speed
+        played = (asyncio.get_running_loop().time() - self._origin) * self.speed
+        return start + min(played, self.recording.duration)  # it ends where it ended
 
     def wall_clock(self) -> float:
         """`now` for callers outside the loop (the app's clock)."""

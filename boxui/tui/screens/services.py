@@ -74,10 +74,11 @@ class ServicesScreen(Screen[None]):
 
     def action_timeline(self) -> None:
         """A service's row: all its instances, past ones too; an instance's: that one."""
-        node = self.query_one(Tree).cursor_node
+        tree: Tree[str] = self.query_one(Tree)
+        node = tree.cursor_node or next(iter(tree.root.children), None)  # none moved to
         if node is None or node.data is None:
             return
-        is_service = node.parent is self.query_one(Tree).root
+        is_service = node.parent is tree.root
         self.app.post_message(TimelineRequested(service=node.data) if is_service
                               else TimelineRequested(machine=node.data))
 

@@ -69,7 +69,8 @@ class TimelineView(Widget, can_focus=True):
         self.timeline = timeline
         self.colour = colour
         self.clock = clock
-        self.zoom_index: int | None = None  # None: fit the whole history at first draw
+        self.zoom_index: int | None = None  # None: fit the whole history at next draw
+        self.zoomed = False
         self.right: float | None = None  # None: follow now
         self.top = 0
         self._lines: list[Strip] | None = None
@@ -104,7 +105,10 @@ class TimelineView(Widget, can_focus=True):
         return self.zoom_index
 
     def set_timeline(self, timeline: Timeline) -> None:
+        """Until a user zooms, the zoom fits the whole history, as it grows."""
         self.timeline = timeline
+        if not self.zoomed:
+            self.zoom_index = None
         self.changed()
 
     def changed(self) -> None:
@@ -123,6 +127,7 @@ class TimelineView(Widget, can_focus=True):
         left, right = self.window()
         centre = (left + right) / 2
         self.zoom_index = min(max(self._zoom() + step, 0), len(ZOOMS) - 1)
+        self.zoomed = True
         if self.right is not None:
             self.right = centre + self.cells * self.seconds_per_cell / 2
             self._clamp()
