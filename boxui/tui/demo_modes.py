@@ -65,11 +65,11 @@ def build_script_app(home: Path, script: DemoScript, *, speed: float = 1.0,
 def run_demo_mode(home: Path | None, *, script: Path | None = None, real: bool = False,
                   record: Path | None = None, speed: float = 1.0) -> None:
     """`boxui demo [--script FILE [--real]] [--record FILE] [--speed N]`."""
-    if not sys.stdout.isatty():
-        raise BoxuiError("the demo needs a terminal")
     if speed <= 0:
         raise BoxuiError(f"--speed must be more than 0, not {speed:g}")
-    parsed = load_script(script) if script is not None else None  # refused before any
+    parsed = load_script(script) if script is not None else None  # checked first of all
+    if not sys.stdout.isatty():
+        raise BoxuiError("the demo needs a terminal")
     if record is not None and not record.parent.is_dir():
         raise BoxuiError(f"cannot record to {record}: {record.parent} is not a directory")
     dirs = prepare_demo_home(home or default_demo_home())

@@ -57,7 +57,8 @@ class Recording(BaseModel):
 
     @property
     def duration(self) -> float:
-        return max((line.at for line in self.lines), default=0.0)
+        """Seconds from the start to the last event (the history before does not count)."""
+        return max(0.0, *(line.at for line in self.lines))
 
 
 def load_recording(path: Path) -> Recording:

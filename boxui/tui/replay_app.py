@@ -52,9 +52,9 @@ class ReplayApp(BoxuiApp):
 
 
 def run_replay(path: Path, speed: float) -> None:
+    recording = load_recording(path)  # a bad file is reported with or without a terminal
     if not sys.stdout.isatty():
         raise BoxuiError("the replay needs a terminal")
-    recording = load_recording(path)
     home = Path(tempfile.mkdtemp(prefix="boxui-replay-"))
     try:
         ReplayApp(ReplayBackend(recording, home, speed=speed, source=path.name)).run()
