@@ -3,6 +3,7 @@ widget's zoom and scroll."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import shutil
 import tempfile
@@ -19,12 +20,19 @@ from textual.pilot import Pilot
 from backend.services.service_events import SERVICE_TYPE_PREFIX
 from backend.state.events import CloudEvent, instance_type
 from backend.state.lifecycle import TARGET, Verb
+from boxui.tui.app import BoxuiApp
+from boxui.tui.backend import BackendOptions
+from boxui.tui.embedded import EmbeddedBackend
 from boxui.tui.recording import RecordedEvent, Recording, RecordingHeader
+from boxui.tui.remote import RemoteBackend, find_daemon_backend
 from boxui.tui.replay import ReplayBackend
 from boxui.tui.replay_app import ReplayApp
 from boxui.tui.screens.timeline import TimelineScreen
 from boxui.tui.timeline_model import build_timeline
 from boxui.tui.widgets.timeline_view import ZOOMS
+from tests.app.conftest import seed
+from tests.app.pilot_helpers import SIZE, started, until
+from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 
 T0 = datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -237,3 +245,41 @@ def test_timeline_of_a_service(replay_home: Path, utc: None, snap_compare: Any) 
 
     assert snap_compare(replay_app(replay_home, log),
                         terminal_size=(150, 42), run_before=run_before)
+
+
+async def test_the_timeline_over_a_daemon_reads_its_log(home: Path) -> None:
+    """The remote backend's history comes from the daemon's log, and live events follow."""
+    await seed(home, "web", "db")
+    driver = FakeDriver()
+    daemon = EmbeddedBackend(BackendOptions(
+        home=home, driver_factory=lambda: driver,
+        boot_files_factory=lambda _images: FakeBootFiles(), accel_for=fixed_accel,
+        sample_health=False))
+    task = asyncio.create_task(daemon.run())
+    try:
+        await daemon.ready.wait()
+        await daemon.start("web")
+        async with asyncio.timeout(10):
+            while not daemon.engine.dirs.api_socket.exists():
+                await asyncio.sleep(0.02)
+        remote = find_daemon_backend(BackendOptions(home=home, accel_for=fixed_accel))
+        assert isinstance(remote, RemoteBackend)
+        app = BoxuiApp(remote)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(pilot, app)
+            await pilot.press("down", "T")  # web
+            await until(pilot, lambda: isinstance(app.screen, TimelineScreen)
+                        and app.screen.loaded)
+            screen = app.screen
+            assert isinstance(screen, TimelineScreen)
+            lane = screen.view.timeline.lanes[0]
+            assert lane.name == "web"
+            assert [s.state for s in lane.spans] == ["creating", "stopped", "booting",
+                                                     "ready"]
+            await daemon.stop("web")
+            await until(pilot, lambda: screen.view.timeline.lanes[0].spans[-1].state
+                        == "stopped")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        driver.kill_all()
