@@ -14,6 +14,11 @@ from tests.app.pilot_helpers import THEMES
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOTS = Path(__file__).resolve().parent / "__snapshots__" / "test_snapshots"
+#: other accepted snapshots the README shows: (snapshot, screenshots/ name)
+SHOWN = (
+    ("test_timeline/test_timeline_of_a_service.svg", "timeline.svg"),
+    ("test_demo_record_replay/test_replay_marker.svg", "replay.svg"),
+)
 OUT = ROOT / "screenshots"
 
 
@@ -22,6 +27,9 @@ def copy_main_screens() -> None:
         source = SNAPSHOTS / f"test_main_screen[{theme}].svg"
         shutil.copyfile(source, OUT / f"main-{theme}.svg")
         print(f"screenshots/main-{theme}.svg")
+    for source, name in SHOWN:
+        shutil.copyfile(SNAPSHOTS.parent / source, OUT / name)
+        print(f"screenshots/{name}")
 
 
 async def demo_screenshot(seconds: float) -> None:
