@@ -27,8 +27,8 @@ def copy_main_screens() -> None:
         source = SNAPSHOTS / f"test_main_screen[{theme}].svg"
         shutil.copyfile(source, OUT / f"main-{theme}.svg")
         print(f"screenshots/main-{theme}.svg")
-    for source, name in SHOWN:
-        shutil.copyfile(SNAPSHOTS.parent / source, OUT / name)
+    for shown, name in SHOWN:
+        shutil.copyfile(SNAPSHOTS.parent / shown, OUT / name)
         print(f"screenshots/{name}")
 
 
@@ -43,7 +43,7 @@ async def demo_screenshot(seconds: float) -> None:
                 await pilot.pause(0.3)
                 app.save_screenshot(filename="demo.svg", path=str(OUT))
         finally:
-            app.demo_driver.kill_all()
+            app.kill_guests()
     print("screenshots/demo.svg")
 
 
