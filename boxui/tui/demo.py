@@ -294,6 +294,16 @@ class DemoApp(BoxuiApp):
         if self.demo_driver is not None:
             await self.demo_driver.shutdown()
 
+    async def action_quit(self) -> None:
+        """Real machines are stopped before the app goes: once it is closing, its
+        supervisor is gone and they would keep running (as real VMs do)."""
+        if self.demo_driver is None:
+            self.notify("stopping the demo's machines…", timeout=30)
+            for worker in [w for w in self.workers if w.name == "demo director"]:
+                worker.cancel()  # the recorder goes on: the stops belong in the recording
+            await self._stop_real_machines()
+        self.exit()
+
     async def _stop_real_machines(self) -> None:
         """As `x` would: a graceful stop, escalating on the machine's own deadlines."""
         try:

@@ -123,14 +123,21 @@ class Recorder:
                 self._write(out, (event.time - started).total_seconds(), event)
             out.flush()
             async for item in subscription:
-                if isinstance(item, Missed) or item.id in seen:
-                    continue
-                self._write(out, self.clock() - origin, item)
-                out.flush()
+                self._take(out, item, seen, origin)
         finally:
+            # what was published before the cancel but not yet read belongs in it too
+            while (left := subscription.get_nowait()) is not None:
+                self._take(out, left, seen, origin)
             subscription.close()
             out.close()
             os.replace(self.part, self.path)  # a rename: whole or not at all
+
+    def _take(self, out: IO[str], item: CloudEvent | Missed, seen: set[str],
+              origin: float) -> None:
+        if isinstance(item, Missed) or item.id in seen:
+            return
+        self._write(out, self.clock() - origin, item)
+        out.flush()
 
     def _write(self, out: IO[str], at: float, event: CloudEvent) -> None:
         name = event.subject

@@ -59,6 +59,10 @@ async def test_a_script_on_a_real_machine(vm_home: Path, tmp_path: Path) -> None
         assert director.skipped == []
         assert app.demo_backend.machine("vm-a").state.value == "ready"
         assert qemu_pids(vm_home), "a real QEMU runs it"
+        await pilot.press("q")  # stops them, then quits
+        deadline = time.monotonic() + 300
+        while qemu_pids(vm_home) and time.monotonic() < deadline:
+            await pilot.pause(0.5)
     assert qemu_pids(vm_home) == [], "closing the real demo stops its machines"
     kinds = [e.type.rsplit(".", 1)[-1] for e in read_log(StateDir(vm_home).event_log).events
              if e.subject == "vm-a"]
