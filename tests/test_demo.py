@@ -50,7 +50,7 @@ async def test_demo_acts_out_every_state_and_leaves_no_guest(tmp_path: Path) -> 
     assert states_seen(dirs) >= EVERY_STATE, states_seen(dirs)
     unexpected = [e for e in app.director.skipped if not isinstance(e, BoxuiError)]
     assert unexpected == []
-    assert app.demo_driver.alive() == []
+    assert app.demo_driver is not None and app.demo_driver.alive() == []
     assert stand_ins() == []
     assert "crashed" not in states_seen(dirs), "closing the demo is not a crash"
 

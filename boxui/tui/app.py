@@ -63,6 +63,7 @@ from boxui.tui.messages import (
     HealthSampled,
     SpecEditRejected,
     SpecReloaded,
+    TimelineRequested,
     WorkProgressed,
 )
 from boxui.tui.screens.cells import CellsScreen
@@ -78,6 +79,7 @@ from boxui.tui.screens.ports_dialog import PortsScreen
 from boxui.tui.screens.services import ServicesScreen
 from boxui.tui.screens.sessions import OpenSession, SessionsScreen
 from boxui.tui.text_filter import TextFilter
+from boxui.tui.screens.timeline import TimelineScreen
 from boxui.tui.themes import (
     DEFAULT_THEME,
     ThemeCatalog,
@@ -165,6 +167,7 @@ class BoxuiApp(App[None]):
         Binding("C", "cells", "Cells", show=False, id="cells"),
         Binding("f", "ports", "Port forwards", show=False, id="ports"),
         Binding("c", "copy", "Copy files", show=False, id="copy"),
+        Binding("T", "timeline", "Timeline", show=False, id="timeline"),
         Binding("u", "sessions", "Sessions", show=False, id="sessions"),
         Binding("space", "mark", "Mark", show=False, id="mark"),
         Binding("a", "toggle_events", "Events", show=False, id="toggle_events"),
@@ -792,6 +795,14 @@ class BoxuiApp(App[None]):
                                     progress=progress)
 
         self.push_screen(CopyScreen(name, copy))
+
+    def action_timeline(self) -> None:
+        if (name := self._need_selection()) is not None:
+            self.post_message(TimelineRequested(machine=name))
+
+    def on_timeline_requested(self, message: TimelineRequested) -> None:
+        self.push_screen(TimelineScreen(self.backend, self.state_colour, clock=self.clock,
+                                        machine=message.machine, service=message.service))
 
     def action_toggle_events(self) -> None:
         events = self.query_one(EventStream)

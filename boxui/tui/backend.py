@@ -101,6 +101,10 @@ class AppBackend(Protocol):
 
     def subscribe_events(self, maxsize: int = 4096) -> Subscription: ...
 
+    async def event_history(self, limit: int) -> list[CloudEvent]:
+        """The log's last `limit` events, oldest first: the past a timeline draws
+        (awaited: it may read the whole log, or ask the daemon)."""
+
     def subscribe_health(self, maxsize: int = 4096) -> HealthSubscription: ...
 
     def accel(self) -> AccelChoice: ...

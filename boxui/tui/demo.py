@@ -21,17 +21,16 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import sys
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from backend.drivers.qemu.accel import AccelChoice
 from backend.drivers.standin import GuestPlan, StandInDriver
 from backend.errors import BoxuiError, StateDirError
 from backend.state.accelerator import AccelRequest
-from backend.state.lifecycle import InstanceState, Verb
+from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
 from backend.state.state_dir import StateDir, default_home, open_state_dir
 from backend.state.supervisor_lock import lock_holder
@@ -40,6 +39,7 @@ from boxui.tui.app import BoxuiApp
 from boxui.tui.backend import BackendOptions
 from boxui.tui.embedded import EmbeddedBackend
 from boxui.tui.messages import BackendStarted
+from boxui.tui.recording import Recorder
 from boxui.tui.widgets.machine_table import MachineTable
 
 log = logging.getLogger("boxui.demo")
@@ -101,6 +101,17 @@ BUSY_TURNS = (("build-1", "running a build (make -j4)"),
               ("db-1", "running the nightly backup"))
 DRAIN_TURNS = ("web-2", "web-1", "db-1")
 RESTING = {InstanceState.STOPPED, InstanceState.FAILED, InstanceState.CRASHED}
+STORY_NOTICE = ("Sample machines now act out every state (creating, booting, ready, busy, "
+                "draining, stopping, stopped, failed). Keys work as usual; q quits and ends "
+                "the demo guests.")
+
+
+class Director(Protocol):
+    """What plays a demo: the built-in story, or a script (`demo_script`)."""
+
+    skipped: list[BaseException]
+
+    async def run(self) -> None: ...
 
 
 class DemoDirector:
@@ -231,30 +242,48 @@ class DemoApp(BoxuiApp):
 
     TITLE = "boxui demo"
 
-    def __init__(self, backend: EmbeddedBackend, driver: StandInDriver, *,
-                 speed: float = 1.0, rounds: int | None = None) -> None:
+    def __init__(self, backend: EmbeddedBackend, driver: StandInDriver | None, *,
+                 speed: float = 1.0, rounds: int | None = None,
+                 director: Director | None = None, record: Path | None = None,
+                 label: str = "DEMO: stand-in processes, not VMs",
+                 notice: str = STORY_NOTICE) -> None:
+        """`driver` None: real machines (`--script --real`), stopped when the app
+        closes; `record`: write the session's events there (see `recording`)."""
         super().__init__(backend)
+        self.demo_backend = backend
         self.demo_driver = driver
-        self.director = DemoDirector(backend, driver, speed=speed, rounds=rounds)
+        if director is None:
+            assert driver is not None, "the built-in story plays on stand-ins"
+            director = DemoDirector(backend, driver, speed=speed, rounds=rounds)
+        self.director = director
+        self.recorder = Recorder(backend, record, title=label) if record else None
+        self.label = label
+        self.notice = notice
 
     def on_mount(self) -> None:
         # after BoxuiApp.on_mount, which sets the plain title
         self.call_later(self._label_demo)
 
     def _label_demo(self) -> None:
-        self.query_one(MachineTable).border_title = (
-            "machines · DEMO: stand-in processes, not VMs")
+        recording = " · RECORDING" if self.recorder else ""
+        self.query_one(MachineTable).border_title = f"machines · {self.label}{recording}"
 
     def on_backend_started(self, _: BackendStarted) -> None:
         self.run_worker(self.director.run(), name="demo director", group="demo",
                         exit_on_error=False)
-        self.notify("Sample machines now act out every state (creating, booting, ready, "
-                    "busy, draining, stopping, stopped, failed). Keys work as usual; "
-                    "q quits and ends the demo guests.", title="boxui demo", timeout=12)
+        if self.recorder is not None:
+            self.run_worker(self.recorder.run(), name="demo recorder", group="demo",
+                            exit_on_error=False)
+        self.notify(self.notice, title="boxui demo", timeout=12)
 
     async def on_unmount(self) -> None:
         """Stop the director and the engine first (so killing the guests is not recorded
-        as crashes), then kill every stand-in."""
+        as crashes), then kill every stand-in. Real machines are stopped first, while
+        the engine still runs: the demo's state dir is wiped at the next start."""
+        for worker in [w for w in self.workers if w.group == "demo"]:
+            worker.cancel()
+        if self.demo_driver is None:
+            await self._stop_real_machines()
         workers = [w for w in self.workers if w.group in ("demo", "backend")]
         for worker in workers:
             worker.cancel()
@@ -262,7 +291,37 @@ class DemoApp(BoxuiApp):
             with contextlib.suppress(Exception):  # cancelled or failed: it has ended
                 async with asyncio.timeout(5):
                     await worker.wait()
-        await self.demo_driver.shutdown()
+        if self.demo_driver is not None:
+            await self.demo_driver.shutdown()
+
+    async def action_quit(self) -> None:
+        """Real machines are stopped before the app goes: once it is closing, its
+        supervisor is gone and they would keep running (as real VMs do)."""
+        if self.demo_driver is None:
+            self.notify("stopping the demo's machines…", timeout=30)
+            for worker in [w for w in self.workers if w.name == "demo director"]:
+                worker.cancel()  # the recorder goes on: the stops belong in the recording
+            await self._stop_real_machines()
+        self.exit()
+
+    async def _stop_real_machines(self) -> None:
+        """As `x` would: a graceful stop, escalating on the machine's own deadlines."""
+        try:
+            supervisor = self.demo_backend.supervisor
+        except RuntimeError:
+            return  # the engine never started: nothing runs
+        projection = supervisor.engine.projection
+        running = [n for n in projection.names() if projection.state_of(n) in ACTIVE_STATES]
+        results = await asyncio.gather(*(supervisor.stop_machine(n) for n in running),
+                                       return_exceptions=True)
+        for name, result in zip(running, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("demo machine %s was not stopped: %s", name, result)
+
+    def kill_guests(self) -> None:
+        """The last resort when the app ends abnormally: no stand-in outlives it."""
+        if self.demo_driver is not None:
+            self.demo_driver.kill_all()
 
 
 # --- entry point ----------------------------------------------------------------------
@@ -298,21 +357,12 @@ def prepare_demo_home(home: Path) -> StateDir:
     return dirs
 
 
-def build_demo_app(home: Path, *, speed: float = 1.0, rounds: int | None = None) -> DemoApp:
+def build_demo_app(home: Path, *, speed: float = 1.0, rounds: int | None = None,
+                   record: Path | None = None) -> DemoApp:
     """The demo app over an embedded engine in `home` (already prepared)."""
     driver = demo_driver({a.name: GuestPlan(a.boot_seconds, a.fail_boot) for a in CAST},
                          speed=speed)
     options = BackendOptions(home=home, driver_factory=lambda: driver,
                              boot_files_factory=DemoBootFiles, accel_for=demo_accel)
-    return DemoApp(EmbeddedBackend(options), driver, speed=speed, rounds=rounds)
-
-
-def run_demo(home: Path | None = None) -> None:
-    if not sys.stdout.isatty():
-        raise BoxuiError("the demo needs a terminal")
-    dirs = prepare_demo_home(home or default_demo_home())
-    app = build_demo_app(dirs.root)
-    try:
-        app.run()
-    finally:
-        app.demo_driver.kill_all()
+    return DemoApp(EmbeddedBackend(options), driver, speed=speed, rounds=rounds,
+                   record=record)

@@ -149,6 +149,11 @@ class EmbeddedBackend:
         return self._supervisor
 
     @property
+    def service_manager(self) -> ServiceManager | None:
+        """The services of the API this app serves (None: it serves none)."""
+        return self._services
+
+    @property
     def home(self) -> Path:
         return self._home
 
@@ -193,6 +198,11 @@ class EmbeddedBackend:
 
     def recent_events(self, limit: int) -> list[CloudEvent]:
         return list(read_log(self.engine.dirs.event_log).events[-limit:])
+
+    async def event_history(self, limit: int) -> list[CloudEvent]:
+        path = self.engine.dirs.event_log
+        scan = await asyncio.to_thread(read_log, path)
+        return list(scan.events[-limit:])
 
     # --- changing --------------------------------------------------------------------
 

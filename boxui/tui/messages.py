@@ -57,3 +57,12 @@ class WorkProgressed(Message):
         self.name = name
         self.phase = phase
         self.message = message
+
+
+class TimelineRequested(Message):
+    """Show the timeline of one machine or one service (the services view asks too)."""
+
+    def __init__(self, *, machine: str | None = None, service: str | None = None) -> None:
+        super().__init__()
+        self.machine = machine
+        self.service = service

@@ -216,6 +216,10 @@ class RemoteBackend:
     def recent_events(self, limit: int) -> list[CloudEvent]:
         return list(self._recent[-limit:])
 
+    async def event_history(self, limit: int) -> list[CloudEvent]:
+        return _EVENTS.validate_python(await self._call(
+            "GET", "/v1/events/recent", params={"limit": limit}))
+
     # --- what the app changes --------------------------------------------------------
 
     async def images(self) -> list[ImageListing]:

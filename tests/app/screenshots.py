@@ -18,6 +18,11 @@ NAV_SNAPSHOTS = SNAPSHOTS.with_name("test_nav_snapshots")
 #: navigation pictures the README shows: accepted snapshot -> screenshots/ name
 NAV_SHOTS = {"test_command_line_completing": "command-line",
              "test_sessions_view": "sessions", "test_marks_and_a_filter": "marks-filter"}
+#: other accepted snapshots the README shows: (snapshot, screenshots/ name)
+SHOWN = (
+    ("test_timeline/test_timeline_of_a_service.svg", "timeline.svg"),
+    ("test_demo_record_replay/test_replay_marker.svg", "replay.svg"),
+)
 OUT = ROOT / "screenshots"
 
 
@@ -26,6 +31,9 @@ def copy_main_screens() -> None:
         source = SNAPSHOTS / f"test_main_screen[{theme}].svg"
         shutil.copyfile(source, OUT / f"main-{theme}.svg")
         print(f"screenshots/main-{theme}.svg")
+    for shown, name in SHOWN:
+        shutil.copyfile(SNAPSHOTS.parent / shown, OUT / name)
+        print(f"screenshots/{name}")
 
 
 def copy_nav_screens() -> None:
@@ -45,7 +53,7 @@ async def demo_screenshot(seconds: float) -> None:
                 await pilot.pause(0.3)
                 app.save_screenshot(filename="demo.svg", path=str(OUT))
         finally:
-            app.demo_driver.kill_all()
+            app.kill_guests()
     print("screenshots/demo.svg")
 
 

@@ -14,6 +14,7 @@ from textual.widgets import Footer, Static, Tree
 
 from backend.services.scale_models import InstanceInfo, ServiceView
 from boxui.tui.widgets.filter_bar import FilterBar, FilteredScreen
+from boxui.tui.messages import TimelineRequested
 
 StateColour = Callable[[str], str]
 
@@ -38,7 +39,7 @@ def instance_label(instance: InstanceInfo, colour: StateColour) -> Text:
 
 class ServicesScreen(FilteredScreen):
     VIEW = "services"
-    BINDINGS = [Binding("v", "close", "Back", show=False)]
+    BINDINGS = [Binding("v", "close", "Back", show=False), Binding("T", "timeline", "Timeline")]
 
     def __init__(self, load: Callable[[], Awaitable[list[ServiceView]]],
                  colour: StateColour, filters: dict[str, str] | None = None) -> None:
@@ -82,3 +83,16 @@ class ServicesScreen(FilteredScreen):
         self.query_one("#services-empty", Static).update(
             "" if views else "no services match" if self._views else
             "no services yet: `boxui service create NAME --replicas N`")
+
+    def action_timeline(self) -> None:
+        """A service's row: all its instances, past ones too; an instance's: that one."""
+        tree: Tree[str] = self.query_one(Tree)
+        node = tree.cursor_node or next(iter(tree.root.children), None)  # none moved to
+        if node is None or node.data is None:
+            return
+        is_service = node.parent is tree.root
+        self.app.post_message(TimelineRequested(service=node.data) if is_service
+                              else TimelineRequested(machine=node.data))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
