@@ -60,11 +60,11 @@ from backend.drivers.qemu.accel import resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.driver import QemuDriver
 from backend.drivers.qemu.host_memory import preexec_for
-from backend.pools.manager import PoolManager
-from backend.pools.settings import choose_size
 from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import CURRENT_FILE, GuestImage, build_default_image
 from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.pools.manager import PoolManager
+from backend.pools.settings import choose_size
 from backend.state.engine import Engine
 from backend.state.machine_spec import MachineSpec
 from backend.supervision.boot_files import DefaultBootFiles

@@ -78,8 +78,8 @@ from boxui.tui.screens.new_machine import NewMachine, NewMachineScreen
 from boxui.tui.screens.ports_dialog import PortsScreen
 from boxui.tui.screens.services import ServicesScreen
 from boxui.tui.screens.sessions import OpenSession, SessionsScreen
-from boxui.tui.text_filter import TextFilter
 from boxui.tui.screens.timeline import TimelineScreen
+from boxui.tui.text_filter import TextFilter
 from boxui.tui.themes import (
     DEFAULT_THEME,
     ThemeCatalog,

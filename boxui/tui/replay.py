@@ -29,12 +29,17 @@ from backend.state.events import CloudEvent, verb_of
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
+from backend.state.port_forward_view import ForwardView
+from backend.state.port_mapping import PortMapping
+from backend.state.port_mapping import Protocol as PortProtocol
 from backend.state.projection import Projection
 from backend.state.runtime_record import RuntimeRecord
 from backend.state.state_dir import StateDir, open_state_dir
 from backend.supervision.boot_files import ProgressFn
+from backend.supervision.file_copy import Progress as CopyProgress
 from backend.supervision.health import HealthFeed, HealthHistory, HealthSubscription
 from backend.supervision.machine_disk import DiskUsage
+from backend.supervision.machine_exec import ExecOutput
 from boxui.tui.recording import RecordedEvent, Recording
 
 SERVICE_PREFIX = "dev.boxui.service.v1."
@@ -243,6 +248,20 @@ class ReplayBackend:
         raise BoxuiError(REFUSAL)
 
     async def delete(self, name: str) -> None:
+        raise BoxuiError(REFUSAL)
+
+    async def add_port(self, name: str, mapping: PortMapping) -> ForwardView:
+        raise BoxuiError(REFUSAL)
+
+    async def remove_port(self, name: str, guest: int, protocol: PortProtocol) -> ForwardView:
+        raise BoxuiError(REFUSAL)
+
+    async def exec(self, name: str, argv: list[str], *,
+                   timeout: float | None = None) -> ExecOutput:
+        raise BoxuiError(REFUSAL)
+
+    async def copy(self, name: str, source: str, target: str, *, recursive: bool,
+                   progress: CopyProgress | None = None) -> None:
         raise BoxuiError(REFUSAL)
 
 

@@ -13,8 +13,8 @@ from textual.binding import Binding
 from textual.widgets import Footer, Static, Tree
 
 from backend.services.scale_models import InstanceInfo, ServiceView
-from boxui.tui.widgets.filter_bar import FilterBar, FilteredScreen
 from boxui.tui.messages import TimelineRequested
+from boxui.tui.widgets.filter_bar import FilterBar, FilteredScreen
 
 StateColour = Callable[[str], str]
 
