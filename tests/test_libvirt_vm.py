@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from backend.drivers.libvirt.host import (
     LibvirtHostError,
 )
 from backend.state.lifecycle import InstanceState as S
+from tests.daemon_helpers import boxui
 from tests.libvirt_helpers import (
     LibvirtDaemon,
     default_guest_launch,
@@ -119,6 +121,27 @@ async def test_the_same_daemon_answers_over_qemu_ssh(libvirtd: LibvirtDaemon) ->
                 await host.stop("over-ssh", timeout=1)
                 await _next_state(events, "over-ssh", S.STOPPED)
             await host.delete("over-ssh", force=True)
+
+
+def test_boxui_host_ls_shows_a_libvirt_hosts_domains(libvirtd: LibvirtDaemon,
+                                                     tmp_path: Path) -> None:
+    import libvirt
+
+    conn = libvirt.open(libvirtd.uri)
+    conn.defineXML(FOREIGN_XML.format(name="listed"))
+    conn.close()
+    try:
+        home = tmp_path / "home"
+        assert boxui(home, "host", "add", "lv", "--libvirt", libvirtd.uri).returncode == 0
+        out = boxui(home, "host", "ls", "--json")
+        assert out.returncode == 0, out.stderr
+        (lv,) = [h for h in json.loads(out.stdout) if h["name"] == "lv"]
+        assert lv["reachable"] is True, lv
+        assert lv["facts"]["domains"] >= 1 and lv["facts"]["states"].get("stopped", 0) >= 1
+    finally:
+        conn = libvirt.open(libvirtd.uri)
+        conn.lookupByName("listed").undefine()
+        conn.close()
 
 
 async def test_an_unreachable_uri_is_one_clear_error(tmp_path: Path) -> None:

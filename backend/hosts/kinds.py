@@ -1,15 +1,13 @@
 """The kinds of host, behind one small interface the CLI (and later the app) calls.
 
 `boxui` and `plain` hosts are reached over SSH here; a `libvirt` host is acted on by the
-libvirt driver, which plugs in by providing `LIBVIRT_HOST_CLASS` (a class taking the
-`HostDef`, with the methods of `HostKind`). Until that module is there, a libvirt host
-is listed with the reason it cannot be reached.
+libvirt driver (`libvirt_kind.py`). Where libvirt-python is not installed, a libvirt
+host is listed with the reason it cannot be reached.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 from typing import Protocol
 
@@ -19,9 +17,6 @@ from backend.hosts.registry import HostDef
 from backend.hosts.remote_boxui import ENDPOINT_TIMEOUT, REMOTE_BOXUI
 from backend.hosts.ssh_link import SshLink
 from backend.hosts.status import HostStatus
-
-#: module and class of the libvirt driver's host (virt's `backend/drivers/libvirt/`)
-LIBVIRT_HOST_CLASS = ("backend.drivers.libvirt.host", "LibvirtHost")
 
 
 class HostKind(Protocol):
@@ -87,13 +82,13 @@ def host_kind(host: HostDef) -> HostKind:
         return PlainHost(host)
     if host.kind == "boxui":
         return BoxuiHost(host)
-    module, name = LIBVIRT_HOST_CLASS
     try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
+        # libvirt-python is optional (the `libvirt` extra): without it only libvirt
+        # hosts are unavailable, so it is imported when one is asked for
+        from backend.hosts.libvirt_kind import LibvirtKind
+    except ImportError as exc:
         return UnavailableHost(host, f"the libvirt driver is not available ({exc})")
-    kind: HostKind = factory(host)
-    return kind
+    return LibvirtKind(host)
 
 
 async def sample_hosts(hosts: list[HostDef]) -> list[HostStatus]:
