@@ -7,7 +7,8 @@ code for drivers a microVM never has. `kernel/boxui.config` (a fragment applied 
 default guest uses into a kernel of a few MiB with no modules.
 
 Built once by `bin/setup` (`python -m backend.guest.small_kernel`), outside any boot:
-~15-25 min on two cores. Kept in the kernel cache (`$BOXUI_KERNEL_CACHE`, else
+~890 s of CPU, ~8 min on two idle cores; in the background
+when a user's first run sets up, in the foreground for the tests (`bin/setup --dev`). Kept in the kernel cache (`$BOXUI_KERNEL_CACHE`, else
 `$XDG_CACHE_HOME/boxui/kernels`) as `<key>/vmlinux` + `kernel.json`, the key hashing the
 fragment, this builder's version and the source package's version; lookups match the
 fragment's hash and take the newest source. A build happens in `.build-*` and is
@@ -18,6 +19,7 @@ image boots Debian's kernel as before; Debian (OS) images always do.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -158,14 +160,23 @@ def build_small_kernel(cache: Path, jobs: int, log: Path,
     digest, source = config_digest(), source_version()
     key = hashlib.sha256(f"{digest}\0{source}".encode()).hexdigest()
     final = cache / key
-    existing = find_small_kernel(cache)
-    if existing is not None and existing.path.parent == final:
-        return existing
     cache.mkdir(parents=True, exist_ok=True)
+    # one build per cache at a time: a second bin/setup (or a background build) waits
+    # here, then finds the first one's kernel instead of deleting its work in progress
+    with open(cache / ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existing = find_small_kernel(cache)
+        if existing is not None and existing.path.parent == final:
+            return existing
+        return _build_locked(cache, final, digest, source, jobs, log, say, tree)
+
+
+def _build_locked(cache: Path, final: Path, digest: str, source: str, jobs: int, log: Path,
+                  say: Callable[[str], None], tree: Path | None) -> SmallKernel:
     for leftover in cache.glob(f"{_BUILD_PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, dir=cache))
-    say(f"building boxui's guest kernel (once per configuration, ~20 min on two cores; "
+    say(f"building boxui's guest kernel (once per configuration, ~8 min on two idle cores; "
         f"log: {log})")
     try:
         vmlinux, version = _compile(work, jobs, log, tree)
