@@ -68,7 +68,8 @@ async def test_a_boxui_guest_boots_on_libvirt_runs_an_exec_and_stops(
             await _next_state(events, "lv-guest", S.READY)
             assert (await host.get("lv-guest")).state is S.READY
             assert (await guest_exec(guest, "hostname")).strip() == "lv-guest"
-            assert "virtio_pci" in await guest_exec(guest, "cat /proc/modules")
+            # a module under Debian's kernel, built into boxui's: registered either way
+            assert "virtio-pci" in await guest_exec(guest, "ls /sys/bus/pci/drivers")
             (health,) = [h for h in await host.health() if h.name == "lv-guest"]
             assert health.memory_kib and health.memory_kib > 0
             assert "BOXUI-READY" in guest.spec.console_log.read_text(errors="replace")

@@ -49,6 +49,7 @@ for _name, _summary, _action in (
     ("cells", "commands run in throwaway machines", "cells"),
     ("images", "OS images: built, recipes, used by", "images"),
     ("sessions", "open sessions: boxui's SSH and the guests' logged-in users", "sessions"),
+    ("timeline", "the selected machine's life over time", "timeline"),
     ("help", "the keys in force", "help"),
 ):
     register_view(_name, _summary, _action)
