@@ -1,7 +1,7 @@
 """When a background daemon may leave: nothing to supervise and nobody asking.
 
-It stays while any machine runs or boots, a restart is pending, any service exists or
-any client request or event stream is open; after `idle_for` seconds of none of that it
+It stays while any machine or warm pool member runs or boots, a restart is pending, any
+service exists or any client request or event stream is open; after `idle_for` seconds of none of that it
 lets go. It is told rather than looking: every change of a machine or service is an
 event, and every request start and end sets `ApiContext.activity`, so between those it
 sleeps on them with the idle period as the only timeout.
@@ -27,6 +27,8 @@ def is_idle(ctx: ApiContext) -> bool:
     sup = ctx.supervisor
     if ctx.open_requests or sup.handles or sup._restart_timers or ctx.services.names():
         return False
+    if ctx.pools.members or ctx.pools.starting:
+        return False  # warm pool members are running machines, refilled by this daemon
     projection = ctx.engine.projection
     return not any(projection.state_of(name) in BUSY_STATES for name in projection.names())
 
@@ -41,8 +43,8 @@ async def wait_until_idle(ctx: ApiContext, idle_for: float) -> None:
                 pass
             if not is_idle(ctx):
                 await _next_change(ctx, subscription, None)
-            elif not await _next_change(ctx, subscription, idle_for):
-                return
+            elif not await _next_change(ctx, subscription, idle_for) and is_idle(ctx):
+                return  # (a pool member can appear without an event: asked again)
     finally:
         subscription.close()
 
