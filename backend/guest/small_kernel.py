@@ -7,14 +7,14 @@ code for drivers a microVM never has. `kernel/boxui.config` (a fragment applied 
 default guest uses into a kernel of a few MiB with no modules.
 
 Built once by `bin/setup` (`python -m backend.guest.small_kernel`), outside any boot:
-~890 s of CPU, ~8 min on two idle cores; in the background
-when a user's first run sets up, in the foreground for the tests (`bin/setup --dev`). Kept in the kernel cache (`$BOXUI_KERNEL_CACHE`, else
-`$XDG_CACHE_HOME/boxui/kernels`) as `<key>/vmlinux` + `kernel.json`, the key hashing the
-fragment, this builder's version and the source package's version; lookups match the
-fragment's hash and take the newest source. A build happens in `.build-*` and is
-renamed into place whole. No kernel (never built, or the build failed): the default
-image boots Debian's kernel as before; Debian (OS) images always do.
-"""
+~890 s of CPU, ~8 min on two idle cores; in the background when a user's first run sets
+up, in the foreground for the tests (`bin/setup --dev`). Kept in the kernel cache
+(`$BOXUI_KERNEL_CACHE`, else `$XDG_CACHE_HOME/boxui/kernels`) as `<key>/vmlinux` +
+`kernel.json`, the key hashing the fragment, this builder's version and the source
+package's version; lookups match the fragment's hash and take the newest source. A build
+happens in `.build-*` and is renamed into place whole. No kernel (never built, or the
+build failed): the default image boots Debian's kernel as before; Debian (OS) images
+always do."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """When a background daemon may leave: nothing to supervise and nobody asking.
 
 It stays while any machine or warm pool member runs or boots, a restart is pending, any
-service exists or any client request or event stream is open; after `idle_for` seconds of none of that it
-lets go. It is told rather than looking: every change of a machine or service is an
-event, and every request start and end sets `ApiContext.activity`, so between those it
-sleeps on them with the idle period as the only timeout.
-"""
+service exists or any client request or event stream is open; after `idle_for` seconds
+of none of that it lets go. It is told rather than looking: every change of a machine or
+service is an event, and every request start and end sets `ApiContext.activity`, so
+between those it sleeps on them with the idle period as the only timeout."""
 
 from __future__ import annotations
 
