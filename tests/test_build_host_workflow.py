@@ -76,6 +76,8 @@ def test_build_host_workflow(vm_home: Path, tmp_path: Path, project: Path) -> No
     disk = vm_home / "machines" / "build1" / "disk.qcow2"
     assert disk.is_file() and info(vm_home, "build1")["spec"]["image"] == IMAGE
 
+    # users other than root can run programs and resolve names (apt fetches as _apt)
+    _exec(vm_home, "su", "-s", "/bin/sh", "nobody", "-c", "getent hosts localhost")
     _exec(vm_home, "make", "-C", "/src", timeout=600)
     binary = project / "hello"
     assert binary.is_file()  # written by the guest's cc, through the mount

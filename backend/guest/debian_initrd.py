@@ -132,6 +132,9 @@ echo "$name" > $R/etc/hostname
 printf '127.0.0.1 localhost\\n127.0.1.1 %s\\n::1 localhost ip6-localhost\\n' "$name" \\
   > $R/etc/hosts
 [ -L $R/etc/resolv.conf ] || echo "nameserver 10.0.2.3" > $R/etc/resolv.conf
+# written under the init's private umask: everyone reads them (apt resolves as _apt)
+chmod 644 $R/etc/hostname $R/etc/hosts $R/etc/boxui/boot-id
+[ -L $R/etc/resolv.conf ] || chmod 644 $R/etc/resolv.conf
 hostname "$name"
 ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0 || fail no-eth0

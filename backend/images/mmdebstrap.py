@@ -63,7 +63,10 @@ async def run_mmdebstrap(args: list[str], tmpdir: Path,
     proc = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-        preexec_fn=_die_with_parent)
+        preexec_fn=_die_with_parent,
+        # not the state dir's private umask: directories mmdebstrap makes itself (/usr
+        # when merging it) would be 0700, and no user but root could run anything
+        umask=0o022)
     parser = ProgressParser()
     no_space = False
     try:

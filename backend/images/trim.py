@@ -214,6 +214,7 @@ def install_units(root: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         resolv.unlink()
     resolv.write_text(RESOLV_CONF)
+    resolv.chmod(0o644)  # read by every user (apt resolves as _apt)
 
 
 def remove_host_keys(root: Path) -> list[str]:
