@@ -179,6 +179,10 @@ async def _stage_inputs(recipe: Recipe, kernel: KernelModules, work: Path, overl
     tree = await modules_tree(kernel, work)
     target = overlay / "usr" / "lib" / "modules" / kernel.version
     target.parent.mkdir(parents=True)
+    # the hook syncs these directories' modes into the image: made under the state dir's
+    # private umask they would be 0700, and only root could run anything in /usr
+    for directory in (overlay / "usr", overlay / "usr" / "lib", target.parent):
+        directory.chmod(0o755)
     if tree.is_relative_to(work):  # unpacked for this build: moved, not copied (~390 MB)
         tree.rename(target)
     else:

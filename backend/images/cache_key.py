@@ -24,7 +24,7 @@ from backend.images.recipe import Recipe
 from backend.images.trim import trim_digest
 
 #: Bump whenever the way an image is assembled changes (not its inputs).
-BUILDER_VERSION = "boxui-os-image/2"  # 2: built under umask 022 (/usr was 0700)
+BUILDER_VERSION = "boxui-os-image/3"  # 3: /usr and /usr/lib 0755 (they were 0700)
 INDEX_TIMEOUT = 30.0
 
 
