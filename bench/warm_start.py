@@ -290,12 +290,16 @@ def report(args: argparse.Namespace, f: Figures) -> None:
 
 def report_pool(f: Figures) -> None:
     print()
-    claim95, target = p95(f.claim_times), 0.04 * f.cold
+    # a cold boot under TCG varies by a few tenths of a second from one to the next:
+    # the claim is held against the median of every cold boot of the run, not one
+    colds = [f.cold, *f.cold_times]
+    cold = statistics.median(colds)
+    claim95, target = p95(f.claim_times), 0.04 * cold
     print(f"side by side, to ready{'median':>14}{'p95':>9}")
-    print(f"{'cold boot':<36}{f.cold:>8.3f}s")
+    print(f"{'cold boot':<36}{cold:>8.3f}s{p95(colds):>8.3f}s   ({len(colds)} boots)")
     print(f"{'snapshot restore':<36}{f.warm:>8.3f}s")
     print(f"{'claim from a warm pool':<36}{statistics.median(f.claim_times):>8.3f}s"
-          f"{claim95:>8.3f}s   p95 / cold {claim95 / f.cold:.3f}, target <= 0.04 "
+          f"{claim95:>8.3f}s   p95 / cold {claim95 / cold:.3f}, target <= 0.04 "
           f"({target:.3f} s): {'OK' if claim95 <= target else 'MISSED'}")
     if f.run_times:
         run95 = p95(f.run_times)

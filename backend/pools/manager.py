@@ -120,9 +120,8 @@ class PoolManager:
         await asyncio.to_thread(self.store.write, chosen.record)
         if self.ssh is not None:
             self.ssh.rename(name, spec.name)
-        self.poke()
         return ClaimedVm(name, chosen.handle, self.store.member_dir(name),
-                         Path(chosen.record.run_dir), chosen.plan)
+                         Path(chosen.record.run_dir), chosen.plan, settled=self.poke)
 
     async def set_size(self, ref: str, size: int) -> str:
         """Keep `size` members of `ref` (`ID` alone for a template of one role); returns

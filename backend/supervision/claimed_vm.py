@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.drivers.base import VmHandle
@@ -32,6 +33,9 @@ class ClaimedVm:
     member_dir: Path
     run_dir: Path
     restore: RestorePlan
+    #: told when the claim has ended (ready or failed): a pool refills only then, so a
+    #: refill's restore does not compete with the claim it replaces for the CPU
+    settled: Callable[[], None] = field(default=lambda: None)
 
     def move_into(self, machine_dir: Path, run_dir: Path) -> None:
         """Give the machine the member's files and sockets (renames, same filesystem)."""

@@ -225,7 +225,10 @@ class Supervisor(Interruptions):
                 self.tracker(name).reset()
             claimed = await self.claim(spec) if self.claim and spec.template else None
             if claimed is not None:
-                await self._take_claimed(spec, claimed)
+                try:
+                    await self._take_claimed(spec, claimed)
+                finally:
+                    claimed.settled()
                 return
             await self._boot(spec, progress)
 
@@ -280,13 +283,13 @@ class Supervisor(Interruptions):
         self._booting.add(name)
         started = self._clock()
         handle: VmHandle | None = None
-        note = ""
+        note, freshened = "", None
         try:
             files = await self._files_for(boot, progress)
             run_dir = await asyncio.to_thread(self.engine.dirs.ensure_run_dir, name)
             handle = await self._launch(boot, files, run_dir)
             await self._hold(name, handle, process_record(handle))
-            note = await self._until_ready(boot, handle, run_dir, progress)
+            note, freshened = await self._until_ready(boot, handle, run_dir, progress)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:
@@ -296,7 +299,7 @@ class Supervisor(Interruptions):
         finally:
             self._booting.discard(name)
         await self.engine.transition(
-            name, Verb.READY, message=f"ready in {self._clock() - started:.1f} s "
+            name, Verb.READY, update=freshened, message=f"ready in {self._clock() - started:.1f} s "
             f"(ssh on 127.0.0.1:{handle.ssh_port}){note}",
         )
         self.tracker(name).machine_up()
@@ -316,25 +319,33 @@ class Supervisor(Interruptions):
                                      run_dir / vm.handle.qmp_socket.name)
         forwards = self._forwards(spec, {handle.ssh_port})
         self._booting.add(name)
+        # the guest's freshening needs only its agent socket, moved in above: it overlaps
+        # the writes that record the claim, which wait on the disk
+        freshening = asyncio.ensure_future(
+            self._freshen(name, run_dir / AGENT_SOCKET, vm.restore))
         try:
             await self.engine.transition(
                 name, Verb.BOOTING, update=vm.booting_record(handle, forwards),
                 message=f"claimed warm pool member {vm.member} ({vm.restore.label})")
-            await asyncio.to_thread(vm.release)
             self.handles[name] = handle
             self.spawn(self._watch(name, handle), f"watch-{name}")
             for host, guest, protocol in forwards:
                 await self.driver.add_forward(handle, protocol, host, guest)
-            note = await self._freshen(name, run_dir / AGENT_SOCKET, vm.restore)
+            note, freshened = await freshening
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             raise
         finally:
+            freshening.cancel()
             self._booting.discard(name)
         await self.engine.transition(
-            name, Verb.READY, message=f"ready in {self._clock() - started:.3f} s, claimed "
-            f"from the warm pool (ssh on 127.0.0.1:{handle.ssh_port}){note}")
+            name, Verb.READY, update=freshened,
+            message=f"ready in {self._clock() - started:.3f} s, claimed from the warm pool "
+            f"(ssh on 127.0.0.1:{handle.ssh_port}){note}")
         self.tracker(name).machine_up()
+        # the member's own bookkeeping, off the claim's path: recovery drops a claimed
+        # member's leftovers once the machine's record has taken it over
+        await asyncio.to_thread(vm.release)
 
     async def _plan_boot(self, spec: MachineSpec) -> BootPlan:
         """Everything decided before any state changes, so that a mismatched snapshot
@@ -397,14 +408,14 @@ class Supervisor(Interruptions):
         return self.boot_timeout
 
     async def _until_ready(self, boot: BootPlan, handle: VmHandle, run_dir: Path,
-                           progress: ProgressFn | None) -> str:
+                           progress: ProgressFn | None) -> tuple[str, RecordUpdate | None]:
         """Wait for the guest to answer SSH; returns what the ready event adds (how a
-        restored guest was freshened)."""
+        restored guest was freshened, and the record's note of it)."""
         if progress is not None:
             progress("boot", f"pid {handle.pid}, waiting for the guest and SSH")
         if boot.restore is None:
             await self.driver.wait_ready(handle, self.boot_timeout_of(boot.spec))
-            return ""
+            return "", None
         # the agent answers as soon as the restored guest runs, while its first SSH
         # answer waits on code TCG must translate afresh: overlap them
         freshening = asyncio.ensure_future(
@@ -415,9 +426,11 @@ class Supervisor(Interruptions):
         finally:
             freshening.cancel()
 
-    async def _freshen(self, name: str, agent_socket: Path, plan: RestorePlan) -> str:
+    async def _freshen(self, name: str, agent_socket: Path,
+                       plan: RestorePlan) -> tuple[str, RecordUpdate]:
         """Fresh kernel RNG state, the host's time and its own hostname for a restored
-        guest; a failure is reported, not fatal."""
+        guest; a failure is reported, not fatal. The record's note of it is returned for
+        the ready event to write, so a restore pays for one record write, not two."""
         done = await freshen_guest(agent_socket, plan.snapshot.agent_protocol, name)
 
         def record(rec: RuntimeRecord) -> None:
@@ -425,13 +438,12 @@ class Supervisor(Interruptions):
             rec.clock_set, rec.clock_note = done.clock_problem is None, done.clock_problem
             rec.hostname_set, rec.hostname_note = done.name_problem is None, done.name_problem
 
-        await self.engine.update_record(name, record)
         parts = [done_text if problem is None else f"{failed_text}: {problem}"
                  for done_text, failed_text, problem in (
                      ("guest RNG re-seeded", "guest RNG NOT re-seeded", done.rng_problem),
                      ("clock set", "clock NOT set", done.clock_problem),
                      (f"hostname set to {name}", "hostname NOT set", done.name_problem))]
-        return f"; restored from {plan.label}, {', '.join(parts)}"
+        return f"; restored from {plan.label}, {', '.join(parts)}", record
 
     async def _boot_failed(self, name: str, handle: VmHandle | None, exc: BaseException) -> None:
         if handle is not None:
