@@ -14,6 +14,7 @@ u32 length and its UTF-8 bytes: the machine's name, then the command's argv.
 Answer: frames of one kind byte, a u32 length and the payload: `o` stdout bytes, `e`
 stderr bytes, then exactly one of `x` (the exit status, an i32) or `!` (a one-line error
 message; the client prints `boxui: MESSAGE` and exits 1). The daemon then closes.
+A request that begins `BXR1` is `boxui run`'s instead (backend/api/run_socket.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@
  * itself is what the Python path prints: the command's output, its exit status, and the
  * daemon's one-line errors as `boxui: MESSAGE` with exit 1.
  *
+ * `boxui run [OPTIONS] -- CMD` (a cell: backend/api/run_socket.py) is served here too,
+ * as `boxui run --template ... -- true` is held to half a second end to end: its options
+ * are parsed as click parses them, and whatever this parser is not sure of goes to
+ * boxui-py the same way (see run_main).
+ *
  * Build: cc -O2 -o .venv/bin/boxui exec_client.c (bin/setup does).
  */
 #define _GNU_SOURCE
@@ -71,7 +76,7 @@ static void trace_start(void) {
 }
 
 /* Hand the whole command line to the Python entry point beside this program. */
-static void python_path(char **argv) {
+static __attribute__((noreturn)) void python_path(char **argv) {
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 16);
     if (n > 0) {
@@ -143,12 +148,12 @@ static uint32_t get_u32(const unsigned char *at) {
     return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
 }
 
-static void fail(const char *message) {
+static __attribute__((noreturn)) void fail(const char *message) {
     fprintf(stderr, "boxui: %s\n", message);
     exit(1);
 }
 
-static void unreachable(const char *reason) {
+static __attribute__((noreturn)) void unreachable(const char *reason) {
     fprintf(stderr, "boxui: the boxui daemon on %s did not answer: %s\n",
             exec_socket_path, reason);
     exit(1);
@@ -401,19 +406,22 @@ static int run_option(const char *key, const char *value, char **strings, int *c
 static volatile sig_atomic_t interrupts, gave_up;
 static int cell_started, cancel_sent, interrupts_seen;
 /* the signal mask while waiting for the daemon: SIGINT and SIGALRM let through */
-static sigset_t waiting_mask;
+static sigset_t waiting_mask, original_mask;
+static char **run_argv;
+/* what a daemon from before `run` was served here answers (nothing was done) */
+#define NOT_SERVED "the boxui daemon cannot read the request: not a boxui exec request"
 
 static void on_run_signal(int sig) {
     if (sig == SIGALRM) gave_up = 1;
     else interrupts++;
 }
 
-static void cell_ends(const char *message, const char *detail) {
+static __attribute__((noreturn)) void cell_ends(const char *message, const char *detail) {
     fprintf(stderr, "boxui: %s%s\n", message, detail ? detail : "");
     exit(130);
 }
 
-static void broke_off(const char *reason) {
+static __attribute__((noreturn)) void broke_off(const char *reason) {
     fprintf(stderr, "boxui: the boxui daemon on %s broke off the cell: %s; its next start "
             "finishes the cell (see `boxui cells`)\n", exec_socket_path, reason);
     exit(1);
@@ -484,6 +492,11 @@ static void relay_run(int fd) {
             if (left != 4) fail("the boxui daemon sent an answer boxui cannot read");
             exit((int)get_u32((unsigned char *)payload) & 0xff);
         }
+        if (head[0] == '!' && !cell_started && left == strlen(NOT_SERVED) &&
+            memcmp(payload, NOT_SERVED, left) == 0) {
+            sigprocmask(SIG_SETMASK, &original_mask, NULL);
+            python_path(run_argv);  /* an older daemon: the API serves run */
+        }
         if (head[0] == '!' || head[0] == 'w') fprintf(stderr, "boxui: %.*s\n", (int)left, payload);
         if (head[0] == '!') exit(1);
         if (head[0] == 's' && steps) fprintf(stderr, "\xc2\xb7 %.*s\n", (int)left, payload);
@@ -515,11 +528,13 @@ static void run_main(int argc, char **argv) {
     strings[count++] = "--";
     while (i < argc) strings[count++] = argv[i++];
     int fd = connect_daemon(argv);
+    run_argv = argv;
     sigset_t blocked;
     sigemptyset(&blocked);
     sigaddset(&blocked, SIGINT);
     sigaddset(&blocked, SIGALRM);
-    sigprocmask(SIG_BLOCK, &blocked, &waiting_mask);
+    sigprocmask(SIG_BLOCK, &blocked, &original_mask);
+    waiting_mask = original_mask;
     sigdelset(&waiting_mask, SIGINT);
     sigdelset(&waiting_mask, SIGALRM);
     struct sigaction on_signal = {.sa_handler = on_run_signal};
