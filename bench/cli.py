@@ -277,8 +277,9 @@ def report_slowest(client_traces: list[tuple[float, str]], trace: Path, count: i
     daemon_lines = [json.loads(line) for line in trace.read_text().splitlines()]
     print(f"the {count} slowest execs (ms; client: from its start, daemon: from accepting)")
     for elapsed, line in sorted(client_traces, reverse=True)[:count]:
-        fields = dict(part.split("=", 1) for part in line.removeprefix("boxui-trace: ")
-                      .replace("first frame", "first_frame").split())
+        fields = {key: value for key, _, value in (
+            part.partition("=") for part in line.removeprefix("boxui-trace: ")
+            .replace("first frame", "first_frame").split())}
         start = int(fields.pop("start_ns", "0"))
         end = start + float(fields.get("end", "0")) * 1e6
         print(f"  {elapsed:6.1f}  client: " + " ".join(f"{k} {v}" for k, v in fields.items()))

@@ -265,9 +265,10 @@ def cell_phases(home: Path) -> list[tuple[float, float, float]]:
     for steps in times.values():
         if {"started", "materialized", "command_completed", "destroyed"} <= set(steps):
             start = steps["started"]
-            phases.append(tuple((steps[v] - start).total_seconds()
-                                for v in ("materialized", "command_completed", "destroyed")))
-    return phases  # type: ignore[return-value]
+            ready, done, gone = ((steps[v] - start).total_seconds()
+                                 for v in ("materialized", "command_completed", "destroyed"))
+            phases.append((ready, done, gone))
+    return phases
 
 
 def wait_for_pool(home: Path, timeout: float = 300) -> None:

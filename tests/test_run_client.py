@@ -194,8 +194,9 @@ async def test_an_exec_traced_phase_by_phase(api: Api, engine: Engine, client_di
         env={**os.environ, "BOXUI_HOME": str(engine.dirs.root), "BOXUI_EXEC_TRACE": "1"})
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
-    fields = dict(part.split("=") for part in err.decode().removeprefix("boxui-trace: ")
-                  .replace("first frame", "first_frame").split())
+    fields = {key: value for key, _, value in (
+        part.partition("=") for part in err.decode().removeprefix("boxui-trace: ")
+        .replace("first frame", "first_frame").split())}
     assert list(fields) == ["start_ns", "connected", "sent", "first_frame", "end"]
     [line] = [json.loads(text) for text in trace.read_text().splitlines()]
     labels = [label for label, _ in line["phases"]]
