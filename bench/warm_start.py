@@ -126,6 +126,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
     (home / "images").symlink_to(args.cache)  # share the built image, not rebuild it
     driver = QemuDriver()
     sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images))
+    figures: Figures | None = None
     try:
         async with sup.running(recover=None):
             if args.runs_only:
@@ -136,7 +137,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
     finally:
         await engine.close()
     run_times = await asyncio.to_thread(measure_runs, args, home)
-    if not args.runs_only:
+    if figures is not None:
         figures.run_times = run_times
         report(args, figures)
     report_runs(run_times, cell_phases(home))
