@@ -198,6 +198,9 @@ async def test_an_exec_traced_phase_by_phase(api: Api, engine: Engine, client_di
         part.partition("=") for part in err.decode().removeprefix("boxui-trace: ")
         .replace("first frame", "first_frame").split())}
     assert list(fields) == ["start_ns", "connected", "sent", "first_frame", "end"]
+    async with asyncio.timeout(10):  # the daemon's line comes after the answer
+        while not trace.exists() or not trace.read_text().endswith("\n"):
+            await asyncio.sleep(0.02)
     [line] = [json.loads(text) for text in trace.read_text().splitlines()]
     labels = [label for label, _ in line["phases"]]
     for earlier, later in [("request read", "pending written"),
