@@ -141,6 +141,7 @@ async def run(args: argparse.Namespace, home: Path) -> None:
         figures.run_times = run_times
         report(args, figures)
     report_runs(run_times, cell_phases(home))
+    print_last_cell(home)
 
 
 async def build_template(args: argparse.Namespace, sup: Supervisor,
@@ -346,6 +347,22 @@ def report_pool(f: Figures) -> None:
     print(f"(claims: {', '.join(f'{t:.3f}' for t in f.claim_times)})")
     if f.run_times:
         print(f"(runs:   {', '.join(f'{t:.3f}' for t in f.run_times)})")
+
+
+def print_last_cell(home: Path) -> None:
+    """The last run's events, its cell's and its machine's, ms after the first."""
+    events = read_log(home / "events" / "log.jsonl").events
+    cells = [e.subject for e in events if e.type.endswith(".cell.v1.started")]
+    if not cells:
+        return
+    mine = [e for e in events if e.subject == cells[-1]]
+    print("  the last run's events (ms from its first, + from the one before):")
+    before = mine[0].time
+    for event in mine:
+        print(f"  {(event.time - mine[0].time).total_seconds() * 1000:8.1f} "
+              f"+{(event.time - before).total_seconds() * 1000:6.1f}  "
+              f"{'.'.join(event.type.rsplit('.', 3)[-3::2])}: {event.message[:60]}")
+        before = event.time
 
 
 def report_runs(run_times: list[float], phases: list[tuple[float, float, float]]) -> None:

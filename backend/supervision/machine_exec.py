@@ -153,7 +153,11 @@ class MachineExec:
         """Dispatch a `pending` command and record how it ends (also what recovery
         calls to dispatch an interrupted idempotent command again). The dispatched line
         is synced and the busy mark (`busy`) made while the channel opens and the command
-        runs; both are done before `on_output` hears the answer."""
+        runs. `on_output` hears the answer once the line is synced (an answered command is
+        on disk), without waiting for the busy mark: a mark rewrites the machine's record
+        and `ls`'s cache, now and then folding that cache whole, which can take longer
+        than the command and was the slow tail of `boxui exec`. The mark is finished
+        before the record and the idle mark are written (they keep their order)."""
         name = record.machine
         output: ExecOutput | None = None
         error: str | None = None
@@ -164,16 +168,16 @@ class MachineExec:
             spec = await self._spec(name)
             self.registry.dispatch(record.id, service=spec.service)
             exec_trace.mark("dispatched written")
-            pending.append(asyncio.ensure_future(self.registry.flush(name)))
-            pending[-1].add_done_callback(lambda _: exec_trace.mark("dispatched synced"))
+            synced = asyncio.ensure_future(self.registry.flush(name))
+            synced.add_done_callback(lambda _: exec_trace.mark("dispatched synced"))
+            pending.append(synced)
             lease = asyncio.create_task(self.registry.keep_lease(record.id))
             token = _COMMAND.set(record.id)
             try:
                 output = await self.runner(self.engine, name, port,
                                            argv_with_env(record.argv, spec.env), stdin, timeout)
                 exec_trace.mark("command ended")
-                for step in pending:
-                    await step
+                await synced
                 exec_trace.mark("bookkeeping done")
                 if on_output is not None:
                     on_output(output)
