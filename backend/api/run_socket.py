@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -92,7 +93,8 @@ async def serve_run(ctx: ApiContext, request: CellRequest, reader: asyncio.Strea
     finished = cancelled = False
     try:
         while True:
-            await asyncio.wait({line, client, closing}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {line, client, closing}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if line.done():
                 finished = _send_line(line.result(), send, cancelled)
                 if finished:
