@@ -1,6 +1,6 @@
 """How fast the CLI answers with a daemon running: `ls`, a no-op `start`, and `exec`.
 
-    .venv/bin/python bench/cli.py [--machines 1000] [--runs 30] [--cache DIR]
+    .venv/bin/python bench/cli.py [--machines 1000] [--runs 100] [--cache DIR] [--trace]
 
 One run: it fills a temporary state dir with N stopped machines, starts `boxui daemon` on
 it, creates and boots one real guest (QEMU; KVM if usable, else TCG) through the CLI,
@@ -10,8 +10,10 @@ then times whole CLI processes as a user would see them (interpreter start-up in
 - `boxui exec vm -- true`, median and p95, side by side with the system `ssh` into the
   same guest over a ControlMaster connection (`ssh -o ControlMaster=auto -o
   ControlPath=... -o ControlPersist=60`, the machine's own key and known_hosts). Target:
-  exec p95 no slower than that ssh's p95, and under 150 ms. Both are warmed first (the
-  daemon's kept connection, ssh's master), so both measure a command on a live connection.
+  exec p95 no slower than that ssh's p95, and under 150 ms. Both are warmed first, three
+  commands each (the daemon's kept connection, ssh's master), so both measure a command
+  on a live connection. 100 runs by default: the p95 of 30 is their second slowest, so
+  one stray run decided it.
   `boxui` is what a user runs: after bin/setup, the native exec client
   (boxui/cli/exec_client.c) on the daemon's exec socket; the header says which it is.
 - the same exec through Python (`boxui-py`, what a pipx install runs: the API's exec
@@ -25,7 +27,8 @@ It also prints the floor every Python CLI command pays: the interpreter starting
 importing what the Python `exec` imports (its hand parser and stdlib request, before
 click), and importing the whole click command line (every other command). Runs alternate
 exec and ssh so that load on the host hits both alike. Then it stops the guest and the
-daemon.
+daemon. `--trace` runs the daemon and the client with BOXUI_EXEC_TRACE and prints the
+slowest execs phase by phase (backend/supervision/exec_trace.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -56,10 +60,13 @@ from backend.guest.machine_seed import load_machine_keys
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import MachineStore
 from backend.state.state_dir import StateDir, open_state_dir
+from backend.supervision.exec_trace import TRACE_ENV
 from backend.supervision.inflight_commands import CommandRegistry
 from backend.supervision.ssh_access import find_ssh, ssh_argv, write_known_hosts
 
 LS_TARGET_MS = 300.0
+#: execs and ssh commands run before the timed ones, alike for both
+WARM_UP = 3
 EXEC_TARGET_MS = 150.0
 BOXUI = [str(Path(sys.executable).with_name("boxui"))]
 #: the Python entry point beside the native client (bin/setup writes both)
@@ -73,14 +80,20 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def timed(argv: list[str], env: dict[str, str], timeout: float = 120) -> float:
-    """Milliseconds for one whole process; it must succeed."""
+def timed(argv: list[str], env: dict[str, str], timeout: float = 120,
+          traces: list[tuple[float, str]] | None = None) -> float:
+    """Milliseconds for one whole process; it must succeed. `traces` gets the time and
+    the native client's trace line (with --trace)."""
     started = time.perf_counter()
     out = subprocess.run(argv, env=env, capture_output=True, timeout=timeout)
     elapsed = (time.perf_counter() - started) * 1000
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({out.returncode}): "
                          f"{out.stderr.decode(errors='replace').strip()}")
+    if traces is not None:
+        lines = [line for line in out.stderr.decode(errors="replace").splitlines()
+                 if line.startswith("boxui-trace: ")]
+        traces.append((elapsed, lines[-1] if lines else ""))
     return elapsed
 
 
@@ -191,7 +204,10 @@ def row(label: str, times: list[float], target: str = "-") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--machines", type=int, default=1000)
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--trace", action="store_true",
+                        help="trace each exec's phases (BOXUI_EXEC_TRACE) and show the "
+                        "slowest ones")
     parser.add_argument("--cache", type=Path, default=Path(
         os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
     args = parser.parse_args()
@@ -204,6 +220,9 @@ def main() -> None:
         for i in range(args.machines):
             store.create(MachineSpec(name=f"m{i:05d}", vcpus=1 + i % 4, memory_mib=256))
         env = dict(os.environ, BOXUI_HOME=str(home))
+        args.trace = Path(tmp) / "exec-trace.jsonl" if args.trace else None
+        if args.trace is not None:
+            env[TRACE_ENV] = str(args.trace)
         with daemon(env):
             try:
                 measure(args, dirs, env, Path(tmp) / "cm")
@@ -224,13 +243,15 @@ def measure(args: argparse.Namespace, dirs: StateDir, env: dict[str, str],
     start = [timed([*BOXUI, "start", "vm"], env) for _ in range(max(7, args.runs // 3))]
     exec_argv = [*BOXUI, "exec", "vm", "--", "true"]
     ssh = controlmaster_argv(dirs, "vm", control)
-    timed(exec_argv, env)  # opens the daemon's connection to the guest
-    timed(ssh, env)  # starts ssh's master
+    for _ in range(WARM_UP):  # the daemon's connection to the guest, ssh's master
+        timed(exec_argv, env)
+        timed(ssh, env)
     exec_times: list[float] = []
     ssh_times: list[float] = []
+    client_traces: list[tuple[float, str]] = []
     try:
         for _ in range(args.runs):
-            exec_times.append(timed(exec_argv, env))
+            exec_times.append(timed(exec_argv, env, traces=client_traces))
             ssh_times.append(timed(ssh, env))
     finally:
         subprocess.run([*ssh[:-3], "-O", "exit", ssh[-3]], capture_output=True, timeout=30)
@@ -240,12 +261,35 @@ def measure(args: argparse.Namespace, dirs: StateDir, env: dict[str, str],
     socket_trips = exec_socket_trips(dirs, args.runs)
     trips, channel = daemon_side(dirs, args.runs)
     report(args, boot, [floor, exec_imports, imports], ls, start, exec_times, ssh_times)
+    if args.trace is not None:
+        report_slowest(client_traces, args.trace)
     if python_exec:
         row(f"boxui-py exec (Python path, {args.runs})", python_exec)
     row("  exec socket request, warm client", socket_trips)
     row("  HTTP exec request, warm client", trips)
     row("  of it: dispatched -> completed", channel)
     row("  of it: the registry's writes", registry_cost(dirs, args.runs))
+
+
+def report_slowest(client_traces: list[tuple[float, str]], trace: Path, count: int = 5) -> None:
+    """The slowest execs: the client's phases and the daemon's (the request that began
+    while that client ran), in ms from each one's start."""
+    daemon_lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    print(f"the {count} slowest execs (ms; client: from its start, daemon: from accepting)")
+    for elapsed, line in sorted(client_traces, reverse=True)[:count]:
+        fields = {key: value for key, _, value in (
+            part.partition("=") for part in line.removeprefix("boxui-trace: ")
+            .replace("first frame", "first_frame").split())}
+        start = int(fields.pop("start_ns", "0"))
+        end = start + float(fields.get("end", "0")) * 1e6
+        print(f"  {elapsed:6.1f}  client: " + " ".join(f"{k} {v}" for k, v in fields.items()))
+        for entry in daemon_lines:
+            if start <= entry["start_ns"] <= end:
+                at = (entry["start_ns"] - start) / 1e6
+                print(f"          daemon (at {at:.1f}): " + ", ".join(
+                    f"{label} {ms}" for label, ms in entry["phases"]))
+                if entry["gc"]:
+                    print(f"          gc (at, ms, generation): {entry['gc']}")
 
 
 def report(args: argparse.Namespace, boot: float, floors: list[list[float]],

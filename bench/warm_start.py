@@ -5,7 +5,7 @@ Targets (issue 16): a claim from a warm pool to ready, p95 <= 4 % of the same ru
 boot; `boxui run --template ... -- true` end to end under 0.5 s.
 
     .venv/bin/python bench/warm_start.py [--clones 10] [--claims 10] [--runs 10]
-        [--memory 256] [--cache DIR]
+        [--memory 256] [--cache DIR] [--runs-only]
 
 One template variant (1 vCPU, --memory MiB) is built with `--snapshot` (its build boots
 it once, outside the timings). Then, each through `Supervisor.start_machine` on a created
@@ -20,7 +20,10 @@ machine, timed until it returns with the machine `ready`:
   `create --template` does), each once the pool is full again, so each is a claim;
 - then, with a real `boxui daemon` on the same state dir and `boxui pool set` 2, --runs
   `boxui run --template bench:worker -- true`, each timed from the CLI's start to its
-  exit (Python's start-up, the cell's claim, the command over SSH, the machine destroyed).
+  exit (the client's start-up, the cell's claim, the command over SSH, the machine
+  destroyed), with the daemon's part of it read from the cells' events. `boxui` is what
+  a user runs: after bin/setup the native client, which serves run on the exec socket.
+  `--runs-only` builds the template and times only these.
 The host is shared (2 cores, other work running): the load average is printed too.
 """
 
@@ -37,6 +40,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -49,7 +53,9 @@ from backend.drivers.qemu.driver import QemuDriver
 from backend.guest.image_builder import build_default_image
 from backend.pools.manager import PoolManager
 from backend.pools.settings import choose_size
+from backend.state.cell_projection import cell_verb_of
 from backend.state.engine import Engine
+from backend.state.event_log import read_log
 from backend.state.machine_spec import MachineSpec
 from backend.supervision import restore_agent
 from backend.supervision.boot_files import DefaultBootFiles
@@ -59,6 +65,9 @@ from backend.template_builds.from_source import build_from_source
 from backend.templates.machine_from_template import spec_from_template
 
 RESEED_SECONDS: list[float] = []
+#: the Python entry point, and what a user runs (the native client where bin/setup built it)
+BOXUI_PY = Path(sys.executable).parent / "boxui-py"
+BOXUI = Path(sys.executable).parent / "boxui"
 
 
 def time_reseeds() -> None:
@@ -117,27 +126,42 @@ async def run(args: argparse.Namespace, home: Path) -> None:
     (home / "images").symlink_to(args.cache)  # share the built image, not rebuild it
     driver = QemuDriver()
     sup = Supervisor(engine, driver, DefaultBootFiles(engine.dirs.images))
+    figures: Figures | None = None
     try:
         async with sup.running(recover=None):
-            figures = await measure(args, sup, driver)
-            figures.claim_times = await measure_claims(args, sup)
+            if args.runs_only:
+                await build_template(args, sup, driver)
+            else:
+                figures = await measure(args, sup, driver)
+                figures.claim_times = await measure_claims(args, sup)
     finally:
         await engine.close()
-    figures.run_times = await asyncio.to_thread(measure_runs, args, home)
-    report(args, figures)
+    run_times = await asyncio.to_thread(measure_runs, args, home)
+    if figures is not None:
+        figures.run_times = run_times
+        report(args, figures)
+    report_runs(run_times, cell_phases(home))
+    print_last_cell(home)
+
+
+async def build_template(args: argparse.Namespace, sup: Supervisor,
+                         driver: QemuDriver) -> float:
+    """The bench:worker variant built with a snapshot; the seconds it took."""
+    source = sup.engine.dirs.root / "bench.toml"
+    source.write_text(f'template_id = "bench"\n[[variants]]\nrole = "worker"\nvcpus = 1\n'
+                      f"memory_mib = {args.memory}\n")
+    started = time.perf_counter()
+    await build_from_source(sup.engine.dirs, str(source), snapshot=True, driver=driver,
+                            accel=resolve_accel("auto"))
+    return time.perf_counter() - started
 
 
 async def measure(args: argparse.Namespace, sup: Supervisor, driver: QemuDriver) -> Figures:
     """Build the template, then time one cold boot, one restore, the clones one after
     another, and as many cold boots for the memory comparison."""
     dirs, accel = sup.engine.dirs, resolve_accel("auto")
-    source = dirs.root / "bench.toml"
-    source.write_text(f'template_id = "bench"\n[[variants]]\nrole = "worker"\nvcpus = 1\n'
-                      f"memory_mib = {args.memory}\n")
-    started = time.perf_counter()
-    built, _ = await build_from_source(dirs, str(source), snapshot=True, driver=driver,
-                                       accel=accel)
-    build_seconds = time.perf_counter() - started
+    build_seconds = await build_template(args, sup, driver)
+    revision = spec_from_template(dirs, "probe", "bench").template_revision or "?"
     time_reseeds()
     cold = await start_timed(sup, MachineSpec(name="cold", memory_mib=args.memory))
     await sup.stop_machine("cold", force=True)
@@ -155,7 +179,7 @@ async def measure(args: argparse.Namespace, sup: Supervisor, driver: QemuDriver)
     cold_times = [await start_timed(sup, MachineSpec(name=n, memory_mib=args.memory))
                   for n in colds]
     cold_memory = await stop_all(sup, colds)
-    return Figures(accel.accel, built.revision, build_seconds, cold, warm, warm_reseed,
+    return Figures(accel.accel, revision, build_seconds, cold, warm, warm_reseed,
                    clone_times, clone_reseeds, cold_times, warm_memory, cold_memory, [])
 
 
@@ -202,18 +226,18 @@ async def empty_pools(sup: Supervisor, manager: PoolManager) -> None:
             await asyncio.sleep(0.2)
 
 
-def boxui(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def boxui(home: Path, *args: str, entry: Path = BOXUI_PY) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BOXUI_HOME": str(home)}
-    return subprocess.run([str(Path(sys.executable).parent / "boxui-py"), *args], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run([str(entry), *args], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
 
 
 def measure_runs(args: argparse.Namespace, home: Path) -> list[float]:
-    """`boxui run` through a real daemon, each once its pool is full again."""
+    """`boxui run` through a real daemon, each once its pool is full again; `boxui` is
+    what a user runs (after bin/setup the native client, which serves run itself)."""
     with (home / "bench-daemon.log").open("wb") as log:
-        daemon = subprocess.Popen(
-            [str(Path(sys.executable).parent / "boxui-py"), "daemon", "--home", str(home)],
-            stdout=subprocess.DEVNULL, stderr=log)
+        daemon = subprocess.Popen([str(BOXUI_PY), "daemon", "--home", str(home)],
+                                  stdout=subprocess.DEVNULL, stderr=log)
     times = []
     try:
         set_to = boxui(home, "pool", "set", "bench:worker", str(POOL))
@@ -221,7 +245,7 @@ def measure_runs(args: argparse.Namespace, home: Path) -> list[float]:
         for _ in range(args.runs):
             wait_for_pool(home)
             started = time.perf_counter()
-            ran = boxui(home, "run", "--template", "bench:worker", "--", "true")
+            ran = boxui(home, "run", "--template", "bench:worker", "--", "true", entry=BOXUI)
             times.append(time.perf_counter() - started)
             assert ran.returncode == 0, ran.stderr
         boxui(home, "pool", "set", "bench:worker", "0")
@@ -229,6 +253,24 @@ def measure_runs(args: argparse.Namespace, home: Path) -> list[float]:
         daemon.terminate()
         daemon.wait(30)
     return times
+
+
+def cell_phases(home: Path) -> list[tuple[float, float, float]]:
+    """Per cell, seconds from its `started` event to `materialized`, to
+    `command_completed` and to `destroyed`: the daemon's part of a run."""
+    times: dict[str, dict[str, datetime]] = {}
+    for event in read_log(home / "events" / "log.jsonl").events:
+        verb = cell_verb_of(event.type)
+        if verb is not None and event.subject:
+            times.setdefault(event.subject, {})[verb.value] = event.time
+    phases = []
+    for steps in times.values():
+        if {"started", "materialized", "command_completed", "destroyed"} <= set(steps):
+            start = steps["started"]
+            ready, done, gone = ((steps[v] - start).total_seconds()
+                                 for v in ("materialized", "command_completed", "destroyed"))
+            phases.append((ready, done, gone))
+    return phases
 
 
 def wait_for_pool(home: Path, timeout: float = 300) -> None:
@@ -311,12 +353,48 @@ def report_pool(f: Figures) -> None:
         print(f"(runs:   {', '.join(f'{t:.3f}' for t in f.run_times)})")
 
 
+def print_last_cell(home: Path) -> None:
+    """The last run's events, its cell's and its machine's, ms after the first."""
+    events = read_log(home / "events" / "log.jsonl").events
+    cells = [e.subject for e in events if e.type.endswith(".cell.v1.started")]
+    if not cells:
+        return
+    mine = [e for e in events if e.subject == cells[-1]]
+    print("  the last run's events (ms from its first, + from the one before):")
+    before = mine[0].time
+    for event in mine:
+        print(f"  {(event.time - mine[0].time).total_seconds() * 1000:8.1f} "
+              f"+{(event.time - before).total_seconds() * 1000:6.1f}  "
+              f"{'.'.join(event.type.rsplit('.', 3)[-3::2])}: {event.message[:60]}")
+        before = event.time
+
+
+def report_runs(run_times: list[float], phases: list[tuple[float, float, float]]) -> None:
+    """The runs end to end, and the daemon's part of them from the cells' events."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    entry = "the native client" if BOXUI.read_bytes()[:4] == b"\x7fELF" else "Python"
+    print()
+    print(f"boxui run --template bench:worker -- true ({entry}), {len(run_times)} runs, "
+          f"load average {load}")
+    run95 = p95(run_times)
+    print(f"  end to end: median {statistics.median(run_times):.3f} s, p95 {run95:.3f} s, "
+          f"max {max(run_times):.3f} s   target < 0.5 s: {'OK' if run95 < 0.5 else 'MISSED'}")
+    if phases:
+        columns = list(zip(*phases, strict=True))
+        print("  in the daemon, median from the cell's start: "
+              + ", ".join(f"{label} {statistics.median(col):.3f} s" for label, col in
+                          zip(("materialized", "command done", "destroyed"), columns,
+                              strict=True)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clones", type=int, default=10)
     parser.add_argument("--claims", type=int, default=10)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--memory", type=int, default=256)
+    parser.add_argument("--runs-only", action="store_true",
+                        help="only `boxui run` (the template is built, nothing else timed)")
     parser.add_argument("--cache", type=Path, default=Path(
         os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """What `MachineExec.run` does around a command: the dispatched record written before the
 channel opens and synced before the answer, the output handed on before the idle mark is
-written (busy before the answer), marks that stay right when commands overlap, and the
+written and without waiting for the busy mark, marks that stay right when commands overlap, and the
 machine's environment read again whenever `machine.toml` changes (parsed once per change,
 not per command)."""
 
@@ -49,10 +49,38 @@ async def test_the_output_is_handed_on_before_the_idle_mark(engine: Engine) -> N
     seen: list[tuple[int, list[str]]] = []
     _record, output = await machine_exec.run(
         "vm", ["true"], on_output=lambda out: seen.append((out.exit_code, _verbs(subscription))))
-    assert seen[0] == (7, ["busy"])  # busy from before the command started, not yet idle
+    assert seen[0][0] == 7 and "idle" not in seen[0][1]  # answered before the idle mark
     assert output.stdout == b"out"
     assert engine.projection.state_of("vm") is InstanceState.READY
     assert seen[0][1] + _verbs(subscription) == ["busy", "idle"]
+    subscription.close()
+
+
+async def test_the_answer_does_not_wait_for_the_busy_mark(engine: Engine) -> None:
+    """A mark rewrites the record and `ls`'s cache (folding it whole now and then): slower
+    than a command at times, so the answer goes out without it, and idle still follows."""
+    await _ready_vm(engine)
+    machine_exec = MachineExec(engine, runner=Recorder())
+    gate = asyncio.Event()
+    real_mark = machine_exec._mark
+
+    async def slow_mark(name: str, verb: Verb, message: str) -> None:
+        if verb is Verb.BUSY:
+            await gate.wait()
+        await real_mark(name, verb, message)
+
+    machine_exec._mark = slow_mark  # type: ignore[method-assign]
+    subscription = engine.subscribe(machine="vm")
+    answered = asyncio.Event()
+    run = asyncio.create_task(machine_exec.run("vm", ["true"],
+                                               on_output=lambda _: answered.set()))
+    async with asyncio.timeout(10):
+        await answered.wait()
+    assert _verbs(subscription) == []  # answered while the busy mark is still under way
+    gate.set()
+    async with asyncio.timeout(10):
+        await run
+    assert _verbs(subscription) == ["busy", "idle"]
     subscription.close()
 
 

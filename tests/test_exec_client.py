@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.api.exec_socket import frame
+from backend.api.socket_frames import frame
 from backend.state.engine import Engine
 from backend.state.state_dir import open_state_dir
 from tests.api_helpers import Api

@@ -65,3 +65,22 @@ def test_native_exec_is_the_python_paths(vm_home: Path, native: Path) -> None:
             daemon.kill()
             pytest.fail("the daemon did not exit on SIGTERM")
     assert not (vm_home / "run" / "exec.sock").exists()
+
+
+def test_native_run_in_a_fresh_guest(vm_home: Path, native: Path) -> None:
+    """`boxui run` served by the client: the guest's output and exit code, nothing handed
+    over (the shim would fail), and no machine left."""
+    daemon = start_daemon(vm_home)
+    try:
+        ran = subprocess.run([str(native), "run", "--name", "c1", "--", "sh", "-c",
+                              "uname -n; echo err >&2; exit 3"], capture_output=True,
+                             env=cli_env(vm_home), timeout=600)
+        assert (ran.returncode, ran.stdout, ran.stderr) == (3, b"c1\n", b"err\n"), ran.stderr
+        assert boxui(vm_home, "ls", "--json").stdout.strip() == "[]"
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            pytest.fail("the daemon did not exit on SIGTERM")

@@ -14,6 +14,7 @@ u32 length and its UTF-8 bytes: the machine's name, then the command's argv.
 Answer: frames of one kind byte, a u32 length and the payload: `o` stdout bytes, `e`
 stderr bytes, then exactly one of `x` (the exit status, an i32) or `!` (a one-line error
 message; the client prints `boxui: MESSAGE` and exits 1). The daemon then closes.
+A request that begins `BXR1` is `boxui run`'s instead (backend/api/run_socket.py).
 """
 
 from __future__ import annotations
@@ -22,19 +23,23 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 from backend.api.context import ApiContext
 from backend.api.listen_socket import bind_api_socket
+from backend.api.run_socket import parse_run_request, serve_run
+from backend.api.socket_frames import U32, BadRequestError, exit_frame, frame
 from backend.errors import BoxuiError, MachineNotFoundError
 from backend.state.names import validate_name
+from backend.supervision import exec_trace
 from backend.supervision.machine_exec import ExecOutput
 
 log = logging.getLogger("boxui.api")
 
 MAGIC = b"BXE1"
+#: `boxui run`: a cell (backend/api/run_socket.py)
+RUN_MAGIC = b"BXR1"
 #: bounds on a request, far above any real command line (ARG_MAX is 2 MiB)
 MAX_STRINGS = 65536
 MAX_REQUEST = 4 << 20
@@ -43,30 +48,16 @@ READ_TIMEOUT = 10.0
 #: in-flight commands get this long to finish when the server stops, as uvicorn gives
 GRACEFUL_SHUTDOWN = 2.0
 
-_U32 = struct.Struct(">I")
-_I32 = struct.Struct(">i")
-
-
-class BadRequestError(Exception):
-    pass
-
-
-def frame(kind: bytes, payload: bytes) -> bytes:
-    return kind + _U32.pack(len(payload)) + payload
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[str, list[str]]:
-    """The machine's name and the command of one request."""
+async def read_strings(reader: asyncio.StreamReader) -> list[str]:
+    """The strings of one request, after its magic: a count, then each with its length."""
     try:
-        if await reader.readexactly(4) != MAGIC:
-            raise BadRequestError("not a boxui exec request")
-        (count,) = _U32.unpack(await reader.readexactly(4))
+        (count,) = U32.unpack(await reader.readexactly(4))
         if not 2 <= count <= MAX_STRINGS:
             raise BadRequestError(f"a request names a machine and a command ({count} strings)")
         strings: list[str] = []
         total = 0
         for _ in range(count):
-            (size,) = _U32.unpack(await reader.readexactly(4))
+            (size,) = U32.unpack(await reader.readexactly(4))
             total += size
             if total > MAX_REQUEST:
                 raise BadRequestError("the command line is too long")
@@ -75,12 +66,22 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, list[str]]:
         raise BadRequestError("the request ended early") from None
     except UnicodeDecodeError:
         raise BadRequestError("the command line is not UTF-8") from None
-    return strings[0], strings[1:]
+    return strings
+
+
+async def read_magic(reader: asyncio.StreamReader) -> bytes:
+    try:
+        magic = await reader.readexactly(4)
+    except asyncio.IncompleteReadError:
+        raise BadRequestError("the request ended early") from None
+    if magic not in (MAGIC, RUN_MAGIC):
+        raise BadRequestError("not a boxui exec request")
+    return magic
 
 
 def output_frames(output: ExecOutput) -> bytes:
     return (frame(b"o", output.stdout) + frame(b"e", output.stderr)
-            + frame(b"x", _I32.pack(output.exit_code)))
+            + exit_frame(output.exit_code))
 
 
 async def run_command(ctx: ApiContext, name: str, argv: list[str],
@@ -93,6 +94,7 @@ async def run_command(ctx: ApiContext, name: str, argv: list[str],
         nonlocal sent
         sent = True
         send(output_frames(output))
+        exec_trace.mark("answered")
 
     try:
         validate_name(name)
@@ -111,6 +113,7 @@ async def _handle(ctx: ApiContext, reader: asyncio.StreamReader,
     ctx.open_requests += 1  # a waiting client keeps an idle daemon, as a request does
     ctx.activity.set()
     sent: list[bytes] = []
+    trace = exec_trace.begin()
 
     def send(frames: bytes) -> None:
         sent.append(frames)
@@ -118,8 +121,12 @@ async def _handle(ctx: ApiContext, reader: asyncio.StreamReader,
 
     try:
         try:
-            name, argv = await asyncio.wait_for(read_request(reader), READ_TIMEOUT)
-            await run_command(ctx, name, argv, send)
+            magic, strings = await asyncio.wait_for(_read(reader), READ_TIMEOUT)
+            exec_trace.mark("request read")
+            if magic == RUN_MAGIC:
+                await serve_run(ctx, parse_run_request(strings), reader, send)
+            else:
+                await run_command(ctx, strings[0], strings[1:], send)
         except (BadRequestError, TimeoutError) as exc:
             send(frame(b"!", f"the boxui daemon cannot read the request: {exc}".encode()))
         except Exception as exc:  # a bug: the client gets one line, the log the details
@@ -129,10 +136,17 @@ async def _handle(ctx: ApiContext, reader: asyncio.StreamReader,
                            .encode()))
         with contextlib.suppress(ConnectionError):  # a client gone: nothing to tell
             await writer.drain()
+        exec_trace.mark("drained")
     finally:
         writer.close()
         ctx.open_requests -= 1
         ctx.activity.set()
+        exec_trace.end(trace)
+
+
+async def _read(reader: asyncio.StreamReader) -> tuple[bytes, list[str]]:
+    magic = await read_magic(reader)
+    return magic, await read_strings(reader)
 
 
 def bind_exec_socket(path: Path) -> socket.socket | None:

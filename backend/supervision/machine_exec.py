@@ -29,6 +29,7 @@ from backend.state.event_bus import Missed
 from backend.state.events import INSTANCE_TYPE_PREFIX, now_utc
 from backend.state.lifecycle import InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
+from backend.supervision import exec_trace
 from backend.supervision.inflight_commands import CommandRecord, CommandRegistry, CommandState
 from backend.supervision.ssh_access import SshTimeoutError, kill_marked_argv
 from backend.supervision.ssh_pool import SshPool
@@ -128,6 +129,7 @@ class MachineExec:
         record = self.registry.begin(name, argv, stdin=stdin, deadline=deadline,
                                      idempotent=idempotent, max_attempts=max_attempts,
                                      origin=origin)
+        exec_trace.mark("pending written")
         busy = asyncio.ensure_future(self.mark_busy(name))  # while the channel opens
         return await self.carry(record, port, stdin, timeout, on_output, busy)
 
@@ -137,9 +139,11 @@ class MachineExec:
         this). Marks are made in order under the machine's lock, each after checking
         what is in flight then, so a slow mark never leaves a machine in the wrong state."""
         async with self._locks[name]:
+            exec_trace.mark("busy: lock taken")
             if self.registry.in_flight(name) and \
                     self.engine.projection.state_of(name) is InstanceState.READY:
                 await self._mark(name, Verb.BUSY, "command in flight")
+            exec_trace.mark("busy: marked")
 
     async def carry(self, record: CommandRecord, port: int, stdin: bytes | None,
                     timeout: float | None,
@@ -149,7 +153,11 @@ class MachineExec:
         """Dispatch a `pending` command and record how it ends (also what recovery
         calls to dispatch an interrupted idempotent command again). The dispatched line
         is synced and the busy mark (`busy`) made while the channel opens and the command
-        runs; both are done before `on_output` hears the answer."""
+        runs. `on_output` hears the answer once the line is synced (an answered command is
+        on disk), without waiting for the busy mark: a mark rewrites the machine's record
+        and `ls`'s cache, now and then folding that cache whole, which can take longer
+        than the command and was the slow tail of `boxui exec`. The mark is finished
+        before the record and the idle mark are written (they keep their order)."""
         name = record.machine
         output: ExecOutput | None = None
         error: str | None = None
@@ -159,14 +167,18 @@ class MachineExec:
         try:
             spec = await self._spec(name)
             self.registry.dispatch(record.id, service=spec.service)
-            pending.append(asyncio.ensure_future(self.registry.flush(name)))
+            exec_trace.mark("dispatched written")
+            synced = asyncio.ensure_future(self.registry.flush(name))
+            synced.add_done_callback(lambda _: exec_trace.mark("dispatched synced"))
+            pending.append(synced)
             lease = asyncio.create_task(self.registry.keep_lease(record.id))
             token = _COMMAND.set(record.id)
             try:
                 output = await self.runner(self.engine, name, port,
                                            argv_with_env(record.argv, spec.env), stdin, timeout)
-                for step in pending:
-                    await step
+                exec_trace.mark("command ended")
+                await synced
+                exec_trace.mark("bookkeeping done")
                 if on_output is not None:
                     on_output(output)
             finally:
@@ -191,7 +203,9 @@ class MachineExec:
             code = output.exit_code if output else None
             record = await self.registry.finish(record.id, exit_code=code, response_size=size,
                                                 error=error, state=ended)
+            exec_trace.mark("finished written")
             await self.settle(name)
+            exec_trace.mark("idle marked")
         assert output is not None
         return record, output
 

@@ -28,6 +28,7 @@ from backend.guest.machine_seed import (
 )
 from backend.state.atomic_write import atomic_write_text
 from backend.state.names import validate_name
+from backend.supervision import exec_trace
 
 if TYPE_CHECKING:
     # at run time asyncssh (~0.2 s to import) is imported by the functions that use it:
@@ -373,6 +374,7 @@ async def _run(
         process = await conn.create_process(command, encoding=None)
     except (OSError, asyncssh.Error) as exc:
         raise SshChannelError(f"ssh to {where}: could not start the command: {exc}") from exc
+    exec_trace.mark("channel open")
     _feed_stdin(process.stdin, stdin)
     try:
         async with asyncio.TaskGroup() as group:
@@ -381,7 +383,9 @@ async def _run(
     except ExceptionGroup as group_exc:
         # callers expect one plain error; both pumps usually fail for the same reason
         raise group_exc.exceptions[0] from None
+    exec_trace.mark("output ended")
     await process.wait_closed()
+    exec_trace.mark("channel closed")
     return _shell_status(process)
 
 

@@ -19,9 +19,6 @@ from boxui.cli.params import name_arg, template_ref
 if TYPE_CHECKING:
     from backend.state.cell_projection import CellView
 
-#: the exit code of a command that ran past --timeout, as timeout(1) has it
-TIMED_OUT = 124
-
 
 def _input(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
            ) -> list[dict[str, str]]:
@@ -114,14 +111,12 @@ def _write(stream: str, data: bytes) -> None:
 
 def _exit_code(cell: CellView) -> int:
     """The command's exit code; a cell that failed around it says why and exits 1."""
-    if cell.outcome == "succeeded" and cell.reason is None:
-        return 0
-    if cell.reason is None and cell.exit_code is not None:
-        return cell.exit_code
-    click.echo(f"boxui: cell {cell.name}: {cell.reason or cell.outcome}", err=True)
-    if cell.outcome == "timed_out":
-        return TIMED_OUT
-    return cell.exit_code if cell.exit_code not in (None, 0) else 1
+    from backend.cells.outcome import exit_status
+
+    code, message = exit_status(cell)
+    if message is not None:
+        click.echo(f"boxui: {message}", err=True)
+    return code
 
 
 @click.command("cells")

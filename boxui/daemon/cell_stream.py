@@ -20,6 +20,7 @@ from types import FrameType
 import httpx
 
 from backend.cells.models import CellLine
+from backend.cells.outcome import cancelled_line
 from backend.errors import BoxuiError
 from backend.state.cell_projection import CellView
 from boxui.daemon.client import ApiCallError, DaemonClient
@@ -79,8 +80,7 @@ def run_cell(client: DaemonClient, body: dict[str, object],
         raise CellInterrupted("cell cancelled; the daemon is still destroying its machine "
                               "(see `boxui cells`)", None) from None
     if cancelled:
-        raise CellInterrupted(f"cell {cell.name} cancelled; its machine was "
-                              + ("kept" if cell.machine_kept else "destroyed"), cell)
+        raise CellInterrupted(cancelled_line(cell), cell)
     return cell
 
 
