@@ -60,7 +60,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +105,11 @@ WARMUP_ROUNDS = 2
 
 
 class BenchDriver(HypervisorDriver):
-    """Adopts every recorded machine and never sees one exit; nothing else is called."""
+    """Adopts every recorded machine, whose QMP always answers (recovery's adoption probe
+    and the supervisor's heartbeat), and never sees one exit; nothing else is called.
+    Without an answering probe every machine was adopted `unresponsive`, and each
+    heartbeat re-read every machine.toml for its restart policy: not the fleet of
+    `ready` machines this bench is about."""
 
     def capabilities(self) -> DriverCapabilities:
         return DriverCapabilities("bench", snapshots=False, graceful_stop=False, accels=())
@@ -136,7 +140,7 @@ class BenchDriver(HypervisorDriver):
         raise NotImplementedError
 
     async def probe(self, handle: VmHandle) -> ProbeResult:
-        raise NotImplementedError
+        return ProbeResult(alive=True, responsive=True, status="running")
 
 
 async def write_machines(root: Path, count: int) -> None:
@@ -248,8 +252,8 @@ class BenchApp(BoxuiApp):
         original_write, original_update = table._write, table.update
         original_display = self._display
 
-        def write(name: str, row: Row) -> None:
-            original_write(name, row)
+        def write(name: str, row: Row, window: range | None = None) -> None:
+            original_write(name, row, window)
             cpu = row[0]["cpu"]
             if cpu.isdigit():
                 probes.cell_times[int(cpu)].append(time.perf_counter())
@@ -317,6 +321,7 @@ class BenchApp(BoxuiApp):
             "navigate": self.navigate,
             "headless": self.is_headless, "reconciles": sorted(probes.reconciles),
             "timeline": self.timeline, "timeline_builds": sorted(probes.timeline_builds),
+            "states": Counter(m.state.value for m in self._machines.values()),
         }
 
 
@@ -338,7 +343,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['wall']:.1f} s, {mode}; load average {report['load']}"
         + (", with marks and filters (--navigate)" if report["navigate"] else ""),
         f"rows updated: {len(cells)} of {report['cells_expected']}; "
-        f"rounds never shown (coalesced): {report['missing']}",
+        f"rounds never shown (coalesced): {report['missing']}; machines at the end: "
+        + ", ".join(f"{n} {state}" for state, n in report["states"].most_common()),
         "",
         f"{'metric':<24}{'p50':>9}{'p95':>9}{'max':>9}{'target':>10}  result",
     ]

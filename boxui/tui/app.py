@@ -473,7 +473,15 @@ class BoxuiApp(App[None]):
         self._frame += 1
         if not self._busy:
             self._spinner.pause()
-        self._reconcile()
+        self._update_rows(self._busy)
+
+    def _update_rows(self, names: Iterable[str]) -> None:
+        """Redraw only these machines' rows (those the table shows): a spinner's tick or
+        a progress step changes one row, not which rows there are; a full reconcile
+        would build all 1,000 rows eight times a second while anything is busy."""
+        table = self.query_one(MachineTable)
+        machines = (self._machines.get(n) or self._pending.get(n) for n in list(names))
+        table.update(self._rows(m for m in machines if m is not None and table.has_row(m.name)))
 
     @property
     def selected(self) -> str | None:
@@ -510,7 +518,7 @@ class BoxuiApp(App[None]):
             return  # the work already ended
         self._busy[message.name] = message.phase
         self._work[message.name] = f"{message.phase}: {message.message}"
-        self._reconcile()
+        self._update_rows([message.name])
         if message.name == self.selected:
             self._show_detail()
 

@@ -192,12 +192,13 @@ class MachineTable(ScrollView, can_focus=True):
         for name in gone:
             del self._rows[name]
             self._strips.pop(name, None)  # a mark stays: a filter may show it again
+        window = self._window()
         for name, row in wanted.items():
             old = self._rows.get(name)
             if old is None:
                 added = True
             elif old != row:
-                self._write(name, row)
+                self._write(name, row, window)
                 continue
             self._rows[name] = row
         if gone or added:
@@ -206,25 +207,32 @@ class MachineTable(ScrollView, can_focus=True):
 
     def update(self, rows: Iterable[tuple[str, dict[str, str], str]]) -> None:
         """Update rows already shown; the others are left as they are."""
+        window = self._window()
+        stored = self._rows
         for name, cells, state in rows:
             row = (cells, state)
-            if name in self._rows and self._rows[name] != row:
-                self._write(name, row)
+            old = stored.get(name)
+            if old is not None and old != row:
+                self._write(name, row, window)
 
     def has_row(self, name: str) -> bool:
         return name in self._rows
 
-    def _write(self, name: str, row: Row) -> None:
-        """Store a changed row and redraw its line if it is on screen."""
+    def _write(self, name: str, row: Row, window: range | None = None) -> None:
+        """Store a changed row and redraw its line if it is on screen (`window`: the rows
+        on screen, measured once by a caller that writes many)."""
         self._rows[name] = row
         self.updates += 1
         index = self._index[name]
-        if self._on_screen(index):
+        if index in (self._window() if window is None else window):
             self.refresh_line(index + 1)
 
-    def _on_screen(self, index: int) -> bool:
+    def _window(self) -> range:
+        """The indices of the rows on screen. Measuring it walks the styles and the
+        compositor's map: once per batch of rows, not once per row (with 1,000 rows a
+        second, per row it cost more than the rows themselves)."""
         top = self.scroll_offset.y
-        return top <= index < top + self._page_rows()
+        return range(top, top + self._page_rows())
 
     def _page_rows(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
