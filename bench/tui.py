@@ -5,14 +5,14 @@ Run: .venv/bin/python bench/tui.py [--machines 1000] [--seconds 60] [--terminal]
 
 `--navigate` measures with k9s-style navigation on, as a user who lives in the app has
 it: every third row marked (`space`), a filter on the machines (`/!~9$`: a regular
-expression, inverted, keeping 90 % of them) and one on the events pane. Rows the filter
-hides are not drawn, so "rows updated" then counts the rows shown.
+expression, inverted, keeping 90 % of them) and one on the events pane.
 
 What runs: the real `BoxuiApp` over a real `EmbeddedBackend` (engine, supervisor, event
 feed, health feed, spec watcher) in a temp state dir with `--machines` machines, all
 `ready`. They reach `ready` the way they would after boxui restarts with running VMs:
 each was recorded as booted and ready, and the supervisor re-adopts it at startup (the
-bench driver trusts every adoption; no process is checked or sampled).
+bench driver trusts every adoption and answers every QMP probe at once; no process is
+checked or sampled, but the supervisor's heartbeat runs as it would).
 
 What stands in: health sampling. The app is started with `sample_health=False`; once a
 second the bench calls the supervisor's own `HealthSampler.sample_once()`, with the
@@ -26,10 +26,11 @@ What is measured, after a 2-round warm-up:
 - CPU: `time.process_time()` (user + system, all threads) of this one process over the
   measured rounds, as % of one core. This includes the bench's sample fan-out (what the
   real sampler costs besides psutil/QMP).
-- update -> row: for every machine and round, from the start of the round's
+- update -> row: for every row on screen and round, from the start of the round's
   `sample_once()` to `MachineTable._write` storing that row's new CPU value and asking
-  for its line to be redrawn if it is on screen (a per-instance wrapper around
-  `_write`). p50/p95/max over all rows and rounds.
+  for its line to be redrawn (a per-instance wrapper around `_write`). p50/p95/max over
+  all those rows and rounds. Rows off screen are not built when sampled: the table
+  notes them and builds each when it is next drawn, sorted or read.
 - update -> frame: per round, from the same start to the end of the first screen update
   (`App._display`) after that round's last row update: the frame that shows the rows.
   Headless (default), Textual composes the frame but skips turning it into escape codes
@@ -317,12 +318,17 @@ class BenchApp(BoxuiApp):
         return {
             "machines": len(self._machines), "rounds": self.rounds, "wall": wall,
             "cpu": cpu, "cells": cells, "frames": sorted(frame_ms), "missing": missing,
-            "cells_expected": self.rounds * self.query_one(MachineTable).row_count,
+            "cells_expected": self.rounds * self._rows_on_screen(),
             "navigate": self.navigate,
             "headless": self.is_headless, "reconciles": sorted(probes.reconciles),
             "timeline": self.timeline, "timeline_builds": sorted(probes.timeline_builds),
             "states": Counter(m.state.value for m in self._machines.values()),
         }
+
+    def _rows_on_screen(self) -> int:
+        table = self.query_one(MachineTable)
+        window = table._window()
+        return len(range(window.start, min(window.stop, table.row_count)))
 
 
 def pct(values: list[float], p: float) -> float:

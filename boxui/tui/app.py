@@ -259,7 +259,7 @@ class BoxuiApp(App[None]):
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield Static(id="empty-hint")
-                yield MachineTable(self.state_colour, id="machines")
+                yield MachineTable(self.state_colour, row_source=self._row_of, id="machines")
                 with Horizontal(id="bottom"):
                     yield EventStream(id="events")
                     yield ConsolePane(id="console")
@@ -391,10 +391,10 @@ class BoxuiApp(App[None]):
     def on_health_sampled(self, message: HealthSampled) -> None:
         for sample in message.samples:
             self._health[sample.machine] = sample
-        # a sample changes only its own row: no need to rebuild the other 999
+        # a sample changes only its own row, and only the rows on screen are built now
         table = self.query_one(MachineTable)
-        table.update(self._rows(self._machines[s.machine] for s in message.samples
-                                if s.machine in self._machines and table.has_row(s.machine)))
+        shown = table.changed([s.machine for s in message.samples if s.machine in self._machines])
+        table.update(self._rows(self._machines[name] for name in shown))
         if self.selected in {s.machine for s in message.samples}:
             self._show_detail()
 
@@ -438,6 +438,14 @@ class BoxuiApp(App[None]):
         for m in machines:
             yield (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
                                      self._frame), m.state.value)
+
+    def _row_of(self, name: str) -> tuple[dict[str, str], str] | None:
+        """A row as it is now, for the table to draw one that changed off screen."""
+        machine = self._machines.get(name) or self._pending.get(name)
+        if machine is None:
+            return None
+        _, cells, state = next(iter(self._rows([machine])))
+        return cells, state
 
     def _reconcile(self) -> None:
         self.query_one(MachineTable).reconcile(self._rows(self._visible()))
