@@ -370,7 +370,7 @@ class BoxuiApp(App[None]):
                 self._remember(self.backend.machine(name))
             except BoxuiError:
                 self._machines.pop(name, None)
-        self._reconcile()
+        self._machine_changed(name)
         if name == self.selected:
             self._show_detail()
             if self.query_one(ConsolePane).path is None and name in self._machines:
@@ -482,6 +482,20 @@ class BoxuiApp(App[None]):
         if not self._busy:
             self._spinner.pause()
         self._update_rows(self._busy)
+
+    def _machine_changed(self, name: str) -> None:
+        """After one machine's event: a full reconcile only if the rows shown change (it
+        came, went, or the filter now keeps or drops it), else its own row. A burst of
+        events (a bulk start of hundreds) rebuilt every row once per event."""
+        machine = self._machines.get(name) or self._pending.get(name)
+        wanted = TextFilter.parse(self.filters.get("machines", ""))
+        shown = machine is not None and wanted.matches(machine.name, machine.state.value)
+        if shown != self.query_one(MachineTable).has_row(name):
+            self._reconcile()
+            return
+        self._update_rows([name])
+        self._update_header()
+        self._update_empty_hint()
 
     def _update_rows(self, names: Iterable[str]) -> None:
         """Redraw only these machines' rows (those the table shows): a spinner's tick or
