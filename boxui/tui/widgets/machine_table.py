@@ -181,6 +181,8 @@ class MachineTable(ScrollView, can_focus=True):
         self._cursor = 0
         self._posted: str | None = ""
         self._strips: dict[str, tuple[tuple[Row, bool, bool], Strip]] = {}
+        #: the widget's Rich style ("") and its components', until the styles change
+        self._styles: dict[str, Style] = {}
         #: rows marked with `space`: bulk actions act on them (in table order)
         self.marked: set[str] = set()
         self.sort_column: str = "name"
@@ -305,8 +307,25 @@ class MachineTable(ScrollView, can_focus=True):
 
     def restyle(self) -> None:
         """Colours come from the theme: drop every cached line after a theme change."""
+        self._styles.clear()
         self._strips.clear()
         self.refresh()
+
+    def notify_style_update(self) -> None:
+        """The theme or a pseudo-class (:focus) changed the styles: what was drawn with
+        the old ones goes."""
+        self.restyle()
+        super().notify_style_update()
+
+    def _style(self, component: str = "") -> Style:
+        """The widget's Rich style, or a component's, read once per change of styles:
+        `rich_style` walks every ancestor's styles, and each line drawn asked for it."""
+        style = self._styles.get(component)
+        if style is None:
+            style = self.get_component_rich_style(component) if component else \
+                self.rich_style
+            self._styles[component] = style
+        return style
 
     def toggle_mark(self, name: str) -> None:
         if name in self.marked:
@@ -411,7 +430,7 @@ class MachineTable(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.scrollable_content_region.width
-        base = self.rich_style
+        base = self._style()
         if y == 0:
             strip = self._header_strip()
         else:
@@ -422,7 +441,7 @@ class MachineTable(ScrollView, can_focus=True):
         return strip.crop_extend(scroll_x, scroll_x + width, base)
 
     def _header_strip(self) -> Strip:
-        style = self.rich_style + self.get_component_rich_style("machine-table--header")
+        style = self._style() + self._style("machine-table--header")
         arrow = " ▼" if self.sort_reverse else " ▲"
         segments = []
         for column in COLUMNS:
@@ -438,11 +457,11 @@ class MachineTable(ScrollView, can_focus=True):
         if cached is not None and cached[0] == key:
             return cached[1]
         cells, state = row
-        style = self.rich_style
+        style = self._style()
         if marked:
-            style += self.get_component_rich_style("machine-table--marked")
+            style += self._style("machine-table--marked")
         if cursor:
-            style += self.get_component_rich_style("machine-table--cursor")
+            style += self._style("machine-table--cursor")
         segments = []
         for column in COLUMNS:
             cell_style = style
