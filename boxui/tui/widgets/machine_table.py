@@ -229,7 +229,7 @@ class MachineTable(ScrollView, can_focus=True):
         """Of these rows, whose machines changed, the ones on screen: the caller builds
         and `update`s those now. The others are only noted, and read from `row_source`
         when they are next drawn, sorted or read: with 1,000 machines sampled every
-        second, building every row each round cost more than drawing the ones shown."""
+        second, building all their rows was most of the app's own work per round."""
         index = self._index
         if self._row_source is None:
             return [name for name in names if name in index]
@@ -258,8 +258,7 @@ class MachineTable(ScrollView, can_focus=True):
 
     def _window(self) -> range:
         """The indices of the rows on screen. Measuring it walks the styles and the
-        compositor's map: once per batch of rows, not once per row (with 1,000 rows a
-        second, per row it cost more than the rows themselves)."""
+        compositor's map: once per batch of rows, not once for each of 1,000 rows."""
         top = self.scroll_offset.y
         return range(top, top + self._page_rows())
 
