@@ -5,14 +5,14 @@ Run: .venv/bin/python bench/tui.py [--machines 1000] [--seconds 60] [--terminal]
 
 `--navigate` measures with k9s-style navigation on, as a user who lives in the app has
 it: every third row marked (`space`), a filter on the machines (`/!~9$`: a regular
-expression, inverted, keeping 90 % of them) and one on the events pane. Rows the filter
-hides are not drawn, so "rows updated" then counts the rows shown.
+expression, inverted, keeping 90 % of them) and one on the events pane.
 
 What runs: the real `BoxuiApp` over a real `EmbeddedBackend` (engine, supervisor, event
 feed, health feed, spec watcher) in a temp state dir with `--machines` machines, all
 `ready`. They reach `ready` the way they would after boxui restarts with running VMs:
 each was recorded as booted and ready, and the supervisor re-adopts it at startup (the
-bench driver trusts every adoption; no process is checked or sampled).
+bench driver trusts every adoption and answers every QMP probe at once; no process is
+checked or sampled, but the supervisor's heartbeat runs as it would).
 
 What stands in: health sampling. The app is started with `sample_health=False`; once a
 second the bench calls the supervisor's own `HealthSampler.sample_once()`, with the
@@ -26,10 +26,11 @@ What is measured, after a 2-round warm-up:
 - CPU: `time.process_time()` (user + system, all threads) of this one process over the
   measured rounds, as % of one core. This includes the bench's sample fan-out (what the
   real sampler costs besides psutil/QMP).
-- update -> row: for every machine and round, from the start of the round's
+- update -> row: for every row on screen and round, from the start of the round's
   `sample_once()` to `MachineTable._write` storing that row's new CPU value and asking
-  for its line to be redrawn if it is on screen (a per-instance wrapper around
-  `_write`). p50/p95/max over all rows and rounds.
+  for its line to be redrawn (a per-instance wrapper around `_write`). p50/p95/max over
+  all those rows and rounds. Rows off screen are not built when sampled: the table
+  notes them and builds each when it is next drawn, sorted or read.
 - update -> frame: per round, from the same start to the end of the first screen update
   (`App._display`) after that round's last row update: the frame that shows the rows.
   Headless (default), Textual composes the frame but skips turning it into escape codes
@@ -60,7 +61,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,11 @@ WARMUP_ROUNDS = 2
 
 
 class BenchDriver(HypervisorDriver):
-    """Adopts every recorded machine and never sees one exit; nothing else is called."""
+    """Adopts every recorded machine, whose QMP always answers (recovery's adoption probe
+    and the supervisor's heartbeat), and never sees one exit; nothing else is called.
+    Without an answering probe every machine was adopted `unresponsive`, and each
+    heartbeat re-read every machine.toml for its restart policy: not the fleet of
+    `ready` machines this bench is about."""
 
     def capabilities(self) -> DriverCapabilities:
         return DriverCapabilities("bench", snapshots=False, graceful_stop=False, accels=())
@@ -136,7 +141,7 @@ class BenchDriver(HypervisorDriver):
         raise NotImplementedError
 
     async def probe(self, handle: VmHandle) -> ProbeResult:
-        raise NotImplementedError
+        return ProbeResult(alive=True, responsive=True, status="running")
 
 
 async def write_machines(root: Path, count: int) -> None:
@@ -248,8 +253,8 @@ class BenchApp(BoxuiApp):
         original_write, original_update = table._write, table.update
         original_display = self._display
 
-        def write(name: str, row: Row) -> None:
-            original_write(name, row)
+        def write(name: str, row: Row, window: range | None = None) -> None:
+            original_write(name, row, window)
             cpu = row[0]["cpu"]
             if cpu.isdigit():
                 probes.cell_times[int(cpu)].append(time.perf_counter())
@@ -313,11 +318,17 @@ class BenchApp(BoxuiApp):
         return {
             "machines": len(self._machines), "rounds": self.rounds, "wall": wall,
             "cpu": cpu, "cells": cells, "frames": sorted(frame_ms), "missing": missing,
-            "cells_expected": self.rounds * self.query_one(MachineTable).row_count,
+            "cells_expected": self.rounds * self._rows_on_screen(),
             "navigate": self.navigate,
             "headless": self.is_headless, "reconciles": sorted(probes.reconciles),
             "timeline": self.timeline, "timeline_builds": sorted(probes.timeline_builds),
+            "states": Counter(m.state.value for m in self._machines.values()),
         }
+
+    def _rows_on_screen(self) -> int:
+        table = self.query_one(MachineTable)
+        window = table._window()
+        return len(range(window.start, min(window.stop, table.row_count)))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -338,7 +349,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['wall']:.1f} s, {mode}; load average {report['load']}"
         + (", with marks and filters (--navigate)" if report["navigate"] else ""),
         f"rows updated: {len(cells)} of {report['cells_expected']}; "
-        f"rounds never shown (coalesced): {report['missing']}",
+        f"rounds never shown (coalesced): {report['missing']}; machines at the end: "
+        + ", ".join(f"{n} {state}" for state, n in report["states"].most_common()),
         "",
         f"{'metric':<24}{'p50':>9}{'p95':>9}{'max':>9}{'target':>10}  result",
     ]

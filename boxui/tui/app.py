@@ -259,7 +259,7 @@ class BoxuiApp(App[None]):
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield Static(id="empty-hint")
-                yield MachineTable(self.state_colour, id="machines")
+                yield MachineTable(self.state_colour, row_source=self._row_of, id="machines")
                 with Horizontal(id="bottom"):
                     yield EventStream(id="events")
                     yield ConsolePane(id="console")
@@ -370,7 +370,7 @@ class BoxuiApp(App[None]):
                 self._remember(self.backend.machine(name))
             except BoxuiError:
                 self._machines.pop(name, None)
-        self._reconcile()
+        self._machine_changed(name)
         if name == self.selected:
             self._show_detail()
             if self.query_one(ConsolePane).path is None and name in self._machines:
@@ -391,10 +391,10 @@ class BoxuiApp(App[None]):
     def on_health_sampled(self, message: HealthSampled) -> None:
         for sample in message.samples:
             self._health[sample.machine] = sample
-        # a sample changes only its own row: no need to rebuild the other 999
+        # a sample changes only its own row, and only the rows on screen are built now
         table = self.query_one(MachineTable)
-        table.update(self._rows(self._machines[s.machine] for s in message.samples
-                                if s.machine in self._machines and table.has_row(s.machine)))
+        shown = table.changed([s.machine for s in message.samples if s.machine in self._machines])
+        table.update(self._rows(self._machines[name] for name in shown))
         if self.selected in {s.machine for s in message.samples}:
             self._show_detail()
 
@@ -439,6 +439,14 @@ class BoxuiApp(App[None]):
             yield (m.name, row_cells(m, self._health.get(m.name), now, self._busy.get(m.name),
                                      self._frame), m.state.value)
 
+    def _row_of(self, name: str) -> tuple[dict[str, str], str] | None:
+        """A row as it is now, for the table to draw one that changed off screen."""
+        machine = self._machines.get(name) or self._pending.get(name)
+        if machine is None:
+            return None
+        _, cells, state = next(iter(self._rows([machine])))
+        return cells, state
+
     def _reconcile(self) -> None:
         self.query_one(MachineTable).reconcile(self._rows(self._visible()))
         self._update_header()
@@ -473,7 +481,29 @@ class BoxuiApp(App[None]):
         self._frame += 1
         if not self._busy:
             self._spinner.pause()
-        self._reconcile()
+        self._update_rows(self._busy)
+
+    def _machine_changed(self, name: str) -> None:
+        """After one machine's event: a full reconcile only if the rows shown change (it
+        came, went, or the filter now keeps or drops it), else its own row. A burst of
+        events (a bulk start of hundreds) rebuilt every row once per event."""
+        machine = self._machines.get(name) or self._pending.get(name)
+        wanted = TextFilter.parse(self.filters.get("machines", ""))
+        shown = machine is not None and wanted.matches(machine.name, machine.state.value)
+        if shown != self.query_one(MachineTable).has_row(name):
+            self._reconcile()
+            return
+        self._update_rows([name])
+        self._update_header()
+        self._update_empty_hint()
+
+    def _update_rows(self, names: Iterable[str]) -> None:
+        """Redraw only these machines' rows (those the table shows): a spinner's tick or
+        a progress step changes one row, not which rows there are; a full reconcile
+        would build all 1,000 rows eight times a second while anything is busy."""
+        table = self.query_one(MachineTable)
+        machines = (self._machines.get(n) or self._pending.get(n) for n in list(names))
+        table.update(self._rows(m for m in machines if m is not None and table.has_row(m.name)))
 
     @property
     def selected(self) -> str | None:
@@ -510,7 +540,7 @@ class BoxuiApp(App[None]):
             return  # the work already ended
         self._busy[message.name] = message.phase
         self._work[message.name] = f"{message.phase}: {message.message}"
-        self._reconcile()
+        self._update_rows([message.name])
         if message.name == self.selected:
             self._show_detail()
 

@@ -56,6 +56,8 @@ TABLE_WIDTH = sum(c.width + 2 * CELL_PAD for c in COLUMNS)
 
 StateColour = Callable[[str], str]
 Row = tuple[dict[str, str], str]  # (cells by column key, state)
+#: a row as it is now (None: no such machine any more)
+RowSource = Callable[[str], Row | None]
 
 
 def human_bytes(value: int | None) -> str:
@@ -165,16 +167,22 @@ class MachineTable(ScrollView, can_focus=True):
             super().__init__()
             self.name = name
 
-    def __init__(self, state_colour: StateColour, *, id: str | None = None,
-                 classes: str | None = None) -> None:
+    def __init__(self, state_colour: StateColour, *, row_source: RowSource | None = None,
+                 id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._state_colour = state_colour
+        self._row_source = row_source
+        #: rows that changed while off screen: read from `row_source` when next drawn,
+        #: sorted or read, not built every time their machine is sampled
+        self._stale: set[str] = set()
         self._rows: dict[str, Row] = {}
         self._order: list[str] = []
         self._index: dict[str, int] = {}
         self._cursor = 0
         self._posted: str | None = ""
         self._strips: dict[str, tuple[tuple[Row, bool, bool], Strip]] = {}
+        #: the widget's Rich style ("") and its components', until the styles change
+        self._styles: dict[str, Style] = {}
         #: rows marked with `space`: bulk actions act on them (in table order)
         self.marked: set[str] = set()
         self.sort_column: str = "name"
@@ -192,44 +200,83 @@ class MachineTable(ScrollView, can_focus=True):
         for name in gone:
             del self._rows[name]
             self._strips.pop(name, None)  # a mark stays: a filter may show it again
+        window = self._window()
         for name, row in wanted.items():
             old = self._rows.get(name)
             if old is None:
                 added = True
             elif old != row:
-                self._write(name, row)
+                self._write(name, row, window)
                 continue
             self._rows[name] = row
+        self._stale.clear()  # every row kept was just given
         if gone or added:
             self._resort(selected)
         self._post_highlight()
 
     def update(self, rows: Iterable[tuple[str, dict[str, str], str]]) -> None:
         """Update rows already shown; the others are left as they are."""
+        window = self._window()
+        stored, stale = self._rows, self._stale
         for name, cells, state in rows:
             row = (cells, state)
-            if name in self._rows and self._rows[name] != row:
-                self._write(name, row)
+            old = stored.get(name)
+            stale.discard(name)
+            if old is not None and old != row:
+                self._write(name, row, window)
+
+    def changed(self, names: Iterable[str]) -> list[str]:
+        """Of these rows, whose machines changed, the ones on screen: the caller builds
+        and `update`s those now. The others are only noted, and read from `row_source`
+        when they are next drawn, sorted or read: with 1,000 machines sampled every
+        second, building all their rows was most of the app's own work per round."""
+        index = self._index
+        if self._row_source is None:
+            return [name for name in names if name in index]
+        window, stale, shown = self._window(), self._stale, []
+        for name in names:
+            i = index.get(name)
+            if i is None:
+                continue
+            if i in window:
+                shown.append(name)
+            else:
+                stale.add(name)
+        return shown
 
     def has_row(self, name: str) -> bool:
         return name in self._rows
 
-    def _write(self, name: str, row: Row) -> None:
-        """Store a changed row and redraw its line if it is on screen."""
+    def _write(self, name: str, row: Row, window: range | None = None) -> None:
+        """Store a changed row and redraw its line if it is on screen (`window`: the rows
+        on screen, measured once by a caller that writes many)."""
         self._rows[name] = row
         self.updates += 1
         index = self._index[name]
-        if self._on_screen(index):
+        if index in (self._window() if window is None else window):
             self.refresh_line(index + 1)
 
-    def _on_screen(self, index: int) -> bool:
+    def _window(self) -> range:
+        """The indices of the rows on screen. Measuring it walks the styles and the
+        compositor's map: once per batch of rows, not once for each of 1,000 rows."""
         top = self.scroll_offset.y
-        return top <= index < top + self._page_rows()
+        return range(top, top + self._page_rows())
 
     def _page_rows(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
 
+    def _fresh(self, name: str) -> Row:
+        """The row, read again from the source if it changed while off screen."""
+        if name in self._stale:
+            self._stale.discard(name)
+            row = self._row_source(name) if self._row_source is not None else None
+            if row is not None:
+                self._rows[name] = row
+        return self._rows[name]
+
     def _resort(self, keep: str | None) -> None:
+        for name in list(self._stale):
+            self._fresh(name)
         column = self.sort_column
         numeric = next((c.numeric for c in COLUMNS if c.key == column), False)
 
@@ -259,8 +306,25 @@ class MachineTable(ScrollView, can_focus=True):
 
     def restyle(self) -> None:
         """Colours come from the theme: drop every cached line after a theme change."""
+        self._styles.clear()
         self._strips.clear()
         self.refresh()
+
+    def notify_style_update(self) -> None:
+        """The theme or a pseudo-class (:focus) changed the styles: what was drawn with
+        the old ones goes."""
+        self.restyle()
+        super().notify_style_update()
+
+    def _style(self, component: str = "") -> Style:
+        """The widget's Rich style, or a component's, read once per change of styles:
+        `rich_style` walks every ancestor's styles, and each line drawn asked for it."""
+        style = self._styles.get(component)
+        if style is None:
+            style = self.get_component_rich_style(component) if component else \
+                self.rich_style
+            self._styles[component] = style
+        return style
 
     def toggle_mark(self, name: str) -> None:
         if name in self.marked:
@@ -295,7 +359,7 @@ class MachineTable(ScrollView, can_focus=True):
         return self._order[self._cursor] if self._order else None
 
     def get_cell(self, name: str, column: str) -> str:
-        return self._rows[name][0][column]
+        return self._fresh(name)[0][column]
 
     # --- cursor ------------------------------------------------------------------------
 
@@ -365,7 +429,7 @@ class MachineTable(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.scrollable_content_region.width
-        base = self.rich_style
+        base = self._style()
         if y == 0:
             strip = self._header_strip()
         else:
@@ -376,7 +440,7 @@ class MachineTable(ScrollView, can_focus=True):
         return strip.crop_extend(scroll_x, scroll_x + width, base)
 
     def _header_strip(self) -> Strip:
-        style = self.rich_style + self.get_component_rich_style("machine-table--header")
+        style = self._style() + self._style("machine-table--header")
         arrow = " ▼" if self.sort_reverse else " ▲"
         segments = []
         for column in COLUMNS:
@@ -385,18 +449,18 @@ class MachineTable(ScrollView, can_focus=True):
         return Strip(segments, TABLE_WIDTH)
 
     def _row_strip(self, name: str, cursor: bool) -> Strip:
-        row = self._rows[name]
+        row = self._fresh(name)
         marked = name in self.marked
         key = (row, cursor, marked)
         cached = self._strips.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
         cells, state = row
-        style = self.rich_style
+        style = self._style()
         if marked:
-            style += self.get_component_rich_style("machine-table--marked")
+            style += self._style("machine-table--marked")
         if cursor:
-            style += self.get_component_rich_style("machine-table--cursor")
+            style += self._style("machine-table--cursor")
         segments = []
         for column in COLUMNS:
             cell_style = style
