@@ -1,49 +1,160 @@
-"""The keys actually in force: read from the bindings after `ui.toml`'s keymap was
-applied (the app passes them in), so a rebound key shows as the user bound it; plus the
-`:` commands, which are the same everywhere."""
+"""`?`: the keys that act here and now, grouped by where they act.
+
+Read from the screen's active bindings (the focus chain, after `ui.toml`'s keymap and
+after the app's `check_action`), so a rebound key shows as the user bound it and a key
+that would do nothing here is not listed. Textual puts generic bindings on every
+scrollable widget (`ctrl+pageup` scrolls a page sideways, `left` scrolls left): those are
+kept only while the widget can actually scroll that way, and Textual's clipboard and
+"how do I quit" keys are left out. The `:` commands follow, the same everywhere.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.dom import DOMNode
+from textual.keys import _character_to_key
+from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
 from textual.widgets import Static
 
-#: keys of other widgets that the main screen's bindings do not list
-PANE_KEYS = [
-    ("tab", "to the events: the highlighted one drawn whole"),
-    ("enter", "(events) the event as its JSON CloudEvent; esc follows"),
-    ("j / k", "down / up in the machines (arrows too)"),
-]
+#: `question_mark` -> `?`: keys shown as typed
+_KEY_CHARACTERS = {_character_to_key(chr(c)): chr(c) for c in range(33, 127)}
+#: Textual's keys that do nothing boxui means here: copy a mouse selection, a hint on
+#: how to quit, and a data table's enter (no view acts on a selected row)
+_NOISE = {("", "copy_text"), ("", "help_quit"), ("DataTable", "select_cursor")}
+_VERTICAL = {"scroll_up", "scroll_down", "page_up", "page_down", "scroll_home",
+             "scroll_end", "scroll_top", "scroll_bottom"}
+_HORIZONTAL = {"scroll_left", "scroll_right", "page_left", "page_right"}
+#: clearer words for Textual's own descriptions: (widget class or "", action) -> words
+_WORDS = {("", "focus_next"): "next pane", ("", "focus_previous"): "previous pane",
+          ("", "command_palette"): "command palette",
+          ("EventStream", "select"): "the event whole, as JSON"}
+#: group titles for focused widgets, by class
+_WIDGETS = {"MachineTable": "the machines table", "EventStream": "the events pane",
+            "ConsolePane": "the console pane", "TimelineView": "the timeline",
+            "DataTable": "the table", "Tree": "the tree", "CommandLine": "the command line"}
+
+MAIN, VIEW, FOCUSED, EVERYWHERE = range(4)
+
+
+@dataclass
+class KeyGroup:
+    title: str
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (keys as typed, what)
+
+
+def _classes(node: DOMNode) -> list[str]:
+    return [cls.__name__ for cls in type(node).__mro__]
+
+
+def _can_scroll(node: DOMNode, name: str) -> bool:
+    """Textual's generic scrolling acts only when there is somewhere to scroll; a
+    widget's own action of the same name (a table's cursor) always acts."""
+    if not isinstance(node, Widget) or name not in _VERTICAL | _HORIZONTAL:
+        return True
+    if getattr(type(node), f"action_{name}", None) is not getattr(Widget, f"action_{name}",
+                                                                    None):
+        return True
+    return node.allow_horizontal_scroll if name in _HORIZONTAL else \
+        node.allow_vertical_scroll
+
+
+def _acts(node: DOMNode, binding: Binding) -> bool:
+    name = binding.action.rpartition(".")[2].partition("(")[0]
+    classes = _classes(node)
+    if ("", name) in _NOISE or any((c, name) in _NOISE for c in classes):
+        return False
+    return _can_scroll(node, name)
+
+
+def _words(node: DOMNode, binding: Binding) -> str:
+    name = binding.action.rpartition(".")[2].partition("(")[0]
+    for cls in ["", *_classes(node)]:
+        if (cls, name) in _WORDS:
+            return _WORDS[cls, name]
+    return binding.description or name
+
+
+def _where(node: DOMNode, screen: Screen[object], global_actions: Collection[str],
+           action: str) -> tuple[int, str]:
+    """(rank, title) of the group a binding belongs to."""
+    if node is screen.app:
+        return (EVERYWHERE, "everywhere") if action in global_actions else \
+            (MAIN, "machines (the main screen)")
+    if node is screen:
+        if type(screen) is Screen:
+            return VIEW, "panes"
+        view = getattr(screen, "VIEW", "") or type(screen).__name__.removesuffix("Screen")
+        return VIEW, f"this view: {view.lower()}"
+    title = next((_WIDGETS[c] for c in _classes(node) if c in _WIDGETS),
+                 type(node).__name__)
+    return FOCUSED, f"{title} (has the focus)"
+
+
+def keys_in_force(screen: Screen[object], order: Sequence[str],
+                  global_actions: Collection[str]) -> list[KeyGroup]:
+    """Each action once per group with every key bound to it now. `order`: the app's
+    actions in the order its bindings list them (a keymap moves a rebound one to the
+    end); `global_actions`: those that act on every screen, the rest of the app's act
+    on the main screen only."""
+    entries: dict[tuple[int, str], dict[str, tuple[str, list[str]]]] = {}
+    for active in screen.active_bindings.values():
+        node, binding = active.node, active.binding
+        if not active.enabled or binding.system or not _acts(node, binding):
+            continue
+        action = binding.action.rpartition(".")[2] if node is screen.app else binding.action
+        group = entries.setdefault(_where(node, screen, global_actions, action), {})
+        _, keys = group.setdefault(_words(node, binding), (action, []))
+        key = _KEY_CHARACTERS.get(binding.key, binding.key)
+        if key not in keys:
+            keys.append(key)
+    position = {action: i for i, action in enumerate(order)}
+    groups = []
+    for (_, title), group in sorted(entries.items(), key=lambda item: item[0][0]):
+        listed = sorted(group.items(), key=lambda item: position.get(item[1][0], len(order)))
+        groups.append(KeyGroup(title, [(" / ".join(keys), what)
+                                       for what, (_, keys) in listed]))
+    return groups
 
 
 def _escape(text: str) -> str:
     return text.replace("[", r"\[")
 
 
-def help_text(keys: list[tuple[str, str]], commands: list[tuple[str, str]]) -> str:
-    width = max((len(k) for k, _ in [*keys, *PANE_KEYS]), default=8)
-    rows = [f"  [b]{_escape(key):<{width}}[/b]  {_escape(what)}"
-            for key, what in [*keys, *PANE_KEYS]]
+def help_text(groups: list[KeyGroup], commands: list[tuple[str, str]]) -> str:
+    pairs = [pair for group in groups for pair in group.keys]
+    width = max((len(k) for k, _ in pairs), default=8)
+    parts = ["[b]boxui keys[/b] (those that act here, as bound now; rebind them in "
+             "ui.toml \\[keys])"]
+    for group in groups:
+        parts.append(f"\n[b]{_escape(group.title)}[/b]")
+        parts += [f"  [b]{_escape(key):<{width}}[/b]  {_escape(what)}"
+                  for key, what in group.keys]
     cmd_rows = [f"  [b]:{_escape(word):<{width - 1}}[/b]  {_escape(what)}"
                 for word, what in commands]
-    return ("[b]boxui keys[/b] (as bound now; rebind them in ui.toml \\[keys])\n\n"
-            + "\n".join(rows) + "\n\n[b]commands[/b] (`:`, tab completes)\n\n"
-            + "\n".join(cmd_rows) + "\n\n[dim]esc or ? closes[/dim]")
+    return ("\n".join(parts) + "\n\n[b]commands[/b] (`:`, tab completes, up/down: "
+            "history)\n\n" + "\n".join(cmd_rows) + "\n\n[dim]esc or ? closes[/dim]")
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [("escape", "close", "Close"), ("question_mark", "close", "Close"),
                 ("q", "close", "Close")]
 
-    def __init__(self, keys: list[tuple[str, str]] | None = None,
+    def __init__(self, groups: list[KeyGroup] | None = None,
                  commands: list[tuple[str, str]] | None = None) -> None:
         super().__init__()
-        self.keys, self.commands = keys or [], commands or []
+        self.groups, self.commands = groups or [], commands or []
+        #: every (keys, what) shown, whatever its group
+        self.keys = [pair for group in self.groups for pair in group.keys]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="help"), VerticalScroll():
-            yield Static(help_text(self.keys, self.commands))
+            yield Static(help_text(self.groups, self.commands))
 
     def action_close(self) -> None:
         self.dismiss(None)
