@@ -71,7 +71,7 @@ from boxui.tui.screens.confirm_bulk import ConfirmBulkScreen
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.tui.screens.copy_dialog import CopyScreen
 from boxui.tui.screens.event_dialog import EventDialog
-from boxui.tui.screens.help import HelpScreen, KeyGroup, keys_in_force
+from boxui.tui.screens.help import HelpScreen, KeyGroup, grouped_keys
 from boxui.tui.screens.images import ImagesScreen
 from boxui.tui.screens.logs import LogsScreen
 from boxui.tui.screens.new_machine import NewMachine, NewMachineScreen
@@ -993,8 +993,8 @@ class BoxuiApp(App[None]):
 
     def key_groups(self) -> list[KeyGroup]:
         """The keys that act on the screen in front now, grouped (see `help`)."""
-        return keys_in_force(self.screen, [b.action for b in self.BINDINGS
-                                           if isinstance(b, Binding)], GLOBAL_ACTIONS)
+        return grouped_keys(self.screen, [b.action for b in self.BINDINGS
+                                          if isinstance(b, Binding)], GLOBAL_ACTIONS)
 
     def keys_in_force(self) -> list[tuple[str, str]]:
         return [pair for group in self.key_groups() for pair in group.keys]

@@ -88,7 +88,7 @@ def _where(node: DOMNode, screen: Screen[object], global_actions: Collection[str
             (MAIN, "machines (the main screen)")
     if node is screen:
         if type(screen) is Screen:
-            return VIEW, "panes"
+            return VIEW, "between the panes"
         view = getattr(screen, "VIEW", "") or type(screen).__name__.removesuffix("Screen")
         return VIEW, f"this view: {view.lower()}"
     title = next((_WIDGETS[c] for c in _classes(node) if c in _WIDGETS),
@@ -96,8 +96,8 @@ def _where(node: DOMNode, screen: Screen[object], global_actions: Collection[str
     return FOCUSED, f"{title} (has the focus)"
 
 
-def keys_in_force(screen: Screen[object], order: Sequence[str],
-                  global_actions: Collection[str]) -> list[KeyGroup]:
+def grouped_keys(screen: Screen[object], order: Sequence[str],
+                 global_actions: Collection[str]) -> list[KeyGroup]:
     """Each action once per group with every key bound to it now. `order`: the app's
     actions in the order its bindings list them (a keymap moves a rebound one to the
     end); `global_actions`: those that act on every screen, the rest of the app's act
