@@ -883,6 +883,7 @@ class BoxuiApp(App[None]):
     def _close_command_line(self) -> None:
         line = self.query_one(CommandLine)
         line.value = ""
+        line.rewind()
         line.remove_class("-shown")
         line.disabled = True
         self.query_one(MachineTable).focus()

@@ -166,6 +166,10 @@ class CommandLine(Input):
             self.value = self._suggestion
             self.cursor_position = len(self.value)
 
+    def rewind(self) -> None:
+        """The next `up` starts from the newest command again."""
+        self._position = len(self.history)
+
     def action_history(self, step: int) -> None:
         if not self.history:
             return
