@@ -83,6 +83,10 @@ async def test_command_history_is_kept_across_sessions(home: Path, make_app: Mak
         assert line.value == "cells"
         await pilot.press("down")
         assert line.value == ""
+        await pilot.press("up", "up", "escape", "colon")  # a walk given up starts over
+        await until(pilot, lambda: line.has_focus)
+        await pilot.press("up")
+        assert line.value == "cells"
         await pilot.press("escape")
 
 
