@@ -135,7 +135,7 @@ async def test_help_lists_the_keys_that_act_where_the_focus_is(home: Path,
         await until(pilot, lambda: isinstance(app.screen, HelpScreen))
         shown = groups(app)
         pane = shown["the events pane (has the focus)"]
-        assert pane["the event whole, as JSON"] == "enter" and pane["Follow"] == "escape"
+        assert pane["The event whole, as JSON"] == "enter" and pane["Follow"] == "escape"
         assert "the machines table (has the focus)" not in shown
         await pilot.press("escape")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.dom import DOMNode
 from textual.keys import _character_to_key
 from textual.screen import ModalScreen, Screen
@@ -31,15 +31,16 @@ _VERTICAL = {"scroll_up", "scroll_down", "page_up", "page_down", "scroll_home",
              "scroll_end", "scroll_top", "scroll_bottom"}
 _HORIZONTAL = {"scroll_left", "scroll_right", "page_left", "page_right"}
 #: clearer words for Textual's own descriptions: (widget class or "", action) -> words
-_WORDS = {("", "focus_next"): "next pane", ("", "focus_previous"): "previous pane",
-          ("", "command_palette"): "command palette",
-          ("EventStream", "select"): "the event whole, as JSON"}
+_WORDS = {("", "focus_next"): "Next pane", ("", "focus_previous"): "Previous pane",
+          ("", "command_palette"): "Command palette",
+          ("EventStream", "select"): "The event whole, as JSON"}
 #: group titles for focused widgets, by class
 _WIDGETS = {"MachineTable": "the machines table", "EventStream": "the events pane",
             "ConsolePane": "the console pane", "TimelineView": "the timeline",
             "DataTable": "the table", "Tree": "the tree", "CommandLine": "the command line"}
 
-MAIN, VIEW, FOCUSED, EVERYWHERE = range(4)
+#: the groups' order: what this screen is for first, the focused pane's moves last
+MAIN, VIEW, EVERYWHERE, FOCUSED = range(4)
 
 
 @dataclass
@@ -126,22 +127,35 @@ def _escape(text: str) -> str:
     return text.replace("[", r"\[")
 
 
-def help_text(groups: list[KeyGroup], commands: list[tuple[str, str]]) -> str:
-    pairs = [pair for group in groups for pair in group.keys]
-    width = max((len(k) for k, _ in pairs), default=8)
-    parts = ["[b]boxui keys[/b] (those that act here, as bound now; rebind them in "
-             "ui.toml \\[keys])"]
+def _group_text(groups: list[KeyGroup], width: int) -> str:
+    parts = []
     for group in groups:
-        parts.append(f"\n[b]{_escape(group.title)}[/b]")
+        parts.append(f"[b]{_escape(group.title)}[/b]")
         parts += [f"  [b]{_escape(key):<{width}}[/b]  {_escape(what)}"
                   for key, what in group.keys]
-    cmd_rows = [f"  [b]:{_escape(word):<{width - 1}}[/b]  {_escape(what)}"
-                for word, what in commands]
-    return ("\n".join(parts) + "\n\n[b]commands[/b] (`:`, tab completes, up/down: "
-            "history)\n\n" + "\n".join(cmd_rows) + "\n\n[dim]esc or ? closes[/dim]")
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
+def _commands_text(commands: list[tuple[str, str]], width: int) -> str:
+    rows = [f"  [b]:{_escape(word):<{width - 1}}[/b]  {_escape(what)}"
+            for word, what in commands]
+    return ("[b]commands[/b] (`:`, tab completes, up/down: history)\n\n" + "\n".join(rows)
+            + "\n\n[dim]esc or ? closes[/dim]")
+
+
+def columns(groups: list[KeyGroup]) -> tuple[list[KeyGroup], list[KeyGroup]]:
+    """The first group (the main screen's or the view's keys) on the left, the rest on
+    the right, so the usual case fits without scrolling."""
+    return groups[:1], groups[1:]
 
 
 class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen .help-columns { height: auto; }
+    HelpScreen .help-column { width: 1fr; height: auto; }
+    HelpScreen #help-commands { margin-top: 1; }
+    """
     BINDINGS = [("escape", "close", "Close"), ("question_mark", "close", "Close"),
                 ("q", "close", "Close")]
 
@@ -153,8 +167,16 @@ class HelpScreen(ModalScreen[None]):
         self.keys = [pair for group in self.groups for pair in group.keys]
 
     def compose(self) -> ComposeResult:
+        width = min(max((len(k) for k, _ in self.keys), default=8), 14)
+        words = min(max((len(w) + 1 for w, _ in self.commands), default=8), 24)
+        left, right = columns(self.groups)
         with Vertical(id="dialog", classes="help"), VerticalScroll():
-            yield Static(help_text(self.groups, self.commands))
+            with Horizontal(classes="help-columns"):
+                yield Static("[b]the keys that act here[/b], as bound now (ui.toml "
+                             "\\[keys] rebinds them)\n\n" + _group_text(left, width),
+                             classes="help-column")
+                yield Static(_group_text(right, width), classes="help-column")
+            yield Static(_commands_text(self.commands, words), id="help-commands")
 
     def action_close(self) -> None:
         self.dismiss(None)
