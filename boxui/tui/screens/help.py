@@ -30,6 +30,7 @@ _NOISE = {("", "copy_text"), ("", "help_quit"), ("DataTable", "select_cursor")}
 _VERTICAL = {"scroll_up", "scroll_down", "page_up", "page_down", "scroll_home",
              "scroll_end", "scroll_top", "scroll_bottom"}
 _HORIZONTAL = {"scroll_left", "scroll_right", "page_left", "page_right"}
+_ROW_SIDEWAYS = {"cursor_left", "cursor_right", "scroll_home", "scroll_end"}
 #: clearer words for Textual's own descriptions: (widget class or "", action) -> words
 _WORDS = {("", "focus_next"): "Next pane", ("", "focus_previous"): "Previous pane",
           ("", "command_palette"): "Command palette",
@@ -54,15 +55,17 @@ def _classes(node: DOMNode) -> list[str]:
 
 
 def _can_scroll(node: DOMNode, name: str) -> bool:
-    """Textual's generic scrolling acts only when there is somewhere to scroll; a
-    widget's own action of the same name (a table's cursor) always acts."""
-    if not isinstance(node, Widget) or name not in _VERTICAL | _HORIZONTAL:
+    """Scrolling acts only when there is somewhere to scroll: sideways whoever
+    implements it (a row-cursor table's left/right/home/end scroll sideways too), up and
+    down when it is Textual's generic scrolling (a table's own moves its cursor)."""
+    if not isinstance(node, Widget):
         return True
-    if getattr(type(node), f"action_{name}", None) is not getattr(Widget, f"action_{name}",
-                                                                    None):
-        return True
-    return node.allow_horizontal_scroll if name in _HORIZONTAL else \
-        node.allow_vertical_scroll
+    row_table = "DataTable" in _classes(node) and getattr(node, "cursor_type", "") == "row"
+    if name in _HORIZONTAL or (row_table and name in _ROW_SIDEWAYS):
+        return node.max_scroll_x > 0
+    generic = getattr(type(node), f"action_{name}", None) is getattr(Widget, f"action_{name}",
+                                                                      None)
+    return node.max_scroll_y > 0 if name in _VERTICAL and generic else True
 
 
 def _acts(node: DOMNode, binding: Binding) -> bool:
@@ -70,6 +73,8 @@ def _acts(node: DOMNode, binding: Binding) -> bool:
     classes = _classes(node)
     if ("", name) in _NOISE or any((c, name) in _NOISE for c in classes):
         return False
+    if name in ("focus_next", "focus_previous") and isinstance(node, Screen):
+        return len(node.focus_chain) > 1  # somewhere else to go
     return _can_scroll(node, name)
 
 
