@@ -77,10 +77,12 @@ def machine_target(name: str, home: Path | None = None) -> Target:
     return _target(name, home)
 
 
-def ssh_exec_argv(name: str, command: list[str] | None) -> list[str]:
+def ssh_exec_argv(name: str, command: list[str] | None,
+                  home: Path | None = None) -> list[str]:
+    """`home`: the state dir the machine lives in (the app's may not be the default)."""
     from backend.supervision.ssh_access import find_ssh, ssh_argv
 
-    target = _target(name)
+    target = _target(name, home)
     return ssh_argv(target.machine_dir, target.keys, target.port, command, find_ssh())
 
 

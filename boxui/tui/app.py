@@ -26,11 +26,10 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
-from textual.keys import _character_to_key
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerError, WorkerState
 from watchfiles import Change, awatch
 
 from backend.errors import BoxuiError, SpecError
@@ -48,6 +47,7 @@ from backend.supervision.health import HealthSample
 from boxui.ssh_commands import ssh_exec_argv
 from boxui.tui import tmux
 from boxui.tui.backend import AppBackend
+from boxui.tui.command_history import MAX_ENTRIES, load_history, save_history
 from boxui.tui.command_line import (
     MACHINE_COMMANDS,
     VIEWS,
@@ -71,7 +71,7 @@ from boxui.tui.screens.confirm_bulk import ConfirmBulkScreen
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.tui.screens.copy_dialog import CopyScreen
 from boxui.tui.screens.event_dialog import EventDialog
-from boxui.tui.screens.help import HelpScreen
+from boxui.tui.screens.help import HelpScreen, KeyGroup, grouped_keys
 from boxui.tui.screens.images import ImagesScreen
 from boxui.tui.screens.logs import LogsScreen
 from boxui.tui.screens.new_machine import NewMachine, NewMachineScreen
@@ -100,6 +100,9 @@ from boxui.tui.widgets.machine_table import COLUMNS, MachineTable, row_cells
 from boxui.tui.widgets.pool_line import PoolLine
 from boxui.tui.widgets.status_header import StatusHeader, header_markup
 
+#: the app's actions that act on every screen (`:`, `?`, quitting, the palette); the rest
+#: act on the main screen's table, so a full-screen view in front of it turns them off
+GLOBAL_ACTIONS = frozenset({"command_line", "help", "quit", "command_palette"})
 ACTIVE = {"booting", "ready", "busy", "draining", "stopping", "unresponsive", "unhealthy"}
 #: the row's label while a machine verb runs
 LABELS = {"start": "starting", "stop": "stopping", "restart": "restarting",
@@ -140,10 +143,6 @@ def empty_hint(images: list[ImageListing] | None, accel: str, reason: str) -> st
         f"  machines    run under {accel_line}",
         "              ([b]boxui doctor[/b] checks the host)",
     ])
-
-
-#: `question_mark` -> `?`: keys shown as typed
-_KEY_CHARACTERS = {_character_to_key(chr(c)): chr(c) for c in range(33, 127)}
 
 
 def _markup_escape(text: str) -> str:
@@ -187,7 +186,7 @@ class BoxuiApp(App[None]):
         super().__init__()
         self.backend: AppBackend = backend
         self.clock = clock
-        self._ssh_argv = ssh_argv or (lambda name: ssh_exec_argv(name, None))
+        self._ssh_argv = ssh_argv or (lambda name: ssh_exec_argv(name, None, backend.home))
         self._editor = editor
         self._machines: dict[str, LoadedMachine] = {}
         self._last_valid: dict[str, MachineSpec] = {}
@@ -205,6 +204,8 @@ class BoxuiApp(App[None]):
         #: machines asked for whose OS image is built first: shown before they exist
         self._pending: dict[str, LoadedMachine] = {}
         self.actions_done: list[tuple[str, str]] = []
+        self._history_lock = asyncio.Lock()
+        self._history_failed = False
         self.suspended_events: list[str] = []
         self._home = backend.home
         self._catalog = ThemeCatalog(user_themes_dir(self._home))
@@ -264,7 +265,8 @@ class BoxuiApp(App[None]):
                     yield EventStream(id="events")
                     yield ConsolePane(id="console")
             yield DetailPane(id="detail")
-        yield CommandLine(self._complete, id="command")
+        yield CommandLine(self._complete, history=load_history(self._home),
+                          limit=MAX_ENTRIES, id="command")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -911,9 +913,22 @@ class BoxuiApp(App[None]):
     def _close_command_line(self) -> None:
         line = self.query_one(CommandLine)
         line.value = ""
+        line.rewind()
         line.remove_class("-shown")
         line.disabled = True
         self.query_one(MachineTable).focus()
+
+    @work(group="history", exit_on_error=False)
+    async def _save_history(self, entries: list[str]) -> None:
+        """In order (the lock is fair), off the event loop; a failure is said once."""
+        async with self._history_lock:
+            try:
+                await asyncio.to_thread(save_history, self._home, entries)
+            except BoxuiError as exc:
+                if not self._history_failed:
+                    self.notify(f"command history not saved: {exc}", severity="warning",
+                                timeout=8)
+                self._history_failed = True
 
     def _complete(self, text: str) -> str | None:
         return complete(text, self._ui.aliases, self._machines)
@@ -921,6 +936,7 @@ class BoxuiApp(App[None]):
     @on(CommandLine.Run)
     async def _run_command(self, message: CommandLine.Run) -> None:
         self._close_command_line()
+        saving = self._save_history(list(self.query_one(CommandLine).history))
         try:
             command = parse_command(message.text, self._ui.aliases)
         except CommandError as exc:
@@ -928,6 +944,8 @@ class BoxuiApp(App[None]):
             return
         self.actions_done.append(("command", message.text))
         if command.kind == "quit":
+            with contextlib.suppress(WorkerError):  # a failure was reported already
+                await saving.wait()  # the app's end would cancel it
             await self.action_quit()
         elif command.kind == "view":
             await self._open_view(command.word, command.filter)
@@ -997,36 +1015,43 @@ class BoxuiApp(App[None]):
         await asyncio.to_thread(save_chosen_theme, self._home, theme)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.keys_in_force(), [
+        self.push_screen(HelpScreen(self.key_groups(), [
             *((v.name, v.summary) for v in VIEWS.values()),
             *((f"{word} NAME…", what) for word, (_, what) in MACHINE_COMMANDS.items()),
             *((f"{alias}", f"= :{target} (ui.toml)") for alias, target
               in self._ui.aliases.items()),
         ]))
 
+    def key_groups(self) -> list[KeyGroup]:
+        """The keys that act on the screen in front now, grouped (see `help`)."""
+        return grouped_keys(self.screen, [b.action for b in self.BINDINGS
+                                          if isinstance(b, Binding)], GLOBAL_ACTIONS)
+
     def keys_in_force(self) -> list[tuple[str, str]]:
-        """Each action once, with every key bound to it now (after the keymap): boxui's
-        own in the order of `BINDINGS`, then the focused table's; Textual's built-in
-        ones (focus, copy, scrolling sideways) are left out."""
-        own = [b.action for b in self.BINDINGS if isinstance(b, Binding)]
-        table = self.query_one(MachineTable)
-        by_action: dict[str, tuple[list[str], str]] = {}
-        for active in self.screen.active_bindings.values():
-            binding = active.binding
-            if binding.action not in own and active.node is not table:
-                continue
-            if binding.action.startswith("scroll_"):
-                continue
-            keys, _ = by_action.setdefault(binding.action, ([], binding.description))
-            display = _KEY_CHARACTERS.get(binding.key, binding.key)
-            if display not in keys:
-                keys.append(display)
-        order = {action: i for i, action in enumerate(own)}
-        return [(" / ".join(keys), what or action) for action, (keys, what) in sorted(
-            by_action.items(), key=lambda item: order.get(item[0], len(order)))]
+        return [pair for group in self.key_groups() for pair in group.keys]
+
+    def _in_a_view(self) -> bool:
+        """A full-screen view (not a dialog) is in front of the main screen."""
+        return any(not screen.is_modal for screen in self.screen_stack[1:])
+
+    @functools.cached_property
+    def _main_only(self) -> frozenset[str]:
+        return frozenset(b.action for b in self.BINDINGS if isinstance(b, Binding)) \
+            - GLOBAL_ACTIONS
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A view owns its keys: `s` in the timeline must not stop the machine selected
+        in the table behind it. Dialogs need no such rule (Textual stops app bindings
+        at a modal screen) and keep the main screen's footer as it was."""
+        return not (action in self._main_only and self._in_a_view())
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        if self._in_a_view():  # as the keys: a view in front owns them
+            yield SystemCommand("Command line", ":machines, :start NAME, ...",
+                                self.action_command_line)
+            yield SystemCommand("Keys", "The keys that act here", self.action_help)
+            return
         for title, help_text, action in (
             ("New machine", "Create and start a machine", self.action_new_machine),
             ("Start machine", "Start the selected machine", self.action_start),

@@ -138,7 +138,8 @@ class _Completer(Suggester):
 
 class CommandLine(Input):
     """A one-line input at the bottom; the app shows it on `:`, runs what is submitted
-    (the `Run` message) and hides it. History lives as long as the app."""
+    (the `Run` message) and hides it. The app hands it the saved history and saves it
+    again after each `Run` (see `command_history`); up/down walk it."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("tab", "complete", "Complete", show=False),
@@ -152,16 +153,22 @@ class CommandLine(Input):
             self.text = text
 
     def __init__(self, completer: Callable[[str], str | None], *,
+                 history: Iterable[str] = (), limit: int = 500,
                  id: str | None = None) -> None:
         super().__init__(placeholder=":machines  :start NAME  :help", id=id,
                          suggester=_Completer(completer), disabled=True)
-        self.history: list[str] = []
-        self._position = 0
+        self.history: list[str] = list(history)[-limit:]
+        self._limit = limit
+        self._position = len(self.history)
 
     def action_complete(self) -> None:
         if self._suggestion:
             self.value = self._suggestion
             self.cursor_position = len(self.value)
+
+    def rewind(self) -> None:
+        """The next `up` starts from the newest command again."""
+        self._position = len(self.history)
 
     def action_history(self, step: int) -> None:
         if not self.history:
@@ -175,6 +182,7 @@ class CommandLine(Input):
         text = self.value.strip()
         if text and (not self.history or self.history[-1] != text):
             self.history.append(text)
+            del self.history[:-self._limit]
         self._position = len(self.history)
         self.value = ""
         if text:
