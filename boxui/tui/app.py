@@ -488,8 +488,10 @@ class BoxuiApp(App[None]):
             events.focus_on(name)
         pane = self.query_one(ConsolePane)
         if name is not None and name in self._machines:
-            self.run_worker(pane.follow(self.backend.console_log(name)), group="console",
-                            exclusive=True, exit_on_error=False)
+            # the method, not a coroutine: an exclusive worker cancelled before it starts
+            # (the selection moved on at once) then leaves no coroutine never awaited
+            self.run_worker(functools.partial(pane.follow, self.backend.console_log(name)),
+                            group="console", exclusive=True, exit_on_error=False)
         elif pane.path is not None:  # none, or one still waiting to exist (no dir yet)
             self.workers.cancel_group(self, "console")
             pane.path = None
