@@ -21,6 +21,9 @@ from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState
 from backend.supervision.crash_recovery import recover_machines
+from backend.supervision.host_checks import check_orphans
+from backend.supervision.orphan_gc import collect_orphans, list_orphans
+from backend.supervision.orphans import scan
 from backend.supervision.supervisor import Supervisor
 from backend.templates.machine_from_template import spec_from_template
 from tests.fake_driver import FakeBootFiles
@@ -221,3 +224,32 @@ async def test_members_and_claimed_machines_are_readopted_after_a_crash(
         await pool.sup.stop_machine("api1")
         assert claimed_pid not in snap_driver.alive()
 
+
+async def test_gc_and_the_doctor_tell_pool_members_from_orphans(
+        engine: Engine, snap_driver: SnapshotDriver, warm_pool: OpenPool) -> None:
+    """Members and a machine that claimed one are held (their QMP sockets are not where
+    a machine's are, yet the scan finds them); a member no record holds is an orphan,
+    which `boxui gc` kills and the doctor names."""
+    async with warm_pool(2) as pool:
+        await engine.create_machine(spec_from_template(engine.dirs, "api1", REF))
+        await pool.sup.start_machine("api1")
+        await pool.until_ready(2, "refilled")
+        members = {n: m.handle.pid for n, m in pool.manager.members.items()}
+        claimed_pid = engine.store.load_record("api1").pid
+        found = {p.pid: p for p in scan(engine.dirs)}
+        assert set(found) == {*members.values(), claimed_pid}
+        assert all(p.member for p in found.values())
+        assert await list_orphans(pool.sup) == []
+        assert check_orphans(engine.dirs.root).status == "ok"
+
+        lost, kept = sorted(members)
+        (pool.manager.store.member_dir(lost) / "member.json").unlink()  # its pool forgot it
+        reason = f"no warm pool member {lost}, and no machine claimed it"
+        orphans = await list_orphans(pool.sup)
+        assert [(o.process.pid, o.reason) for o in orphans] == [(members[lost], reason)]
+        doctor = check_orphans(engine.dirs.root)
+        assert doctor.status == "warn" and f"pid {members[lost]} ({reason})" in doctor.detail
+        done = await collect_orphans(pool.sup, dry_run=False)
+        assert [(d["pid"], d["action"][:6]) for d in done] == [(members[lost], "killed")]
+        await until(lambda: members[lost] not in snap_driver.alive(), "the orphan gone")
+        assert {members[kept], claimed_pid} <= set(snap_driver.alive())
