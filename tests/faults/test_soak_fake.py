@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -46,6 +45,8 @@ SETTLING = (InstanceState.BOOTING, InstanceState.STOPPING)
 CYCLES = int(os.environ.get("BOXUI_SOAK_CYCLES", "100"))
 #: the supervisor is killed this long (uniform, seconds) after it was forked
 KILL_WINDOW = (0.0, 0.35)
+#: what a wait for an event may take before the test fails: well past any loaded host
+SETTLE_TIMEOUT = 120.0
 
 ABSENT = "absent"
 #: what an acknowledged operation leaves behind, given the states it found
@@ -160,12 +161,17 @@ async def recover_and_look(home: Path) -> tuple[dict[str, str], int, list[str]]:
     each machine's state, the desired replicas and any broken promise."""
     problems: list[str] = []
     async with supervising(home) as (engine, services):
-        # re-adopted machines finish the boot or the stop they were in
-        async with asyncio.timeout(10):
-            await services.wait_settled(SERVICE, services.wake(SERVICE))
-            while any(engine.projection.state_of(n) in SETTLING
-                      for n in engine.projection.names()):
-                await asyncio.sleep(0.01)
+        # re-adopted machines finish the boot or the stop they were in; each step is an
+        # event, so look again at each (generous: a loaded host is slow, not wrong)
+        changes = engine.subscribe()
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                await services.wait_settled(SERVICE, services.wake(SERVICE))
+                while any(engine.projection.state_of(n) in SETTLING
+                          for n in engine.projection.names()):
+                    await changes.get()
+        finally:
+            changes.close()
         states = {n: engine.projection.state_of(n) for n in engine.projection.names()}
         desired = services.spec(SERVICE).replicas
         serving = [m for m in services.instances(SERVICE) if states.get(m) in SERVING]
@@ -175,6 +181,27 @@ async def recover_and_look(home: Path) -> tuple[dict[str, str], int, list[str]]:
         problems += hypervisor_count_problems(home, states)
     problems += disk_consistency_problems(open_state_dir(home))
     return {n: s.value for n, s in states.items() if s is not None}, desired, problems
+
+
+async def killed(pid: int) -> None:
+    """SIGKILL `pid` and return once it has ended (its pidfd says so; the worker's
+    SIGCHLD setting has the kernel reap it)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        ended = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, ended.set)
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                await ended.wait()
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
 
 
 @pytest.mark.fault("4. soak: SIGKILL supervisor (test double)")
@@ -193,10 +220,7 @@ async def test_sigkill_supervisor_during_random_operations(
         acks = tmp_path / f"acks-{cycle}"
         pid = worker.fork(soak_home, rng.randrange(1 << 30), acks)
         await asyncio.sleep(rng.uniform(*KILL_WINDOW))
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await killed(pid)
         lines = acks.read_text().splitlines() if acks.exists() else []
         assert not any(line.startswith("crashed") for line in lines), lines[-1]
         duplicates = {n: c for n, c in hypervisors(soak_home).items() if c > 1}
