@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
@@ -57,7 +58,7 @@ class Load:
 
 
 @contextlib.contextmanager
-def unheard_errors() -> Any:
+def unheard_errors() -> Iterator[list[str]]:
     """What the loop's exception handler is handed meanwhile (and at a full collection
     after): a task's exception nobody retrieved is reported there when it is freed."""
     loop = asyncio.get_running_loop()
