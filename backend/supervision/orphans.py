@@ -154,7 +154,11 @@ class PoolHolders:
         seen in one of them."""
         members: dict[str, int | None] = {}
         root = members_root(dirs)
-        for name in sorted(os.listdir(root)) if root.is_dir() else []:
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:  # no pool was ever kept here
+            names = []
+        for name in names:
             try:
                 pid = json.loads((root / name / MEMBER_FILE).read_bytes()).get("pid")
                 members[name] = pid if isinstance(pid, int) else None
