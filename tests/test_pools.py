@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -257,7 +258,7 @@ async def test_gc_and_the_doctor_tell_pool_members_from_orphans(
         assert check_orphans(engine.dirs.root).status == "ok"
 
         lost, kept = sorted(members)
-        (pool.manager.store.member_dir(lost) / "member.json").unlink()  # its pool forgot it
+        shutil.rmtree(pool.manager.store.member_dir(lost))  # its pool forgot it
         reason = f"no warm pool member {lost}, and no machine claimed it"
         orphans = await list_orphans(pool.sup)
         assert [(o.process.pid, o.reason) for o in orphans] == [(members[lost], reason)]
