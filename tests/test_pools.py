@@ -82,6 +82,16 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 15) -
 OpenPool = Callable[..., AbstractAsyncContextManager[Pool]]
 
 
+async def claim_then_refill(engine: Engine, pool: Pool) -> tuple[dict[str, int], int | None]:
+    """Machine api1 started from a full pool of two, which fills again: the members'
+    pids by name, and the claimed member's pid, which api1 runs on."""
+    await engine.create_machine(spec_from_template(engine.dirs, "api1", REF))
+    await pool.sup.start_machine("api1")
+    await pool.until_ready(2, "refilled")
+    members = {n: m.handle.pid for n, m in pool.manager.members.items()}
+    return members, engine.store.load_record("api1").pid
+
+
 @pytest.fixture
 async def snap_driver() -> AsyncIterator[SnapshotDriver]:
     driver = SnapshotDriver()
@@ -216,11 +226,7 @@ async def test_an_image_template_cannot_be_pooled(
 async def test_members_and_claimed_machines_are_readopted_after_a_crash(
         engine: Engine, snap_driver: SnapshotDriver, warm_pool: OpenPool) -> None:
     async with warm_pool(2) as pool:
-        await engine.create_machine(spec_from_template(engine.dirs, "api1", REF))
-        await pool.sup.start_machine("api1")
-        await pool.until_ready(2, "refilled")
-        members = {n: m.handle.pid for n, m in pool.manager.members.items()}
-        claimed_pid = engine.store.load_record("api1").pid
+        members, claimed_pid = await claim_then_refill(engine, pool)
     # the supervisor is gone (as if killed): every process lives on
     assert set(members.values()) | {claimed_pid} <= set(snap_driver.alive())
     # a claim cut short before its machine recorded it: that member is not kept
@@ -246,11 +252,7 @@ async def test_gc_and_the_doctor_tell_pool_members_from_orphans(
     a machine's are, yet the scan finds them); a member no record holds is an orphan,
     which `boxui gc` kills and the doctor names."""
     async with warm_pool(2) as pool:
-        await engine.create_machine(spec_from_template(engine.dirs, "api1", REF))
-        await pool.sup.start_machine("api1")
-        await pool.until_ready(2, "refilled")
-        members = {n: m.handle.pid for n, m in pool.manager.members.items()}
-        claimed_pid = engine.store.load_record("api1").pid
+        members, claimed_pid = await claim_then_refill(engine, pool)
         found = {p.pid: p for p in scan(engine.dirs)}
         assert set(found) == {*members.values(), claimed_pid}
         assert all(p.member for p in found.values())

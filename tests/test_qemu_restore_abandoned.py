@@ -72,14 +72,19 @@ def unheard_errors() -> Iterator[list[str]]:
         loop.set_exception_handler(before)
 
 
-def restoring(tmp_path: Path, qemu: DyingQemu) -> tuple[QemuDriver, VmHandle]:
+async def restore_under_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load: Load,
+                            qemu: DyingQemu) -> asyncio.Future[None]:
+    """The driver waiting for a member's restore (its wait, as a task), with `load` begun."""
     driver = QemuDriver()
     handle = VmHandle(name="pool-0a1b2c3d", pid=2**22 + 7, start_time=1.0, ssh_port=1,
                       boot_id="b1", accel="tcg", console_log=tmp_path / "console.log",
                       qmp_socket=tmp_path / "qmp.sock",
                       restore=PendingRestore(tmp_path / "snapshot.bin", -1))
     driver._live[handle.pid] = qemu_driver._Live(cast(PidWatch, qemu), None, None)
-    return driver, handle
+    monkeypatch.setattr(driver, "_restore", load)
+    waiting = asyncio.ensure_future(driver.wait_ready(handle, 60))
+    await load.started.wait()
+    return waiting
 
 
 async def settle() -> None:
@@ -93,12 +98,9 @@ async def test_a_restore_cancelled_midway_ends_its_load(tmp_path: Path,
     pool kills the member's QEMU."""
     qemu = DyingQemu()
     load = Load(qemu.gone, convert=False)
-    driver, handle = restoring(tmp_path, qemu)
-    monkeypatch.setattr(driver, "_restore", load)
     with unheard_errors() as seen:
         async with asyncio.timeout(10):
-            waiting = asyncio.ensure_future(driver.wait_ready(handle, 60))
-            await load.started.wait()
+            waiting = await restore_under_way(tmp_path, monkeypatch, load, qemu)
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
@@ -113,12 +115,9 @@ async def test_a_member_killed_mid_restore_leaves_no_unheard_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     qemu = DyingQemu()
     load = Load(asyncio.Event(), convert=True)  # no answer until it is cancelled
-    driver, handle = restoring(tmp_path, qemu)
-    monkeypatch.setattr(driver, "_restore", load)
     with unheard_errors() as seen:
         async with asyncio.timeout(10):
-            waiting = asyncio.ensure_future(driver.wait_ready(handle, 60))
-            await load.started.wait()
+            waiting = await restore_under_way(tmp_path, monkeypatch, load, qemu)
             qemu.kill()
             with pytest.raises(DriverError, match="QEMU exited while loading"):
                 await waiting
