@@ -64,7 +64,7 @@ def test_second_lock_in_process_names_holder(tmp_path: Path,
     with SupervisorLock(path):
         assert lock_holder(path) == os.getpid()
         # a live holder is named at once: not one wait, on the clock of no loaded host
-        monkeypatch.setattr(supervisor_lock.time, "sleep", never_sleeps)
+        monkeypatch.setattr("backend.state.supervisor_lock.time.sleep", never_sleeps)
         with pytest.raises(StateDirInUseError, match=f"in use by boxui pid {os.getpid()}"):
             SupervisorLock(path).acquire()
         monkeypatch.undo()

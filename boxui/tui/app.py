@@ -30,7 +30,7 @@ from textual.keys import _character_to_key
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, WorkType
 from watchfiles import Change, awatch
 
 from backend.errors import BoxuiError, SpecError
@@ -490,8 +490,9 @@ class BoxuiApp(App[None]):
         if name is not None and name in self._machines:
             # the method, not a coroutine: an exclusive worker cancelled before it starts
             # (the selection moved on at once) then leaves no coroutine never awaited
-            self.run_worker(functools.partial(pane.follow, self.backend.console_log(name)),
-                            group="console", exclusive=True, exit_on_error=False)
+            follow: WorkType[None] = functools.partial(pane.follow,
+                                                      self.backend.console_log(name))
+            self.run_worker(follow, group="console", exclusive=True, exit_on_error=False)
         elif pane.path is not None:  # none, or one still waiting to exist (no dir yet)
             self.workers.cancel_group(self, "console")
             pane.path = None
