@@ -161,9 +161,8 @@ async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
     await manager.start()
     async with asyncio.timeout(600 + 60 * args.count):
         while len(manager.members) < args.count:
-            times += [time.perf_counter() - started] * (len(manager.members) - len(times))
-            await asyncio.sleep(0.1)
-    times += [time.perf_counter() - started] * (args.count - len(times))
+            await manager.next_ready()  # told as each member becomes ready
+            times.append(time.perf_counter() - started)
     await asyncio.sleep(args.idle)
     samples = [smaps_rollup(m.handle.pid) for m in manager.members.values()]
     choose_size(sup.engine.dirs, "bench:worker", 0)

@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+#: a loaded TCG Debian guest's sshd takes seconds to greet its first connection
+FIRST_TRY = 5.0
+
 
 async def ssh_banner(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> str | None:
     writer: asyncio.StreamWriter | None = None
@@ -30,12 +33,13 @@ async def ssh_banner(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -
 
 
 async def wait_for_banner(port: int, gone: Callable[[], bool], host: str = "127.0.0.1",
-                          first_timeout: float = 1.0, max_timeout: float = 30.0) -> bool:
-    """Until the banner comes (True) or `gone()` (False). Each try waits twice as long as
-    the last: OpenSSH forks and re-execs itself for every connection, which takes
-    seconds on a loaded TCG guest; tries given up after 1 s each left it one more child
-    to start, until MaxStartups dropped the rest and it never answered. A refused or
-    closed connection (nothing listening yet) still ends its try at once."""
+                          first_timeout: float = FIRST_TRY, max_timeout: float = 30.0) -> bool:
+    """Until the banner comes (True) or `gone()` (False). A connection nothing listens
+    for is closed at once (QEMU's user-mode network hangs up when the guest refuses it),
+    so a try that waits has reached sshd, which forks a child for it: giving it up throws
+    away a banner on its way and leaves that child counting against MaxStartups until its
+    LoginGraceTime. So the first try waits as long as a loaded Debian guest takes to greet,
+    and each later one twice as long as the last."""
     timeout = first_timeout
     while await ssh_banner(port, host, timeout) is None:
         if gone():

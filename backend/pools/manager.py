@@ -69,6 +69,7 @@ class PoolManager:
         self._retry_at: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._wake.set()
+        self._ready_waiters: list[asyncio.Future[Member]] = []
 
     async def start(self) -> None:
         """Re-adopt what a dead daemon left, then claim and refill from here on."""
@@ -211,6 +212,21 @@ class PoolManager:
         name = member.record.member
         self.members[name] = member
         self._watches[name] = self.sup.spawn(self._watch(member), f"pool-watch-{name}")
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(member)
+
+    async def next_ready(self) -> Member:
+        """The next member to join `members` (warmed, or re-adopted): for what waits for
+        a pool to fill (a benchmark, a test), which is told rather than polling."""
+        waiter: asyncio.Future[Member] = asyncio.get_running_loop().create_future()
+        self._ready_waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if waiter in self._ready_waiters:
+                self._ready_waiters.remove(waiter)
 
     async def _watch(self, member: Member) -> None:
         """A member whose guest dies is dropped, and the pool refilled."""

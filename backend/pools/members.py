@@ -25,11 +25,9 @@ from backend.state.accelerator import Accel
 from backend.state.atomic_write import atomic_write_text
 from backend.state.events import now_utc
 from backend.state.state_dir import StateDir, check_private_dir
-from backend.supervision.claimed_vm import MEMBER_FILE
+from backend.supervision.pool_paths import MEMBER_FILE, member_run_dir, members_root
 
 MemberState = Literal["warming", "ready", "claimed"]
-#: a directory name no machine can have (names start with a-z or 0-9)
-RUN_SUBDIR = "_pools"
 
 
 class MemberRecord(BaseModel):
@@ -56,7 +54,7 @@ class MemberRecord(BaseModel):
 class MemberStore:
     def __init__(self, dirs: StateDir) -> None:
         self.dirs = dirs
-        self.root = dirs.root / "pools" / "members"
+        self.root = members_root(dirs)
 
     @staticmethod
     def new_name() -> str:
@@ -66,9 +64,7 @@ class MemberStore:
         return self.root / member
 
     def run_dir(self, member: str) -> Path:
-        """Beside the machines' run dirs (or their fallback under /tmp when the state
-        dir is too deep for a socket path), so a claim moves it with one rename."""
-        return self.dirs.machine_run_dir(member).parent / RUN_SUBDIR / member
+        return member_run_dir(self.dirs, member)
 
     def make_dirs(self, member: str) -> tuple[Path, Path]:
         member_dir = self.member_dir(member)

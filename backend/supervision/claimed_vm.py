@@ -19,10 +19,8 @@ from pathlib import Path
 from backend.drivers.base import VmHandle
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.boot_plan import Forwards, RecordUpdate, forwards_record
+from backend.supervision.pool_paths import MEMBER_FILE
 from backend.templates.restore_plan import RestorePlan
-
-#: the member's own bookkeeping file, which stays behind in the pool's directory
-MEMBER_FILE = "member.json"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from backend.guest.machine_seed import CLIENT_KEY_FILE, HOST_KEY_FILE
 from backend.guest.tools import TOOL_PACKAGES
 from backend.state.machine_store import MachineStore
 from backend.state.state_dir import default_home, open_state_dir
-from backend.supervision.orphans import find_orphans, recorded_owner, scan
+from backend.supervision.orphans import PoolHolders, find_orphans, recorded_owner, scan
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -219,13 +219,14 @@ def check_key_files(root: Path) -> Check:
 
 
 def check_orphans(root: Path) -> Check:
-    """QEMU processes of this state dir that no machine's current run owns (by the
-    machines' records: doctor runs without a supervisor)."""
+    """QEMU processes of this state dir that no machine's current run owns, nor a warm
+    pool (by the machines' and members' records: doctor runs without a supervisor)."""
     if not root.is_dir():
         return Check("orphans", "ok", "no state dir yet")
     try:
         dirs = open_state_dir(root, create=False)
-        orphans = find_orphans(scan(dirs), recorded_owner(MachineStore(dirs)))
+        store = MachineStore(dirs)
+        orphans = find_orphans(scan(dirs), recorded_owner(store), PoolHolders.load(dirs, store))
     except (BoxuiError, OSError) as exc:
         return Check("orphans", "warn", f"cannot look for orphaned QEMU processes: {exc}")
     if not orphans:

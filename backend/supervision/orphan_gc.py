@@ -12,6 +12,7 @@ from backend.supervision.orphans import (
     ORPHAN_FOUND_TYPE,
     ORPHAN_KILLED_TYPE,
     Orphan,
+    PoolHolders,
     find_orphans,
     kill_process,
     orphan_event,
@@ -23,15 +24,18 @@ log = logging.getLogger("boxui.orphans")
 
 
 async def list_orphans(supervisor: Supervisor) -> list[Orphan]:
-    """Hypervisors of this state dir that no machine's current run holds."""
-    found = await asyncio.to_thread(scan, supervisor.engine.dirs)
+    """Hypervisors of this state dir that no machine's current run holds, nor a warm
+    pool (whose members' records say what it holds, as they do for the doctor)."""
+    dirs = supervisor.engine.dirs
+    found = await asyncio.to_thread(scan, dirs)
+    pool = await asyncio.to_thread(PoolHolders.load, dirs, supervisor.engine.store)
 
     def owner(name: str) -> tuple[InstanceState | None, int | None]:
         handle = supervisor.handles.get(name)
         return (supervisor.engine.projection.state_of(name),
                 handle.pid if handle is not None else None)
 
-    return find_orphans(found, owner)
+    return find_orphans(found, owner, pool)
 
 
 async def report_orphans(supervisor: Supervisor) -> list[Orphan]:

@@ -8,15 +8,22 @@ which lies in this state dir), so a scan of the host's processes finds every one
 them. One is an orphan when its machine does not exist, is not running, or runs another
 process. Killing one needs the same proof as any signal boxui sends: pid, start time
 and those arguments, checked again once a pidfd pins the process.
+
+Warm pool members carry the same arguments with the member's name and a QMP socket in
+the pools' run dir, and keep them when a machine claims one. Such a process is held by
+its member's record (`member.json`, which names its pid) or by the machine that claimed
+it (its record's `launched_as`); with neither it is an orphan too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from backend.drivers.base import StopTimeouts
@@ -30,6 +37,7 @@ from backend.state.lifecycle import ACTIVE_STATES, InstanceState, PersistedState
 from backend.state.machine_store import MachineStore
 from backend.state.names import validate_name
 from backend.state.state_dir import StateDir
+from backend.supervision.pool_paths import MEMBER_FILE, member_run_dir, members_root
 
 ORPHAN_FOUND_TYPE = "dev.boxui.orphan.v1.found"
 ORPHAN_KILLED_TYPE = "dev.boxui.orphan.v1.killed"
@@ -45,6 +53,15 @@ class HypervisorProcess:
     pid: int
     start_time: float
     machine: str
+    #: launched as a warm pool member: `machine` is then the member's name, which it
+    #: keeps after a machine claims it
+    member: bool = False
+
+    def run_dir(self, dirs: StateDir) -> Path:
+        """The run dir its QMP socket was made in, as its command line names it."""
+        if self.member:
+            return member_run_dir(dirs, self.machine)
+        return dirs.machine_run_dir(self.machine)
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,8 @@ class Orphan:
 
 
 def scan(dirs: StateDir, machine: str | None = None) -> list[HypervisorProcess]:
-    """Every live hypervisor (QEMU, or a stand-in) of this state dir, or of one machine.
+    """Every live hypervisor (QEMU, or a stand-in) of this state dir, or of one machine;
+    warm pool members' too when no machine is named.
 
     Command lines are read straight from /proc, and only a match costs more: a stop or a
     delete scans, and psutil's per-process objects would cost ~100x as much."""
@@ -68,10 +86,13 @@ def scan(dirs: StateDir, machine: str | None = None) -> list[HypervisorProcess]:
         name = _machine_of(cmdline)
         if name is None or (machine is not None and name != machine):
             continue
-        wanted = identity_args(name, dirs.machine_run_dir(name))
-        started = start_time_of(pid)  # None for a zombie, or one gone meanwhile
-        if started is not None and all(arg in cmdline for arg in wanted):
-            found.append(HypervisorProcess(pid, started, name))
+        kinds = (False,) if machine is not None else (False, True)
+        for process in (HypervisorProcess(pid, 0.0, name, member) for member in kinds):
+            if all(arg in cmdline for arg in identity_args(name, process.run_dir(dirs))):
+                started = start_time_of(pid)  # None for a zombie, or one gone meanwhile
+                if started is not None:
+                    found.append(replace(process, start_time=started))
+                break
     return sorted(found, key=lambda p: p.pid)
 
 
@@ -114,21 +135,77 @@ def orphan_reason(process: HypervisorProcess, state: InstanceState | None,
     return None
 
 
-def find_orphans(found: list[HypervisorProcess],
-                 owner: Callable[[str], tuple[InstanceState | None, int | None]]
-                 ) -> list[Orphan]:
+Owner = Callable[[str], tuple[InstanceState | None, int | None]]
+
+
+@dataclass(frozen=True)
+class PoolHolders:
+    """Who holds each warm pool member's process, as the records on disk say."""
+
+    #: member -> the pid its member.json records (None: not started yet, or unreadable)
+    members: dict[str, int | None]
+    #: member -> the machine whose current run it is (its record's `launched_as`)
+    claimed: dict[str, str]
+
+    @classmethod
+    def load(cls, dirs: StateDir, store: MachineStore) -> PoolHolders:
+        """The members' records first, then the machines': a claim records the machine
+        before it removes the member's record, so a member moving between the two is
+        seen in one of them."""
+        members: dict[str, int | None] = {}
+        root = members_root(dirs)
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:  # no pool was ever kept here
+            names = []
+        for name in names:
+            try:
+                pid = json.loads((root / name / MEMBER_FILE).read_bytes()).get("pid")
+                members[name] = pid if isinstance(pid, int) else None
+            except (OSError, ValueError, AttributeError):
+                members[name] = None  # its pool says the same: nothing proven, nothing killed
+        claimed = {}
+        for machine in store.names():
+            try:
+                launched_as = store.load_record(machine).launched_as
+            except BoxuiError:
+                continue
+            if launched_as is not None:
+                claimed[launched_as] = machine
+        return cls(members, claimed)
+
+    def reason(self, process: HypervisorProcess, owner: Owner) -> str | None:
+        """Why no member record and no machine holds this member's process, or None."""
+        name = process.machine
+        machine = self.claimed.get(name)
+        if machine is not None:
+            why = orphan_reason(replace(process, machine=machine, member=False),
+                                *owner(machine))
+            return None if why is None else f"warm pool member {name}, claimed: {why}"
+        if name not in self.members:
+            return f"no warm pool member {name}, and no machine claimed it"
+        recorded = self.members[name]
+        if recorded is not None and recorded != process.pid:
+            return f"warm pool member {name} runs pid {recorded}, not this one"
+        return None
+
+
+def find_orphans(found: list[HypervisorProcess], owner: Owner,
+                 pool: PoolHolders | None = None) -> list[Orphan]:
     """`owner(name)`: the machine's state and the pid of its current run (None if not
-    known yet)."""
+    known yet); `pool`: who holds warm pool members (without it none is judged)."""
     orphans = []
     for process in found:
-        reason = orphan_reason(process, *owner(process.machine))
+        if process.member:
+            reason = pool.reason(process, owner) if pool is not None else None
+        else:
+            reason = orphan_reason(process, *owner(process.machine))
         if reason is not None:
             orphans.append(Orphan(process, reason))
     return orphans
 
 
-def recorded_owner(store: MachineStore) -> Callable[[str], tuple[InstanceState | None,
-                                                                  int | None]]:
+def recorded_owner(store: MachineStore) -> Owner:
     """Ownership as the machines' records tell it, for `boxui doctor` (which runs
     without a supervisor): a machine recorded as running owns its recorded pid."""
     def owner(name: str) -> tuple[InstanceState | None, int | None]:
@@ -147,7 +224,7 @@ def recorded_owner(store: MachineStore) -> Callable[[str], tuple[InstanceState |
 
 async def kill_process(dirs: StateDir, process: HypervisorProcess) -> str:
     """SIGTERM, then SIGKILL, a hypervisor proven to be the one scanned; what was done."""
-    required = identity_args(process.machine, dirs.machine_run_dir(process.machine))
+    required = identity_args(process.machine, process.run_dir(dirs))
     watch = watch_proven(process.pid, process.start_time, required)
     if isinstance(watch, str):
         return f"not killed: {watch}"

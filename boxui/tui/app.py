@@ -29,7 +29,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static
-from textual.worker import Worker, WorkerError, WorkerState
+from textual.worker import Worker, WorkerError, WorkerState, WorkType
 from watchfiles import Change, awatch
 
 from backend.errors import BoxuiError, SpecError
@@ -520,8 +520,11 @@ class BoxuiApp(App[None]):
             events.focus_on(name)
         pane = self.query_one(ConsolePane)
         if name is not None and name in self._machines:
-            self.run_worker(pane.follow(self.backend.console_log(name)), group="console",
-                            exclusive=True, exit_on_error=False)
+            # the method, not a coroutine: an exclusive worker cancelled before it starts
+            # (the selection moved on at once) then leaves no coroutine never awaited
+            follow: WorkType[None] = functools.partial(pane.follow,
+                                                      self.backend.console_log(name))
+            self.run_worker(follow, group="console", exclusive=True, exit_on_error=False)
         elif pane.path is not None:  # none, or one still waiting to exist (no dir yet)
             self.workers.cancel_group(self, "console")
             pane.path = None

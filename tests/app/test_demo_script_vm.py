@@ -3,7 +3,7 @@ recorded; the crash is a real SIGKILL of QEMU, and the replay ends where it ende
 
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
 
 from backend.state.event_log import read_log
@@ -11,37 +11,22 @@ from backend.state.state_dir import StateDir
 from boxui.tui.demo_modes import build_script_app
 from boxui.tui.demo_script import ScriptDirector, load_script
 from boxui.tui.recording import load_recording
+from tests.app.test_demo_record_replay import wait_for
 from tests.vm_helpers import VM_MARKS, qemu_pids
 
 pytestmark = VM_MARKS
 
-SCRIPT = """
-title = "one real machine"
-[[steps]]
-do = "create"
-names = ["vm-a"]
-[[steps]]
-do = "wait"
-until = "ready"
-names = ["vm-a"]
-timeout = 900
-[[steps]]
-do = "crash"
-names = ["vm-a"]
-[[steps]]
-do = "wait"
-until = "crashed"
-names = ["vm-a"]
-timeout = 60
-[[steps]]
-do = "recover"
-names = ["vm-a"]
-[[steps]]
-do = "wait"
-until = "ready"
-names = ["vm-a"]
-timeout = 900
-"""
+def step(do: str, **fields: object) -> str:
+    """One `[[steps]]` table of the script, acting on vm-a."""
+    lines = ["[[steps]]", f"do = {json.dumps(do)}", 'names = ["vm-a"]']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+    return "\n".join(lines) + "\n"
+
+
+SCRIPT = 'title = "one real machine"\n' + "".join([
+    step("create"), step("wait", until="ready", timeout=900),
+    step("crash"), step("wait", until="crashed", timeout=60),
+    step("recover"), step("wait", until="ready", timeout=900)])
 
 
 async def test_a_script_on_a_real_machine(vm_home: Path, tmp_path: Path) -> None:
@@ -52,18 +37,13 @@ async def test_a_script_on_a_real_machine(vm_home: Path, tmp_path: Path) -> None
     director = app.director
     assert isinstance(director, ScriptDirector)
     async with app.run_test(size=(150, 42)) as pilot:
-        deadline = time.monotonic() + 2000
-        while director.steps_done < 6:
-            assert time.monotonic() < deadline, "the script did not finish"
-            await pilot.pause(0.5)
+        await wait_for(pilot, lambda: director.steps_done >= 6, 2000, "the script")
         assert director.skipped == []
         assert app.demo_backend.machine("vm-a").state.value == "ready"
         assert qemu_pids(vm_home), "a real QEMU runs it"
         await pilot.press("q")  # stops them, then quits
-        deadline = time.monotonic() + 300
-        while qemu_pids(vm_home) and time.monotonic() < deadline:
-            await pilot.pause(0.5)
-    assert qemu_pids(vm_home) == [], "closing the real demo stops its machines"
+        await wait_for(pilot, lambda: not qemu_pids(vm_home), 300,
+                       "closing the real demo to stop its machines")
     kinds = [e.type.rsplit(".", 1)[-1] for e in read_log(StateDir(vm_home).event_log).events
              if e.subject == "vm-a"]
     assert kinds[:7] == ["creating", "created", "booting", "ready", "crashed", "booting",

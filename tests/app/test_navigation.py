@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
 from backend.state.state_dir import open_state_dir
@@ -31,13 +32,24 @@ from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.fake_driver import FakeDriver
 
 
-async def command(pilot: object, text: str) -> None:
-    from textual.pilot import Pilot
-    assert isinstance(pilot, Pilot)
+async def command(pilot: Pilot[None], text: str) -> None:
     await pilot.press("colon")
     await until(pilot, lambda: pilot.app.query_one(CommandLine).has_focus)
     pilot.app.query_one(CommandLine).value = text
     await pilot.press("enter")
+
+
+async def answer_bulk(pilot: Pilot[None], answer: str) -> tuple[ConfirmBulkScreen, str]:
+    """The one confirmation a bulk action asks: waited for, read, answered ("y"/"n") and
+    gone; the screen (its verb and names) and the text it showed."""
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, ConfirmBulkScreen))
+    bulk = app.screen
+    assert isinstance(bulk, ConfirmBulkScreen)
+    text = str(bulk.query(Static)[1].render())
+    await pilot.press(answer)
+    await until(pilot, lambda: app.screen is not bulk)
+    return bulk, text
 
 
 async def test_command_line_views_and_verbs(home: Path, make_app: MakeApp,
@@ -49,10 +61,8 @@ async def test_command_line_views_and_verbs(home: Path, make_app: MakeApp,
         await command(pilot, "start db")  # one machine: no confirmation, as `s`
         await until(pilot, lambda: cell(app, "db", "state") == "ready")
         await command(pilot, "start web-1 web-2")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmBulkScreen))
-        text = str(app.screen.query(Static)[1].render())
+        _bulk, text = await answer_bulk(pilot, "y")
         assert "web-1" in text and "web-2" in text and "db" not in text
-        await pilot.press("y")
         await until(pilot, lambda: cell(app, "web-1", "state") == "ready"
                     and cell(app, "web-2", "state") == "ready")
         await command(pilot, "cells")
@@ -157,19 +167,14 @@ async def test_marks_and_bulk_stop_with_one_confirmation(home: Path, make_app: M
         await pilot.press("escape")  # clears the filter: a is shown marked again
         await until(pilot, lambda: table.marked_names == ["a", "c"])
         await pilot.press("x")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmBulkScreen))
-        bulk = app.screen
-        assert isinstance(bulk, ConfirmBulkScreen) and bulk.names == ["a", "c"]
-        await pilot.press("y")
+        bulk, _text = await answer_bulk(pilot, "y")
+        assert bulk.names == ["a", "c"]
         await until(pilot, lambda: cell(app, "a", "state") == "stopped"
                     and cell(app, "c", "state") == "stopped")
         assert cell(app, "b", "state") == "ready" and table.marked == set()
         await pilot.press("up", "space", "space", "ctrl+d")  # b and c marked: delete both
-        await until(pilot, lambda: isinstance(app.screen, ConfirmBulkScreen))
-        bulk = app.screen
-        assert isinstance(bulk, ConfirmBulkScreen)
+        bulk, _text = await answer_bulk(pilot, "n")
         assert bulk.verb == "delete" and bulk.names == ["b", "c"]
-        await pilot.press("n")
         assert rows(app) == ["a", "b", "c"]
         await pilot.press("escape")  # clears the marks
         assert table.marked == set()

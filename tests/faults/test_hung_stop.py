@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from backend.drivers.qemu.driver import identity_args
+from backend.drivers.standin import is_stopped
 from backend.errors import BoxuiError
 from backend.state.engine import Engine
 from backend.state.event_log import read_log
@@ -34,6 +35,17 @@ from backend.supervision.supervisor import MachineBusyError, Supervisor
 from tests.conftest import spec
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.faults.conftest import FaultRecorder
+
+
+def sigstop(pid: int) -> None:
+    """SIGSTOP `pid`, and return once it has taken: a loaded host runs the target late,
+    and until it stops it still answers (the stand-in would power off as asked)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 60
+    while not is_stopped(pid):
+        assert time.monotonic() < deadline, f"pid {pid} did not stop"
+        time.sleep(0.005)
+
 
 #: short deadlines: a whole escalation takes under 2 s
 FAST = StopSettings(acpi_timeout=0.5, quit_timeout=0.3, sigterm_timeout=0.3,
@@ -80,7 +92,7 @@ async def test_stop_of_a_sigstopped_ready_machine_kills_it(
     async with supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         pid = sup.handles["vm"].pid
-        os.kill(pid, signal.SIGSTOP)
+        sigstop(pid)
         took = await timed_stop(sup, "vm")
         fault.cycle()
         assert took < DEADLINE, took
@@ -127,14 +139,14 @@ async def test_a_hang_while_booting_or_stopping_still_ends_in_time(
             while "boot" not in sup.handles:
                 await asyncio.sleep(0.02)
         boot_pid = sup.handles["boot"].pid
-        os.kill(boot_pid, signal.SIGSTOP)
+        sigstop(boot_pid)
         assert await timed_stop(sup, "boot") < DEADLINE
         await asyncio.gather(booting, return_exceptions=True)
         await sup.start_machine("halt")
         halt_pid = sup.handles["halt"].pid
         stopping = asyncio.ensure_future(timed_stop(sup, "halt"))
         await asyncio.sleep(0.2)  # in its ACPI wait: now it hangs
-        os.kill(halt_pid, signal.SIGSTOP)
+        sigstop(halt_pid)
         assert await stopping < DEADLINE
         fault.cycle(2)
     assert gone(boot_pid) and gone(halt_pid)
@@ -152,7 +164,7 @@ async def test_force_overtakes_a_graceful_stop_in_progress(
     async with supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         pid = sup.handles["vm"].pid
-        os.kill(pid, signal.SIGSTOP)
+        sigstop(pid)
         graceful = asyncio.ensure_future(sup.stop_machine("vm"))
         await asyncio.sleep(0.3)
         assert not graceful.done()
@@ -199,7 +211,7 @@ async def test_rm_refuses_while_a_qemu_of_the_machine_lives_and_force_kills_it(
         await sup.start_machine("vm")
         pid = sup.handles["vm"].pid
         await sup.detach()  # boxui goes away; the VM runs on, and hangs
-    os.kill(pid, signal.SIGSTOP)
+    sigstop(pid)
 
     def unprovable(record: RuntimeRecord) -> None:
         assert record.process_start_time is not None
@@ -225,7 +237,7 @@ async def test_rm_force_of_a_running_machine_leaves_no_process(
     async with supervisor(engine, driver).running(recover=recover_machines) as sup:
         await sup.start_machine("vm")
         pid = sup.handles["vm"].pid
-        os.kill(pid, signal.SIGSTOP)
+        sigstop(pid)
         with pytest.raises(MachineBusyError):
             await sup.delete_machine("vm")
         await sup.delete_machine("vm", force=True)

@@ -182,13 +182,7 @@ class QemuDriver(HypervisorDriver):
             async with asyncio.timeout(timeout):
                 if handle.restore is not None:
                     # a restored guest printed its ready marker before it was saved
-                    loading = asyncio.ensure_future(self._restore(handle, live, handle.restore))
-                    await asyncio.wait({loading, died}, return_when=asyncio.FIRST_COMPLETED)
-                    if not loading.done():
-                        loading.cancel()
-                        raise DriverError(f"{handle.name}: QEMU exited while loading the "
-                                          f"snapshot; see {handle.console_log}")
-                    loading.result()
+                    await self._load_unless_gone(handle, live, handle.restore, died)
                 else:
                     await self._refuse_unfinished_restore(handle)
                     verdict = await wait_for_line(
@@ -206,6 +200,23 @@ class QemuDriver(HypervisorDriver):
                               f"see {handle.console_log}") from None
         finally:
             died.cancel()
+            died.add_done_callback(_outcome_seen)
+
+    async def _load_unless_gone(self, handle: VmHandle, live: _Live, restore: PendingRestore,
+                                died: asyncio.Future[None]) -> None:
+        """The load, ended with this wait however it ends (QEMU gone, the deadline, the
+        caller cancelled, as a pool's member is when its daemon stops): a load left
+        running would fail once its QEMU is killed, with nobody to hear it."""
+        loading = asyncio.ensure_future(self._restore(handle, live, restore))
+        try:
+            await asyncio.wait({loading, died}, return_when=asyncio.FIRST_COMPLETED)
+            if not loading.done():
+                raise DriverError(f"{handle.name}: QEMU exited while loading the "
+                                  f"snapshot; see {handle.console_log}")
+            loading.result()
+        finally:
+            loading.cancel()
+            loading.add_done_callback(_outcome_seen)
 
     async def _refuse_unfinished_restore(self, handle: VmHandle) -> None:
         """A VM boxui left mid-restore (it died between starting QEMU and `cont`) waits
@@ -498,6 +509,12 @@ def _launched_process(spec: LaunchSpec, pidfile: Path) -> tuple[int, float]:
         raise DriverError(f"qemu for {spec.name} exited right after starting; "
                           f"see {spec.console_log}")
     return pid, started
+
+
+def _outcome_seen(task: asyncio.Future[None]) -> None:
+    """Retrieve an abandoned task's exception: the error that ended its wait says it."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _set_when(awaitable: Awaitable[None], event: asyncio.Event) -> None:
