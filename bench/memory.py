@@ -35,7 +35,7 @@ argv and kernel as they are now, --boot-runs each; the medians of the wall time 
 (now / before, now / previous), QEMU's CPU seconds beside.
 
 --tb-size N runs "now" (every group and the "now" boots) with TCG's buffer at N MiB
-instead of `cmdline.TCG_TB_SIZE_MIB`: the trade between memory and boot time, measured
+instead of `cmdline.tb_size_mib`'s: the trade between memory and boot time, measured
 whole (README, "Memory per machine").
 """
 
@@ -170,7 +170,7 @@ def build_images(cache: Path) -> tuple[GuestImage, GuestImage]:
 def memory_options_off() -> Iterator[None]:
     """The driver launches QEMU as before the memory options: plain `-accel tcg`, THP."""
     saved = vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"]
-    vars(cmdline)["accel_option"] = lambda accel: accel
+    vars(cmdline)["accel_option"] = lambda accel, kernel: accel
     vars(qemu_driver)["preexec_for"] = lambda accel: None
     try:
         yield
@@ -361,7 +361,7 @@ def report(args: argparse.Namespace, groups: list[Group], image: GuestImage,
            times: list[list[Boot]], load_at_start: str) -> None:
     load = f"{load_at_start} at the start, {load_average()} at the end"
     print(f"memory of idle default guests ({args.memory} MiB, 1 vCPU, accel "
-          f"{resolve_accel('auto').accel}, tb-size {cmdline.TCG_TB_SIZE_MIB}), idle "
+          f"{resolve_accel('auto').accel}, tb-size {cmdline.tb_size_mib(image.kernel)}), idle "
           f"{args.idle:.0f} s; host load average {load}")
     print(f"guest kernel {image.kernel_version} ({image.kernel.stat().st_size / 2**20:.1f} "
           f"MiB file{', built in drivers' if image.builtin_drivers else ''})")
@@ -423,7 +423,7 @@ def main() -> None:
         os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
     args = parser.parse_args()
     if args.tb_size is not None:
-        vars(cmdline)["TCG_TB_SIZE_MIB"] = args.tb_size  # accel_option reads it at launch
+        vars(cmdline)["tb_size_mib"] = lambda kernel: args.tb_size  # read at each launch
     load_at_start = load_average()
     debian, image = build_images(args.cache)  # built once, outside the figures
     home = Path(tempfile.mkdtemp(prefix="bxm-", dir="/tmp"))  # short: QMP socket paths
