@@ -70,7 +70,11 @@ from backend.drivers.qemu.driver import QemuDriver
 from backend.drivers.qemu.host_memory import preexec_for
 from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import CURRENT_FILE, GuestImage, build_default_image
-from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.guest.machine_seed import (
+    MACHINE_INITRD_FILE,
+    create_machine_keys,
+    write_machine_initrd,
+)
 from backend.pools.manager import PoolManager
 from backend.pools.settings import choose_size
 from backend.state.engine import Engine
@@ -113,6 +117,8 @@ def smaps_rollup(pid: int) -> Sample:
 def _mapping_kind(perms: str, path: str, size: int, memory_mib: int) -> str:
     if Path(path).name.startswith("vmlinux"):
         return "kernel file (shared by its guests)"
+    if Path(path).name == MACHINE_INITRD_FILE:
+        return "the machine's initrd file"
     if "qemu-system" in path:
         return "QEMU binary"
     if ".so" in path:
