@@ -65,8 +65,9 @@ TCG_TB_SIZE_MIB = 64
 #: SSH login adds 3-4 more (ASLR puts dropbear and libc at new addresses, which TCG
 #: translates afresh), so at 64 five logins after boot filled and flushed it anyway. At
 #: 32 it is flushed about as often, with the same boot CPU and login times (bench
-#: figures in README, "Memory per machine"), and a used guest holds 32 MiB less. At 24
-#: or 16 a boot flushes it (up to 5 times) and logins take twice as long.
+#: figures in README, "Memory per machine"), and a used guest holds 32 MiB less. At 24 a
+#: boot flushes it once or twice; at 16 five times, logins take twice as long and a cold
+#: boot 19 % longer (`bench/memory.py --tb-size 16`).
 SMALL_KERNEL_TB_SIZE_MIB = 32
 
 
