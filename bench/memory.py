@@ -1,8 +1,9 @@
 """Host memory of idle guests, per VM (issue 16), and what the memory options cost cold boot.
 
 Targets: an idle default guest costs at most 64 MiB PSS on the host; ten idle cold-booted
-ones at most 640 MiB together; cold boot no more than 5 % slower than before the
-memory work (Debian's kernel, no memory options).
+ones at most 640 MiB together; cold boot no more than 5 % slower. Slower than what is
+checked twice: than before the memory work (Debian's kernel, no memory options), and
+than the previous configuration (boxui's kernel with s22's options).
 
     .venv/bin/python bench/memory.py [--count 10] [--memory 256] [--idle 10]
                                      [--boot-runs 3] [--before] [--debian] [--cache DIR]
@@ -23,12 +24,19 @@ From one run, each through boxui's supervisor (`Supervisor.start_machine`):
 - with --debian, --count more cold boots of the default guest on Debian's kernel.
 PSS splits each shared page among the processes mapping it: the guest image is a private
 copy made for this run, so only this run's machines share its kernel file; the QEMU
-binary and its libraries are shared with any other QEMU on the host (a few MiB).
+binary and its libraries are shared with any other QEMU on the host (a few MiB). Each
+group's first machine's PSS is also broken down by mapping (guest RAM, TCG's buffer,
+the kernel file, QEMU's heap, libraries), from /proc/PID/smaps.
 
-Cold boot before/now: bare QEMU boots of the guest to its ready marker, alternating
+Cold boot: bare QEMU boots of the guest to its ready marker, alternating (`BOOT_VARIANTS`)
 Debian's kernel without the memory options ("before": no `tb-size`, THP allowed),
-Debian's kernel with them, and boxui's argv and kernel as they are now, --boot-runs
-each, medians compared (now / before).
+boxui's kernel with the previous options ("previous": s22's `tb-size=64`) and boxui's
+argv and kernel as they are now, --boot-runs each; the medians of the wall time compared
+(now / before, now / previous), QEMU's CPU seconds beside.
+
+--tb-size N runs "now" (every group and the "now" boots) with TCG's buffer at N MiB
+instead of `cmdline.tb_size_mib`'s: the trade between memory and boot time, measured
+whole (README, "Memory per machine").
 """
 
 from __future__ import annotations
@@ -62,7 +70,11 @@ from backend.drivers.qemu.driver import QemuDriver
 from backend.drivers.qemu.host_memory import preexec_for
 from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import CURRENT_FILE, GuestImage, build_default_image
-from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.guest.machine_seed import (
+    MACHINE_INITRD_FILE,
+    create_machine_keys,
+    write_machine_initrd,
+)
 from backend.pools.manager import PoolManager
 from backend.pools.settings import choose_size
 from backend.state.engine import Engine
@@ -71,6 +83,7 @@ from backend.supervision.boot_files import DefaultBootFiles
 from backend.supervision.ports import pick_free_port
 from backend.supervision.supervisor import Supervisor
 from backend.template_builds.from_source import build_from_source
+from backend.template_builds.snapshot import RAM_FILE
 from backend.templates.machine_from_template import spec_from_template
 
 PER_VM_TARGET_MIB = 64
@@ -88,6 +101,8 @@ class Group:
     label: str
     samples: list[Sample]
     start_seconds: list[float]
+    #: the first machine's PSS and RSS by mapping (`pss_by_mapping`)
+    breakdown: dict[str, Sample] | None = None
 
 
 def smaps_rollup(pid: int) -> Sample:
@@ -97,6 +112,41 @@ def smaps_rollup(pid: int) -> Sample:
         key, _, value = line.partition(":")
         fields[key] = int(value.split()[0])  # kB
     return Sample(fields["Pss"] / 1024, fields["Rss"] / 1024)
+
+
+def _mapping_kind(perms: str, path: str, size: int, memory_mib: int) -> str:
+    if Path(path).name.startswith("vmlinux"):
+        return "kernel file (shared by its guests)"
+    if Path(path).name == MACHINE_INITRD_FILE:
+        return "the machine's initrd file"
+    if "qemu-system" in path:
+        return "QEMU binary"
+    if ".so" in path:
+        return "libraries (shared)"
+    if not path and perms.startswith("rwx"):
+        return "TCG translation buffer"
+    if Path(path).name == RAM_FILE or (not path and size >= (memory_mib - 8) << 20):
+        return "guest RAM"  # anonymous, or a restore's copy-on-write view of its template's
+    return "QEMU heap and the rest" if path in ("", "[heap]") else "other mappings"
+
+
+def pss_by_mapping(pid: int, memory_mib: int) -> dict[str, Sample]:
+    """One QEMU's PSS and RSS summed by what each mapping is (/proc/PID/smaps): where a
+    guest's memory goes, not only how much."""
+    found: dict[str, Sample] = {}
+    kind = "other mappings"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        words = line.split()
+        if len(words) >= 5 and not words[0].endswith(":"):  # a mapping's header line
+            low, high = (int(x, 16) for x in words[0].split("-"))
+            kind = _mapping_kind(words[1], words[5] if len(words) > 5 else "", high - low,
+                                 memory_mib)
+            found.setdefault(kind, Sample(0.0, 0.0))
+        elif words[0] == "Pss:":
+            found[kind].pss_mib += int(words[1]) / 1024
+        elif words[0] == "Rss:":
+            found[kind].rss_mib += int(words[1]) / 1024
+    return found
 
 
 def private_image_copy(cache: Path, images: Path, current: GuestImage) -> None:
@@ -126,7 +176,7 @@ def build_images(cache: Path) -> tuple[GuestImage, GuestImage]:
 def memory_options_off() -> Iterator[None]:
     """The driver launches QEMU as before the memory options: plain `-accel tcg`, THP."""
     saved = vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"]
-    vars(cmdline)["accel_option"] = lambda accel: accel
+    vars(cmdline)["accel_option"] = lambda accel, kernel: accel
     vars(qemu_driver)["preexec_for"] = lambda accel: None
     try:
         yield
@@ -144,10 +194,12 @@ async def idle_group(sup: Supervisor, label: str, specs: list[MachineSpec],
         await sup.start_machine(spec.name)
         times.append(time.perf_counter() - started)
     await asyncio.sleep(idle)
-    samples = [smaps_rollup(sup.handles[spec.name].pid) for spec in specs]
+    pids = [sup.handles[spec.name].pid for spec in specs]
+    samples = [smaps_rollup(pid) for pid in pids]
+    breakdown = pss_by_mapping(pids[0], specs[0].memory_mib)
     for spec in specs:
         await sup.stop_machine(spec.name, force=True)
-    return Group(label, samples, times)
+    return Group(label, samples, times, breakdown)
 
 
 async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
@@ -164,10 +216,12 @@ async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
             await manager.next_ready()  # told as each member becomes ready
             times.append(time.perf_counter() - started)
     await asyncio.sleep(args.idle)
-    samples = [smaps_rollup(m.handle.pid) for m in manager.members.values()]
+    pids = [m.handle.pid for m in manager.members.values()]
+    samples = [smaps_rollup(pid) for pid in pids]
+    breakdown = pss_by_mapping(pids[0], args.memory)
     choose_size(sup.engine.dirs, "bench:worker", 0)
     await manager.reconcile()
-    return Group("pooled (warm pool members)", samples, times)
+    return Group("pooled (warm pool members)", samples, times, breakdown)
 
 
 async def measure_groups(args: argparse.Namespace, home: Path, image: GuestImage,
@@ -226,10 +280,21 @@ async def default_groups(args: argparse.Namespace, home: Path,
         await engine.close()
 
 
+@dataclass
+class Boot:
+    seconds: float  # launch to the ready marker
+    cpu_seconds: float  # QEMU's CPU (user + system) by then: what load on the host skews less
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def bare_boot(image: GuestImage, work: Path, index: int, memory: int,
-                    before: bool) -> float:
-    """Seconds from launching QEMU to the guest's ready marker, with boxui's argv as it
-    is now, or (`before`) without the memory options."""
+                    options: str) -> Boot:
+    """A boot from launching QEMU to the guest's ready marker, with boxui's argv as it
+    is now, or as it was before (`BOOT_VARIANTS`)."""
     accel = resolve_accel("auto")
     machine_dir = work / f"bare{index}"
     machine_dir.mkdir(mode=0o700)
@@ -240,45 +305,57 @@ async def bare_boot(image: GuestImage, work: Path, index: int, memory: int,
         qmp_socket=machine_dir / "qmp.sock", pidfile=machine_dir / "qemu.pid",
         boot_id=secrets.token_hex(6), tsc_khz=accel.tsc_khz)
     argv = build_argv(config, find_qemu())
-    preexec: Callable[[], None] | None = None
-    if before:
-        argv = without_memory_options(argv)
-    else:
-        preexec = preexec_for(config.accel)
+    preexec: Callable[[], None] | None = preexec_for(config.accel)
+    if options == "before":
+        argv, preexec = argv_with(argv, tb_size=None), None
+    elif options == "previous":
+        argv = argv_with(argv, tb_size=PREVIOUS_TB_SIZE_MIB)
     started = time.perf_counter()
     subprocess.run(argv, check=True, preexec_fn=preexec)  # returns once daemonized
     try:
         await wait_for_ready(config.console_log, config.boot_id, timeout=300)
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        return Boot(seconds, cpu_seconds(int(config.pidfile.read_text())))
     finally:
         with contextlib.suppress(ProcessLookupError, OSError, ValueError):
             os.kill(int(config.pidfile.read_text()), signal.SIGKILL)
 
 
-#: (label, Debian's kernel?, without the memory options?); the first is the baseline
-BOOT_VARIANTS = (("before: Debian's kernel, no memory options", True, True),
-                 ("Debian's kernel, memory options", True, False),
-                 ("now: boxui's argv and kernel", False, False))
+#: s22's translation buffer (MiB), the previous configuration's
+PREVIOUS_TB_SIZE_MIB = 64
+#: (label, Debian's kernel?, options); the first two are what "now" is compared with
+BOOT_VARIANTS = (
+    ("before the memory work: Debian's kernel, no memory options", True, "before"),
+    (f"previous: boxui's kernel, tb-size {PREVIOUS_TB_SIZE_MIB}", False, "previous"),
+    ("now: boxui's argv and kernel", False, "now"),
+)
 
 
 async def boot_times(args: argparse.Namespace, home: Path, image: GuestImage,
-                     debian: GuestImage) -> list[list[float]]:
-    times: list[list[float]] = [[] for _ in BOOT_VARIANTS]
+                     debian: GuestImage) -> list[list[Boot]]:
+    times: list[list[Boot]] = [[] for _ in BOOT_VARIANTS]
     work = home / "bare"
     work.mkdir()
     index = 0
     for _ in range(args.boot_runs):  # alternating: load on the host hits all alike
-        for runs, (_label, on_debian, before) in zip(times, BOOT_VARIANTS, strict=True):
+        for runs, (_label, on_debian, options) in zip(times, BOOT_VARIANTS, strict=True):
             index += 1
             runs.append(await bare_boot(debian if on_debian else image, work, index,
-                                        args.memory, before))
+                                        args.memory, options))
     return times
 
 
-def without_memory_options(argv: list[str]) -> list[str]:
-    """boxui's argv as it was before the memory options: plain `-accel tcg`."""
+def argv_with(argv: list[str], tb_size: int | None) -> list[str]:
+    """boxui's argv with TCG's buffer at `tb_size` MiB (None: QEMU's default), as the
+    earlier configurations launched QEMU."""
     at = argv.index("-accel") + 1
-    return [*argv[:at], argv[at].split(",")[0], *argv[at + 1:]]
+    accel = argv[at].split(",")[0]
+    return [*argv[:at], accel if tb_size is None else f"{accel},tb-size={tb_size}",
+            *argv[at + 1:]]
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def verdict(ok: bool) -> str:
@@ -286,11 +363,11 @@ def verdict(ok: bool) -> str:
 
 
 def report(args: argparse.Namespace, groups: list[Group], image: GuestImage,
-           times: list[list[float]]) -> None:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+           times: list[list[Boot]], load_at_start: str) -> None:
+    load = f"{load_at_start} at the start, {load_average()} at the end"
     print(f"memory of idle default guests ({args.memory} MiB, 1 vCPU, accel "
-          f"{resolve_accel('auto').accel}), idle {args.idle:.0f} s; "
-          f"host load average {load}")
+          f"{resolve_accel('auto').accel}, tb-size {cmdline.tb_size_mib(image.kernel)}), idle "
+          f"{args.idle:.0f} s; host load average {load}")
     print(f"guest kernel {image.kernel_version} ({image.kernel.stat().st_size / 2**20:.1f} "
           f"MiB file{', built in drivers' if image.builtin_drivers else ''})")
     print()
@@ -310,15 +387,29 @@ def report(args: argparse.Namespace, groups: list[Group], image: GuestImage,
         print("  " + "  ".join(f"{s.pss_mib:.0f}/{s.rss_mib:.0f}" for s in group.samples))
         print("  " + "  ".join(f"{t:.1f}" for t in group.start_seconds))
     print()
-    medians = [statistics.median(runs) for runs in times]
-    print(f"cold boot to the ready marker, bare QEMU, {args.boot_runs} runs each (alternating)")
-    for (label, _debian, _before), runs, median in zip(BOOT_VARIANTS, times, medians,
-                                                      strict=True):
-        print(f"  {label:<44}" + " ".join(f"{t:.2f}" for t in runs)
-              + f"  median {median:.2f} s")
-    ratio = medians[-1] / medians[0]
-    print(f"  now / before {ratio:.3f}   target <= {BOOT_SLOWDOWN_TARGET}: "
-          f"{verdict(ratio <= BOOT_SLOWDOWN_TARGET)}")
+    print("where each group's first machine's PSS goes (MiB PSS / RSS, from its smaps):")
+    for group in groups:
+        if group.breakdown:
+            print(f"  {group.label}:")
+            for kind, sample in sorted(group.breakdown.items(), key=lambda kv: -kv[1].pss_mib):
+                if sample.rss_mib >= 0.1:
+                    print(f"    {kind:<40}{sample.pss_mib:>7.1f} / {sample.rss_mib:.1f}")
+    print()
+    medians = [statistics.median(boot.seconds for boot in runs) for runs in times]
+    cpu = [statistics.median(boot.cpu_seconds for boot in runs) for runs in times]
+    print(f"cold boot to the ready marker, bare QEMU, {args.boot_runs} runs each (alternating):"
+          " seconds, then QEMU's CPU seconds by then")
+    for (label, _debian, _options), runs, median, cpu_median in zip(
+            BOOT_VARIANTS, times, medians, cpu, strict=True):
+        print(f"  {label}")
+        print("    " + " ".join(f"{boot.seconds:.2f}" for boot in runs)
+              + f"  median {median:.2f} s;  CPU " + " ".join(f"{b.cpu_seconds:.2f}" for b in runs)
+              + f"  median {cpu_median:.2f} s")
+    for (_label, _debian, options), median, cpu_median in zip(
+            BOOT_VARIANTS[:-1], medians, cpu, strict=False):
+        ratio = medians[-1] / median
+        print(f"  now / {options}: {ratio:.3f} (CPU {cpu[-1] / cpu_median:.3f})   target <= "
+              f"{BOOT_SLOWDOWN_TARGET}: {verdict(ratio <= BOOT_SLOWDOWN_TARGET)}")
 
 
 def main() -> None:
@@ -331,15 +422,20 @@ def main() -> None:
                         help="also --count cold boots without the memory options")
     parser.add_argument("--debian", action="store_true",
                         help="also --count cold boots on Debian's kernel (boxui's before)")
+    parser.add_argument("--tb-size", type=int, default=None,
+                        help="run 'now' with TCG's translation buffer at this many MiB")
     parser.add_argument("--cache", type=Path, default=Path(
         os.environ.get("BOXUI_GUEST_CACHE", "/tmp/boxui-guest-cache")))
     args = parser.parse_args()
+    if args.tb_size is not None:
+        vars(cmdline)["tb_size_mib"] = lambda kernel: args.tb_size  # read at each launch
+    load_at_start = load_average()
     debian, image = build_images(args.cache)  # built once, outside the figures
     home = Path(tempfile.mkdtemp(prefix="bxm-", dir="/tmp"))  # short: QMP socket paths
     try:
         groups = asyncio.run(measure_groups(args, home, image, debian))
         times = asyncio.run(boot_times(args, home, image, debian))
-        report(args, groups, image, times)
+        report(args, groups, image, times, load_at_start)
     finally:
         for proc in psutil.process_iter(["cmdline"]):
             if any(str(home) in arg for arg in proc.info["cmdline"] or []):

@@ -9,12 +9,14 @@ import pytest
 
 from backend.drivers.qemu.cmdline import (
     BALLOON_QOM_PATH,
+    SMALL_KERNEL_TB_SIZE_MIB,
     TCG_TB_SIZE_MIB,
     QemuConfig,
     build_argv,
     kernel_append,
 )
 from backend.guest.errors import GuestImageError
+from backend.guest.image_builder import GUEST_KERNEL_FILE
 
 
 def config(tmp_path: Path, **changes: object) -> QemuConfig:
@@ -74,6 +76,14 @@ def test_tcg_caps_its_translation_buffer(tmp_path: Path) -> None:
     argv = build_argv(config(tmp_path))
     assert value_after(argv, "-accel") == [f"tcg,tb-size={TCG_TB_SIZE_MIB}"]
     assert 16 <= TCG_TB_SIZE_MIB <= 256  # a MiB figure, not bytes or a default of 0
+
+
+def test_boxuis_kernel_gets_the_smaller_translation_buffer(tmp_path: Path) -> None:
+    small = build_argv(config(tmp_path, kernel=tmp_path / GUEST_KERNEL_FILE))
+    assert value_after(small, "-accel") == [f"tcg,tb-size={SMALL_KERNEL_TB_SIZE_MIB}"]
+    assert 16 <= SMALL_KERNEL_TB_SIZE_MIB < TCG_TB_SIZE_MIB
+    kvm = build_argv(config(tmp_path, kernel=tmp_path / GUEST_KERNEL_FILE, accel="kvm"))
+    assert value_after(kvm, "-accel") == ["kvm"]  # no buffer to size under KVM
 
 
 def test_kvm_gets_host_cpu_and_no_tsc_hint(tmp_path: Path) -> None:

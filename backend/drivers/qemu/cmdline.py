@@ -28,7 +28,7 @@ Choices worth knowing:
   filesystem) and leave host files 0600. `readonly=on` makes `:ro` QEMU's to enforce.
 - `-name boxui-NAME,process=boxui-NAME`: the pid's cmdline names the machine (the
   thread name, limited by Linux to 15 bytes, is only a hint).
-- `-accel tcg,tb-size=TCG_TB_SIZE_MIB`: QEMU 7.2 gives TCG's translation buffer 1 GiB
+- `-accel tcg,tb-size=N` (`tb_size_mib`): QEMU 7.2 gives TCG's translation buffer 1 GiB
   of address space, and every page of it the guest's code has filled stays resident. A
   capped buffer is flushed and refilled when full: too small and that happens during
   boot and SSH logins (see TCG_TB_SIZE_MIB). Under KVM there is no buffer.
@@ -55,12 +55,20 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 #: the accelerators QEMU itself runs under (not "demo", which only stand-ins take)
 QEMU_ACCELS: tuple[Accel, ...] = ("kvm", "tcg")
 _BOOT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-#: TCG's translation buffer, MiB. A boot fills ~52 MiB of it and three SSH logins ~67:
-#: at 64 a boot never flushes it (QEMU CPU to ready as with the default), at 32 it
-#: flushed twice and the boot took 20-30 % more CPU, at 16 a loaded host's boot never
-#: got to answer SSH. Its point is the ceiling: uncapped, a busy guest's buffer grows
-#: towards 1 GiB resident, and nothing gives those pages back.
+#: TCG's translation buffer, MiB, for Debian's kernel (OS images). A boot fills ~52 MiB
+#: of it and three SSH logins ~67: at 64 a boot never flushes it (QEMU CPU to ready as
+#: with the default), at 32 it flushed twice and the boot took 20-30 % more CPU, at 16 a
+#: loaded host's boot never got to answer SSH. Its point is the ceiling: uncapped, a busy
+#: guest's buffer grows towards 1 GiB resident, and nothing gives those pages back.
 TCG_TB_SIZE_MIB = 64
+#: The same for boxui's own kernel (the default guest). Its boot fills ~31 MiB, and each
+#: SSH login adds 3-4 more (ASLR puts dropbear and libc at new addresses, which TCG
+#: translates afresh), so at 64 five logins after boot filled and flushed it anyway. At
+#: 32 it is flushed about as often, with the same boot CPU and login times (bench
+#: figures in README, "Memory per machine"), and a used guest holds 32 MiB less. At 24 a
+#: boot flushes it once or twice; at 16 five times, logins take twice as long and a cold
+#: boot 19 % longer (`bench/memory.py --tb-size 16`).
+SMALL_KERNEL_TB_SIZE_MIB = 32
 
 
 @dataclass(frozen=True)
@@ -153,9 +161,18 @@ def validate(config: QemuConfig) -> None:
         raise GuestImageError("kernel append must be one line")
 
 
-def accel_option(accel: Accel) -> str:
+def tb_size_mib(kernel: Path) -> int:
+    """TCG's buffer for a guest booting `kernel`: boxui's own needs half of Debian's."""
+    # here, not at the top: `doctor` imports this module for QEMU_BINARY alone, and the
+    # image builder would add pydantic and the rest of image building to its start-up
+    from backend.guest.image_builder import GUEST_KERNEL_FILE
+
+    return SMALL_KERNEL_TB_SIZE_MIB if kernel.name == GUEST_KERNEL_FILE else TCG_TB_SIZE_MIB
+
+
+def accel_option(accel: Accel, kernel: Path) -> str:
     """`-accel`'s value: TCG with its translation buffer capped, KVM as it is."""
-    return f"tcg,tb-size={TCG_TB_SIZE_MIB}" if accel == "tcg" else accel
+    return f"tcg,tb-size={tb_size_mib(kernel)}" if accel == "tcg" else accel
 
 
 def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
@@ -166,7 +183,7 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         qemu_binary,
         "-name", f"{label},process={label}",
         "-M", "microvm,acpi=on" + (",memory-backend=ram0" if config.ram_file else ""),
-        "-accel", accel_option(config.accel),
+        "-accel", accel_option(config.accel, config.kernel),
         *(["-cpu", "host"] if config.accel == "kvm" else []),  # TCG: QEMU's default model
         "-m", str(config.memory_mib),
         "-smp", str(config.vcpus),
