@@ -960,7 +960,7 @@ class BoxuiApp(App[None]):
         self.query_one(MachineTable).focus()
 
     def _complete(self, text: str) -> str | None:
-        return complete(text, self._ui.aliases, self._machines)
+        return complete(text, self._ui.aliases, [*self._machines, *self.fleet.keys()])
 
     @on(CommandLine.Run)
     async def _run_command(self, message: CommandLine.Run) -> None:

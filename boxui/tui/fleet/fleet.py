@@ -65,6 +65,11 @@ class Fleet:
 
     # --- rows --------------------------------------------------------------------------
 
+    def keys(self) -> list[str]:
+        """Every remote machine's row key (`NAME@HOST`), for the command line."""
+        return [host_key(name, f.name) for f in self.followers.values()
+                for name in f.snapshot.machines]
+
     def owns(self, key: str | None) -> bool:
         return key is not None and split_key(key)[1] in self.followers
 
