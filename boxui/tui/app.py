@@ -553,7 +553,8 @@ class BoxuiApp(App[None]):
         history = self.backend.health_history if machine else None
         if machine is None and self.fleet.owns(name):
             machine, history = self.fleet.detail(str(name))
-        colour = self.state_colour(machine.state.value) if machine else ""
+        # `unknown` (a host that does not answer) has no theme colour: plain text
+        colour = (self.state_colour(machine.state.value) or "default") if machine else ""
         self.query_one(DetailPane).show(machine, history, colour,
                                         self._work.get(name) if name else None)
 

@@ -52,7 +52,8 @@ class HostSnapshot:
         # model_construct: `unknown` is no InstanceState, and the row only reads `.value`
         return LoadedMachine.model_construct(
             name=machine.name, spec=machine.spec, record=machine.record,
-            state=HostState.UNKNOWN, needs_recovery=False,
+            state=HostState.UNKNOWN,  # type: ignore[arg-type]  # see above
+            needs_recovery=False,
             reason=f"{self.reason or 'host unreachable'} (last seen {self.last_seen()})")
 
     def counts(self) -> dict[str, int]:
