@@ -1,7 +1,7 @@
 """Many hosts in one app, driven through Pilot with stand-in hosts (in-process
 followers fed by the test): the HOST column and row keys, `unknown` on a partition and
 the reconcile after it, the host filter and switcher, actions routed to a row's host,
-and events tagged with their host. The real SSH path is tests/test_hosts_app.py."""
+and events tagged with their host. The real SSH path is test_hosts_sshd.py."""
 
 from __future__ import annotations
 
