@@ -20,7 +20,8 @@ from boxui.tui.widgets.filter_bar import FilterBar, FilteredScreen
 
 register_view("hosts", "other hosts: reachable, latency, machines; enter switches", "hosts")
 
-COLUMNS = ("HOST", "KIND", "ADDRESS", "STATE", "LATENCY", "LAST SEEN", "MACHINES", "FIGURES")
+#: DETAIL, the long one, last: a plain host's figures, or why a host does not answer
+COLUMNS = ("HOST", "KIND", "ADDRESS", "STATE", "LATENCY", "LAST SEEN", "MACHINES", "DETAIL")
 ALL = "all"
 
 
@@ -42,14 +43,16 @@ def plain_figures(facts: dict[str, object]) -> str:
 
 
 def host_row(snap: HostSnapshot) -> tuple[str, ...]:
-    state = "reachable" if snap.reachable else f"unreachable: {snap.reason or '?'}"
     counts = snap.counts()
     machines = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or (
         "-" if snap.kind == "plain" else "none")
-    return (snap.name, snap.kind, snap.address, state,
-            f"{snap.latency_ms:.1f} ms" if snap.latency_ms is not None else "-",
-            "now" if snap.reachable else snap.last_seen(), machines,
-            plain_figures(snap.facts) if snap.kind == "plain" else "")
+    latency = snap.latency_ms if snap.reachable else None  # a lost host's is stale
+    detail = (plain_figures(snap.facts) if snap.kind == "plain" else "") if snap.reachable \
+        else (snap.reason or "?")
+    return (snap.name, snap.kind, snap.address,
+            "reachable" if snap.reachable else "unreachable",
+            f"{latency:.1f} ms" if latency is not None else "-",
+            "now" if snap.reachable else snap.last_seen(), machines, detail)
 
 
 class HostsScreen(FilteredScreen):
@@ -88,7 +91,7 @@ class HostsScreen(FilteredScreen):
         table: DataTable[str] = self.query_one(DataTable)
         keep = self._highlighted()
         table.clear()
-        rows = [(ALL, "", "", "every host's machines", "", "", "", ""),
+        rows = [(ALL, "", "", "", "", "", "every host's machines", ""),
                 (LOCAL, "local", "this machine", "reachable", "-", "now",
                  f"{self._local_count}", ""),
                 *(host_row(s) for s in self._snapshots())]
