@@ -1,7 +1,15 @@
 """Can the app keep 1,000 machines live? (issue targets: < 15 % of one core, p95 < 100 ms)
 
 Run: .venv/bin/python bench/tui.py [--machines 1000] [--seconds 60] [--terminal]
-     [--navigate] [--timeline]
+     [--navigate] [--timeline] [--hosts N]
+
+`--hosts N` (issue 17): the app with N other hosts of `--machines` machines each and none
+of its own (`--hosts 5`: 5,000 rows with the HOST column), every row updating at 1 Hz.
+The hosts are stand-in hosts in this process (`boxui/tui/fleet/standin.py`, shown as
+`standin://NAME`): each round, each one stores a sample per machine in its snapshot and
+posts one `HostHealthSampled` for all of them, as a real follower does when its remote
+daemon's health stream delivers a round. So the app's side is measured (messages, the
+fleet's rows, the table update, frames); SSH and the remote daemons are not.
 
 `--navigate` measures with k9s-style navigation on, as a user who lives in the app has
 it: every third row marked (`space`), a filter on the machines (`/!~9$`: a regular
@@ -64,6 +72,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +98,16 @@ from backend.drivers.base import (
 )
 from backend.state import listing_cache
 from backend.state.engine import Engine
-from backend.state.lifecycle import Verb
+from backend.state.lifecycle import InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
+from backend.state.machine_store import LoadedMachine
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.health import HealthSample
 from boxui.tui.app import BoxuiApp
 from boxui.tui.backend import BackendOptions
 from boxui.tui.embedded import EmbeddedBackend
+from boxui.tui.fleet.fleet import Fleet
+from boxui.tui.fleet.standin import StandinFollower
 from boxui.tui.messages import BackendStarted
 from boxui.tui.screens.timeline import TimelineScreen
 from boxui.tui.widgets.machine_table import MachineTable, Row
@@ -164,6 +176,21 @@ async def write_machines(root: Path, count: int) -> None:
         await engine.close()
 
 
+def standin_hosts(hosts: int, machines: int) -> list[StandinFollower]:
+    """`hosts` stand-in hosts of `machines` ready machines each (see the docstring)."""
+    started = psutil.Process().create_time()
+
+    def ready(name: str, port: int) -> LoadedMachine:
+        record = RuntimeRecord(state=InstanceState.READY, accel="kvm", ssh_port=port,
+                               started_at=datetime.fromtimestamp(started, UTC))
+        return LoadedMachine(name=name, spec=MachineSpec(name=name), record=record,
+                             state=InstanceState.READY)
+
+    return [StandinFollower(f"standin-{h + 1}", [ready(f"m{i:04d}", 20000 + i)
+                                                 for i in range(machines)])
+            for h in range(hosts)]
+
+
 @dataclass
 class Probes:
     """What the instrumented app records while the rounds run."""
@@ -186,8 +213,9 @@ class BenchApp(BoxuiApp):
 
     def __init__(self, backend: EmbeddedBackend, rounds: int, restore: Callable[[], None],
                  profile: cProfile.Profile | None = None, navigate: bool = False,
-                 timeline: bool = False) -> None:
-        super().__init__(backend)
+                 timeline: bool = False, hosts: list[StandinFollower] | None = None) -> None:
+        super().__init__(backend, fleet=Fleet(hosts or []))
+        self.standins = hosts or []
         self.navigate = navigate
         self.timeline = timeline
         self.embedded = backend  # the bench drives its supervisor's sampler directly
@@ -207,7 +235,9 @@ class BenchApp(BoxuiApp):
 
     async def _measure(self) -> dict[str, Any]:
         table = self.query_one(MachineTable)
-        while table.row_count < len(self._machines) or not self._machines:
+        remote = sum(len(host.truth) for host in self.standins)
+        while table.row_count < len(self._machines) + remote or not (self._machines or
+                                                                   remote):
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # the first 1,000-row frame
         if self.navigate:
@@ -295,6 +325,8 @@ class BenchApp(BoxuiApp):
             probes.round = r
             probes.round_start[r] = time.perf_counter()
             await sampler.sample_once()
+            for host in self.standins:
+                host.sample(float(r))
             tick += 1.0
             await asyncio.sleep(max(0.0, tick - loop.time()))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -316,7 +348,8 @@ class BenchApp(BoxuiApp):
             if i < len(probes.frames):
                 frame_ms.append(1000 * (probes.frames[i] - probes.round_start[r]))
         return {
-            "machines": len(self._machines), "rounds": self.rounds, "wall": wall,
+            "machines": self.query_one(MachineTable).row_count, "hosts": len(self.standins),
+            "rounds": self.rounds, "wall": wall,
             "cpu": cpu, "cells": cells, "frames": sorted(frame_ms), "missing": missing,
             "cells_expected": self.rounds * self._rows_on_screen(),
             "navigate": self.navigate,
@@ -345,7 +378,9 @@ def render(report: dict[str, Any]) -> str:
     if report["timeline"]:
         mode += "; the timeline (T) open over the table"
     lines = [
-        f"{report['machines']} machines, {report['rounds']} rounds at 1 Hz, "
+        (f"{report['hosts']} stand-in hosts x {report['machines'] // report['hosts']} = "
+         if report["hosts"] else "")
+        + f"{report['machines']} machines, {report['rounds']} rounds at 1 Hz, "
         f"{report['wall']:.1f} s, {mode}; load average {report['load']}"
         + (", with marks and filters (--navigate)" if report["navigate"] else ""),
         f"rows updated: {len(cells)} of {report['cells_expected']}; "
@@ -379,21 +414,23 @@ def render(report: dict[str, Any]) -> str:
 
 async def bench(machines: int, seconds: int, terminal: bool,
                 profile: cProfile.Profile | None = None,
-                navigate: bool = False, timeline: bool = False) -> dict[str, Any]:
+                navigate: bool = False, timeline: bool = False,
+                hosts: int = 0) -> dict[str, Any]:
     real_refresh = listing_cache.refresh
     with tempfile.TemporaryDirectory(prefix="boxui-bench-") as tmp:
         root = Path(tmp) / "home"
         listing_cache.refresh = lambda dirs, names: None  # setup only; see docstring
         t = time.perf_counter()
-        await write_machines(root, machines)
-        print(f"wrote {machines} machines in {time.perf_counter() - t:.1f} s", flush=True)
+        await write_machines(root, 0 if hosts else machines)
+        print(f"wrote {0 if hosts else machines} machines in {time.perf_counter() - t:.1f} s",
+              flush=True)
 
         def restore() -> None:
             listing_cache.refresh = real_refresh
 
         options = BackendOptions(home=root, driver_factory=BenchDriver, sample_health=False)
         app = BenchApp(EmbeddedBackend(options), seconds, restore, profile, navigate,
-                       timeline)
+                       timeline, standin_hosts(hosts, machines) if hosts else None)
         try:
             if terminal:
                 await app.run_async()
@@ -421,12 +458,14 @@ def main() -> None:
                         "functions (profiling inflates the timings: use for attribution)")
     parser.add_argument("--timeline", action="store_true",
                         help="measure with the lifecycle timeline (T) of a machine open")
+    parser.add_argument("--hosts", type=int, default=0, metavar="N",
+                        help="N stand-in hosts of --machines machines each, none local")
     args = parser.parse_args()
     if args.terminal and not sys.stdout.isatty():
         parser.error("--terminal needs a terminal (run it in tmux or a terminal window)")
     profile = cProfile.Profile() if args.profile else None
     text = render(asyncio.run(bench(args.machines, args.seconds, args.terminal, profile,
-                                    args.navigate, args.timeline)))
+                                    args.navigate, args.timeline, args.hosts)))
     if profile is not None:
         profile.dump_stats(args.profile)
         out = io.StringIO()

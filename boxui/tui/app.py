@@ -56,6 +56,9 @@ from boxui.tui.command_line import (
     complete,
     parse_command,
 )
+from boxui.tui.fleet.fleet import Fleet
+from boxui.tui.fleet.messages import HostChanged, HostEventArrived, HostHealthSampled
+from boxui.tui.fleet.snapshot import LOCAL, host_key, split_host_filter, with_host_filter
 from boxui.tui.messages import (
     BackendStarted,
     EventArrived,
@@ -72,6 +75,7 @@ from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.tui.screens.copy_dialog import CopyScreen
 from boxui.tui.screens.event_dialog import EventDialog
 from boxui.tui.screens.help import HelpScreen, KeyGroup, grouped_keys
+from boxui.tui.screens.hosts import HostsScreen
 from boxui.tui.screens.images import ImagesScreen
 from boxui.tui.screens.logs import LogsScreen
 from boxui.tui.screens.new_machine import NewMachine, NewMachineScreen
@@ -96,7 +100,7 @@ from boxui.tui.ui_config import load_ui_file
 from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.detail_pane import DetailPane
 from boxui.tui.widgets.event_stream import EventStream
-from boxui.tui.widgets.machine_table import COLUMNS, MachineTable, row_cells
+from boxui.tui.widgets.machine_table import MachineTable, row_cells
 from boxui.tui.widgets.pool_line import PoolLine
 from boxui.tui.widgets.status_header import StatusHeader, header_markup
 
@@ -168,6 +172,7 @@ class BoxuiApp(App[None]):
         Binding("c", "copy", "Copy files", show=False, id="copy"),
         Binding("T", "timeline", "Timeline", show=False, id="timeline"),
         Binding("u", "sessions", "Sessions", show=False, id="sessions"),
+        Binding("H", "hosts", "Hosts", show=False, id="hosts"),
         Binding("space", "mark", "Mark", show=False, id="mark"),
         Binding("a", "toggle_events", "Events", show=False, id="toggle_events"),
         Binding("slash", "filter", "Filter", id="filter"),
@@ -182,9 +187,11 @@ class BoxuiApp(App[None]):
     def __init__(self, backend: AppBackend, *,
                  clock: Callable[[], float] = time.time,
                  ssh_argv: Callable[[str], list[str]] | None = None,
-                 editor: str | None = None) -> None:
+                 editor: str | None = None, fleet: Fleet | None = None) -> None:
         super().__init__()
         self.backend: AppBackend = backend
+        #: the other hosts in the registry (`hosts.toml`), each followed live
+        self.fleet = fleet if fleet is not None else Fleet.from_registry(backend.home)
         self.clock = clock
         self._ssh_argv = ssh_argv or (lambda name: ssh_exec_argv(name, None, backend.home))
         self._editor = editor
@@ -284,6 +291,11 @@ class BoxuiApp(App[None]):
             self.set_keymap(dict(self._ui.keys))
         self.run_worker(self.backend.run(), name="backend", group="backend",
                         exit_on_error=False)
+        self.query_one(MachineTable).show_hosts(bool(self.fleet.hosts))
+        self.run_worker(self.fleet.run(self.post_message), name="hosts", group="fleet",
+                        exit_on_error=False)
+        if self.fleet.problem:
+            self.notify(self.fleet.problem, title="hosts.toml", severity="error", timeout=15)
         self.run_worker(self._wait_for_backend(), group="backend", exit_on_error=False)
 
     async def _wait_for_backend(self) -> None:
@@ -389,6 +401,36 @@ class BoxuiApp(App[None]):
             self._remember(machine)
         self._reconcile()
 
+    # --- other hosts: their followers' facts (boxui/tui/fleet) -------------------------
+
+    @_while_shown
+    def on_host_changed(self, message: HostChanged) -> None:
+        self._reconcile()
+        if isinstance(self.screen, HostsScreen):
+            self.screen.reload()
+        if self.fleet.owns(self.selected):
+            self._show_detail()
+
+    @_while_shown
+    def on_host_event_arrived(self, message: HostEventArrived) -> None:
+        event = message.event
+        if event.subject:  # tagged with its host: the pane shows it, `a` filters by it
+            event = event.model_copy(update={"subject": host_key(event.subject,
+                                                                 message.host)})
+        self.query_one(EventStream).add(event, self.state_colour(str(event.data.get("to"))))
+        self._reconcile()
+        if event.subject == self.selected:
+            self._show_detail()
+
+    @_while_shown
+    def on_host_health_sampled(self, message: HostHealthSampled) -> None:
+        table = self.query_one(MachineTable)
+        rows = self.fleet.rows_of(message.host, message.names, self.clock(), self._busy,
+                                  self._frame)
+        table.update(row for row in rows if table.has_row(row[0]))
+        if self.fleet.owns(self.selected):
+            self._show_detail()
+
     @_while_shown
     def on_health_sampled(self, message: HealthSampled) -> None:
         for sample in message.samples:
@@ -428,10 +470,14 @@ class BoxuiApp(App[None]):
     # --- drawing ---------------------------------------------------------------------
 
     def _visible(self) -> Iterable[LoadedMachine]:
-        wanted = TextFilter.parse(self.filters.get("machines", ""))
+        host, typed = split_host_filter(self.filters.get("machines", ""))
+        if host not in (None, LOCAL):
+            return
+        wanted = TextFilter.parse(typed)
         pending = (m for n, m in self._pending.items() if n not in self._machines)
         for machine in itertools.chain(self._machines.values(), pending):
-            if wanted.matches(machine.name, machine.state.value):
+            if wanted.matches(machine.name, machine.state.value, LOCAL if self.fleet.hosts
+                              else ""):
                 yield machine
 
     def _rows(self, machines: Iterable[LoadedMachine]) -> Iterable[tuple[str, dict[str, str],
@@ -450,7 +496,11 @@ class BoxuiApp(App[None]):
         return cells, state
 
     def _reconcile(self) -> None:
-        self.query_one(MachineTable).reconcile(self._rows(self._visible()))
+        host, typed = split_host_filter(self.filters.get("machines", ""))
+        remote = self.fleet.rows(self.clock(), self._busy, self._frame, host,
+                                 TextFilter.parse(typed))
+        self.query_one(MachineTable).reconcile(itertools.chain(self._rows(self._visible()),
+                                                               remote))
         self._update_header()
         self._update_empty_hint()
 
@@ -466,7 +516,8 @@ class BoxuiApp(App[None]):
     def _update_empty_hint(self) -> None:
         """No machines at all: say what to do instead of showing an empty table."""
         hint = self.query_one("#empty-hint", Static)
-        empty = not self._machines and not self._pending and self.backend.ready.is_set()
+        empty = (not self._machines and not self._pending and self.backend.ready.is_set()
+                 and not any(s.machines for s in self.fleet.snapshots()))
         hint.set_class(empty, "-shown")
         if empty:
             accel = self.backend.accel()
@@ -535,7 +586,10 @@ class BoxuiApp(App[None]):
         name = self.selected
         machine = self._machines.get(name) if name else None
         history = self.backend.health_history if machine else None
-        colour = self.state_colour(machine.state.value) if machine else ""
+        if machine is None and self.fleet.owns(name):
+            machine, history = self.fleet.detail(str(name))
+        # `unknown` (a host that does not answer) has no theme colour: plain text
+        colour = (self.state_colour(machine.state.value) or "default") if machine else ""
         self.query_one(DetailPane).show(machine, history, colour,
                                         self._work.get(name) if name else None)
 
@@ -565,10 +619,14 @@ class BoxuiApp(App[None]):
 
     # --- actions ---------------------------------------------------------------------
 
-    def _need_selection(self) -> str | None:
+    def _need_selection(self, remote_ok: bool = False) -> str | None:
         name = self.selected
         if name is None:
             self.notify("no machine selected", severity="warning", timeout=3)
+        elif not remote_ok and self.fleet.owns(name):
+            self.notify(f"{name}: on another host, this is not offered here (start, stop, "
+                        "restart, delete and S are)", severity="warning", timeout=5)
+            return None
         return name
 
     def _long(self, name: str, label: str,
@@ -625,7 +683,7 @@ class BoxuiApp(App[None]):
         marked = self.query_one(MachineTable).marked_names
         if marked:
             return marked, True
-        name = self._need_selection()
+        name = self._need_selection(remote_ok=True)
         return ([name], False) if name is not None else None
 
     def _verb(self, verb: str) -> None:
@@ -666,6 +724,9 @@ class BoxuiApp(App[None]):
         self.push_screen(ConfirmBulkScreen(verb, names, running), confirmed)
 
     def _run_verb(self, verb: str, name: str) -> None:
+        if self.fleet.owns(name):  # a remote row: its host acts
+            self._long(name, LABELS[verb], lambda _p: self.fleet.act(verb, name))
+            return
         jobs: dict[str, Callable[[ProgressFn], Awaitable[None]]] = {
             "start": lambda p: self.backend.start(name, progress=p),
             "stop": lambda _p: self.backend.stop(name),
@@ -711,15 +772,16 @@ class BoxuiApp(App[None]):
         await self._run_suspended(argv, f"edit {name}")
 
     async def action_ssh(self) -> None:
-        name = self._need_selection()
+        name = self._need_selection(remote_ok=True)
         if name is not None:
             await self.ssh(name)
 
-    async def ssh(self, name: str) -> None:
+    async def ssh(self, name: str, onto_host: bool = False) -> None:
         """Inside tmux, a new window, so the app stays on screen; elsewhere the app
         steps aside until the shell ends, as it always did."""
         try:
-            argv = self._ssh_argv(name)
+            argv = (self.fleet.session_argv(name) if self.fleet.owns(name) or onto_host
+                    else self._ssh_argv(name))
         except BoxuiError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -797,6 +859,19 @@ class BoxuiApp(App[None]):
 
         self.push_screen(SessionsScreen(lambda: list(self.sessions), running, who,
                                         self.filters))
+
+    def action_hosts(self) -> None:
+        """The hosts view; `enter` on a host shows only its machines."""
+        def choose(host: str | None) -> None:
+            typed = with_host_filter(self.filters.get("machines", ""), host)
+            self.set_filter("machines", typed)
+
+        async def session(host: str) -> None:
+            await self.ssh(host, onto_host=True)
+
+        self.push_screen(HostsScreen(self.fleet.snapshots, len(self._machines), choose,
+                                     lambda host: self.run_worker(session(host)),
+                                     self.filters))
 
     def action_ports(self) -> None:
         if (name := self._need_selection()) is not None:
@@ -934,7 +1009,7 @@ class BoxuiApp(App[None]):
                 self._history_failed = True
 
     def _complete(self, text: str) -> str | None:
-        return complete(text, self._ui.aliases, self._machines)
+        return complete(text, self._ui.aliases, [*self._machines, *self.fleet.keys()])
 
     @on(CommandLine.Run)
     async def _run_command(self, message: CommandLine.Run) -> None:
@@ -973,9 +1048,14 @@ class BoxuiApp(App[None]):
         await self.run_action(VIEWS[view].action)
 
     async def _machine_command(self, verb: str, names: list[str]) -> None:
-        unknown = [n for n in names if n not in self._machines]
+        unknown = [n for n in names if n not in self._machines and not self.fleet.owns(n)]
         if unknown:
             self.notify(f"no machine named {', '.join(unknown)}", severity="error", timeout=6)
+            return
+        remote = [n for n in names if self.fleet.owns(n)]
+        if remote and verb not in (*LABELS, "ssh", "mark"):
+            self.notify(f":{verb} is not offered for machines on other hosts "
+                        f"({', '.join(remote)})", severity="error", timeout=6)
             return
         if not names:
             targets = self._targets()
@@ -999,7 +1079,7 @@ class BoxuiApp(App[None]):
 
     def action_sort_next(self) -> None:
         table = self.query_one(MachineTable)
-        keys = [c.key for c in COLUMNS]
+        keys = [c.key for c in table.columns]
         table.sort_by(keys[(keys.index(table.sort_column) + 1) % len(keys)])
 
     def action_next_theme(self) -> None:
@@ -1068,6 +1148,8 @@ class BoxuiApp(App[None]):
             ("Cells", "Commands run in throwaway machines (boxui run)", self.action_cells),
             ("Images", "OS images and recipes", self.action_images),
             ("Sessions", "Open SSH sessions and logged-in users", self.action_sessions),
+            ("Hosts", "Other hosts; choose one to show only its machines",
+             self.action_hosts),
             ("Port forwards", "Add or remove the selected machine's forwards",
              self.action_ports),
             ("Copy files", "Into or out of the selected machine", self.action_copy),

@@ -51,6 +51,8 @@ COLUMNS = (
     Column("uptime", "UPTIME", 8, numeric=True),
     Column("ssh", "SSH", 6, numeric=True),
 )
+#: shown after NAME once any host beyond `local` is defined
+HOST_COLUMN = Column("host", "HOST", 10)
 CELL_PAD = 1
 TABLE_WIDTH = sum(c.width + 2 * CELL_PAD for c in COLUMNS)
 
@@ -101,6 +103,7 @@ def row_cells(
     now: float,
     busy: str | None = None,
     frame: int = 0,
+    host: str = "local",
 ) -> dict[str, str]:
     spec, record = machine.spec, machine.record
     state = machine.state.value
@@ -123,6 +126,7 @@ def row_cells(
         "guest_mem": human_bytes(sample.guest_used_bytes) if running and sample else "-",
         "uptime": human_age(uptime),
         "ssh": str(record.ssh_port) if running and record and record.ssh_port else "-",
+        "host": host,
     }
 
 
@@ -188,6 +192,16 @@ class MachineTable(ScrollView, can_focus=True):
         self.sort_column: str = "name"
         self.sort_reverse = False
         self.updates = 0
+        self.columns: tuple[Column, ...] = COLUMNS
+        self._width = TABLE_WIDTH
+
+    def show_hosts(self, shown: bool) -> None:
+        """The HOST column, after NAME: shown when other hosts are defined."""
+        self.columns = (COLUMNS[0], HOST_COLUMN, *COLUMNS[1:]) if shown else COLUMNS
+        self._width = sum(c.width + 2 * CELL_PAD for c in self.columns)
+        self._strips.clear()
+        self.virtual_size = Size(self._width, len(self._order) + 1)
+        self.refresh()
 
     # --- data ------------------------------------------------------------------------
 
@@ -278,18 +292,18 @@ class MachineTable(ScrollView, can_focus=True):
         for name in list(self._stale):
             self._fresh(name)
         column = self.sort_column
-        numeric = next((c.numeric for c in COLUMNS if c.key == column), False)
+        numeric = next((c.numeric for c in self.columns if c.key == column), False)
 
-        def key(name: str) -> tuple[int, float, str]:
+        def key(name: str) -> tuple[int, float, str, str]:
             text = self._rows[name][0][column]
             if numeric:
                 number = _leading_number(text)
-                return (0, number, name) if number is not None else (1, 0.0, name)
-            return (0, 0.0, text)
+                return (0, number, name, "") if number is not None else (1, 0.0, name, "")
+            return (0, 0.0, text, name)  # the key last: `web` before `web@build`
 
         self._order = sorted(self._rows, key=key, reverse=self.sort_reverse)
         self._index = {name: i for i, name in enumerate(self._order)}
-        self.virtual_size = Size(TABLE_WIDTH, len(self._order) + 1)
+        self.virtual_size = Size(self._width, len(self._order) + 1)
         if keep is not None and keep in self._index:
             self._cursor = self._index[keep]
         self._cursor = max(0, min(self._cursor, len(self._order) - 1))
@@ -405,7 +419,7 @@ class MachineTable(ScrollView, can_focus=True):
             return
         if offset.y == 0:
             x = offset.x + self.scroll_offset.x
-            for column in COLUMNS:
+            for column in self.columns:
                 x -= column.width + 2 * CELL_PAD
                 if x < 0:
                     self.sort_by(column.key)
@@ -443,10 +457,10 @@ class MachineTable(ScrollView, can_focus=True):
         style = self._style() + self._style("machine-table--header")
         arrow = " ▼" if self.sort_reverse else " ▲"
         segments = []
-        for column in COLUMNS:
+        for column in self.columns:
             label = column.label + (arrow if column.key == self.sort_column else "")
             segments.append(Segment(_fit(label, column), style))
-        return Strip(segments, TABLE_WIDTH)
+        return Strip(segments, self._width)
 
     def _row_strip(self, name: str, cursor: bool) -> Strip:
         row = self._fresh(name)
@@ -462,7 +476,7 @@ class MachineTable(ScrollView, can_focus=True):
         if cursor:
             style += self._style("machine-table--cursor")
         segments = []
-        for column in COLUMNS:
+        for column in self.columns:
             cell_style = style
             if column.key == "state" and not (cursor and self.has_focus):
                 colour = self._state_colour(state)
@@ -472,7 +486,7 @@ class MachineTable(ScrollView, can_focus=True):
             if marked and column.key == "name":
                 text = "+" + text  # k9s' mark: visible without colour too (NO_COLOR)
             segments.append(Segment(_fit(text, column), cell_style))
-        strip = Strip(segments, TABLE_WIDTH)
+        strip = Strip(segments, self._width)
         self._strips[name] = (key, strip)
         return strip
 
