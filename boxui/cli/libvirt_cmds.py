@@ -86,7 +86,7 @@ def _line(view: MachineView, how: str | None = None) -> str:
     """A machine as the local commands print it."""
     port = f", ssh on 127.0.0.1:{view.ssh_port}" if view.ssh_port and \
         view.state.value in ("ready", "busy", "booting") else ""
-    reason = f" ({view.domain.reason})" if view.domain.reason else ""
+    reason = f" ({view.domain.reason})" if view.domain.reason and not how else ""
     said = f": {how}" if how else ""
     return f"{view.name}: {view.state.value}{reason}{port}{said}"
 
