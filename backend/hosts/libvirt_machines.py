@@ -226,7 +226,7 @@ class LibvirtMachines:
             state = InstanceState.READY
         return MachineView(self.host.name, domain, local, state)
 
-    async def list(self) -> list[MachineView]:
+    async def every(self) -> list[MachineView]:
         return [self._view(domain) for domain in await self.lv.domains()]
 
     async def view(self, name: str) -> MachineView:

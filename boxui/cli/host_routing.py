@@ -26,7 +26,12 @@ def on_host(host: HostDef, path: str, params: dict[str, object], *, relay: bool,
     """Run command `path` (`create`, `port ls`, ...) with its parsed `params` on `host`;
     `args`: its command line as given; `here`: the command's own code."""
     from backend.hosts.remote_boxui import RemoteBoxuiError
+    from boxui.cli.hosts import relay_to_remote, ssh_to_host, stored_ssh_host, strip_host_option
 
+    name, command = str(params.get("name")), params.get("command") or ()
+    assert isinstance(command, tuple)
+    if path == "ssh":  # `boxui ssh HOSTNAME` stays a session on that host, as ever
+        stored_ssh_host(name, command)
     if host.kind == "libvirt":
         try:  # libvirt-python is optional (the `libvirt` extra)
             from boxui.cli.libvirt_cmds import run_on_libvirt
@@ -37,13 +42,8 @@ def on_host(host: HostDef, path: str, params: dict[str, object], *, relay: bool,
     if host.kind == "plain":
         raise RemoteBoxuiError(f"host {host.name} is a plain host: it runs no machines "
                                f"boxui manages (boxui ssh {host.name} opens a session there)")
-    from boxui.cli.hosts import relay_to_remote, ssh_to_host, strip_host_option
-
     if relay or (path == "create" and params.get("template_ref") is not None):
         sys.exit(relay_to_remote(host, strip_host_option(args)))
     if path == "ssh":
-        command = params.get("command") or ()
-        assert isinstance(command, tuple)
-        remote = shlex.join(["boxui", "ssh", str(params["name"]), *map(str, command)])
-        ssh_to_host(host, (remote,), tty=True)
+        ssh_to_host(host, (shlex.join(["boxui", "ssh", name, *command]),), tty=True)
     return here()

@@ -150,7 +150,7 @@ def _rm(host: HostDef, params: Params) -> int:
 def _ls(host: HostDef, params: Params) -> int:
     from boxui.cli.output import MACHINE_HEADERS, emit_json, table
 
-    views = _on(host, lambda m: m.list())
+    views = _on(host, lambda m: m.every())
     if params.get("as_json"):
         emit_json([view.as_json() for view in views])
         return 0
