@@ -158,6 +158,8 @@ def test_a_machine_made_through_the_cli_boots_runs_an_exec_and_is_removed(
     assert (hello.returncode, hello.stdout) == (0, "lvc\n"), hello.stderr
     failing = boxui(home, "exec", "--host", "lv", "lvc", "--", "sh", "-c", "exit 3")
     assert failing.returncode == 3, failing.stderr
+    session = boxui(home, "ssh", "--host", "lv", "lvc", "echo", "via-ssh")
+    assert session.stdout == "via-ssh\n", session.stderr
     # a later process, which did not see the boot, tells ready by the console log
     info = json.loads(boxui(home, "info", "lvc", "--host", "lv", "--json").stdout)
     assert (info["state"], info["boxui"]) == ("ready", True), info
