@@ -64,8 +64,9 @@ class LazyGroup(click.Group):
         if cmd_name in HOST_COMMANDS | HOST_READ_COMMANDS:
             _take_host_option(command, cmd_name, relay=cmd_name in HOST_READ_COMMANDS)
         for sub, relay in HOST_SUBCOMMANDS.get(cmd_name, {}).items():
-            assert isinstance(command, click.Group)
-            _take_host_option(command.commands[sub], f"{cmd_name} {sub}", relay=relay)
+            group = command
+            assert isinstance(group, click.Group)
+            _take_host_option(group.commands[sub], f"{cmd_name} {sub}", relay=relay)
         return command
 
     def resolve_command(self, ctx: click.Context, args: list[str]
