@@ -87,10 +87,26 @@ class LazyGroup(click.Group):
 _command_args: list[str] = []
 
 
+#: what `--host` said for the command being run
+_given_host: str | None = None
+
+
 def _choose_host(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    global _given_host
     from boxui.daemon.remote import choose_host
 
+    _given_host = value
     choose_host(value)
+
+
+def _another_host_may_be_chosen() -> bool:
+    """False when the command surely acts locally; checked without creating the state
+    dir, so bad input is still refused with nothing made on disk."""
+    from backend.hosts.selection import CURRENT_FILE, HOST_ENV
+    from backend.state.state_dir import default_home
+
+    return (_given_host is not None or bool(os.environ.get(HOST_ENV))
+            or (default_home() / CURRENT_FILE).exists())
 
 
 def _take_host_option(command: click.Command, path: str, *, relay: bool) -> None:
@@ -107,6 +123,8 @@ def _take_host_option(command: click.Command, path: str, *, relay: bool) -> None
         return
 
     def hosted(*args: object, **kwargs: object) -> object:
+        if not _another_host_may_be_chosen():
+            return callback(*args, **kwargs)
         from boxui.daemon.remote import selected_remote
 
         remote = selected_remote()
