@@ -220,9 +220,9 @@ class LibvirtMachines:
 
     def _view(self, domain: Domain) -> MachineView:
         local = load_local(self.dirs, self.host, domain.name) if domain.boxui else None
-        state = domain.state
-        if (state is InstanceState.BOOTING and domain.mark is not None and local is not None
-                and ready_in_console(local.console_log, domain.mark.boot_id)):
+        state, mark = domain.state, domain.mark
+        if (state is InstanceState.BOOTING and mark is not None and mark.console_log
+                and ready_in_console(Path(mark.console_log), mark.boot_id)):
             state = InstanceState.READY
         return MachineView(self.host.name, domain, local, state)
 
