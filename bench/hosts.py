@@ -14,23 +14,41 @@ so load hits both alike:
 - remote: the same with `--host r1` from another state dir, through loopback SSH (each
   command opens its own SSH connection: nothing is kept between CLI processes).
 It prints median and p95 of each, and what the remote adds. Issue 17 sets no target
-for these: figures only. The libvirt row (a guest booting on a libvirt host to ready in
-boxui, against `virsh start`) belongs to the libvirt driver: `libvirt_rows` is its hook.
+for these: figures only.
+
+The libvirt row (`--libvirt-runs N`, default 2; 0 skips it): a private libvirtd as the
+tests start one (root; `tests/libvirt_helpers.py`), or `--libvirt-uri URI`, added as
+host `lv`, and one boxui machine made there (`boxui create lvb --host lv --no-start`:
+boxui's default guest, from BOXUI_GUEST_CACHE). Runs alternate, so load hits both alike:
+- virsh: `virsh -c URI start lvb`, until the guest's ready marker (`BOXUI-READY
+  <boot_id>`) is in the console log virtlogd writes (told by inotify);
+- boxui: the whole `boxui start lvb --host lv` process, which writes a new seed, starts the
+  domain paused, attaches its console, resumes it and exits once the marker has come
+  through libvirt's console stream: the machine is `ready` in boxui.
+Between runs `boxui stop --host lv lvb` (ACPI). Target: boxui <= 1.05 x virsh.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backend.drivers.console_watch import ConsoleTail, wait_for_line
+from backend.drivers.qemu.readiness import scan_console
+from tests.conftest import IMAGE_CACHE
 from tests.daemon_helpers import daemon_running, kill_stand_ins
 from tests.sshd_helpers import Sshd, sshd_running
 
@@ -40,9 +58,9 @@ COMMANDS = {"ls": ["ls"], "start (no-op)": ["start", "vm"],
             "exec": ["exec", "vm", "--", "true"]}
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str], timeout: float = 120) -> float:
     started = time.perf_counter()
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     elapsed = (time.perf_counter() - started) * 1000
     if out.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv[1:])} failed: {out.stderr.strip()}")
@@ -54,10 +72,98 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def libvirt_rows(sshd: Sshd, runs: int) -> list[str]:
-    """The libvirt driver's figures (time to ready in boxui against `virsh start`), as
-    printed lines: none until that driver fills this in."""
-    return []
+LIBVIRT_READY_TIMEOUT = 600.0
+
+
+@contextlib.contextmanager
+def libvirt_uri(given: str | None) -> Iterator[str]:
+    """`given`, or a private libvirtd's URI for as long as the block runs."""
+    if given:
+        yield given
+        return
+    import pytest
+
+    from tests.libvirt_helpers import running_libvirtd
+
+    try:
+        daemon_cm = running_libvirtd()
+        daemon = daemon_cm.__enter__()
+    except pytest.skip.Exception as exc:  # the tests' helper skips; here it is a reason
+        raise RuntimeError(exc.msg) from None
+    try:
+        yield daemon.uri
+    finally:
+        daemon_cm.__exit__(None, None, None)
+
+
+async def virsh_to_ready(uri: str, machine: Path) -> float:
+    """`virsh start` until this boot's ready marker is in the console log (seconds)."""
+    boot_id = json.loads((machine / "libvirt.json").read_text())["boot_id"]
+    log = machine / "console.log"
+    tail = ConsoleTail(log, log.stat().st_size if log.exists() else 0)
+    began = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec("virsh", "-q", "-c", uri, "start", "lvb",
+                                                stdout=asyncio.subprocess.DEVNULL)
+    if await proc.wait() != 0:
+        raise RuntimeError("virsh start failed")
+    async with asyncio.timeout(LIBVIRT_READY_TIMEOUT):
+        seen = await wait_for_line(tail, lambda line: scan_console(line, boot_id),
+                                   asyncio.Event())
+    if seen is not True:
+        raise RuntimeError(f"the guest did not get ready under virsh; see {log}")
+    return time.perf_counter() - began
+
+
+def libvirt_times(uri: str, runs: int) -> dict[str, list[float]]:
+    """Each side's seconds to ready, `runs` of each, on a state dir made for them."""
+    home = Path(tempfile.mkdtemp(prefix="bxlv-", dir="/tmp"))  # short: socket paths
+    env = os.environ | {"BOXUI_HOME": str(home)}
+    IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    (home / "images").symlink_to(IMAGE_CACHE)
+
+    def boxui(*argv: str) -> float:
+        return timed([BOXUI, *argv], env, timeout=LIBVIRT_READY_TIMEOUT) / 1000
+
+    times: dict[str, list[float]] = {"virsh": [], "boxui": []}
+    try:
+        boxui("host", "add", "lv", "--libvirt", uri)
+        boxui("create", "lvb", "--host", "lv", "--no-start")
+        try:
+            for _ in range(runs):
+                times["virsh"].append(asyncio.run(
+                    virsh_to_ready(uri, home / "hosts" / "lv" / "lvb")))
+                boxui("stop", "lvb", "--host", "lv")
+                times["boxui"].append(boxui("start", "lvb", "--host", "lv"))
+                boxui("stop", "lvb", "--host", "lv")
+        finally:
+            subprocess.run([BOXUI, "rm", "lvb", "--force", "--host", "lv"], env=env,
+                           capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return times
+
+
+def libvirt_rows(uri: str | None, runs: int) -> list[str]:
+    """The libvirt row: a guest booting on a libvirt host to ready in boxui, against
+    `virsh start` to the same point, as printed lines."""
+    if runs <= 0:
+        return ["libvirt: skipped (--libvirt-runs 0)"]
+    try:
+        with libvirt_uri(uri) as where:
+            times = libvirt_times(where, runs)
+    except (RuntimeError, SystemExit) as exc:
+        return [f"libvirt: no figures ({exc})"]
+    virsh, boxui = statistics.median(times["virsh"]), statistics.median(times["boxui"])
+    ratio = boxui / virsh
+    verdict = "OK" if ratio <= 1.05 else "MISSED"
+    label = "a private libvirtd" if uri is None else uri
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [f"libvirt ({label}), {runs} boots each, boot to ready; load average {load}",
+            "  virsh start runs (s): " + "  ".join(f"{t:.2f}" for t in times["virsh"]),
+            "  boxui start runs (s): " + "  ".join(f"{t:.2f}" for t in times["boxui"]),
+            f"{'virsh start to ready (median)':<38}{virsh:7.2f} s",
+            f"{'boxui start --host lv to ready':<38}{boxui:7.2f} s",
+            f"{'ratio boxui / virsh':<38}{ratio:9.3f}   <= 1.05: {verdict}"]
 
 
 def measure(sshd: Sshd, local_home: Path, runs: int) -> dict[str, tuple[list[float], ...]]:
@@ -80,6 +186,9 @@ def measure(sshd: Sshd, local_home: Path, runs: int) -> dict[str, tuple[list[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--libvirt-runs", type=int, default=2,
+                        help="boots each for the libvirt row (0: skip it)")
+    parser.add_argument("--libvirt-uri", help="a libvirt URI; default: a private libvirtd")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="boxui-bench-hosts-") as tmp:
         root = Path(tmp)
@@ -91,8 +200,8 @@ def main() -> None:
                 subprocess.run([BOXUI, *argv], env=env, check=True, capture_output=True,
                                timeout=120)
             figures = measure(sshd, local_home, args.runs)
-            extra = libvirt_rows(sshd, args.runs)
         kill_stand_ins(remote_home)
+    extra = libvirt_rows(args.libvirt_uri, args.libvirt_runs)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"bench/hosts.py: {args.runs} runs each, loopback SSH, stand-in guest; "
           f"load average {load}")
@@ -103,7 +212,7 @@ def main() -> None:
         rm, rp = statistics.median(remote), p95(remote)
         print(f"{label:<16}{f'{lm:.1f}/{lp:.1f}':>20}{f'{rm:.1f}/{rp:.1f}':>20}"
               f"{f'{rm - lm:.1f}/{rp - lp:.1f}':>20}")
-    for line in extra or ["libvirt: no figures (the libvirt driver fills in libvirt_rows)"]:
+    for line in extra:
         print(line)
 
 

@@ -151,3 +151,59 @@ def test_a_remote_without_boxui_says_how_to_install_it(sshd: Sshd, tmp_path: Pat
     assert "no boxui on its PATH" in out.stderr and "bin/setup" in out.stderr
     listed = run(sshd, home, "ls", "--host", "bare")
     assert listed.returncode == 1 and "no boxui on its PATH" in listed.stderr
+
+
+def test_templates_ports_images_services_and_the_daemon_are_the_remotes(
+        sshd: Sshd, tmp_path: Path) -> None:
+    from backend.state.state_dir import open_state_dir
+    from tests.templates.helpers import fabricate
+
+    home = tmp_path / "local"
+    add(sshd, home, "r1")
+    fabricate(open_state_dir(sshd.remote_home), "web", "worker", vcpus=2, memory_mib=320)
+    recipes = sshd.remote_home / "images" / "recipes"
+    recipes.mkdir(parents=True)
+    shipped = Path(__file__).resolve().parent.parent / "backend/images/recipes/debian-12.toml"
+    (recipes / "only-there.toml").write_text(shipped.read_text())
+    with daemon_running(sshd.remote_home):
+        # the template is the remote's: resolved there (here there is none)
+        made = run(sshd, home, "create", "w1", "--host", "r1", "--template", "web",
+                   "--no-start", "--json")
+        assert made.returncode == 0, made.stderr
+        spec = json.loads(made.stdout)["spec"]
+        assert (spec["template"], spec["vcpus"], spec["memory_mib"]) == ("web:worker", 2, 320)
+        here = run(sshd, home, "create", "w2", "--template", "web", "--no-start")
+        assert here.returncode == 1 and "no template named 'web'" in here.stderr
+        added = run(sshd, home, "port", "add", "w1", "18080:80", "--host", "r1")
+        assert added.stdout == "w1: 127.0.0.1:18080 -> guest 80/tcp (from its next start)\n", \
+            added.stderr
+        listed = run(sshd, home, "port", "ls", "--host", "r1", "w1", "--json")
+        assert [(p["guest"], p["host"]) for p in json.loads(listed.stdout)] == [(80, 18080)]
+        assert run(sshd, home, "port", "ls", "w1").returncode == 1  # no such machine here
+        assert run(sshd, home, "port", "rm", "w1", "80", "--host", "r1").returncode == 0
+        assert "forwards no ports" in run(sshd, home, "port", "ls", "w1", "--host", "r1").stdout
+        images = json.loads(run(sshd, home, "image", "ls", "--host", "r1", "--json").stdout)
+        assert "only-there" in [i["name"] for i in images]
+        local_images = json.loads(run(sshd, home, "image", "ls", "--json").stdout)
+        assert "only-there" not in [i["name"] for i in local_images]
+        service = run(sshd, home, "service", "create", "api", "--replicas", "0",
+                      env={"BOXUI_HOST": "r1"})
+        assert service.returncode == 0, service.stderr
+        there = json.loads(run(sshd, home, "service", "ls", "--host", "r1", "--json").stdout)
+        assert [s["spec"]["name"] for s in there] == ["api"]
+        assert json.loads(run(sshd, home, "service", "ls", "--json").stdout) == []
+        status = run(sshd, home, "daemon", "status", "--host", "r1", "--json")
+        assert json.loads(status.stdout)["state_dir"] == str(sshd.remote_home), status.stderr
+        assert run(sshd, home, "daemon", "status").returncode == 1  # none serves here
+        assert run(sshd, home, "rm", "w1", "--host", "r1").returncode == 0
+
+
+def test_machine_commands_on_a_plain_host_are_one_line(sshd: Sshd, tmp_path: Path) -> None:
+    home = tmp_path / "local"
+    add(sshd, home, "build", "--plain")
+    for args in (["create", "vm"], ["exec", "vm", "--", "true"], ["port", "ls", "vm"],
+                 ["image", "ls"]):
+        out = run(sshd, home, *args, "--host", "build") if args[0] != "exec" else \
+            run(sshd, home, "exec", "--host", "build", "vm", "--", "true")
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert "build is a plain host" in out.stderr, out.stderr

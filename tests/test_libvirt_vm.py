@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +144,44 @@ def test_boxui_host_ls_shows_a_libvirt_hosts_domains(libvirtd: LibvirtDaemon,
         conn = libvirt.open(libvirtd.uri)
         conn.lookupByName("listed").undefine()
         conn.close()
+
+
+def test_a_machine_made_through_the_cli_boots_runs_an_exec_and_is_removed(
+        libvirtd: LibvirtDaemon, vm_home: Path) -> None:
+    home, record = vm_home, vm_home / "hosts" / "lv" / "lvc"
+    assert boxui(home, "host", "add", "lv", "--libvirt", libvirtd.uri).returncode == 0
+    made = boxui(home, "create", "lvc", "--host", "lv", timeout=BOOT_TIMEOUT + 120)
+    assert re.fullmatch(r"lvc: ready, ssh on 127\.0\.0\.1:\d+\n", made.stdout), made.stderr
+    first = json.loads((record / "libvirt.json").read_text())
+    seed = (record / "initrd.img").read_bytes()
+    hello = boxui(home, "exec", "--host", "lv", "lvc", "--", "hostname")
+    assert (hello.returncode, hello.stdout) == (0, "lvc\n"), hello.stderr
+    failing = boxui(home, "exec", "--host", "lv", "lvc", "--", "sh", "-c", "exit 3")
+    assert failing.returncode == 3, failing.stderr
+    session = boxui(home, "ssh", "--host", "lv", "lvc", "echo", "via-ssh")
+    assert session.stdout == "via-ssh\n", session.stderr
+    # a later process, which did not see the boot, tells ready by the console log
+    info = json.loads(boxui(home, "info", "lvc", "--host", "lv", "--json").stdout)
+    assert (info["state"], info["boxui"]) == ("ready", True), info
+    with sshd_into(libvirtd) as ssh:  # the same daemon over loopback qemu+ssh
+        assert boxui(home, "host", "add", "lvs", "--libvirt", ssh.uri()).returncode == 0
+        listed = json.loads(boxui(home, "ls", "--host", "lvs", "--json").stdout)
+        assert [m["state"] for m in listed if m["name"] == "lvc"] == ["ready"], listed
+    refused = boxui(home, "rm", "lvc", "--host", "lv")
+    assert refused.returncode == 1 and "stop it first" in refused.stderr, refused.stderr
+    stopped = boxui(home, "stop", "--host", "lv", "lvc", timeout=120)
+    assert stopped.stdout == "lvc: stopped: powered off (ACPI)\n", stopped.stderr
+    again = boxui(home, "start", "lvc", "--host", "lv", timeout=BOOT_TIMEOUT + 60)
+    assert again.stdout.startswith("lvc: ready, ssh on 127.0.0.1:"), again.stderr
+    second = json.loads((record / "libvirt.json").read_text())
+    assert second["boot_id"] != first["boot_id"] and second["uuid"] == first["uuid"]
+    assert (record / "initrd.img").read_bytes() != seed  # a new RNG seed for this boot
+    echo = boxui(home, "exec", "--host", "lv", "lvc", "--", "echo", "again")
+    assert echo.stdout == "again\n", echo.stderr
+    gone = boxui(home, "rm", "lvc", "--force", "--host", "lv", timeout=120)
+    assert (gone.returncode, gone.stdout) == (0, "deleted lvc\n"), gone.stderr
+    assert not record.exists()
+    assert "lvc" not in json.dumps(json.loads(boxui(home, "ls", "--host", "lv", "--json").stdout))
 
 
 async def test_an_unreachable_uri_is_one_clear_error(tmp_path: Path) -> None:

@@ -194,12 +194,13 @@ def endpoint_cmd(as_json: bool) -> None:
                    "started": running is None})
 
 
-def ssh_to_host(host: HostDef, command: tuple[str, ...]) -> None:
-    """`boxui ssh NAME` for a host: the system ssh, with the host's definition."""
+def ssh_to_host(host: HostDef, command: tuple[str, ...], *, tty: bool = False) -> None:
+    """`boxui ssh NAME` for a host: the system ssh, with the host's definition; `tty`:
+    with a terminal even for a command (`boxui ssh --host NAME MACHINE` runs one)."""
     from backend.hosts.address import parse_ssh_address
 
     address = parse_ssh_address(host.address)
-    argv = ["ssh"]
+    argv = ["ssh", "-t"] if tty else ["ssh"]
     if address.port:
         argv += ["-p", str(address.port)]
     if host.identity:

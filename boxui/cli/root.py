@@ -39,8 +39,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 #: commands that act on machines take `--host NAME` (else BOXUI_HOST, else `host use`'s);
 #: those that only read the state dir run on a remote host as the remote's own boxui
-HOST_COMMANDS = frozenset({"create", "start", "stop", "restart", "rm", "exec"})
+HOST_COMMANDS = frozenset({"create", "start", "stop", "restart", "rm", "exec", "ssh"})
 HOST_READ_COMMANDS = frozenset({"ls", "info", "events", "logs"})
+#: commands of groups that take `--host` too; True: they only read (so are relayed)
+HOST_SUBCOMMANDS: dict[str, dict[str, bool]] = {
+    "port": {"add": False, "rm": False, "ls": True}, "image": {"ls": True},
+    "service": {"ls": True}, "daemon": {"status": True},
+}
 
 
 class LazyGroup(click.Group):
@@ -57,7 +62,11 @@ class LazyGroup(click.Group):
         command = getattr(module, where[1])
         assert isinstance(command, click.Command)
         if cmd_name in HOST_COMMANDS | HOST_READ_COMMANDS:
-            _take_host_option(command, relay=cmd_name in HOST_READ_COMMANDS)
+            _take_host_option(command, cmd_name, relay=cmd_name in HOST_READ_COMMANDS)
+        for sub, relay in HOST_SUBCOMMANDS.get(cmd_name, {}).items():
+            group = command
+            assert isinstance(group, click.Group)
+            _take_host_option(group.commands[sub], f"{cmd_name} {sub}", relay=relay)
         return command
 
     def resolve_command(self, ctx: click.Context, args: list[str]
@@ -78,14 +87,31 @@ class LazyGroup(click.Group):
 _command_args: list[str] = []
 
 
+#: what `--host` said for the command being run
+_given_host: str | None = None
+
+
 def _choose_host(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    global _given_host
     from boxui.daemon.remote import choose_host
 
+    _given_host = value
     choose_host(value)
 
 
-def _take_host_option(command: click.Command, *, relay: bool) -> None:
-    """Give `command` its `--host` (once); `relay`: on a remote host it runs there."""
+def _another_host_may_be_chosen() -> bool:
+    """False when the command surely acts locally; checked without creating the state
+    dir, so bad input is still refused with nothing made on disk."""
+    from backend.hosts.selection import CURRENT_FILE, HOST_ENV
+    from backend.state.state_dir import default_home
+
+    return (_given_host is not None or bool(os.environ.get(HOST_ENV))
+            or (default_home() / CURRENT_FILE).exists())
+
+
+def _take_host_option(command: click.Command, path: str, *, relay: bool) -> None:
+    """Give `command` its `--host` (once). On another host it runs as that host's kind
+    has it (`host_routing.on_host`); `relay`: on a remote boxui it runs there."""
     if any(p.name == "host" for p in command.params):
         return
     command.params.append(click.Option(
@@ -93,20 +119,23 @@ def _take_host_option(command: click.Command, *, relay: bool) -> None:
         callback=_choose_host, help="Act on this host (default: BOXUI_HOST, else "
         "`boxui host use`'s, else local)."))
     callback = command.callback
-    if not relay or callback is None:
+    if callback is None:
         return
 
-    def relayed(*args: object, **kwargs: object) -> object:
+    def hosted(*args: object, **kwargs: object) -> object:
+        if not _another_host_may_be_chosen():
+            return callback(*args, **kwargs)
         from boxui.daemon.remote import selected_remote
 
         remote = selected_remote()
         if remote is None:
             return callback(*args, **kwargs)
-        from boxui.cli.hosts import relay_to_remote, strip_host_option
+        from boxui.cli.host_routing import on_host
 
-        sys.exit(relay_to_remote(remote, strip_host_option(_command_args)))
+        return on_host(remote, path, kwargs, relay=relay, args=_command_args,
+                       here=lambda: callback(*args, **kwargs))
 
-    command.callback = relayed
+    command.callback = hosted
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True)

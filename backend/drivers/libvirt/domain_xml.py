@@ -42,6 +42,8 @@ class BoxuiMark:
     name: str
     boot_id: str
     ssh_port: int
+    #: where virtlogd writes its console (on the libvirt host), from its serial device
+    console_log: str | None = None
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -143,4 +145,5 @@ def boxui_mark(xml: str) -> BoxuiMark | None:
     port = mark.findtext(f"{{{BOXUI_NS}}}ssh-port")
     if not name or not boot_id or not port or not port.isdigit():
         return None
-    return BoxuiMark(name, boot_id, int(port))
+    log = root.find("devices/serial/log")
+    return BoxuiMark(name, boot_id, int(port), log.get("file") if log is not None else None)

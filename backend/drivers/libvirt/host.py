@@ -58,6 +58,8 @@ class Domain:
     state: InstanceState
     reason: str
     mark: BoxuiMark | None
+    vcpus: int | None = None
+    memory_mib: int | None = None
 
     @property
     def boxui(self) -> bool:
@@ -213,7 +215,12 @@ class LibvirtHost:
     def _domain(self, dom: libvirt.virDomain) -> Domain:
         mark = self._mark_of(dom)
         mapped = self._mapped_now(dom, mark is not None)
-        return Domain(dom.name(), dom.UUIDString(), mapped.state, mapped.reason, mark)
+        vcpus = memory_mib = None
+        with contextlib.suppress(libvirt.libvirtError):  # [state, max KiB, KiB, vcpus, ns]
+            info = dom.info()
+            vcpus, memory_mib = int(info[3]), int(info[1]) // 1024
+        return Domain(dom.name(), dom.UUIDString(), mapped.state, mapped.reason, mark,
+                      vcpus, memory_mib)
 
     async def domains(self) -> list[Domain]:
         """Every domain, defined or only running, with its boxui state."""
@@ -268,6 +275,22 @@ class LibvirtHost:
 
         return await on_libvirt(define)
 
+    async def redefine(self, spec: LaunchSpec, uuid: str) -> Domain:
+        """Define `spec` over the stopped boxui domain `uuid`: what its next boot is (a
+        new boot id, SSH port, initrd). The mark is read again, not taken from the cache
+        (libvirt's defined event may come after this call's caller starts the domain)."""
+        xml = domain_xml(spec, uuid)
+
+        def define() -> Domain:
+            try:
+                dom = self.conn.defineXML(xml)
+            except libvirt.libvirtError as exc:
+                raise _fail(f"defining {spec.name}", exc) from None
+            self._marks.pop(dom.UUIDString(), None)
+            return self._domain(dom)
+
+        return await on_libvirt(define)
+
     async def start(self, name: str, ready_timeout: float | None = None) -> float | None:
         """Start a domain. With `ready_timeout`, a boxui domain is started paused, its
         console attached, then resumed, and this returns once the guest prints its ready
@@ -292,7 +315,10 @@ class LibvirtHost:
 
     async def _boot_to_ready(self, name: str, boot_id: str, timeout: float) -> float:
         await self._call("starting", name, "createWithFlags", libvirt.VIR_DOMAIN_START_PAUSED)
-        console = await open_console(self.conn, await on_libvirt(self._lookup, name))
+        try:
+            console = await open_console(self.conn, await on_libvirt(self._lookup, name))
+        except libvirt.libvirtError as exc:
+            raise _fail(f"attaching the console of {name}", exc) from None
         try:
             began = time.monotonic()
             await self._call("resuming", name, "resume")
@@ -329,6 +355,12 @@ class LibvirtHost:
         with contextlib.suppress(LibvirtHostError):  # it may have stopped meanwhile
             await self._call("destroying", name, "destroy")
         return False
+
+    async def destroy(self, name: str) -> None:
+        """Power a running domain off at once (virsh destroy); a stopped one is left."""
+        if (await self.get(name)).state not in (InstanceState.STOPPED, InstanceState.CRASHED,
+                                                 InstanceState.FAILED):
+            await self._call("destroying", name, "destroy")
 
     async def restart(self, name: str, timeout: float = 30.0,
                       ready_timeout: float | None = None) -> float | None:

@@ -26,7 +26,7 @@ PAUSED_STARTING_UP = 11
 # virDomainEventStoppedDetailType
 STOPPED_CRASHED, STOPPED_FAILED = 2, 5
 
-_SHUTOFF_REASONS = {0: "unknown", 1: "shut down", 2: "destroyed", 3: "crashed",
+_SHUTOFF_REASONS = {0: "", 1: "shut down", 2: "destroyed", 3: "crashed",
                     4: "migrated", 5: "saved", 6: "failed to start", 7: "from snapshot",
                     8: "daemon went away"}
 
