@@ -320,32 +320,36 @@ class Supervisor(Interruptions):
         forwards = self._forwards(spec, {handle.ssh_port})
         self._booting.add(name)
         # the guest's freshening needs only its agent socket, moved in above: it overlaps
-        # the writes that record the claim, which wait on the disk
+        # the claim's record writes, rather than waiting for them
         freshening = asyncio.ensure_future(
             self._freshen(name, run_dir / AGENT_SOCKET, vm.restore))
+        recorded = False
         try:
+            try:
+                await self.engine.transition(
+                    name, Verb.BOOTING, update=vm.booting_record(handle, forwards),
+                    message=f"claimed warm pool member {vm.member} ({vm.restore.label})")
+                recorded = True
+                self.handles[name] = handle
+                self.spawn(self._watch(name, handle), f"watch-{name}")
+                for host, guest, protocol in forwards:
+                    await self.driver.add_forward(handle, protocol, host, guest)
+                note, freshened = await freshening
+            except (BoxuiError, OSError) as exc:
+                await self._boot_failed(name, handle, exc)
+                raise
+            finally:
+                freshening.cancel()
+                self._booting.discard(name)
             await self.engine.transition(
-                name, Verb.BOOTING, update=vm.booting_record(handle, forwards),
-                message=f"claimed warm pool member {vm.member} ({vm.restore.label})")
-            self.handles[name] = handle
-            self.spawn(self._watch(name, handle), f"watch-{name}")
-            for host, guest, protocol in forwards:
-                await self.driver.add_forward(handle, protocol, host, guest)
-            note, freshened = await freshening
-        except (BoxuiError, OSError) as exc:
-            await self._boot_failed(name, handle, exc)
-            raise
+                name, Verb.READY, update=freshened,
+                message=f"ready in {self._clock() - started:.3f} s, claimed from the warm "
+                f"pool (ssh on 127.0.0.1:{handle.ssh_port}){note}")
+            self.tracker(name).machine_up()
         finally:
-            freshening.cancel()
-            self._booting.discard(name)
-        await self.engine.transition(
-            name, Verb.READY, update=freshened,
-            message=f"ready in {self._clock() - started:.3f} s, claimed from the warm pool "
-            f"(ssh on 127.0.0.1:{handle.ssh_port}){note}")
-        self.tracker(name).machine_up()
-        # the member's own bookkeeping, off the claim's path: recovery drops a claimed
-        # member's leftovers once the machine's record has taken it over
-        await asyncio.to_thread(vm.release)
+            if recorded:  # the claim is the machine's record now, whatever came after:
+                # the member's own bookkeeping goes, off the claim's path to ready
+                await asyncio.to_thread(vm.release)
 
     async def _plan_boot(self, spec: MachineSpec) -> BootPlan:
         """Everything decided before any state changes, so that a mismatched snapshot
