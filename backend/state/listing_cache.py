@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +162,11 @@ def refresh(dirs: StateDir, names: list[str]) -> None:
         lines.append(orjson.dumps({"version": CACHE_VERSION, "name": name, "entry": entry})
                      + b"\n")
     data = b"".join(lines)
-    size = _append(_journal_path(cache_path), data)
-    _mirror_appended(cache_path, fresh, size, len(data))
-    if size is not None and size > max(JOURNAL_MIN_LIMIT, _size(cache_path) // 4):
-        _write(dirs, cache_path, _entries_to_fold(cache_path, size))
+    with _mirror_lock:  # transitions refresh from several worker threads at once
+        size = _append(_journal_path(cache_path), data)
+        _mirror_appended(cache_path, fresh, size, len(data))
+        if size is not None and size > max(JOURNAL_MIN_LIMIT, _size(cache_path) // 4):
+            _write(dirs, cache_path, _entries_to_fold(cache_path, size))
 
 
 #: the cache and journal as this process last left them: (the cache file's signature,
@@ -173,6 +175,7 @@ def refresh(dirs: StateDir, names: list[str]) -> None:
 #: the GIL with 1,000 machines, stalling every command in flight. Used only while both
 #: files are exactly as written here (an `ls` that rewrote the cache changes them).
 _mirror: tuple[Signature, int, dict[str, Any]] | None = None
+_mirror_lock = threading.RLock()
 
 
 def _mirror_appended(cache_path: str, fresh: dict[str, Any], size: int | None,
@@ -253,6 +256,11 @@ def _validated_views(dirs: StateDir, name: str) -> dict[bool, View]:
 
 
 def _write(dirs: StateDir, cache_path: str, entries: dict[str, Any]) -> None:
+    with _mirror_lock:
+        _write_locked(dirs, cache_path, entries)
+
+
+def _write_locked(dirs: StateDir, cache_path: str, entries: dict[str, Any]) -> None:
     """Replace the cache with `entries` (which include the journal's) and empty the
     journal; a machine's entry is kept only while its directory exists."""
     # not durable: the supervisor refreshes this after every event, and two fsyncs each
