@@ -36,6 +36,7 @@ from backend.errors import BoxuiError, SpecError
 from backend.images.catalog import ImageListing
 from backend.state.cell_projection import CELL_TYPE_PREFIX
 from backend.state.event_bus import Missed
+from backend.state.events import CloudEvent
 from backend.state.lifecycle import InstanceState
 from backend.state.machine_spec import MachineSpec
 from backend.state.machine_store import LoadedMachine
@@ -57,8 +58,20 @@ from boxui.tui.command_line import (
     parse_command,
 )
 from boxui.tui.fleet.fleet import Fleet
-from boxui.tui.fleet.messages import HostChanged, HostEventArrived, HostHealthSampled
-from boxui.tui.fleet.snapshot import LOCAL, host_key, split_host_filter, with_host_filter
+from boxui.tui.fleet.messages import (
+    HostChanged,
+    HostEventArrived,
+    HostEventsLoaded,
+    HostHealthSampled,
+    HostsChanged,
+)
+from boxui.tui.fleet.snapshot import (
+    LOCAL,
+    host_key,
+    split_host_filter,
+    split_key,
+    with_host_filter,
+)
 from boxui.tui.messages import (
     BackendStarted,
     EventArrived,
@@ -412,23 +425,63 @@ class BoxuiApp(App[None]):
             self._show_detail()
 
     @_while_shown
-    def on_host_event_arrived(self, message: HostEventArrived) -> None:
-        event = message.event
-        if event.subject:  # tagged with its host: the pane shows it, `a` filters by it
-            event = event.model_copy(update={"subject": host_key(event.subject,
-                                                                 message.host)})
-        self.query_one(EventStream).add(event, self.state_colour(str(event.data.get("to"))))
+    def on_hosts_changed(self, message: HostsChanged) -> None:
+        """Hosts added or removed while the app runs (`boxui host add|rm`)."""
+        if message.problem:
+            self.notify(message.problem, title="hosts.toml", severity="error", timeout=15)
+            return
+        self.query_one(MachineTable).show_hosts(bool(self.fleet.hosts))
         self._reconcile()
-        if event.subject == self.selected:
+        if isinstance(self.screen, HostsScreen):
+            self.screen.reload()
+        self._show_detail()
+
+    @_while_shown
+    def on_host_events_loaded(self, message: HostEventsLoaded) -> None:
+        for event in message.events:  # as the local past is, when the app opens
+            self._show_host_event(message.host, event)
+
+    def _show_host_event(self, host: str, event: CloudEvent) -> None:
+        if event.subject:  # tagged with its host: the pane shows it, `a` filters by it
+            event = event.model_copy(update={"subject": host_key(event.subject, host)})
+        self.query_one(EventStream).add(event, self.state_colour(str(event.data.get("to"))))
+
+    @_while_shown
+    def on_host_event_arrived(self, message: HostEventArrived) -> None:
+        subject = message.event.subject
+        if message.new:  # else it came with the host's past, shown already
+            self._show_host_event(message.host, message.event)
+        if not subject:
+            self._reconcile()
+            return
+        key = host_key(subject, message.host)
+        self._remote_changed(key)
+        if key == self.selected:
             self._show_detail()
+
+    def _remote_changed(self, key: str) -> None:
+        """As `_machine_changed`, for a remote row: its own row, unless the rows shown
+        change (with 5,000 remote rows a reconcile per event builds them all)."""
+        host, typed = split_host_filter(self.filters.get("machines", ""))
+        name, where = split_key(key)
+        row = self.fleet.row_for(key, self.clock(), self._busy, self._frame)
+        shown = row is not None and host in (None, where) and \
+            TextFilter.parse(typed).matches(name, row[1], where)
+        table = self.query_one(MachineTable)
+        if shown != table.has_row(key):
+            self._reconcile()
+            return
+        if row is not None and shown:
+            table.update([(key, *row)])
+        self._update_header()
 
     @_while_shown
     def on_host_health_sampled(self, message: HostHealthSampled) -> None:
+        # as local samples: only the rows on screen are built now, the rest when drawn
         table = self.query_one(MachineTable)
-        rows = self.fleet.rows_of(message.host, message.names, self.clock(), self._busy,
-                                  self._frame)
-        table.update(row for row in rows if table.has_row(row[0]))
-        if self.fleet.owns(self.selected):
+        keys = [host_key(name, message.host) for name in message.names]
+        table.update(self._rows_by_key(table.changed(keys)))
+        if self.selected in keys:
             self._show_detail()
 
     @_while_shown
@@ -488,12 +541,20 @@ class BoxuiApp(App[None]):
                                      self._frame), m.state.value)
 
     def _row_of(self, name: str) -> tuple[dict[str, str], str] | None:
-        """A row as it is now, for the table to draw one that changed off screen."""
+        """A row as it is now, for the table to draw one that changed off screen (a
+        `NAME@HOST` key is a remote machine's: its host's snapshot has it)."""
+        if self.fleet.owns(name):
+            return self.fleet.row_for(name, self.clock(), self._busy, self._frame)
         machine = self._machines.get(name) or self._pending.get(name)
         if machine is None:
             return None
         _, cells, state = next(iter(self._rows([machine])))
         return cells, state
+
+    def _rows_by_key(self, keys: Iterable[str]) -> Iterable[tuple[str, dict[str, str], str]]:
+        for key in keys:
+            if (row := self._row_of(key)) is not None:
+                yield key, *row
 
     def _reconcile(self) -> None:
         host, typed = split_host_filter(self.filters.get("machines", ""))
@@ -525,9 +586,10 @@ class BoxuiApp(App[None]):
 
     def _update_header(self) -> None:
         accel = self.backend.accel()
+        local = (m.state.value for m in self._machines.values())
         self.query_one(StatusHeader).show(header_markup(
-            (m.state.value for m in self._machines.values()), accel.accel, accel.reason,
-            self.state_colour))
+            itertools.chain(local, self.fleet.states()), accel.accel, accel.reason,
+            self.state_colour, hosts=1 + len(self.fleet.followers)))
 
     @_while_shown
     def _spin(self) -> None:
@@ -555,8 +617,7 @@ class BoxuiApp(App[None]):
         a progress step changes one row, not which rows there are; a full reconcile
         would build all 1,000 rows eight times a second while anything is busy."""
         table = self.query_one(MachineTable)
-        machines = (self._machines.get(n) or self._pending.get(n) for n in list(names))
-        table.update(self._rows(m for m in machines if m is not None and table.has_row(m.name)))
+        table.update(self._rows_by_key([n for n in names if table.has_row(n)]))
 
     @property
     def selected(self) -> str | None:

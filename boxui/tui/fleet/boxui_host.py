@@ -25,6 +25,9 @@ from boxui.tui.fleet.follower import Follower, ssh_argv
 from boxui.tui.fleet.messages import HostChanged, HostEventArrived, HostHealthSampled
 from boxui.tui.remote import RemoteBackend
 
+#: a host's past shown as it is reached (the app shows as many of its own)
+RECENT_EVENTS = 100
+
 
 class BoxuiFollower(Follower):
     backend: RemoteBackend | None = None
@@ -77,6 +80,7 @@ class BoxuiFollower(Follower):
         self.backend, self.history = backend, backend.health_history
         self._relist(backend)
         self.reached(latency)
+        self.past(backend.recent_events(RECENT_EVENTS))
         async for item in events:
             self.heard()
             if isinstance(item, Missed):
@@ -88,7 +92,7 @@ class BoxuiFollower(Follower):
                     self.snapshot.machines[item.subject] = backend.machine(item.subject)
                 except BoxuiError:
                     self.snapshot.machines.pop(item.subject, None)
-            self.post(HostEventArrived(self.name, item))
+            self.post(HostEventArrived(self.name, item, new=self.first_seen(item)))
 
     def _relist(self, backend: RemoteBackend) -> None:
         self.snapshot.machines = {m.name: m for m in backend.machines()}

@@ -20,13 +20,16 @@ from textual.message import Message
 from backend.errors import BoxuiError
 from backend.hosts.address import parse_ssh_address
 from backend.hosts.registry import HostDef
+from backend.state.events import CloudEvent
 from backend.supervision.health import HealthHistory
-from boxui.tui.fleet.messages import HostChanged
+from boxui.tui.fleet.messages import HostChanged, HostEventsLoaded
 from boxui.tui.fleet.snapshot import HostSnapshot
 
 Post = Callable[[Message], object]
 
 RETRY_FIRST, RETRY_MAX = 0.5, 10.0
+#: how many of a host's event ids are remembered to tell a repeat after a reconnect
+SEEN_EVENTS = 1000
 #: SSH keepalive (1 s, 2 missed) declares a silent host lost within this many seconds:
 #: it was heard from that long before at most
 LOSS_WINDOW = 3.0
@@ -69,6 +72,8 @@ class Follower:
         self.history = HealthHistory()
         self.connects = 0
         self._post: Post = lambda _message: None
+        #: ids of the host's events already posted, oldest first (bounded)
+        self._seen: dict[str, None] = {}
 
     @property
     def name(self) -> str:
@@ -107,6 +112,22 @@ class Follower:
             snap.latency_ms = round(latency_s * 1000, 1)
         self.connects += 1
         self.post(HostChanged(self.name))
+
+    def first_seen(self, event: CloudEvent) -> bool:
+        """True the first time an event id is posted: a host's recent events, loaded
+        again at each reconnect, overlap what was shown live before."""
+        if event.id in self._seen:
+            return False
+        self._seen[event.id] = None
+        if len(self._seen) > SEEN_EVENTS:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+    def past(self, events: list[CloudEvent]) -> None:
+        """The host's recent events as it was reached, those not shown yet."""
+        fresh = [e for e in events if self.first_seen(e)]
+        if fresh:
+            self.post(HostEventsLoaded(self.name, fresh))
 
     def heard(self) -> None:
         self.snapshot.seen_at = time.time()

@@ -16,12 +16,24 @@ class HostChanged(Message):
 
 
 class HostEventArrived(Message):
-    """A machine on `host` changed (its snapshot holds the new state already)."""
+    """A machine on `host` changed (its snapshot holds the new state already).
+    `new`: False when the event was shown already (loaded with the host's past)."""
 
-    def __init__(self, host: str, event: CloudEvent) -> None:
+    def __init__(self, host: str, event: CloudEvent, new: bool = True) -> None:
         super().__init__()
         self.host = host
         self.event = event
+        self.new = new
+
+
+class HostEventsLoaded(Message):
+    """`host`'s recent events, read as it was reached, none shown before: its past,
+    for the events pane."""
+
+    def __init__(self, host: str, events: list[CloudEvent]) -> None:
+        super().__init__()
+        self.host = host
+        self.events = events
 
 
 class HostHealthSampled(Message):
@@ -31,3 +43,12 @@ class HostHealthSampled(Message):
         super().__init__()
         self.host = host
         self.names = names
+
+
+class HostsChanged(Message):
+    """The registry (`hosts.toml`) changed: hosts were added or removed, or the file
+    is no longer valid (`problem`; the hosts followed stay as they were)."""
+
+    def __init__(self, problem: str | None = None) -> None:
+        super().__init__()
+        self.problem = problem

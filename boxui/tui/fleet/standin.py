@@ -26,12 +26,14 @@ _AFTER = {"start": InstanceState.READY, "stop": InstanceState.STOPPED,
 
 class StandinFollower(Follower):
     def __init__(self, name: str, machines: Iterable[LoadedMachine],
-                 kind: str = "boxui") -> None:
+                 kind: str = "boxui", events: Iterable[CloudEvent] = ()) -> None:
         host = HostDef.model_validate({"name": name, "kind": kind,
                                        "address": f"ssh://standin-{name}"})
         super().__init__(host, Path("."))
         self.snapshot.address = f"standin://{name}"
         self.truth = {m.name: m for m in machines}
+        #: the host's own event log: its recent ones are loaded at each reconnect
+        self.log = list(events)
         self.acted: list[tuple[str, str]] = []
         self._up = asyncio.Event()
         self._up.set()
@@ -43,6 +45,7 @@ class StandinFollower(Follower):
         self._down.clear()
         self.snapshot.machines = dict(self.truth)
         self.reached(0.001)
+        self.past(self.log[-100:])
         await self._down.wait()
         raise HostUnreachableError(self._why)
 
@@ -62,15 +65,17 @@ class StandinFollower(Follower):
         else:
             self.truth[name] = (before or LoadedMachine(name=name, state=state)).model_copy(
                 update={"state": state})
-        if not self.snapshot.reachable:
-            return
-        self.snapshot.machines = dict(self.truth)
         verb = state.value if state else "deleted"
-        self.post(HostEventArrived(self.name, CloudEvent(
+        event = CloudEvent(
             id=str(uuid.uuid4()), source=f"standin/{self.name}",
             type=f"dev.boxui.instance.v1.{verb}", time=now_utc(), subject=name,
             data={"machine": name, "from": before.state.value if before else None,
-                  "to": state.value if state else None, "message": "stand-in host"})))
+                  "to": state.value if state else None, "message": "stand-in host"})
+        self.log.append(event)
+        if not self.snapshot.reachable:
+            return
+        self.snapshot.machines = dict(self.truth)
+        self.post(HostEventArrived(self.name, event, new=self.first_seen(event)))
 
     def sample(self, cpu_percent: float) -> None:
         """One health round: every machine at `cpu_percent`."""
