@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,24 @@ def notified(app: object, text: str) -> bool:
     return any(text in str(n.message) for n in app._notifications)  # type: ignore[attr-defined]
 
 
+@asynccontextmanager
+async def running(make_app: MakeApp, *hosts: StandinFollower,
+                  expect: int) -> AsyncIterator[tuple[Pilot[None], BoxuiApp]]:
+    """The app following these stand-in hosts, once it shows `expect` rows."""
+    app = make_app(fleet=Fleet(list(hosts)))
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await until(pilot, lambda: len(rows(app)) == expect)
+        yield pilot, app
+
+
+def build_and_lab(web: InstanceState, on_lab: str) -> tuple[StandinFollower, StandinFollower]:
+    """A boxui host `build` with `web`, a libvirt host `lab` with a stopped `on_lab`."""
+    return (StandinFollower("build", machines(web=web)),
+            StandinFollower("lab", machines(**{on_lab: InstanceState.STOPPED}),
+                            kind="libvirt"))
+
+
 async def select(pilot: Pilot[None], app: BoxuiApp, key: str) -> None:
     await pilot.press("home")
     for _ in range(len(rows(app))):
@@ -54,10 +74,7 @@ async def test_remote_rows_go_unknown_on_a_partition_and_reconcile(
     await seed(home, "dev1")
     build = StandinFollower("build", machines(dev1=InstanceState.READY,
                                               web=InstanceState.STOPPED))
-    app = make_app(fleet=Fleet([build]))
-    async with app.run_test(size=SIZE) as pilot:
-        await started(pilot, app)
-        await until(pilot, lambda: len(rows(app)) == 3)
+    async with running(make_app, build, expect=3) as (pilot, app):
         assert sorted(rows(app)) == ["dev1", "dev1@build", "web@build"]
         table = app.query_one(MachineTable)
         assert [c.key for c in table.columns][:2] == ["name", "host"]
@@ -90,12 +107,8 @@ async def test_no_other_host_no_host_column(home: Path, make_app: MakeApp) -> No
 
 async def test_host_filter_and_the_switcher(home: Path, make_app: MakeApp) -> None:
     await seed(home, "db")
-    build = StandinFollower("build", machines(web=InstanceState.READY))
-    lab = StandinFollower("lab", machines(web=InstanceState.STOPPED), kind="libvirt")
-    app = make_app(fleet=Fleet([build, lab]))
-    async with app.run_test(size=SIZE) as pilot:
-        await started(pilot, app)
-        await until(pilot, lambda: len(rows(app)) == 3)
+    async with running(make_app, *build_and_lab(InstanceState.READY, "web"),
+                       expect=3) as (pilot, app):
         await pilot.press("slash")
         app.query_one("#filter").value = "host:build"  # type: ignore[attr-defined]
         await pilot.press("enter")
@@ -128,12 +141,8 @@ async def test_host_filter_and_the_switcher(home: Path, make_app: MakeApp) -> No
 
 async def test_actions_go_to_the_rows_host(home: Path, make_app: MakeApp) -> None:
     await seed(home, "web")
-    build = StandinFollower("build", machines(web=InstanceState.STOPPED))
-    lab = StandinFollower("lab", machines(vm=InstanceState.STOPPED), kind="libvirt")
-    app = make_app(fleet=Fleet([build, lab]))
-    async with app.run_test(size=SIZE) as pilot:
-        await started(pilot, app)
-        await until(pilot, lambda: len(rows(app)) == 3)
+    build, lab = build_and_lab(InstanceState.STOPPED, "vm")
+    async with running(make_app, build, lab, expect=3) as (pilot, app):
         await select(pilot, app, "web@build")
         await pilot.press("s")
         await until(pilot, lambda: cell(app, "web@build", "state") == "ready")

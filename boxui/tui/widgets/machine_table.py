@@ -51,8 +51,15 @@ COLUMNS = (
     Column("uptime", "UPTIME", 8, numeric=True),
     Column("ssh", "SSH", 6, numeric=True),
 )
-#: shown after NAME once any host beyond `local` is defined
-HOST_COLUMN = Column("host", "HOST", 10)
+#: once any host beyond `local` is defined: HOST after NAME, and the columns whose values
+#: are short in practice narrower, so that the table still fits the 108 cells it gets in a
+#: 150-column terminal (the detail pane takes the rest). A longer value ends in `…`.
+_NARROW = {"name": 15, "image": 9, "memory": 7, "cpu": 5, "guest_mem": 9, "uptime": 7}
+HOST_COLUMN = Column("host", "HOST", 7)
+HOST_COLUMNS = (
+    Column("name", "NAME", _NARROW["name"]), HOST_COLUMN,
+    *(Column(c.key, c.label, _NARROW.get(c.key, c.width), c.numeric) for c in COLUMNS[1:]),
+)
 CELL_PAD = 1
 TABLE_WIDTH = sum(c.width + 2 * CELL_PAD for c in COLUMNS)
 
@@ -197,7 +204,7 @@ class MachineTable(ScrollView, can_focus=True):
 
     def show_hosts(self, shown: bool) -> None:
         """The HOST column, after NAME: shown when other hosts are defined."""
-        self.columns = (COLUMNS[0], HOST_COLUMN, *COLUMNS[1:]) if shown else COLUMNS
+        self.columns = HOST_COLUMNS if shown else COLUMNS
         self._width = sum(c.width + 2 * CELL_PAD for c in self.columns)
         self._strips.clear()
         self.virtual_size = Size(self._width, len(self._order) + 1)
