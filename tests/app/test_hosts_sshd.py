@@ -16,7 +16,9 @@ import pytest
 
 from backend.hosts.registry import HostDef, add_host
 from backend.state.state_dir import open_state_dir
+from boxui.tui.app import BoxuiApp
 from boxui.tui.widgets.detail_pane import DetailPane
+from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import MachineTable
 from tests.app.conftest import MakeApp, seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
@@ -44,6 +46,11 @@ def partition(sshd: Sshd) -> None:
     psutil.wait_procs(forked, timeout=10)
 
 
+def remote_event_ids(app: BoxuiApp) -> list[str]:
+    return [e.id for e, _ in app.query_one(EventStream).history
+            if e is not None and e.subject == "dev1@r1"]
+
+
 async def test_partition_and_reconcile_through_a_real_sshd(
         sshd: Sshd, home: Path, make_app: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
     await seed(home, "dev1")
@@ -61,6 +68,8 @@ async def test_partition_and_reconcile_through_a_real_sshd(
             await until(pilot, lambda: "dev1@r1" in rows(app), timeout=60)
             assert (cell(app, "dev1@r1", "host"), cell(app, "dev1", "host")) == ("r1", "local")
             assert cell(app, "dev1@r1", "state") == "stopped"
+            # its past (the create, before the app opened) is loaded, tagged with the host
+            await until(pilot, lambda: remote_event_ids(app) != [], timeout=5)
             app.query_one(MachineTable).focus()
             await pilot.press("end")  # dev1@r1 sorts after the local dev1
             assert app.selected == "dev1@r1"
@@ -80,3 +89,5 @@ async def test_partition_and_reconcile_through_a_real_sshd(
             await until(pilot, lambda: cell(app, "dev1@r1", "state") == "ready", timeout=30)
             assert dict(app.query_one(MachineTable)._rows["dev1"][0]) == local
             assert "dev1" in rows(app)
+            ids = remote_event_ids(app)
+            assert len(ids) == len(set(ids)), "the past loaded again shows nothing twice"
