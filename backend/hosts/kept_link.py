@@ -137,7 +137,8 @@ def _spawn(path: Path, host: HostDef) -> None:
         with (path / "keeper.log").open("ab") as log:
             subprocess.Popen(
                 [sys.executable, "-m", "backend.hosts.link_keeper", str(path),
-                 host.model_dump_json(), str(idle_timeout()), str(write_end)],
+                 json.dumps(host.model_dump() | {"name": host.name}), str(idle_timeout()),
+                 str(write_end)],
                 pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=log, start_new_session=True, close_fds=True)
         os.close(write_end)
@@ -245,3 +246,20 @@ def endpoint(dirs: StateDir, host: HostDef, remembered: Path | None) -> dict[str
             answer: dict[str, Any] = json.loads(data)
             return answer
     raise AssertionError("unreachable")
+
+
+def stop_keepers(dirs: StateDir) -> int:
+    """Ask every keeper of this state dir to exit now (`host rm`, tests); how many were
+    asked. Each closes its sockets first, so a later call starts a new one."""
+    asked = 0
+    for base in {dirs.api_socket.parent, dirs._fallback_base()}:
+        for path in sorted(base.glob("host-link-*")) if base.is_dir() else ():
+            sock = connect_ctl(path)
+            if sock is None:
+                continue
+            with sock:
+                request(sock, {"op": "exit"})
+                with contextlib.suppress(OSError):
+                    sock.recv(1)  # closed once it has stopped serving
+            asked += 1
+    return asked

@@ -84,6 +84,8 @@ class Keeper:
                 await self._run(list(asked["argv"]), reader, writer)
             elif asked.get("op") == "endpoint":
                 await self._endpoint(asked.get("remembered"), writer)
+            elif asked.get("op") == "exit":
+                self.done.set()
         except BoxuiError as exc:
             writer.write(write_frame(FAIL, json.dumps({"code": exc.code,
                                                        "error": str(exc)}).encode()))
@@ -168,7 +170,9 @@ def main(argv: list[str]) -> None:
     # held for life: one keeper per dir. Its spawner found no socket answering, so one
     # holding it now is on its way out (its sockets closed first): this waits for that
     fcntl.flock(lock_fd, fcntl.LOCK_EX)
-    host = HostDef.model_validate_json(host_json)
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, f"{os.getpid()}\n".encode())  # who serves: for `ps` and the tests
+    host = HostDef.model_validate(json.loads(host_json))
     asyncio.run(Keeper(Path(link_dir), host, float(idle)).serve(ready_fd))
 
 
