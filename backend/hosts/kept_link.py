@@ -140,7 +140,7 @@ def _spawn(path: Path, host: HostDef) -> None:
                  json.dumps(host.model_dump() | {"name": host.name}), str(idle_timeout()),
                  str(write_end)],
                 pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=log, start_new_session=True, close_fds=True)
+                stderr=log, start_new_session=True, close_fds=True, cwd="/")
         os.close(write_end)
         write_end = -1
         answer = _read_ready(read_end)
@@ -170,7 +170,10 @@ def _read_ready(fd: int) -> str:
 
 
 def request(sock: socket.socket, payload: dict[str, Any]) -> None:
-    sock.sendall(json.dumps(payload).encode() + b"\n")
+    try:
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+    except (BrokenPipeError, ConnectionResetError):
+        raise EOFError from None  # a keeper on its way out: the caller starts another
 
 
 def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -182,7 +185,10 @@ def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
-        chunk = sock.recv(size - len(data))
+        try:
+            chunk = sock.recv(size - len(data))
+        except ConnectionResetError:
+            chunk = b""
         if not chunk:
             raise EOFError
         data += chunk
@@ -194,10 +200,10 @@ def relay(dirs: StateDir, host: HostDef, argv: list[str]) -> int:
     comes; its exit status. A keeper gone before answering is replaced once."""
     for attempt in (1, 2):
         with keeper_socket(dirs, host) as sock:
-            request(sock, {"op": "run", "argv": argv})
             try:
+                request(sock, {"op": "run", "argv": argv})
                 return _stream_frames(sock, host)
-            except EOFError:
+            except EOFError:  # nothing came: it exited (idle) as this call arrived
                 if attempt == 2:
                     raise KeptLinkError(f"host {host.name}: the connection dropped") from None
     raise AssertionError("unreachable")
@@ -233,9 +239,9 @@ def endpoint(dirs: StateDir, host: HostDef, remembered: Path | None) -> dict[str
     ran): {socket, pid, started, api}, `api` the local socket forwarded to it."""
     for attempt in (1, 2):
         with keeper_socket(dirs, host) as sock:
-            request(sock, {"op": "endpoint",
-                           "remembered": str(remembered) if remembered else None})
             try:
+                request(sock, {"op": "endpoint",
+                               "remembered": str(remembered) if remembered else None})
                 tag, data = recv_frame(sock)
             except EOFError:
                 if attempt == 2:
@@ -257,9 +263,8 @@ def stop_keepers(dirs: StateDir) -> int:
             sock = connect_ctl(path)
             if sock is None:
                 continue
-            with sock:
+            with sock, contextlib.suppress(EOFError, OSError):
                 request(sock, {"op": "exit"})
-                with contextlib.suppress(OSError):
-                    sock.recv(1)  # closed once it has stopped serving
+                sock.recv(1)  # closed once it has stopped serving
             asked += 1
     return asked
