@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.daemon_helpers import daemon_running
 from tests.sshd_helpers import Sshd
 from tests.test_hosts_remote import BOXUI_BIN, add, run
-from tests.test_hosts_remote import sshd as sshd  # noqa: F401  (the fixture)
+from tests.test_hosts_remote import sshd as sshd  # the fixture
 
 #: what a keeper's exit is awaited for, at most
 EXIT_TIMEOUT = 15.0
