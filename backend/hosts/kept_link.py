@@ -20,7 +20,6 @@ digest of the host definition: a host added again with another address gets a ne
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -38,7 +37,7 @@ from typing import Any
 from backend.errors import BoxuiError
 from backend.hosts.registry import HostDef
 from backend.hosts.ssh_link import HostKeyRefusedError, HostUnreachableError
-from backend.state.state_dir import StateDir
+from backend.state.state_dir import StateDir, check_private_dir
 
 IDLE_ENV = "BOXUI_HOST_LINK_IDLE"
 DEFAULT_IDLE = 60.0
@@ -72,20 +71,16 @@ def link_dir(dirs: StateDir, host: HostDef) -> Path:
 
 
 def _private_dir(path: Path) -> Path:
+    """Made 0700, and refused if another user owns it (it may be under /tmp)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.mkdir(mode=0o700, exist_ok=True)
+    check_private_dir(path)
     os.chmod(path, 0o700)
     return path
 
 
 def write_frame(tag: bytes, data: bytes) -> bytes:
     return _FRAME.pack(tag, len(data)) + data
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    head = await reader.readexactly(_FRAME.size)
-    tag, size = _FRAME.unpack(head)
-    return tag, await reader.readexactly(size)
 
 
 # -- the client side: used by the CLI ------------------------------------------------
