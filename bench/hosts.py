@@ -11,10 +11,15 @@ processes, each as a user runs it (`.venv/bin/boxui`), alternating local and rem
 so load hits both alike:
 - local: `boxui ls`, `boxui start vm` (already running: a no-op that asks the daemon),
   `boxui exec vm -- true`, with BOXUI_HOME the served state dir;
-- remote: the same with `--host r1` from another state dir, through loopback SSH (each
-  command opens its own SSH connection: nothing is kept between CLI processes).
-It prints median and p95 of each, and what the remote adds. Issue 17 sets no target
-for these: figures only.
+- remote, kept: the same with `--host r1` from another state dir, through loopback SSH,
+  over the host's kept connection (`backend.hosts.kept_link`: started by the warm-up
+  call, shared by the later ones);
+- remote, unkept: the same with BOXUI_HOST_LINK_IDLE=0: each command opens its own SSH
+  connection (what every call paid before kept connections).
+It prints median and p95 of each, and what the remote adds with and without the kept
+connection. `ls` is relayed (the remote's own `boxui ls` runs there, so it also pays a
+Python start on the remote: the local `ls` row is that cost); `start` and `exec` go
+through the remote API. Issue 17 sets no target for these: figures only.
 
 The libvirt row (`--libvirt-runs N`, default 2; 0 skips it): a private libvirtd as the
 tests start one (root; `tests/libvirt_helpers.py`), or `--libvirt-uri URI`, added as
@@ -48,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.drivers.console_watch import ConsoleTail, wait_for_line
 from backend.drivers.qemu.readiness import scan_console
+from backend.hosts.kept_link import stop_keepers
+from backend.state.state_dir import open_state_dir
 from tests.conftest import IMAGE_CACHE
 from tests.daemon_helpers import daemon_running, kill_stand_ins
 from tests.sshd_helpers import Sshd, sshd_running
@@ -166,21 +173,44 @@ def libvirt_rows(uri: str | None, runs: int) -> list[str]:
             f"{'ratio boxui / virsh':<38}{ratio:9.3f}   <= 1.05: {verdict}"]
 
 
-def measure(sshd: Sshd, local_home: Path, runs: int) -> dict[str, tuple[list[float], ...]]:
-    local_env = sshd.client_env(sshd.remote_home)
-    remote_env = sshd.client_env(local_home)
-    figures: dict[str, tuple[list[float], ...]] = {}
+#: the ways each command is run, and the environment each adds
+VARIANTS = {"local": {}, "kept": {}, "unkept": {"BOXUI_HOST_LINK_IDLE": "0"}}
+
+
+def measure(sshd: Sshd, local_home: Path, runs: int) -> dict[str, dict[str, list[float]]]:
+    envs = {"local": sshd.client_env(sshd.remote_home)}
+    for variant in ("kept", "unkept"):
+        envs[variant] = sshd.client_env(local_home) | VARIANTS[variant]
+    figures: dict[str, dict[str, list[float]]] = {}
     for label, args in COMMANDS.items():
-        local: list[float] = []
-        remote: list[float] = []
-        timed([BOXUI, *args], local_env)  # warm: page cache, the daemon's connection
-        there = [BOXUI, args[0], "--host", "r1", *args[1:]]
-        timed(there, remote_env)
+        argvs = {"local": [BOXUI, *args]}
+        argvs["kept"] = argvs["unkept"] = [BOXUI, args[0], "--host", "r1", *args[1:]]
+        times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+        for variant in VARIANTS:  # warm: page cache, the daemon's and the kept connection
+            timed(argvs[variant], envs[variant])
         for _ in range(runs):
-            local.append(timed([BOXUI, *args], local_env))
-            remote.append(timed(there, remote_env))
-        figures[label] = (local, remote)
+            for variant in VARIANTS:
+                times[variant].append(timed(argvs[variant], envs[variant]))
+        figures[label] = times
     return figures
+
+
+def print_figures(runs: int, figures: dict[str, dict[str, list[float]]]) -> None:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"bench/hosts.py: {runs} runs each, loopback SSH, stand-in guest; "
+          f"load average {load}")
+    print(f"{'command':<16}{'local med/p95 ms':>18}{'kept med/p95':>18}{'unkept med/p95':>18}"
+          f"{'added kept':>16}{'added unkept':>16}")
+    for label, times in figures.items():
+        med = {v: statistics.median(t) for v, t in times.items()}
+        top = {v: p95(t) for v, t in times.items()}
+        cells = [f"{med[v]:.1f}/{top[v]:.1f}" for v in VARIANTS]
+        added = [f"{med[v] - med['local']:.1f}/{top[v] - top['local']:.1f}"
+                 for v in ("kept", "unkept")]
+        print(f"{label:<16}{cells[0]:>18}{cells[1]:>18}{cells[2]:>18}"
+              f"{added[0]:>16}{added[1]:>16}")
+    print("(added: remote minus local, median/p95 ms; `ls` is relayed, so its added time "
+          "includes a boxui start on the remote, about the local `ls` row)")
 
 
 def main() -> None:
@@ -200,18 +230,10 @@ def main() -> None:
                 subprocess.run([BOXUI, *argv], env=env, check=True, capture_output=True,
                                timeout=120)
             figures = measure(sshd, local_home, args.runs)
+            stop_keepers(open_state_dir(local_home))
         kill_stand_ins(remote_home)
     extra = libvirt_rows(args.libvirt_uri, args.libvirt_runs)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"bench/hosts.py: {args.runs} runs each, loopback SSH, stand-in guest; "
-          f"load average {load}")
-    print(f"{'command':<16}{'local med/p95 ms':>20}{'remote med/p95 ms':>20}"
-          f"{'added med/p95 ms':>20}")
-    for label, (local, remote) in figures.items():
-        lm, lp = statistics.median(local), p95(local)
-        rm, rp = statistics.median(remote), p95(remote)
-        print(f"{label:<16}{f'{lm:.1f}/{lp:.1f}':>20}{f'{rm:.1f}/{rp:.1f}':>20}"
-              f"{f'{rm - lm:.1f}/{rp - lp:.1f}':>20}")
+    print_figures(args.runs, figures)
     for line in extra:
         print(line)
 

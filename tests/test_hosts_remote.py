@@ -27,6 +27,16 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     with sshd_running(tmp_path / "sshd", remote) as server:
         yield server
     kill_stand_ins(remote)
+    stop_keepers_of(tmp_path / "local")
+
+
+def stop_keepers_of(home: Path) -> None:
+    """The kept SSH connections a test's CLI calls left (they would idle out in 60 s)."""
+    from backend.hosts.kept_link import stop_keepers
+    from backend.state.state_dir import open_state_dir
+
+    if home.exists():
+        stop_keepers(open_state_dir(home))
 
 
 def run(sshd: Sshd, home: Path, *args: str, env: dict[str, str] | None = None,

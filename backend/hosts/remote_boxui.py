@@ -25,9 +25,11 @@ from typing import Any, TypeVar
 import asyncssh
 
 from backend.errors import BoxuiError
+from backend.hosts import kept_link
 from backend.hosts.registry import HostDef
 from backend.hosts.ssh_link import HostUnreachableError, SshLink
 from backend.state.atomic_write import atomic_write_text
+from backend.state.state_dir import StateDir, open_state_dir
 
 T = TypeVar("T")
 
@@ -69,6 +71,37 @@ async def remote_endpoint(link: SshLink) -> Endpoint:
                                f"cannot read ({done.stdout[:80]!r}); is it too old?") from None
 
 
+async def find_endpoint(link: SshLink, remembered: Path | None) -> Endpoint:
+    """The remote API socket: `remembered`'s when a daemon still serves there (a channel
+    opened to it, and closed: no remote boxui run), else the remote boxui's answer,
+    then remembered."""
+    known = _read_remembered(remembered)
+    if known is not None:
+        conn = await link.connection()
+        try:
+            _, writer = await conn.open_unix_connection(known)
+        except (OSError, asyncssh.Error):
+            pass  # no daemon serves there now: the remote boxui starts one
+        else:
+            writer.close()
+            return Endpoint(known, None, False)
+    endpoint = await remote_endpoint(link)
+    if remembered is not None:
+        with contextlib.suppress(OSError):
+            atomic_write_text(remembered, endpoint.socket + "\n")
+    return endpoint
+
+
+def _read_remembered(remembered: Path | None) -> str | None:
+    if remembered is None:
+        return None
+    try:
+        text = remembered.read_text().strip()
+    except OSError:
+        return None
+    return text if text.startswith("/") else None
+
+
 class ApiTunnel:
     """The remote API forwarded to `socket_path` here, until `close`. `remembered`: a
     file keeping the remote's socket path between commands, so that a command whose
@@ -101,30 +134,7 @@ class ApiTunnel:
         return self
 
     async def _endpoint(self) -> Endpoint:
-        known = self._read_remembered()
-        if known is not None:
-            conn = await self._link.connection()
-            try:
-                _, writer = await conn.open_unix_connection(known)
-            except (OSError, asyncssh.Error):
-                pass  # no daemon serves there now: the remote boxui starts one
-            else:
-                writer.close()
-                return Endpoint(known, None, False)
-        endpoint = await remote_endpoint(self._link)
-        if self._remembered is not None:
-            with contextlib.suppress(OSError):
-                atomic_write_text(self._remembered, endpoint.socket + "\n")
-        return endpoint
-
-    def _read_remembered(self) -> str | None:
-        if self._remembered is None:
-            return None
-        try:
-            text = self._remembered.read_text().strip()
-        except OSError:
-            return None
-        return text if text.startswith("/") else None
+        return await find_endpoint(self._link, self._remembered)
 
     async def _forward(self, remote_socket: str) -> Any:
         conn = await self._link.connection()
@@ -151,10 +161,30 @@ class ApiTunnel:
         await self._link.close()
 
 
-def open_tunnel(host: HostDef, remembered: Path | None = None) -> ApiTunnel:
-    """A forwarded API socket for a remote boxui host (its daemon started if need be)."""
+class KeptTunnel:
+    """The remote API through the host's keeper (`kept_link`): its forwarded socket
+    outlives the command, so `close` has nothing to do."""
+
+    def __init__(self, host: HostDef, dirs: StateDir, remembered: Path | None) -> None:
+        answer = kept_link.endpoint(dirs, host, remembered)
+        self.host = host
+        self.endpoint: Endpoint | None = Endpoint(
+            str(answer["socket"]), answer.get("pid"), bool(answer["started"]))
+        self.socket_path = Path(answer["api"])
+
+    def close(self) -> None:
+        pass
+
+
+def open_tunnel(host: HostDef, remembered: Path | None = None,
+                dirs: StateDir | None = None) -> ApiTunnel | KeptTunnel:
+    """A forwarded API socket for a remote boxui host (its daemon started if need be):
+    the host's kept connection's, unless kept connections are off (then this command's
+    own)."""
     if host.kind != "boxui":
         raise RemoteBoxuiError(f"host {host.name} is a {host.kind} host: it serves no boxui "
                                f"API" + (f" (boxui ssh {host.name} opens a session there)"
                                          if host.kind == "plain" else ""))
+    if kept_link.idle_timeout() > 0:
+        return KeptTunnel(host, dirs or open_state_dir(), remembered)
     return ApiTunnel(host, remembered).open()

@@ -1,12 +1,18 @@
 """Where a command chosen for another host runs, by that host's kind.
 
-- A remote boxui: commands that change things reach its daemon's API through SSH (the
-  command's own code, with the API client `ensure_daemon` gives it); commands that only
-  read run there as its own `boxui` (relayed, same output); so does `create --template`,
-  since the template is the remote's and is resolved there; `ssh` opens a session there
-  that runs its `boxui ssh`.
+Every command but those about this machine's boxui (`root.LOCAL_COMMANDS`) comes here
+when another host is chosen; none of them ever falls back to acting locally.
+
+- A remote boxui: the commands in API_ROUTED run their own code here with the API client
+  `ensure_daemon` gives them (the remote daemon's socket, forwarded over SSH): they need
+  this terminal (`exec`'s stdin) or are the ones timed in loops. Every other command runs
+  there as the remote's own `boxui` (relayed: same output, same exit code), so whatever
+  it reads (state dir, templates, images, pools, cells) is the remote's. `create
+  --template` is relayed too: the template is resolved there. What names a file or folder
+  of this machine cannot be relayed (the remote would read its own path of that name):
+  HOST_PATH_OPTIONS refuses it in one line naming the option.
 - A libvirt host: libvirt is asked directly (`libvirt_cmds`), or the command says in one
-  line that such a host cannot do it.
+  line, naming the host and its kind, that such a host cannot do it.
 - A plain host runs no machines: one line.
 """
 
@@ -20,9 +26,59 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from backend.hosts.registry import HostDef
 
+#: commands whose own code runs here against the remote daemon's forwarded API
+API_ROUTED = frozenset({"create", "start", "stop", "restart", "rm", "exec", "ssh",
+                        "port add", "port rm"})
 
-def on_host(host: HostDef, path: str, params: dict[str, object], *, relay: bool,
-            args: list[str], here: Callable[[], object]) -> object:
+
+def _given(value: object) -> bool:
+    return value not in (None, (), [], False)
+
+
+def _is_file_source(value: object) -> bool:
+    """`template build FILE|ID`: a path (as its own check has it), not an id."""
+    text = str(value or "")
+    return "/" in text or text.endswith(".toml") or text in (".", "..")
+
+
+#: per command: (its parameter, the option as typed, whether a value names a host path)
+HOST_PATH_OPTIONS: dict[str, tuple[tuple[str, str, Callable[[object], bool]], ...]] = {
+    "create": (("kernel", "--kernel", _given), ("initrd", "--initrd", _given),
+               ("disk_image", "--disk-image", _given), ("provision", "--provision", _given),
+               ("mounts", "--mount", _given)),
+    "run": (("inputs", "--input", _given), ("exports", "--export", _given)),
+    "template build": (("source", "FILE", _is_file_source),),
+}
+#: commands that cannot act on a remote boxui at all, with why
+REMOTE_REFUSED = {
+    "cp": "it copies between this machine's files and a machine, and a machine on another "
+          "host is not reachable from here; `boxui exec --host HOST NAME -- sh -c 'cat > "
+          "PATH' < FILE` copies a file in",
+    "ssh-config": "its entries point at 127.0.0.1 ports of that host, not of this one; "
+                  "`boxui ssh --host HOST NAME` opens a session",
+}
+
+
+def _refusal(message: str) -> Exception:
+    from backend.hosts.remote_boxui import RemoteBoxuiError
+
+    return RemoteBoxuiError(message)
+
+
+def check_remote(host: HostDef, path: str, params: dict[str, object]) -> None:
+    """Refuse, in one line, what a remote boxui cannot be given from here."""
+    if path in REMOTE_REFUSED:
+        raise _refusal(f"{path} --host {host.name}: "
+                       + REMOTE_REFUSED[path].replace("HOST", host.name))
+    for param, option, names_a_path in HOST_PATH_OPTIONS.get(path, ()):
+        if names_a_path(params.get(param)):
+            raise _refusal(f"{path} {option} names a file of this machine, and host "
+                           f"{host.name} would read its own: copy it there and run "
+                           f"`boxui {path}` on it (ssh {host.name}), or leave {option} out")
+
+
+def on_host(host: HostDef, path: str, params: dict[str, object], *, args: list[str],
+            here: Callable[[], object]) -> object:
     """Run command `path` (`create`, `port ls`, ...) with its parsed `params` on `host`;
     `args`: its command line as given; `here`: the command's own code."""
     from backend.hosts.remote_boxui import RemoteBoxuiError
@@ -42,7 +98,8 @@ def on_host(host: HostDef, path: str, params: dict[str, object], *, relay: bool,
     if host.kind == "plain":
         raise RemoteBoxuiError(f"host {host.name} is a plain host: it runs no machines "
                                f"boxui manages (boxui ssh {host.name} opens a session there)")
-    if relay or (path == "create" and params.get("template_ref") is not None):
+    check_remote(host, path, params)
+    if path not in API_ROUTED or (path == "create" and params.get("template_ref") is not None):
         sys.exit(relay_to_remote(host, strip_host_option(args)))
     if path == "ssh":
         ssh_to_host(host, (shlex.join(["boxui", "ssh", name, *command]),), tty=True)

@@ -234,12 +234,17 @@ def relay_to_remote(host: HostDef, args: list[str]) -> int:
     would here: same output, and it never starts a daemon."""
     import asyncio
 
+    from backend.hosts import kept_link
     from backend.hosts.remote_boxui import REMOTE_BOXUI, RemoteBoxuiError
 
     if host.kind != "boxui":
         raise RemoteBoxuiError(f"host {host.name} is a {host.kind} host: it has no boxui "
                                "machines to show here")
-    code = asyncio.run(_stream(host, [REMOTE_BOXUI, *args]))
+    sys.stdout.flush()
+    if kept_link.idle_timeout() > 0:  # the host's kept connection (started if need be)
+        code = kept_link.relay(_dirs(), host, [REMOTE_BOXUI, *args])
+    else:
+        code = asyncio.run(_stream(host, [REMOTE_BOXUI, *args]))
     if code == 127:
         from backend.hosts.remote_boxui import INSTALL_HINT
 

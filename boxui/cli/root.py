@@ -37,14 +37,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pool": ("pools", "pool_group"),
     "host": ("hosts", "host_group"),
 }
-#: commands that act on machines take `--host NAME` (else BOXUI_HOST, else `host use`'s);
-#: those that only read the state dir run on a remote host as the remote's own boxui
-HOST_COMMANDS = frozenset({"create", "start", "stop", "restart", "rm", "exec", "ssh"})
-HOST_READ_COMMANDS = frozenset({"ls", "info", "events", "logs"})
-#: commands of groups that take `--host` too; True: they only read (so are relayed)
-HOST_SUBCOMMANDS: dict[str, dict[str, bool]] = {
-    "port": {"add": False, "rm": False, "ls": True}, "image": {"ls": True},
-    "service": {"ls": True}, "daemon": {"status": True},
+#: commands about this machine's boxui itself, which stay local whatever host is chosen
+#: (and take no `--host`); every other command and subcommand takes `--host NAME` (else
+#: BOXUI_HOST, else `host use`'s) and runs on that host as `host_routing` says
+LOCAL_COMMANDS: dict[str, str] = {
+    "host": "it edits this machine's list of hosts and which one commands act on",
+    "demo": "it runs the app here, on a state dir of its own",
+    #: a group's own callback is never routed: only the commands that run are
+    "daemon (alone)": "it runs this machine's daemon in the foreground (`daemon status|"
+                      "stop|install|uninstall` take --host; a remote starts its own daemon)",
 }
 
 
@@ -61,12 +62,9 @@ class LazyGroup(click.Group):
         module = importlib.import_module(f"boxui.cli.{where[0]}")
         command = getattr(module, where[1])
         assert isinstance(command, click.Command)
-        if cmd_name in HOST_COMMANDS | HOST_READ_COMMANDS:
-            _take_host_option(command, cmd_name, relay=cmd_name in HOST_READ_COMMANDS)
-        for sub, relay in HOST_SUBCOMMANDS.get(cmd_name, {}).items():
-            group = command
-            assert isinstance(group, click.Group)
-            _take_host_option(group.commands[sub], f"{cmd_name} {sub}", relay=relay)
+        if cmd_name not in LOCAL_COMMANDS:
+            for path, leaf in command_leaves(cmd_name, command):
+                _take_host_option(leaf, path)
         return command
 
     def resolve_command(self, ctx: click.Context, args: list[str]
@@ -81,6 +79,14 @@ class LazyGroup(click.Group):
         ctx = click.Context(self)
         return {name: cmd for name in COMMANDS
                 if (cmd := self.get_command(ctx, name)) is not None}
+
+
+def command_leaves(path: str, command: click.Command) -> list[tuple[str, click.Command]]:
+    """`command` and its subcommands (`port add`, ...) that run: the ones a host routes."""
+    if not isinstance(command, click.Group):
+        return [(path, command)]
+    return [leaf for name, sub in sorted(command.commands.items())
+            for leaf in command_leaves(f"{path} {name}", sub)]
 
 
 #: the command line of the command being run (a remote host runs it as it is)
@@ -109,9 +115,9 @@ def _another_host_may_be_chosen() -> bool:
             or (default_home() / CURRENT_FILE).exists())
 
 
-def _take_host_option(command: click.Command, path: str, *, relay: bool) -> None:
+def _take_host_option(command: click.Command, path: str) -> None:
     """Give `command` its `--host` (once). On another host it runs as that host's kind
-    has it (`host_routing.on_host`); `relay`: on a remote boxui it runs there."""
+    has it (`host_routing.on_host`): never here, unless it is about this machine."""
     if any(p.name == "host" for p in command.params):
         return
     command.params.append(click.Option(
@@ -132,7 +138,7 @@ def _take_host_option(command: click.Command, path: str, *, relay: bool) -> None
             return callback(*args, **kwargs)
         from boxui.cli.host_routing import on_host
 
-        return on_host(remote, path, kwargs, relay=relay, args=_command_args,
+        return on_host(remote, path, kwargs, args=_command_args,
                        here=lambda: callback(*args, **kwargs))
 
     command.callback = hosted

@@ -18,11 +18,11 @@ from backend.state.state_dir import StateDir, open_state_dir
 
 if TYPE_CHECKING:
     from backend.hosts.registry import HostDef
-    from backend.hosts.remote_boxui import ApiTunnel
+    from backend.hosts.remote_boxui import ApiTunnel, KeptTunnel
     from boxui.daemon.client import DaemonClient
 
 _chosen: str | None = None
-_tunnel: ApiTunnel | None = None
+_tunnel: ApiTunnel | KeptTunnel | None = None
 
 
 def choose_host(name: str | None) -> None:
