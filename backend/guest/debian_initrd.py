@@ -57,7 +57,9 @@ DEBIAN_INITRD_FILE = "initrd-debian.img"
 #: keeps its name, systemd's status lines stay off the (slow, TCG) serial console, and
 #: no crypto self-tests (`initcall_debug`: crypto_algapi_init waited 4.6 s of a 14 s
 #: kernel start under TCG for them; they check the kernel's own ciphers, not the guest)
-DEBIAN_KERNEL_ARGS = "net.ifnames=0 systemd.show_status=false cryptomgr.notests"
+BOOT_TARGET = "boxui-boot.target"
+DEBIAN_KERNEL_ARGS = ("net.ifnames=0 systemd.show_status=false cryptomgr.notests "
+                      f"systemd.unit={BOOT_TARGET}")
 #: modules the default initrd lacks, as (name, path under kernel/), in load order
 DISK_MODULES: tuple[tuple[str, str], ...] = (
     ("virtio_blk", "drivers/block/virtio_blk.ko"),
@@ -122,7 +124,7 @@ cp -p /{_SEED}/ssh_host_ed25519_key /{_SEED}/ssh_host_ed25519_key.pub $R/etc/ssh
 chmod 700 $R/root $R/root/.ssh
 cp -p /{_SEED}/authorized_keys $R/root/.ssh/authorized_keys
 cp -p /{_SEED}/ready $R/etc/boxui/ready
-cp -p /{_SEED}/boxui-ready.service $R/etc/systemd/system/boxui-ready.service
+cp -p /{_SEED}/boxui-ready.service /{_SEED}/{BOOT_TARGET} $R/etc/systemd/system/
 mkdir -p $R/etc/systemd/system/ssh.service.d
 cp -p /{_SEED}/ssh-early.conf $R/etc/systemd/system/ssh.service.d/boxui-early.conf
 ln -sf /etc/systemd/system/boxui-ready.service \\
@@ -171,6 +173,7 @@ while ! listening; do
 done
 read -r boot_id < /etc/boxui/boot-id
 echo "{READY_MARKER} $boot_id" > /dev/console
+exec systemctl start --no-block default.target
 """
 
 # Both start as soon as systemd runs instead of after sysinit.target: sshd needs none of
@@ -191,6 +194,11 @@ Before=shutdown.target
 [Service]
 ExecStart=
 ExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS
+"""
+
+_BOOT_TARGET_UNIT = """[Unit]
+Description=boxui: SSH ready (the rest of the boot follows)
+Wants=ssh.service boxui-ready.service
 """
 
 _READY_UNIT = """[Unit]
@@ -259,6 +267,7 @@ def debian_seed_archive(keys: MachineKeys, modules: dict[str, bytes],
         Entry(f"{_SEED}/random-seed", regular | 0o600, os.urandom(512)),
         Entry(f"{_SEED}/ready", regular | 0o755, _READY.encode()),
         Entry(f"{_SEED}/boxui-ready.service", regular | 0o644, _READY_UNIT.encode()),
+        Entry(f"{_SEED}/{BOOT_TARGET}", regular | 0o644, _BOOT_TARGET_UNIT.encode()),
         Entry(f"{_SEED}/ssh-early.conf", regular | 0o644, _SSH_EARLY.encode()),
     ]
     return write_archive(entries + (extra or []))
