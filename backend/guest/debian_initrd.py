@@ -12,7 +12,9 @@ block and ext4 modules (read out of the image's own `/lib/modules` with `debugfs
 mounts) and this machine's secrets. `/init` then:
 - loads the modules in the order found to work (virtio, virtio_blk, crc16, mbcache,
   jbd2, crc32c_generic, ext4, then the default guest's: net, console, balloon, rng,
-  the ACPI power button), mounts /dev/vda read-write;
+  the ACPI power button; virtio_pci only when there is a PCI bus, as on a libvirt
+  host's q35: on microvm it found nothing, and each insmod costs tens of ms under TCG),
+  mounts /dev/vda read-write;
 - grows the filesystem to the disk when the disk's size differs from the one it last
   grew to (online `resize2fs` in the mounted root, so no binary of its own is needed;
   the size is remembered in `/etc/boxui/grown-sectors`, so later boots skip it); a
@@ -22,6 +24,12 @@ mounts) and this machine's secrets. `/init` then:
   guest can only present this machine's identity), the user's authorized key (0600),
   the hostname, /etc/hosts and a resolver, and the unit that prints the ready marker
   once sshd listens (sshd and that unit start without waiting for sysinit.target);
+- boots systemd to `boxui-boot.target` (`systemd.unit=` in `DEBIAN_KERNEL_ARGS`), which
+  wants only sshd and that unit; the ready unit starts `default.target` (the rest of a
+  normal boot: journald, udevd, tmpfiles, ...) once it has printed the marker. Booting
+  to graphical.target, systemd loaded ~55 units and queued jobs for all of them before
+  it started sshd ("Loaded units and determined initial transaction in 1.6s" under
+  TCG), and journald then started beside sshd;
 - mounts the machine's shared folders under the new root, if it has any
   (`shared_folders`: their script and 9p modules come in the same archive);
 - configures eth0 for QEMU's user-mode network (kept across `switch_root`; with
@@ -56,7 +64,12 @@ DEBIAN_INITRD_FILE = "initrd-debian.img"
 #: what the kernel needs besides the defaults: no root= (the initramfs mounts it), eth0
 #: keeps its name, systemd's status lines stay off the (slow, TCG) serial console, and
 #: no crypto self-tests (`initcall_debug`: crypto_algapi_init waited 4.6 s of a 14 s
-#: kernel start under TCG for them; they check the kernel's own ciphers, not the guest)
+#: kernel start under TCG for them; they check the kernel's own ciphers, not the guest);
+#: systemd boots to boxui's own target (see the module docstring); no AppArmor (the
+#: image has no profiles, and its hooks run on every file access), no kernel audit (no
+#: auditd; journald's audit socket then has nothing to read), no lockup watchdogs (a
+#: microVM's vCPU is a host thread: a stall is the host's, and the watchdog's timers
+#: only wake the guest)
 BOOT_TARGET = "boxui-boot.target"
 DEBIAN_KERNEL_ARGS = ("net.ifnames=0 systemd.show_status=false cryptomgr.notests "
                       f"systemd.unit={BOOT_TARGET} apparmor=0 audit=0 nowatchdog")
@@ -189,6 +202,11 @@ exec systemctl start --no-block default.target
 # nearly all of its restore to ready (20 s of 21 s at load 12). What re-exec buys, fresh
 # address-space randomisation per connection, matters little on a guest reachable only
 # through 127.0.0.1; OpenSSL and glibc reseed their generators in a forked child.
+# No journal for sshd and the ready unit: a service whose output goes to the journal is
+# ordered after journald's socket, which made systemd load journald, udevd and their
+# dependencies before starting sshd (with `boxui-boot.target`, nothing else needs them
+# that early). sshd logs through syslog (journald's /dev/log once it runs); what either
+# writes to stderr (a failure to start) goes to the console, the machine's console log.
 _SSH_EARLY = """[Unit]
 DefaultDependencies=no
 Conflicts=shutdown.target
@@ -201,6 +219,8 @@ StandardOutput=null
 StandardError=tty
 """
 
+# The ready unit starts default.target after the marker (`_READY`), with --no-block: the
+# rest of the boot then runs while the host connects, as DEFERRED_UNITS did (trim.py).
 _BOOT_TARGET_UNIT = """[Unit]
 Description=boxui: SSH ready (the rest of the boot follows)
 Wants=ssh.service boxui-ready.service
