@@ -29,7 +29,8 @@ mounts) and this machine's secrets. `/init` then:
   normal boot: journald, udevd, tmpfiles, ...) once it has printed the marker. Booting
   to graphical.target, systemd loaded ~55 units and queued jobs for all of them before
   it started sshd ("Loaded units and determined initial transaction in 1.6s" under
-  TCG), and journald then started beside sshd;
+  TCG), and journald then started beside sshd. That work is moved, not gone: it now
+  runs right after the marker, beside the host's first SSH handshake;
 - mounts the machine's shared folders under the new root, if it has any
   (`shared_folders`: their script and 9p modules come in the same archive);
 - configures eth0 for QEMU's user-mode network (kept across `switch_root`; with
