@@ -107,12 +107,15 @@ async def bare_boot(images: Path, work: Path, image: str, memory: int) -> float:
 
 
 async def idle_pss(sup: Supervisor, name: str) -> float:
-    """PSS (MiB) of the machine's QEMU once its systemd has finished starting."""
+    """PSS (MiB) of the machine's QEMU once its systemd has finished starting: the guest
+    boots to `boxui-boot.target` (sshd) and starts `default.target` once ready, so
+    `is-system-running --wait` could answer before that second part has run; starting
+    `default.target` again waits for its queued job instead."""
     machine_dir = sup.engine.dirs.machine_dir(name)
     handle = sup.handles[name]
     out = io.BytesIO()
     await exec_command(handle.ssh_port, load_machine_keys(machine_dir), machine_dir,
-                       ["systemctl", "is-system-running", "--wait"], out, out,
+                       ["systemctl", "start", "default.target"], out, out,
                        timeout=BOOT_TIMEOUT, connect_timeout=BOOT_TIMEOUT)
     await asyncio.sleep(SETTLE_SECONDS)
     return float(psutil.Process(handle.pid).memory_full_info().pss) / 2**20

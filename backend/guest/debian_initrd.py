@@ -12,7 +12,9 @@ block and ext4 modules (read out of the image's own `/lib/modules` with `debugfs
 mounts) and this machine's secrets. `/init` then:
 - loads the modules in the order found to work (virtio, virtio_blk, crc16, mbcache,
   jbd2, crc32c_generic, ext4, then the default guest's: net, console, balloon, rng,
-  the ACPI power button), mounts /dev/vda read-write;
+  the ACPI power button; virtio_pci only when there is a PCI bus, as on a libvirt
+  host's q35: on microvm it found nothing, and each insmod costs tens of ms under TCG),
+  mounts /dev/vda read-write;
 - grows the filesystem to the disk when the disk's size differs from the one it last
   grew to (online `resize2fs` in the mounted root, so no binary of its own is needed;
   the size is remembered in `/etc/boxui/grown-sectors`, so later boots skip it); a
@@ -22,6 +24,13 @@ mounts) and this machine's secrets. `/init` then:
   guest can only present this machine's identity), the user's authorized key (0600),
   the hostname, /etc/hosts and a resolver, and the unit that prints the ready marker
   once sshd listens (sshd and that unit start without waiting for sysinit.target);
+- boots systemd to `boxui-boot.target` (`systemd.unit=` in `DEBIAN_KERNEL_ARGS`), which
+  wants only sshd and that unit; the ready unit starts `default.target` (the rest of a
+  normal boot: journald, udevd, tmpfiles, ...) once it has printed the marker. Booting
+  to graphical.target, systemd loaded ~55 units and queued jobs for all of them before
+  it started sshd ("Loaded units and determined initial transaction in 1.6s" under
+  TCG), and journald then started beside sshd. That work is moved, not gone: it now
+  runs right after the marker, beside the host's first SSH handshake;
 - mounts the machine's shared folders under the new root, if it has any
   (`shared_folders`: their script and 9p modules come in the same archive);
 - configures eth0 for QEMU's user-mode network (kept across `switch_root`; with
@@ -56,8 +65,15 @@ DEBIAN_INITRD_FILE = "initrd-debian.img"
 #: what the kernel needs besides the defaults: no root= (the initramfs mounts it), eth0
 #: keeps its name, systemd's status lines stay off the (slow, TCG) serial console, and
 #: no crypto self-tests (`initcall_debug`: crypto_algapi_init waited 4.6 s of a 14 s
-#: kernel start under TCG for them; they check the kernel's own ciphers, not the guest)
-DEBIAN_KERNEL_ARGS = "net.ifnames=0 systemd.show_status=false cryptomgr.notests"
+#: kernel start under TCG for them; they check the kernel's own ciphers, not the guest);
+#: systemd boots to boxui's own target (see the module docstring); no AppArmor (the
+#: image has no profiles, and its hooks run on every file access), no kernel audit (no
+#: auditd; journald's audit socket then has nothing to read), no lockup watchdogs (a
+#: microVM's vCPU is a host thread: a stall is the host's, and the watchdog's timers
+#: only wake the guest)
+BOOT_TARGET = "boxui-boot.target"
+DEBIAN_KERNEL_ARGS = ("net.ifnames=0 systemd.show_status=false cryptomgr.notests "
+                      f"systemd.unit={BOOT_TARGET} apparmor=0 audit=0 nowatchdog")
 #: modules the default initrd lacks, as (name, path under kernel/), in load order
 DISK_MODULES: tuple[tuple[str, str], ...] = (
     ("virtio_blk", "drivers/block/virtio_blk.ko"),
@@ -87,7 +103,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 fail() {{ echo "{FAILED_MARKER} $1" > /dev/console; sleep 1; poweroff -f; }}
+set -- /sys/bus/pci/devices/*
+[ -e "$1" ] && pci=yes || pci=no  # microvm: no PCI bus, its transport's modules idle
 for m in {' '.join(LOAD_ORDER)}; do
+  case "$pci$m" in novirtio_pci*) continue ;; esac
   insmod /{GUEST_MODULE_DIR}/$m.ko || fail "insmod-$m"
 done
 name=boxui
@@ -122,7 +141,7 @@ cp -p /{_SEED}/ssh_host_ed25519_key /{_SEED}/ssh_host_ed25519_key.pub $R/etc/ssh
 chmod 700 $R/root $R/root/.ssh
 cp -p /{_SEED}/authorized_keys $R/root/.ssh/authorized_keys
 cp -p /{_SEED}/ready $R/etc/boxui/ready
-cp -p /{_SEED}/boxui-ready.service $R/etc/systemd/system/boxui-ready.service
+cp -p /{_SEED}/boxui-ready.service /{_SEED}/{BOOT_TARGET} $R/etc/systemd/system/
 mkdir -p $R/etc/systemd/system/ssh.service.d
 cp -p /{_SEED}/ssh-early.conf $R/etc/systemd/system/ssh.service.d/boxui-early.conf
 ln -sf /etc/systemd/system/boxui-ready.service \\
@@ -171,6 +190,7 @@ while ! listening; do
 done
 read -r boot_id < /etc/boxui/boot-id
 echo "{READY_MARKER} $boot_id" > /dev/console
+exec systemctl start --no-block default.target
 """
 
 # Both start as soon as systemd runs instead of after sysinit.target: sshd needs none of
@@ -183,6 +203,11 @@ echo "{READY_MARKER} $boot_id" > /dev/console
 # nearly all of its restore to ready (20 s of 21 s at load 12). What re-exec buys, fresh
 # address-space randomisation per connection, matters little on a guest reachable only
 # through 127.0.0.1; OpenSSL and glibc reseed their generators in a forked child.
+# No journal for sshd and the ready unit: a service whose output goes to the journal is
+# ordered after journald's socket, which made systemd load journald, udevd and their
+# dependencies before starting sshd (with `boxui-boot.target`, nothing else needs them
+# that early). sshd logs through syslog (journald's /dev/log once it runs); what either
+# writes to stderr (a failure to start) goes to the console, the machine's console log.
 _SSH_EARLY = """[Unit]
 DefaultDependencies=no
 Conflicts=shutdown.target
@@ -191,6 +216,15 @@ Before=shutdown.target
 [Service]
 ExecStart=
 ExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS
+StandardOutput=null
+StandardError=tty
+"""
+
+# The ready unit starts default.target after the marker (`_READY`), with --no-block: the
+# rest of the boot then runs while the host connects, as DEFERRED_UNITS did (trim.py).
+_BOOT_TARGET_UNIT = """[Unit]
+Description=boxui: SSH ready (the rest of the boot follows)
+Wants=ssh.service boxui-ready.service
 """
 
 _READY_UNIT = """[Unit]
@@ -202,6 +236,8 @@ Wants=ssh.service
 [Service]
 Type=oneshot
 ExecStart=/etc/boxui/ready
+StandardOutput=null
+StandardError=tty
 """
 
 
@@ -259,6 +295,7 @@ def debian_seed_archive(keys: MachineKeys, modules: dict[str, bytes],
         Entry(f"{_SEED}/random-seed", regular | 0o600, os.urandom(512)),
         Entry(f"{_SEED}/ready", regular | 0o755, _READY.encode()),
         Entry(f"{_SEED}/boxui-ready.service", regular | 0o644, _READY_UNIT.encode()),
+        Entry(f"{_SEED}/{BOOT_TARGET}", regular | 0o644, _BOOT_TARGET_UNIT.encode()),
         Entry(f"{_SEED}/ssh-early.conf", regular | 0o644, _SSH_EARLY.encode()),
     ]
     return write_archive(entries + (extra or []))

@@ -32,7 +32,10 @@ systemd starts before sshd competes with it for that one CPU; found with
   systemd took 15-20 s (guest time, loaded host) from its start to queuing any job.
 - deferred (`DEFERRED_UNITS`): housekeeping sshd does not need (udevd, tmpfiles,
   sysusers, sysctl, modules-load, the journal's flush to disk, ...) starts once SSH
-  answers, so it no longer competes with sshd for the CPU while sshd starts;
+  answers, so it no longer competes with sshd for the CPU while sshd starts. boxui's
+  initramfs now boots systemd to `boxui-boot.target` (sshd and the ready unit alone) and
+  starts `default.target` once ready (`backend.guest.debian_initrd`), so none of them is
+  even queued before then; the ordering stays for a boot to any other target;
 Kept: journald (the journal), udevd, tmpfiles, sysusers, apt, OpenSSH with boxui's keys.
 
 SSH host keys are removed: every machine gets its own from boxui at boot. A shared key

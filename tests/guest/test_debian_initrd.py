@@ -15,6 +15,8 @@ import pytest
 
 from backend.guest.debian_initrd import (
     _FITS,
+    BOOT_TARGET,
+    DEBIAN_KERNEL_ARGS,
     DISK_MODULES,
     LOAD_ORDER,
     debian_seed_archive,
@@ -60,6 +62,15 @@ def test_seed_archive_carries_init_modules_and_private_keys(tmp_path: Path) -> N
     # each connection a fork of the listener, not a re-exec (slow under TCG, see module)
     early = entries["boxui/ssh-early.conf"].data.decode()
     assert "ExecStart=\nExecStart=/usr/sbin/sshd -D -r $SSHD_OPTS\n" in early
+    # systemd boots to a target of sshd and the ready unit alone; nothing of theirs waits
+    # for journald (its socket would pull it and udevd into the first transaction)
+    assert f"systemd.unit={BOOT_TARGET}" in DEBIAN_KERNEL_ARGS.split()
+    target = entries[f"boxui/{BOOT_TARGET}"].data.decode()
+    assert "Wants=ssh.service boxui-ready.service" in target
+    assert f"/boxui/{BOOT_TARGET}" in init  # copied to the new root
+    ready_unit = entries["boxui/boxui-ready.service"].data.decode()
+    for unit in (early, ready_unit):
+        assert "StandardOutput=null" in unit and "StandardError=tty" in unit
 
 
 def _default_initrd(path: Path, busybox: bytes) -> None:
@@ -152,7 +163,9 @@ def _run_ready_script(tmp_path: Path, tcp: str, tcp6: str = "") -> str:
               .replace("/proc/net/tcp ", f"{tmp_path / 'tcp'} ")
               .replace("/etc/boxui/boot-id", str(tmp_path / "boot-id"))
               .replace("/dev/console", str(tmp_path / "console"))
-              .replace('-gt 3000', '-gt 2'))
+              .replace('-gt 3000', '-gt 2')
+              .replace("exec systemctl start --no-block default.target",
+                       f"echo default.target >> {tmp_path / 'console'}"))
     subprocess.run(["sh", "-c", script], timeout=30, check=False)
     console = tmp_path / "console"
     return console.read_text() if console.exists() else ""
@@ -160,9 +173,11 @@ def _run_ready_script(tmp_path: Path, tcp: str, tcp6: str = "") -> str:
 
 def test_ready_marker_waits_for_sshd_listening_on_22(tmp_path: Path) -> None:
     listening = "   0: 00000000:0016 00000000:0000 0A 00000000:00000000\n"
-    assert _run_ready_script(tmp_path, listening) == "BOXUI-READY b00t\n"
+    # then the rest of the boot, which systemd held back until SSH answers
+    assert _run_ready_script(tmp_path, listening) == "BOXUI-READY b00t\ndefault.target\n"
+    (tmp_path / "console").unlink()
     v6 = "   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A\n"
-    assert _run_ready_script(tmp_path, "", v6) == "BOXUI-READY b00t\n"
+    assert _run_ready_script(tmp_path, "", v6) == "BOXUI-READY b00t\ndefault.target\n"
 
 
 @pytest.mark.parametrize("line", [
@@ -172,6 +187,7 @@ def test_ready_marker_waits_for_sshd_listening_on_22(tmp_path: Path) -> None:
 ])
 def test_no_marker_without_a_listening_sshd(tmp_path: Path, line: str) -> None:
     assert "BOXUI-READY" not in _run_ready_script(tmp_path, line)
+    assert "default.target" not in _run_ready_script(tmp_path, line)
 
 
 @needs_e2fsprogs
