@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from backend.drivers.base import StopTimeouts
 from backend.drivers.errors import DriverError
+from backend.drivers import process_identity
 from backend.drivers.process_identity import PidWatch, cmdline_of, verify_identity
 from backend.drivers.qemu import qmp_ops
 from backend.drivers.qemu.driver import (
@@ -61,6 +63,29 @@ def test_identity_needs_cmdline_and_start_time(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert verify_identity(proc.pid, started, args) == "process gone while boxui was down"
+
+
+def test_a_qemu_dying_between_the_checks_is_gone_not_reused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed just after its start time was read: by the command line's read it is a
+    zombie (under load the exit and the reap lag the kill), so it has none."""
+    args = identity_args("vm", tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *args])
+    try:
+        deadline = time.monotonic() + 5
+        while args[0] not in (cmdline_of(proc.pid) or []) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = start_time_of(proc.pid)
+        assert started is not None
+        proc.kill()
+        while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline + 5, "the child never became a zombie"
+            time.sleep(0.01)
+        monkeypatch.setattr(process_identity, "start_time_of", lambda _pid: started)
+        assert verify_identity(proc.pid, started, args) == "process gone while boxui was down"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_missing_qemu_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

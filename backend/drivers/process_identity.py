@@ -21,10 +21,18 @@ from backend.state.process_liveness import START_TIME_TOLERANCE, same_process, s
 
 
 def cmdline_of(pid: int) -> list[str] | None:
+    """None once the process has exited, a zombie included: a killed QEMU whose parent
+    has not reaped it yet is gone, not a different program (under load the reap can
+    lag the kill by seconds). A process we may not read is some other user's: []."""
     try:
-        return list(psutil.Process(pid).cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return list(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
+    except psutil.AccessDenied:
+        return []
 
 
 def verify_identity(
@@ -36,7 +44,9 @@ def verify_identity(
         return "process gone while boxui was down"
     if abs(current - start_time) > START_TIME_TOLERANCE:
         return f"pid reused by another program (pid {pid} started at a different time)"
-    cmdline = cmdline_of(pid) or []
+    cmdline = cmdline_of(pid)
+    if cmdline is None:
+        return "process gone while boxui was down"
     missing = [arg for arg in required_args if arg not in cmdline]
     if missing:
         return f"pid reused by another program (pid {pid} is not this machine's QEMU)"
