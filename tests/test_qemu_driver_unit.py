@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from backend.drivers import process_identity
 from backend.drivers.base import StopTimeouts
 from backend.drivers.errors import DriverError
-from backend.drivers import process_identity
 from backend.drivers.process_identity import PidWatch, cmdline_of, verify_identity
 from backend.drivers.qemu import qmp_ops
 from backend.drivers.qemu.driver import (

@@ -42,6 +42,10 @@ KNOWN_HOSTS_FILE = "known_hosts"
 SSH_PACKAGE = "openssh-client"
 HOST_ALIAS_PREFIX = "boxui-"
 _READ_CHUNK = 64 * 1024
+#: how long a handshake with a ready guest may take: under TCG on a busy host (or while a
+#: Debian guest starts the units it deferred until SSH answered) a first handshake has
+#: taken over 10 s; a user waits rather than fails, as OpenSSH would.
+GUEST_CONNECT_TIMEOUT = 30.0
 
 
 class SshError(BoxuiError):
@@ -240,7 +244,7 @@ async def connect(
     keys: MachineKeys,
     machine_dir: Path,
     *,
-    connect_timeout: float = 10,
+    connect_timeout: float = GUEST_CONNECT_TIMEOUT,
     client_factory: Callable[[], asyncssh.SSHClient] | None = None,
 ) -> asyncssh.SSHClientConnection:
     """An authenticated connection to the guest, trusting only the machine's own host key.
@@ -283,7 +287,7 @@ async def exec_command(
     stderr: ByteSink,
     stdin: bytes | None = None,
     timeout: float | None = None,
-    connect_timeout: float = 10,
+    connect_timeout: float = GUEST_CONNECT_TIMEOUT,
 ) -> int:
     """Run `argv` in the guest over a connection of its own and return its exit status,
     streaming its output (the daemon keeps connections instead: `ssh_pool`)."""

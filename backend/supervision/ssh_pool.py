@@ -26,6 +26,7 @@ import asyncssh
 
 from backend.guest.machine_seed import MachineKeys
 from backend.supervision.ssh_access import (
+    GUEST_CONNECT_TIMEOUT,
     ByteSink,
     SshChannelError,
     SshError,
@@ -68,7 +69,7 @@ class _Watch(asyncssh.SSHClient):
 
 
 class SshPool:
-    def __init__(self, *, connect_timeout: float = 10) -> None:
+    def __init__(self, *, connect_timeout: float = GUEST_CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout
         self._pooled: dict[str, _Pooled] = {}
         self._pending: dict[str, tuple[int, asyncio.Future[_Pooled]]] = {}
