@@ -69,8 +69,10 @@ async def test_cpu_rss_and_guest_memory(procs: dict[str, subprocess.Popen[bytes]
     await asyncio.sleep(0.4)
     second = by_name(await sampler.sample_once())
     busy, idle = second["busy"].cpu_percent, second["idle"].cpu_percent
-    assert busy is not None and busy > 20  # ~100 on an idle host; CI hosts are not idle
     assert idle is not None and idle < 5
+    # ~100 on an idle host; a loaded one gives the spinner far less, never as little as
+    # the sleeper's
+    assert busy is not None and busy > 2 and busy > 4 * idle
     assert second["idle"].guest_total_bytes == 1000 * MIB
     assert second["idle"].guest_used_bytes == 600 * MIB
     assert sampler.history.latest("busy") == second["busy"]
