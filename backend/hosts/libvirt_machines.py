@@ -182,14 +182,27 @@ def _scan(text: str, boot_id: str) -> bool:
     return any(line.split()[:2] == [READY_MARKER, boot_id] for line in text.splitlines())
 
 
-def ready_in_console(console_log: Path, boot_id: str) -> bool:
-    """Whether this boot's ready marker is in the log virtlogd keeps: how a command that
-    did not start the machine tells `ready` from `booting`."""
-    try:
-        text = console_log.read_bytes().decode(errors="replace")
-    except OSError:
+async def console_text(lv: LibvirtHost, path: str) -> bytes:
+    """The console log a domain's serial device writes, wherever it is: a file here
+    when the daemon shares this machine's files, else a volume of boxui's pool there
+    (its end). Empty when there is none yet."""
+    if is_loopback(lv.uri):
+        with contextlib.suppress(OSError):  # not here: a volume there, or none yet
+            return await asyncio.to_thread(Path(path).read_bytes)
+    if not uploads_files(lv.uri):
+        return b""
+    return await Volumes(lv).tail(path) or b""
+
+
+async def seen_ready(lv: LibvirtHost, domain: Domain) -> bool:
+    """Whether a boxui domain libvirt shows booting has printed this boot's ready
+    marker: how a process that did not boot it (a later command, the app) tells
+    `ready`, since libvirt knows nothing of the guest inside."""
+    mark = domain.mark
+    if domain.state is not InstanceState.BOOTING or mark is None or not mark.console_log:
         return False
-    return _scan(text, boot_id)
+    text = await console_text(lv, mark.console_log)
+    return _scan(text.decode(errors="replace"), mark.boot_id)
 
 
 def free_port() -> int:
@@ -236,23 +249,11 @@ class LibvirtMachines:
 
     async def _view(self, domain: Domain) -> MachineView:
         local = load_local(self.dirs, self.host, domain.name) if domain.boxui else None
-        state, mark = domain.state, domain.mark
-        if (state is InstanceState.BOOTING and mark is not None and mark.console_log
-                and _scan((await self.console_text(mark.console_log)).decode(
-                    errors="replace"), mark.boot_id)):
-            state = InstanceState.READY
+        state = InstanceState.READY if await seen_ready(self.lv, domain) else domain.state
         return MachineView(self.host.name, domain, local, state)
 
     async def console_text(self, path: str) -> bytes:
-        """The console log a domain's serial device writes, wherever it is: a file here
-        when the daemon shares this machine's files, else a volume of boxui's pool
-        there (its end). Empty when there is none yet."""
-        if is_loopback(self.host.address):
-            with contextlib.suppress(OSError):  # not here: a volume there, or none yet
-                return await asyncio.to_thread(Path(path).read_bytes)
-        if not uploads_files(self.host.address):
-            return b""
-        return await Volumes(self.lv).tail(path) or b""
+        return await console_text(self.lv, path)
 
     async def every(self) -> list[MachineView]:
         return [await self._view(domain) for domain in await self.lv.domains()]

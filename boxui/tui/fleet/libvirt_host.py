@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from backend.hosts.ssh_link import HostUnreachableError
 from backend.state.events import CloudEvent, now_utc
+from backend.state.lifecycle import InstanceState
 from backend.state.machine_store import LoadedMachine
 from backend.supervision.health import HealthSample
 from boxui.tui.fleet.follower import Follower, NotOfferedError
@@ -99,7 +100,26 @@ class LibvirtFollower(Follower):
                 self.snapshot.health[sample.machine] = sample
             if samples:
                 self.post(HostHealthSampled(self.name, [s.machine for s in samples]))
+            await self._find_ready(driver)
             await asyncio.sleep(HEALTH_EVERY)
+
+    async def _find_ready(self, driver: LibvirtHost) -> None:
+        """A boxui guest this app did not boot (the CLI did, or virsh) tells it is ready
+        only on its console, which libvirt has no event for: its log is read with each
+        sample while it shows booting (a small read, and only then)."""
+        from backend.drivers.libvirt.host import DomainEvent, LibvirtHostError
+        from backend.hosts.libvirt_machines import seen_ready
+
+        for name, machine in list(self.snapshot.machines.items()):
+            if machine.state is not InstanceState.BOOTING:
+                continue
+            try:
+                domain = await driver.get(name)
+            except LibvirtHostError:
+                continue  # gone meanwhile: its event says so
+            if await seen_ready(driver, domain):
+                self.post(HostEventArrived(self.name, self._apply(DomainEvent(
+                    name, domain.uuid, InstanceState.READY, "", True))))
 
     async def act(self, verb: str, name: str) -> None:
         driver = self.driver
