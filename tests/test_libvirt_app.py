@@ -5,7 +5,8 @@ shows the domains with their HOST (a boxui domain another process booted turns
 `ready` when its console says so); a domain started or destroyed behind the app's back
 (libvirt-python, as virsh would) changes its row by libvirt's event; libvirtd stopped
 turns the rows `unknown` within 3 s; one guest killed while nobody watched, libvirtd
-started again: the rows reconcile to the domains' real states."""
+started again: the rows reconcile to the domains' real states; a row's start goes to
+libvirt."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from tests.app.conftest import (  # noqa: F401  (the app's fixtures)
     seed,
 )
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
+from tests.app.test_hosts import select
 from tests.libvirt_helpers import LibvirtDaemon, libvirtd_stopped, running_libvirtd
 
 TINY = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>
@@ -133,3 +135,8 @@ async def test_the_app_follows_a_real_libvirt_host(
         await until(pilot, lambda: cell(app, "lv-c@lab", "state") == "ready",
                     timeout=READY_WITHIN)
         assert dict(app.query_one(MachineTable)._rows["dev1"][0]) == local
+        app.query_one(MachineTable).focus()
+        await select(pilot, app, "lv-a@lab")
+        await pilot.press("s")  # the row's host acts: libvirt starts it
+        await until(pilot, lambda: cell(app, "lv-a@lab", "state") == "ready",
+                    timeout=EVENT_WITHIN)

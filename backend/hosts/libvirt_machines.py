@@ -233,10 +233,12 @@ async def default_image(dirs: StateDir) -> GuestImage:
 class LibvirtMachines:
     """The machines of one libvirt host, over one connection (`async with`)."""
 
-    def __init__(self, dirs: StateDir, host: HostDef) -> None:
+    def __init__(self, dirs: StateDir, host: HostDef, lv: LibvirtHost | None = None) -> None:
+        """`lv`: a connection the caller has open and keeps (the app's), used as it is
+        (no `async with`)."""
         self.dirs = dirs
         self.host = host
-        self.lv = LibvirtHost(host.address)
+        self.lv = lv if lv is not None else LibvirtHost(host.address)
 
     async def __aenter__(self) -> LibvirtMachines:
         await self.lv.open()
