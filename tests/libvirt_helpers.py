@@ -124,6 +124,39 @@ def running_libvirtd() -> Iterator[LibvirtDaemon]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def libvirtd_stopped(daemon: LibvirtDaemon) -> Iterator[None]:
+    """libvirtd stopped for the block (virtlogd and the guests run on), then started again
+    and answering: `tests/libvirt_ns.py`'s SIGUSR1 and SIGUSR2. Started again whatever the
+    block raised, so the daemon's teardown can still destroy the guests."""
+    import os
+    import signal
+
+    pid_file = daemon.root / "libvirtd.pid"
+    old = pid_file.read_text().strip() if pid_file.exists() else None
+    os.kill(daemon.pid, signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        os.kill(daemon.pid, signal.SIGUSR2)
+        _wait_restarted(daemon, old)
+
+
+def _wait_restarted(daemon: LibvirtDaemon, old_pid: str | None) -> None:
+    import libvirt
+
+    pid_file = daemon.root / "libvirtd.pid"
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if pid_file.exists() and pid_file.read_text().strip() not in ("", old_pid):
+            with contextlib.suppress(libvirt.libvirtError):
+                libvirt.open(daemon.uri).close()
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"libvirtd did not come back within {START_TIMEOUT:.0f} s")
+        time.sleep(0.1)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

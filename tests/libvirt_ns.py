@@ -8,7 +8,9 @@ lands in the host's libvirt dirs. The mount points themselves (empty dirs) are m
 missing, as the libvirt packages would.
 
 Usage: unshare -m --propagation private -- python -m tests.libvirt_ns ROOT
-It exits when libvirtd does, and stops both daemons on SIGTERM.
+It exits when libvirtd does, and stops both daemons on SIGTERM. SIGUSR1 stops libvirtd
+alone (as `systemctl stop libvirtd` would: virtlogd and the guests run on) and SIGUSR2
+starts it again, so a test can take the daemon away and bring it back.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import BinaryIO
 
 #: system path -> the directory under ROOT mounted over it
 BIND_MOUNTS = {
@@ -61,6 +65,40 @@ def prepare(root: Path) -> None:
         subprocess.run(["mount", "--bind", str(root / name), target], check=True)
 
 
+class Libvirtd:
+    """libvirtd, which SIGUSR1 stops and SIGUSR2 starts again; SIGTERM ends the run."""
+
+    def __init__(self, root: Path, log: BinaryIO) -> None:
+        self.root, self.log = root, log
+        self.wanted, self.ending = True, False
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["libvirtd", "--config", "/etc/libvirt/libvirtd.conf",
+                                 "--pid-file", str(self.root / "libvirtd.pid")],
+                                stdout=self.log, stderr=self.log)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGUSR2:
+            self.wanted = True
+            return
+        self.ending = signum == signal.SIGTERM
+        self.wanted = self.ending
+        self.proc.terminate()
+
+    def run(self) -> int:
+        """Until libvirtd exits unasked, or SIGTERM."""
+        while True:
+            code = self.proc.wait()
+            if self.wanted or self.ending:
+                return code
+            while not self.wanted:  # a test's helper, woken by a signal: a nap is fine
+                time.sleep(0.05)
+            if self.ending:
+                return code
+            self.proc = self._start()
+
+
 def main(root: Path) -> int:
     prepare(root)
     log = (root / "daemons.log").open("ab")
@@ -68,15 +106,10 @@ def main(root: Path) -> int:
     virtlogd = subprocess.Popen(["virtlogd", "--config", "/etc/libvirt/virtlogd.conf",
                                  "--pid-file", str(root / "virtlogd.pid")],
                                 stdout=log, stderr=log)
-    libvirtd = subprocess.Popen(["libvirtd", "--config", "/etc/libvirt/libvirtd.conf",
-                                 "--pid-file", str(root / "libvirtd.pid")],
-                                stdout=log, stderr=log)
-
-    def stop(_signum: int, _frame: object) -> None:
-        libvirtd.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    code = libvirtd.wait()
+    libvirtd = Libvirtd(root, log)
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, libvirtd.on_signal)
+    code = libvirtd.run()
     virtlogd.terminate()
     try:
         virtlogd.wait(timeout=10)

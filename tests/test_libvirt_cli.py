@@ -19,12 +19,17 @@ import pytest
 pytest.importorskip("libvirt")  # before the driver's imports: without it, nothing here runs
 
 from backend.guest.image_builder import load_current_image
-from backend.hosts.libvirt_machines import LibvirtMachines, is_loopback, load_local
+from backend.hosts.libvirt_machines import (
+    LibvirtMachines,
+    is_loopback,
+    load_local,
+    uploads_files,
+)
 from backend.hosts.registry import HostDef
 from backend.state.machine_spec import MachineSpec
 from backend.state.state_dir import open_state_dir
 from tests.daemon_helpers import boxui
-from tests.libvirt_helpers import LibvirtDaemon, running_libvirtd
+from tests.libvirt_helpers import LibvirtDaemon, running_libvirtd, sshd_into
 from tests.templates.helpers import fake_base_image
 
 FOREIGN_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
@@ -72,14 +77,13 @@ def test_what_a_libvirt_host_cannot_do_is_one_line(lv_home: Path) -> None:
     one_line_error(down, "cannot connect to")
 
 
-def test_a_libvirt_host_on_another_machine_is_refused_before_connecting(lv_home: Path) -> None:
-    far = "qemu+ssh://root@192.0.2.7/system"  # TEST-NET: never answers
-    assert boxui(lv_home, "host", "add", "far", "--libvirt", far).returncode == 0
-    out = boxui(lv_home, "create", "vm", "--host", "far", timeout=20)
-    one_line_error(out, "far is a libvirt host on another machine", "uploaded")
-    assert not (lv_home / "hosts").exists()
-    assert not is_loopback(far)
-    assert is_loopback("qemu:///system") and is_loopback("qemu+ssh://root@127.0.0.1:2222/system")
+def test_which_uris_get_the_boot_files_uploaded() -> None:
+    far = "qemu+ssh://root@192.0.2.7/system"
+    assert uploads_files(far) and not is_loopback(far)
+    loop = "qemu+ssh://root@127.0.0.1:2222/system"  # maybe another filesystem: uploaded
+    assert uploads_files(loop) and is_loopback(loop)
+    for local in ("qemu:///system", "qemu:///system?socket=/tmp/lv/sock", "qemu:///session"):
+        assert not uploads_files(local) and is_loopback(local)
 
 
 async def test_every_launch_has_a_new_seed_and_boot_id(tmp_path: Path) -> None:
@@ -175,3 +179,37 @@ def test_a_record_of_another_state_dir_is_not_ours(libvirtd: LibvirtDaemon,
                        "another boxui state dir")
     finally:
         assert boxui(other, "rm", "shared", "--host", "lv").returncode == 0
+
+
+def test_boot_files_go_up_through_the_connection_once(libvirtd: LibvirtDaemon,
+                                                        lv_home: Path) -> None:
+    """Through `qemu+ssh://`, a machine's domain names volumes of boxui's pool there:
+    the kernel by its content (a second machine finds it), its initrd by its name;
+    `rm` takes the machine's away and keeps the kernel. Nothing boots."""
+    import libvirt
+
+    pool = libvirtd.root / "lib" / "boxui"  # /var/lib/libvirt/boxui inside its namespace
+    with sshd_into(libvirtd) as ssh:
+        assert boxui(lv_home, "host", "add", "far", "--libvirt", ssh.uri()).returncode == 0
+        for name in ("up1", "up2"):
+            made = boxui(lv_home, "create", name, "--host", "far", "--no-start")
+            assert (made.returncode, made.stdout) == (0, f"{name}: stopped\n"), made.stderr
+        conn = libvirt.open(libvirtd.uri)
+        try:
+            xml = conn.lookupByName("up1").XMLDesc(0)
+            assert conn.storagePoolLookupByName("boxui").isActive()
+        finally:
+            conn.close()
+        image = load_current_image(open_state_dir(lv_home).images)
+        assert image is not None
+        (kernel,) = [p for p in pool.iterdir() if p.name.startswith("kernel-")]
+        assert kernel.read_bytes() == image.kernel.read_bytes()
+        assert f"<kernel>/var/lib/libvirt/boxui/{kernel.name}</kernel>" in xml, xml
+        assert "<initrd>/var/lib/libvirt/boxui/up1.initrd</initrd>" in xml, xml
+        assert "/var/lib/libvirt/boxui/up1.console.log" in xml, xml
+        record = lv_home / "hosts" / "far" / "up1"
+        assert (pool / "up1.initrd").read_bytes() == (record / "initrd.img").read_bytes()
+        assert not [p for p in pool.iterdir() if ".part-" in p.name]
+        for name in ("up1", "up2"):
+            assert boxui(lv_home, "rm", name, "--host", "far").returncode == 0
+        assert [p.name for p in pool.iterdir()] == [kernel.name]

@@ -214,3 +214,58 @@ async def test_a_boot_that_misses_its_deadline_is_destroyed(
             await host.start("lv-late", ready_timeout=1)  # TCG needs far longer
         assert (await host.get("lv-late")).state is S.STOPPED
         await host.delete("lv-late")
+
+
+def _domain_files(daemon: LibvirtDaemon, name: str) -> tuple[str, str, str]:
+    """The kernel, initrd and console log paths the domain's definition names."""
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+
+    conn = libvirt.open(daemon.uri)
+    try:
+        root = ET.fromstring(conn.lookupByName(name).XMLDesc(0))
+    finally:
+        conn.close()
+    log = root.find("devices/serial/log")
+    assert log is not None
+    return root.findtext("os/kernel") or "", root.findtext("os/initrd") or "", \
+        log.get("file") or ""
+
+
+def test_a_machine_on_a_far_libvirt_host_boots_from_uploaded_files(
+        libvirtd: LibvirtDaemon, vm_home: Path) -> None:
+    """Through `qemu+ssh://` the daemon is treated as another machine's: the kernel, the
+    initrd and the console log are volumes of boxui's pool there, uploaded over the
+    libvirt connection (the pool's directory exists only inside libvirtd's namespace,
+    so nothing of this machine's files could have been booted)."""
+    home, pool = vm_home, libvirtd.root / "lib" / "boxui"  # /var/lib/libvirt/boxui there
+    with sshd_into(libvirtd) as ssh:
+        assert boxui(home, "host", "add", "far", "--libvirt", ssh.uri()).returncode == 0
+        made = boxui(home, "create", "lvu", "--host", "far", timeout=BOOT_TIMEOUT + 120)
+        assert re.fullmatch(r"lvu: ready, ssh on 127\.0\.0\.1:\d+\n", made.stdout), made.stderr
+        kernel, initrd, log = _domain_files(libvirtd, "lvu")
+        assert (Path(kernel).parent, Path(initrd).name, Path(log).name) == (
+            Path("/var/lib/libvirt/boxui"), "lvu.initrd", "lvu.console.log")
+        assert re.fullmatch(r"kernel-[0-9a-f]{32}", Path(kernel).name), kernel
+        here = vm_home / "hosts" / "far" / "lvu"
+        assert (pool / "lvu.initrd").read_bytes() == (here / "initrd.img").read_bytes()
+        kept = (pool / Path(kernel).name).stat()
+        # a later process tells ready by the console log read back through libvirt
+        hello = boxui(home, "exec", "--host", "far", "lvu", "--", "hostname")
+        assert (hello.returncode, hello.stdout) == (0, "lvu\n"), hello.stderr
+        logs = boxui(home, "logs", "--host", "far", "lvu")
+        assert "BOXUI-READY" in logs.stdout, logs.stderr
+        # a second machine reuses the kernel already there: only its initrd goes up
+        other = boxui(home, "create", "lvu2", "--no-start", "--host", "far")
+        assert other.returncode == 0, other.stderr
+        assert _domain_files(libvirtd, "lvu2")[0] == kernel
+        again = (pool / Path(kernel).name).stat()
+        assert (again.st_ino, again.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
+        stopped = boxui(home, "stop", "--host", "far", "lvu", timeout=120)
+        assert stopped.stdout == "lvu: stopped: powered off (ACPI)\n", stopped.stderr
+        for name in ("lvu", "lvu2"):
+            gone = boxui(home, "rm", name, "--host", "far", timeout=60)
+            assert gone.returncode == 0, gone.stderr
+        left = sorted(p.name for p in pool.iterdir())
+        assert left == [Path(kernel).name], left  # machines' files gone; the kernel kept

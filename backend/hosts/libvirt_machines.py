@@ -16,26 +16,33 @@ its keys and a fresh RNG seed, and the console log virtlogd writes. The initrd i
 written again before every start by boxui, so no two boots share a seed; later commands
 find the keys there for `exec` and `ssh`.
 
-A domain's kernel and initrd are files of this machine. A libvirt host elsewhere
-(`qemu+ssh://` to another machine) would need them uploaded, which is not built: such a
-host is refused in one line for what needs them. Loopback URIs work (the same files).
+On a local daemon (`qemu:///system`) the domain names those files by their paths here.
+Through any URI with a host part the daemon may not see them, so they are uploaded over
+the same connection into boxui's storage pool there (`uploads_files`, `_placed`): the
+kernel once per host (named by its content), the initrd per boot, and the console log
+is a file of that pool too, read back through libvirt to tell `ready`. The guest's SSH
+and port forwards listen on that host's 127.0.0.1, so exec and ssh reach a guest only
+where that is this machine's too (a loopback URI).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import shutil
 import socket
 import uuid as uuidlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from backend.drivers.base import LaunchSpec
 from backend.drivers.libvirt.host import Domain, LibvirtHost, LibvirtHostError
+from backend.drivers.libvirt.volumes import Volumes, content_name
 from backend.drivers.qemu.accel import resolve_accel
 from backend.errors import BoxuiError
 from backend.guest.errors import GuestImageError
@@ -57,6 +64,8 @@ SPEC_FILE = "machine.toml"
 CONSOLE_FILE = "console.log"
 RUNNING = frozenset({InstanceState.BOOTING, InstanceState.READY, InstanceState.BUSY,
                      InstanceState.UNRESPONSIVE, InstanceState.STOPPING})
+#: a machine's own volumes in boxui's pool on a host it uploads to: NAME + these
+INITRD_VOLUME, CONSOLE_VOLUME = ".initrd", ".console.log"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 
 
@@ -158,22 +167,42 @@ def is_loopback(uri: str) -> bool:
                                                         socket.getfqdn())
 
 
-def need_local_files(host: HostDef) -> None:
-    if not is_loopback(host.address):
-        raise LibvirtMachineError(
-            f"{host.name} is a libvirt host on another machine ({host.address}): a boxui "
-            "guest's kernel and initrd are files of this machine and would have to be "
-            "uploaded there, which boxui does not do yet")
-
-
-def ready_in_console(console_log: Path, boot_id: str) -> bool:
-    """Whether this boot's ready marker is in the log virtlogd keeps: how a command that
-    did not start the machine tells `ready` from `booting`."""
+def uploads_files(uri: str) -> bool:
+    """Whether a boxui domain's boot files are uploaded to the host (`volumes`) rather
+    than named by their paths here: for any URI with a host part, loopback included
+    (the daemon an SSH URI reaches may see another filesystem: a container, a
+    namespace). Only a transport-less URI (`qemu:///system`) is this machine's daemon."""
     try:
-        text = console_log.read_bytes().decode(errors="replace")
-    except OSError:
-        return False
+        return bool(urlsplit(uri).hostname)
+    except ValueError:
+        return True
+
+
+def _scan(text: str, boot_id: str) -> bool:
     return any(line.split()[:2] == [READY_MARKER, boot_id] for line in text.splitlines())
+
+
+async def console_text(lv: LibvirtHost, path: str) -> bytes:
+    """The console log a domain's serial device writes, wherever it is: a file here
+    when the daemon shares this machine's files, else a volume of boxui's pool there
+    (its end). Empty when there is none yet."""
+    if is_loopback(lv.uri):
+        with contextlib.suppress(OSError):  # not here: a volume there, or none yet
+            return await asyncio.to_thread(Path(path).read_bytes)
+    if not uploads_files(lv.uri):
+        return b""
+    return await Volumes(lv).tail(path) or b""
+
+
+async def seen_ready(lv: LibvirtHost, domain: Domain) -> bool:
+    """Whether a boxui domain libvirt shows booting has printed this boot's ready
+    marker: how a process that did not boot it (a later command, the app) tells
+    `ready`, since libvirt knows nothing of the guest inside."""
+    mark = domain.mark
+    if domain.state is not InstanceState.BOOTING or mark is None or not mark.console_log:
+        return False
+    text = await console_text(lv, mark.console_log)
+    return _scan(text.decode(errors="replace"), mark.boot_id)
 
 
 def free_port() -> int:
@@ -204,10 +233,12 @@ async def default_image(dirs: StateDir) -> GuestImage:
 class LibvirtMachines:
     """The machines of one libvirt host, over one connection (`async with`)."""
 
-    def __init__(self, dirs: StateDir, host: HostDef) -> None:
+    def __init__(self, dirs: StateDir, host: HostDef, lv: LibvirtHost | None = None) -> None:
+        """`lv`: a connection the caller has open and keeps (the app's), used as it is
+        (no `async with`)."""
         self.dirs = dirs
         self.host = host
-        self.lv = LibvirtHost(host.address)
+        self.lv = lv if lv is not None else LibvirtHost(host.address)
 
     async def __aenter__(self) -> LibvirtMachines:
         await self.lv.open()
@@ -218,20 +249,20 @@ class LibvirtMachines:
 
     # reading -------------------------------------------------------------------------
 
-    def _view(self, domain: Domain) -> MachineView:
+    async def _view(self, domain: Domain) -> MachineView:
         local = load_local(self.dirs, self.host, domain.name) if domain.boxui else None
-        state, mark = domain.state, domain.mark
-        if (state is InstanceState.BOOTING and mark is not None and mark.console_log
-                and ready_in_console(Path(mark.console_log), mark.boot_id)):
-            state = InstanceState.READY
+        state = InstanceState.READY if await seen_ready(self.lv, domain) else domain.state
         return MachineView(self.host.name, domain, local, state)
 
+    async def console_text(self, path: str) -> bytes:
+        return await console_text(self.lv, path)
+
     async def every(self) -> list[MachineView]:
-        return [self._view(domain) for domain in await self.lv.domains()]
+        return [await self._view(domain) for domain in await self.lv.domains()]
 
     async def view(self, name: str) -> MachineView:
         try:
-            return self._view(await self.lv.get(name))
+            return await self._view(await self.lv.get(name))
         except LibvirtHostError as exc:
             if str(exc).startswith("no domain"):
                 raise LibvirtMachineError(
@@ -244,7 +275,6 @@ class LibvirtMachines:
     async def create(self, spec: MachineSpec, *, start: bool) -> MachineView:
         """Define a domain for `spec` (its record written first, taken back if libvirt
         refuses), then boot it to ready unless `start` is False."""
-        need_local_files(self.host)
         try:
             await self.view(spec.name)
         except LibvirtMachineError:
@@ -259,14 +289,15 @@ class LibvirtMachines:
         try:
             await asyncio.to_thread(write_spec, directory / SPEC_FILE, spec)
             keys = await asyncio.to_thread(create_machine_keys, directory)
-            launch = await self.next_launch(spec, directory, image, keys, {}, None)
+            launch = await self._placed(
+                await self.next_launch(spec, directory, image, keys, {}, None))
             domain = await self.lv.create(launch)
             await asyncio.to_thread(write_record, directory, _record(
                 self.host, domain.uuid, launch))
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
-        return await self.start(spec.name) if start else self._view(domain)
+        return await self.start(spec.name) if start else await self._view(domain)
 
     async def next_launch(self, spec: MachineSpec, directory: Path, image: GuestImage,
                       keys: MachineKeys, last_ports: dict[str, int],
@@ -289,6 +320,20 @@ class LibvirtMachines:
             port_forwards=tuple((h, g) for h, g, p in forwards if p == "tcp"),
             udp_forwards=tuple((h, g) for h, g, p in forwards if p == "udp"))
 
+    async def _placed(self, launch: LaunchSpec) -> LaunchSpec:
+        """The launch as the host sees it: on a host that does not share this machine's
+        files, its kernel (once per host), this boot's initrd and its console log are
+        volumes of boxui's pool there (`backend.drivers.libvirt.volumes`)."""
+        if not uploads_files(self.host.address):
+            return launch
+        volumes = Volumes(self.lv)
+        kernel_name = await asyncio.to_thread(content_name, launch.kernel, "kernel")
+        kernel = await volumes.put_once(launch.kernel, kernel_name)
+        initrd = await volumes.put(launch.initrd, f"{launch.name}{INITRD_VOLUME}")
+        console = PurePosixPath(initrd).parent / f"{launch.name}{CONSOLE_VOLUME}"
+        return dataclasses.replace(launch, kernel=Path(kernel), initrd=Path(initrd),
+                                   console_log=Path(console))
+
     async def start(self, name: str) -> MachineView:
         """Boot to ready. A boxui machine of this state dir gets a new seed, boot id and
         (if its last was taken) SSH port first; any other domain is started as it is."""
@@ -298,12 +343,12 @@ class LibvirtMachines:
         if view.local is None:
             await self.lv.start(name, BOOT_TIMEOUT if view.domain.boxui else None)
             return await self.view(name)
-        need_local_files(self.host)
         local = view.local
         image = await default_image(self.dirs)
         keys = await asyncio.to_thread(create_machine_keys, local.directory)
-        launch = await self.next_launch(local.spec, local.directory, image, keys,
-                                    local.record.ports, local.record.ssh_port)
+        launch = await self._placed(await self.next_launch(
+            local.spec, local.directory, image, keys, local.record.ports,
+            local.record.ssh_port))
         await self.lv.redefine(launch, local.record.uuid)
         await asyncio.to_thread(write_record, local.directory,
                                 _record(self.host, local.record.uuid, launch))
@@ -342,6 +387,8 @@ class LibvirtMachines:
                 f"{name} is {view.state.value} on host {self.host.name}: stop it first, "
                 "or rm --force")
         await self.lv.delete(name, force=force)
+        if view.domain.boxui and uploads_files(self.host.address):
+            await Volumes(self.lv).remove(f"{name}{INITRD_VOLUME}", f"{name}{CONSOLE_VOLUME}")
         await asyncio.to_thread(shutil.rmtree, machine_dir(self.dirs, self.host, name), True)
 
     async def login(self, name: str) -> tuple[LocalMachine, int]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from backend.errors import BoxuiError
-from backend.hosts.libvirt_machines import LibvirtMachines, MachineView, need_local_files
+from backend.hosts.libvirt_machines import LibvirtMachines, MachineView
 from backend.hosts.registry import HostDef
 from backend.state.state_dir import open_state_dir
 
@@ -120,7 +120,6 @@ def _spec(host: HostDef, params: Params) -> MachineSpec:
 
 def _create(host: HostDef, params: Params) -> int:
     spec = _spec(host, params)
-    need_local_files(host)  # before connecting: a far host may take long to answer
     start = bool(params.get("start", True))
     view = _on(host, lambda m: m.create(spec, start=start))
     return _show(view, params.get("as_json", False))
@@ -186,7 +185,8 @@ def _info(host: HostDef, params: Params) -> int:
                              for guest, port in record.ports.items())
         lines += [("accel", record.accel), ("ssh_port", str(view.ssh_port)),
                   ("forwards", forwards), ("boot_id", record.boot_id),
-                  ("console log", str(local.console_log)), ("files", str(local.directory))]
+                  ("console log", domain.mark.console_log or "" if domain.mark else ""),
+                  ("files", str(local.directory))]
     click.echo("\n".join(f"{key + ':':<16}{value}" for key, value in lines if value))
     return 0
 
@@ -229,16 +229,15 @@ def _logs(host: HostDef, params: Params) -> int:
         raise _refuse(host, "logs --follow and --provision are not available there "
                       "(`boxui logs --host HOST NAME` prints the console log so far)"
                       .replace("HOST", host.name))
-    view = _on(host, lambda m: m.view(params["name"]))
-    if view.local is None:
-        raise _refuse(host, f"{view.name} has no console log here (it was not created "
-                      "by this boxui; virsh console reaches it)")
-    try:
-        sys.stdout.buffer.write(view.local.console_log.read_bytes())
-    except FileNotFoundError:
-        pass  # never booted: nothing written yet
-    except OSError as exc:
-        raise NotOnLibvirtError(f"{view.local.console_log}: {exc.strerror}") from None
+    async def read(machines: LibvirtMachines) -> bytes:
+        view = await machines.view(params["name"])
+        mark = view.domain.mark
+        if view.local is None or mark is None or not mark.console_log:
+            raise _refuse(host, f"{view.name} has no console log here (it was not "
+                          "created by this boxui; virsh console reaches it)")
+        return await machines.console_text(mark.console_log)  # empty: never booted
+
+    sys.stdout.buffer.write(_on(host, read))
     sys.stdout.flush()
     return 0
 

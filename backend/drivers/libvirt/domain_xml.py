@@ -8,7 +8,8 @@ Choices worth knowing:
   forwards ports only with passt, which Debian 12's libvirt host need not have. libvirt
   then marks the domain tainted (custom-argv); that is what a `hostfwd` costs.
 - The serial console is a pty (so `virDomainOpenConsole` reads it, locally or over
-  `qemu+ssh://`) whose output virtlogd also appends to the machine's console log.
+  `qemu+ssh://`) whose output virtlogd also writes to the machine's console log,
+  from scratch at each start.
 - `on_reboot`/`on_crash` destroy: as `-no-reboot` does locally, a reboot or a panic
   (`panic=-1`) ends the domain, so boxui is told by a lifecycle event.
 - boxui's metadata (its own XML namespace) marks a domain boxui created: only those may
@@ -88,7 +89,9 @@ def _devices(domain: ET.Element, spec: LaunchSpec) -> None:
     devices = _sub(domain, "devices")
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
-    _sub(serial, "log", file=str(spec.console_log), append="on")
+    # started afresh by every boot: a boot id virsh starts again must not find its last
+    # boot's ready marker there (how another process tells ready)
+    _sub(serial, "log", file=str(spec.console_log), append="off")
     _sub(_sub(devices, "console", type="pty"), "target", type="serial", port="0")
     if spec.disk_image is not None:
         disk = _sub(devices, "disk", type="file", device="disk")

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from backend.hosts.ssh_link import HostUnreachableError
 from backend.state.events import CloudEvent, now_utc
+from backend.state.lifecycle import InstanceState
 from backend.state.machine_store import LoadedMachine
+from backend.state.state_dir import open_state_dir
 from backend.supervision.health import HealthSample
 from boxui.tui.fleet.follower import Follower, NotOfferedError
 from boxui.tui.fleet.messages import HostEventArrived, HostHealthSampled
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from backend.drivers.libvirt.host import Domain, DomainEvent, LibvirtEvent, LibvirtHost
 
 HEALTH_EVERY = 1.0
-#: how long `start` waits for a boxui domain's guest to be ready
-READY_TIMEOUT = 300.0
 
 
 def machine_of(domain: Domain) -> LoadedMachine:
@@ -99,21 +99,47 @@ class LibvirtFollower(Follower):
                 self.snapshot.health[sample.machine] = sample
             if samples:
                 self.post(HostHealthSampled(self.name, [s.machine for s in samples]))
+            await self._find_ready(driver)
             await asyncio.sleep(HEALTH_EVERY)
 
+    async def _find_ready(self, driver: LibvirtHost) -> None:
+        """A boxui guest this app did not boot (the CLI did, or virsh) tells it is ready
+        only on its console, which libvirt has no event for: its log is read with each
+        sample while it shows booting (a small read, and only then)."""
+        from backend.drivers.libvirt.host import DomainEvent, LibvirtHostError
+        from backend.hosts.libvirt_machines import seen_ready
+
+        for name, machine in list(self.snapshot.machines.items()):
+            if machine.state is not InstanceState.BOOTING:
+                continue
+            try:
+                domain = await driver.get(name)
+            except LibvirtHostError:
+                continue  # gone meanwhile: its event says so
+            if await seen_ready(driver, domain):
+                self.post(HostEventArrived(self.name, self._apply(DomainEvent(
+                    name, domain.uuid, InstanceState.READY, "", True))))
+
     async def act(self, verb: str, name: str) -> None:
+        """As the CLI's `--host` commands do (`LibvirtMachines`, over this connection): a
+        machine this state dir made gets a new seed and boot id per start, a stop waits
+        its own ACPI timeout, a delete takes its record and volumes too and refuses a
+        running one or a domain boxui did not create."""
+        from backend.hosts.libvirt_machines import LibvirtMachines
+
         driver = self.driver
         if driver is None:
             raise HostUnreachableError(f"host {self.name} is unreachable: "
                                        f"{self.snapshot.reason}")
+        machines = LibvirtMachines(open_state_dir(self.home), self.host, lv=driver)
         if verb == "start":
-            await driver.start(name, ready_timeout=READY_TIMEOUT)
+            await machines.start(name)
         elif verb == "stop":
-            await driver.stop(name)
+            await machines.stop(name, force=False)
         elif verb == "restart":
-            await driver.restart(name, ready_timeout=READY_TIMEOUT)
+            await machines.restart(name)
         elif verb == "delete":
-            await driver.delete(name)  # a domain boxui did not create is refused
+            await machines.delete(name, force=False)
         else:
             await super().act(verb, name)
 
