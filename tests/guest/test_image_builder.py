@@ -95,7 +95,7 @@ def test_init_asks_for_single_page_reports_once_the_balloon_is_up() -> None:
     # Linux 6.1 resets the order when the balloon registers: set after the insmods
     order = "/sys/module/page_reporting/parameters/page_reporting_order"
     for script in (INIT, BUILTIN_INIT):
-        assert f'echo 0 > "$order"' in script and order in script
+        assert 'echo 0 > "$order"' in script and order in script
         assert script.index("page_reporting_order") > script.rfind("insmod")
         assert script.index("page_reporting_order") < script.index("exec /sbin/init")
 

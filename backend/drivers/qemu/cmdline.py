@@ -78,8 +78,9 @@ TCG_TB_SIZE_MIB = 64
 #: translates afresh), so at 64 five logins after boot filled and flushed it anyway. At
 #: 32 it is flushed about as often, with the same boot CPU and login times (bench
 #: figures in README, "Memory per machine"), and a used guest holds 32 MiB less. At 24 a
-#: boot flushes it once or twice; at 16 five times, logins take twice as long and a cold
-#: boot 19 % longer (`bench/memory.py --tb-size 16`).
+#: boot flushes it once, and QEMU's CPU to ready was 1.65 s median against 1.38 (s24,
+#: three paired boots); at 16 twice, and the bench's cold boot took 1.38 times as long
+#: (CPU 1.23) for an idle guest 16 MiB smaller (`bench/memory.py --tb-size 16`).
 SMALL_KERNEL_TB_SIZE_MIB = 32
 
 
