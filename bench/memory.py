@@ -20,7 +20,7 @@ From one run, each through boxui's supervisor (`Supervisor.start_machine`):
 - pooled: --count warm pool members of that template (restored, each past one SSH
   login, idle), sampled alike (`pooled_group`);
 - with --before, --count more cold boots launched as before the memory options (plain
-  `-accel tcg`, THP allowed), for the difference in the same run;
+  `-accel tcg`, THP allowed, no free page reporting), for the difference in the same run;
 - with --debian, --count more cold boots of the default guest on Debian's kernel.
 PSS splits each shared page among the processes mapping it: the guest image is a private
 copy made for this run, so only this run's machines share its kernel file; the QEMU
@@ -29,10 +29,12 @@ group's first machine's PSS is also broken down by mapping (guest RAM, TCG's buf
 the kernel file, QEMU's heap, libraries), from /proc/PID/smaps.
 
 Cold boot: bare QEMU boots of the guest to its ready marker, alternating (`BOOT_VARIANTS`)
-Debian's kernel without the memory options ("before": no `tb-size`, THP allowed),
-boxui's kernel with the previous options ("previous": s22's `tb-size=64`) and boxui's
-argv and kernel as they are now, --boot-runs each; the medians of the wall time compared
-(now / before, now / previous), QEMU's CPU seconds beside.
+Debian's kernel without the memory options ("before": no `tb-size`, THP allowed, no free
+page reporting), boxui's kernel with the previous options ("previous": s23's
+`tb-size=32`, no free page reporting) and boxui's argv and kernel as they are now,
+--boot-runs each; the medians of the wall time compared (now / before, now / previous),
+QEMU's CPU seconds beside. The breakdown ends with the first machine's `info jit`: how
+much of TCG's buffer its code filled and how often it was flushed.
 
 --tb-size N runs "now" (every group and the "now" boots) with TCG's buffer at N MiB
 instead of `cmdline.tb_size_mib`'s: the trade between memory and boot time, measured
@@ -57,6 +59,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import psutil
 
@@ -64,10 +67,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import backend.drivers.qemu.cmdline as cmdline
 import backend.drivers.qemu.driver as qemu_driver
+from backend.drivers.base import VmHandle
 from backend.drivers.qemu.accel import resolve_accel
 from backend.drivers.qemu.cmdline import QemuConfig, build_argv, find_qemu
 from backend.drivers.qemu.driver import QemuDriver
 from backend.drivers.qemu.host_memory import preexec_for
+from backend.drivers.qemu.qmp_ops import execute
 from backend.drivers.qemu.readiness import wait_for_ready
 from backend.guest.image_builder import CURRENT_FILE, GuestImage, build_default_image
 from backend.guest.machine_seed import (
@@ -103,6 +108,8 @@ class Group:
     start_seconds: list[float]
     #: the first machine's PSS and RSS by mapping (`pss_by_mapping`)
     breakdown: dict[str, Sample] | None = None
+    #: the first machine's translation buffer as QEMU counts it (`translation_fill`)
+    jit: str = ""
 
 
 def smaps_rollup(pid: int) -> Sample:
@@ -174,14 +181,31 @@ def build_images(cache: Path) -> tuple[GuestImage, GuestImage]:
 
 @contextlib.contextmanager
 def memory_options_off() -> Iterator[None]:
-    """The driver launches QEMU as before the memory options: plain `-accel tcg`, THP."""
-    saved = vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"]
+    """The driver launches QEMU as before the memory options: plain `-accel tcg`, THP,
+    no free page reporting."""
+    names = (cmdline, "accel_option"), (qemu_driver, "preexec_for"), (
+        cmdline, "free_page_reporting")
+    saved = [vars(module)[name] for module, name in names]
     vars(cmdline)["accel_option"] = lambda accel, kernel: accel
     vars(qemu_driver)["preexec_for"] = lambda accel: None
+    vars(cmdline)["free_page_reporting"] = lambda config: False
     try:
         yield
     finally:
-        vars(cmdline)["accel_option"], vars(qemu_driver)["preexec_for"] = saved
+        for (module, name), value in zip(names, saved, strict=True):
+            vars(module)[name] = value
+
+
+async def translation_fill(driver: QemuDriver, handle: VmHandle) -> str:
+    """What TCG's buffer holds and how often it was flushed, from QEMU's `info jit`
+    (over the driver's own QMP connection; a second client would wait for it)."""
+    if handle.accel != "tcg":
+        return ""
+    text = await execute(driver._qmp_of(handle), "human-monitor-command",
+                         {"command-line": "info jit"})
+    wanted = ("gen code size", "TB count", "TB flush count")
+    return "; ".join(" ".join(line.split()) for line in str(text).splitlines()
+                     if line.strip().startswith(wanted))
 
 
 async def idle_group(sup: Supervisor, label: str, specs: list[MachineSpec],
@@ -197,9 +221,10 @@ async def idle_group(sup: Supervisor, label: str, specs: list[MachineSpec],
     pids = [sup.handles[spec.name].pid for spec in specs]
     samples = [smaps_rollup(pid) for pid in pids]
     breakdown = pss_by_mapping(pids[0], specs[0].memory_mib)
+    jit = await translation_fill(cast(QemuDriver, sup.driver), sup.handles[specs[0].name])
     for spec in specs:
         await sup.stop_machine(spec.name, force=True)
-    return Group(label, samples, times, breakdown)
+    return Group(label, samples, times, breakdown, jit)
 
 
 async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
@@ -216,12 +241,13 @@ async def pooled_group(sup: Supervisor, args: argparse.Namespace) -> Group:
             await manager.next_ready()  # told as each member becomes ready
             times.append(time.perf_counter() - started)
     await asyncio.sleep(args.idle)
-    pids = [m.handle.pid for m in manager.members.values()]
-    samples = [smaps_rollup(pid) for pid in pids]
-    breakdown = pss_by_mapping(pids[0], args.memory)
+    handles = [m.handle for m in manager.members.values()]
+    samples = [smaps_rollup(handle.pid) for handle in handles]
+    breakdown = pss_by_mapping(handles[0].pid, args.memory)
+    jit = await translation_fill(cast(QemuDriver, sup.driver), handles[0])
     choose_size(sup.engine.dirs, "bench:worker", 0)
     await manager.reconcile()
-    return Group("pooled (warm pool members)", samples, times, breakdown)
+    return Group("pooled (warm pool members)", samples, times, breakdown, jit)
 
 
 async def measure_groups(args: argparse.Namespace, home: Path, image: GuestImage,
@@ -321,12 +347,14 @@ async def bare_boot(image: GuestImage, work: Path, index: int, memory: int,
             os.kill(int(config.pidfile.read_text()), signal.SIGKILL)
 
 
-#: s22's translation buffer (MiB), the previous configuration's
-PREVIOUS_TB_SIZE_MIB = 64
+#: s23's translation buffer (MiB), the previous configuration's (which had no free page
+#: reporting either)
+PREVIOUS_TB_SIZE_MIB = 32
 #: (label, Debian's kernel?, options); the first two are what "now" is compared with
 BOOT_VARIANTS = (
     ("before the memory work: Debian's kernel, no memory options", True, "before"),
-    (f"previous: boxui's kernel, tb-size {PREVIOUS_TB_SIZE_MIB}", False, "previous"),
+    (f"previous: boxui's kernel, tb-size {PREVIOUS_TB_SIZE_MIB}, no page reporting", False,
+     "previous"),
     ("now: boxui's argv and kernel", False, "now"),
 )
 
@@ -346,12 +374,13 @@ async def boot_times(args: argparse.Namespace, home: Path, image: GuestImage,
 
 
 def argv_with(argv: list[str], tb_size: int | None) -> list[str]:
-    """boxui's argv with TCG's buffer at `tb_size` MiB (None: QEMU's default), as the
-    earlier configurations launched QEMU."""
+    """boxui's argv with TCG's buffer at `tb_size` MiB (None: QEMU's default) and no free
+    page reporting, as the earlier configurations launched QEMU."""
     at = argv.index("-accel") + 1
     accel = argv[at].split(",")[0]
-    return [*argv[:at], accel if tb_size is None else f"{accel},tb-size={tb_size}",
+    argv = [*argv[:at], accel if tb_size is None else f"{accel},tb-size={tb_size}",
             *argv[at + 1:]]
+    return [arg.replace(",free-page-reporting=on", "") for arg in argv]
 
 
 def load_average() -> str:
@@ -394,6 +423,8 @@ def report(args: argparse.Namespace, groups: list[Group], image: GuestImage,
             for kind, sample in sorted(group.breakdown.items(), key=lambda kv: -kv[1].pss_mib):
                 if sample.rss_mib >= 0.1:
                     print(f"    {kind:<40}{sample.pss_mib:>7.1f} / {sample.rss_mib:.1f}")
+            if group.jit:
+                print(f"    (info jit: {group.jit})")
     print()
     medians = [statistics.median(boot.seconds for boot in runs) for runs in times]
     cpu = [statistics.median(boot.cpu_seconds for boot in runs) for runs in times]

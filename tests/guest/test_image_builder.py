@@ -12,7 +12,13 @@ import pytest
 
 from backend.guest import apt, image_builder
 from backend.guest.errors import GuestImageError
-from backend.guest.guest_files import GUEST_TEXT_FILES, INIT, MODULES, guest_text_fingerprint
+from backend.guest.guest_files import (
+    BUILTIN_INIT,
+    GUEST_TEXT_FILES,
+    INIT,
+    MODULES,
+    guest_text_fingerprint,
+)
 from backend.guest.image_builder import (
     BUILDER_VERSION,
     compute_content_hash,
@@ -83,6 +89,15 @@ def test_init_loads_modules_in_the_documented_order() -> None:
     positions = [INIT.index(f"/{name}.ko") for name, _ in MODULES]
     assert positions == sorted(positions)
     assert [name for name, _ in MODULES][:3] == ["virtio_ring", "virtio", "virtio_mmio"]
+
+
+def test_init_asks_for_single_page_reports_once_the_balloon_is_up() -> None:
+    # Linux 6.1 resets the order when the balloon registers: set after the insmods
+    order = "/sys/module/page_reporting/parameters/page_reporting_order"
+    for script in (INIT, BUILTIN_INIT):
+        assert 'echo 0 > "$order"' in script and order in script
+        assert script.index("page_reporting_order") > script.rfind("insmod")
+        assert script.index("page_reporting_order") < script.index("exec /sbin/init")
 
 
 def write_image(root: Path, content_hash: str, *, kernel_file: str = "vmlinux") -> Path:

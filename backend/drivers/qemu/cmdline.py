@@ -34,6 +34,18 @@ Choices worth knowing:
   boot and SSH logins (see TCG_TB_SIZE_MIB). Under KVM there is no buffer.
   Neither this nor THP (`host_memory`) changes the guest's RAM layout or device state,
   so snapshots taken before them restore as before.
+- Free page reporting (`free_page_reporting`): the balloon tells QEMU which guest pages
+  the guest has freed, and QEMU gives them back to the host (MADV_DONTNEED). A cold boot
+  frees its initrd's copy, the kernel's __init sections and what the boot's processes
+  used, all touched once and never again: ~5.5 MiB of an idle guest's RAM. The guest
+  reports single pages (its /init sets `page_reporting_order` to 0, `guest_files`): the
+  kernel's default reports only 4 MiB blocks, which those pages never form. Only under
+  TCG: under KVM guest RAM is in huge pages (`host_memory`), which 4 KiB reports would
+  split. Only for anonymous guest RAM: QEMU 7.2 discards a file-backed range by
+  punching a hole in the file even when the mapping is private, which for a restore is
+  the template's RAM file its clones share; and a template build's snapshot then keeps
+  the balloon as every restore declares it. The kernel command line is not changed, so
+  templates built before restore as before.
 """
 
 from __future__ import annotations
@@ -66,8 +78,9 @@ TCG_TB_SIZE_MIB = 64
 #: translates afresh), so at 64 five logins after boot filled and flushed it anyway. At
 #: 32 it is flushed about as often, with the same boot CPU and login times (bench
 #: figures in README, "Memory per machine"), and a used guest holds 32 MiB less. At 24 a
-#: boot flushes it once or twice; at 16 five times, logins take twice as long and a cold
-#: boot 19 % longer (`bench/memory.py --tb-size 16`).
+#: boot flushes it once, and QEMU's CPU to ready was 1.65 s median against 1.38 (s24,
+#: three paired boots); at 16 twice, and the bench's cold boot took 1.38 times as long
+#: (CPU 1.23) for an idle guest 16 MiB smaller (`bench/memory.py --tb-size 16`).
 SMALL_KERNEL_TB_SIZE_MIB = 32
 
 
@@ -170,6 +183,16 @@ def tb_size_mib(kernel: Path) -> int:
     return SMALL_KERNEL_TB_SIZE_MIB if kernel.name == GUEST_KERNEL_FILE else TCG_TB_SIZE_MIB
 
 
+def free_page_reporting(config: QemuConfig) -> bool:
+    """The balloon reports freed guest pages: under TCG, for anonymous guest RAM (above)."""
+    return config.accel == "tcg" and config.ram_file is None and not config.incoming
+
+
+def balloon_device(config: QemuConfig) -> str:
+    reporting = ",free-page-reporting=on" if free_page_reporting(config) else ""
+    return f"virtio-balloon-device,id={BALLOON_ID}{reporting}"
+
+
 def accel_option(accel: Accel, kernel: Path) -> str:
     """`-accel`'s value: TCG with its translation buffer capped, KVM as it is."""
     return f"tcg,tb-size={tb_size_mib(kernel)}" if accel == "tcg" else accel
@@ -203,7 +226,7 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
                    + "".join(f",hostfwd=udp:127.0.0.1:{host}-:{guest}"
                              for host, guest in config.udp_forwards),
         "-device", "virtio-net-device,netdev=n0,id=net0",
-        "-device", f"virtio-balloon-device,id={BALLOON_ID}",
+        "-device", balloon_device(config),
         "-device", "virtio-rng-device,id=rng0",
         "-qmp", f"unix:{_opt(config.qmp_socket)},server=on,wait=off",
         "-pidfile", str(config.pidfile),
