@@ -289,15 +289,17 @@ class Supervisor(Interruptions):
             run_dir = await asyncio.to_thread(self.engine.dirs.ensure_run_dir, name)
             handle = await self._launch(boot, files, run_dir)
             await self._hold(name, handle, process_record(handle))
+            if name in self._aborting:  # the stop came before there was a process to kill
+                raise BoxuiError("stopped before it was ready")
             note, freshened = await self._until_ready(boot, handle, run_dir, progress)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:
-                self._aborting.discard(name)
                 return
             raise
         finally:
             self._booting.discard(name)
+            self._aborting.discard(name)  # a stop aborts this boot only, never a later one
         await self.engine.transition(
             name, Verb.READY, update=freshened, message=f"ready in {self._clock() - started:.1f} s "
             f"(ssh on 127.0.0.1:{handle.ssh_port}){note}",
@@ -337,10 +339,13 @@ class Supervisor(Interruptions):
                 note, freshened = await freshening
             except (BoxuiError, OSError) as exc:
                 await self._boot_failed(name, handle, exc)
+                if name in self._aborting:
+                    return  # stopped meanwhile, as asked
                 raise
             finally:
                 freshening.cancel()
                 self._booting.discard(name)
+                self._aborting.discard(name)
             await self.engine.transition(
                 name, Verb.READY, update=freshened,
                 message=f"ready in {self._clock() - started:.3f} s, claimed from the warm "
@@ -556,11 +561,11 @@ class Supervisor(Interruptions):
                 if self.handles.get(name) is handle:  # else its exit was handled already
                     await self._boot_failed(name, handle, exc)
                 if name in self._aborting:
-                    self._aborting.discard(name)
                     return
                 raise
             finally:
                 self._booting.discard(name)
+                self._aborting.discard(name)
             await self.engine.transition(name, Verb.READY,
                                          message=f"re-adopted pid {handle.pid}; ready")
             self.tracker(name).machine_up()
