@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.daemon_helpers import kill_stand_ins
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 START_TIMEOUT = 10.0
@@ -113,3 +114,15 @@ def sshd_running(root: Path, remote_home: Path) -> Iterator[Sshd]:
         yield sshd
     finally:
         sshd.stop()
+
+
+@contextlib.contextmanager
+def remote_boxui_sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """An sshd whose logins run boxui in `tmp_path/remote`; the stand-in guests its
+    daemon left there are killed afterwards (they outlive a daemon on purpose)."""
+    remote = tmp_path / "remote"
+    try:
+        with sshd_running(tmp_path / "sshd", remote) as server:
+            yield server
+    finally:
+        kill_stand_ins(remote)

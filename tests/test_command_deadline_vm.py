@@ -5,13 +5,10 @@ registry says `expired` with the reason (boots a guest: `vm`)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.vm_helpers import VM_MARKS, boxui, start_daemon
+from tests.vm_helpers import VM_MARKS, boxui, start_daemon, stop_daemon
 
 pytestmark = VM_MARKS
 
@@ -48,9 +45,4 @@ def test_a_deadline_kills_the_command_in_the_guest(vm_home: Path) -> None:
         assert (again.returncode, again.stdout) == (0, "ok\n"), again.stderr
         assert boxui(home, "stop", "--force", "vm").returncode == 0
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            pytest.fail("the daemon did not exit on SIGTERM")
+        stop_daemon(daemon)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import cli_env
 from tests.test_exec_client import SOURCE
-from tests.vm_helpers import VM_MARKS, boxui, start_daemon
+from tests.vm_helpers import VM_MARKS, boxui, start_daemon, stop_daemon
 
 pytestmark = VM_MARKS
 
@@ -58,12 +58,7 @@ def test_native_exec_is_the_python_paths(vm_home: Path, native: Path) -> None:
         assert (stopped.returncode, stopped.stderr) == (
             1, "boxui: vm is stopped, not running; start it with: boxui start vm\n")
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            pytest.fail("the daemon did not exit on SIGTERM")
+        stop_daemon(daemon)
     assert not (vm_home / "run" / "exec.sock").exists()
 
 
@@ -78,9 +73,4 @@ def test_native_run_in_a_fresh_guest(vm_home: Path, native: Path) -> None:
         assert (ran.returncode, ran.stdout, ran.stderr) == (3, b"c1\n", b"err\n"), ran.stderr
         assert boxui(vm_home, "ls", "--json").stdout.strip() == "[]"
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            pytest.fail("the daemon did not exit on SIGTERM")
+        stop_daemon(daemon)

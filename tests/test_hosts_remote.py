@@ -15,18 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import daemon_running, kill_stand_ins
-from tests.sshd_helpers import Sshd, sshd_running
+from tests.daemon_helpers import daemon_running
+from tests.sshd_helpers import Sshd, remote_boxui_sshd
 
 BOXUI_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "boxui"
 
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    remote = tmp_path / "remote"
-    with sshd_running(tmp_path / "sshd", remote) as server:
+    with remote_boxui_sshd(tmp_path) as server:
         yield server
-    kill_stand_ins(remote)
     stop_keepers_of(tmp_path / "local")
 
 

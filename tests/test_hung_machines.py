@@ -8,6 +8,7 @@ fast here (tenths of seconds); every wait has a timeout that fails the test.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from backend.drivers.base import VmHandle
 from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState, Verb
-from backend.state.machine_spec import LivenessSpec
+from backend.state.machine_spec import LivenessSpec, MachineSpec
 from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.liveness import LivenessProbes
 from backend.supervision.machine_exec import ExecOutput
@@ -91,6 +92,33 @@ async def test_unresponsive_machine_is_killed_and_restarted_by_policy(
         assert driver.starts["vm"] == 2 and sup.handles["vm"].pid != pid
         await asyncio.sleep(0.3)  # the new process answers: it stays ready
         assert engine.projection.state_of("vm") is S.READY
+
+
+async def test_restart_policy_of_a_hung_machine_is_read_off_the_event_loop(
+        engine: Engine, driver: FakeDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading machine.toml blocks (a slow disk, a busy host): it must not stall the
+    event loop, which serves every other machine, at each beat of a hung one."""
+    await engine.create_machine(spec("vm", restart="never"))
+    loop_thread, readers = threading.get_ident(), []
+    load_spec = engine.store.load_spec
+
+    def watched(name: str) -> MachineSpec:
+        readers.append(threading.get_ident())
+        return load_spec(name)
+
+    monkeypatch.setattr(engine.store, "load_spec", watched)
+    async with fast(make_supervisor(engine, driver), grace=0.1).running(
+            recover=recover_machines) as sup:
+        await sup.start_machine("vm")
+        readers.clear()
+        driver.hang_qmp("vm")
+        await wait_state(engine, "vm", S.UNRESPONSIVE, timeout=5)
+        async with asyncio.timeout(5):
+            while not readers:  # the policy is read once the grace has passed
+                await asyncio.sleep(0.02)
+        assert loop_thread not in readers
+        assert engine.projection.state_of("vm") is S.UNRESPONSIVE  # "never": left alone
+        driver.hang_qmp("vm", hung=False)
 
 
 async def test_recovery_after_grace_never_kills(engine: Engine, driver: FakeDriver) -> None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -155,3 +158,57 @@ def test_a_stale_journal_line_only_costs_a_validation(dirs: StateDir) -> None:
     views = list_views(dirs, supervised=True)
     assert views == full(dirs, True)
     assert views[0]["state"] == "ready"
+
+
+_CHURN = """
+import sys, time
+from pathlib import Path
+from backend.state import listing_cache
+from backend.state.lifecycle import InstanceState, PersistedState
+from backend.state.runtime_record import RuntimeRecord, write_record
+from backend.state.state_dir import StateDir
+
+listing_cache.JOURNAL_MIN_LIMIT = 2048  # fold often: each fold rewrites the cache
+dirs = StateDir(Path(sys.argv[1]))
+print("go", flush=True)
+deadline, n = time.monotonic() + float(sys.argv[2]), 0
+while time.monotonic() < deadline:
+    write_record(dirs.record_path("a"), RuntimeRecord(
+        state=InstanceState.READY if n % 2 else InstanceState.BUSY,
+        persisted=PersistedState.RUNNING))
+    listing_cache.refresh(dirs, ["a"])
+    n += 1
+print(n, flush=True)
+"""
+
+
+def test_two_processes_writing_the_cache_never_tear_it(dirs: StateDir) -> None:
+    """A daemon (here a child process) journals and folds while a CLI `ls` (this one)
+    lists and rewrites the cache: every read of the cache file is whole, machines that do
+    not change always list as the full load does, and once the writer stops the listing
+    is the full load's again (nothing is stale for good)."""
+    store = MachineStore(dirs)
+    for name in ("a", "b", "c"):
+        store.create(spec(name))
+    steady = {v["name"]: v for v in full(dirs, True) if v["name"] != "a"}
+    child = subprocess.Popen([sys.executable, "-c", _CHURN, str(dirs.root), "1.5"],
+                             stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"go\n"
+        listings = 0
+        while child.poll() is None:
+            with contextlib.suppress(FileNotFoundError):
+                raw = (dirs.machines / CACHE_NAME).read_bytes()
+                assert orjson.loads(raw)["version"] == listing_cache.CACHE_VERSION
+            views = {v["name"]: v for v in list_views(dirs, supervised=True)}
+            assert {n: views[n] for n in steady} == steady
+            assert views["a"]["name"] == "a"
+            listings += 1
+        assert child.wait(10) == 0
+        assert int(child.stdout.readline()) > 10 and listings > 10, "they did overlap"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+    assert list_views(dirs, supervised=True) == full(dirs, True)
+    assert list_views(dirs, supervised=False) == full(dirs, False)

@@ -25,7 +25,7 @@ from backend.supervision.crash_recovery import recover_machines
 from backend.supervision.host_checks import check_orphans
 from backend.supervision.orphan_gc import collect_orphans, list_orphans
 from backend.supervision.orphans import scan
-from backend.supervision.supervisor import Supervisor
+from backend.supervision.supervisor import MachineBusyError, Supervisor
 from backend.templates.machine_from_template import spec_from_template
 from tests.fake_driver import FakeBootFiles
 from tests.templates.helpers import TCG, SnapshotDriver, fabricate, snapshot_info
@@ -270,3 +270,27 @@ async def test_gc_and_the_doctor_tell_pool_members_from_orphans(
         assert [(d["pid"], d["action"][:6]) for d in done] == [(members[lost], "killed")]
         await until(lambda: members[lost] not in snap_driver.alive(), "the orphan gone")
         assert {members[kept], claimed_pid} <= set(snap_driver.alive())
+
+
+async def test_a_claimed_members_qemu_left_behind_is_the_machines_leftover(
+        engine: Engine, snap_driver: SnapshotDriver, warm_pool: OpenPool) -> None:
+    """A claimed QEMU still carries the member's name; once its machine no longer holds
+    it (recorded crashed, the process alive), stop, rm and gc must still know it as that
+    machine's: stop kills it, rm refuses without --force, gc says whose it was."""
+    async with warm_pool(1) as pool:
+        await engine.create_machine(spec_from_template(engine.dirs, "api1", REF))
+        await pool.sup.start_machine("api1")
+        record = engine.store.load_record("api1")
+        claimed_pid, member = record.pid, record.launched_as
+    assert claimed_pid in snap_driver.alive() and member is not None
+    sup = Supervisor(engine, snap_driver, FakeBootFiles(), accel_for=lambda _r: TCG)
+    async with sup.running(recover=None):  # as after a recovery that could not adopt it
+        await sup.machine_crashed("api1", "its QMP did not answer")
+        assert await sup.leftovers("api1") == [claimed_pid]
+        with pytest.raises(MachineBusyError, match=f"pid {claimed_pid}"):
+            await sup.delete_machine("api1")
+        [orphan] = [o for o in await list_orphans(sup) if o.process.pid == claimed_pid]
+        assert orphan.reason == f"warm pool member {member}, claimed: api1 is crashed"
+        await sup.stop_machine("api1")
+        await until(lambda: claimed_pid not in snap_driver.alive(), "the leftover killed")
+        assert await sup.leftovers("api1") == []

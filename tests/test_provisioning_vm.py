@@ -7,25 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import IMAGE_CACHE
 from tests.debian_image import IMAGE_NAME, build_image
-from tests.vm_helpers import VM_MARKS, boxui, info, qemu_pids, start_daemon
+from tests.vm_helpers import VM_MARKS, boxui, info, qemu_pids, start_daemon, stop_daemon
 
 pytestmark = VM_MARKS
-
-
-def stop_daemon(daemon: subprocess.Popen[str]) -> None:
-    daemon.terminate()
-    try:
-        daemon.wait(30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        pytest.fail("the daemon did not exit on SIGTERM")
 
 
 def marker(home: Path) -> str:

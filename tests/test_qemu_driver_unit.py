@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import psutil
 import pytest
 
 from backend.drivers import process_identity
-from backend.drivers.base import StopTimeouts
+from backend.drivers.base import StopTimeouts, VmHandle
 from backend.drivers.errors import DriverError
 from backend.drivers.process_identity import PidWatch, cmdline_of, verify_identity
 from backend.drivers.qemu import qmp_ops
@@ -154,6 +155,61 @@ async def test_escalation_ends_a_process_that_ignores_everything_but_sigkill() -
         assert ending.describe(False) == "process exited (not by boxui)"
         assert proc.wait(5) == -signal.SIGKILL
     finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+#: a process that answers QMP on the socket it is given, as QEMU would, until killed
+_QMP_SERVER = """
+import json, socket, sys
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+server.listen()
+print("ready", flush=True)
+conn, _ = server.accept()
+greeting = {"QMP": {"version": {"qemu": {"major": 8, "minor": 2, "micro": 0},
+                                "package": ""}, "capabilities": []}}
+conn.sendall(json.dumps(greeting).encode() + b"\\r\\n")
+decoder, pending = json.JSONDecoder(), ""
+while chunk := conn.recv(65536):  # commands come as bare JSON, not lines
+    pending += chunk.decode()
+    while pending.strip():
+        asked, end = decoder.raw_decode(pending.lstrip())
+        pending = pending.lstrip()[end:]
+        reply = {"return": {}, **({"id": asked["id"]} if "id" in asked else {})}
+        conn.sendall(json.dumps(reply).encode() + b"\\r\\n")
+"""
+
+
+async def test_a_killed_qemus_qmp_failure_is_retrieved(tmp_path: Path) -> None:
+    """Killing QEMU ends its QMP connection with EOFError in qemu.qmp's reader; unless
+    the driver disconnects, nobody retrieves it and asyncio prints "_GatheringFuture
+    exception was never retrieved" when the client is collected (seen after vm tests)."""
+    socket_path = tmp_path / "qmp.sock"
+    proc = subprocess.Popen([sys.executable, "-c", _QMP_SERVER, str(socket_path)],
+                            stdout=subprocess.PIPE)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context["message"]))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        started = start_time_of(proc.pid)
+        assert started is not None
+        handle = VmHandle(name="vm", pid=proc.pid, start_time=started, ssh_port=0,
+                          boot_id="b", accel="tcg", console_log=tmp_path / "console.log",
+                          qmp_socket=socket_path)
+        driver = QemuDriver()
+        await driver._hold(handle, PidWatch(proc.pid))
+        assert driver._live[proc.pid].qmp is not None, "connected, as to a QEMU"
+        await asyncio.wait_for(driver.kill(handle), 10)
+        await asyncio.sleep(0.3)  # the client's reader meets the closed socket
+        del driver
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not unretrieved
+    finally:
+        loop.set_exception_handler(None)
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)

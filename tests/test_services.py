@@ -9,10 +9,15 @@ import os
 import signal
 from typing import Any
 
+from backend.services.manager import ServiceManager
 from backend.state.engine import Engine
 from backend.state.event_log import read_log
 from backend.state.lifecycle import InstanceState
+from backend.supervision.machine_exec import MachineExec
+from backend.supervision.supervisor import Supervisor
 from tests.api_helpers import Api, EventStream
+from tests.conftest import spec
+from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 from tests.fake_exec import GatedRunner
 
 
@@ -182,3 +187,18 @@ async def test_bad_service_requests_change_nothing(api: Api, engine: Engine) -> 
     assert (await c.delete("/v1/services/web")).status_code == 204
     assert (await c.get("/v1/services/web")).json()["code"] == "not_found"
     assert list(engine.dirs.services.iterdir()) == []
+
+
+async def test_services_start_beside_a_broken_machine(engine: Engine) -> None:
+    """A machine whose machine.toml cannot be read has no spec, so no creation time: the
+    services' start (the daemon's and the app's api task) must not compare it with the
+    others' (TypeError: int vs datetime, which ended the app's api task)."""
+    await engine.create_machine(spec("good"))
+    await engine.create_machine(spec("web-1", service="web"))
+    await engine.create_machine(spec("bad"))
+    (engine.dirs.machine_dir("bad") / "machine.toml").write_text("not = [toml")
+    sup = Supervisor(engine, FakeDriver(), FakeBootFiles(), accel_for=fixed_accel)
+    async with sup.running(recover=None):
+        manager = ServiceManager(sup, MachineExec(engine))
+        await asyncio.wait_for(manager.start(), 10)
+        assert engine.memberships == {"web-1": "web"}

@@ -4,15 +4,12 @@ reopened transparently after the guest's sshd is restarted (boots a guest: `vm`)
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from backend.state.machine_store import MachineStore
 from backend.state.state_dir import open_state_dir
-from tests.vm_helpers import VM_MARKS, boxui, start_daemon
+from tests.vm_helpers import VM_MARKS, boxui, start_daemon, stop_daemon
 
 pytestmark = VM_MARKS
 
@@ -62,9 +59,4 @@ def test_exec_reuses_the_connection_and_survives_an_sshd_restart(vm_home: Path) 
         assert after.stdout.strip() != first
         assert boxui(home, "stop", "--force", "vm").returncode == 0
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            pytest.fail("the daemon did not exit on SIGTERM")
+        stop_daemon(daemon)

@@ -198,6 +198,30 @@ async def test_stop_during_boot_aborts_it(engine: Engine, driver: FakeDriver) ->
         assert engine.projection.state_of("vm") is InstanceState.STOPPED
 
 
+async def test_stop_before_launch_leaves_no_abort_behind(engine: Engine,
+                                                        driver: FakeDriver) -> None:
+    """A stop that comes while the boot files are still being prepared (no process yet)
+    ends that boot as stopped; a later boot that fails then fails as any boot does,
+    not as "stopped before it was ready" by a stop long done."""
+    await engine.create_machine(spec("vm"))
+    gate = asyncio.Event()
+    sup = Supervisor(engine, driver, FakeBootFiles(gate),
+                     accel_for=lambda requested: AccelChoice(accel="tcg", reason="test"))
+    async with sup.running(recover=recover_machines):
+        start = asyncio.create_task(sup.start_machine("vm"))
+        await wait_state(engine, "vm", InstanceState.BOOTING)
+        stop = asyncio.create_task(sup.stop_machine("vm"))
+        await asyncio.sleep(0.1)  # the stop waits for the boot, which has no process yet
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(start, stop), 5)
+        assert engine.projection.state_of("vm") is InstanceState.STOPPED
+        assert driver.starts.get("vm", 0) <= 1 and "vm" not in sup.handles
+        driver.script("vm").fail_boot = "kernel panic in the guest"
+        with pytest.raises(BoxuiError, match="kernel panic"):
+            await asyncio.wait_for(sup.start_machine("vm"), 5)
+        assert engine.projection.state_of("vm") is InstanceState.FAILED
+
+
 async def test_delete_running_needs_force(engine: Engine, driver: FakeDriver) -> None:
     await engine.create_machine(spec("vm"))
     async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:

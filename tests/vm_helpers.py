@@ -51,6 +51,17 @@ def start_daemon(home: Path, timeout: float = 30) -> subprocess.Popen[str]:
     raise AssertionError("daemon did not start: " + "".join(lines.seen))
 
 
+def stop_daemon(daemon: subprocess.Popen[str]) -> None:
+    """SIGTERM, as systemd sends it: a daemon that does not exit on it fails the test
+    (and is killed, so that nothing outlives the test)."""
+    daemon.terminate()
+    try:
+        daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        pytest.fail("the daemon did not exit on SIGTERM")
+
+
 def qemu_pids(home: Path) -> list[int]:
     return [p.pid for p in psutil.process_iter(["name", "cmdline"])
             if p.info["name"] and p.info["name"].startswith(("qemu", "boxui-"))

@@ -85,10 +85,13 @@ class ServiceManager:
             log.warning("%s", problem)
             self.engine.startup_notes.append(problem)
         machines = await asyncio.to_thread(self.engine.machines)
-        for machine in sorted(machines, key=lambda m: m.spec.created_at if m.spec else 0):
-            if machine.spec is not None and machine.spec.service is not None:
-                self.engine.memberships[machine.name] = machine.spec.service
-                self._born[machine.name] = next(self._births)
+        # oldest first; a machine whose spec cannot be read has no creation time and no
+        # service (comparing its stand-in 0 with a datetime ended this task)
+        members = sorted((m.spec.created_at, m.name, m.spec.service) for m in machines
+                         if m.spec is not None and m.spec.service is not None)
+        for _created, name, service in members:
+            self.engine.memberships[name] = service
+            self._born[name] = next(self._births)
         subscription = self.engine.subscribe(maxsize=4096)
         self.supervisor.spawn(self._watch(subscription), "services-watch")
         for spec in specs:

@@ -16,6 +16,13 @@ cache is rewritten with every entry and the journal emptied. A line lost in a ra
 (appended just before the journal is emptied) leaves an older entry, whose signatures no
 longer match: that machine is validated afresh, so a race costs time, never truth.
 
+Two processes write here (the daemon journals and folds; a CLI `ls` that missed
+rewrites the cache): the cache is replaced by rename only (a temp of each writer's own),
+so a reader sees one whole cache or another; a journal line lost to the other's fold
+leaves an entry whose signatures no longer match, so nothing stays stale. In one process,
+`_mirror_lock` serialises everything that touches the mirror (refresh, and every cache
+write); reads of the files need no lock.
+
 The cache is derived data: losing it, or failing to write it, only costs time. This
 module therefore imports nothing heavy; the full load (pydantic) is imported on a miss.
 """

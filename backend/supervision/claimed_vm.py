@@ -10,6 +10,7 @@ Its command line keeps the member's name and QMP path, so the record says both
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.drivers.base import VmHandle
+from backend.state.atomic_write import atomic_write_bytes
 from backend.state.runtime_record import RuntimeRecord
 from backend.supervision.boot_plan import Forwards, RecordUpdate, forwards_record
-from backend.supervision.pool_paths import MEMBER_FILE
+from backend.supervision.pool_paths import LAUNCHED_FILE, MEMBER_FILE
 from backend.templates.restore_plan import RestorePlan
 
 
@@ -43,6 +45,11 @@ class ClaimedVm:
         if run_dir.exists():  # an earlier boot's sockets, all dead: the machine is stopped
             shutil.rmtree(run_dir)
         run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # moved by the rename below, in the same step as the sockets: from then on the
+        # machine's run dir names the member its QEMU was launched as (not durable: a
+        # power cut ends that QEMU too)
+        atomic_write_bytes(self.run_dir / LAUNCHED_FILE,
+                           json.dumps({"member": self.member}).encode(), durable=False)
         os.rename(self.run_dir, run_dir)
 
     def release(self) -> None:

@@ -110,16 +110,20 @@ class Interruptions:
     def _kill_hung_by_policy(self, name: str, handle: VmHandle, problem: str) -> None:
         """Kill an unresponsive or unhealthy machine if its restart policy says so; the
         kill is recorded as a crash, whose policy then restarts it with back-off."""
-        try:
-            policy = self.engine.store.load_spec(name).restart
-        except BoxuiError:
-            return
-        if acts_on_hang(policy) and name not in self._killing_hung:
+        if name not in self._killing_hung:
             self._killing_hung.add(name)
             self.spawn(self._kill_hung(name, handle, problem), f"kill-hung-{name}")
 
     async def _kill_hung(self, name: str, handle: VmHandle, problem: str) -> None:
         try:
+            # read in a thread: a slow disk must not stall the loop every other machine
+            # is served by, at every beat of a hung one
+            try:
+                spec = await asyncio.to_thread(self.engine.store.load_spec, name)
+            except BoxuiError:
+                return
+            if not acts_on_hang(spec.restart):
+                return
             async with self._locks[name]:
                 if self.handles.get(name) is not handle or \
                         self.engine.projection.state_of(name) not in INTERRUPTED_STATES:

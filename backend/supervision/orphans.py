@@ -12,7 +12,9 @@ and those arguments, checked again once a pidfd pins the process.
 Warm pool members carry the same arguments with the member's name and a QMP socket in
 the pools' run dir, and keep them when a machine claims one. Such a process is held by
 its member's record (`member.json`, which names its pid) or by the machine that claimed
-it (its record's `launched_as`); with neither it is an orphan too.
+it (its record's `launched_as` while it runs it; its run dir's `launched-as.json`, moved
+in by the claim, after); with neither it is an orphan too. A scan for one machine finds
+the member it claimed as well, so a claimed QEMU left behind is that machine's leftover.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from backend.state.lifecycle import ACTIVE_STATES, InstanceState, PersistedState
 from backend.state.machine_store import MachineStore
 from backend.state.names import validate_name
 from backend.state.state_dir import StateDir
-from backend.supervision.pool_paths import MEMBER_FILE, member_run_dir, members_root
+from backend.supervision.pool_paths import (
+    MEMBER_FILE,
+    launched_member,
+    member_run_dir,
+    members_root,
+)
 
 ORPHAN_FOUND_TYPE = "dev.boxui.orphan.v1.found"
 ORPHAN_KILLED_TYPE = "dev.boxui.orphan.v1.killed"
@@ -76,17 +83,24 @@ class Orphan:
 
 
 def scan(dirs: StateDir, machine: str | None = None) -> list[HypervisorProcess]:
-    """Every live hypervisor (QEMU, or a stand-in) of this state dir, or of one machine;
-    warm pool members' too when no machine is named.
+    """Every live hypervisor (QEMU, or a stand-in) of this state dir, and warm pool
+    members'; or of one machine, with the member it claimed last (that QEMU still
+    carries the member's name: see `launched_member`).
 
     Command lines are read straight from /proc, and only a match costs more: a stop or a
     delete scans, and psutil's per-process objects would cost ~100x as much."""
     found = []
+    claimed = launched_member(dirs, machine) if machine is not None else None
     for pid, cmdline in _cmdlines():
         name = _machine_of(cmdline)
-        if name is None or (machine is not None and name != machine):
+        if name is None:
             continue
-        kinds = (False,) if machine is not None else (False, True)
+        if machine is None:
+            kinds: tuple[bool, ...] = (False, True)
+        elif name in (machine, claimed):
+            kinds = (name != machine,)
+        else:
+            continue
         for process in (HypervisorProcess(pid, 0.0, name, member) for member in kinds):
             if all(arg in cmdline for arg in identity_args(name, process.run_dir(dirs))):
                 started = start_time_of(pid)  # None for a zombie, or one gone meanwhile
@@ -169,7 +183,9 @@ class PoolHolders:
             try:
                 launched_as = store.load_record(machine).launched_as
             except BoxuiError:
-                continue
+                launched_as = None
+            # once the machine no longer runs it, only its run dir remembers the claim
+            launched_as = launched_as or launched_member(dirs, machine)
             if launched_as is not None:
                 claimed[launched_as] = machine
         return cls(members, claimed)

@@ -32,12 +32,12 @@ from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
 from backend.state.machine_spec import MachineSpec
 from backend.state.mount_spec import check_mount_sources
 from backend.state.runtime_record import RuntimeRecord
+from backend.supervision.adoption import Adoption
 from backend.supervision.boot_files import BootFiles, BootFilesProvider, ProgressFn
 from backend.supervision.boot_plan import (
     BootPlan,
     Forwards,
     RecordUpdate,
-    adopted_process_record,
     clear_process,
     ports_record,
     process_record,
@@ -84,7 +84,7 @@ class MachineBusyError(BoxuiError):
     code = "busy"
 
 
-class Supervisor(Interruptions):
+class Supervisor(Interruptions, Adoption):
     def __init__(
         self,
         engine: Engine,
@@ -289,15 +289,17 @@ class Supervisor(Interruptions):
             run_dir = await asyncio.to_thread(self.engine.dirs.ensure_run_dir, name)
             handle = await self._launch(boot, files, run_dir)
             await self._hold(name, handle, process_record(handle))
+            if name in self._aborting:  # the stop came before there was a process to kill
+                raise BoxuiError("stopped before it was ready")
             note, freshened = await self._until_ready(boot, handle, run_dir, progress)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:
-                self._aborting.discard(name)
                 return
             raise
         finally:
             self._booting.discard(name)
+            self._aborting.discard(name)  # a stop aborts this boot only, never a later one
         await self.engine.transition(
             name, Verb.READY, update=freshened, message=f"ready in {self._clock() - started:.1f} s "
             f"(ssh on 127.0.0.1:{handle.ssh_port}){note}",
@@ -337,10 +339,13 @@ class Supervisor(Interruptions):
                 note, freshened = await freshening
             except (BoxuiError, OSError) as exc:
                 await self._boot_failed(name, handle, exc)
+                if name in self._aborting:
+                    return  # stopped meanwhile, as asked
                 raise
             finally:
                 freshening.cancel()
                 self._booting.discard(name)
+                self._aborting.discard(name)
             await self.engine.transition(
                 name, Verb.READY, update=freshened,
                 message=f"ready in {self._clock() - started:.3f} s, claimed from the warm "
@@ -501,78 +506,6 @@ class Supervisor(Interruptions):
         if decision is not None and decision.startswith("gave up"):
             await self.engine.transition(name, Verb.FAILED, reason=f"{decision}; last error: "
                                          f"{info.detail}", message=decision)
-
-    # --- taking over what crash recovery found ----------------------------------------
-
-    async def adopt_running(self, name: str, handle: VmHandle) -> None:
-        """Supervise a hypervisor crash recovery proved to be this machine's, as if it
-        had been started here."""
-        # one write of its record with the event, not two: recovery of many machines
-        # waits on each (they are serialised by the engine)
-        self.handles[name] = handle
-        await self.engine.transition(name, Verb.ADOPTED, update=adopted_process_record(handle),
-                                     message=f"re-adopted running pid {handle.pid}")
-        self.spawn(self._watch(name, handle), f"watch-{name}")
-        self.tracker(name).machine_up()
-
-    async def adopt_booting(self, name: str, handle: VmHandle) -> None:
-        """Like `adopt_running`, for a guest that was still booting when boxui died: its
-        boot is finished in the background."""
-        await self._hold(name, handle, adopted_process_record(handle))
-        self._booting.add(name)  # now, so a stop before the task runs aborts it
-        self._boot_task(name, self._finish_adopted_boot(name, handle))
-
-    async def adopt_stopping(self, name: str, handle: VmHandle) -> None:
-        """Like `adopt_running`, for a guest boxui was stopping when it died: the stop
-        that was asked for is finished, not forgotten."""
-        self._stopping.add(name)  # its exit meanwhile belongs to the stop below
-        await self._hold(name, handle, adopted_process_record(handle))
-        self.spawn(self._finish_adopted_stop(name), f"stop-{name}")
-
-    async def _finish_adopted_stop(self, name: str) -> None:
-        try:
-            await self.stop_machine(name)  # carries on from `stopping`
-        finally:
-            self._stopping.discard(name)
-
-    async def machine_crashed(self, name: str, reason: str) -> None:
-        """Crash recovery found the machine's process gone: record it and apply policy."""
-        async with self._locks[name]:
-            await self._unexpected_exit(name, ExitInfo("vanished", reason))
-
-    async def _finish_adopted_boot(self, name: str, handle: VmHandle) -> None:
-        """Wait for an adopted guest that was still booting, exactly as a boot started
-        here would: under the machine's lock and marked as booting, so a stop meanwhile
-        aborts the boot instead of racing it."""
-        async with self._locks[name]:
-            if self.handles.get(name) is not handle:
-                self._booting.discard(name)  # stopped (or deleted) before we got here
-                self._aborting.discard(name)
-                return
-            try:
-                spec = await asyncio.to_thread(self._spec_or_none, name)
-                await self.driver.wait_ready(handle, self.boot_timeout_of(spec))
-            except (BoxuiError, OSError) as exc:
-                if self.handles.get(name) is handle:  # else its exit was handled already
-                    await self._boot_failed(name, handle, exc)
-                if name in self._aborting:
-                    self._aborting.discard(name)
-                    return
-                raise
-            finally:
-                self._booting.discard(name)
-            await self.engine.transition(name, Verb.READY,
-                                         message=f"re-adopted pid {handle.pid}; ready")
-            self.tracker(name).machine_up()
-
-    async def adopt_unresponsive(self, name: str, handle: VmHandle, problem: str) -> None:
-        """Like `adopt_running`, for a proven hypervisor whose QMP does not answer: it is
-        ours (stop, `stop --force` and rm can kill it), and its policy applies."""
-        await self.adopt_running(name, handle)
-        self._silent_since[name] = self._clock()
-        await self.engine.transition(name, Verb.UNRESPONSIVE, reason=problem,
-                                     message=f"re-adopted pid {handle.pid}, which does not "
-                                     "answer")
 
     # --- restart policy --------------------------------------------------------------
 

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.pilot import Pilot
 
 from backend.state.engine import Engine
 from backend.state.machine_spec import MachineSpec
 from boxui.tui.app import BoxuiApp
 from boxui.tui.backend import BackendOptions
 from boxui.tui.embedded import EmbeddedBackend
+from tests.app.pilot_helpers import SIZE, started
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 
 FIXED_TIME = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
@@ -53,6 +55,20 @@ async def seed(home: Path, *names: str, **spec: Any) -> None:
             await engine.create_machine(MachineSpec(name=name, **spec))
     finally:
         await engine.close()
+
+
+@contextlib.asynccontextmanager
+async def app_over(home: Path, make_app: MakeApp, *machines: str,
+                   ui_toml: str | None = None) -> AsyncIterator[tuple[BoxuiApp, Pilot[None]]]:
+    """The app, started, over `machines` (made first) and with `ui_toml` as the user's
+    ui.toml: how most pilot tests begin."""
+    await seed(home, *machines)
+    if ui_toml is not None:
+        (home / "ui.toml").write_text(ui_toml)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        yield app, pilot
 
 
 def embedded(app: BoxuiApp) -> EmbeddedBackend:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from textual.pilot import Pilot
 
 from boxui.tui.app import BoxuiApp
+from boxui.tui.screens.logs import LogsScreen
+from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.machine_table import MachineTable
 
 SIZE = (150, 45)
@@ -35,3 +37,10 @@ def rows(app: BoxuiApp) -> list[str]:
 async def started(pilot: Pilot[None], app: BoxuiApp) -> None:
     await until(pilot, lambda: app.backend.ready.is_set() and app._mounted)
     await pilot.pause(0.2)
+
+
+async def open_logs(pilot: Pilot[None], app: BoxuiApp) -> ConsolePane:
+    """`l`: the selected machine's console, full screen; its pane once it is shown."""
+    await pilot.press("l")
+    await until(pilot, lambda: isinstance(app.screen, LogsScreen))
+    return app.screen.query_one(ConsolePane)

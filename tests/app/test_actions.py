@@ -12,15 +12,13 @@ from backend.state.event_log import read_log
 from backend.state.state_dir import open_state_dir
 from boxui.tui.screens.confirm_delete import ConfirmDeleteScreen
 from boxui.tui.screens.help import HelpScreen
-from boxui.tui.screens.logs import LogsScreen
 from boxui.tui.screens.new_machine import NewMachineScreen
-from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.detail_pane import DetailPane
 from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import SPINNER, MachineTable
 from boxui.tui.widgets.status_header import StatusHeader
-from tests.app.conftest import MakeApp, embedded, seed
-from tests.app.pilot_helpers import SIZE, cell, rows, started, until
+from tests.app.conftest import MakeApp, app_over, embedded, seed
+from tests.app.pilot_helpers import SIZE, cell, open_logs, rows, started, until
 from tests.fake_driver import FakeBootFiles, FakeDriver
 from tests.templates.helpers import REVISION, fabricate
 
@@ -154,12 +152,8 @@ async def test_logs_help_filter_sort_events_theme(home: Path, make_app: MakeApp)
     await seed(home, "web-1", "web-2", "db-1")
     console = open_state_dir(home).console_log("db-1")
     console.write_text("booting...\nBOXUI-READY x\n")
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await started(pilot, app)
-        await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, LogsScreen))
-        pane = app.screen.query_one(ConsolePane)
+    async with app_over(home, make_app) as (app, pilot):
+        pane = await open_logs(pilot, app)
         await until(pilot, lambda: any("BOXUI-READY" in str(line.text) for line in pane.lines))
         await pilot.press("escape")
         await pilot.press("question_mark")

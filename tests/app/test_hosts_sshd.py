@@ -22,16 +22,14 @@ from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import MachineTable
 from tests.app.conftest import MakeApp, seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
-from tests.daemon_helpers import boxui, daemon_running, kill_stand_ins
-from tests.sshd_helpers import Sshd, sshd_running
+from tests.daemon_helpers import boxui, daemon_running
+from tests.sshd_helpers import Sshd, remote_boxui_sshd
 
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    remote = tmp_path / "remote"
-    with sshd_running(tmp_path / "sshd", remote) as server:
+    with remote_boxui_sshd(tmp_path) as server:
         yield server
-    kill_stand_ins(remote)
 
 
 def partition(sshd: Sshd) -> None:

@@ -27,7 +27,7 @@ from boxui.tui.screens.sessions import SessionsScreen
 from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import MachineTable
-from tests.app.conftest import MakeApp, embedded, seed
+from tests.app.conftest import MakeApp, app_over, embedded, seed
 from tests.app.pilot_helpers import SIZE, cell, rows, started, until
 from tests.fake_driver import FakeDriver
 
@@ -182,11 +182,9 @@ async def test_marks_and_bulk_stop_with_one_confirmation(home: Path, make_app: M
 
 async def test_keymap_from_ui_toml_and_help_shows_it(home: Path, make_app: MakeApp,
                                                      fake_driver: FakeDriver) -> None:
-    await seed(home, "vm")
-    (home / "ui.toml").write_text('[keys]\nstart = "g"\n')
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await started(pilot, app)
+    """A key rebound in ui.toml acts as bound (and the old one no longer does); the help
+    lists it so too (in full: test_views_and_keys' help test)."""
+    async with app_over(home, make_app, "vm", ui_toml='[keys]\nstart = "g"\n') as (app, pilot):
         await pilot.press("s")  # no longer start
         await pilot.pause(0.2)
         assert ("start", "vm") not in fake_driver.calls

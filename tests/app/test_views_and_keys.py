@@ -28,11 +28,10 @@ from boxui.tui.screens.logs import LogsScreen
 from boxui.tui.screens.services import ServicesScreen
 from boxui.tui.screens.sessions import SessionsScreen
 from boxui.tui.screens.timeline import TimelineScreen
-from boxui.tui.widgets.console_pane import ConsolePane
 from boxui.tui.widgets.event_stream import EventStream
 from boxui.tui.widgets.machine_table import MachineTable
-from tests.app.conftest import MakeApp, seed
-from tests.app.pilot_helpers import SIZE, cell, started, until
+from tests.app.conftest import MakeApp, app_over, seed
+from tests.app.pilot_helpers import SIZE, cell, open_logs, started, until
 from tests.fake_driver import FakeDriver
 
 
@@ -110,11 +109,10 @@ async def test_command_history_is_bounded(home: Path, make_app: MakeApp) -> None
 
 async def test_help_lists_the_keys_that_act_where_the_focus_is(home: Path,
                                                                make_app: MakeApp) -> None:
-    await seed(home, "vm")
-    (home / "ui.toml").write_text('[keys]\nstart = "g"\nhelp = "f1,question_mark"\n')
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await started(pilot, app)
+    """`?` lists the keys that act where the focus is, as ui.toml bound them (a rebound
+    start shows as its new key: test_navigation's keymap test relies on this one)."""
+    async with app_over(home, make_app, "vm", ui_toml='[keys]\nstart = "g"\n'
+                        'help = "f1,question_mark"\n') as (app, pilot):
         await pilot.press("f1")
         await until(pilot, lambda: isinstance(app.screen, HelpScreen))
         shown = groups(app)
@@ -263,21 +261,15 @@ async def test_ssh_uses_the_apps_state_dir(home: Path, make_app: MakeApp, tmp_pa
 async def test_slash_filters_the_full_screen_console(home: Path, make_app: MakeApp) -> None:
     await seed(home, "vm")
     open_state_dir(home).console_log("vm").write_text("one\nBOXUI-READY\ntwo\nthree\n")
-    app = make_app()
-    async with app.run_test(size=SIZE) as pilot:
-        await started(pilot, app)
-        await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, LogsScreen))
-        pane = app.screen.query_one(ConsolePane)
+    async with app_over(home, make_app) as (app, pilot):
+        pane = await open_logs(pilot, app)
         await until(pilot, lambda: len(pane.lines) == 4)
         await pilot.press("slash", *"~^t", "enter")
         await until(pilot, lambda: [str(x.text) for x in pane.lines] == ["two", "three"])
         assert app.filters["logs"] == "~^t"
         await pilot.press("escape")  # leaves the view; the filter is kept for the session
         await until(pilot, lambda: len(app.screen_stack) == 1)
-        await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, LogsScreen))
-        pane = app.screen.query_one(ConsolePane)
+        pane = await open_logs(pilot, app)
         await until(pilot, lambda: [str(x.text) for x in pane.lines] == ["two", "three"])
         await pilot.press("slash")
         bar = app.screen.query_one("#filter-bar", Input)

@@ -333,6 +333,9 @@ class QemuDriver(HypervisorDriver):
             return
         live.stopping = True
         await kill_now(live.watch, KILL_TIMEOUT)
+        # nothing more to say to it; and a kill may have no watcher to release it (a
+        # pool's discarded member), which would leave the client's EOFError unretrieved
+        await _drop_qmp(live)
 
     async def _release(self, handle: VmHandle) -> None:
         """Let go of a VM that has exited, and of its QMP socket unless a QEMU (a later
@@ -353,9 +356,7 @@ class QemuDriver(HypervisorDriver):
         if live is None:
             return False
         live.watch.close()
-        if live.qmp is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(live.qmp.disconnect(), DISCONNECT_TIMEOUT)
+        await _drop_qmp(live)
         return True
 
     # --- port forwards ---------------------------------------------------------------
@@ -435,6 +436,20 @@ class QemuDriver(HypervisorDriver):
             int(total) if isinstance(total, int) and total >= 0 else None,
             int(free) if isinstance(free, int) and free >= 0 else None,
         )
+
+
+async def _drop_qmp(live: _Live) -> None:
+    """Disconnect `live`'s QMP client. Its reader's error (EOFError: QEMU is gone) is
+    re-raised by `disconnect` and dropped here; the disconnect runs to its end even when
+    this stops waiting for it, since one cut short leaves that error unretrieved (asyncio
+    then prints "_GatheringFuture exception was never retrieved")."""
+    qmp, live.qmp = live.qmp, None
+    if qmp is None:
+        return
+    ending = asyncio.ensure_future(qmp.disconnect())
+    ending.add_done_callback(lambda done: done.cancelled() or done.exception())
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(ending), DISCONNECT_TIMEOUT)
 
 
 async def _connect_qmp(handle: VmHandle, shutdown: EventListener,
