@@ -30,7 +30,8 @@ boxui's default guest, from BOXUI_GUEST_CACHE). Runs alternate, so load hits bot
 - boxui: the whole `boxui start lvb --host lv` process, which writes a new seed, starts the
   domain paused, attaches its console, resumes it and exits once the marker has come
   through libvirt's console stream: the machine is `ready` in boxui.
-Between runs `boxui stop --host lv lvb` (ACPI). Target: boxui <= 1.05 x virsh.
+Between runs `boxui stop --host lv lvb` (ACPI). The issue sets no target for it; the
+added seconds are what a user pays for boxui's own start (its CLI, the seed, the domain).
 """
 
 from __future__ import annotations
@@ -162,7 +163,6 @@ def libvirt_rows(uri: str | None, runs: int) -> list[str]:
         return [f"libvirt: no figures ({exc})"]
     virsh, boxui = statistics.median(times["virsh"]), statistics.median(times["boxui"])
     ratio = boxui / virsh
-    verdict = "OK" if ratio <= 1.05 else "MISSED"
     label = "a private libvirtd" if uri is None else uri
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return [f"libvirt ({label}), {runs} boots each, boot to ready; load average {load}",
@@ -170,7 +170,8 @@ def libvirt_rows(uri: str | None, runs: int) -> list[str]:
             "  boxui start runs (s): " + "  ".join(f"{t:.2f}" for t in times["boxui"]),
             f"{'virsh start to ready (median)':<38}{virsh:7.2f} s",
             f"{'boxui start --host lv to ready':<38}{boxui:7.2f} s",
-            f"{'ratio boxui / virsh':<38}{ratio:9.3f}   <= 1.05: {verdict}"]
+            f"{'boxui added (median)':<38}{boxui - virsh:7.2f} s",
+            f"{'ratio boxui / virsh':<38}{ratio:9.3f}   (no target)"]
 
 
 #: the ways each command is run, and the environment each adds
