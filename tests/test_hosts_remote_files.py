@@ -9,7 +9,9 @@ remote's stand-in daemon, whose "guest" commands run on this host."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from backend.state.state_dir import open_state_dir
 from boxui.cli.remote_files import RemoteStage, rewrite_options
 from tests.daemon_helpers import daemon_running, kill_stand_ins
 from tests.sshd_helpers import Sshd
+from tests.test_cells_recovery import wait_until
 from tests.test_file_copy import Guest, make_tree, tree
-from tests.test_hosts_remote import add, run
+from tests.test_hosts_remote import BOXUI_BIN, add, run
 from tests.test_hosts_remote import sshd as sshd  # the fixture
 from tests.test_hosts_remote_kept import there
 
@@ -65,7 +68,9 @@ def test_a_file_and_a_folder_go_each_way(sshd: Sshd, guest: Guest, home: Path,
     (guest.root / "opt").mkdir()  # a dir receives it under its own name
     assert run(sshd, home, "cp", str(here / "tool"), "vm:/opt", "--host", "r1").returncode == 0
     assert (guest.root / "opt" / "tool").exists()
-    back = run(sshd, home, "cp", "vm:/opt/tool", str(here / "back"), env={"BOXUI_HOST": "r1"})
+    # without a kept connection, on the command's own
+    back = run(sshd, home, "cp", "vm:/opt/tool", str(here / "back"),
+               env={"BOXUI_HOST": "r1", "BOXUI_HOST_LINK_IDLE": "0"})
     assert (back.returncode, back.stdout, back.stderr) == (0, "", "")
     assert (here / "back").read_bytes() == (here / "tool").read_bytes()
     make_tree(here / "proj")
@@ -111,6 +116,24 @@ def test_a_stage_is_removed_when_its_block_is_interrupted(
         stage.put(str(tmp_path / "big"), "big")
         assert staged(sshd) == [Path(stage.path).name]
         raise KeyboardInterrupt
+    assert staged(sshd) == []
+
+
+def test_ctrl_c_mid_copy_leaves_no_stage(sshd: Sshd, guest: Guest, home: Path,
+                                         tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(96 << 20))  # long enough to be interrupted on its way
+    copying = subprocess.Popen([str(BOXUI_BIN), "cp", str(big), "vm:/big", "--host", "r1"],
+                               env=sshd.client_env(home), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until("a stage there", lambda: staged(sshd) != [] or copying.poll() is not None)
+        copying.send_signal(signal.SIGINT)
+        _, err = copying.communicate(timeout=60)
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+    assert copying.returncode == 130, err  # interrupted, not done
+    assert "Traceback" not in err and "left behind" not in err, err
     assert staged(sshd) == []
 
 

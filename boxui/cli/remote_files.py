@@ -12,10 +12,12 @@ anything moves, with the line the command would print locally.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import posixpath
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,21 +55,29 @@ class RemoteStage:
         return asyncio.run(staging.handle_once(SshLink(self.host), payload))
 
     def __enter__(self) -> RemoteStage:
-        self.path = str(self._ask(action="make")["stage"])
+        try:
+            with _ctrl_c_deferred():  # made and known, or not made
+                self.path = str(self._ask(action="make")["stage"])
+        except KeyboardInterrupt:
+            self._remove()
+            raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        """Remove it, a second Ctrl-C ignored meanwhile; a failure to is said, and does
-        not hide what ended the block."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            self._ask(action="rm")
-        except BoxuiError as failure:
-            click.echo(f"boxui: host {self.host.name}: staging dir {self.path} left "
-                       f"behind ({failure})", err=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        self._remove()
+
+    def _remove(self) -> None:
+        """Remove it, a Ctrl-C held until then; a failure to is said, and does not hide
+        what ended the block."""
+        if not self.path:
+            return
+        with _ctrl_c_deferred():
+            try:
+                self._ask(action="rm")
+            except BoxuiError as failure:
+                click.echo(f"boxui: host {self.host.name}: staging dir {self.path} left "
+                           f"behind ({failure})", err=True)
 
     def mkdir(self, name: str) -> str:
         path = posixpath.join(self.path, name)
@@ -87,6 +97,20 @@ class RemoteStage:
         """A dir's entries there (the stage's by default): name -> is a dir."""
         answer = self._ask(action="list", remote=remote or self.path)
         return {str(k): bool(v) for k, v in answer["entries"].items()}
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """A Ctrl-C in the block raised when it ends (a signal handler: other threads' signals
+    too), so a stage is never made unknown or left half removed."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _leaf(path: str) -> str:
