@@ -110,7 +110,10 @@ class Transfers:
         try:
             return await task
         finally:
-            self.running.get(stage, set()).discard(task)
+            running = self.running.get(stage, set())
+            running.discard(task)
+            if not running:
+                self.running.pop(stage, None)
 
 
 async def handle_once(link: SshLink, asked: dict[str, Any]) -> dict[str, Any]:
