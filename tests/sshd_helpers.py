@@ -100,7 +100,8 @@ def make_sshd(root: Path, remote_home: Path) -> Sshd:
         f"AuthorizedKeysFile {root / 'authorized_keys'}", "PermitUserEnvironment yes",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
         "StrictModes no", "PermitRootLogin prohibit-password", f"PidFile {root / 'sshd.pid'}",
-        "AllowStreamLocalForwarding yes", "LogLevel ERROR", ""]))
+        "AllowStreamLocalForwarding yes", "Subsystem sftp internal-sftp", "LogLevel ERROR",
+        ""]))
     pinned = f"[127.0.0.1]:{port} {(root / 'host_key.pub').read_text()}"
     (client_home / ".ssh" / "known_hosts").write_text(pinned)
     return Sshd(port, root, client_home, remote_home, identity, host_key)

@@ -7,8 +7,9 @@ the keeper, that holds one asyncssh connection (the same `SshLink`, so `known_ho
 pinning and `~/.ssh/config` apply as before) and serves, in a private 0700 dir of the
 state dir (its sockets 0600):
 - `ctl.sock`: one request per connection, a JSON line: `run` (a command there, its
-  output and exit status streamed back in frames) or `endpoint` (the remote API socket,
-  its daemon started first if need be: what `ApiTunnel` asks);
+  output and exit status streamed back in frames), `endpoint` (the remote API socket,
+  its daemon started first if need be: what `ApiTunnel` asks) or `stage` (files moved
+  over SFTP for a relayed command: `backend.hosts.staging`);
 - `api.sock`: the remote API socket, each local connection forwarded on a channel of
   the kept connection.
 It exits after IDLE_ENV seconds with no client (default 60; 0: keep no connection), or
@@ -232,11 +233,17 @@ def _raise_failure(data: bytes) -> None:
 def endpoint(dirs: StateDir, host: HostDef, remembered: Path | None) -> dict[str, Any]:
     """The remote API socket through `host`'s keeper (its daemon started first if none
     ran): {socket, pid, started, api}, `api` the local socket forwarded to it."""
+    return ask(dirs, host, {"op": "endpoint",
+                            "remembered": str(remembered) if remembered else None})
+
+
+def ask(dirs: StateDir, host: HostDef, payload: dict[str, Any]) -> dict[str, Any]:
+    """One request to `host`'s keeper answered by one JSON object (`endpoint`, `stage`);
+    a keeper gone before answering is replaced once."""
     for attempt in (1, 2):
         with keeper_socket(dirs, host) as sock:
             try:
-                request(sock, {"op": "endpoint",
-                               "remembered": str(remembered) if remembered else None})
+                request(sock, payload)
                 tag, data = recv_frame(sock)
             except EOFError:
                 if attempt == 2:

@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -25,6 +26,7 @@ from backend.hosts.kept_link import ERR, EXIT, FAIL, OUT, write_frame
 from backend.hosts.registry import HostDef
 from backend.hosts.remote_boxui import find_endpoint
 from backend.hosts.ssh_link import SshLink
+from backend.hosts.staging import Transfers
 
 
 class Keeper:
@@ -35,6 +37,7 @@ class Keeper:
         self.link = SshLink(host)
         self.target: str | None = None  # the remote API socket, once asked for
         self.clients = 0
+        self.transfers = Transfers()
         self.done = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -84,6 +87,8 @@ class Keeper:
                 await self._run(list(asked["argv"]), reader, writer)
             elif asked.get("op") == "endpoint":
                 await self._endpoint(asked.get("remembered"), writer)
+            elif asked.get("op") == "stage":
+                await self._stage(asked, reader, writer)
             elif asked.get("op") == "exit":
                 self.done.set()
         except BoxuiError as exc:
@@ -103,6 +108,21 @@ class Keeper:
         writer.write(write_frame(EXIT, json.dumps({
             "socket": found.socket, "pid": found.pid, "started": found.started,
             "api": str(self.dir / "api.sock")}).encode()))
+
+    async def _stage(self, asked: dict[str, Any], reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        """A staging request (`backend.hosts.staging`); the client closing its end (a
+        Ctrl-C) cancels it, so its stage can be removed at once."""
+        work: asyncio.Future[object] = asyncio.ensure_future(
+            self.transfers.handle(self.link, asked))
+        gone: asyncio.Future[object] = asyncio.ensure_future(reader.read())
+        await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return
+        gone.cancel()
+        writer.write(write_frame(EXIT, json.dumps(work.result()).encode()))
 
     async def _run(self, argv: list[str], reader: asyncio.StreamReader,
                    writer: asyncio.StreamWriter) -> None:

@@ -99,7 +99,7 @@ def plan(src: Endpoint, dst: Endpoint) -> tuple[Local, Remote] | tuple[Remote, L
 # --- checks before the copy -------------------------------------------------------------
 
 
-def _local_kind(path: str) -> Kind:
+def local_kind(path: str) -> Kind:
     try:
         mode = os.stat(path.rstrip("/") or "/").st_mode  # `check` judges a trailing /
     except FileNotFoundError:
@@ -183,7 +183,7 @@ def _no_sftp(machine: str, exc: BaseException, default_guest: bool) -> CopyError
 
 async def _upload(sftp: asyncssh.SFTPClient, local: Local, remote: Remote,
                   recursive: bool, progress: Progress | None) -> None:
-    src_kind = _local_kind(local.path)
+    src_kind = local_kind(local.path)
     dst_kind = await _remote_kind(sftp, remote, remote.path)
     parent = None if dst_kind else await _remote_kind(sftp, remote, _parent(remote.path))
     check(src_kind, str(local), dst_kind, str(remote), remote.path, lambda: parent, recursive)
@@ -196,9 +196,9 @@ async def _download(sftp: asyncssh.SFTPClient, remote: Remote, local: Local,
                     recursive: bool, progress: Progress | None) -> None:
     src_kind = await _remote_kind(sftp, remote, remote.path)
     text = local.path
-    dst_kind = _local_kind(text)
+    dst_kind = local_kind(text)
     check(src_kind, str(remote), dst_kind, text, text,
-          lambda: _local_kind(_parent(text)), recursive)
+          lambda: local_kind(_parent(text)), recursive)
     failure = _Failure(local_label=str, remote_label=lambda p: f"{remote.machine}:{p}",
                        local_is_source=False)
     await _transfer(sftp.get, remote.path, text, recursive, progress, failure, remote)

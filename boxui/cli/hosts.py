@@ -194,6 +194,19 @@ def endpoint_cmd(as_json: bool) -> None:
                    "started": running is None})
 
 
+@host_group.command("stage", hidden=True)
+def stage_cmd() -> None:
+    """For a boxui on another host: a new private dir (0700) in this state dir for files
+    that host moves here for a command it relays (`backend.hosts.staging`); its path."""
+    import tempfile
+
+    from backend.hosts.staging import STAGE_PREFIX
+
+    base = _dirs().root / "staging"
+    base.mkdir(mode=0o700, exist_ok=True)
+    click.echo(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=base))
+
+
 def ssh_to_host(host: HostDef, command: tuple[str, ...], *, tty: bool = False) -> None:
     """`boxui ssh NAME` for a host: the system ssh, with the host's definition; `tty`:
     with a terminal even for a command (`boxui ssh --host NAME MACHINE` runs one)."""

@@ -37,7 +37,7 @@ NAMED: dict[str, tuple[list[str], list[str]]] = {
 #: group commands that take no name (covered by BAD_OPTIONS)
 UNNAMED = {"ls", "daemon status", "daemon stop", "daemon install", "daemon uninstall", "demo",
            "doctor", "gc", "service ls", "template ls", "image ls", "cp", "cells",
-           "pool ls", "host ls", "host import", "host endpoint"}
+           "pool ls", "host ls", "host import", "host endpoint", "host stage"}
 #: bad numbers, bad choices, missing files and stray arguments for every command
 BAD_OPTIONS = [
     *(["create", "ok", "--vcpus", n] for n in ("0", "-1", str(10**30), "1.5", "x")),
