@@ -159,3 +159,9 @@ def test_the_default_guest_loads_virtio_pci_after_its_dependencies() -> None:
     assert names.index("virtio_pci") > max(names.index("virtio_pci_modern_dev"),
                                           names.index("virtio_pci_legacy_dev"),
                                           names.index("virtio_ring"), names.index("virtio"))
+
+
+def test_tcg_domains_size_the_buffer_as_the_qemu_driver_does() -> None:
+    for kernel, buffer_mib in (("/img/vmlinux-boxui", "16"), ("/img/vmlinuz", "64")):
+        root = ET.fromstring(domain_xml(launch(kernel=Path(kernel)), UUID))
+        assert root.findtext("features/tcg/tb-cache") == buffer_mib

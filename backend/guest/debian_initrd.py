@@ -348,7 +348,8 @@ def _soname(name: str) -> str:
 def write_debian_initrd(base_initrd: Path, machine_dir: Path, keys: MachineKeys,
                         modules: dict[str, bytes], extra: list[Entry] | None = None) -> Path:
     """`machine_dir/initrd-debian.img`: the default initrd plus the archive above,
-    rewritten at every cold boot (it carries a fresh RNG seed)."""
+    rewritten at every cold boot (it carries a fresh RNG seed) and released once the
+    guest is ready (`machine_seed.release_boot_initrd`)."""
     target = machine_dir / DEBIAN_INITRD_FILE
     data = concatenate_initrd(debian_base_archive(base_initrd),
                               debian_seed_archive(keys, modules, extra))

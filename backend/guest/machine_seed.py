@@ -200,9 +200,25 @@ def write_machine_initrd(base: GuestImage, machine_dir: Path, keys: MachineKeys,
                          extra: list[Entry] | None = None) -> Path:
     """Write `machine_dir/initrd.img` = base initrd + this machine's seed archive.
 
-    Call it before every cold boot: the RNG seed in it is new each time.
+    Call it before every cold boot: the RNG seed in it is new each time. Once the guest
+    is ready the supervisor releases it (`release_boot_initrd`).
     """
     target = machine_dir / MACHINE_INITRD_FILE
     data = concatenate_initrd(base.initrd.read_bytes(), seed_archive(keys, env=env, extra=extra))
     atomic_write_bytes(target, data, 0o600)
     return target
+
+
+def release_boot_initrd(initrd: Path) -> None:
+    """Empty and remove an initrd written for one boot, once its guest is ready.
+
+    By then the guest has unpacked it, and it was the only copy on disk of that boot's
+    RNG seed. QEMU keeps the file mapped for a reset that `-no-reboot` turns into an
+    exit, so its pages would stay resident and counted against the machine (~3 MiB):
+    truncating gives them back, which unlinking alone would not while it is mapped.
+    """
+    try:
+        os.truncate(initrd, 0)
+        initrd.unlink()
+    except FileNotFoundError:
+        pass

@@ -7,7 +7,7 @@ code for drivers a microVM never has. `kernel/boxui.config` (a fragment applied 
 default guest uses into a kernel of a few MiB with no modules.
 
 Built once by `bin/setup` (`python -m backend.guest.small_kernel`), outside any boot:
-~890 s of CPU, ~8 min on two idle cores; in the background when a user's first run sets
+~3 min on two idle cores; in the background when a user's first run sets
 up, in the foreground for the tests (`bin/setup --dev`). Kept in the kernel cache
 (`$BOXUI_KERNEL_CACHE`, else `$XDG_CACHE_HOME/boxui/kernels`) as `<key>/vmlinux` +
 `kernel.json`, the key hashing the fragment, this builder's version and the source
@@ -176,7 +176,7 @@ def _build_locked(cache: Path, final: Path, digest: str, source: str, jobs: int,
     for leftover in cache.glob(f"{_BUILD_PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, dir=cache))
-    say(f"building boxui's guest kernel (once per configuration, ~8 min on two idle cores; "
+    say(f"building boxui's guest kernel (once per configuration, ~3 min on two idle cores; "
         f"log: {log})")
     try:
         vmlinux, version = _compile(work, jobs, log, tree)

@@ -50,6 +50,9 @@ class BootFiles:
     initrd: Path
     append: str
     disk_image: Path | None = None
+    #: the initrd was written for this boot alone (its RNG seed is single-use): the
+    #: supervisor releases it once the guest is ready (`release_boot_initrd`)
+    single_use: bool = False
 
 
 class BootFilesProvider:
@@ -121,7 +124,7 @@ class DefaultBootFiles(BootFilesProvider):
             "kernel": str(image.os_kernel), "kernel_version": image.os_kernel_version,
             "os_image": os_image.name, "os_image_hash": os_image.hash, "disk": str(disk)})
         append = " ".join(filter(None, [DEBIAN_KERNEL_ARGS, spec.cmdline]))
-        return BootFiles(image.os_kernel, initrd, append, disk)
+        return BootFiles(image.os_kernel, initrd, append, disk, single_use=True)
 
     async def _default_guest_shares(self, spec: MachineSpec,
                                     image: GuestImage) -> list[Entry]:
@@ -157,7 +160,7 @@ class DefaultBootFiles(BootFilesProvider):
             except GuestImageError as exc:
                 raise BootFilesError(str(exc)) from None
         await _write_record(machine_dir, image, initrd)
-        return BootFiles(image.kernel, initrd, spec.cmdline)
+        return BootFiles(image.kernel, initrd, spec.cmdline, single_use=True)
 
 
 async def _write_record(machine_dir: Path, image: GuestImage, initrd: Path,

@@ -26,6 +26,7 @@ from typing import Any
 from backend.drivers.base import ExitInfo, HypervisorDriver, StopTimeouts, VmHandle
 from backend.drivers.qemu.accel import AccelChoice, resolve_accel
 from backend.errors import BoxuiError, MachineNotFoundError
+from backend.guest.machine_seed import release_boot_initrd
 from backend.state.accelerator import AccelRequest
 from backend.state.engine import Engine
 from backend.state.lifecycle import ACTIVE_STATES, InstanceState, Verb
@@ -292,6 +293,8 @@ class Supervisor(Interruptions, Adoption):
             if name in self._aborting:  # the stop came before there was a process to kill
                 raise BoxuiError("stopped before it was ready")
             note, freshened = await self._until_ready(boot, handle, run_dir, progress)
+            if files.single_use:
+                await asyncio.to_thread(release_boot_initrd, files.initrd)
         except (BoxuiError, OSError) as exc:
             await self._boot_failed(name, handle, exc)
             if name in self._aborting:

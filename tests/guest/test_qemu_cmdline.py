@@ -78,10 +78,20 @@ def test_tcg_caps_its_translation_buffer(tmp_path: Path) -> None:
     assert 16 <= TCG_TB_SIZE_MIB <= 256  # a MiB figure, not bytes or a default of 0
 
 
-def test_boxuis_kernel_gets_the_smaller_translation_buffer(tmp_path: Path) -> None:
-    small = build_argv(config(tmp_path, kernel=tmp_path / GUEST_KERNEL_FILE))
-    assert value_after(small, "-accel") == [f"tcg,tb-size={SMALL_KERNEL_TB_SIZE_MIB}"]
+@pytest.mark.parametrize(("memory_mib", "buffer_mib"), [
+    (64, SMALL_KERNEL_TB_SIZE_MIB), (256, 16), (512, 32), (1024, 64), (8192, 64)])
+def test_boxuis_kernel_gets_a_buffer_sized_to_its_ram(tmp_path: Path, memory_mib: int,
+                                                      buffer_mib: int) -> None:
+    small = build_argv(config(tmp_path, kernel=tmp_path / GUEST_KERNEL_FILE,
+                              memory_mib=memory_mib))
+    assert value_after(small, "-accel") == [f"tcg,tb-size={buffer_mib}"]
     assert 16 <= SMALL_KERNEL_TB_SIZE_MIB < TCG_TB_SIZE_MIB
+    # Debian's kernel keeps its own, whatever the size: its boot alone fills ~52 MiB
+    other = build_argv(config(tmp_path, memory_mib=memory_mib))
+    assert value_after(other, "-accel") == [f"tcg,tb-size={TCG_TB_SIZE_MIB}"]
+
+
+def test_boxuis_kernel_under_kvm_has_no_buffer(tmp_path: Path) -> None:
     kvm = build_argv(config(tmp_path, kernel=tmp_path / GUEST_KERNEL_FILE, accel="kvm"))
     assert value_after(kvm, "-accel") == ["kvm"]  # no buffer to size under KVM
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from backend.drivers.base import LaunchSpec
 from backend.drivers.errors import DriverError
-from backend.drivers.qemu.cmdline import NAME_PATTERN, TCG_TB_SIZE_MIB, kernel_cmdline_for
+from backend.drivers.qemu.cmdline import NAME_PATTERN, kernel_cmdline_for, tb_size_mib
 
 BOXUI_NS = "https://boxui.dev/xmlns/libvirt/machine/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -122,7 +122,8 @@ def domain_xml(spec: LaunchSpec, uuid: str) -> str:
     features = _sub(domain, "features")
     _sub(features, "acpi")
     if spec.accel == "tcg":  # the same capped translation buffer as the QEMU driver's
-        _sub(_sub(features, "tcg"), "tb-cache", str(TCG_TB_SIZE_MIB), unit="MiB")
+        buffer_mib = tb_size_mib(spec.kernel, spec.memory_mib)
+        _sub(_sub(features, "tcg"), "tb-cache", str(buffer_mib), unit="MiB")
     if spec.accel == "kvm":
         _sub(domain, "cpu", mode="host-passthrough")
     for event in ("on_reboot", "on_crash"):

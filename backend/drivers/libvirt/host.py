@@ -326,7 +326,7 @@ class LibvirtHost:
             try:
                 ok = await console.wait_for(lambda line: scan_console(line, boot_id), timeout)
             except TimeoutError:
-                raise LibvirtHostError(f"{name}: guest not ready after {timeout:.0f} s") from None
+                raise LibvirtHostError(f"{name}: guest not ready after {timeout:g} s") from None
             if not ok:
                 raise LibvirtHostError(f"{name}: guest failed to boot; see its console")
             return time.monotonic() - began

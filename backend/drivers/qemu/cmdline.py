@@ -73,15 +73,19 @@ _BOOT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: loaded host's boot never got to answer SSH. Its point is the ceiling: uncapped, a busy
 #: guest's buffer grows towards 1 GiB resident, and nothing gives those pages back.
 TCG_TB_SIZE_MIB = 64
-#: The same for boxui's own kernel (the default guest). Its boot fills ~31 MiB, and each
-#: SSH login adds 3-4 more (ASLR puts dropbear and libc at new addresses, which TCG
-#: translates afresh), so at 64 five logins after boot filled and flushed it anyway. At
-#: 32 it is flushed about as often, with the same boot CPU and login times (bench
-#: figures in README, "Memory per machine"), and a used guest holds 32 MiB less. At 24 a
-#: boot flushes it once, and QEMU's CPU to ready was 1.65 s median against 1.38 (s24,
-#: three paired boots); at 16 twice, and the bench's cold boot took 1.38 times as long
-#: (CPU 1.23) for an idle guest 16 MiB smaller (`bench/memory.py --tb-size 16`).
-SMALL_KERNEL_TB_SIZE_MIB = 32
+#: The same for boxui's own kernel (the default guest): a sixteenth of guest RAM, at
+#: least this. Its boot fills ~29 MiB and each SSH login adds 3-6 more (ASLR puts
+#: dropbear and libc at new addresses, which TCG translates afresh), so a buffer under
+#: that is full, and resident, by the time a guest idles: the cap is what an idle guest
+#: costs. At 16 (a 256 MiB guest, the default) a boot flushes it twice and QEMU's CPU to
+#: ready is 4 % more than at 32 (0.61 s median against 0.58, eight paired boots on an
+#: idle host, bench/memory.py), the wall time the same, logins as fast; at 12 four
+#: flushes and 0.2 s more. 16 is what brings an idle default guest under 64 MiB. A
+#: bigger guest is asked for bigger work, whose code may not fit in 16 MiB and would be
+#: translated again after every flush: its buffer grows with its RAM, up to Debian's 64
+#: from 1 GiB.
+SMALL_KERNEL_TB_SIZE_MIB = 16
+_SMALL_KERNEL_TB_SHARE = 16  # guest RAM / buffer
 
 
 @dataclass(frozen=True)
@@ -174,13 +178,16 @@ def validate(config: QemuConfig) -> None:
         raise GuestImageError("kernel append must be one line")
 
 
-def tb_size_mib(kernel: Path) -> int:
-    """TCG's buffer for a guest booting `kernel`: boxui's own needs half of Debian's."""
+def tb_size_mib(kernel: Path, memory_mib: int) -> int:
+    """TCG's buffer for a guest of `memory_mib` booting `kernel` (above)."""
     # here, not at the top: `doctor` imports this module for QEMU_BINARY alone, and the
     # image builder would add pydantic and the rest of image building to its start-up
     from backend.guest.image_builder import GUEST_KERNEL_FILE
 
-    return SMALL_KERNEL_TB_SIZE_MIB if kernel.name == GUEST_KERNEL_FILE else TCG_TB_SIZE_MIB
+    if kernel.name != GUEST_KERNEL_FILE:
+        return TCG_TB_SIZE_MIB
+    share = memory_mib // _SMALL_KERNEL_TB_SHARE
+    return min(max(share, SMALL_KERNEL_TB_SIZE_MIB), TCG_TB_SIZE_MIB)
 
 
 def free_page_reporting(config: QemuConfig) -> bool:
@@ -193,9 +200,9 @@ def balloon_device(config: QemuConfig) -> str:
     return f"virtio-balloon-device,id={BALLOON_ID}{reporting}"
 
 
-def accel_option(accel: Accel, kernel: Path) -> str:
+def accel_option(accel: Accel, kernel: Path, memory_mib: int) -> str:
     """`-accel`'s value: TCG with its translation buffer capped, KVM as it is."""
-    return f"tcg,tb-size={tb_size_mib(kernel)}" if accel == "tcg" else accel
+    return f"tcg,tb-size={tb_size_mib(kernel, memory_mib)}" if accel == "tcg" else accel
 
 
 def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
@@ -206,7 +213,7 @@ def build_argv(config: QemuConfig, qemu_binary: str = QEMU_BINARY) -> list[str]:
         qemu_binary,
         "-name", f"{label},process={label}",
         "-M", "microvm,acpi=on" + (",memory-backend=ram0" if config.ram_file else ""),
-        "-accel", accel_option(config.accel, config.kernel),
+        "-accel", accel_option(config.accel, config.kernel, config.memory_mib),
         *(["-cpu", "host"] if config.accel == "kvm" else []),  # TCG: QEMU's default model
         "-m", str(config.memory_mib),
         "-smp", str(config.vcpus),
