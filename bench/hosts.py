@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -214,7 +215,25 @@ def print_figures(runs: int, figures: dict[str, dict[str, list[float]]]) -> None
           "includes a boxui start on the remote, about the local `ls` row)")
 
 
+class Terminated(BaseException):
+    """SIGTERM (`timeout`, a closed terminal): unwinds as Ctrl-C does, through every
+    `finally`, so the private sshd, daemon, libvirtd and virtlogd and their guests are
+    stopped rather than left behind; nothing on the way catches it."""
+
+
+def _unwind(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _unwind)
+    try:
+        _main()
+    except Terminated:
+        sys.exit(128 + signal.SIGTERM)
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--libvirt-runs", type=int, default=2,

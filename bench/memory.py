@@ -1,10 +1,10 @@
 """Host memory of idle guests, per VM (issue 16), and what the memory options cost cold boot.
 
 Targets: an idle default guest costs at most 64 MiB PSS on the host; ten idle cold-booted
-ones at most 640 MiB together; cold boot no more than 5 % slower. Slower than what is
-checked twice: than before the memory work (Debian's kernel, no memory options: the boot
-the target was set against), and than the previous configuration (s24's: boxui's kernel
-with a 32 MiB translation buffer), which is what the current cap costs.
+ones at most 640 MiB together; cold boot no more than 5 % slower than before the memory
+work (Debian's kernel, no memory options: the boot the target was set against). The
+previous configuration (s24's: boxui's kernel with a 32 MiB translation buffer) is timed
+in the same run and its ratio printed without a target: what the current cap costs.
 
     .venv/bin/python bench/memory.py [--count 10] [--memory 256] [--idle 10]
                                      [--boot-runs 3] [--before] [--debian] [--cache DIR]
@@ -436,11 +436,11 @@ def report(args: argparse.Namespace, groups: list[Group], image: GuestImage,
         print("    " + " ".join(f"{boot.seconds:.2f}" for boot in runs)
               + f"  median {median:.2f} s;  CPU " + " ".join(f"{b.cpu_seconds:.2f}" for b in runs)
               + f"  median {cpu_median:.2f} s")
-    for (_label, _debian, options), median, cpu_median in zip(
-            BOOT_VARIANTS[:-1], medians, cpu, strict=False):
-        ratio = medians[-1] / median
-        print(f"  now / {options}: {ratio:.3f} (CPU {cpu[-1] / cpu_median:.3f})   target <= "
-              f"{BOOT_SLOWDOWN_TARGET}: {verdict(ratio <= BOOT_SLOWDOWN_TARGET)}")
+    ratio = medians[-1] / medians[0]
+    print(f"  now / before: {ratio:.3f} (CPU {cpu[-1] / cpu[0]:.3f})   target <= "
+          f"{BOOT_SLOWDOWN_TARGET}: {verdict(ratio <= BOOT_SLOWDOWN_TARGET)}")
+    print(f"  now / previous: {medians[-1] / medians[1]:.3f} (CPU {cpu[-1] / cpu[1]:.3f})   "
+          "what the buffer cap costs the boot (no target: the target's boot is 'before')")
 
 def main() -> None:
     parser = argparse.ArgumentParser()

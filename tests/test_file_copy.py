@@ -9,6 +9,7 @@ because the CLI runs its own event loop in this thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import sys
@@ -103,8 +104,9 @@ class Guest:
         self.loop.close()
 
 
-@pytest.fixture
-def guest(home: Path, tmp_path: Path) -> Iterator[Guest]:
+@contextlib.contextmanager
+def running_guest(home: Path, tmp_path: Path) -> Iterator[Guest]:
+    """Machine `vm` of state dir `home`, its `/` being tmp_path/guest (`/ro` read-only)."""
     root = tmp_path / "guest"
     (root / "ro").mkdir(parents=True)
     running = Guest(home, root)
@@ -113,6 +115,12 @@ def guest(home: Path, tmp_path: Path) -> Iterator[Guest]:
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def guest(home: Path, tmp_path: Path) -> Iterator[Guest]:
+    with running_guest(home, tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

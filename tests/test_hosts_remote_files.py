@@ -23,7 +23,7 @@ from boxui.cli.remote_files import RemoteStage, rewrite_options
 from tests.daemon_helpers import daemon_running, kill_stand_ins
 from tests.sshd_helpers import Sshd
 from tests.test_cells_recovery import wait_until
-from tests.test_file_copy import Guest, make_tree, tree
+from tests.test_file_copy import Guest, make_tree, running_guest, tree
 from tests.test_hosts_remote import BOXUI_BIN, add, run
 from tests.test_hosts_remote import sshd as sshd  # the fixture
 from tests.test_hosts_remote_kept import there
@@ -31,15 +31,9 @@ from tests.test_hosts_remote_kept import there
 
 @pytest.fixture
 def guest(sshd: Sshd, tmp_path: Path) -> Iterator[Guest]:
-    """Machine `vm` of the remote, its `/` being tmp_path/guest (`/ro` read-only)."""
-    root = tmp_path / "guest"
-    (root / "ro").mkdir(parents=True)
-    running = Guest(sshd.remote_home, root)
-    running.call(running.start())
-    try:
+    """Machine `vm` of the remote."""
+    with running_guest(sshd.remote_home, tmp_path) as running:
         yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture

@@ -67,3 +67,19 @@ def test_a_claimed_member_answers_as_its_new_name(vm_home: Path, tmp_path: Path)
     while qemu_pids(vm_home) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert qemu_pids(vm_home) == [], "no QEMU left once the pool is empty"
+    # and the daemon has let go of them all: a pool's churn must not pile up pidfds
+    daemon = as_json(boxui(vm_home, "daemon", "status", "--json"))["pid"]
+    while pidfds(daemon) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pidfds(daemon) == 0
+
+
+def pidfds(pid: int) -> int:
+    """How many pidfds process `pid` holds (/proc/PID/fd)."""
+    found = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found += os.readlink(fd) == "anon_inode:[pidfd]"
+        except FileNotFoundError:
+            continue  # closed meanwhile
+    return found

@@ -341,11 +341,14 @@ async def test_start_of_a_re_adopted_boot_waits_for_ready(home: Path,
                                                           driver: FakeDriver) -> None:
     await _cut_short_boot(home, driver, boot_delay=1.0)
     engine = await Engine.open(home)
+    initrd = engine.dirs.machine_dir("vm") / "initrd.img"
+    initrd.write_bytes(b"this boot's seed")  # as the boot cut short had written it
     try:
         async with make_supervisor(engine, driver).running(recover=recover_machines) as sup:
             assert engine.projection.state_of("vm") is InstanceState.BOOTING
             await asyncio.wait_for(sup.start_machine("vm"), 10)
             assert engine.projection.state_of("vm") is InstanceState.READY
+            assert not initrd.exists()  # released once ready, as by the boot it finished
             assert driver.starts == {"vm": 1}  # the adopted guest, not a second one
             assert "re-adopted pid" in (read_log(engine.dirs.event_log).events[-1].message)
     finally:

@@ -258,6 +258,8 @@ class PoolManager:
         self._forget_connection(name)
         with contextlib.suppress(BoxuiError, OSError):
             await self.sup.driver.kill(member.handle)
+        # nobody waits on it any more (its watch is cancelled above): let go of its pidfd
+        await self.sup.driver.close(member.handle)
         await asyncio.to_thread(self.store.remove, name, Path(member.record.run_dir))
         log.info("warm pool %s: member %s discarded: %s", member.record.template, name, why)
 

@@ -19,6 +19,7 @@ from backend.errors import BoxuiError
 from backend.state.engine import Engine
 from backend.state.lifecycle import Verb
 from backend.state.machine_spec import MachineSpec
+from backend.supervision.boot_files import release_written_initrds
 from backend.supervision.boot_plan import RecordUpdate, adopted_process_record
 from backend.supervision.restart_policy import RestartTracker
 
@@ -68,6 +69,12 @@ class Adoption:
     def boot_timeout_of(self, spec: MachineSpec | None) -> float:
         raise NotImplementedError
 
+    def _boot_ended(self, name: str) -> None:
+        """`name`'s boot is over, however it ended: a stop that asked to abort it
+        aborts this boot only, never a later one."""
+        self._booting.discard(name)
+        self._aborting.discard(name)
+
     async def adopt_running(self, name: str, handle: VmHandle) -> None:
         """Supervise a hypervisor crash recovery proved to be this machine's, as if it
         had been started here."""
@@ -110,8 +117,7 @@ class Adoption:
         aborts the boot instead of racing it."""
         async with self._locks[name]:
             if self.handles.get(name) is not handle:
-                self._booting.discard(name)  # stopped (or deleted) before we got here
-                self._aborting.discard(name)
+                self._boot_ended(name)  # stopped (or deleted) before we got here
                 return
             try:
                 spec = await asyncio.to_thread(self._spec_or_none, name)
@@ -123,8 +129,9 @@ class Adoption:
                     return
                 raise
             finally:
-                self._booting.discard(name)
-                self._aborting.discard(name)
+                self._boot_ended(name)
+            await asyncio.to_thread(release_written_initrds,
+                                    self.engine.dirs.machine_dir(name))
             await self.engine.transition(name, Verb.READY,
                                          message=f"re-adopted pid {handle.pid}; ready")
             self.tracker(name).machine_up()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from backend.errors import BoxuiError
 from backend.guest.debian_initrd import (
+    DEBIAN_INITRD_FILE,
     DEBIAN_KERNEL_ARGS,
     DEBIAN_MOUNT_SCRIPT,
     image_modules,
@@ -23,7 +24,12 @@ from backend.guest.debian_initrd import (
 )
 from backend.guest.errors import GuestImageError
 from backend.guest.image_builder import GuestImage, build_default_image, load_current_image
-from backend.guest.machine_seed import create_machine_keys, write_machine_initrd
+from backend.guest.machine_seed import (
+    MACHINE_INITRD_FILE,
+    create_machine_keys,
+    release_boot_initrd,
+    write_machine_initrd,
+)
 from backend.guest.newc import Entry
 from backend.guest.shared_folders import (
     SHARE_MODULES,
@@ -178,3 +184,11 @@ def boot_record(machine_dir: Path) -> dict[str, str] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def release_written_initrds(machine_dir: Path) -> None:
+    """Release the initrds boxui writes for a boot (`BootFiles.single_use`) in
+    `machine_dir`: for a boot this supervisor did not start (re-adopted while booting),
+    which of them it used is not known, and any other is stale."""
+    for name in (MACHINE_INITRD_FILE, DEBIAN_INITRD_FILE):
+        release_boot_initrd(machine_dir / name)

@@ -221,7 +221,7 @@ class Supervisor(Interruptions, Adoption):
                 return  # already running or on its way: never a second hypervisor
             if state is InstanceState.BROKEN:
                 raise BoxuiError(f"{name} is broken: {self.engine.machine(name).reason}")
-            spec = self.engine.store.load_spec(name)
+            spec = await asyncio.to_thread(self.engine.store.load_spec, name)
             if not automatic:
                 self.tracker(name).reset()
             claimed = await self.claim(spec) if self.claim and spec.template else None
@@ -301,8 +301,7 @@ class Supervisor(Interruptions, Adoption):
                 return
             raise
         finally:
-            self._booting.discard(name)
-            self._aborting.discard(name)  # a stop aborts this boot only, never a later one
+            self._boot_ended(name)
         await self.engine.transition(
             name, Verb.READY, update=freshened, message=f"ready in {self._clock() - started:.1f} s "
             f"(ssh on 127.0.0.1:{handle.ssh_port}){note}",
@@ -347,8 +346,7 @@ class Supervisor(Interruptions, Adoption):
                 raise
             finally:
                 freshening.cancel()
-                self._booting.discard(name)
-                self._aborting.discard(name)
+                self._boot_ended(name)
             await self.engine.transition(
                 name, Verb.READY, update=freshened,
                 message=f"ready in {self._clock() - started:.3f} s, claimed from the warm "
@@ -468,7 +466,7 @@ class Supervisor(Interruptions, Adoption):
                                          message="stopped before it was ready")
             return
         error = str(exc) or type(exc).__name__
-        decision = self._plan_restart(name, failure=True)
+        decision = await self._plan_restart(name, failure=True)
         note = f"; {decision}" if decision else ""
         await self.engine.transition(name, Verb.FAILED, reason=error, update=clear_process,
                                      message=f"boot failed{note}")
@@ -497,12 +495,12 @@ class Supervisor(Interruptions, Adoption):
         self.tracker(name).machine_down()
         if not info.is_failure:
             await self.engine.transition(name, Verb.STOPPING, message=info.detail)
-            decision = self._plan_restart(name, failure=False)
+            decision = await self._plan_restart(name, failure=False)
             note = f"; {decision}" if decision else ""
             await self.engine.transition(name, Verb.STOPPED, update=clear_process,
                                          message=f"{info.detail}{note}")
             return
-        decision = self._plan_restart(name, failure=True)
+        decision = await self._plan_restart(name, failure=True)
         note = f"; {decision}" if decision else ""
         await self.engine.transition(name, Verb.CRASHED, reason=info.detail, update=clear_process,
                                      message=f"{info.detail}{note}")
@@ -512,10 +510,10 @@ class Supervisor(Interruptions, Adoption):
 
     # --- restart policy --------------------------------------------------------------
 
-    def _plan_restart(self, name: str, *, failure: bool) -> str | None:
+    async def _plan_restart(self, name: str, *, failure: bool) -> str | None:
         """Decide (and schedule) an automatic restart; return words for the event."""
         try:
-            policy = self.engine.store.load_spec(name).restart
+            policy = (await asyncio.to_thread(self.engine.store.load_spec, name)).restart
         except BoxuiError:
             return None
         if not should_restart(policy, failure):
@@ -602,7 +600,7 @@ class Supervisor(Interruptions, Adoption):
         if force:
             await self.driver.kill(handle)
             return ExitInfo("host-stop", "killed (SIGKILL, stop --force)")
-        info = await self.driver.stop(handle, self.stop_timeouts(name))
+        info = await self.driver.stop(handle, await self.stop_timeouts(name))
         if name in self._overtaken:
             return ExitInfo("host-stop", "killed (SIGKILL): stop --force overtook the "
                             "graceful stop")
@@ -618,11 +616,11 @@ class Supervisor(Interruptions, Adoption):
             await self.driver.kill(handle)
         await asyncio.shield(done)
 
-    def stop_timeouts(self, name: str) -> StopTimeouts:
+    async def stop_timeouts(self, name: str) -> StopTimeouts:
         """The machine's `[stop]` deadlines (the defaults if its spec cannot be read: a
         stop must never fail for that)."""
         try:
-            stop = self.engine.store.load_spec(name).stop
+            stop = (await asyncio.to_thread(self.engine.store.load_spec, name)).stop
         except BoxuiError:
             return StopTimeouts()
         return StopTimeouts(acpi=stop.acpi_timeout, quit=stop.quit_timeout,

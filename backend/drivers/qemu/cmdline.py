@@ -77,10 +77,10 @@ TCG_TB_SIZE_MIB = 64
 #: least this. Its boot fills ~29 MiB and each SSH login adds 3-6 more (ASLR puts
 #: dropbear and libc at new addresses, which TCG translates afresh), so a buffer under
 #: that is full, and resident, by the time a guest idles: the cap is what an idle guest
-#: costs. At 16 (a 256 MiB guest, the default) a boot flushes it twice and QEMU's CPU to
-#: ready is 4 % more than at 32 (0.61 s median against 0.58, eight paired boots on an
-#: idle host, bench/memory.py), the wall time the same, logins as fast; at 12 four
-#: flushes and 0.2 s more. 16 is what brings an idle default guest under 64 MiB. A
+#: costs. At 16 (a 256 MiB guest, the default) a boot flushes it twice and takes 5 %
+#: longer than at 32 (0.65 s to ready against 0.61, eight paired boots on an idle host,
+#: bench/memory.py), logins as fast; at 18-20 it flushes once and costs the same; at 12
+#: four flushes and 0.2 s more. 16 is what brings an idle default guest under 64 MiB. A
 #: bigger guest is asked for bigger work, whose code may not fit in 16 MiB and would be
 #: translated again after every flush: its buffer grows with its RAM, up to Debian's 64
 #: from 1 GiB.

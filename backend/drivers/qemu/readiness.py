@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from watchfiles import awatch
+
+from backend.drivers.console_watch import ConsoleTail
 from backend.guest.errors import GuestImageError
 from backend.guest.guest_files import FAILED_MARKER, READY_MARKER
-
-_POLL_SECONDS = 0.05
 
 
 def scan_console(text: str, boot_id: str) -> bool | None:
@@ -38,29 +39,36 @@ async def wait_for_ready(
 ) -> float:
     """Wait until the console shows this boot ready; return seconds waited.
 
-    `still_running` (e.g. "is the QEMU pid alive") lets a dead VM fail fast instead of
-    running out the timeout.
+    Woken by inotify as the log grows (`console_watch`), so the time is the marker's own,
+    not rounded up to a polling step; `still_running` (e.g. "is the QEMU pid alive")
+    is asked at each wake and at least once a second, so a dead VM fails fast instead
+    of running out the timeout.
     """
     start = time.monotonic()
-    offset = 0
-    pending = ""
-    while True:
-        try:
-            with console_log.open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            chunk = b""
-        offset += len(chunk)
-        pending += chunk.decode(errors="replace")
-        complete, _, pending = pending.rpartition("\n")
-        verdict = scan_console(complete, boot_id)
-        if verdict is True:
-            return time.monotonic() - start
-        if verdict is False:
-            raise GuestImageError(f"guest failed to boot; see {console_log}")
-        if still_running is not None and not still_running():
-            raise GuestImageError(f"QEMU exited before the guest was ready; see {console_log}")
-        if time.monotonic() - start > timeout:
-            raise GuestImageError(f"guest not ready after {timeout:.0f} s; see {console_log}")
-        await asyncio.sleep(_POLL_SECONDS)
+    tail = ConsoleTail(console_log)
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    changes = awatch(console_log.parent, debounce=10, step=10, rust_timeout=1000,
+                     yield_on_timeout=True)
+    try:
+        async with asyncio.timeout(timeout):
+            while (verdict := _verdict(tail, boot_id)) is None:
+                if still_running is not None and not still_running():
+                    raise GuestImageError(
+                        f"QEMU exited before the guest was ready; see {console_log}")
+                await anext(changes)
+    except TimeoutError:
+        raise GuestImageError(f"guest not ready after {timeout:.0f} s; "
+                              f"see {console_log}") from None
+    finally:
+        await changes.aclose()
+    if verdict is False:
+        raise GuestImageError(f"guest failed to boot; see {console_log}")
+    return time.monotonic() - start
+
+
+def _verdict(tail: ConsoleTail, boot_id: str) -> bool | None:
+    for line in tail.read_lines():
+        result = scan_console(line, boot_id)
+        if result is not None:
+            return result
+    return None
