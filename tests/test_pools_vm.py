@@ -71,15 +71,19 @@ def test_a_claimed_member_answers_as_its_new_name(vm_home: Path, tmp_path: Path)
     daemon = as_json(boxui(vm_home, "daemon", "status", "--json"))["pid"]
     while pidfds(daemon) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert pidfds(daemon) == 0
+    assert pidfds(daemon) == []
 
 
-def pidfds(pid: int) -> int:
-    """How many pidfds process `pid` holds (/proc/PID/fd)."""
-    found = 0
+def pidfds(pid: int) -> list[str]:
+    """The pidfds process `pid` holds, each as the pid it refers to (-1: exited and
+    reaped), from /proc/PID/fdinfo."""
+    found = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            found += os.readlink(fd) == "anon_inode:[pidfd]"
+            if os.readlink(fd) != "anon_inode:[pidfd]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text().splitlines()
         except FileNotFoundError:
             continue  # closed meanwhile
+        found += [line.split()[1] for line in info if line.startswith("Pid:")]
     return found

@@ -108,9 +108,21 @@ async def launch_member(sup: Supervisor, store: MemberStore, ref: str, warm: War
         return Member(record, handle, plan)
     except BaseException:
         if handle is not None:
-            await asyncio.shield(sup.driver.kill(handle))
+            await asyncio.shield(end_member_process(sup, handle))
         await asyncio.to_thread(store.remove, member, run_dir)
         raise
+
+
+async def end_member_process(sup: Supervisor, handle: VmHandle) -> None:
+    """Kill a member's hypervisor and let go of it (its pidfd): unlike a machine's, no
+    watch is left to release it once it has exited, and a long-running daemon's pool
+    churn would pile them up."""
+    try:
+        await sup.driver.kill(handle)
+    except (BoxuiError, OSError):
+        pass
+    finally:
+        await sup.driver.close(handle)
 
 
 async def adopt_member(sup: Supervisor, store: MemberStore,

@@ -11,7 +11,6 @@ error is what `boxui pool ls` shows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -28,6 +27,7 @@ from backend.pools.launch import (
     PoolError,
     Warm,
     adopt_member,
+    end_member_process,
     launch_member,
     member_plan,
     warm_over_ssh,
@@ -256,10 +256,7 @@ class PoolManager:
         self.members.pop(name, None)
         self._stop_watching(name)
         self._forget_connection(name)
-        with contextlib.suppress(BoxuiError, OSError):
-            await self.sup.driver.kill(member.handle)
-        # nobody waits on it any more (its watch is cancelled above): let go of its pidfd
-        await self.sup.driver.close(member.handle)
+        await end_member_process(self.sup, member.handle)  # its watch is cancelled above
         await asyncio.to_thread(self.store.remove, name, Path(member.record.run_dir))
         log.info("warm pool %s: member %s discarded: %s", member.record.template, name, why)
 
@@ -308,8 +305,7 @@ class PoolManager:
                 why = str(exc)
         if why is not None:
             if not isinstance(handle, str):
-                with contextlib.suppress(BoxuiError, OSError):
-                    await self.sup.driver.kill(handle)
+                await end_member_process(self.sup, handle)
             await asyncio.to_thread(self.store.remove, name, run_dir)
             log.info("warm pool %s: member %s discarded: %s", record.template, name, why)
             return

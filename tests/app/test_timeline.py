@@ -31,7 +31,7 @@ from boxui.tui.screens.timeline import TimelineScreen
 from boxui.tui.timeline_model import build_timeline
 from boxui.tui.widgets.timeline_view import ZOOMS
 from tests.app.conftest import seed
-from tests.app.pilot_helpers import SIZE, started, until
+from tests.app.pilot_helpers import SIZE, rows, started, until
 from tests.fake_driver import FakeBootFiles, FakeDriver, fixed_accel
 
 T0 = datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
@@ -210,9 +210,20 @@ async def test_wheel_scrolls_and_ctrl_wheel_zooms(replay_home: Path) -> None:
 
 def test_timeline_of_a_machine(replay_home: Path, utc: None, snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
-        assert isinstance(pilot.app, ReplayApp)
-        await pilot.press("down")  # db-1, then web-1
-        await open_timeline(pilot.app, pilot)
+        app = pilot.app
+        assert isinstance(app, ReplayApp)
+        # the whole log played and both rows in (db-1, then web-1): a key pressed
+        # before then would move the cursor over rows still being added
+        await app.replay.finished.wait()
+        await until(pilot, lambda: len(rows(app)) == 2)
+        await pilot.press("home")
+        for _ in range(5):
+            if app.selected == "web-1":
+                break
+            await pilot.press("down")
+            await pilot.pause(0.05)
+        assert app.selected == "web-1"
+        await open_timeline(app, pilot)
         pilot.app.clear_notifications()
         await pilot.pause(0.2)
 
