@@ -442,6 +442,7 @@ def report(args: argparse.Namespace, groups: list[Group], image: GuestImage,
     print(f"  now / previous: {medians[-1] / medians[1]:.3f} (CPU {cpu[-1] / cpu[1]:.3f})   "
           "what the buffer cap costs the boot (no target: the target's boot is 'before')")
 
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=10)

@@ -36,11 +36,13 @@ async def wait_for_line(
     tail: ConsoleTail,
     verdict: Callable[[str], bool | None],
     stop: asyncio.Event,
+    gone: Callable[[], bool] | None = None,
 ) -> bool | None:
-    """Return the first non-None `verdict` of a new line, or None once `stop` is set.
+    """Return the first non-None `verdict` of a new line, or None once `stop` is set or
+    `gone()` says the writer has gone (asked at each wake, so once a second at least).
 
-    Woken by inotify on the log's directory; the 1 s timeout only lets `stop` be
-    noticed when the log stays silent.
+    Woken by inotify on the log's directory; the 1 s timeout only lets `stop` and `gone`
+    be noticed when the log stays silent.
     """
     tail.path.parent.mkdir(parents=True, exist_ok=True)
     for line in tail.read_lines():
@@ -53,6 +55,6 @@ async def wait_for_line(
             result = verdict(line)
             if result is not None:
                 return result
-        if stop.is_set():
+        if stop.is_set() or (gone is not None and gone()):
             break
     return None

@@ -11,6 +11,7 @@ restore's time, spent translating sshd's code, which the claimer then finds done
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -117,12 +118,9 @@ async def end_member_process(sup: Supervisor, handle: VmHandle) -> None:
     """Kill a member's hypervisor and let go of it (its pidfd): unlike a machine's, no
     watch is left to release it once it has exited, and a long-running daemon's pool
     churn would pile them up."""
-    try:
+    with contextlib.suppress(BoxuiError, OSError):
         await sup.driver.kill(handle)
-    except (BoxuiError, OSError):
-        pass
-    finally:
-        await sup.driver.close(handle)
+    await sup.driver.close(handle)
 
 
 async def adopt_member(sup: Supervisor, store: MemberStore,

@@ -216,13 +216,14 @@ def test_key_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
     assert mode(keys.client_key) == 0o600 and mode(keys.host_key) == 0o600
 
 
-def _resident_kib(path: Path) -> int:
-    """RSS of this process's mapping of `path` (/proc/self/smaps), 0 if unmapped."""
+def resident_kib(path_end: str, pid: int | str = "self") -> int:
+    """RSS of process `pid`'s mappings of a file whose path ends with `path_end`
+    (/proc/PID/smaps), 0 if none is mapped."""
     resident, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         words = line.split()
         if len(words) >= 5 and not words[0].endswith(":"):
-            inside = len(words) >= 6 and words[5] == str(path)
+            inside = len(words) >= 6 and words[5].endswith(path_end)
         elif inside and words[0] == "Rss:":
             resident += int(words[1])
     return resident
@@ -236,11 +237,11 @@ def test_releasing_a_boots_initrd_gives_back_its_mapped_pages(tmp_path: Path) ->
         view = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ, flags=mmap.MAP_PRIVATE)
     try:
         assert hashlib.sha256(view[:]).digest()  # reads it all in
-        assert _resident_kib(initrd) >= 1000
+        assert resident_kib(str(initrd)) >= 1000
         release_boot_initrd(initrd)
         assert not initrd.exists()
         # unlinked alone it would stay resident while mapped; emptied, nothing is
-        assert _resident_kib(initrd) == 0
+        assert resident_kib(str(initrd)) == 0
         release_boot_initrd(initrd)  # gone already: nothing to do
     finally:
         view.close()

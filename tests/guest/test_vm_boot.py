@@ -33,6 +33,7 @@ from backend.guest.machine_seed import (
     release_boot_initrd,
     write_machine_initrd,
 )
+from tests.guest.test_machine_seed import resident_kib
 
 pytestmark = [
     pytest.mark.vm,
@@ -50,18 +51,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def initrd_resident_kib(pid: int) -> int:
-    """RSS of QEMU's mapping of the machine's initrd (/proc/PID/smaps)."""
-    resident, inside = 0, False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        words = line.split()
-        if len(words) >= 5 and not words[0].endswith(":"):
-            inside = len(words) >= 6 and words[5].endswith("/initrd.img")
-        elif inside and words[0] == "Rss:":
-            resident += int(words[1])
-    return resident
 
 
 def alive(pid: int) -> bool:
@@ -96,7 +85,7 @@ async def test_cold_boot_ssh_qmp_and_graceful_powerdown(tmp_path: Path) -> None:
         # as the supervisor does once a cold boot is ready: the guest runs on without it
         release_boot_initrd(initrd)
         assert "initrd.img" in Path(f"/proc/{pid}/maps").read_text()
-        assert initrd_resident_kib(pid) == 0
+        assert resident_kib("/initrd.img", pid) == 0
 
         known = asyncssh.import_known_hosts(known_hosts_line(keys, port))
         deadline = time.monotonic() + 30

@@ -13,9 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchfiles import awatch
-
-from backend.drivers.console_watch import ConsoleTail
+from backend.drivers.console_watch import ConsoleTail, wait_for_line
 from backend.guest.errors import GuestImageError
 from backend.guest.guest_files import FAILED_MARKER, READY_MARKER
 
@@ -39,36 +37,23 @@ async def wait_for_ready(
 ) -> float:
     """Wait until the console shows this boot ready; return seconds waited.
 
-    Woken by inotify as the log grows (`console_watch`), so the time is the marker's own,
-    not rounded up to a polling step; `still_running` (e.g. "is the QEMU pid alive")
-    is asked at each wake and at least once a second, so a dead VM fails fast instead
-    of running out the timeout.
+    Told by inotify as the log grows (`console_watch.wait_for_line`), so the time is the
+    marker's own, not rounded up to a polling step; `still_running` (e.g. "is the QEMU
+    pid alive") is asked at each wake, once a second at least, so a dead VM fails fast
+    instead of running out the timeout.
     """
     start = time.monotonic()
-    tail = ConsoleTail(console_log)
-    console_log.parent.mkdir(parents=True, exist_ok=True)
-    changes = awatch(console_log.parent, debounce=10, step=10, rust_timeout=1000,
-                     yield_on_timeout=True)
+    gone = None if still_running is None else (lambda: not still_running())
     try:
         async with asyncio.timeout(timeout):
-            while (verdict := _verdict(tail, boot_id)) is None:
-                if still_running is not None and not still_running():
-                    raise GuestImageError(
-                        f"QEMU exited before the guest was ready; see {console_log}")
-                await anext(changes)
+            verdict = await wait_for_line(ConsoleTail(console_log),
+                                          lambda line: scan_console(line, boot_id),
+                                          asyncio.Event(), gone)
     except TimeoutError:
         raise GuestImageError(f"guest not ready after {timeout:.0f} s; "
                               f"see {console_log}") from None
-    finally:
-        await changes.aclose()
+    if verdict is None:
+        raise GuestImageError(f"QEMU exited before the guest was ready; see {console_log}")
     if verdict is False:
         raise GuestImageError(f"guest failed to boot; see {console_log}")
     return time.monotonic() - start
-
-
-def _verdict(tail: ConsoleTail, boot_id: str) -> bool | None:
-    for line in tail.read_lines():
-        result = scan_console(line, boot_id)
-        if result is not None:
-            return result
-    return None
